@@ -1,0 +1,427 @@
+"""The config schema: YAML in, a validated `Config` out, every problem at once.
+
+Keys are Keras's own argument names. Layer, optimizer, schedule and backbone
+entries carry a `type` (or `name`) plus free keyword arguments, which are
+checked against the Keras class's signature by `cnncli.layers`, where Keras
+is imported; this module stays import-light so `cnn --help` is instant.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cnncli.errors import ConfigError, Problem, did_you_mean
+from cnncli.yamlio import KeyPath, format_path, parse_yaml, read_yaml_file
+
+DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder")
+FILE_DATASETS = ("idx", "npz", "image_folder")  # these need `data.path`
+SHAPE_CLASSES = ("x", "o", "square", "triangle", "plus", "line")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; the whole tree is validated in one pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WithArgs(BaseModel):
+    """A Keras class chosen by `type`, with the rest of the keys as its arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LayerSpec(WithArgs):
+    name: Optional[str] = None  # stable name; other layers refer to it in `inputs`
+    inputs: Optional[list[str]] = None  # named layers feeding this one (graph models)
+
+
+class OptimizerSpec(WithArgs):
+    type: str = "Adam"
+
+
+class ScheduleSpec(WithArgs):
+    every: Literal["epoch", "step"] = "epoch"  # unit of decay_steps / boundaries; the classic decay is per epoch
+
+
+class BackboneSpec(BaseModel):
+    """Any keras.applications model; extra keys go to its constructor."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    weights: Optional[str] = "imagenet"  # imagenet | null | path to a weights file
+    trainable: bool = False  # frozen base is the first step of transfer learning
+    include_top: bool = False  # the YAML `layers` become the head
+    pooling: Optional[Literal["avg", "max"]] = None
+
+    @property
+    def args(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ShapesSpec(Strict):
+    """The built-in synthetic figures (`dataset: shapes`)."""
+
+    image_size: int = Field(32, ge=8, le=512)  # side in pixels
+    classes: list[str] = Field(default_factory=lambda: list(SHAPE_CLASSES), min_length=2)
+    train_examples: int = Field(6000, ge=1)
+    test_examples: int = Field(1000, ge=1)
+    noise: float = Field(0.1, ge=0, le=1)  # std of additive pixel noise, in [0, 1] units
+
+    @field_validator("classes")
+    @classmethod
+    def _known_classes(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in SHAPE_CLASSES:
+                raise ValueError(f"unknown figure `{name}`{did_you_mean(name, SHAPE_CLASSES)}; "
+                                 f"valid: {', '.join(SHAPE_CLASSES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("figures are listed more than once")
+        return value
+
+
+class DataConfig(Strict):
+    dataset: str = "shapes"
+    path: Optional[str] = None  # folder or file for idx / npz / image_folder; offline copy of a Keras dataset
+    validation_split: float = Field(0.1, ge=0, lt=1)  # carved from the training split, deterministically
+    image_size: Optional[tuple[int, int]] = None  # resize to [height, width]
+    color_mode: Optional[Literal["grayscale", "rgb"]] = None
+    augment: list[LayerSpec] = Field(default_factory=list)  # Keras preprocessing layers, training only
+    limit: Optional[int] = Field(None, ge=1)  # cap on examples per split, for quick runs
+    shapes: ShapesSpec = Field(default_factory=ShapesSpec)
+    on_corrupt: Literal["error", "skip"] = "error"  # a corrupt image stops the run unless told to skip
+    follow_symlinks: bool = False  # image_folder links leaving the folder are not followed by default
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        key = value.lower().replace("-", "_")
+        if key not in DATASETS:
+            raise ValueError(f"unknown dataset `{value}`{did_you_mean(value, DATASETS)}; "
+                             f"valid: {', '.join(DATASETS)}")
+        return key
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value):
+        if value is not None and min(value) < 1:
+            raise ValueError(f"sizes must be positive, got {list(value)}")
+        return value
+
+
+class ModelConfig(Strict):
+    input_shape: Optional[list[int]] = None  # [h, w, channels]; inferred from the data when omitted
+    backbone: Optional[BackboneSpec] = None
+    layers: list[LayerSpec] = Field(default_factory=list)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, value):
+        if value is not None:
+            if len(value) != 3:
+                raise ValueError(f"expected [height, width, channels], got {value}")
+            if min(value) < 1:
+                raise ValueError(f"sizes must be positive, got {value}")
+        return value
+
+
+class EarlyStopping(Strict):
+    monitor: str = "val_loss"
+    patience: int = Field(3, ge=0)
+    min_delta: float = Field(0.0, ge=0)
+    mode: Literal["auto", "min", "max"] = "auto"
+    restore_best_weights: bool = True
+
+
+class CheckpointSpec(Strict):
+    monitor: str = "val_loss"  # which epoch is "best"
+    mode: Literal["auto", "min", "max"] = "auto"
+    save_best_only: bool = False  # true: model.keras holds the best epoch, not the last
+
+
+class Phase(Strict):
+    """One stage of transfer learning."""
+
+    epochs: int = Field(ge=1)
+    trainable: Union[Literal["head", "all"], list[str]] = "head"  # or backbone layer-name prefixes
+    optimizer: Optional[OptimizerSpec] = None  # default: train.optimizer
+    learning_rate: Optional[float] = Field(None, gt=0)
+    layer_lr_decay: Optional[float] = Field(None, gt=0, le=1)  # rate multiplier per earlier block
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)  # global: split across replicas
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    lr_schedule: Optional[ScheduleSpec] = None
+    loss: str = "sparse_categorical_crossentropy"
+    metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
+    early_stopping: Optional[EarlyStopping] = None
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    phases: Optional[list[Phase]] = Field(None, min_length=1)
+
+
+class RuntimeConfig(Strict):
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    distribute: Optional[Literal["mirrored", "multi_worker", "tpu"]] = None
+    cpu_devices: Optional[int] = Field(None, ge=1, le=64)  # logical CPU devices, for mirrored runs without GPUs
+    jit_compile: bool = False  # XLA: slower on CPU, opt-in for GPU
+    steps_per_execution: Optional[int] = Field(None, ge=1)  # None: a whole epoch per tf.function call
+    intra_op_threads: Optional[int] = Field(None, ge=0)
+    inter_op_threads: Optional[int] = Field(None, ge=0)
+
+
+class Config(Strict):
+    name: Optional[str] = None  # run name; defaults to the config file's stem
+    seed: Optional[int] = Field(None, ge=0, lt=2**32)  # None: chosen at random and recorded
+    deterministic: bool = False  # TF op determinism: identical histories for one seed
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    # Filled in by load_config: where each key came from, for later errors.
+    _file: Optional[str] = None
+    _lines: dict = {}
+
+    def line_of(self, path: KeyPath) -> int | None:
+        return _nearest_line(self._lines, path)
+
+    def error(self, message: str, path: KeyPath) -> ConfigError:
+        """A ConfigError pointing at `path` in the file this config came from."""
+        return ConfigError.single(message, format_path(path), self.line_of(path), self._file)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_dict(self) -> dict:
+        data = self.model_dump(mode="json")
+        for layer in data["model"]["layers"] + data["data"]["augment"]:
+            for key in ("name", "inputs"):  # unset graph keys are noise in a resolved config
+                if layer.get(key) is None:
+                    layer.pop(key, None)
+        return data
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.train.phases) if self.train.phases else self.train.epochs
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+def _check_path_needed(cfg: Config) -> list[Problem]:
+    if cfg.data.dataset in FILE_DATASETS and not cfg.data.path:
+        return [Problem(f"dataset `{cfg.data.dataset}` needs `data.path`", "data.path")]
+    return []
+
+
+def _check_layers_present(cfg: Config) -> list[Problem]:
+    if not cfg.model.layers and not (cfg.model.backbone and cfg.model.backbone.include_top):
+        return [Problem("the model has no layers; add at least an output layer", "model.layers")]
+    return []
+
+
+def _check_graph_names(cfg: Config) -> list[Problem]:
+    problems, seen = [], {"input"}
+    for i, layer in enumerate(cfg.model.layers):
+        for ref in layer.inputs or []:
+            if ref not in seen:
+                hint = did_you_mean(ref, seen)
+                problems.append(Problem(f"input `{ref}` is not a layer named earlier{hint}",
+                                        f"model.layers[{i}].inputs"))
+        if layer.name:
+            if layer.name in seen:
+                problems.append(Problem(f"layer name `{layer.name}` is used twice", f"model.layers[{i}].name"))
+            seen.add(layer.name)
+    return problems
+
+
+def _check_phases(cfg: Config) -> list[Problem]:
+    if not cfg.train.phases:
+        return []
+    problems = []
+    if cfg.model.backbone is None:
+        problems.append(Problem("phases freeze and unfreeze a backbone; set `model.backbone`", "train.phases"))
+    if "epochs" in cfg.train.model_fields_set:
+        problems.append(Problem("with `train.phases`, epochs are given per phase; remove `train.epochs`",
+                                "train.epochs"))
+    return problems
+
+
+def _check_validation_monitors(cfg: Config) -> list[Problem]:
+    if cfg.data.validation_split > 0:
+        return []
+    problems = []
+    if cfg.train.early_stopping and cfg.train.early_stopping.monitor.startswith("val_"):
+        problems.append(Problem(f"monitors `{cfg.train.early_stopping.monitor}` but data.validation_split is 0",
+                                "train.early_stopping.monitor"))
+    if cfg.train.checkpoint.save_best_only and cfg.train.checkpoint.monitor.startswith("val_"):
+        problems.append(Problem(f"monitors `{cfg.train.checkpoint.monitor}` but data.validation_split is 0",
+                                "train.checkpoint.monitor"))
+    return problems
+
+
+CROSS_CHECKS = (_check_path_needed, _check_layers_present, _check_graph_names, _check_phases,
+                _check_validation_monitors)
+
+
+# ---------------------------------------------------------------- loading
+
+def _nearest_line(lines: dict, path: KeyPath) -> int | None:
+    path = tuple(path)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
+
+
+def _model_at(loc: KeyPath) -> type[BaseModel] | None:
+    """The schema class that owns the mapping at `loc`, for key suggestions."""
+    cls: Any = Config
+    for step in loc:
+        if isinstance(step, int):
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or step not in cls.model_fields:
+            return None
+        cls = _unwrap(cls.model_fields[step].annotation)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Optional[list[X]] -> X, when X is a schema class."""
+    for arg in typing.get_args(annotation) or ():
+        inner = _unwrap(arg)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return inner
+    return annotation
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _problem_from_pydantic(err: dict) -> Problem:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        valid = [n for n in owner.model_fields] if owner else []
+        message = f"unknown key `{loc[-1]}`{did_you_mean(str(loc[-1]), valid)}"
+        if valid:
+            message += f"; valid keys here: {', '.join(valid)}"
+    elif kind == "missing":
+        message = "is required"
+    elif kind == "value_error":
+        message = str(err.get("ctx", {}).get("error", err["msg"]))
+    else:
+        message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_describe(err.get('input'))}"
+    return Problem(message, format_path(loc), None)
+
+
+def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
+                  default_name: str | None = None) -> Config:
+    """Turn parsed YAML into a Config, or raise a ConfigError listing every problem."""
+    lines = lines or {}
+    if data is None:
+        raise ConfigError.single("the file is empty; a config needs at least `model.layers`", file=file)
+    if not isinstance(data, dict):
+        raise ConfigError.single(f"the top level must be a mapping of keys, got a {type(data).__name__}",
+                                 line=lines.get(()), file=file)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [_problem_from_pydantic(e) for e in exc.errors()]
+        for p, e in zip(problems, exc.errors()):
+            p.line = _nearest_line(lines, tuple(x for x in e["loc"] if isinstance(x, (str, int))))
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 0), file) from None
+    problems = [p for check in CROSS_CHECKS for p in check(cfg)]
+    for p in problems:
+        p.line = _nearest_line(lines, _parse_path(p.path))
+    if problems:
+        raise ConfigError(problems, file)
+    if cfg.name is None and default_name:
+        cfg.name = default_name
+    cfg._file, cfg._lines = file, lines
+    return cfg
+
+
+def _parse_path(text: str) -> KeyPath:
+    """"model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size")."""
+    out: list[Any] = []
+    for part in text.split("."):
+        while "[" in part:
+            head, _, rest = part.partition("[")
+            if head:
+                out.append(head)
+            index, _, part = rest.partition("]")
+            if not index.strip().lstrip("-").isdigit():
+                raise ValueError(f"`[{index}]` is not a list index")
+            out.append(int(index))
+        if part:
+            out.append(part)
+    return tuple(out)
+
+
+def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
+    """Apply `key.path=value` overrides in place; values are YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        try:
+            path = _parse_path(key.strip())
+            if not sep or not path:
+                raise ValueError("expected key.path=value")
+            value, _ = parse_yaml(raw)
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError.single(f"bad --set `{item}`: {exc}") from None
+        node = data
+        for i, step in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(step, int):
+                if not isinstance(node, list) or not -len(node) <= step < len(node):
+                    raise ConfigError.single(f"bad --set `{item}`: no list item {format_path(path[:i + 1])}")
+                node = node[step]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:i])} is not a mapping")
+            if node.get(step) is None:
+                node[step] = [] if isinstance(nxt, int) else {}
+            node = node[step]
+        last = path[-1]
+        if isinstance(last, int):
+            if not isinstance(node, list) or not -len(node) <= last < len(node):
+                raise ConfigError.single(f"bad --set `{item}`: no list item {format_path(path)}")
+        elif not isinstance(node, dict):
+            raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:-1])} is not a mapping")
+        node[last] = value
+        lines[path] = 0  # line 0 marks "from the command line"
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config file."""
+    data, lines, shown = read_yaml_file(path)
+    if overrides:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError.single("the top level must be a mapping of keys", file=shown)
+        apply_overrides(data, overrides, lines)
+    return validate_data(data, lines, shown, default_name=Path(path).stem)
+
+
+def config_from_dict(data: dict, name: str = "config") -> Config:
+    """Validate an in-memory config (tests, resumed runs)."""
+    return validate_data(data, {}, None, default_name=name)

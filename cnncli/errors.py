@@ -1,0 +1,87 @@
+"""The errors a user can cause, and how they read on one line.
+
+Everything below the CLI raises a `CnnError` subclass for mistakes in input
+(configs, data, paths, command options); the CLI prints `str(error)` after
+"Error: " and exits 1. Anything else escaping is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+
+class CnnError(Exception):
+    """A mistake in what the user gave us; its message is shown as-is."""
+
+    exit_code = 1
+
+
+@dataclass
+class Problem:
+    """One thing wrong in a config: where it is and what is wrong."""
+
+    message: str
+    path: str = ""  # key path such as "model.layers[2].kernel_size"
+    line: int | None = None  # 1-based line in the YAML file
+
+    def where(self, file: str | None) -> str:
+        parts = []
+        if file:
+            parts.append(f"{file}:{self.line}" if self.line else file)
+        if self.path:
+            parts.append(self.path)
+        return ": ".join(parts)
+
+    def render(self, file: str | None) -> str:
+        where = self.where(file)
+        return f"{where}: {self.message}" if where else self.message
+
+
+@dataclass
+class ConfigError(CnnError):
+    """One or more problems in a config file, reported together."""
+
+    problems: list[Problem] = field(default_factory=list)
+    file: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        lines = [p.render(self.file) for p in self.problems]
+        if len(lines) == 1:
+            return lines[0]
+        return f"{len(lines)} problems\n" + "\n".join(f"  {line}" for line in lines)
+
+    @classmethod
+    def single(cls, message: str, path: str = "", line: int | None = None,
+               file: str | None = None) -> "ConfigError":
+        return cls([Problem(message, path, line)], file)
+
+
+class DataError(CnnError):
+    """Data that is missing, unreadable or does not fit the model."""
+
+
+class RunError(CnnError):
+    """A run directory that is missing, incomplete or not ours."""
+
+
+class Interrupted(CnnError):
+    """The user stopped the job (Ctrl-C, SIGTERM); the run stays resumable."""
+
+    exit_code = 130
+
+
+def closest(name: str, choices, n: int = 1) -> list[str]:
+    """The valid names nearest to a mistyped one, case-insensitively."""
+    lowered = {str(c).lower(): str(c) for c in choices}
+    hits = difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[h] for h in hits]
+
+
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean `x`?)' or '' when nothing is close."""
+    hits = closest(name, choices)
+    return f" (did you mean `{hits[0]}`?)" if hits else ""
