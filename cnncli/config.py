@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -333,8 +333,13 @@ def _problem_from_pydantic(err: dict) -> Problem:
 
 
 def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
-                  default_name: str | None = None) -> Config:
-    """Turn parsed YAML into a Config, or raise a ConfigError listing every problem."""
+                  default_name: str | None = None,
+                  spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
+    """Turn parsed YAML into a Config, or raise a ConfigError listing every problem.
+
+    `spec_check` (e.g. `cnncli.builder.raw_spec_problems`) adds layer-type and
+    argument problems, which need Keras, to a failing report; this module does not import Keras.
+    """
     lines = lines or {}
     if data is None:
         raise ConfigError.single("the file is empty; a config needs at least `model.layers`", file=file)
@@ -347,16 +352,25 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
         problems = [_problem_from_pydantic(e) for e in exc.errors()]
         for p, e in zip(problems, exc.errors()):
             p.line = _nearest_line(lines, tuple(x for x in e["loc"] if isinstance(x, (str, int))))
-        raise ConfigError(sorted(problems, key=lambda p: p.line or 0), file) from None
+        raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file) from None
     problems = [p for check in CROSS_CHECKS for p in check(cfg)]
     for p in problems:
         p.line = _nearest_line(lines, _parse_path(p.path))
     if problems:
-        raise ConfigError(problems, file)
+        raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file)
     if cfg.name is None and default_name:
         cfg.name = default_name
     cfg._file, cfg._lines = file, lines
     return cfg
+
+
+def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
+                        spec_check: Callable[[Any], list[Problem]] | None) -> list[Problem]:
+    """`problems` plus those `spec_check` finds in the raw data, ordered by line."""
+    extra = spec_check(data) if spec_check else []
+    for p in extra:
+        p.line = _nearest_line(lines, _parse_path(p.path))
+    return sorted(problems + extra, key=lambda p: p.line or 0)
 
 
 def _parse_path(text: str) -> KeyPath:
@@ -410,8 +424,9 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
         lines[path] = 0  # line 0 marks "from the command line"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a config file."""
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
+    """Read, override and validate a config file (`spec_check`: see `validate_data`)."""
     data, lines, shown = read_yaml_file(path)
     if overrides:
         if data is None:
@@ -419,7 +434,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         if not isinstance(data, dict):
             raise ConfigError.single("the top level must be a mapping of keys", file=shown)
         apply_overrides(data, overrides, lines)
-    return validate_data(data, lines, shown, default_name=Path(path).stem)
+    return validate_data(data, lines, shown, default_name=Path(path).stem, spec_check=spec_check)
 
 
 def config_from_dict(data: dict, name: str = "config") -> Config:

@@ -43,8 +43,10 @@ class _Builder:
             raise ConfigError.single(
                 f"the document is too large or too deeply nested (over {MAX_NODES:,} values "
                 f"or {MAX_DEPTH} levels, counting aliases); a config is a few dozen keys",
-                format_path(path), node.start_mark.line + 1)
+                format_path(path[:2]), node.start_mark.line + 1)  # deeper steps are alias noise
         self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.CollectionNode) and node.tag != _PLAIN_TAGS[type(node)]:
+            raise _tag_error(node, path)  # e.g. !!python/object on a mapping: not constructed, refused
         if isinstance(node, yaml.MappingNode):
             self.loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
             out: dict[Any, Any] = {}
@@ -71,10 +73,19 @@ class _Builder:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            raise ConfigError.single(
-                f"tag `{node.tag}` is not allowed; configs hold plain values only "
-                "(nothing is constructed or executed from YAML)",
-                format_path(path), node.start_mark.line + 1) from exc
+            raise _tag_error(node, path) from exc
+
+
+# Mappings and lists are built here, not by PyYAML, so their tags must be checked here:
+# `!!python/object:x {}` would otherwise be read silently as a plain mapping.
+_PLAIN_TAGS = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+
+
+def _tag_error(node: yaml.Node, path: KeyPath) -> ConfigError:
+    return ConfigError.single(
+        f"tag `{node.tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed; configs hold plain values only "
+        "(nothing is constructed or executed from YAML)",
+        format_path(path), node.start_mark.line + 1)
 
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[KeyPath, int]]:

@@ -1,0 +1,236 @@
+"""Config → keras.Model: where a YAML layer becomes a Keras layer.
+
+Models are functional: the input takes raw pixels, a scaling layer follows, then
+the optional `keras.applications` backbone, then the `model.layers` list. A
+layer without `inputs:` takes the previous layer's output; with `inputs:` it
+takes the named layers' outputs, which is how residual and Inception-style
+blocks are written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Sequence
+
+from cnncli.config import Config
+from cnncli.errors import ConfigError, Problem
+from cnncli.layers import (BACKBONES, check_args, check_layer_spec, check_layer_specs, keras_message, make_layer,
+                           resolve, snake)
+
+INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
+
+
+def check_model_specs(cfg: Config) -> None:
+    """Every unknown Keras name or argument in the config (layers, optimizers, schedules), at once."""
+    from cnncli.layers import check_train_specs
+
+    problems = check_layer_specs(cfg.model.layers, "model.layers")
+    problems += check_train_specs(cfg)
+    problems += check_layer_specs(cfg.data.augment, "data.augment")
+    if cfg.model.backbone is not None:
+        problems += _backbone_problems(cfg.model.backbone)
+    _raise_with_lines(cfg, problems)
+
+
+def _backbone_problems(spec) -> list[Problem]:
+    fn, problems = resolve(BACKBONES, spec.name, "model.backbone.name")
+    if fn is not None:
+        problems += check_args(spec.args, fn, fn.__name__, "model.backbone")
+    return problems
+
+
+def raw_spec_problems(data: Any) -> list[Problem]:
+    """The checks of `check_model_specs` on YAML that failed the schema, salvaging what parses.
+
+    Passed to `load_config(spec_check=...)` so a schema error and a mistyped layer
+    argument in one file are reported together, as the config contract promises.
+    """
+    from pydantic import ValidationError
+
+    from cnncli.config import BackboneSpec, LayerSpec
+
+    def section(outer: str, inner: str) -> Any:
+        parent = data.get(outer) if isinstance(data, dict) else None
+        return parent.get(inner) if isinstance(parent, dict) else None
+
+    problems: list[Problem] = []
+    for outer, inner in (("model", "layers"), ("data", "augment")):
+        items = section(outer, inner)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            try:
+                spec = LayerSpec.model_validate(item)
+            except ValidationError:
+                continue  # the schema's own message covers this item
+            problems += check_layer_spec(spec, f"{outer}.{inner}[{i}]")
+    backbone = section("model", "backbone")
+    if isinstance(backbone, dict):
+        try:
+            problems += _backbone_problems(BackboneSpec.model_validate(backbone))
+        except ValidationError:
+            pass
+    return problems
+
+
+def _raise_with_lines(cfg: Config, problems: list[Problem]) -> None:
+    if not problems:
+        return
+    from cnncli.config import _parse_path
+
+    for p in problems:
+        if p.line is None and p.path:
+            p.line = cfg.line_of(_parse_path(p.path))
+    raise ConfigError(problems, cfg._file)
+
+
+def _as_config_error(cfg: Config, exc: ConfigError) -> ConfigError:
+    """Attach file and line numbers to a ConfigError raised below this module."""
+    from cnncli.config import _parse_path
+
+    for p in exc.problems:
+        if p.line is None and p.path:
+            p.line = cfg.line_of(_parse_path(p.path))
+    exc.file = exc.file or cfg._file
+    return exc
+
+
+def layer_names(specs) -> list[str]:
+    """Stable names: the spec's `name`, else Keras's snake_case name with a per-model counter."""
+    counts: dict[str, int] = {}
+    taken = {s.name for s in specs if s.name}
+    names = []
+    for spec in specs:
+        if spec.name:
+            names.append(spec.name)
+            continue
+        from cnncli.layers import LAYERS
+
+        base = snake(LAYERS.get(spec.type).__name__)
+        while True:
+            n = counts.get(base, 0)
+            counts[base] = n + 1
+            candidate = base if n == 0 else f"{base}_{n}"
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True):
+    """The keras.applications model named in `model.backbone`."""
+    spec = cfg.model.backbone
+    fn = BACKBONES.get(spec.name)
+    weights = spec.weights if load_weights else None
+    if weights not in (None, "imagenet"):
+        if not os.path.isfile(weights):
+            raise cfg.error(f"weights file `{weights}` does not exist", ("model", "backbone", "weights"))
+    kwargs: dict[str, Any] = dict(include_top=spec.include_top, weights=weights, input_shape=tuple(input_shape))
+    if not spec.include_top:
+        kwargs["pooling"] = spec.pooling
+    try:
+        with _offline_weights_hint(fn.__name__) as hint:
+            base = fn(**kwargs, **spec.args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises ValueError for shapes, OSError/URL errors for downloads
+        if hint.missing:
+            raise cfg.error(hint.message(), ("model", "backbone", "weights")) from None
+        raise cfg.error(f"{fn.__name__}: {str(exc).strip().splitlines()[0]}", ("model", "backbone")) from None
+    base.trainable = spec.trainable
+    return base
+
+
+class _WeightsHint:
+    def __init__(self, backbone: str):
+        self.backbone = backbone
+        self.missing: tuple[str, str] | None = None  # (file name, cache dir)
+
+    def message(self) -> str:
+        fname, cache = self.missing
+        return (f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded; "
+                f"place `{fname}` in `{cache}` (or set `weights: null` or a file path)")
+
+
+@contextlib.contextmanager
+def _offline_weights_hint(backbone: str):
+    """Remember which file keras.applications asked for, so an offline failure can name it.
+
+    keras.applications calls keras.src.utils.file_utils.get_file directly and, when the
+    download fails, reports only the URL; the cache location is what a user needs.
+    """
+    from keras.src.utils import file_utils
+
+    hint = _WeightsHint(backbone)
+    real = file_utils.get_file
+
+    def recording_get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None, **kw):
+        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        base = cache_dir or keras_home
+        hint.missing = (fname or os.path.basename(origin or ""), os.path.join(base, cache_subdir))
+        path = real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kw)
+        hint.missing = None
+        return path
+
+    file_utils.get_file = recording_get_file
+    try:
+        yield hint
+    finally:
+        file_utils.get_file = real
+
+
+def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
+                output_dtype: str | None = None):
+    """The Keras model for `cfg`, taking raw pixels of `input_shape`.
+
+    `load_weights=False` builds a backbone untrained (for summaries: same shapes and
+    counts, no download). `output_dtype="float32"` keeps the last layer in float32
+    under a mixed-precision policy, as Keras's mixed-precision guide advises.
+    """
+    import keras
+
+    from cnncli.preprocessing import ImagenetPreprocess, backbone_mode
+
+    check_model_specs(cfg)
+    inputs = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
+    if cfg.model.backbone is not None:
+        x = ImagenetPreprocess(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), name="preprocess")(inputs)
+        x = build_backbone(cfg, input_shape, load_weights)(x)
+    else:
+        x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    outputs = {"input": x}
+    specs = cfg.model.layers
+    names = layer_names(specs)
+    for i, (spec, name) in enumerate(zip(specs, names)):
+        path = f"model.layers[{i}]"
+        extra = {"dtype": output_dtype} if output_dtype and i == len(specs) - 1 else {}
+        try:
+            layer = make_layer(spec, name, path, **extra)
+        except ConfigError as exc:
+            raise _as_config_error(cfg, exc) from None
+        args = [outputs[r] for r in spec.inputs] if spec.inputs else [x]
+        x = _call_layer(cfg, layer, args[0] if len(args) == 1 else args, path, spec.type)
+        outputs[name] = x
+    return keras.Model(inputs, x, name=cfg.name or "model")
+
+
+def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
+    from cnncli.config import _parse_path
+
+    try:
+        out = layer(arg)
+    except Exception as exc:  # Keras reports impossible shapes as ValueError (sometimes others)
+        shapes = [tuple(a.shape) for a in arg] if isinstance(arg, list) else tuple(arg.shape)
+        message = keras_message(exc)
+        raise cfg.error(f"{type_name} cannot take input of shape {_fmt(shapes)}: {message}",
+                        _parse_path(path)) from None
+    dims = [d for d in out.shape[1:] if d is not None]
+    if any(d <= 0 for d in dims):
+        raise cfg.error(f"{type_name} output shape {_fmt(tuple(out.shape))} reaches zero; "
+                        "the input is too small for this many layers, or the kernel/stride too large",
+                        _parse_path(path))
+    return out
+
+
+def _fmt(shape) -> str:
+    return str(shape).replace("None", "batch")

@@ -1,0 +1,237 @@
+"""The `cnn` command: parse, call, print.
+
+Each command's docstring is its --help. Library code raises CnnError; here it
+becomes one "Error: …" line on stderr and exit 1 (130 for an interrupt).
+TensorFlow is imported inside the commands that need it, so `cnn --help`
+stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+from rich.console import Console
+
+from cnncli import __version__
+from cnncli.errors import CnnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train, inspect, evaluate and export CNN image classifiers from YAML configs.",
+                  rich_markup_mode="rich")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_state = {"debug": False}
+
+SetOption = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
+                         help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probes) sent to /dev/null.
+
+    Those lines are written to file descriptor 2 by absl before TF_CPP_MIN_LOG_LEVEL
+    is read, so only redirecting the descriptor silences them; --debug keeps them.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if _state["debug"] or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # the CUDA probe logs once, here
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def handled(json_output: bool = False) -> Iterator[None]:
+    """Turn library errors into the CLI's contract: one Error line, exit code."""
+    _quiet_tensorflow()
+    if json_output:
+        _keras_logs_off_stdout()
+    try:
+        yield
+    except CnnError as exc:
+        if _state["debug"]:
+            raise
+        print(f"Error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def _keras_logs_off_stdout() -> None:
+    """Keras prints download progress to stdout; --json reserves stdout for the document."""
+    import keras
+
+    keras.utils.disable_interactive_logging()
+
+
+def emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cnncli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def validate(
+    configs: List[Path] = typer.Argument(..., help="Config files to check."),
+    set_: Optional[List[str]] = SetOption,
+    print_config: bool = typer.Option(False, "--print", help="Print each resolved config as YAML."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Check configs (schema, layer arguments, shapes) without training; exit 1 if any fails.
+
+    Example: cnn validate configs/*.yaml
+    """
+    from cnncli.summary import validate_file
+
+    _quiet_tensorflow()
+    if json_output:
+        _keras_logs_off_stdout()
+    results = [validate_file(path, set_ or []) for path in configs]
+    if json_output:
+        emit_json([r.as_json() for r in results])
+    else:
+        for r in results:
+            if r.ok:
+                out.print(f"ok      {r.file}  ({r.total_params:,} parameters, input {r.input_shape})")
+                if print_config:
+                    out.print(r.config_yaml, markup=False)
+            else:
+                for line in r.error.splitlines():
+                    print(f"Error: {line.strip()}" if not line.startswith(" ") else line, file=sys.stderr)
+            for warning in r.warnings:
+                err.print(f"[yellow]warning[/]: {r.file}: {warning}")
+    raise typer.Exit(0 if all(r.ok for r in results) else 1)
+
+
+@app.command()
+def summary(
+    config: Path = typer.Argument(..., help="Config file."),
+    set_: Optional[List[str]] = SetOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Show each layer's output shape, parameters, receptive field and MACs; no training.
+
+    Example: cnn summary configs/mnist_lenet.yaml --json
+    """
+    from cnncli.summary import summarize_config
+    from cnncli.report import print_summary
+
+    with handled(json_output):
+        result = summarize_config(config, set_ or [])
+        if json_output:
+            emit_json(result.as_json())
+        else:
+            print_summary(out, result)
+            for warning in result.warnings:
+                err.print(f"[yellow]warning[/]: {warning}")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Config file (omit with --resume)."),
+    set_: Optional[List[str]] = SetOption,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
+    smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Train a model and write a new run directory (config, history, metrics, model, plots).
+
+    Example: cnn train configs/shapes_cnn.yaml --epochs 3
+    """
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import make_reporter
+
+    with handled(json_output):
+        if config is None and resume is None:
+            raise CnnError("give a config file, or --resume RUN_DIR")
+        reporter = make_reporter(quiet, json_output)
+        result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
+                                           name=name, epochs=epochs, batch_size=batch_size, device=device,
+                                           smoke=smoke), reporter)
+        reporter.train_end()
+        if json_output:
+            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run})
+            return
+        test = result.metrics.get("test")
+        if test and not quiet:
+            out.print(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+                      f"({test['examples']:,} images)")
+        out.print(str(result.run_dir) if quiet else f"run directory: {result.run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    split: str = typer.Option("test", "--split", help="test | val | train"),
+    set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
+                                             help="Evaluate on other data, e.g. --data data.dataset=mnist."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Report loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
+
+    Example: cnn evaluate runs/shapes-cnn/20260101-120000 --json
+    """
+    from cnncli.report import print_evaluation
+    from cnncli.runs import evaluate_run
+
+    with handled(json_output):
+        if split not in ("test", "val", "train"):
+            raise CnnError(f"--split must be test, val or train, got `{split}`")
+        report = evaluate_run(run_dir, split, set_ or [], top_k)
+        if json_output:
+            emit_json(report)
+        else:
+            print_evaluation(out, report, f"{run_dir} · {split} split")
+            from cnncli.plots import plot_confusion_matrix
+            import numpy as np
+
+            png = Path(run_dir) / f"confusion_matrix_{split}.png" if set_ or split != "test" else \
+                Path(run_dir) / "confusion_matrix.png"
+            plot_confusion_matrix(np.array(report["confusion_matrix"]), [c["class"] for c in report["per_class"]], png)
+            out.print(f"confusion matrix: {png}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

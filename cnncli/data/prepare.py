@@ -1,0 +1,135 @@
+"""What happens to every source's arrays on their way to the model.
+
+In this order: `limit` (a fixed-seed subset of each split, so every run
+evaluates on the same examples), the validation split (a seeded
+permutation of the training examples), then `color_mode` and `image_size`.
+The same conversions serve `cnn predict` through `convert_images`, so a
+picture is treated there exactly as in training.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from cnncli.config import DataConfig
+from cnncli.data.base import Dataset, Splits, as_images
+from cnncli.errors import DataError
+
+LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
+CHANNELS = {"grayscale": 1, "rgb": 3}
+LUMA = (19595, 38470, 7471)  # ITU-R 601-2 weights in 16-bit fixed point, as PIL's convert("L")
+
+
+def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 NHWC to 1 or 3 channels: grey is repeated, colour becomes luminance (as PIL computes it)."""
+    if x.shape[-1] == channels:
+        return x
+    if channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    rgb = x.astype(np.uint32)
+    luma = (rgb[..., 0] * LUMA[0] + rgb[..., 1] * LUMA[1] + rgb[..., 2] * LUMA[2] + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """One uint8 (H, W, C) image to (height, width) = size, bilinear (antialiased when shrinking)."""
+    height, width = int(size[0]), int(size[1])
+    if image.shape[:2] == (height, width):
+        return image
+    channels = image.shape[-1]
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    out = np.asarray(pil.resize((width, height), Image.BILINEAR), np.uint8)
+    return out[..., None] if channels == 1 else out
+
+
+def resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """uint8 NHWC images to (height, width) = size."""
+    if x.shape[1:3] == tuple(size):
+        return x
+    out = np.empty((len(x), int(size[0]), int(size[1]), x.shape[-1]), np.uint8)
+    for i, image in enumerate(x):
+        out[i] = resize_image(image, size)
+    return out
+
+
+def convert_images(x, input_shape: Sequence[int]) -> np.ndarray:
+    """Arbitrary images to a model's (height, width, channels): uint8 (N, h, w, c).
+
+    `x` is one array (N, H, W) or (N, H, W, C), or a list of (H, W) or
+    (H, W, C) arrays of any sizes; C may be 1, 3 or 4 (alpha is dropped).
+    Floats in [0, 1] are scaled to 0..255.
+    """
+    height, width, channels = (int(d) for d in input_shape)
+    if channels not in (1, 3):
+        raise DataError(f"cannot convert images to {channels} channels; models here take 1 (grayscale) or 3 (rgb)")
+    if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim in (3, 4)):
+        items = list(x)
+    else:
+        raise DataError(f"expected a batch of images (N, H, W[, C]) or a list of (H, W[, C]) arrays, "
+                        f"got {type(x).__name__} {np.shape(x)}")
+    out = np.empty((len(items), height, width, channels), np.uint8)
+    for i, image in enumerate(items):
+        image = np.asarray(image)
+        if image.ndim not in (2, 3):
+            raise DataError(f"image {i}: expected (H, W) or (H, W, C), got shape {image.shape}")
+        if image.ndim == 3 and image.shape[-1] == 4:
+            image = image[..., :3]  # RGBA: the model has no use for transparency
+        image = as_images(image[None], f"image {i}")[0]
+        out[i] = resize_image(to_channels(image[None], channels)[0], (height, width))
+    return out
+
+
+def converted_shape(shape: Sequence[int], cfg: DataConfig) -> tuple[int, int, int]:
+    """A source's (H, W, C) after `image_size` and `color_mode`."""
+    height, width = cfg.image_size or shape[:2]
+    channels = CHANNELS[cfg.color_mode] if cfg.color_mode else shape[2]
+    return int(height), int(width), int(channels)
+
+
+def limit_indices(n: int, limit: int | None) -> np.ndarray:
+    """Which of n examples to keep: all, or `limit` of them chosen by a fixed seed, in their order."""
+    if limit is None or n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(LIMIT_SEED).permutation(n)[:limit])
+
+
+def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices: round(fraction * n) examples for validation, chosen by a seeded permutation."""
+    n_val = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)  # a requested split never ends up empty, nor takes everything
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _scale_boxes(boxes: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
+    """(top, left, bottom, right) boxes from an old (H, W) to a new one, rounded outwards."""
+    fy, fx = new[0] / old[0], new[1] / old[1]
+    out = boxes.astype(np.float64) * np.array([fy, fx, fy, fx])
+    out[:, :2], out[:, 2:] = np.floor(out[:, :2]), np.ceil(out[:, 2:])
+    return np.minimum(out, np.array([new[0], new[1], new[0], new[1]])).astype(np.int64)
+
+
+def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
+    """Limit, carve validation, convert colour and size: a source's Splits become a Dataset."""
+    boxes = dict(splits.bboxes) if splits.bboxes else None
+    keep_train = limit_indices(len(splits.x_train), cfg.limit)
+    keep_test = limit_indices(len(splits.x_test), cfg.limit)
+    train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
+    picks = {"train": keep_train[train], "val": keep_train[val], "test": keep_test}
+    source_of = {"train": "train", "val": "train", "test": "test"}
+    arrays, out_boxes = {}, {}
+    old = splits.x_train.shape[1:3]
+    target = converted_shape(splits.x_train.shape[1:], cfg)
+    for split, index in picks.items():
+        x = getattr(splits, f"x_{source_of[split]}")[index]
+        y = getattr(splits, f"y_{source_of[split]}")[index]
+        x = resize(to_channels(x, target[2]), target[:2])
+        arrays[split] = (x, y.astype(np.int64))
+        if boxes is not None:
+            out_boxes[split] = _scale_boxes(boxes[source_of[split]][index], old, target[:2])
+    return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
+                   source=splits.source, warnings=list(splits.warnings), bboxes=out_boxes or None)

@@ -1,0 +1,210 @@
+"""The PNG pictures a run leaves behind: training curves, confusion matrix, image grids.
+
+Everything draws on a private `matplotlib.figure.Figure` with the Agg canvas,
+never through pyplot, so no global state, GUI backend or display is involved
+and plots can be drawn from any thread. Every file is written atomically: it
+is rendered to a hidden temporary file beside the target and moved into place
+with `os.replace`, so a crash never leaves a half-written PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cnncli.errors import DataError
+
+DPI = 100  # with the inch sizes below, pixel sizes are round numbers (curves: 1000×400)
+CURVES_SIZE = (10.0, 4.0)  # inches; fixed so curves of different runs line up side by side
+CM_MIN_SIDE = 5.0  # inches; a 2-class matrix still has room for its colour bar and labels
+CM_INCH_PER_CLASS = 0.4  # room for one rotated tick label and a 4-digit count
+CM_MAX_SIDE = 40.0  # inches; cifar100 → 4000 px, big but still opens in a browser
+CM_ANNOTATE_MAX = 20  # beyond this, numbers in the cells are unreadable
+GRID_CELL = 1.5  # inches per image in plot_image_grid
+NOT_METRICS = {"epoch", "loss", "learning_rate", "lr"}  # history columns that are not a metric
+
+
+def plot_curves(history: list[dict], path) -> Path:
+    """Loss and accuracy (or the first metric) per epoch, train and validation, as a PNG.
+
+    `history` rows look like `{"epoch": 1, "loss": .., "accuracy": .., "val_loss": ..,
+    "val_accuracy": .., "learning_rate": ..}`; `val_*` and `learning_rate` may be
+    missing. Values may be strings (rows read back from history.csv); empty ones
+    are gaps. When a learning rate is present it is drawn on a log axis at the
+    right of the loss panel.
+    """
+    if not history:
+        raise DataError("no epochs in the history: nothing to plot")
+    epochs = [_number(row.get("epoch", i + 1)) for i, row in enumerate(history)]
+    metric = _first_metric(history)
+
+    fig = Figure(figsize=CURVES_SIZE, dpi=DPI, layout="constrained")
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    for ax, name in ((loss_ax, "loss"), (metric_ax, metric)):
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if name is None:
+            ax.text(0.5, 0.5, "no metric recorded", ha="center", va="center", transform=ax.transAxes)
+            continue
+        ax.set_title(name)
+        for key, label, style in ((name, "train", "-"), (f"val_{name}", "validation", "--")):
+            values = _column(history, key)
+            if values is not None:
+                ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
+        if ax.lines:
+            ax.legend(loc="best")
+    lr = _column(history, "learning_rate")
+    if lr is None:
+        lr = _column(history, "lr")  # older Keras / CSVLogger spelling
+    if lr is not None and np.nanmin(lr) > 0:  # a log axis needs positive values
+        lr_ax = loss_ax.twinx()
+        lr_ax.plot(epochs, lr, ":", color="gray", label="learning rate")
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate", color="gray")
+    if len(epochs) <= 20:  # integer ticks only; beyond that matplotlib's own choice reads better
+        for ax in (loss_ax, metric_ax):
+            ax.set_xticks(epochs)
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(cm, class_names: list[str], path, normalize: bool = True) -> Path:
+    """Heat map of a confusion matrix (rows = true class, columns = predicted) as a PNG.
+
+    With `normalize`, colours show each row as shares of its true class (so rare
+    classes are as visible as common ones); the cells are annotated with the raw
+    counts when there are at most 20 classes.
+    """
+    counts = np.asarray(cm)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise DataError(f"confusion matrix has shape {counts.shape} but there are {k} class names")
+    if normalize:
+        rows = counts.sum(axis=1, keepdims=True).astype(np.float64)
+        shown = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+        vmax = 1.0
+    else:
+        shown = counts.astype(np.float64)
+        vmax = max(float(shown.max()), 1.0)
+
+    side = cm_figure_side(k)
+    fig = Figure(figsize=(side + 1.0, side), dpi=DPI, layout="constrained")  # +1 in for the colour bar
+    ax = fig.subplots()
+    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class" if normalize else "count")
+    ax.set_xticks(range(k), labels=[str(n) for n in class_names], rotation=45, ha="right",
+                  rotation_mode="anchor")
+    ax.set_yticks(range(k), labels=[str(n) for n in class_names])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix" + (" (row-normalized)" if normalize else ""))
+    if k <= CM_ANNOTATE_MAX:
+        for t in range(k):
+            for p in range(k):
+                dark = shown[t, p] > 0.5 * vmax  # white text on dark cells
+                ax.text(p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=8,
+                        color="white" if dark else "black")
+    return _save(fig, path)
+
+
+def cm_figure_side(k: int) -> float:
+    """Height in inches of a confusion-matrix figure for k classes."""
+    return min(max(CM_MIN_SIDE, CM_INCH_PER_CLASS * k + 2.0), CM_MAX_SIDE)
+
+
+def plot_image_grid(images, path, titles: list[str] | None = None, cmap: str = "gray",
+                    ncols: int | None = None) -> Path:
+    """A grid of images (N, H, W, C) as a PNG, each stretched to its own [0, 1] range.
+
+    Per-image normalization is what makes learned filters readable: their
+    weights are small, signed and of different scales. C is 1 (drawn with
+    `cmap`) or 3 (RGB); (N, H, W) is taken as C = 1.
+    """
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3) or len(x) == 0:
+        raise DataError(f"images must be (N, H, W, 1) or (N, H, W, 3) with N > 0, got shape {x.shape}")
+    if titles is not None and len(titles) != len(x):
+        raise DataError(f"{len(titles)} titles for {len(x)} images")
+    x = normalize_per_image(x)
+    n = len(x)
+    ncols = max(1, min(ncols or math.ceil(math.sqrt(n)), n))
+    nrows = math.ceil(n / ncols)
+
+    title_room = 0.25 if titles else 0.0  # inches per row
+    fig = Figure(figsize=(ncols * GRID_CELL, nrows * (GRID_CELL + title_room)), dpi=DPI,
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        if x.shape[-1] == 1:
+            ax.imshow(x[i, ..., 0], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        else:
+            ax.imshow(x[i], interpolation="nearest")
+        if titles:
+            ax.set_title(str(titles[i]), fontsize=8)
+    return _save(fig, path)
+
+
+def normalize_per_image(x: np.ndarray) -> np.ndarray:
+    """Each image of (N, ...) scaled to [0, 1]; a constant image becomes all zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(range(1, x.ndim))
+    low = x.min(axis=axes, keepdims=True)
+    span = x.max(axis=axes, keepdims=True) - low
+    return np.divide(x - low, span, out=np.zeros_like(x), where=span > 0)
+
+
+def _save(fig: Figure, path) -> Path:
+    """Render `fig` as a PNG at `path`, atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide permissions, as a plain open() would;
+    # tempfile.mkstemp would leave the PNG readable by its owner only.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            FigureCanvasAgg(fig)
+            fig.savefig(f, format="png", dpi=DPI)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _first_metric(history: list[dict]) -> str | None:
+    """`accuracy` when recorded, else the first training metric in column order."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    if "accuracy" in keys:
+        return "accuracy"
+    for key in keys:
+        if key not in NOT_METRICS and not key.startswith("val_"):
+            return key
+    return None
+
+
+def _column(history: list[dict], key: str) -> list[float] | None:
+    """One column as floats (NaN where missing), or None when no row has it."""
+    values = [_number(row.get(key)) for row in history]
+    return None if all(math.isnan(v) for v in values) else values
+
+
+def _number(value) -> float:
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

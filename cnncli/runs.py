@@ -1,0 +1,92 @@
+"""Reading a finished run back: its config, model, class names and data.
+
+`cnn evaluate`, `export`, `predict`, `saliency` and `filters` all start here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnncli.config import Config, load_config
+from cnncli.errors import RunError
+from cnncli.train import rundir
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: Config
+    info: dict  # run.json
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info.get("class_names") or [])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.info["input_shape"])
+
+    def model_path(self) -> Path:
+        path = self.path / "model.keras"
+        if not path.exists():
+            status = self.info.get("status", "unknown")
+            raise RunError(f"`{self.path}` has no model.keras yet (run status: {status}); "
+                           f"finish it with cnn train --resume {self.path}")
+        return path
+
+    def load_model(self):
+        import keras
+
+        import cnncli.preprocessing  # noqa: F401  registers the custom layer for loading
+
+        path = self.model_path()
+        try:
+            return keras.models.load_model(path, compile=False)
+        except Exception as exc:  # a damaged zip or foreign file: say which
+            raise RunError(f"`{path}` cannot be loaded: {str(exc).splitlines()[0]}") from None
+
+    def load_data(self, overrides: list[str] | None = None):
+        """The run's data (same seed, so the same splits), converted to the model's input."""
+        from cnncli.data import convert_images, load
+
+        cfg = load_config(self.path / "config.yaml", overrides or []) if overrides else self.cfg
+        data = load(cfg.data, cfg.seed or 0)
+        for split in ("train", "val", "test"):
+            x = getattr(data, f"x_{split}")
+            if len(x) and tuple(x.shape[1:]) != self.input_shape:
+                setattr(data, f"x_{split}", convert_images(x, self.input_shape))
+        return data
+
+
+def open_run(path: str | Path) -> Run:
+    run_dir = rundir.find_run_dir(path)
+    cfg = load_config(run_dir / "config.yaml")
+    info = rundir.read_json(run_dir / "run.json")
+    return Run(run_dir, cfg, info)
+
+
+def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
+                 top_k: int | None = None) -> dict:
+    """Metrics of a run's model on a split of its data (or of other, compatible data)."""
+    import numpy as np
+
+    from cnncli.evaluate import classification_report
+
+    run = open_run(path)
+    model = run.load_model()
+    data = run.load_data(overrides)
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    if len(x) == 0:
+        raise RunError(f"the {split} split of this run's data is empty")
+    names = run.class_names or data.class_names
+    outputs = int(model.outputs[0].shape[-1])
+    if int(y.max()) >= outputs:
+        raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
+    probs = np.concatenate([np.asarray(model(x[i:i + 256].astype("float32"), training=False), np.float32)
+                            for i in range(0, len(x), 256)])
+    report = classification_report(y, probs, names[:outputs] if len(names) >= outputs else
+                                   [str(i) for i in range(outputs)], top_k=top_k)
+    report["split"] = split
+    report["run_dir"] = str(run.path)
+    return report

@@ -1,0 +1,69 @@
+"""`cnn summary` and `cnn validate`: build the model from a config and describe it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnncli.errors import CnnError
+
+
+@dataclass
+class SummaryResult:
+    file: str
+    input_shape: tuple
+    summary: object  # geometry.Summary
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        data = self.summary.as_json()
+        data["input_shape"] = [None, *self.input_shape]
+        data["warnings"] = self.warnings
+        return data
+
+
+@dataclass
+class ValidateResult:
+    file: str
+    ok: bool
+    error: str = ""
+    total_params: int = 0
+    input_shape: tuple = ()
+    warnings: list[str] = field(default_factory=list)
+    config_yaml: str = ""
+
+    def as_json(self) -> dict:
+        return {"file": self.file, "ok": self.ok, "error": self.error or None,
+                "total_params": self.total_params, "input_shape": list(self.input_shape),
+                "warnings": self.warnings}
+
+
+def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
+    """Load, build (no weights downloaded) and measure the model of one config."""
+    from cnncli.builder import build_model, raw_spec_problems
+    from cnncli.config import load_config
+    from cnncli.geometry import summarize
+    from cnncli.inputs import plan_input
+
+    cfg = load_config(path, overrides, spec_check=raw_spec_problems)
+    plan = plan_input(cfg)
+    model = build_model(cfg, plan.shape, load_weights=False)
+    summary = summarize(model)
+    warnings = plan.notes + summary.warnings
+    if plan.num_classes is not None:
+        outputs = model.outputs[0].shape[-1]
+        if len(model.outputs[0].shape) == 2 and outputs != plan.num_classes:  # KerasTensor shapes are tuples
+            warnings.append(f"the model outputs {outputs} values but the data has {plan.num_classes} classes")
+    return SummaryResult(str(path), plan.shape, summary, warnings)
+
+
+def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
+    try:
+        result = summarize_config(path, overrides)
+    except CnnError as exc:
+        return ValidateResult(str(path), False, error=str(exc))
+    from cnncli.config import load_config
+
+    return ValidateResult(str(path), True, total_params=result.summary.total_params,
+                          input_shape=result.input_shape, warnings=result.warnings,
+                          config_yaml=load_config(path, overrides).to_yaml())

@@ -1,0 +1,1 @@
+"""Training: the runtime (devices, precision, strategy), the loop, the run directory, the job."""

@@ -1,0 +1,159 @@
+"""`cnn train`: config in, a complete run directory out.
+
+Order of work: resolve the config and seed → set up devices and precision →
+load the data → build the model under the strategy → train each phase,
+checkpointing every epoch → evaluate on the test split → save the model,
+metrics and plots. `--resume` re-enters this at the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import __version__
+from cnncli.config import Config, load_config
+from cnncli.errors import CnnError, ConfigError, DataError, Interrupted
+from cnncli.train import rundir
+from cnncli.train.progress import Reporter
+
+
+@dataclass
+class TrainOptions:
+    config: Path | None = None
+    resume: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    output: Path = Path("runs")
+    name: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    smoke: bool = False
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    run: dict
+
+
+def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
+    """The config to run; for --resume, the run's own resolved config and saved state."""
+    cli = list(opts.overrides)
+    for key, value in (("train.epochs", opts.epochs), ("train.batch_size", opts.batch_size),
+                       ("name", opts.name), ("runtime.device", opts.device)):
+        if value is not None:
+            cli.append(f"{key}={value}")
+    if opts.resume is not None:
+        run_dir = rundir.find_run_dir(opts.resume)
+        state_path = run_dir / rundir.STATE_FILE
+        state = rundir.read_json(state_path) if state_path.exists() else None
+        if state is None:
+            raise CnnError(f"`{run_dir}` has no completed epoch to resume from; start it again with cnn train")
+        return load_config(run_dir / "config.yaml", cli), run_dir, state
+    if opts.config is None:
+        raise CnnError("give a config file, or --resume RUN_DIR")
+    return load_config(opts.config, cli), None, None
+
+
+def _has_convolutions(cfg: Config) -> bool:
+    return cfg.model.backbone is not None or any("conv" in s.type.lower() for s in cfg.model.layers)
+
+
+class _StopSignal:
+    """SIGTERM behaves like Ctrl-C: stop at the next chunk boundary, keep the run resumable."""
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread (tests driving the job in a thread)
+            self._old = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
+    cfg, resume_dir, state = resolve_config(opts)
+    if cfg.seed is None:
+        cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
+    from cnncli.train.runtime import setup_runtime
+
+    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg))
+    reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
+                     f"precision {runtime.precision}: {runtime.precision_reason}")
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    data, plan = _load_data(cfg, opts.smoke, reporter)
+    if resume_dir is not None:
+        run_dir = resume_dir
+    elif runtime.is_chief:
+        run_dir = rundir.create_run_dir(opts.output, cfg.name or "run")
+    else:  # other workers train in step with the chief but keep nothing
+        run_dir = Path(tempfile.mkdtemp(prefix=f"cnncli-worker{runtime.worker_index}-"))
+    if resume_dir is None:
+        rundir.atomic_write(run_dir / "config.yaml", cfg.to_yaml())
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+
+    from cnncli.train.session import Session
+
+    session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
+    with _StopSignal():
+        try:
+            session.train(state)
+        except KeyboardInterrupt:
+            session.mark("interrupted")
+            raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
+                              f"cnn train --resume {run_dir}") from None
+    return session.finish()
+
+
+def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
+    from cnncli.data import convert_images, load
+    from cnncli.inputs import plan_input
+
+    plan = plan_input(cfg)
+    for note in plan.notes:
+        reporter.message(f"note: {note}")
+    t0 = time.perf_counter()
+    data = load(cfg.data, cfg.seed)
+    for warning in data.warnings:
+        reporter.message(f"warning: {warning}")
+    if tuple(data.input_shape) != tuple(plan.shape):
+        for split in ("train", "val", "test"):
+            x = getattr(data, f"x_{split}")
+            setattr(data, f"x_{split}", convert_images(x, plan.shape) if len(x) else
+                    np.zeros((0, *plan.shape), np.uint8))
+        reporter.message(f"note: images converted from {data.x_train.shape[1:]} to the model's input {plan.shape}")
+    if smoke:  # a couple of batches of everything: proves the pipeline, not the model
+        b = cfg.train.batch_size
+        data.x_train, data.y_train = data.x_train[:2 * b], data.y_train[:2 * b]
+        data.x_val, data.y_val = data.x_val[:b], data.y_val[:b]
+        data.x_test, data.y_test = data.x_test[:b], data.y_test[:b]
+    if len(data.x_train) == 0:
+        raise DataError("the training split is empty (check data.limit and data.validation_split)")
+    reporter.message(f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
+                     f"{len(data.x_test):,} test, {data.num_classes} classes, loaded in {time.perf_counter() - t0:.1f}s")
+    return data, plan

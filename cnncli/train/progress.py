@@ -1,0 +1,106 @@
+"""What the user sees while a run trains: live bars, plain lines, or nothing.
+
+The loop calls a reporter at chunk and epoch boundaries only; nothing here
+runs inside a training step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _logs_text(logs: dict) -> str:
+    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+                     if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase"))
+
+
+class Reporter:
+    """Silent base: --quiet and --json use it as is."""
+
+    def message(self, text: str) -> None:
+        pass
+
+    def train_begin(self, total_epochs: int, steps: int) -> None:
+        pass
+
+    def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
+        pass
+
+    def chunk(self, steps_done: int, steps: int, logs: dict, seconds: float, examples: int) -> None:
+        pass
+
+    def epoch_end(self, row: dict) -> None:
+        pass
+
+    def train_end(self) -> None:
+        pass
+
+
+class PlainReporter(Reporter):
+    """One line per epoch: for logs and CI, where bars would be noise."""
+
+    def __init__(self, stream=None):
+        self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
+
+    def message(self, text: str) -> None:
+        self.console.print(text)
+
+    def epoch_end(self, row: dict) -> None:
+        lr = f"  lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
+        self.console.print(f"epoch {row['epoch']:>3}  {_logs_text(row)}{lr}  "
+                           f"{row['examples_per_second']:,.0f} img/s  {row['seconds']:.1f}s")
+
+
+class RichReporter(PlainReporter):
+    """A live bar per epoch (steps, images/s, loss, ETA) and a table of finished epochs."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(highlight=False)
+        self.table_rows: list[dict] = []
+        self.progress: Progress | None = None
+        self.task = None
+
+    def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
+        self.progress = Progress(TextColumn(f"epoch {epoch}/{total_epochs}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, info="")
+        self._t0 = time.perf_counter()
+
+    def chunk(self, steps_done: int, steps: int, logs: dict, seconds: float, examples: int) -> None:
+        if self.progress is not None:
+            rate = examples / seconds if seconds > 0 else 0.0
+            self.progress.update(self.task, completed=steps_done, info=f"{rate:,.0f} img/s  {_logs_text(logs)}")
+
+    def epoch_end(self, row: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        super().epoch_end(row)
+        self.table_rows.append(row)
+
+    def train_end(self) -> None:
+        if not self.table_rows:
+            return
+        keys = [k for k in self.table_rows[0] if k not in ("phase",)]
+        table = Table(title="history", title_justify="left")
+        for key in keys:
+            table.add_column(key, justify="right")
+        for row in self.table_rows:
+            table.add_row(*[f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
+                            for k in keys])
+        self.console.print(table)
+
+
+def make_reporter(quiet: bool, json_output: bool) -> Reporter:
+    if quiet or json_output:
+        return Reporter()
+    if sys.stdout.isatty():
+        return RichReporter()
+    return PlainReporter()

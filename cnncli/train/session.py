@@ -1,0 +1,349 @@
+"""One training run in progress: the model, its phases, checkpoints and reports.
+
+Every epoch ends with, in this order: history.csv, a TensorFlow checkpoint
+(model and optimizer), and checkpoints/state.json naming that checkpoint. A
+crash between any two of these leaves state.json pointing at a complete,
+earlier checkpoint, which `--resume` restores; the epoch order is a function of
+(seed, epoch), so the resumed run repeats what the lost one would have done.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cnncli import __version__
+from cnncli.errors import CnnError, DataError
+from cnncli.train import rundir
+from cnncli.train.loop import NonFiniteLoss, Trainer
+from cnncli.train.phases import apply_trainable, plan_phases
+from cnncli.train.schedules import EpochSchedule
+
+
+class Session:
+    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False):
+        import keras
+
+        from cnncli.builder import build_model
+        from cnncli.layers import make_layer
+
+        self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
+        self.smoke = smoke
+        self.strategy = runtime.strategy
+        mixed = runtime.precision.startswith("mixed")
+        with self.strategy.scope():
+            self.model = build_model(cfg, plan.shape, output_dtype="float32" if mixed else None)
+            self.augment = None
+            if cfg.data.augment:
+                from cnncli.builder import layer_names
+
+                names = layer_names(cfg.data.augment)
+                self.augment = keras.Sequential(
+                    [make_layer(s, f"augment_{n}", f"data.augment[{i}]", **_seed_for(s, cfg.seed + i))
+                     for i, (s, n) in enumerate(zip(cfg.data.augment, names))], name="augment")
+        self.loss_fn = keras.losses.get(cfg.train.loss)
+        self._check_labels()
+        self.history: list[dict] = []
+        self.phase_records: list[dict] = []
+        self.best: dict = {}
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.status = "running"
+        self.write_run_json()
+
+    # ------------------------------------------------------------------ checks and records
+    def _check_labels(self) -> None:
+        outputs = int(self.model.outputs[0].shape[-1])
+        top = max((int(y.max()) for y in (self.data.y_train, self.data.y_val, self.data.y_test) if len(y)), default=0)
+        if top >= outputs:
+            raise DataError(f"labels go up to {top} ({self.data.num_classes} classes) but the model outputs "
+                            f"{outputs} values; set the last layer's units to {self.data.num_classes}")
+
+    def write_run_json(self) -> None:
+        import keras
+        import tensorflow as tf
+
+        trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
+        rundir.write_json(self.run_dir / "run.json", {
+            "name": self.cfg.name, "status": self.status, "started": self.started,
+            "command": sys.argv, "seed": self.cfg.seed,
+            "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                         "python": platform.python_version(), "numpy": np.__version__},
+            "host": platform.node(), "runtime": self.runtime.as_json(),
+            "data": {"source": self.data.source, "train": len(self.data.x_train), "val": len(self.data.x_val),
+                     "test": len(self.data.x_test)},
+            "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
+            "total_params": int(self.model.count_params()), "trainable_params": trainable,
+            "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
+        })
+
+    def mark(self, status: str) -> None:
+        self.status = status
+        if self.runtime.is_chief:
+            self.write_run_json()
+
+    # ------------------------------------------------------------------ training
+    def train(self, state: dict | None) -> None:
+        import tensorflow as tf
+
+        phases = plan_phases(self.cfg)
+        start_phase, done_in_phase = 0, 0
+        if state is not None:
+            self.history = state["history"]
+            self.phase_records = state.get("phases", [])
+            self.best = state.get("best", {})
+            start_phase, done_in_phase = state["phase"], state["phase_epochs_done"]
+            apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
+            if done_in_phase >= phases[start_phase].epochs:  # that phase was complete: weights only
+                tf.train.Checkpoint(model=self.model).read(str(self.run_dir / state["checkpoint"])).expect_partial()
+                start_phase, done_in_phase = start_phase + 1, 0
+            self.reporter.message(f"resuming after epoch {len(self.history)}")
+        total = sum(1 if self.smoke else p.epochs for p in phases)
+        for phase in phases[start_phase:]:
+            resume = state if (state is not None and phase.index == state["phase"] and done_in_phase) else None
+            self._train_phase(phase, total, done_in_phase, resume)
+            done_in_phase = 0
+            if getattr(self.model, "stop_training", False):
+                break
+
+    def _train_phase(self, phase, total_epochs: int, done: int, state: dict | None) -> None:
+        import keras
+        import tensorflow as tf
+
+        from cnncli.layers import make_metric, make_optimizer
+
+        cfg = self.cfg
+        apply_trainable(self.model, cfg, phase.trainable)
+        schedule = EpochSchedule(cfg.train.lr_schedule)
+        overrides = {}
+        if phase.learning_rate is not None:
+            overrides["learning_rate"] = phase.learning_rate
+        if schedule.step_schedule is not None:
+            overrides["learning_rate"] = schedule.step_schedule
+        path = f"train.phases[{phase.index}].optimizer" if cfg.train.phases else "train.optimizer"
+        with self.strategy.scope():
+            optimizer = make_optimizer(phase.optimizer, path, **overrides)
+            if self.runtime.precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(self.model.trainable_variables)
+            metrics = [make_metric(m, cfg.train.loss) for m in cfg.train.metrics]
+            self.model.compile(optimizer=optimizer, loss=cfg.train.loss)  # lets Keras callbacks reach the optimizer
+        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer)
+        if state is not None:
+            checkpoint.read(str(self.run_dir / state["checkpoint"])).expect_partial()
+        trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
+                          cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
+                          steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
+        trainer.set_data(self.data.x_train, self.data.y_train)
+        callbacks = self._callbacks(schedule, state)
+        epochs = 1 if self.smoke else phase.epochs
+        record = next((r for r in self.phase_records if r["index"] == phase.index), None)
+        if record is None:
+            record = {"index": phase.index, "epochs": 0, "trainable": phase.trainable,
+                      "trainable_params": int(sum(np.prod(w.shape) for w in self.model.trainable_weights)),
+                      "learning_rates": [], "train_seconds": 0.0, "examples": 0, "examples_per_second": 0.0}
+            self.phase_records.append(record)
+        callbacks.on_train_begin()
+        for e in range(done, epochs):
+            index = len(self.history)  # 0-based epoch over all phases
+            lr = schedule.rate(index)
+            if lr is not None:
+                optimizer.learning_rate = lr
+            self.reporter.epoch_begin(index + 1, total_epochs, trainer.steps_per_epoch())
+            callbacks.on_epoch_begin(index)
+            try:
+                result = trainer.train_epoch(index, on_chunk=lambda d, s, logs, sec: self.reporter.chunk(
+                    d, s, logs, sec, min(d * cfg.train.batch_size, len(self.data.x_train))))
+            except NonFiniteLoss as exc:
+                self._non_finite(index + 1, exc.step, optimizer)
+            row = {"epoch": index + 1}
+            if cfg.train.phases:
+                row["phase"] = phase.index + 1
+            row.update(result.logs)
+            if len(self.data.x_val):
+                row.update({f"val_{k}": v for k, v in self.score(trainer.predict(self.data.x_val), self.data.y_val).items()})
+            row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
+            row["seconds"] = round(result.seconds, 4)
+            row["examples_per_second"] = round(result.examples / result.seconds, 1) if result.seconds else 0.0
+            record["epochs"] += 1
+            record["train_seconds"] = round(record["train_seconds"] + result.seconds, 4)
+            record["examples"] += result.examples
+            record["examples_per_second"] = round(record["examples"] / record["train_seconds"], 1)
+            record["learning_rates"].append(row["learning_rate"])
+            self.history.append(row)
+            callbacks.on_epoch_end(index, dict(row))
+            self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
+            self.reporter.epoch_end(row)
+            if getattr(self.model, "stop_training", False):
+                self.reporter.message(f"early stopping after epoch {index + 1}")
+                break
+        callbacks.on_train_end()
+
+    def _callbacks(self, schedule: EpochSchedule, state: dict | None):
+        import keras
+
+        cbs = []
+        es = self.cfg.train.early_stopping
+        if es is not None:
+            self.early_stopping = keras.callbacks.EarlyStopping(**es.model_dump())
+            cbs.append(self.early_stopping)
+        else:
+            self.early_stopping = None
+        if schedule.callback is not None:
+            cbs.append(schedule.callback)
+        if self.runtime.is_chief and importlib.util.find_spec("tensorboard") is not None:
+            cbs.append(keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "logs"), write_graph=False))
+        callbacks = keras.callbacks.CallbackList(cbs, model=self.model)
+        self._saved_callback_state = (state or {}).get("early_stopping")
+        return _ResumableCallbacks(callbacks, self)
+
+    def score(self, probs: np.ndarray, y: np.ndarray) -> dict:
+        """Loss and the configured metrics on predicted probabilities."""
+        from cnncli.layers import make_metric
+
+        out = {"loss": float(np.mean(self.loss_fn(y, probs)))}
+        for name in self.cfg.train.metrics:
+            metric = make_metric(name, self.cfg.train.loss)
+            metric.update_state(y, probs)
+            out[metric.name] = float(metric.result())
+        return out
+
+    def _end_of_epoch(self, checkpoint, phase, phase_epochs_done: int, row: dict, callbacks) -> None:
+        rundir.write_history(self.run_dir / "history.csv", self.history)
+        self._track_best(row)
+        prefix = f"checkpoints/epoch-{row['epoch']:04d}"
+        checkpoint.write(str(self.run_dir / prefix))
+        state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
+                 "history": self.history, "phases": self.phase_records, "best": self.best,
+                 "early_stopping": callbacks.state()}
+        rundir.write_json(self.run_dir / rundir.STATE_FILE, state)
+        for old in sorted((self.run_dir / "checkpoints").glob("epoch-*.index"))[:-2]:  # keep the last two
+            for part in old.parent.glob(old.name[:-len(".index")] + ".*"):
+                part.unlink(missing_ok=True)
+        self.write_run_json()
+
+    def _track_best(self, row: dict) -> None:
+        spec = self.cfg.train.checkpoint
+        value = row.get(spec.monitor)
+        if value is None:
+            return
+        mode = spec.mode if spec.mode != "auto" else ("max" if "acc" in spec.monitor else "min")
+        better = (not self.best or (value > self.best["value"] if mode == "max" else value < self.best["value"]))
+        if better:
+            self.best = {"monitor": spec.monitor, "value": value, "epoch": row["epoch"]}
+            if spec.save_best_only:
+                rundir.save_model(self.model, self.run_dir / "checkpoints" / "best.keras")
+
+    def _non_finite(self, epoch: int, step: int, optimizer) -> None:
+        lr = float(_current_lr(optimizer))
+        last = f"epoch {len(self.history)} is kept in {self.run_dir / 'checkpoints'}" if self.history else \
+            "no epoch had completed"
+        self.mark("failed")
+        raise CnnError(f"the loss became NaN or infinite at epoch {epoch}, step {step} "
+                       f"(learning rate {lr:.3g}); training stopped and {last}. "
+                       f"Try a lower learning rate, e.g. {lr / 10:.3g}")
+
+    # ------------------------------------------------------------------ the end
+    def finish(self):
+        from cnncli.evaluate import classification_report
+        from cnncli.train.job import TrainResult
+
+        if self.cfg.train.checkpoint.save_best_only and (self.run_dir / "checkpoints" / "best.keras").exists():
+            import keras
+
+            best = keras.models.load_model(self.run_dir / "checkpoints" / "best.keras", compile=False)
+            self.model.set_weights(best.get_weights())
+        metrics: dict = {}
+        if self.history and any(k.startswith("val_") for k in self.history[-1]):
+            metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
+        if len(self.data.x_test):
+            probs = _predict(self.model, self.data.x_test)
+            metrics["test"] = classification_report(self.data.y_test, probs, self.data.class_names)
+        if self.runtime.is_chief:
+            rundir.write_json(self.run_dir / "metrics.json", metrics)
+            rundir.save_model(self.model, self.run_dir / "model.keras")
+            self._plots(metrics)
+            self.status = "complete"
+            self.write_run_json()
+        else:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return TrainResult(self.run_dir, metrics, {"phases": self.phase_records, "runtime": self.runtime.as_json()})
+
+    def _plots(self, metrics: dict) -> None:
+        from cnncli.plots import plot_confusion_matrix, plot_curves
+
+        if self.history:
+            plot_curves(self.history, self.run_dir / "curves.png")
+        if "test" in metrics:
+            plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
+                                  self.run_dir / "confusion_matrix.png")
+
+
+class _ResumableCallbacks:
+    """Keras callbacks, with EarlyStopping's counters carried across --resume."""
+
+    _KEYS = ("wait", "best", "stopped_epoch", "best_epoch")
+
+    def __init__(self, callbacks, session: Session):
+        self.callbacks, self.session = callbacks, session
+
+    def on_train_begin(self):
+        self.callbacks.on_train_begin()
+        es, saved = self.session.early_stopping, self.session._saved_callback_state
+        if es is not None and saved:
+            for key in self._KEYS:
+                if key in saved:
+                    setattr(es, key, saved[key])
+
+    def on_epoch_begin(self, epoch):
+        self.callbacks.on_epoch_begin(epoch)
+
+    def on_epoch_end(self, epoch, logs):
+        self.callbacks.on_epoch_end(epoch, logs)
+
+    def on_train_end(self):
+        self.callbacks.on_train_end()
+
+    def state(self) -> dict | None:
+        es = self.session.early_stopping
+        if es is None:
+            return None
+        return {k: _plain(getattr(es, k, None)) for k in self._KEYS}
+
+
+def _plain(value):
+    if value is None:
+        return None
+    try:
+        return float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        return None
+
+
+def _current_lr(optimizer) -> float:
+    return float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
+                 else optimizer.learning_rate)
+
+
+def _seed_for(spec, seed: int) -> dict:
+    """Random augmentation layers follow the run's seed unless the config sets their own."""
+    from cnncli.layers import LAYERS, accepted_args
+
+    takes_seed = "seed" in accepted_args(LAYERS.get(spec.type))
+    return {"seed": seed} if takes_seed and "seed" not in spec.args else {}
+
+
+def _live(reporter) -> bool:
+    from cnncli.train.progress import RichReporter
+
+    return isinstance(reporter, RichReporter)
+
+
+def _predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    return np.concatenate([np.asarray(model(x[i:i + batch_size].astype("float32"), training=False),
+                                      dtype=np.float32) for i in range(0, len(x), batch_size)])
