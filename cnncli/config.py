@@ -413,6 +413,7 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
                 raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:i])} is not a mapping")
             if node.get(step) is None:
                 node[step] = [] if isinstance(nxt, int) else {}
+                lines[path[:i + 1]] = 0  # created by the override: errors below it point at --set, not line 1
             node = node[step]
         last = path[-1]
         if isinstance(last, int):

@@ -27,6 +27,7 @@ CM_INCH_PER_CLASS = 0.4  # room for one rotated tick label and a 4-digit count
 CM_MAX_SIDE = 40.0  # inches; cifar100 → 4000 px, big but still opens in a browser
 CM_ANNOTATE_MAX = 20  # beyond this, numbers in the cells are unreadable
 GRID_CELL = 1.5  # inches per image in plot_image_grid
+SALIENCY_SIZE = (9.0, 3.4)  # inches: 900×340 px, three square panels and a title line
 NOT_METRICS = {"epoch", "loss", "learning_rate", "lr"}  # history columns that are not a metric
 
 
@@ -151,6 +152,38 @@ def plot_image_grid(images, path, titles: list[str] | None = None, cmap: str = "
             ax.imshow(x[i], interpolation="nearest")
         if titles:
             ax.set_title(str(titles[i]), fontsize=8)
+    return _save(fig, path)
+
+
+def plot_saliency(image, saliency, path, title: str | None = None) -> Path:
+    """An image, its saliency heat map and the two overlaid, side by side, as a 900×340 PNG.
+
+    `image` is uint8 (H, W, 1 | 3) or (H, W); `saliency` is (H, W), non-negative.
+    The heat map is scaled to its own maximum, so maps of different images share
+    a colour scale only in shape, not in absolute size.
+    """
+    img = np.asarray(image)
+    heat = np.asarray(saliency, dtype=np.float64)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.shape[:2] != heat.shape:
+        raise DataError(f"saliency map {heat.shape} does not match the image {img.shape[:2]}")
+    top = heat.max() if heat.size and heat.max() > 0 else 1.0
+    fig = Figure(figsize=SALIENCY_SIZE, dpi=DPI, layout="constrained")
+    panels = fig.subplots(1, 3)
+    grey = dict(cmap="gray", vmin=0, vmax=255) if img.ndim == 2 else {}
+    panels[0].imshow(img, interpolation="nearest", **grey)
+    panels[0].set_title("image", fontsize=9)
+    shown = panels[1].imshow(heat / top, cmap="inferno", vmin=0.0, vmax=1.0, interpolation="nearest")
+    panels[1].set_title("saliency", fontsize=9)
+    fig.colorbar(shown, ax=panels[1], fraction=0.046, pad=0.04)
+    panels[2].imshow(img, interpolation="nearest", **grey)
+    panels[2].imshow(heat / top, cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55, interpolation="nearest")
+    panels[2].set_title("overlay", fontsize=9)
+    for ax in panels:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -8,6 +8,7 @@ its line, duplicate keys are caught, and alias expansion is bounded (a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ MAX_NODES = 200_000  # bounds alias expansion ("billion laughs") and deep struct
 MAX_DEPTH = 64
 
 KeyPath = tuple  # ("model", "layers", 2, "kernel_size")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float.
+
+    PyYAML follows YAML 1.1, where a float needs a dot, so `learning_rate: 1e-3`
+    would reach Keras as the string "1e-3"; YAML 1.2 (and every Keras example) reads a number.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def format_path(path: KeyPath) -> str:
@@ -90,7 +103,7 @@ def _tag_error(node: yaml.Node, path: KeyPath) -> ConfigError:
 
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[KeyPath, int]]:
     """Parse one YAML document; return the data and a key-path → line map."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

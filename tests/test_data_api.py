@@ -18,7 +18,7 @@ from PIL import Image
 from cnncli.config import DataConfig
 from cnncli.data import SOURCES, Dataset, DatasetInfo, convert_images, describe, list_datasets, load
 from cnncli.data import keras_datasets
-from cnncli.data.prepare import limit_indices, to_channels, validation_indices
+from cnncli.data.prepare import limit_indices, resize, to_channels, validation_indices
 from cnncli.errors import DataError
 
 SMALL_SHAPES = {"image_size": 16, "train_examples": 60, "test_examples": 30}
@@ -115,6 +115,7 @@ def test_list_datasets_matches_the_schema():
     from cnncli.config import DATASETS
 
     assert list_datasets() == sorted(DATASETS)
+    assert all(SOURCES.get(name).summary for name in list_datasets())
 
 
 def test_unknown_dataset_is_a_data_error_with_suggestion():
@@ -228,6 +229,18 @@ def test_to_channels_matches_pil():
     expected = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in rgb])[..., None]
     assert np.array_equal(gray, expected)
     assert np.array_equal(to_channels(gray, 3), np.repeat(gray, 3, axis=-1))
+
+
+@pytest.mark.parametrize("old, new, channels", [((28, 28), (32, 32), 1), ((64, 48), (20, 30), 3),
+                                                 ((7, 9), (100, 3), 1)])
+def test_resize_is_pil_bilinear_up_to_rounding(old, new, channels):
+    x = np.random.default_rng(1).integers(0, 256, (5, *old, channels), dtype=np.uint8)
+    ours = resize(x, new)
+    pil = np.stack([np.asarray(Image.fromarray(im[..., 0] if channels == 1 else im).resize(new[::-1],
+                                                                                       Image.BILINEAR))
+                    for im in x]).reshape(ours.shape)
+    assert ours.shape == (5, *new, channels) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - pil).max() <= 1  # PIL rounds between its two passes; we round once
 
 
 def test_convert_images_to_a_model_input():

@@ -36,6 +36,13 @@ def test_class_names_one_hot_and_column_labels(tmp_path):
     assert describe(DataConfig(dataset="npz", path=str(path))).class_names == ["a", "b", "c", "d"]
 
 
+def test_one_hot_width_counts_classes_without_examples(tmp_path):
+    onehot = np.eye(5, dtype=np.uint8)[np.arange(12) % 3]
+    path = write_npz(tmp_path / "d.npz", y_train=onehot)
+    assert _load(path).class_names == ["0", "1", "2", "3", "4"]
+    assert describe(DataConfig(dataset="npz", path=str(path))).num_classes == 5
+
+
 def test_missing_array_lists_what_the_file_has(tmp_path):
     path = write_npz(tmp_path / "d.npz", y_test=None, labels=np.zeros(3))
     for call in (_load, lambda p: describe(DataConfig(dataset="npz", path=str(p)))):

@@ -79,10 +79,10 @@ def test_render_rejects_unknown_figure():
 
 def test_default_set_generates_fast():
     spec = ShapesSpec()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: other processes on a busy CI machine do not count
     shapes.generate(spec, spec.train_examples, 0)
     shapes.generate(spec, spec.test_examples, 0, split=1)
-    assert time.perf_counter() - start < 3.0
+    assert time.process_time() - start < 3.0
 
 
 @pytest.mark.slow

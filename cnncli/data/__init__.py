@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from cnncli.config import DataConfig
 from cnncli.data import idx, image_folder, keras_datasets, npz, shapes
-from cnncli.data.base import Dataset, DatasetInfo, Source, Splits
+from cnncli.data.base import Dataset, DatasetInfo, Source
 from cnncli.data.prepare import convert_images, converted_shape, prepare
 from cnncli.errors import DataError
 from cnncli.registry import Registry

@@ -81,6 +81,18 @@ def _held_out(path: Path, root: Path) -> str:
     return hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()
 
 
+def _carve(per_class: dict[str, list[Path]], names: list[str], root: Path) -> dict[str, list[tuple[Path, int]]]:
+    """Hold out TEST_FRACTION of each class (at least one image of any class with two or more)."""
+    files: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
+    for label, name in enumerate(names):
+        paths = per_class[name]
+        n_test = max(1, round(TEST_FRACTION * len(paths))) if len(paths) >= 2 else 0
+        held = set(sorted(paths, key=lambda p: _held_out(p, root))[:n_test])
+        files["train"] += [(p, label) for p in paths if p not in held]
+        files["test"] += [(p, label) for p in paths if p in held]
+    return files
+
+
 def scan(cfg: DataConfig) -> Scan:
     """Find the classes and their files, and decide the train/test split, reading no pixels."""
     if not cfg.path:
@@ -97,38 +109,31 @@ def scan(cfg: DataConfig) -> Scan:
         found = f"only `{names[0]}`" if names else "none"
         raise DataError(f"{train_root}: a classifier needs at least 2 class folders, found {found}; "
                         "put each class's images in its own sub-folder")
-    seen = {real_root}
+    seen = {real_root, *(folder.resolve() for folder in classes.values())}  # links to these are not re-read
     per_class = {name: _walk(classes[name], real_root, follow, outside, seen) for name in names}
-    empty = [name for name in names if not per_class[name]]
+    empty = [f"`{name}`" for name in names if not per_class[name]]
     if empty:
-        raise DataError(f"{train_root}: class folder{'s' if len(empty) > 1 else ''} "
-                        f"{', '.join(f'`{e}`' for e in empty)} {'have' if len(empty) > 1 else 'has'} no images "
-                        f"({', '.join(EXTENSIONS)}); add images or remove the folder")
-    files: dict[str, list[tuple[Path, int]]] = {"train": [], "test": []}
-    warnings = []
+        raise DataError(f"{train_root}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+                        f"{'have' if len(empty) > 1 else 'has'} no images ({', '.join(EXTENSIONS)}); "
+                        "add images or remove the folder")
     if split_layout and (root / "test").is_dir():
         test_classes = _class_dirs(root / "test", real_root, follow, outside)
         unknown = sorted(set(test_classes) - set(names))
         if unknown:
             raise DataError(f"{root / 'test'}: class folder(s) {', '.join(unknown)} are not in {train_root}; "
                             "the test classes must be training classes")
-        for label, name in enumerate(names):
-            files["train"] += [(p, label) for p in per_class[name]]
-            if name in test_classes:
-                files["test"] += [(p, label) for p in _walk(test_classes[name], real_root, follow, outside, seen)]
+        files = {"train": [(p, label) for label, name in enumerate(names) for p in per_class[name]],
+                 "test": [(p, label) for label, name in enumerate(names) if name in test_classes
+                          for p in _walk(test_classes[name], real_root, follow, outside, seen)]}
     else:
-        for label, name in enumerate(names):
-            paths = per_class[name]
-            n_test = max(1, round(TEST_FRACTION * len(paths))) if len(paths) >= 2 else 0
-            held = set(sorted(paths, key=lambda p: _held_out(p, root))[:n_test])
-            files["train"] += [(p, label) for p in paths if p not in held]
-            files["test"] += [(p, label) for p in paths if p in held]
+        files = _carve(per_class, names, root)
+    warnings = []
     if outside:
         warnings.append(f"skipped {len(outside)} link(s) leading outside {root}: {_listing(outside)}; "
                         "set data.follow_symlinks: true to follow them")
-    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS]
-    if loose and not split_layout:
-        warnings.append(f"ignored {len(loose)} image(s) directly in {root}, outside any class folder")
+    loose = [p for p in sorted(train_root.iterdir()) if p.is_file() and p.suffix.lower() in EXTENSIONS]
+    if loose:
+        warnings.append(f"ignored {len(loose)} image(s) outside any class folder: {_listing(loose)}")
     return Scan(root, names, files, warnings)
 
 
@@ -215,6 +220,7 @@ def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
         shape = (0, *(size or (1, 1)), channels)
         arrays[split] = (np.stack(images) if images else np.zeros(shape, np.uint8), np.array(labels, np.int64))
     warnings = list(scan_.warnings)
+    bad.sort()
     if bad and cfg.on_corrupt == "error":
         path, why = bad[0]
         more = f" (and {len(bad) - 1} more: {_listing([p for p, _ in bad[1:]])})" if len(bad) > 1 else ""

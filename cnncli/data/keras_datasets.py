@@ -79,7 +79,8 @@ def _read_mnist_npz(path: Path) -> tuple:
         with np.load(path, allow_pickle=False) as f:
             return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
     except KeyError as exc:
-        raise DataError(f"{path}: not a Keras mnist.npz: no array {exc}; it needs x_train, y_train, x_test, y_test") from None
+        raise DataError(f"{path}: not a Keras mnist.npz: no array {exc}; "
+                        "it needs x_train, y_train, x_test, y_test") from None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); replace it with a fresh mnist.npz") from None
 

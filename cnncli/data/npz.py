@@ -55,6 +55,13 @@ def _read(archive, path: Path, name: str) -> np.ndarray:
                         "object (pickled) arrays are not accepted, store numbers or strings") from None
 
 
+def _num_classes(raw_labels: list[np.ndarray]) -> int:
+    """K from labels 0..K-1, or from the width of one-hot rows (a class may have no examples)."""
+    k = num_classes_of(*[as_labels(y, "labels") for y in raw_labels])
+    widths = [y.shape[1] for y in raw_labels if y.ndim == 2 and y.shape[1] > 1]
+    return max([k, *widths])
+
+
 def _class_names(archive, path: Path, k: int) -> list[str]:
     if "class_names" not in archive.files:
         return digit_names(k)
@@ -68,16 +75,17 @@ def _class_names(archive, path: Path, k: int) -> list[str]:
 def _load(cfg: DataConfig, seed: int) -> Splits:
     path = _file(cfg)
     with _open(path) as archive:
-        arrays = {}
+        arrays, raw_labels = {}, []
         for split in ("train", "test"):
             x = as_images(_read(archive, path, f"x_{split}"), f"{path}: x_{split}")
-            y = as_labels(_read(archive, path, f"y_{split}"), f"{path}: y_{split}")
+            raw_labels.append(_read(archive, path, f"y_{split}"))
+            y = as_labels(raw_labels[-1], f"{path}: y_{split}")
             check_pair(x, y, str(path), split)
             arrays[split] = (x, y)
         if arrays["train"][0].shape[1:] != arrays["test"][0].shape[1:]:
             raise DataError(f"{path}: x_train images are {arrays['train'][0].shape[1:]} but x_test images are "
                             f"{arrays['test'][0].shape[1:]}; both splits need one size")
-        names = _class_names(archive, path, num_classes_of(arrays["train"][1], arrays["test"][1]))
+        names = _class_names(archive, path, _num_classes(raw_labels))
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
     return Splits(x_train, y_train, x_test, y_test, names, str(path))
 
@@ -101,8 +109,10 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
             raise DataError(f"{path}: x_train: expected images shaped (N, H, W) or (N, H, W, C) "
                             f"with C 1 or 3, got {shape}; store channels last (NHWC)")
-        labels = [as_labels(_read(archive, path, f"y_{s}"), f"{path}: y_{s}") for s in ("train", "test")]
-        names = _class_names(archive, path, num_classes_of(*labels))
+        labels = [_read(archive, path, f"y_{s}") for s in ("train", "test")]
+        for split, y in zip(("train", "test"), labels):
+            as_labels(y, f"{path}: y_{split}")  # the same complaints as load
+        names = _class_names(archive, path, _num_classes(labels))
     input_shape = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)
     return DatasetInfo(input_shape, len(names), names)
 

@@ -9,6 +9,7 @@ picture is treated there exactly as in training.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from cnncli.errors import DataError
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
 CHANNELS = {"grayscale": 1, "rgb": 3}
+RESIZE_ELEMENTS = 1 << 23  # pixel values resized at once (~32 MB of float32 per temporary)
 LUMA = (19595, 38470, 7471)  # ITU-R 601-2 weights in 16-bit fixed point, as PIL's convert("L")
 
 
@@ -34,25 +36,41 @@ def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
     return luma.astype(np.uint8)[..., None]
 
 
-def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """One uint8 (H, W, C) image to (height, width) = size, bilinear (antialiased when shrinking)."""
-    height, width = int(size[0]), int(size[1])
-    if image.shape[:2] == (height, width):
-        return image
-    channels = image.shape[-1]
-    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((width, height), Image.BILINEAR), np.uint8)
-    return out[..., None] if channels == 1 else out
+@functools.lru_cache(maxsize=32)
+def _weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) bilinear resampling weights along one axis, exactly as PIL computes them.
+
+    PIL resizes one image at a time; as a matrix the same filter resizes a
+    whole split in one product (60 000 MNIST images in a fraction of a second).
+    """
+    basis = Image.fromarray(np.eye(n_in, dtype=np.float32))  # mode F; row i: a unit impulse at column i
+    return np.asarray(basis.resize((n_out, n_in), Image.BILINEAR), np.float32).T
 
 
 def resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """uint8 NHWC images to (height, width) = size."""
-    if x.shape[1:3] == tuple(size):
+    """uint8 NHWC images to (height, width) = size, bilinear (antialiased when shrinking, like PIL)."""
+    height, width = int(size[0]), int(size[1])
+    if x.shape[1:3] == (height, width):
         return x
-    out = np.empty((len(x), int(size[0]), int(size[1]), x.shape[-1]), np.uint8)
-    for i, image in enumerate(x):
-        out[i] = resize_image(image, size)
+    rows, cols = _weights(x.shape[1], height), _weights(x.shape[2], width)
+    out = np.empty((len(x), height, width, x.shape[-1]), np.uint8)
+    step = max(1, RESIZE_ELEMENTS // (max(x.shape[1], height) * max(x.shape[2], width) * x.shape[-1]))
+    for i in range(0, len(x), step):
+        part = rows @ x[i:i + step].astype(np.float32).transpose(0, 3, 1, 2) @ cols.T  # (n, c, height, width)
+        out[i:i + step] = np.clip(np.rint(part), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
     return out
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """One uint8 (H, W, C) image to (height, width) = size."""
+    return resize(image[None], size)[0]
+
+
+def convert(x: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """uint8 NHWC to (N, height, width, channels), resizing while there are fewer channels."""
+    if channels > x.shape[-1]:
+        return to_channels(resize(x, (height, width)), channels)
+    return resize(to_channels(x, channels), (height, width))
 
 
 def convert_images(x, input_shape: Sequence[int]) -> np.ndarray:
@@ -65,6 +83,8 @@ def convert_images(x, input_shape: Sequence[int]) -> np.ndarray:
     height, width, channels = (int(d) for d in input_shape)
     if channels not in (1, 3):
         raise DataError(f"cannot convert images to {channels} channels; models here take 1 (grayscale) or 3 (rgb)")
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] in (1, 3):
+        return convert(x, height, width, channels)  # a whole split: no per-image checks
     if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim in (3, 4)):
         items = list(x)
     else:
@@ -78,7 +98,7 @@ def convert_images(x, input_shape: Sequence[int]) -> np.ndarray:
         if image.ndim == 3 and image.shape[-1] == 4:
             image = image[..., :3]  # RGBA: the model has no use for transparency
         image = as_images(image[None], f"image {i}")[0]
-        out[i] = resize_image(to_channels(image[None], channels)[0], (height, width))
+        out[i] = convert(image[None], height, width, channels)[0]
     return out
 
 
@@ -127,7 +147,7 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     for split, index in picks.items():
         x = getattr(splits, f"x_{source_of[split]}")[index]
         y = getattr(splits, f"y_{source_of[split]}")[index]
-        x = resize(to_channels(x, target[2]), target[:2])
+        x = convert(x, *target)
         arrays[split] = (x, y.astype(np.int64))
         if boxes is not None:
             out_boxes[split] = _scale_boxes(boxes[source_of[split]][index], old, target[:2])

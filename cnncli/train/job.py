@@ -62,7 +62,9 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
         return load_config(run_dir / "config.yaml", cli), run_dir, state
     if opts.config is None:
         raise CnnError("give a config file, or --resume RUN_DIR")
-    return load_config(opts.config, cli), None, None
+    from cnncli.builder import raw_spec_problems
+
+    return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
 
 
 def _has_convolutions(cfg: Config) -> bool:

@@ -85,9 +85,13 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool) -> Runtime:
     cores = os.cpu_count() or 1
     intra = cfg.intra_op_threads if cfg.intra_op_threads is not None else cores  # one op may use every core
     inter = cfg.inter_op_threads if cfg.inter_op_threads is not None else min(2, cores)  # the loop is one chain of ops
-    tf.config.threading.set_intra_op_parallelism_threads(intra)
-    tf.config.threading.set_inter_op_parallelism_threads(inter)
-    threads = {"intra_op": intra, "inter_op": inter}
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # TF already started in this process (a second job in one Python): keep its pools
+        pass
+    threads = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads() or intra,
+               "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or inter}
 
     gpus = tf.config.list_physical_devices("GPU")
     tpu_name = os.environ.get("TPU_NAME")

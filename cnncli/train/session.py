@@ -146,7 +146,7 @@ class Session:
         if record is None:
             record = {"index": phase.index, "epochs": 0, "trainable": phase.trainable,
                       "trainable_params": int(sum(np.prod(w.shape) for w in self.model.trainable_weights)),
-                      "learning_rates": [], "train_seconds": 0.0, "examples": 0, "examples_per_second": 0.0}
+                      "learning_rates": [], "epoch_seconds": [], "train_seconds": 0.0, "examples": 0, "examples_per_second": 0.0}
             self.phase_records.append(record)
         callbacks.on_train_begin()
         for e in range(done, epochs):
@@ -168,9 +168,11 @@ class Session:
             if len(self.data.x_val):
                 row.update({f"val_{k}": v for k, v in self.score(trainer.predict(self.data.x_val), self.data.y_val).items()})
             row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
-            row["seconds"] = round(result.seconds, 4)
-            row["examples_per_second"] = round(result.examples / result.seconds, 1) if result.seconds else 0.0
+            # Timings stay out of history.csv so that deterministic runs give identical files.
+            timing = {"seconds": round(result.seconds, 4),
+                      "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0}
             record["epochs"] += 1
+            record["epoch_seconds"].append(timing["seconds"])
             record["train_seconds"] = round(record["train_seconds"] + result.seconds, 4)
             record["examples"] += result.examples
             record["examples_per_second"] = round(record["examples"] / record["train_seconds"], 1)
@@ -178,7 +180,7 @@ class Session:
             self.history.append(row)
             callbacks.on_epoch_end(index, dict(row))
             self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
-            self.reporter.epoch_end(row)
+            self.reporter.epoch_end({**row, **timing})
             if getattr(self.model, "stop_training", False):
                 self.reporter.message(f"early stopping after epoch {index + 1}")
                 break
@@ -265,14 +267,29 @@ class Session:
             probs = _predict(self.model, self.data.x_test)
             metrics["test"] = classification_report(self.data.y_test, probs, self.data.class_names)
         if self.runtime.is_chief:
-            rundir.write_json(self.run_dir / "metrics.json", metrics)
             rundir.save_model(self.model, self.run_dir / "model.keras")
+            if self.smoke:
+                self._check_reload(metrics)
+            rundir.write_json(self.run_dir / "metrics.json", metrics)
             self._plots(metrics)
             self.status = "complete"
             self.write_run_json()
         else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return TrainResult(self.run_dir, metrics, {"phases": self.phase_records, "runtime": self.runtime.as_json()})
+
+    def _check_reload(self, metrics: dict) -> None:
+        """--smoke: the saved model.keras must load and predict what the trained model does."""
+        import keras
+
+        import cnncli.preprocessing  # noqa: F401  registers the custom layer
+
+        x = self.data.x_test[:8] if len(self.data.x_test) else self.data.x_train[:8]
+        reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
+        diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
+        if not diff <= 1e-5:
+            raise CnnError(f"smoke check: model.keras reloaded with different predictions (max difference {diff:.3g})")
+        metrics["smoke"] = {"reload_max_abs_diff": diff}
 
     def _plots(self, metrics: dict) -> None:
         from cnncli.plots import plot_confusion_matrix, plot_curves

@@ -1,0 +1,54 @@
+"""Every shipped config in configs/ validates and summarizes, offline.
+
+Configs that name a Keras dataset (mnist, cifar10, ...) rely on
+`cnncli.data.describe` knowing the input shape and classes without
+downloading; a new file in configs/ is tested here without being listed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+runner = CliRunner()
+
+# Totals the configs' own comments (and the course) state.
+KNOWN_TOTALS = {
+    "mnist_softmax.yaml": 7_850,
+    "mnist_lenet.yaml": 3_274_634,
+    "lenet5.yaml": 61_706,
+    "vgg16_transfer.yaml": 14_714_688 + 512 * 256 + 256 + 256 * 2 + 2,
+}
+
+
+def test_configs_exist():
+    assert len(CONFIGS) >= 5
+    assert set(KNOWN_TOTALS) <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_validates(path):
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"ok      {path}  (")
+    assert result.stderr == ""  # no warnings either: shipped configs are clean
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_summary_json(path):
+    result = runner.invoke(app, ["summary", "--json", str(path)])
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["total_params"] > 0
+    assert doc["total_params"] == doc["trainable_params"] + doc["non_trainable_params"]
+    assert doc["warnings"] == []
+    assert doc["layers"][-1]["output_shape"][0] is None
+    if path.name in KNOWN_TOTALS:
+        assert doc["total_params"] == KNOWN_TOTALS[path.name]
