@@ -8,6 +8,7 @@ metrics and plots. `--resume` re-enters this at the last completed epoch.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__
+from cnncli import __version__, faults
 from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, ConfigError, DataError, Interrupted
 from cnncli.train import rundir
@@ -55,16 +56,18 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
             cli.append(f"{key}={value}")
     if opts.resume is not None:
         run_dir = rundir.find_run_dir(opts.resume)
-        state_path = run_dir / rundir.STATE_FILE
-        state = rundir.read_json(state_path) if state_path.exists() else None
-        if state is None:
-            raise CnnError(f"`{run_dir}` has no completed epoch to resume from; start it again with cnn train")
-        return load_config(run_dir / "config.yaml", cli), run_dir, state
+        return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
     if opts.config is None:
         raise CnnError("give a config file, or --resume RUN_DIR")
     from cnncli.builder import raw_spec_problems
 
     return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """The last committed epoch of a run (checkpoints/state.json); None before the first one."""
+    path = run_dir / rundir.STATE_FILE
+    return rundir.read_json(path) if path.exists() else None
 
 
 def _has_convolutions(cfg: Config) -> bool:
@@ -93,7 +96,18 @@ class _StopSignal:
 
 
 def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
-    cfg, resume_dir, state = resolve_config(opts)
+    rundir.no_world_writes()
+    with _StopSignal(), contextlib.ExitStack() as held:
+        cfg, resume_dir, state = resolve_config(opts)
+        if resume_dir is not None:
+            held.enter_context(rundir.locked(resume_dir))
+            state = read_state(resume_dir)  # as committed, now that no other process can write it
+            rundir.reconcile(resume_dir, state)
+        return _run(opts, reporter, cfg, resume_dir, state, held)
+
+
+def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path | None, state: dict | None,
+         held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
     from cnncli.train.runtime import setup_runtime
@@ -113,23 +127,26 @@ def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
         run_dir = resume_dir
     elif runtime.is_chief:
         run_dir = rundir.create_run_dir(opts.output, cfg.name or "run")
+        faults.point("run_dir_created")
     else:  # other workers train in step with the chief but keep nothing
         run_dir = Path(tempfile.mkdtemp(prefix=f"cnncli-worker{runtime.worker_index}-"))
     if resume_dir is None:
         rundir.atomic_write(run_dir / "config.yaml", cfg.to_yaml())
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+        faults.point("config_written")
+        held.enter_context(rundir.locked(run_dir))
 
     from cnncli.train.session import Session
 
-    session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
-    with _StopSignal():
-        try:
-            session.train(state)
-        except KeyboardInterrupt:
+    session = None
+    try:
+        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
+        session.train(state)
+        return session.finish()
+    except KeyboardInterrupt:
+        if session is not None:
             session.mark("interrupted")
-            raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
-                              f"cnn train --resume {run_dir}") from None
-    return session.finish()
+        raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
+                          f"cnn train --resume {run_dir}") from None
 
 
 def _load_data(cfg: Config, smoke: bool, reporter: Reporter):

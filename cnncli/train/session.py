@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__
+from cnncli import __version__, faults
 from cnncli.errors import CnnError, DataError
 from cnncli.train import rundir
 from cnncli.train.loop import NonFiniteLoss, Trainer
-from cnncli.train.phases import apply_trainable, plan_phases
+from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.schedules import EpochSchedule
 
 
@@ -49,6 +49,7 @@ class Session:
                      for i, (s, n) in enumerate(zip(cfg.data.augment, names))], name="augment")
         self.loss_fn = keras.losses.get(cfg.train.loss)
         self._check_labels()
+        check_phases(self.model, cfg)
         self.history: list[dict] = []
         self.phase_records: list[dict] = []
         self.best: dict = {}
@@ -100,7 +101,7 @@ class Session:
             start_phase, done_in_phase = state["phase"], state["phase_epochs_done"]
             apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
             if done_in_phase >= phases[start_phase].epochs:  # that phase was complete: weights only
-                tf.train.Checkpoint(model=self.model).read(str(self.run_dir / state["checkpoint"])).expect_partial()
+                self._checkpoint().read(str(self.run_dir / state["checkpoint"])).expect_partial()
                 start_phase, done_in_phase = start_phase + 1, 0
             self.reporter.message(f"resuming after epoch {len(self.history)}")
         total = sum(1 if self.smoke else p.epochs for p in phases)
@@ -128,12 +129,18 @@ class Session:
         path = f"train.phases[{phase.index}].optimizer" if cfg.train.phases else "train.optimizer"
         with self.strategy.scope():
             optimizer = make_optimizer(phase.optimizer, path, **overrides)
+            rate_groups = self._rate_groups(phase)
+            if rate_groups:
+                from cnncli.train.layer_rates import layerwise, multipliers_for
+
+                variables = self.model.trainable_variables
+                optimizer = layerwise(optimizer, variables, multipliers_for(variables, rate_groups))
             if self.runtime.precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, cfg.train.loss) for m in cfg.train.metrics]
             self.model.compile(optimizer=optimizer, loss=cfg.train.loss)  # lets Keras callbacks reach the optimizer
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=optimizer)
+        checkpoint = self._checkpoint(optimizer)
         if state is not None:
             checkpoint.read(str(self.run_dir / state["checkpoint"])).expect_partial()
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
@@ -144,9 +151,15 @@ class Session:
         epochs = 1 if self.smoke else phase.epochs
         record = next((r for r in self.phase_records if r["index"] == phase.index), None)
         if record is None:
+            trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
             record = {"index": phase.index, "epochs": 0, "trainable": phase.trainable,
-                      "trainable_params": int(sum(np.prod(w.shape) for w in self.model.trainable_weights)),
+                      "trainable_params": trainable,
+                      "non_trainable_params": int(self.model.count_params()) - trainable,
+                      "optimizer": phase.optimizer.type,
                       "learning_rates": [], "epoch_seconds": [], "train_seconds": 0.0, "examples": 0, "examples_per_second": 0.0}
+            if rate_groups:  # the rates at the start of the phase; a schedule scales them all alike
+                record["layer_lr_decay"] = phase.layer_lr_decay
+                record["layer_learning_rates"] = [g.as_json(_current_lr(optimizer)) for g in rate_groups]
             self.phase_records.append(record)
         callbacks.on_train_begin()
         for e in range(done, epochs):
@@ -161,6 +174,7 @@ class Session:
                     d, s, logs, sec, min(d * cfg.train.batch_size, len(self.data.x_train))))
             except NonFiniteLoss as exc:
                 self._non_finite(index + 1, exc.step, optimizer)
+            faults.point("epoch_trained")
             row = {"epoch": index + 1}
             if cfg.train.phases:
                 row["phase"] = phase.index + 1
@@ -185,6 +199,29 @@ class Session:
                 self.reporter.message(f"early stopping after epoch {index + 1}")
                 break
         callbacks.on_train_end()
+
+    def _checkpoint(self, optimizer=None):
+        """A TF checkpoint of every model variable (weights, BatchNorm statistics, dropout and
+        augmentation RNG states) and the optimizer. A Keras 3 functional model is not tracked
+        through `tf.train.Checkpoint(model=...)` (its layers are not checkpoint dependencies),
+        so the variables are listed explicitly; the order is fixed by the config."""
+        import tensorflow as tf
+
+        variables = list(self.model.variables) + (list(self.augment.variables) if self.augment is not None else [])
+        kwargs = {"weights": variables}
+        if optimizer is not None:
+            kwargs["optimizer"] = optimizer
+        return tf.train.Checkpoint(**kwargs)
+
+    def _rate_groups(self, phase) -> list:
+        """Per-block rate multipliers of a phase with `layer_lr_decay` (after apply_trainable), else []."""
+        from cnncli.train.phases import backbone_of
+
+        if phase.layer_lr_decay is None:
+            return []
+        from cnncli.train.layer_rates import rate_groups
+
+        return rate_groups(self.model, backbone_of(self.model, self.cfg), phase.layer_lr_decay)
 
     def _callbacks(self, schedule: EpochSchedule, state: dict | None):
         import keras
@@ -217,13 +254,16 @@ class Session:
 
     def _end_of_epoch(self, checkpoint, phase, phase_epochs_done: int, row: dict, callbacks) -> None:
         rundir.write_history(self.run_dir / "history.csv", self.history)
+        faults.point("history_written")
         self._track_best(row)
         prefix = f"checkpoints/epoch-{row['epoch']:04d}"
         checkpoint.write(str(self.run_dir / prefix))
+        faults.point("checkpoint_written")
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
                  "early_stopping": callbacks.state()}
         rundir.write_json(self.run_dir / rundir.STATE_FILE, state)
+        faults.point("state_written")
         for old in sorted((self.run_dir / "checkpoints").glob("epoch-*.index"))[:-2]:  # keep the last two
             for part in old.parent.glob(old.name[:-len(".index")] + ".*"):
                 part.unlink(missing_ok=True)
@@ -268,9 +308,11 @@ class Session:
             metrics["test"] = classification_report(self.data.y_test, probs, self.data.class_names)
         if self.runtime.is_chief:
             rundir.save_model(self.model, self.run_dir / "model.keras")
+            faults.point("model_saved")
             if self.smoke:
                 self._check_reload(metrics)
             rundir.write_json(self.run_dir / "metrics.json", metrics)
+            faults.point("metrics_written")
             self._plots(metrics)
             self.status = "complete"
             self.write_run_json()
