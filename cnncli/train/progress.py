@@ -14,6 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 
+_SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s", "val_accuracy": "val_acc",
+          "accuracy": "acc"}  # table headers that fit an 80-column terminal
+
+
 def _logs_text(logs: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
                      if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase"))
@@ -91,7 +95,7 @@ class RichReporter(PlainReporter):
         keys = [k for k in self.table_rows[0] if k not in ("phase",)]
         table = Table(title="history", title_justify="left")
         for key in keys:
-            table.add_column(key, justify="right")
+            table.add_column(_SHORT.get(key, key), justify="right", no_wrap=True)
         for row in self.table_rows:
             table.add_row(*[f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
                             for k in keys])
