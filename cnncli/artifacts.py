@@ -147,7 +147,7 @@ def record_export(artifact: Path, record: dict) -> Path:
     from cnncli.train.rundir import atomic_write
 
     path = export_json_path(artifact)
-    with _locked(path.with_name(f".{EXPORT_JSON}.lock")):
+    with _locked(path.parent):
         doc = {"artifacts": {}}
         if path.exists():
             try:
@@ -160,18 +160,17 @@ def record_export(artifact: Path, record: dict) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def _locked(directory: Path):
+    """An exclusive flock on the directory itself: no lock file left behind, none to race over."""
     try:
-        fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o666)
+        fd = os.open(directory, os.O_RDONLY)
     except OSError as exc:
-        raise CnnError(f"cannot write `{lock_path.parent / EXPORT_JSON}`: {exc.strerror}") from None
+        raise CnnError(f"cannot write `{directory / EXPORT_JSON}`: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            lock_path.unlink()
+        os.close(fd)  # closing releases the lock
 
 
 def _plain(value):

@@ -34,6 +34,8 @@ def check_model_specs(cfg: Config) -> None:
 
 
 def _backbone_problems(spec) -> list[Problem]:
+    if spec.name is None:  # from_run: checked when the earlier model is read (cnncli.backbones)
+        return []
     fn, problems = resolve(BACKBONES, spec.name, "model.backbone.name")
     if fn is not None:
         problems += check_args(spec.args, fn, fn.__name__, "model.backbone")
@@ -118,14 +120,23 @@ def layer_names(specs) -> list[str]:
 
 
 def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True):
-    """The keras.applications model named in `model.backbone`."""
+    """The base model of `model.backbone`: a keras.applications model, or layers of an earlier run."""
+    from cnncli import backbones
+
     spec = cfg.model.backbone
+    if spec.from_run is not None:
+        base = backbones.build_from_run(cfg, input_shape)
+        base.trainable = spec.trainable
+        return base
     fn = BACKBONES.get(spec.name)
+    backbones.check_application_input(cfg, fn.__name__, input_shape)
     weights = spec.weights if load_weights else None
-    if weights not in (None, "imagenet"):
-        if not os.path.isfile(weights):
-            raise cfg.error(f"weights file `{weights}` does not exist", ("model", "backbone", "weights"))
-    kwargs: dict[str, Any] = dict(include_top=spec.include_top, weights=weights, input_shape=tuple(input_shape))
+    weights_file = weights if weights not in (None, "imagenet") else None
+    if weights_file:
+        backbones.check_weights_file(cfg, weights_file)
+    # A weights file is loaded below, not by keras.applications, so that a mismatch is reported at `weights`.
+    kwargs: dict[str, Any] = dict(include_top=spec.include_top, weights=None if weights_file else weights,
+                                  input_shape=tuple(input_shape))
     if not spec.include_top:
         kwargs["pooling"] = spec.pooling
     try:
@@ -136,7 +147,11 @@ def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool =
     except Exception as exc:  # Keras raises ValueError for shapes, OSError/URL errors for downloads
         if hint.missing:
             raise cfg.error(hint.message(), ("model", "backbone", "weights")) from None
-        raise cfg.error(f"{fn.__name__}: {str(exc).strip().splitlines()[0]}", ("model", "backbone")) from None
+        message = keras_message(exc)
+        where = backbones.input_key(cfg) if "input_shape" in message else ("model", "backbone")
+        raise cfg.error(f"model.backbone {fn.__name__}: {message}", where) from None
+    if weights_file:
+        backbones.load_weights_file(cfg, base, weights_file)
     base.trainable = spec.trainable
     return base
 
@@ -145,11 +160,16 @@ class _WeightsHint:
     def __init__(self, backbone: str):
         self.backbone = backbone
         self.missing: tuple[str, str] | None = None  # (file name, cache dir)
+        self.was_corrupt = False  # a file was there but failed Keras's checksum
 
     def message(self) -> str:
         fname, cache = self.missing
-        return (f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded; "
-                f"place `{fname}` in `{cache}` (or set `weights: null` or a file path)")
+        found = (" (a file of that name was there but did not match its published checksum, an incomplete "
+                 "download?, and Keras removed it)" if self.was_corrupt else "")
+        return (f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded{found}; "
+                f"place `{fname}` in `{cache}` so that {os.path.join(cache, fname)} exists "
+                "(Keras's cache is $KERAS_HOME/models, by default ~/.keras/models), "
+                "or set `weights: null` or a path to a weights file")
 
 
 @contextlib.contextmanager
@@ -165,9 +185,13 @@ def _offline_weights_hint(backbone: str):
     real = file_utils.get_file
 
     def recording_get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None, **kw):
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        base = cache_dir or keras_home
+        from keras.src.backend.config import keras_home  # what get_file uses: KERAS_HOME as read at import
+
+        base = os.path.expanduser(cache_dir or keras_home())
+        if not os.access(base, os.W_OK):  # get_file's own fallback for a read-only home
+            base = os.path.join("/tmp", ".keras")
         hint.missing = (fname or os.path.basename(origin or ""), os.path.join(base, cache_subdir))
+        hint.was_corrupt = os.path.exists(os.path.join(*reversed(hint.missing)))
         path = real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kw)
         hint.missing = None
         return path
@@ -193,7 +217,9 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
 
     check_model_specs(cfg)
     inputs = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
-    if cfg.model.backbone is not None:
+    if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
+        x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
+    elif cfg.model.backbone is not None:
         x = ImagenetPreprocess(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), name="preprocess")(inputs)
         x = build_backbone(cfg, input_shape, load_weights)(x)
     else:

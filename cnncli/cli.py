@@ -178,7 +178,7 @@ def train(
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import make_reporter
 
-    with handled(json_output):
+    with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         if config is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
         reporter = make_reporter(quiet, json_output)
@@ -244,7 +244,7 @@ def export(
     on up to 1,000 test images (float formats: max |Δp| ≤ 1e-4; float16 ≤ 1e-2;
     int8: top class agrees on ≥ 98%). Only a passing artefact is kept; the
     figures, class names and input spec go to export.json beside it.
-    onnx needs the optional extra: pip install 'cnncli[export]'.
+    onnx needs the optional extra: pip install 'cnncli\\[export]'.
 
     Example: cnn export runs/mnist-lenet/20260101-120000 --format tflite --quantize int8 --output model_int8.tflite
     """

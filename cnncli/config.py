@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
 from cnncli.yamlio import KeyPath, format_path, parse_yaml, read_yaml_file
@@ -55,19 +55,42 @@ class ScheduleSpec(WithArgs):
 
 
 class BackboneSpec(BaseModel):
-    """Any keras.applications model; extra keys go to its constructor."""
+    """The pretrained base: a keras.applications model (`name`) or a model you trained (`from_run`).
+
+    With `name`, extra keys go to the application's constructor. With `from_run`,
+    the earlier run's layers up to and including `layers_until` become the base;
+    by default everything before its last Dense layer (its classifier) and the
+    Dropout in front of it.
+    """
 
     model_config = ConfigDict(extra="allow")
 
-    name: str
-    weights: Optional[str] = "imagenet"  # imagenet | null | path to a weights file
+    name: Optional[str] = None  # a keras.applications model, e.g. VGG16
+    from_run: Optional[str] = None  # a cnncli run directory whose model.keras provides the layers
+    layers_until: Optional[str] = None  # from_run: the last layer kept (a top-level layer name of that model)
+    weights: Optional[str] = "imagenet"  # imagenet | null | path to a weights file (name only)
     trainable: bool = False  # frozen base is the first step of transfer learning
     include_top: bool = False  # the YAML `layers` become the head
-    pooling: Optional[Literal["avg", "max"]] = None
+    pooling: Optional[Literal["avg", "max"]] = None  # global pooling of the base's last feature map
 
     @property
     def args(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BackboneSpec":
+        if (self.name is None) == (self.from_run is None):
+            raise ValueError("give exactly one of `name` (a keras.applications model, e.g. VGG16) "
+                             "or `from_run` (a run directory of a model you trained)")
+        if self.name is not None and self.layers_until is not None:
+            raise ValueError("`layers_until` goes with `from_run`; a keras.applications backbone is cut "
+                             "with `include_top` and `pooling`")
+        if self.from_run is not None:
+            extra = [k for k in ("weights", "include_top") if k in self.model_fields_set] + list(self.args)
+            if extra:
+                raise ValueError(f"with `from_run` the layers and weights come from that run; "
+                                 f"remove {', '.join(f'`{k}`' for k in extra)}")
+        return self
 
 
 class ShapesSpec(Strict):
@@ -212,6 +235,13 @@ class Config(Strict):
             for key in ("name", "inputs"):  # unset graph keys are noise in a resolved config
                 if layer.get(key) is None:
                     layer.pop(key, None)
+        backbone = data["model"].get("backbone")
+        if backbone:  # only the keys of its kind: a from_run backbone refuses weights / include_top
+            unused = ("name", "weights", "include_top") if backbone.get("from_run") else ("from_run", "layers_until")
+            for key in unused:
+                backbone.pop(key, None)
+        if data["train"].get("phases"):  # epochs are per phase; a top-level value would fail validation on resume
+            data["train"].pop("epochs", None)
         return data
 
     @property
@@ -257,6 +287,14 @@ def _check_phases(cfg: Config) -> list[Problem]:
     if "epochs" in cfg.train.model_fields_set:
         problems.append(Problem("with `train.phases`, epochs are given per phase; remove `train.epochs`",
                                 "train.epochs"))
+    for i, phase in enumerate(cfg.train.phases):
+        if isinstance(phase.trainable, list) and not phase.trainable:
+            problems.append(Problem("an empty list trains nothing but the head; write `trainable: head`",
+                                    f"train.phases[{i}].trainable"))
+        if phase.layer_lr_decay is not None and phase.trainable == "head":
+            problems.append(Problem("layer_lr_decay scales the rates of backbone blocks, but this phase trains "
+                                    "only the head; unfreeze blocks (`trainable: [block5]` or `all`) or remove it",
+                                    f"train.phases[{i}].layer_lr_decay"))
     return problems
 
 
@@ -314,9 +352,18 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _pydantic_step(part: Any) -> bool:
+    """False for pydantic's own location markers (`list[int]`, `function-after[...]`), not keys of the file."""
+    return not (isinstance(part, str) and ("[" in part or part.startswith("function-")))
+
+
 def _problem_from_pydantic(err: dict) -> Problem:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
     kind = err["type"]
+    raw = tuple(err["loc"])
+    if kind == "extra_forbidden" and raw:  # the last step is the user's unknown key, whatever it looks like
+        loc = tuple(p for p in raw[:-1] if _pydantic_step(p)) + raw[-1:]
+    else:
+        loc = tuple(p for p in raw if _pydantic_step(p))
     if kind == "extra_forbidden":
         owner = _model_at(loc[:-1])
         valid = [n for n in owner.model_fields] if owner else []
@@ -373,18 +420,25 @@ def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
     return sorted(problems + extra, key=lambda p: p.line or 0)
 
 
-def _parse_path(text: str) -> KeyPath:
-    """"model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size")."""
+def _parse_path(text: str, strict: bool = False) -> KeyPath:
+    """"model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size").
+
+    `strict` (for --set) refuses a `[...]` that is not an index; otherwise, as for the
+    paths of problems, it stays part of the key (a config may hold any key, `[` included).
+    """
     out: list[Any] = []
     for part in text.split("."):
         while "[" in part:
             head, _, rest = part.partition("[")
+            index, _, tail = rest.partition("]")
+            if not index.strip().lstrip("-").isdigit():
+                if strict:
+                    raise ValueError(f"`[{index}]` is not a list index")
+                break
             if head:
                 out.append(head)
-            index, _, part = rest.partition("]")
-            if not index.strip().lstrip("-").isdigit():
-                raise ValueError(f"`[{index}]` is not a list index")
             out.append(int(index))
+            part = tail
         if part:
             out.append(part)
     return tuple(out)
@@ -395,7 +449,7 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
     for item in overrides:
         key, sep, raw = item.partition("=")
         try:
-            path = _parse_path(key.strip())
+            path = _parse_path(key.strip(), strict=True)
             if not sep or not path:
                 raise ValueError("expected key.path=value")
             value, _ = parse_yaml(raw)

@@ -11,7 +11,9 @@ gradient. Models compute in float32 here (`artifacts.float32_model`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +50,18 @@ def logits_model(model):
     """
     import keras
 
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # a list would warn on every call
     last = model.layers[-1]
     if isinstance(last, (keras.layers.Activation, keras.layers.Softmax)):
-        return keras.Model(model.inputs, last.input, name=f"{model.name}_logits"), "logit"
+        return keras.Model(inputs, last.input, name=f"{model.name}_logits"), "logit"
     activation = getattr(last, "activation", None)
-    if activation is None or activation is keras.activations.linear:
+    if activation is None or getattr(activation, "__name__", "") == "linear":
         return model, "output"
     config = {**last.get_config(), "activation": "linear", "name": f"{last.name}_logits"}
     linear = last.__class__.from_config(config)
     outputs = linear(last.input)
     linear.set_weights(last.get_weights())
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_logits"), "logit"
+    return keras.Model(inputs, outputs, name=f"{model.name}_logits"), "logit"
 
 
 # ---------------------------------------------------------------- saliency
@@ -149,7 +152,7 @@ def class_index(name: str, names: list[str]) -> int:
 class Filters:
     layer: str
     kernel_shape: tuple[int, int, int, int]  # (kh, kw, in_channels, filters)
-    images: np.ndarray  # (N, kh, kw, 1 | 3) tiles, in grid order
+    images: np.ndarray  # rgb/single channel: (N, kh, kw, 1 | 3) tiles; multi-channel: (filters, channels, kh, kw)
     ncols: int
     shown_filters: int
     shown_channels: int  # 3 for RGB tiles
@@ -211,13 +214,13 @@ def filter_tiles(model, layer) -> Filters:
         tiles = kernel[:, :, 0, :n].transpose(2, 0, 1)[..., None]
         return Filters(layer.name, kernel.shape, tiles, math.ceil(math.sqrt(n)), n, 1, "channels")
     n, c = min(cout, MAX_FILTERS_MULTI), min(cin, MAX_CHANNELS)
-    tiles = kernel[:, :, :c, :n].transpose(3, 2, 0, 1).reshape(n * c, kh, kw)[..., None]  # row = filter
+    tiles = kernel[:, :, :c, :n].transpose(3, 2, 0, 1)  # (filter, channel, kh, kw): a row per filter
     return Filters(layer.name, kernel.shape, tiles, c, n, c, "channels")
 
 
 def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path | None) -> tuple[Filters, Path]:
     """Draw a run's conv filters; the picture goes to --output or RUN_DIR/filters_<layer>.png."""
-    from cnncli.plots import plot_image_grid
+    from cnncli.plots import plot_image_grid, plot_kernel_mosaic
     from cnncli.runs import open_run
 
     run = open_run(run_dir)
@@ -226,7 +229,13 @@ def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path
     filters = filter_tiles(model, layer)
     path = Path(output) if output else run.path / f"filters_{layer.name}.png"
     _check_png(path)
-    plot_image_grid(filters.images, path, ncols=filters.ncols)
+    with _writing(path):
+        if filters.mode == "channels" and filters.kernel_shape[2] > 1:
+            kh, kw, cin, cout = filters.kernel_shape
+            plot_kernel_mosaic(filters.images, path, f"{layer.name}: {filters.shown_filters} of {cout} filters × "
+                                                     f"{filters.shown_channels} of {cin} input channels")
+        else:
+            plot_image_grid(filters.images, path, ncols=filters.ncols)
     return filters, path
 
 
@@ -239,10 +248,19 @@ def _check_png(path: Path) -> None:
     if path.suffix.lower() != ".png":
         raise CnnError(f"--output `{path}`: pictures are written as PNG; give a path ending in .png")
     probe = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("/"))
-    import os
-
+    if not probe.is_dir():
+        raise CnnError(f"cannot write `{path}`: `{probe}` is a file, not a directory; choose another --output")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise CnnError(f"cannot write `{path}`: `{probe}` is not writable; choose another --output")
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """What os.access cannot foresee (root on a read-only mount, /proc, a full disk) still ends as one line."""
+    try:
+        yield
+    except OSError as exc:
+        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}; choose another --output") from None
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:
@@ -252,4 +270,5 @@ def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, outp
     _check_png(path)
     title = (f"{Path(image).name}: {result.class_name} (p = {result.probability:.3f}, "
              f"predicted {result.predicted}) · {result.method}")
-    return plot_saliency(result.image, result.saliency, path, title)
+    with _writing(path):
+        return plot_saliency(result.image, result.saliency, path, title)

@@ -2,8 +2,8 @@
 
 Formats live in `FORMATS` (see `list_formats()`). Every export is written to a
 temporary name beside its target, read back with that format's own runtime
-(`cnncli.artifacts`), and compared with model.keras on up to 1,000 real images
-of the run's test split. Only an artefact that passes its format's criterion
+and compared with model.keras on up to 1,000 real images of the run's test
+split (`cnncli.export_check`). Only an artefact that passes its format's criterion
 is renamed into place; a failing one is deleted. The figures of the check go
 into export.json beside the artefact, with the class names and input spec.
 
@@ -15,51 +15,27 @@ the model's first layer, so no preprocessing travels separately.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from cnncli import __version__
-from cnncli.artifacts import (EXTRA_HINT, float32_model, load_runner, native_stderr_silenced, record_export,
-                              trained_precision)
-from cnncli.errors import CnnError, DataError
+from cnncli import __version__, faults
+from cnncli.artifacts import EXTRA_HINT, float32_model, record_export
+from cnncli.errors import CnnError
+from cnncli.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
+                                 describe_check, keras_probabilities, quiet, reference_note)
 from cnncli.registry import Registry
 
-CHECK_EXAMPLES = 1000  # images compared per export: agreement resolves 0.1%, so 98% vs 97% is visible
 REPRESENTATIVE_EXAMPLES = 200  # training images int8 calibration sees; TFLite's guide suggests 100-500
 REPRESENTATIVE_SEED = 0  # calibration images are the same on every export of a run
 
-
-@dataclass(frozen=True)
-class Criterion:
-    """What an export must achieve against model.keras on the check images."""
-
-    max_abs_diff: float | None = None  # bound on |p_export - p_keras| over every probability
-    min_agreement: float | None = None  # share of images whose top class must agree
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_abs_diff is not None:
-            parts.append(f"max |Δp| ≤ {self.max_abs_diff:g}")
-        if self.min_agreement is not None:
-            parts.append(f"top-class agreement ≥ {self.min_agreement:.0%}")
-        return " and ".join(parts)
-
-    def passed(self, max_abs_diff: float, agreement: float) -> bool:
-        return ((self.max_abs_diff is None or max_abs_diff <= self.max_abs_diff)
-                and (self.min_agreement is None or agreement >= self.min_agreement))
-
-
-FLOAT = Criterion(max_abs_diff=1e-4)  # float32 kernels differ only in summation order
-FLOAT16 = Criterion(max_abs_diff=1e-2)  # weights rounded to 11 significant bits (~5e-4 relative each)
-INT8 = Criterion(min_agreement=0.98)  # 8-bit activations move probabilities; the decision must hold
+__all__ = ["FORMATS", "QUANTIZATIONS", "Criterion", "ExportCheckFailed", "ExportResult", "describe_check",
+           "export_run", "list_formats", "resolve_output"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +144,7 @@ FORMATS: Registry[Format] = Registry("export format", {
     "tflite": Format("tflite", _write_tflite, ".tflite", "model.tflite",
                      "LiteRT (TensorFlow Lite) flatbuffer; --quantize float16 | int8"),
     "onnx": Format("onnx", _write_onnx, ".onnx", "model.onnx", "ONNX via tf2onnx (optional extra `export`)",
-                   needs=("tf2onnx", "onnx")),
+                   needs=("tf2onnx", "onnx", "onnxruntime")),  # onnxruntime: the check runs the file
 })
 
 
@@ -241,11 +217,19 @@ def _remove(path: Path) -> None:
 
 
 def _move_into_place(tmp: Path, path: Path) -> None:
-    """A file is renamed over the target; a directory replaces an old one with two renames."""
+    """A file is renamed over the target; a directory is swapped with the old one in one step where Linux
+    can (so a crash leaves the old or the new SavedModel, never none), else replaces it with two renames."""
+    from cnncli.train.rundir import exchange
+
     try:
         if tmp.is_dir() and path.exists():
+            if exchange(tmp, path):
+                faults.point("export_swapped")
+                _remove(tmp)  # the old one, now under the temporary name
+                return
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
+            faults.point("export_swapped")
             os.replace(tmp, path)
             _remove(old)
         else:
@@ -282,8 +266,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     trained = run.load_model()
     model = float32_model(trained)
     data = run.load_data()
-    x_check, split = _check_images(data, examples)
-    reference = _predict(model, x_check)
+    x_check, split = check_images(data, examples)
+    reference = keras_probabilities(model, x_check)
     representative = _representative(data) if quantize == "int8" else None
     ctx = _Context(run, quantize, representative)
 
@@ -291,27 +275,30 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     _remove(tmp)
     try:
         try:
-            with _quiet():
+            with quiet():
                 format_.write(model, tmp, ctx)
+            faults.point("export_written")
         except (OSError, CnnError):
             raise
         except Exception as exc:  # a converter's limits (an op it cannot express), not a bug of ours
             message = str(exc).strip().splitlines()
             raise CnnError(f"the {format_.name} converter failed: {message[0] if message else type(exc).__name__} "
                            "(--debug shows the full report)") from exc
-        check = _verify(format_, tmp, quantize, x_check, reference)
+        criterion = QUANTIZATIONS.get(quantize).criterion if quantize else FLOAT
+        check = compare(format_.name, tmp, criterion, x_check, reference)
     except OSError as exc:
         _remove(tmp)
         raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}") from None
     except BaseException:
         _remove(tmp)
         raise
-    check.update(split=split, reference=_reference_note(trained, model, x_check, reference))
+    check.update(split=split, reference=reference_note(trained, model, x_check, reference))
     if not check["passed"]:
         _remove(tmp)
         raise ExportCheckFailed(f"{format_.name} export does not match model.keras: {describe_check(check)}; "
                                 f"the artefact was not kept (`{path}`)")
     size = _size(tmp)
+    faults.point("export_checked")
     _move_into_place(tmp, path)
     record = _record(run, format_, quantize, path, size, check)
     json_path = record_export(path, record)
@@ -323,76 +310,15 @@ def _require(fmt: Format) -> None:
 
     missing = [m for m in fmt.needs if importlib.util.find_spec(m) is None]
     if missing:
-        raise CnnError(f"the {fmt.name} export needs {', '.join(missing)}, which is not installed: {EXTRA_HINT}")
-
-
-def _check_images(data, examples: int) -> tuple[np.ndarray, str]:
-    """Up to `examples` real images: the test split, else validation, else training."""
-    for split in ("test", "val", "train"):
-        x = getattr(data, f"x_{split}")
-        if len(x):
-            return x[:examples].astype(np.float32), split
-    raise DataError("the run's data has no images to check the export with")
+        names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
+        raise CnnError(f"the {fmt.name} export needs {names}, which {'are' if len(missing) > 1 else 'is'} "
+                       f"not installed: {EXTRA_HINT}")
 
 
 def _representative(data) -> np.ndarray:
     x = data.x_train if len(data.x_train) else data.x_test
     pick = np.random.default_rng(REPRESENTATIVE_SEED).permutation(len(x))[:REPRESENTATIVE_EXAMPLES]
     return x[np.sort(pick)].astype(np.float32)
-
-
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    from cnncli.artifacts import BATCH
-
-    return np.concatenate([np.asarray(model(x[i:i + BATCH], training=False), np.float32)
-                           for i in range(0, len(x), BATCH)])
-
-
-def _verify(fmt: Format, path: Path, quantize: str | None, x: np.ndarray, reference: np.ndarray) -> dict:
-    """Reload the artefact with its own runtime and compare its probabilities with Keras's."""
-    criterion = QUANTIZATIONS.get(quantize).criterion if quantize else FLOAT
-    t0 = time.perf_counter()
-    with _quiet():
-        run, _ = load_runner(fmt.name, path)
-        probs = np.concatenate([np.asarray(run(x[i:i + 256]), np.float32) for i in range(0, len(x), 256)])
-    seconds = time.perf_counter() - t0
-    if probs.shape != reference.shape:
-        return {"examples": len(x), "passed": False, "criterion": criterion.describe(),
-                "error": f"output shape {probs.shape} differs from model.keras's {reference.shape}"}
-    diff = np.abs(probs.astype(np.float64) - reference)
-    agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
-    check = {"examples": len(x), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-             "class_agreement": agreement, "criterion": criterion.describe(),
-             "passed": criterion.passed(float(diff.max()), agreement), "seconds": round(seconds, 3)}
-    if fmt.name == "saved_model":  # the uint8 signature must give the same answers as the float one
-        check.update(_check_uint8_signature(path, x, probs))
-    return check
-
-
-def _check_uint8_signature(path: Path, x: np.ndarray, probs: np.ndarray) -> dict:
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(path))
-    out = loaded.signatures["serving_uint8"](image=tf.constant(x[:BATCH_UINT8].astype(np.uint8)))
-    same = float(np.abs(out["probabilities"].numpy() - probs[:BATCH_UINT8]).max())
-    index_ok = bool(np.array_equal(out["class_index"].numpy(), probs[:BATCH_UINT8].argmax(1)))
-    extra = {"uint8_signature_max_abs_diff": same, "class_index_matches": index_ok}
-    if same > FLOAT.max_abs_diff or not index_ok:
-        extra["passed"] = False
-    return extra
-
-
-BATCH_UINT8 = 256  # the uint8 signature is the same graph behind a cast: one batch proves it
-
-
-def _reference_note(trained, model, x: np.ndarray, reference: np.ndarray) -> dict:
-    """What 'model.keras' means in the check; for mixed-precision runs, how far bfloat16 was from float32."""
-    precision = trained_precision(trained)
-    note = {"model": "model.keras", "trained_precision": precision, "computed_in": "float32"}
-    if model is not trained:
-        as_trained = _predict(trained, x)
-        note["as_trained_max_abs_diff"] = float(np.abs(as_trained.astype(np.float64) - reference).max())
-    return note
 
 
 def _input_spec(run, fmt: Format) -> dict:
@@ -422,20 +348,3 @@ def _record(run, fmt: Format, quantize: str | None, path: Path, size: int, check
         "check": check,
         "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__},
     }
-
-
-def describe_check(check: dict) -> str:
-    """One line of figures: `max |Δp| 2.4e-07, mean 3.1e-09, top class agrees on 100.0% of 1,000 test images`."""
-    if "error" in check:
-        return check["error"]
-    text = (f"max |Δp| {check['max_abs_diff']:.2e}, mean {check['mean_abs_diff']:.2e}, top class agrees on "
-            f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images".replace("  ", " "))
-    return f"{text} (required: {check['criterion']})"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The converters print progress and deprecation notes to stdout; --json owns stdout."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
-        warnings.simplefilter("ignore")
-        yield

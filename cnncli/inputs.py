@@ -1,7 +1,8 @@
 """The model's input shape: from `model.input_shape`, else from the data.
 
 A backbone pretrained on ImageNet needs three channels; a grayscale dataset is
-then converted to RGB (with a notice) unless the config pins `color_mode`.
+then converted to RGB (with a notice) unless the config pins `color_mode`. A
+`from_run` backbone takes the input of the run it comes from.
 """
 
 from __future__ import annotations
@@ -22,7 +23,21 @@ class InputPlan:
 def plan_input(cfg: Config) -> InputPlan:
     """Decide the input shape; may adjust `cfg.data.color_mode` for a backbone."""
     notes: list[str] = []
-    if cfg.model.backbone is not None and cfg.data.color_mode is None and cfg.model.input_shape is None:
+    backbone = cfg.model.backbone
+    if backbone is not None and backbone.from_run is not None and cfg.model.input_shape is None:
+        # The earlier model's input is fixed (its Flatten/Dense sizes depend on it): the data is converted to it.
+        from cnncli.backbones import source_input_shape
+        from cnncli.data import describe
+
+        shape = source_input_shape(cfg)
+        info = describe(cfg.data)
+        if tuple(info.input_shape) != shape:
+            notes.append(f"the model of run `{backbone.from_run}` takes {shape[0]}×{shape[1]}×{shape[2]} images; "
+                         f"the {info.input_shape[0]}×{info.input_shape[1]}×{info.input_shape[2]} images are "
+                         "converted to that")
+        return InputPlan(shape, info.num_classes, info.class_names, notes)
+    if backbone is not None and backbone.name is not None and cfg.data.color_mode is None \
+            and cfg.model.input_shape is None:
         from cnncli.data import describe
 
         info = describe(cfg.data)

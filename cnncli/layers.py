@@ -85,12 +85,35 @@ def check_args(args: dict[str, Any], target: Any, what: str, path: str,
     """One problem per argument `target` does not take, listing the ones it does."""
     valid = accepted_args(target, extra)
     problems = []
-    for key in args:
+    for key, value in args.items():
         if key not in valid:
             problems.append(Problem(
                 f"{what} takes no argument `{key}`{did_you_mean(key, valid)}; "
                 f"it takes: {', '.join(valid)}", f"{path}.{key}"))
+        problems += _foreign_code(value, f"{path}.{key}")
     return problems
+
+
+def _foreign_code(value: Any, path: str) -> list[Problem]:
+    """Serialized Keras objects in arguments (`{class_name, config, module}`) may only come from Keras.
+
+    Keras deserializes such dicts itself; a `module` outside Keras would be imported
+    (Keras before 3.9 did so; CVE-2025-1550) and a `__lambda__` carries bytecode. Refused
+    here whatever the Keras version, so nothing in a config imports or runs code.
+    """
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _foreign_code(item, f"{path}[{i}]")]
+    if not isinstance(value, dict):
+        return []
+    module, name = value.get("module"), value.get("class_name")
+    if name == "__lambda__" or (module is not None and str(module).split(".")[0] not in _KERAS_PACKAGES):
+        what = "Python bytecode (a lambda)" if name == "__lambda__" else f"an object from module `{module}`"
+        return [Problem(f"{what} is not allowed in a config: nothing is imported or run from YAML; "
+                        "use Keras's own names, e.g. `activation: relu`", path)]
+    return [p for key, item in value.items() for p in _foreign_code(item, f"{path}.{key}")]
+
+
+_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")  # what Keras itself agrees to import
 
 
 def resolve(registry: Registry, name: str, path: str) -> tuple[Any, list[Problem]]:

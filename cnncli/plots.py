@@ -28,6 +28,8 @@ CM_MAX_SIDE = 40.0  # inches; cifar100 → 4000 px, big but still opens in a bro
 CM_ANNOTATE_MAX = 20  # beyond this, numbers in the cells are unreadable
 GRID_CELL = 1.5  # inches per image in plot_image_grid
 SALIENCY_SIZE = (9.0, 3.4)  # inches: 900×340 px, three square panels and a title line
+MOSAIC_CELL = 0.4  # inches per kernel in plot_kernel_mosaic: 16×16 kernels fit a 7-inch figure
+MOSAIC_MARGIN = (1.0, 0.8)  # inches around a mosaic for the axis labels and ticks
 NOT_METRICS = {"epoch", "loss", "learning_rate", "lr"}  # history columns that are not a metric
 
 
@@ -184,6 +186,39 @@ def plot_saliency(image, saliency, path, title: str | None = None) -> Path:
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_kernel_mosaic(kernels, path, title: str | None = None) -> Path:
+    """Kernels (rows, cols, kh, kw) as one grey mosaic, each kernel stretched to its own range.
+
+    Rows are filters and columns input channels. One image with one-pixel gaps
+    draws hundreds of kernels in the time a grid of subplots takes for a dozen.
+    Size: MOSAIC_CELL inches per kernel plus MOSAIC_MARGIN.
+    """
+    k = np.asarray(kernels, dtype=np.float64)
+    if k.ndim != 4 or 0 in k.shape:
+        raise DataError(f"kernels must be (rows, cols, kh, kw), got shape {k.shape}")
+    rows, cols, kh, kw = k.shape
+    tiles = normalize_per_image(k.reshape(rows * cols, kh, kw)).reshape(rows, cols, kh, kw)
+    mosaic = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1), np.nan)  # NaN gaps draw as background
+    for r in range(rows):
+        for c in range(cols):
+            mosaic[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = tiles[r, c]
+    fig = Figure(figsize=(cols * MOSAIC_CELL + MOSAIC_MARGIN[0], rows * MOSAIC_CELL + MOSAIC_MARGIN[1]), dpi=DPI,
+                 layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(np.ma.masked_invalid(mosaic), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_facecolor("#d0d0ff")
+    ax.set_xticks([c * (kw + 1) + (kw - 1) / 2 for c in range(cols)], labels=[str(c) for c in range(cols)],
+                  fontsize=7)
+    ax.set_yticks([r * (kh + 1) + (kh - 1) / 2 for r in range(rows)], labels=[str(r) for r in range(rows)],
+                  fontsize=7)
+    ax.set_xlabel("input channel")
+    ax.set_ylabel("filter")
+    ax.tick_params(length=0)
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

@@ -93,10 +93,10 @@ def predictions_table(result: PredictResult):
     from rich.table import Table
 
     table = Table(title=f"{result.model} ({result.kind})", title_justify="left")
-    table.add_column("image")
-    table.add_column("#", justify="right")
-    table.add_column("class")
-    table.add_column("probability", justify="right")
+    table.add_column("image", overflow="fold")  # a path is worth more whole than on one line
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("class", overflow="fold")
+    table.add_column("probability", justify="right", no_wrap=True)
     for row in result.rows:
         for rank, p in enumerate(row["predictions"], 1):
             table.add_row(row["image"] if rank == 1 else "", str(rank), p["class"], f"{p['probability']:.4f}",

@@ -26,6 +26,24 @@ def print_summary(console: Console, result) -> None:
     console.print(f"Total params: {s.total_params:,}   trainable: {s.trainable_params:,}   "
                   f"frozen: {s.non_trainable_params:,}   size: {s.size_mb:.2f} MB (float32)   "
                   f"MACs per image: {s.total_macs:,}")
+    if len(result.phases) > 1 or any(p["trainable"] != "all" for p in result.phases):
+        print_phases(console, result.phases)
+
+
+def print_phases(console: Console, phases: list[dict]) -> None:
+    """What each training phase trains: `head`, `all` or the listed backbone blocks (plus the head)."""
+    table = Table(title="Training phases", title_justify="left")
+    for col, justify in (("Phase", "right"), ("Epochs", "right"), ("Trains", "left"),
+                         ("Trainable params", "right"), ("Frozen params", "right"), ("Learning rate", "right")):
+        table.add_column(col, justify=justify)
+    for p in phases:
+        trains = p["trainable"] if isinstance(p["trainable"], str) else "head + " + ", ".join(p["trainable"])
+        rate = "optimizer's" if p["learning_rate"] is None else f"{p['learning_rate']:g}"
+        if p.get("layer_lr_decay") is not None:
+            rate += f" (× {p['layer_lr_decay']:g} per earlier block)"
+        table.add_row(str(p["index"] + 1), str(p["epochs"]), escape(trains), f"{p['trainable_params']:,}",
+                      f"{p['non_trainable_params']:,}", rate)
+    console.print(table)
 
 
 CM_TABLE_MAX = 20  # classes; a wider matrix does not fit a terminal (see confusion_matrix.png)

@@ -14,10 +14,12 @@ class SummaryResult:
     input_shape: tuple
     summary: object  # geometry.Summary
     warnings: list[str] = field(default_factory=list)
+    phases: list[dict] = field(default_factory=list)  # per training phase: trainable / frozen parameters
 
     def as_json(self) -> dict:
         data = self.summary.as_json()
         data["input_shape"] = [None, *self.input_shape]
+        data["phases"] = self.phases
         data["warnings"] = self.warnings
         return data
 
@@ -44,17 +46,20 @@ def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
     from cnncli.config import load_config
     from cnncli.geometry import summarize
     from cnncli.inputs import plan_input
+    from cnncli.train.phases import check_phases, phase_params
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)
     plan = plan_input(cfg)
     model = build_model(cfg, plan.shape, load_weights=False)
+    check_phases(model, cfg)
+    phases = phase_params(model, cfg)  # leaves the model as the first phase trains it
     summary = summarize(model)
     warnings = plan.notes + summary.warnings
     if plan.num_classes is not None:
         outputs = model.outputs[0].shape[-1]
         if len(model.outputs[0].shape) == 2 and outputs != plan.num_classes:  # KerasTensor shapes are tuples
             warnings.append(f"the model outputs {outputs} values but the data has {plan.num_classes} classes")
-    return SummaryResult(str(path), plan.shape, summary, warnings)
+    return SummaryResult(str(path), plan.shape, summary, warnings, phases)
 
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:

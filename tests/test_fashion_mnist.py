@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from conftest import CONFIGS, need_fashion_mnist
+from helpers import CONFIGS, need_fashion_mnist
 
 runner = CliRunner()
 

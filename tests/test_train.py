@@ -146,6 +146,7 @@ def test_evaluate_reports_the_same_numbers_as_metrics_json(tmp_path):
 
 
 def test_evaluate_without_a_run_is_a_clean_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run")
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ")

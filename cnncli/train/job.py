@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -59,9 +60,11 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
         return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
     if opts.config is None:
         raise CnnError("give a config file, or --resume RUN_DIR")
-    from cnncli.builder import raw_spec_problems
+    from cnncli.builder import check_model_specs, raw_spec_problems
 
-    return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
+    cfg = load_config(opts.config, cli, spec_check=raw_spec_problems)
+    check_model_specs(cfg)  # layer types and arguments now, not after the data is loaded and the run dir made
+    return cfg, None, None
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -99,7 +102,9 @@ def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     rundir.no_world_writes()
     with _StopSignal(), contextlib.ExitStack() as held:
         cfg, resume_dir, state = resolve_config(opts)
-        if resume_dir is not None:
+        from cnncli.train.runtime import process_role
+
+        if resume_dir is not None and process_role(cfg.runtime).is_chief:  # other workers only read it
             held.enter_context(rundir.locked(resume_dir))
             state = read_state(resume_dir)  # as committed, now that no other process can write it
             rundir.reconcile(resume_dir, state)
@@ -122,15 +127,17 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
+    if resume_dir is None and runtime.is_chief:
+        rundir.check_output(opts.output, cfg.name or "run")  # before the data: a slow load, then this error, is cruel
     data, plan = _load_data(cfg, opts.smoke, reporter)
-    if resume_dir is not None:
+    if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
     elif runtime.is_chief:
         run_dir = rundir.create_run_dir(opts.output, cfg.name or "run")
         faults.point("run_dir_created")
     else:  # other workers train in step with the chief but keep nothing
-        run_dir = Path(tempfile.mkdtemp(prefix=f"cnncli-worker{runtime.worker_index}-"))
-    if resume_dir is None:
+        run_dir = _worker_dir(cfg, runtime, resume_dir, state)
+    if run_dir != resume_dir:
         rundir.atomic_write(run_dir / "config.yaml", cfg.to_yaml())
         faults.point("config_written")
         held.enter_context(rundir.locked(run_dir))
@@ -139,7 +146,12 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
 
     session = None
     try:
-        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
+        try:
+            session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
+        except CnnError:
+            if resume_dir is None:  # the model does not fit the data: nothing was trained, no run to keep
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         session.train(state)
         return session.finish()
     except KeyboardInterrupt:
@@ -147,6 +159,32 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
             session.mark("interrupted")
         raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
                           f"cnn train --resume {run_dir}") from None
+
+
+def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | None) -> Path:
+    """A non-chief worker's run directory: temporary, or kept under $CNNCLI_WORKER_DIR for debugging.
+
+    Resuming, the worker starts from a copy of the checkpoint that the chief's
+    state.json names, so it must see the chief's run directory at the same path
+    (a shared filesystem); it never writes there.
+    """
+    from cnncli.train.runtime import WORKER_DIR_ENV
+
+    keep = os.environ.get(WORKER_DIR_ENV)
+    if keep:
+        run_dir = rundir.create_run_dir(Path(keep), f"{cfg.name or 'run'}-worker{runtime.worker_index}")
+    else:
+        run_dir = Path(tempfile.mkdtemp(prefix=f"cnncli-worker{runtime.worker_index}-"))
+    if resume_dir is not None and state is not None:
+        source, target = resume_dir / "checkpoints", run_dir / "checkpoints"
+        target.mkdir(exist_ok=True)
+        parts = list(source.glob(Path(state["checkpoint"]).name + ".*")) + list(source.glob("best.keras"))
+        if not any(p.suffix == ".index" for p in parts):
+            raise CnnError(f"{source}: no checkpoint `{Path(state['checkpoint']).name}` to resume from; every "
+                           "worker must see the chief's run directory at the same path (a shared filesystem)")
+        for part in parts:
+            shutil.copy2(part, target / part.name)
+    return run_dir
 
 
 def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
@@ -159,7 +197,7 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
     t0 = time.perf_counter()
     data = load(cfg.data, cfg.seed)
     for warning in data.warnings:
-        reporter.message(f"warning: {warning}")
+        reporter.warning(warning)
     if tuple(data.input_shape) != tuple(plan.shape):
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")

@@ -8,9 +8,15 @@ ordinary Keras (model call, loss, optimizer.apply, metrics) run under
 
 Feeding: with one replica the whole split stays in memory as uint8 tensors and
 each chunk of steps gathers its batches from a per-epoch permutation, with no
-per-step Python or tf.data. With several replicas a `tf.data` pipeline over the
-same resident arrays is distributed by the strategy (each replica its share of
-each global batch).
+per-step Python or tf.data. With several replicas each worker's `tf.data`
+pipeline gathers, from the same resident arrays and permutation, only its own
+replicas' slices of each global batch (see `_distributed_iterator`).
+
+Updates: Adam and SGD get TensorFlow's fused kernels (fused.py), one pass over
+the weights instead of Keras 3's eight; with large dense layers that was half
+of a step. The loss is checked every step: one replica's NaN stops all of them
+at the same step, which under multi-worker training it must, or the others
+would wait forever in the next all-reduce.
 """
 
 from __future__ import annotations
@@ -58,10 +64,19 @@ class Trainer:
         self.metrics = metrics  # keras.metrics objects, created under the strategy scope
         self.strategy = strategy
         self.batch_size = batch_size  # global
+        replicas = strategy.num_replicas_in_sync
+        if batch_size % replicas:
+            from cnncli.errors import CnnError
+
+            raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
+                           f"replicas; use a multiple of {replicas}, e.g. {max(replicas, batch_size // replicas * replicas)}")
         self.seed = seed
         self.augment = augment
         self.chunks_per_epoch = chunks_per_epoch
         self.steps_per_execution = steps_per_execution
+        from cnncli.train.fused import use_fused_update
+
+        self.fused_kernel = use_fused_update(optimizer)  # same arithmetic, one pass over the weights
         with strategy.scope():
             self.loss_tracker = keras.metrics.Mean(name="loss")
         self._x = self._y = None
@@ -111,7 +126,10 @@ class Trainer:
         finite = tf.constant(True)
         for i in tf.range(n_steps):
             per_replica = self.strategy.run(self._replica_step, args=next(iterator))
-            finite = tf.reduce_all(self.strategy.experimental_local_results(per_replica))
+            # Every worker must take the same branch, or the ones that go on wait forever in the
+            # next all-reduce: the flag is summed over all replicas of all workers, not read locally.
+            bad = self.strategy.reduce("SUM", self.strategy.run(_count_false, args=(per_replica,)), axis=None)
+            finite = tf.equal(bad, 0)
             done = i + 1
             if not finite:
                 break
@@ -167,15 +185,28 @@ class Trainer:
         return EpochResult(self.results(), seconds, examples, done_steps)
 
     def _distributed_iterator(self, perm):
+        """Global batch b is perm[b·B:(b+1)·B]; replica r (numbered across workers) takes its r-th slice.
+
+        Every worker holds the whole split and the same permutation, so each
+        input pipeline gathers only its own replicas' examples: no worker reads
+        or decodes another's share, and which example goes where is written here,
+        not left to tf.data's auto-sharding.
+        """
         tf = self.tf
         x, y = self._x, self._y
-        ds = tf.data.Dataset.from_tensor_slices(perm).batch(self.batch_size, drop_remainder=True)
-        ds = ds.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE)
-        options = tf.data.Options()
-        # Each worker holds the whole array; shard each global batch across workers.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
-        return iter(self.strategy.experimental_distribute_dataset(ds))
+        replicas, steps = self.strategy.num_replicas_in_sync, self.steps_per_epoch()
+        per_replica = self.batch_size // replicas
+        # [step, replica, example]; a global batch's remainder (batch not divisible by replicas) is unused.
+        grid = tf.reshape(perm[:steps * replicas * per_replica], [steps, replicas, per_replica])
+
+        def dataset_fn(ctx):
+            local = replicas // ctx.num_input_pipelines  # replicas fed by this pipeline
+            mine = grid[:, ctx.input_pipeline_id * local:(ctx.input_pipeline_id + 1) * local]
+            ds = tf.data.Dataset.from_tensor_slices(tf.reshape(mine, [-1, per_replica]))  # replica order per step
+            ds = ds.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE)
+            return ds.prefetch(tf.data.AUTOTUNE)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def results(self) -> dict:
         logs = {"loss": float(self.loss_tracker.result())}
@@ -198,6 +229,12 @@ class Trainer:
         if len(x) == 0:
             return np.zeros((0, int(self.model.outputs[0].shape[-1])), np.float32)
         return self._predict_fn(self.tf.convert_to_tensor(x), self.tf.constant(batch_size)).numpy()
+
+
+def _count_false(flag):
+    import tensorflow as tf
+
+    return tf.cast(tf.logical_not(flag), tf.int32)
 
 
 class _nullcontext:

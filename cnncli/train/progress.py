@@ -29,6 +29,10 @@ class Reporter:
     def message(self, text: str) -> None:
         pass
 
+    def warning(self, text: str) -> None:
+        """Something the user must see even with --quiet or --json (skipped images, say): stderr."""
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
     def train_begin(self, total_epochs: int, steps: int) -> None:
         pass
 

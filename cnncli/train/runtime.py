@@ -13,6 +13,66 @@ from dataclasses import dataclass, field
 from cnncli.config import RuntimeConfig
 from cnncli.errors import CnnError
 
+# Debugging multi-worker runs: workers other than the chief normally train into a
+# temporary directory that is deleted at the end. With this set to a folder, each
+# keeps its run directory there (model.keras included), e.g. to compare its
+# weights with the chief's.
+WORKER_DIR_ENV = "CNNCLI_WORKER_DIR"
+
+
+@dataclass(frozen=True)
+class ClusterRole:
+    """This process's place in a multi-worker job, from TF_CONFIG."""
+
+    task_type: str  # "chief" | "worker"
+    index: int
+    num_workers: int  # every task that trains: the chief (if listed) and the workers
+    is_chief: bool  # the one task that writes the run directory
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_type}{self.index}"
+
+
+SINGLE = ClusterRole("worker", 0, 1, True)
+
+
+def cluster_role(raw: str | None) -> ClusterRole:
+    """Parse TF_CONFIG. The chief is the `chief` task, or worker 0 when the cluster names no chief
+    (TensorFlow's own rule, as in MultiWorkerMirroredStrategy's checkpointing guide)."""
+    if not raw:
+        raise CnnError("runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
+                       "see README, 'Scaling out', for the cluster and task it must name")
+    expected = ('expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}')
+    try:
+        tf_config = json.loads(raw)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        task_type, index = task["type"], int(task["index"])
+        members = {kind: list(cluster.get(kind, [])) for kind in ("chief", "worker")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CnnError(f"TF_CONFIG is not valid ({type(exc).__name__}: {exc}); {expected}") from None
+    if task_type not in members:
+        raise CnnError(f"TF_CONFIG task type `{task_type}` cannot train here: multi_worker runs tasks of "
+                       "type `chief` and `worker` (an `evaluator` or `ps` task is not supported)")
+    if not 0 <= index < len(members[task_type]):
+        raise CnnError(f"TF_CONFIG task index {index} is outside the cluster's {len(members[task_type])} "
+                       f"`{task_type}` address(es)")
+    if len(members["chief"]) > 1:
+        raise CnnError("TF_CONFIG lists more than one `chief`; name one, or none (then worker 0 is the chief)")
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not members["chief"])
+    return ClusterRole(task_type, index, len(members["chief"]) + len(members["worker"]), is_chief)
+
+
+def process_role(cfg: RuntimeConfig) -> ClusterRole:
+    """Whether this process writes the run directory; knowable before TensorFlow starts."""
+    return cluster_role(os.environ.get("TF_CONFIG")) if cfg.distribute == "multi_worker" else SINGLE
+
+
+# The public names (tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside).
+STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default", "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
+                  "MirroredStrategy": "MirroredStrategy", "TPUStrategy": "TPUStrategy"}
+
 
 @dataclass
 class Runtime:
@@ -31,7 +91,8 @@ class Runtime:
         return {"device": self.device, "devices": self.devices, "precision": self.precision,
                 "precision_reason": self.precision_reason, "replicas": self.num_replicas,
                 "workers": self.num_workers, "worker_index": self.worker_index,
-                "strategy": type(self.strategy).__name__, "threads": self.threads}
+                "strategy": STRATEGY_NAMES.get(type(self.strategy).__name__, type(self.strategy).__name__),
+                "threads": self.threads}
 
 
 def cpu_flags() -> set[str]:
@@ -69,12 +130,29 @@ def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_ca
     return "float32", "CPU without bfloat16 instructions"
 
 
+def with_loss_scaling(optimizer, precision: str):
+    """float16 gradients underflow without loss scaling (Keras's mixed-precision guide);
+    bfloat16 has float32's exponent range and needs none."""
+    if precision != "mixed_float16":
+        return optimizer
+    import keras
+
+    return keras.optimizers.LossScaleOptimizer(optimizer)
+
+
 def _gpu_capability(tf, gpus) -> tuple[int, int] | None:
     try:
         details = tf.config.experimental.get_device_details(gpus[0])
         return tuple(details.get("compute_capability", (0, 0)))
     except Exception:  # details are best effort; the device itself is listed
         return None
+
+
+def configure_gpus(tf, gpus) -> None:
+    for gpu in gpus:
+        # Take memory as needed, not the whole card up front: other jobs (and the
+        # other replicas' processes) may share it.
+        tf.config.experimental.set_memory_growth(gpu, True)
 
 
 def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool) -> Runtime:
@@ -102,8 +180,7 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool) -> Runtime:
     if cfg.device == "cpu" and gpus:
         tf.config.set_visible_devices([], "GPU")
         gpus = []
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)  # share the card; grow as needed
+    configure_gpus(tf, gpus)
     device = "tpu" if cfg.distribute == "tpu" else ("gpu" if gpus else "cpu")
     if device == "cpu" and cfg.cpu_devices:
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -123,34 +200,26 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool) -> Runtime:
                    is_chief, worker_index, num_workers, threads)
 
 
+def mirrored_devices(num_gpus: int, logical_cpus: list[str]) -> tuple[list[str], bool]:
+    """The replicas of a mirrored run (every local GPU, else the logical CPUs), and whether
+    gradients are summed on one device: NCCL, the default all-reduce, exists only for GPUs."""
+    if num_gpus:
+        return [f"/gpu:{i}" for i in range(num_gpus)], False
+    return list(logical_cpus), True
+
+
 def _strategy(tf, cfg: RuntimeConfig, gpus, tpu_name):
     if cfg.distribute is None:
         return tf.distribute.get_strategy(), True, 0, 1
     if cfg.distribute == "mirrored":
-        if gpus:
-            devices = [f"/gpu:{i}" for i in range(len(gpus))]
-        else:
-            devices = [d.name for d in tf.config.list_logical_devices("CPU")]
-        # Collective ops over CPU devices: the default NCCL all-reduce exists only for GPUs.
-        ops = None if gpus else tf.distribute.ReductionToOneDevice()
+        devices, reduce_on_one = mirrored_devices(len(gpus), [d.name for d in tf.config.list_logical_devices("CPU")])
+        ops = tf.distribute.ReductionToOneDevice() if reduce_on_one else None
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops), True, 0, 1
     if cfg.distribute == "multi_worker":
-        raw = os.environ.get("TF_CONFIG")
-        if not raw:
-            raise CnnError("runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
-                           "see README, 'Scaling out', for the cluster and task it must name")
-        try:
-            tf_config = json.loads(raw)
-            task = tf_config["task"]
-            workers = tf_config["cluster"]["worker"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CnnError(f"TF_CONFIG is not valid: {exc}; expected "
-                           '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": 0}}') from None
+        role = cluster_role(os.environ.get("TF_CONFIG"))
+        # Reads TF_CONFIG itself; all-reduce over gRPC between hosts (NCCL within a host's GPUs).
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        index = int(task.get("index", 0))
-        is_chief = task.get("type") == "chief" or (task.get("type") == "worker" and index == 0
-                                                    and "chief" not in tf_config["cluster"])
-        return strategy, is_chief, index, len(workers) + len(tf_config["cluster"].get("chief", []))
+        return strategy, role.is_chief, role.index, role.num_workers
     # TPU: wired through the same loop; not exercised on this project's CI machines.
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_name or "")
     tf.config.experimental_connect_to_cluster(resolver)

@@ -10,6 +10,7 @@ earlier checkpoint, which `--resume` restores; the epoch order is a function of
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import shutil
 import sys
@@ -22,6 +23,7 @@ from cnncli import __version__, faults
 from cnncli.errors import CnnError, DataError
 from cnncli.train import rundir
 from cnncli.train.loop import NonFiniteLoss, Trainer
+from cnncli.train.runtime import WORKER_DIR_ENV, with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.schedules import EpochSchedule
 
@@ -62,8 +64,13 @@ class Session:
         outputs = int(self.model.outputs[0].shape[-1])
         top = max((int(y.max()) for y in (self.data.y_train, self.data.y_val, self.data.y_test) if len(y)), default=0)
         if top >= outputs:
-            raise DataError(f"labels go up to {top} ({self.data.num_classes} classes) but the model outputs "
-                            f"{outputs} values; set the last layer's units to {self.data.num_classes}")
+            message = (f"{self.data.source}: labels go up to {top} ({self.data.num_classes} classes) "
+                       f"but the model outputs {outputs} values; set the last layer's units to "
+                       f"{self.data.num_classes}")
+            last = len(self.cfg.model.layers) - 1
+            if last >= 0 and "units" in self.cfg.model.layers[last].args:
+                raise self.cfg.error(message, ("model", "layers", last, "units"))
+            raise DataError(message)
 
     def write_run_json(self) -> None:
         import keras
@@ -101,7 +108,7 @@ class Session:
             start_phase, done_in_phase = state["phase"], state["phase_epochs_done"]
             apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
             if done_in_phase >= phases[start_phase].epochs:  # that phase was complete: weights only
-                self._checkpoint().read(str(self.run_dir / state["checkpoint"])).expect_partial()
+                rundir.read_checkpoint(self._checkpoint(), self.run_dir / state["checkpoint"])
                 start_phase, done_in_phase = start_phase + 1, 0
             self.reporter.message(f"resuming after epoch {len(self.history)}")
         total = sum(1 if self.smoke else p.epochs for p in phases)
@@ -135,14 +142,13 @@ class Session:
 
                 variables = self.model.trainable_variables
                 optimizer = layerwise(optimizer, variables, multipliers_for(variables, rate_groups))
-            if self.runtime.precision == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, cfg.train.loss) for m in cfg.train.metrics]
             self.model.compile(optimizer=optimizer, loss=cfg.train.loss)  # lets Keras callbacks reach the optimizer
         checkpoint = self._checkpoint(optimizer)
         if state is not None:
-            checkpoint.read(str(self.run_dir / state["checkpoint"])).expect_partial()
+            rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
@@ -161,6 +167,8 @@ class Session:
                 record["layer_lr_decay"] = phase.layer_lr_decay
                 record["layer_learning_rates"] = [g.as_json(_current_lr(optimizer)) for g in rate_groups]
             self.phase_records.append(record)
+        if state is not None and cfg.train.lr_schedule is None:
+            self._apply_changed_rate(optimizer, phase, overrides, record)
         callbacks.on_train_begin()
         for e in range(done, epochs):
             index = len(self.history)  # 0-based epoch over all phases
@@ -257,16 +265,14 @@ class Session:
         faults.point("history_written")
         self._track_best(row)
         prefix = f"checkpoints/epoch-{row['epoch']:04d}"
-        checkpoint.write(str(self.run_dir / prefix))
+        rundir.write_checkpoint(checkpoint, self.run_dir / prefix)
         faults.point("checkpoint_written")
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
                  "early_stopping": callbacks.state()}
         rundir.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
-        for old in sorted((self.run_dir / "checkpoints").glob("epoch-*.index"))[:-2]:  # keep the last two
-            for part in old.parent.glob(old.name[:-len(".index")] + ".*"):
-                part.unlink(missing_ok=True)
+        rundir.prune_checkpoints(self.run_dir)
         self.write_run_json()
 
     def _track_best(self, row: dict) -> None:
@@ -281,20 +287,41 @@ class Session:
             if spec.save_best_only:
                 rundir.save_model(self.model, self.run_dir / "checkpoints" / "best.keras")
 
+    def _apply_changed_rate(self, optimizer, phase, overrides: dict, record: dict) -> None:
+        """A learning rate changed for the resume (`--set`) beats the one restored from the checkpoint.
+
+        The rate is an optimizer variable, so the checkpoint brings back the old one; without
+        this, `--resume --set train.optimizer.learning_rate=...` (what a diverged run is told
+        to try) would be silently ignored. Unchanged rates (and those a schedule moved) stay.
+        """
+        configured = overrides.get("learning_rate", phase.optimizer.args.get("learning_rate"))
+        started = record["learning_rates"][:1]
+        if isinstance(configured, (int, float)) and started and np.float32(configured) != np.float32(started[0]):
+            optimizer.learning_rate = float(configured)
+            self.reporter.message(f"learning rate {configured:g} (changed for this resume) replaces {started[0]:.3g}")
+
     def _non_finite(self, epoch: int, step: int, optimizer) -> None:
         lr = float(_current_lr(optimizer))
         last = f"epoch {len(self.history)} is kept in {self.run_dir / 'checkpoints'}" if self.history else \
             "no epoch had completed"
         self.mark("failed")
+        lower = f"{lr / 10:.3g}"
+        if self.cfg.train.lr_schedule is not None or self.cfg.train.phases:
+            how = "lower the rates of train.lr_schedule or train.phases"
+        elif self.history:
+            how = f"cnn train --resume {self.run_dir} --set train.optimizer.learning_rate={lower}"
+        else:
+            how = f"--set train.optimizer.learning_rate={lower}"
         raise CnnError(f"the loss became NaN or infinite at epoch {epoch}, step {step} "
                        f"(learning rate {lr:.3g}); training stopped and {last}. "
-                       f"Try a lower learning rate, e.g. {lr / 10:.3g}")
+                       f"Try a lower learning rate, e.g. {lower}: {how}")
 
     # ------------------------------------------------------------------ the end
     def finish(self):
         from cnncli.evaluate import classification_report
         from cnncli.train.job import TrainResult
 
+        faults.point("training_done")
         if self.cfg.train.checkpoint.save_best_only and (self.run_dir / "checkpoints" / "best.keras").exists():
             import keras
 
@@ -316,6 +343,8 @@ class Session:
             self._plots(metrics)
             self.status = "complete"
             self.write_run_json()
+        elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
+            rundir.save_model(self.model, self.run_dir / "model.keras")
         else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         return TrainResult(self.run_dir, metrics, {"phases": self.phase_records, "runtime": self.runtime.as_json()})
@@ -337,10 +366,12 @@ class Session:
         from cnncli.plots import plot_confusion_matrix, plot_curves
 
         if self.history:
-            plot_curves(self.history, self.run_dir / "curves.png")
+            with rundir.writing(self.run_dir / "curves.png"):
+                plot_curves(self.history, self.run_dir / "curves.png")
         if "test" in metrics:
-            plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
-                                  self.run_dir / "confusion_matrix.png")
+            with rundir.writing(self.run_dir / "confusion_matrix.png"):
+                plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
+                                      self.run_dir / "confusion_matrix.png")
 
 
 class _ResumableCallbacks:

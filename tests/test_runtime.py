@@ -1,0 +1,188 @@
+"""Devices, precision, cluster roles: runtime.py's decisions.
+
+The GPU paths run here without a GPU: only TensorFlow's device queries
+(`tf.config.list_physical_devices`, `get_device_details`) are replaced, and the
+calls that would act on the (absent) card are recorded instead of made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnncli.config import RuntimeConfig
+from cnncli.errors import CnnError
+from cnncli.train.runtime import (ClusterRole, choose_precision, cluster_role, mirrored_devices, process_role,
+                                  setup_runtime, with_loss_scaling)
+
+ROOT = Path(__file__).resolve().parent.parent
+AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
+AVX2 = {"avx2", "fma"}
+
+
+@pytest.mark.parametrize("device, capability, flags, convs, expected", [
+    ("gpu", (8, 0), None, True, "mixed_bfloat16"),     # A100: bfloat16 tensor cores
+    ("gpu", (9, 0), None, False, "mixed_bfloat16"),    # H100, dense model too
+    ("gpu", (7, 5), None, True, "mixed_float16"),      # T4: float16 tensor cores, loss scaling
+    ("gpu", (7, 0), None, True, "mixed_float16"),      # V100
+    ("gpu", (6, 1), None, True, "float32"),            # Pascal: no fast half precision
+    ("gpu", None, None, True, "float32"),              # capability unknown
+    ("cpu", None, AMX, True, "mixed_bfloat16"),        # Sapphire Rapids and a CNN
+    ("cpu", None, AMX, False, "float32"),              # dense layers only: little to gain
+    ("cpu", None, AVX2, True, "float32"),              # no bfloat16 instructions
+    ("tpu", None, None, True, "mixed_bfloat16"),
+])
+def test_auto_precision(device, capability, flags, convs, expected):
+    precision, reason = choose_precision("auto", device, convs, capability, flags)
+    assert precision == expected
+    assert reason
+
+
+def test_precision_set_in_the_config_is_kept():
+    assert choose_precision("float32", "gpu", True, (8, 0), None) == ("float32", "set in the config")
+
+
+def test_loss_scaling_only_for_float16():
+    import keras
+
+    sgd = keras.optimizers.SGD(0.1)
+    assert isinstance(with_loss_scaling(sgd, "mixed_float16"), keras.optimizers.LossScaleOptimizer)
+    assert with_loss_scaling(sgd, "mixed_bfloat16") is sgd
+    assert with_loss_scaling(sgd, "float32") is sgd
+
+
+def test_mirrored_replicas_are_the_gpus_else_the_logical_cpus():
+    assert mirrored_devices(2, ["/device:CPU:0"]) == (["/gpu:0", "/gpu:1"], False)  # NCCL all-reduce
+    assert mirrored_devices(0, ["/device:CPU:0", "/device:CPU:1"]) == (["/device:CPU:0", "/device:CPU:1"], True)
+
+
+# ---------------------------------------------------------------- TF_CONFIG
+
+def _tf_config(task_type="worker", index=0, workers=2, chief=0) -> str:
+    cluster = {"worker": [f"host{i}:2222" for i in range(workers)]}
+    if chief:
+        cluster["chief"] = ["boss:2222"]
+    return json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})
+
+
+@pytest.mark.parametrize("raw, expected", [
+    (_tf_config("worker", 0), ClusterRole("worker", 0, 2, True)),   # no chief listed: worker 0 is it
+    (_tf_config("worker", 1), ClusterRole("worker", 1, 2, False)),
+    (_tf_config("chief", 0, chief=1), ClusterRole("chief", 0, 3, True)),
+    (_tf_config("worker", 0, chief=1), ClusterRole("worker", 0, 3, False)),
+])
+def test_cluster_role(raw, expected):
+    assert cluster_role(raw) == expected
+
+
+@pytest.mark.parametrize("raw, message", [
+    (None, "TF_CONFIG is not set"),
+    ("{not json", "TF_CONFIG is not valid"),
+    (json.dumps({"cluster": {"worker": ["a:1"]}}), "TF_CONFIG is not valid (KeyError: 'task')"),
+    (_tf_config("evaluator", 0), "task type `evaluator` cannot train here"),
+    (_tf_config("worker", 5), "task index 5 is outside the cluster's 2 `worker` address(es)"),
+])
+def test_cluster_role_errors(raw, message):
+    with pytest.raises(CnnError, match=None) as info:
+        cluster_role(raw)
+    assert message in str(info.value)
+
+
+def test_process_role_needs_no_tensorflow(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", _tf_config("worker", 1))
+    assert not process_role(RuntimeConfig(distribute="multi_worker")).is_chief
+    assert process_role(RuntimeConfig()).is_chief  # TF_CONFIG matters only for multi_worker
+
+
+# ---------------------------------------------------------------- GPUs, with the device query mocked
+
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """TensorFlow reports `count` GPUs of compute capability `capability`; acting on them is recorded."""
+    import keras
+    import tensorflow as tf
+
+    real_list = tf.config.list_physical_devices
+    calls = {"memory_growth": [], "visible": []}
+
+    def install(count: int, capability: tuple[int, int]):
+        gpus = [tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU") for i in range(count)]
+
+        def list_physical_devices(device_type=None):
+            if device_type == "GPU":
+                return list(gpus)
+            return real_list(device_type) + (gpus if device_type is None else [])
+
+        monkeypatch.setattr(tf.config, "list_physical_devices", list_physical_devices)
+        monkeypatch.setattr(tf.config.experimental, "get_device_details",
+                            lambda device: {"device_name": "Fake GPU", "compute_capability": capability})
+        monkeypatch.setattr(tf.config.experimental, "set_memory_growth",
+                            lambda device, on: calls["memory_growth"].append((device.name, on)))
+        monkeypatch.setattr(tf.config, "set_visible_devices",
+                            lambda devices, kind=None: calls["visible"].append((list(devices), kind)))
+        return calls
+
+    yield install
+    keras.mixed_precision.set_global_policy("float32")
+
+
+# threads 0: "let TensorFlow choose", so these in-process calls leave the test session's pools as they are
+NO_THREADS = {"intra_op_threads": 0, "inter_op_threads": 0}
+
+
+@pytest.mark.parametrize("capability, precision", [((7, 5), "mixed_float16"), ((8, 6), "mixed_bfloat16"),
+                                                    ((6, 0), "float32")])
+def test_gpu_auto_device_precision_and_memory_growth(fake_gpus, capability, precision):
+    import keras
+
+    calls = fake_gpus(2, capability)
+    runtime = setup_runtime(RuntimeConfig(**NO_THREADS), has_convolutions=True)
+    assert runtime.device == "gpu"
+    assert runtime.precision == precision
+    assert f"{capability[0]}.{capability[1]}" in runtime.precision_reason or precision == "float32"
+    assert calls["memory_growth"] == [("/physical_device:GPU:0", True), ("/physical_device:GPU:1", True)]
+    assert keras.mixed_precision.global_policy().name == precision
+    assert runtime.as_json()["precision"] == precision and runtime.as_json()["device"] == "gpu"
+
+
+def test_device_cpu_hides_the_gpus(fake_gpus):
+    calls = fake_gpus(1, (8, 0))
+    runtime = setup_runtime(RuntimeConfig(device="cpu", **NO_THREADS), has_convolutions=False)
+    assert runtime.device == "cpu"
+    assert calls["visible"] == [([], "GPU")]
+    assert calls["memory_growth"] == []
+
+
+def test_mixed_float16_on_cpu_is_refused():
+    with pytest.raises(CnnError, match="`mixed_float16` needs a GPU"):
+        setup_runtime(RuntimeConfig(device="cpu", precision="mixed_float16", **NO_THREADS), has_convolutions=True)
+
+
+# ---------------------------------------------------------------- through the CLI
+
+def _cnn(*args: str, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", **env})  # no GPU, whatever the host
+    return subprocess.run([sys.executable, "-m", "cnncli", *args], capture_output=True, text=True, timeout=120,
+                          env=environ, cwd=ROOT)
+
+
+def test_cli_device_gpu_without_a_gpu_is_an_error(tmp_path):
+    proc = _cnn("train", "configs/shapes_cnn.yaml", "--device", "gpu", "--output", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: device `gpu` was requested but TensorFlow sees no GPU "
+                                  "(found: /physical_device:CPU:0)")
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_cli_multi_worker_without_tf_config_is_an_error(tmp_path):
+    proc = _cnn("train", "configs/shapes_cnn.yaml", "--set", "runtime.distribute=multi_worker",
+                "--output", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: runtime.distribute is `multi_worker` but TF_CONFIG is not set")
