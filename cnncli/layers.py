@@ -145,8 +145,10 @@ def make_layer(spec, name: str, path: str, **overrides):
     cls = LAYERS.get(spec.type)
     try:
         return cls(name=name, **{**spec.args, **overrides})
-    except (ValueError, TypeError, KeyError) as exc:
+    except Exception as exc:  # Keras checks arguments unevenly (AttributeError for a None string...): all are ours
         message = keras_message(exc)
+        if not isinstance(exc, (ValueError, TypeError, KeyError)):
+            message = f"cannot be built from these arguments ({type(exc).__name__}: {message})"
         # Point at the argument Keras complains about, so the line is the argument's own.
         named = [k for k in spec.args if f"`{k}`" in message or f"{k}=" in message]
         where = f"{path}.{named[0]}" if named else path
@@ -161,7 +163,7 @@ def make_optimizer(spec, path: str = "train.optimizer", **overrides):
         raise ConfigError(problems)
     try:
         return cls(**{**spec.args, **overrides})
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # as in make_layer: whatever the constructor raises comes from the arguments
         raise ConfigError([Problem(f"{cls.__name__}: {_first_line(exc)}", path)]) from None
 
 

@@ -15,7 +15,7 @@ import os
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cnncli.config import load_config, validate_data
@@ -101,10 +101,11 @@ arg_values = (scalars | st.lists(st.integers(min_value=-3, max_value=40), max_si
 def layer_specs(draw):
     from cnncli.layers import LAYERS, accepted_args
 
-    kind = draw(st.sampled_from(LAYER_TYPES) | st.text(max_size=10))
+    kind = draw(st.sampled_from(LAYER_TYPES))  # mostly real types, so most specs reach the builder
     names = accepted_args(LAYERS.get(kind)) if kind in LAYERS else []
-    keys = draw(st.lists(st.sampled_from(names) if names else st.text(max_size=8), max_size=4, unique=True)
-                | st.lists(st.text(max_size=8), max_size=2))
+    keys = draw(st.lists(st.sampled_from(names) if names else st.text(max_size=8), max_size=3, unique=True))
+    if draw(st.integers(0, 9)) == 0:
+        keys.append(draw(st.text(max_size=8)))  # now and then an argument no layer takes
     spec = {"type": kind, **{k: draw(arg_values) for k in keys if k not in ("type", "inputs")}}
     if "name" in spec and not isinstance(spec["name"], str):
         spec["name"] = str(spec["name"])
@@ -119,17 +120,26 @@ def _config(specs: list[dict]) -> dict:
 @settings.get_profile(PROFILE)
 @given(st.lists(layer_specs(), min_size=1, max_size=2))
 def test_any_layer_spec_builds_or_is_a_config_error(specs):
-    """What `cnn validate` and `cnn train` do with a config's layers: schema, spec checks, then the model."""
+    """What `cnn validate`, `cnn summary` and `cnn train` do with a config's layers: schema, spec checks,
+    the model, its geometry."""
     from cnncli.builder import build_model, check_model_specs, raw_spec_problems
 
     cfg = _answers(lambda: validate_data(_config(specs), {}, "random.yaml", spec_check=raw_spec_problems))
     if isinstance(cfg, CnnError):
+        event("refused by the schema")
         return
     if isinstance(_answers(lambda: check_model_specs(cfg)), CnnError):
+        event("refused by the spec checks")
         return
     model = _answers(lambda: build_model(cfg, (8, 8, 1)))
-    if not isinstance(model, CnnError):
+    if isinstance(model, CnnError):
+        event("refused while building")
+    else:
+        event("built")
         assert model.outputs[0].shape[-1] == 2
+        from cnncli.geometry import summarize
+
+        _answers(lambda: summarize(model).as_json())  # `cnn summary`: shapes, receptive fields, parameter counts
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 1e308, -1, 0, 2**63])

@@ -60,11 +60,9 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
         return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
     if opts.config is None:
         raise CnnError("give a config file, or --resume RUN_DIR")
-    from cnncli.builder import check_model_specs, raw_spec_problems
+    from cnncli.builder import raw_spec_problems
 
-    cfg = load_config(opts.config, cli, spec_check=raw_spec_problems)
-    check_model_specs(cfg)  # layer types and arguments now, not after the data is loaded and the run dir made
-    return cfg, None, None
+    return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -127,8 +125,14 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    if resume_dir is None and runtime.is_chief:
-        rundir.check_output(opts.output, cfg.name or "run")  # before the data: a slow load, then this error, is cruel
+    if resume_dir is None:
+        from cnncli.builder import check_model_specs
+
+        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
+        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early.)
+        check_model_specs(cfg)
+        if runtime.is_chief:
+            rundir.check_output(opts.output, cfg.name or "run")
     data, plan = _load_data(cfg, opts.smoke, reporter)
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
