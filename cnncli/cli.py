@@ -384,6 +384,7 @@ def list_names(
 
 
 def main() -> None:
+    os.umask(os.umask(0o022) | 0o022)  # nothing cnn creates (runs, exports, plots) is group- or world-writable
     app()
 
 

@@ -7,12 +7,11 @@ it, the tests set `CNNCLI_FAULT` and the process stops itself exactly there:
 
 `@n` picks the n-th time the process reaches the point (default 1). Actions:
 
-    kill    SIGKILL (default): a power cut, as far as the files can tell
+    kill    SIGKILL (default): the process dies between two statements, as in a crash or an OOM kill
     term    SIGTERM, as `kill <pid>` or a batch scheduler would send
     int     SIGINT, as Ctrl-C
     stop    SIGSTOP: frozen until SIGCONT, so a test can change the world meanwhile (fill the disk)
     enospc  raise OSError(ENOSPC) at the point: a disk that has just filled up
-    hang    sleep until killed from outside
 
 Points (grep for `faults.point` to see them in place):
 
@@ -31,7 +30,7 @@ Points (grep for `faults.point` to see them in place):
     write:<file name>      a file's complete temporary copy is on disk, not yet renamed over
                            the file (history.csv, state.json, run.json, model.keras, ...)
 
-Unset, as in every real run, `point()` costs one global lookup and a comparison.
+Unset, as in every real run, `point()` is a function call and one dictionary lookup.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import signal
 import time
 
 ENV = "CNNCLI_FAULT"
-ACTIONS = ("kill", "term", "int", "stop", "enospc", "hang")
+ACTIONS = ("kill", "term", "int", "stop", "enospc")
 
 _plan: dict[str, tuple[int, str]] | None = None  # point -> (n-th arrival, action); None until first read
 _seen: dict[str, int] = {}
@@ -71,9 +70,6 @@ def point(name: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    if action == "hang":
-        while True:
-            time.sleep(60)
     signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT, "stop": signal.SIGSTOP}
     os.kill(os.getpid(), signals[action])
     if action != "stop":

@@ -14,7 +14,7 @@ replicas' slices of each global batch (see `_distributed_iterator`).
 
 Updates: Adam and SGD get TensorFlow's fused kernels (fused.py), one pass over
 the weights instead of Keras 3's eight; with large dense layers that was half
-of a step. The loss is checked every step: one replica's NaN stops all of them
+of a step. Dropout masks come from 16 random bits per unit (dropout.py). The loss is checked every step: one replica's NaN stops all of them
 at the same step, which under multi-worker training it must, or the others
 would wait forever in the next all-reduce.
 """
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from cnncli.train.dropout import patched as fast_dropout
 
 
 class NonFiniteLoss(Exception):
@@ -91,7 +93,8 @@ class Trainer:
         if self.augment is not None:
             x = self.augment(x, training=True)
         with tf.GradientTape() as tape:
-            pred = self.model(x, training=True)
+            with fast_dropout():  # runs once, while the step is traced
+                pred = self.model(x, training=True)
             per_example = self.loss_fn(y, pred)
             loss = tf.nn.compute_average_loss(per_example)  # mean over the global batch
             if self.model.losses:

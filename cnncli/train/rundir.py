@@ -80,6 +80,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             os.fsync(f.fileno())
         faults.point(f"write:{path.name}")
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
     except BaseException as exc:  # an interrupt too: no temporary file is left behind
         try:
             tmp.unlink()
@@ -106,6 +107,10 @@ def write_checkpoint(checkpoint, prefix: Path) -> None:
     with writing(prefix):
         try:
             checkpoint.write(str(prefix))
+            for part in prefix.parent.glob(prefix.name + ".*"):  # TF does not fsync; state.json will name these
+                with open(part, "rb") as f:
+                    os.fsync(f.fileno())
+            _fsync_dir(prefix.parent)
         except BaseException as exc:
             shutil.rmtree(f"{prefix}_temp", ignore_errors=True)  # TF's unmerged shards
             if isinstance(exc, tf.errors.OpError):  # "<file>; No space left on device [Op:SaveV2]": keep the reason
@@ -146,6 +151,14 @@ def exchange(a: Path, b: Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without exchange
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, data) -> None:
@@ -214,6 +227,7 @@ def save_model(model, path: Path) -> None:
             os.fsync(f.fileno())
         faults.point(f"write:{path.name}")
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):

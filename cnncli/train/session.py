@@ -120,7 +120,6 @@ class Session:
                 break
 
     def _train_phase(self, phase, total_epochs: int, done: int, state: dict | None) -> None:
-        import keras
         import tensorflow as tf
 
         from cnncli.layers import make_metric, make_optimizer

@@ -63,18 +63,19 @@ class Child:
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
 
-    def stopped(self) -> bool:
-        """True once the child has stopped itself (SIGSTOP, the `stop` fault action)."""
+    def state(self) -> str:
+        """The process state letter from /proc: R, S, T (stopped), Z (exited, not yet reaped), ..."""
         try:
-            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
-            return False
+            return "?"
 
     def wait_until_stopped(self, timeout: float = TIMEOUT) -> None:
+        """Until the child has stopped itself (SIGSTOP, the `stop` fault action)."""
         deadline = time.monotonic() + timeout
-        while not self.stopped():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"pid {self.pid} never stopped\n{self.err.read_text()}")
+        while (state := self.state()) != "T":
+            if state in ("Z", "?") or time.monotonic() > deadline:
+                raise AssertionError(f"pid {self.pid} never stopped (state {state})\n{self.err.read_text()}")
             time.sleep(0.02)
 
     def wait(self, timeout: float = TIMEOUT) -> Done:

@@ -79,3 +79,24 @@ def test_a_run_being_trained_cannot_be_resumed_twice(cnn, tiny, tmp_path):
     training.signal(signal.SIGCONT)
     assert training.wait().code == 0
     check_complete(run_dir, EPOCHS)
+
+
+def test_a_damaged_run_directory_is_a_clear_error_on_resume(cnn, reference, tmp_path):
+    """Files a crash cannot damage but a person can: a deleted checkpoint, a truncated state.json."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    for part in run_dir.glob(state["checkpoint"] + ".*"):
+        part.unlink()
+    done = cnn("train", "--resume", run_dir, "-q", cwd=tmp_path)
+    assert done.code == 1, done
+    assert done.stderr.startswith(f"Error: cannot restore the checkpoint `{run_dir / state['checkpoint']}` "
+                                  "that state.json names: "), done.stderr
+    assert done.stderr.count("\n") == 1
+
+    (run_dir / "checkpoints" / "state.json").write_text('{"phase": 0, "hist')
+    done = cnn("train", "--resume", run_dir, "-q", cwd=tmp_path)
+    assert done.code == 1, done
+    assert done.stderr.startswith(f"Error: `{run_dir / 'checkpoints' / 'state.json'}` cannot be read: "), done.stderr
