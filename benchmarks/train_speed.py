@@ -130,9 +130,9 @@ def plain_side(name: str, epochs: int, data: Path) -> dict:
             "precision": "float32"}
 
 
-def cnncli_config(name: str, epochs: int, data: Path, precision: str) -> dict:
+def cnncli_config(name: str, epochs: int, data: Path, precision: str, seed: int = 42) -> dict:
     spec = MODELS[name]
-    return {"name": f"bench-{name}", "seed": 42,
+    return {"name": f"bench-{name}", "seed": seed,
             "data": {"dataset": "npz", "path": str(data), "validation_split": 0.0},
             "model": {"input_shape": [28, 28, 1], "layers": spec["layers"]},
             "train": {"epochs": epochs, "batch_size": spec["batch_size"], "optimizer": spec["optimizer"]},
@@ -202,7 +202,7 @@ def bench_model(name: str, mode: str, args, work: Path) -> list[dict]:
         if any(r["cnncli"]["precision"] == precision for r in rows):
             continue  # `auto` already resolved to it
         config = work / f"{name}-{precision}.yaml"
-        config.write_text(yaml.safe_dump(cnncli_config(name, epochs, data, precision), sort_keys=False))
+        config.write_text(yaml.safe_dump(cnncli_config(name, epochs, data, precision, args.seed), sort_keys=False))
         sets = [item for s in args.set for item in ("--set", s)]
         out, _, cnncli_rss = run_child([args.cnn, "train", str(config), "--output", str(work / "runs"), "--json",
                                         *sets], args.timeout, env)
@@ -242,6 +242,8 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", default="auto",
                         help="cnncli's runtime.precision; a comma-separated list adds a row each, "
                              "e.g. auto,float32 (default auto)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="cnncli's seed (fit is unseeded, as a course runs it): vary it to see accuracy spread")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="passed to cnn train, e.g. --set runtime.intra_op_threads=1 (repeatable)")
     parser.add_argument("--data", default=str(FASHION_MNIST), help="folder with the Fashion-MNIST IDX files")

@@ -17,8 +17,9 @@ import pytest
 
 from cnncli.config import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.train.runtime import (ClusterRole, choose_precision, cluster_role, mirrored_devices, process_role,
-                                  setup_runtime, with_loss_scaling)
+from cnncli.config import load_config
+from cnncli.train.runtime import (ClusterRole, choose_precision, cluster_role, default_threads, mirrored_devices,
+                                  process_role, setup_runtime, small_model, with_loss_scaling)
 
 ROOT = Path(__file__).resolve().parent.parent
 AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -59,6 +60,36 @@ def test_loss_scaling_only_for_float16():
 def test_mirrored_replicas_are_the_gpus_else_the_logical_cpus():
     assert mirrored_devices(2, ["/device:CPU:0"]) == (["/gpu:0", "/gpu:1"], False)  # NCCL all-reduce
     assert mirrored_devices(0, ["/device:CPU:0", "/device:CPU:1"]) == (["/device:CPU:0", "/device:CPU:1"], True)
+
+
+# ---------------------------------------------------------------- threads
+
+@pytest.mark.parametrize("config, small", [
+    ("mnist_softmax.yaml", True), ("mnist_lenet.yaml", True), ("shapes_cnn.yaml", True),
+    ("resnet_mini.yaml", True),        # CIFAR-10, 32×32
+    ("lenet5.yaml", True),             # resized to 32×32
+    ("vgg16_transfer.yaml", False),    # a pretrained backbone at 224×224
+])
+def test_small_model_from_the_config_alone(config, small):
+    assert small_model(load_config(ROOT / "configs" / config, [])) is small
+
+
+def test_small_model_needs_a_known_size():
+    cfg = load_config(ROOT / "configs" / "mnist_lenet.yaml", ["data.dataset=npz", "data.path=x.npz"])
+    assert not small_model(cfg)  # an .npz of unknown image size: every core for each op
+    cfg = load_config(ROOT / "configs" / "mnist_lenet.yaml", ["data.image_size=[128,128]"])
+    assert not small_model(cfg)
+
+
+@pytest.mark.parametrize("cores, small, expected", [
+    (2, True, (1, 2)),    # measured: one thread per op, two ops at once
+    (4, True, (1, 4)),
+    (2, False, (2, 2)),   # big ops get every core
+    (16, True, (16, 2)),  # not measured beyond 4 cores: TensorFlow's layout
+    (1, True, (1, 1)),
+])
+def test_default_threads(cores, small, expected):
+    assert default_threads(cores, small) == expected
 
 
 # ---------------------------------------------------------------- TF_CONFIG

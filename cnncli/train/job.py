@@ -113,9 +113,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
          held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
-    from cnncli.train.runtime import setup_runtime
+    from cnncli.train.runtime import setup_runtime, small_model
 
-    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg))
+    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg))
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
     import keras

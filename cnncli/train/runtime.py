@@ -151,17 +151,57 @@ def configure_gpus(tf, gpus) -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool) -> Runtime:
-    """Configure TensorFlow for this job and return the strategy to train under."""
+# Fixed image sides of the built-in datasets, for small_model() before any data is read.
+_DATASET_SIDES = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+SMALL_SIDE = 64  # pixels: course-size images
+SMALL_CORES = 4  # the one-thread-per-op default is measured on 2 cores; beyond 4 it is not assumed
+
+
+def small_model(cfg) -> bool:
+    """A course-size model (no pretrained backbone, images of at most 64 px a side), known from the config alone.
+
+    Its ops (a 3×3 convolution over a batch of 32 28×28 images) are too small to
+    split across cores; unknown sizes count as large.
+    """
+    if cfg.model.backbone is not None:
+        return False
+    if cfg.model.input_shape:
+        side = max(cfg.model.input_shape[:2])
+    elif cfg.data.image_size:
+        side = max(cfg.data.image_size)
+    elif cfg.data.dataset == "shapes":
+        side = cfg.data.shapes.image_size
+    else:
+        side = _DATASET_SIDES.get(cfg.data.dataset)
+    return side is not None and side <= SMALL_SIDE
+
+
+def default_threads(cores: int, small: bool) -> tuple[int, int]:
+    """(intra_op, inter_op) threads when the config leaves them unset.
+
+    Measured on 2 cores (benchmarks/train_speed.py, --set runtime.intra_op_threads=…):
+    for course-size models one thread per op with two ops at once is fastest
+    (the batch-32 CNN +30–60%, the MLP +10%, LeNet ±5%): their ops are too small
+    to share a core's work, and the backward pass always has two independent ops
+    (a layer's weight and input gradients, the updates of different weights).
+    A big model (VGG16 at 224×224, much of it a forward chain) needs every core
+    in each op, as TensorFlow's own default gives it.
+    """
+    if small and cores <= SMALL_CORES:
+        return 1, cores
+    return cores, min(2, cores)
+
+
+def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = False) -> Runtime:
+    """Configure TensorFlow for this job and return the strategy to train under.
+
+    `small` (see small_model()) picks the thread layout for course-size models.
+    """
     import tensorflow as tf
 
-    threads = {}
-    cores = os.cpu_count() or 1
-    # One op may use every core: on 2 cores LeNet's convolutions train ~1.7× faster than on one thread.
-    # (A batch-32 CNN's ops are too small to share; on a busy machine intra_op_threads: 1 can win there.)
-    intra = cfg.intra_op_threads if cfg.intra_op_threads is not None else cores
-    # The step is mostly one chain of ops; two let a layer's weight and input gradients overlap.
-    inter = cfg.inter_op_threads if cfg.inter_op_threads is not None else min(2, cores)
+    intra, inter = default_threads(os.cpu_count() or 1, small)
+    intra = cfg.intra_op_threads if cfg.intra_op_threads is not None else intra
+    inter = cfg.inter_op_threads if cfg.inter_op_threads is not None else inter
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)
