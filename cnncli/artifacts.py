@@ -144,7 +144,7 @@ def record_export(artifact: Path, record: dict) -> Path:
     the file maps artefact names to records; a lock keeps concurrent exports
     into one directory from losing each other's entries.
     """
-    from cnncli.train.rundir import atomic_write
+    from cnncli.train.rundir import write_json
 
     path = export_json_path(artifact)
     with _locked(path.parent):
@@ -155,7 +155,7 @@ def record_export(artifact: Path, record: dict) -> Path:
             except ValueError:
                 pass  # a foreign or damaged file: replaced by a valid one
         doc.setdefault("artifacts", {})[Path(artifact).name] = record
-        atomic_write(path, json.dumps(doc, indent=2, default=_plain) + "\n")
+        write_json(path, doc)
     return path
 
 
@@ -171,14 +171,6 @@ def _locked(directory: Path):
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 # ---------------------------------------------------------------- runtimes per format

@@ -11,7 +11,6 @@ gradient. Models compute in float32 here (`artifacts.float32_model`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -254,13 +253,11 @@ def _check_png(path: Path) -> None:
         raise CnnError(f"cannot write `{path}`: `{probe}` is not writable; choose another --output")
 
 
-@contextlib.contextmanager
 def _writing(path: Path):
     """What os.access cannot foresee (root on a read-only mount, /proc, a full disk) still ends as one line."""
-    try:
-        yield
-    except OSError as exc:
-        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}; choose another --output") from None
+    from cnncli.train.rundir import writing
+
+    return writing(path, hint="; choose another --output")
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:

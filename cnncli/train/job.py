@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__, faults
+from cnncli import faults
 from cnncli.config import Config, load_config
-from cnncli.errors import CnnError, ConfigError, DataError, Interrupted
+from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train import rundir
 from cnncli.train.progress import Reporter
 

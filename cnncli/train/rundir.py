@@ -92,12 +92,12 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 
 @contextlib.contextmanager
-def writing(path: Path):
+def writing(path: Path, hint: str = ""):
     """Turn a failure to write `path` (disk full, read-only, gone) into one error line naming it."""
     try:
         yield
     except OSError as exc:
-        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}") from None
+        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}{hint}") from None
 
 
 def write_checkpoint(checkpoint, prefix: Path) -> None:

@@ -97,8 +97,6 @@ class Session:
 
     # ------------------------------------------------------------------ training
     def train(self, state: dict | None) -> None:
-        import tensorflow as tf
-
         phases = plan_phases(self.cfg)
         start_phase, done_in_phase = 0, 0
         if state is not None:
@@ -120,8 +118,6 @@ class Session:
                 break
 
     def _train_phase(self, phase, total_epochs: int, done: int, state: dict | None) -> None:
-        import tensorflow as tf
-
         from cnncli.layers import make_metric, make_optimizer
 
         cfg = self.cfg
