@@ -18,9 +18,11 @@ from on_epoch_begin to on_epoch_end; for cnncli, run.json's per-epoch
 `epoch_seconds` (training steps only). Test accuracy is each model's
 on the same test images after the same epochs. Peak memory is the peak
 resident set of each process (os.wait4's ru_maxrss). Runs on a busy machine
-are noisy: the figures are indicative; repeat and compare ratios.
+are noisy: the figures are indicative; repeat and compare ratios. One run's
+test accuracy varies with the initial weights by a few tenths of a point
+(`fit` is unseeded, as a course runs it; cnncli's seed is --seed, 42).
 
-    python benchmarks/train_speed.py --quick          # about a minute and a half
+    python benchmarks/train_speed.py --quick          # one to two minutes on 2 cores
     python benchmarks/train_speed.py --models lenet   # one model, full length
     python benchmarks/train_speed.py --json > speed.json
 """
@@ -234,7 +236,7 @@ def print_table(rows: list[dict]) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer examples and epochs: about a minute and a half")
+    parser.add_argument("--quick", action="store_true", help="fewer examples and epochs: one to two minutes on 2 cores")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     parser.add_argument("--epochs", type=int, help="override every model's epochs (at least 2)")
