@@ -33,11 +33,9 @@ CNN = [str(Path(sys.executable).parent / "cnn")] if (Path(sys.executable).parent
 
 
 def history_epochs(run_dir: Path) -> list[int]:
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
+    from cnncli.train.rundir import read_history
+
+    return [int(row["epoch"]) for row in read_history(run_dir / "history.csv")]
 
 
 def history_difference(a: Path, b: Path) -> float:

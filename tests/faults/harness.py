@@ -163,11 +163,9 @@ def only_run_dir(output: Path) -> Path:
 
 
 def history_epochs(run_dir: Path) -> list[int]:
-    path = run_dir / "history.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
+    from cnncli.train.rundir import read_history
+
+    return [int(row["epoch"]) for row in read_history(run_dir / "history.csv")]
 
 
 def committed_epochs(run_dir: Path) -> int:
