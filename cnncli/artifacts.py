@@ -11,7 +11,6 @@ LiteRT) are imported inside the branch that needs them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from cnncli import fileio
 from cnncli.errors import CnnError, RunError
 
 EXPORT_JSON = "export.json"
@@ -144,10 +144,8 @@ def record_export(artifact: Path, record: dict) -> Path:
     the file maps artefact names to records; a lock keeps concurrent exports
     into one directory from losing each other's entries.
     """
-    from cnncli.train.rundir import write_json
-
     path = export_json_path(artifact)
-    with _locked(path.parent):
+    with fileio.locked(path.parent):
         doc = {"artifacts": {}}
         if path.exists():
             try:
@@ -155,22 +153,8 @@ def record_export(artifact: Path, record: dict) -> Path:
             except ValueError:
                 pass  # a foreign or damaged file: replaced by a valid one
         doc.setdefault("artifacts", {})[Path(artifact).name] = record
-        write_json(path, doc)
+        fileio.write_json(path, doc)
     return path
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """An exclusive flock on the directory itself: no lock file left behind, none to race over."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError as exc:
-        raise CnnError(f"cannot write `{directory / EXPORT_JSON}`: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # ---------------------------------------------------------------- runtimes per format

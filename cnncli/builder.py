@@ -179,18 +179,18 @@ def _offline_weights_hint(backbone: str):
     keras.applications calls keras.src.utils.file_utils.get_file directly and, when the
     download fails, reports only the URL; the cache location is what a user needs.
     """
-    from keras.src.utils import file_utils
+    from cnncli import compat
 
     hint = _WeightsHint(backbone)
+    file_utils = compat.file_utils()
+    if file_utils is None:  # this Keras moved get_file: its own error, without the cache path
+        yield hint
+        return
     real = file_utils.get_file
 
     def recording_get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None, **kw):
-        from keras.src.backend.config import keras_home  # what get_file uses: KERAS_HOME as read at import
-
-        base = os.path.expanduser(cache_dir or keras_home())
-        if not os.access(base, os.W_OK):  # get_file's own fallback for a read-only home
-            base = os.path.join("/tmp", ".keras")
-        hint.missing = (fname or os.path.basename(origin or ""), os.path.join(base, cache_subdir))
+        cache = compat.cache_dir(cache_subdir, cache_dir or compat.keras_home())  # where get_file looks
+        hint.missing = (fname or os.path.basename(origin or ""), str(cache))
         hint.was_corrupt = os.path.exists(os.path.join(*reversed(hint.missing)))
         path = real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kw)
         hint.missing = None

@@ -255,7 +255,7 @@ def _check_png(path: Path) -> None:
 
 def _writing(path: Path):
     """What os.access cannot foresee (root on a read-only mount, /proc, a full disk) still ends as one line."""
-    from cnncli.train.rundir import writing
+    from cnncli.fileio import writing
 
     return writing(path, hint="; choose another --output")
 

@@ -12,6 +12,7 @@ import inspect
 import re
 from typing import Any
 
+from cnncli import compat
 from cnncli.errors import ConfigError, Problem, did_you_mean
 from cnncli.registry import Registry, UnknownName, normalize
 
@@ -187,9 +188,7 @@ def keras_message(exc: BaseException) -> str:
 
 def snake(name: str) -> str:
     """Keras's own default layer naming: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
-    from keras.src.utils.naming import to_snake_case
-
-    return to_snake_case(name)
+    return compat.snake_case(name)
 
 
 # ---------------------------------------------------------------- training vocabulary

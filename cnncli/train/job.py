@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import faults
+from cnncli import faults, fileio
 from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train import rundir
@@ -141,7 +141,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     else:  # other workers train in step with the chief but keep nothing
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
     if run_dir != resume_dir:
-        rundir.atomic_write(run_dir / "config.yaml", cfg.to_yaml())
+        fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
         faults.point("config_written")
         held.enter_context(rundir.locked(run_dir))
 

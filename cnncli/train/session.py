@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__, faults
+from cnncli import __version__, compat, faults, fileio
 from cnncli.errors import CnnError, DataError
 from cnncli.train import rundir
 from cnncli.train.loop import NonFiniteLoss, Trainer
@@ -77,7 +77,7 @@ class Session:
         import tensorflow as tf
 
         trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-        rundir.write_json(self.run_dir / "run.json", {
+        fileio.write_json(self.run_dir / "run.json", {
             "name": self.cfg.name, "status": self.status, "started": self.started,
             "command": sys.argv, "seed": self.cfg.seed,
             "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -88,6 +88,7 @@ class Session:
             "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
             "total_params": int(self.model.count_params()), "trainable_params": trainable,
             "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
+            "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
         })
 
     def mark(self, status: str) -> None:
@@ -265,7 +266,7 @@ class Session:
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
                  "early_stopping": callbacks.state()}
-        rundir.write_json(self.run_dir / rundir.STATE_FILE, state)
+        fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)
         self.write_run_json()
@@ -333,7 +334,7 @@ class Session:
             faults.point("model_saved")
             if self.smoke:
                 self._check_reload(metrics)
-            rundir.write_json(self.run_dir / "metrics.json", metrics)
+            fileio.write_json(self.run_dir / "metrics.json", metrics)
             faults.point("metrics_written")
             self._plots(metrics)
             self.status = "complete"
@@ -361,10 +362,10 @@ class Session:
         from cnncli.plots import plot_confusion_matrix, plot_curves
 
         if self.history:
-            with rundir.writing(self.run_dir / "curves.png"):
+            with fileio.writing(self.run_dir / "curves.png"):
                 plot_curves(self.history, self.run_dir / "curves.png")
         if "test" in metrics:
-            with rundir.writing(self.run_dir / "confusion_matrix.png"):
+            with fileio.writing(self.run_dir / "confusion_matrix.png"):
                 plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
                                       self.run_dir / "confusion_matrix.png")
 
