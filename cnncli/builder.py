@@ -75,25 +75,13 @@ def raw_spec_problems(data: Any) -> list[Problem]:
 
 
 def _raise_with_lines(cfg: Config, problems: list[Problem]) -> None:
-    if not problems:
-        return
-    from cnncli.config import _parse_path
-
-    for p in problems:
-        if p.line is None and p.path:
-            p.line = cfg.line_of(_parse_path(p.path))
-    raise ConfigError(problems, cfg._file)
+    if problems:
+        raise cfg.locate(problems)
 
 
 def _as_config_error(cfg: Config, exc: ConfigError) -> ConfigError:
     """Attach file and line numbers to a ConfigError raised below this module."""
-    from cnncli.config import _parse_path
-
-    for p in exc.problems:
-        if p.line is None and p.path:
-            p.line = cfg.line_of(_parse_path(p.path))
-    exc.file = exc.file or cfg._file
-    return exc
+    return cfg.locate(exc.problems, exc.file)
 
 
 def layer_names(specs) -> list[str]:
@@ -241,20 +229,16 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
 
 
 def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
-    from cnncli.config import _parse_path
-
     try:
         out = layer(arg)
     except Exception as exc:  # Keras reports impossible shapes as ValueError (sometimes others)
         shapes = [tuple(a.shape) for a in arg] if isinstance(arg, list) else tuple(arg.shape)
         message = keras_message(exc)
-        raise cfg.error(f"{type_name} cannot take input of shape {_fmt(shapes)}: {message}",
-                        _parse_path(path)) from None
+        raise cfg.error(f"{type_name} cannot take input of shape {_fmt(shapes)}: {message}", path) from None
     dims = [d for d in out.shape[1:] if d is not None]
     if any(d <= 0 for d in dims):
         raise cfg.error(f"{type_name} output shape {_fmt(tuple(out.shape))} reaches zero; "
-                        "the input is too small for this many layers, or the kernel/stride too large",
-                        _parse_path(path))
+                        "the input is too small for this many layers, or the kernel/stride too large", path)
     return out
 
 

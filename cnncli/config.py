@@ -222,9 +222,17 @@ class Config(Strict):
     def line_of(self, path: KeyPath) -> int | None:
         return _nearest_line(self._lines, path)
 
-    def error(self, message: str, path: KeyPath) -> ConfigError:
-        """A ConfigError pointing at `path` in the file this config came from."""
+    def error(self, message: str, path: KeyPath | str) -> ConfigError:
+        """A ConfigError pointing at `path` (a key path, or its text) in the file this config came from."""
+        path = _parse_path(path) if isinstance(path, str) else path
         return ConfigError.single(message, format_path(path), self.line_of(path), self._file)
+
+    def locate(self, problems: list[Problem], file: str | None = None) -> ConfigError:
+        """A ConfigError for problems found in this config, each given the line of its key path."""
+        for p in problems:
+            if p.line is None and p.path:
+                p.line = self.line_of(_parse_path(p.path))
+        return ConfigError(problems, file or self._file)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

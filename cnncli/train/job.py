@@ -25,6 +25,7 @@ from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train import rundir
 from cnncli.train.progress import Reporter
+from cnncli.train.result import TrainResult
 
 
 @dataclass
@@ -38,13 +39,6 @@ class TrainOptions:
     batch_size: int | None = None
     device: str | None = None
     smoke: bool = False
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    metrics: dict
-    run: dict
 
 
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:

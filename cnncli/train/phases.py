@@ -116,12 +116,7 @@ def check_phases(model, cfg: Config) -> None:
                                         "head with weights (model.layers)", f"train.phases[{i}].trainable"))
         apply_trainable(model, cfg, plan_phases(cfg)[0].trainable)
     if problems:
-        from cnncli.config import _parse_path
-        from cnncli.errors import ConfigError
-
-        for p in problems:
-            p.line = cfg.line_of(_parse_path(p.path))
-        raise ConfigError(problems, cfg._file)
+        raise cfg.locate(problems)
 
 
 def phase_params(model, cfg: Config) -> list[dict]:

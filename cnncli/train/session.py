@@ -315,7 +315,7 @@ class Session:
     # ------------------------------------------------------------------ the end
     def finish(self):
         from cnncli.evaluate import classification_report
-        from cnncli.train.job import TrainResult
+        from cnncli.train.result import TrainResult
 
         faults.point("training_done")
         if self.cfg.train.checkpoint.save_best_only and (self.run_dir / "checkpoints" / "best.keras").exists():
