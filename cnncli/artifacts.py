@@ -20,10 +20,11 @@ from typing import Callable
 import numpy as np
 
 from cnncli import fileio
+from cnncli.batches import in_batches
 from cnncli.errors import CnnError, RunError
+from cnncli.geometry import all_layers
 
 EXPORT_JSON = "export.json"
-BATCH = 256  # images per call: bounded memory for any dataset size, few calls for the check
 EXTRA_HINT = "pip install 'cnncli[export]'"
 
 
@@ -40,10 +41,7 @@ class Predictor:
 
     def predict(self, x) -> np.ndarray:
         """float32 (N, K) probabilities of uint8 or float (N, H, W, C) images, in batches."""
-        x = np.asarray(x, np.float32)
-        if len(x) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
-        return np.concatenate([np.asarray(self.run(x[i:i + BATCH]), np.float32) for i in range(0, len(x), BATCH)])
+        return in_batches(self.run, x, len(self.class_names))
 
 
 # ---------------------------------------------------------------- float32 copies
@@ -58,7 +56,7 @@ def float32_model(model):
     """
     import keras
 
-    if all(_policy_name(layer) == "float32" for layer in _layers(model)):
+    if all(_policy_name(layer) == "float32" for layer in all_layers(model)):
         return model
     config = _force_float32(json.loads(model.to_json()))
     previous = keras.config.dtype_policy()
@@ -73,15 +71,8 @@ def float32_model(model):
 
 def trained_precision(model) -> str:
     """The dtype policy most layers computed in when the model was trained (`float32`, `mixed_bfloat16`, …)."""
-    names = [_policy_name(layer) for layer in _layers(model)]
+    names = [_policy_name(layer) for layer in all_layers(model)]
     return max(set(names), key=names.count) if names else "float32"
-
-
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):  # a nested backbone
-            yield from _layers(layer)
 
 
 def _policy_name(layer) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError, did_you_mean
+from cnncli.geometry import all_layers
 from cnncli.registry import Registry
 
 SMOOTHGRAD_SAMPLES = 25  # Smilkov et al. find the map stops improving beyond ~50; 25 is most of the gain
@@ -162,13 +163,7 @@ def conv_layers(model) -> list:
     """Every Conv2D in the model, nested backbones included, in graph order."""
     import keras
 
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found.extend(conv_layers(layer))
-    return found
+    return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
 
 
 def find_conv_layer(model, name: str | None):
@@ -181,18 +176,11 @@ def find_conv_layer(model, name: str | None):
     if name in by_name:
         return by_name[name]
     listed = ", ".join(by_name)
-    other = next((l for l in _all_layers(model) if l.name == name), None)
+    other = next((l for l in all_layers(model) if l.name == name), None)
     if other is not None:
         raise CnnError(f"layer `{name}` is a {type(other).__name__}, not a convolution; "
                        f"convolution layers: {listed}")
     raise CnnError(f"no layer named `{name}`{did_you_mean(name, by_name)}; convolution layers: {listed}")
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def filter_tiles(model, layer) -> Filters:
@@ -202,7 +190,7 @@ def filter_tiles(model, layer) -> Filters:
     kernel = np.asarray(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel, np.float32)
     kh, kw, cin, cout = kernel.shape
     if cin == 3:
-        caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in _all_layers(model))
+        caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in all_layers(model))
         if caffe and layer is conv_layers(model)[0]:
             kernel = kernel[:, :, ::-1, :]  # caffe preprocessing fed the first conv BGR; show RGB
         n = min(cout, MAX_FILTERS)

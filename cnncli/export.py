@@ -24,9 +24,10 @@ import numpy as np
 
 from cnncli import __version__, faults, fileio
 from cnncli.artifacts import EXTRA_HINT, float32_model, record_export
+from cnncli.batches import keras_predict
 from cnncli.errors import CnnError
 from cnncli.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
-                                 describe_check, keras_probabilities, quiet, reference_note)
+                                 describe_check, quiet, reference_note)
 from cnncli.registry import Registry
 
 REPRESENTATIVE_EXAMPLES = 200  # training images int8 calibration sees; TFLite's guide suggests 100-500
@@ -230,7 +231,7 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     model = float32_model(trained)
     data = run.load_data()
     x_check, split = check_images(data, examples)
-    reference = keras_probabilities(model, x_check)
+    reference = keras_predict(model, x_check)
     representative = _representative(data) if quantize == "int8" else None
     ctx = _Context(run, quantize, representative)
 

@@ -89,6 +89,13 @@ _ENDS_SPATIAL = ("Flatten", "Dense", "GlobalAveragePooling2D", "GlobalMaxPooling
                  "GlobalMaxPool2D", "Reshape", "Dropout_")  # Dropout keeps whatever it gets
 
 
+def all_layers(model):
+    """Every layer of `model`, depth first, the layers of nested models (a backbone) after the model itself."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from all_layers(layer)
+
+
 def _spatial(shape) -> bool:
     return len(shape) == 4  # (batch, h, w, c)
 

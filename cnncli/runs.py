@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnncli.batches import keras_predict
 from cnncli.config import Config, load_config
 from cnncli.errors import RunError
 from cnncli.train import rundir
@@ -69,8 +70,6 @@ def open_run(path: str | Path) -> Run:
 def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
                  top_k: int | None = None) -> dict:
     """Metrics of a run's model on a split of its data (or of other, compatible data)."""
-    import numpy as np
-
     from cnncli.evaluate import classification_report
 
     run = open_run(path)
@@ -83,8 +82,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     outputs = int(model.outputs[0].shape[-1])
     if int(y.max()) >= outputs:
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
-    probs = np.concatenate([np.asarray(model(x[i:i + 256].astype("float32"), training=False), np.float32)
-                            for i in range(0, len(x), 256)])
+    probs = keras_predict(model, x)
     report = classification_report(y, probs, names[:outputs] if len(names) >= outputs else
                                    [str(i) for i in range(outputs)], top_k=top_k)
     report["split"] = split

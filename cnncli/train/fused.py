@@ -30,12 +30,9 @@ def _handle(variable):
     return (variable.value if isinstance(variable, keras.Variable) else variable).handle
 
 
-def _adam(self, gradient, variable, learning_rate, _keras_update):
+def _adam(self, gradient, variable, learning_rate, slots):
     import tensorflow as tf
 
-    slots = compat.optimizer_slots(self, "adam")
-    if isinstance(gradient, tf.IndexedSlices) or slots is None:
-        return _keras_update(gradient, variable, learning_rate)
     dtype = variable.dtype
     step = tf.cast(self.iterations + 1, dtype)
     beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
@@ -48,12 +45,9 @@ def _adam(self, gradient, variable, learning_rate, _keras_update):
         epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
 
-def _sgd(self, gradient, variable, learning_rate, _keras_update):
+def _sgd(self, gradient, variable, learning_rate, slots):
     import tensorflow as tf
 
-    slots = compat.optimizer_slots(self, "sgd")
-    if isinstance(gradient, tf.IndexedSlices) or slots is None:
-        return _keras_update(gradient, variable, learning_rate)
     dtype = variable.dtype
     lr, grad = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
     if self.momentum == 0:
@@ -74,10 +68,10 @@ def _fusable(optimizer) -> tuple | None:
     if cls.update_step is keras.optimizers.Adam.update_step and not optimizer.amsgrad:
         if optimizer.built and compat.optimizer_slots(optimizer, "adam") is None:
             return None
-        return _adam, "ResourceApplyAdam"  # Adam and AdamW (whose decay is applied separately)
+        return _adam, "adam", "ResourceApplyAdam"  # Adam and AdamW (whose decay is applied separately)
     if cls.update_step is keras.optimizers.SGD.update_step and not (
             optimizer.built and compat.optimizer_slots(optimizer, "sgd") is None):
-        return _sgd, "ResourceApplyKerasMomentum" if optimizer.momentum else "ResourceApplyGradientDescent"
+        return _sgd, "sgd", "ResourceApplyKerasMomentum" if optimizer.momentum else "ResourceApplyGradientDescent"
     return None
 
 
@@ -87,11 +81,16 @@ def use_fused_update(optimizer) -> str | None:
     found = _fusable(inner)
     if found is None:
         return None
-    fn, kernel = found
+    fn, kind, kernel = found
     keras_update = inner.update_step
 
     def update_step(self, gradient, variable, learning_rate):
-        return fn(self, gradient, variable, learning_rate, keras_update)
+        import tensorflow as tf
+
+        slots = compat.optimizer_slots(self, kind)
+        if isinstance(gradient, tf.IndexedSlices) or slots is None:  # sparse, or slots this Keras moved
+            return keras_update(gradient, variable, learning_rate)
+        return fn(self, gradient, variable, learning_rate, slots)
 
     # object.__setattr__: not an attribute Keras should track or save.
     object.__setattr__(inner, "update_step", types.MethodType(update_step, inner))

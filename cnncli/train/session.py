@@ -430,6 +430,7 @@ def _live(reporter) -> bool:
     return isinstance(reporter, RichReporter)
 
 
-def _predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + batch_size].astype("float32"), training=False),
-                                      dtype=np.float32) for i in range(0, len(x), batch_size)])
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    from cnncli.batches import keras_predict
+
+    return keras_predict(model, x)
