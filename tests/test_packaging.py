@@ -33,3 +33,14 @@ def test_license_is_the_apache_license():
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+
+
+def test_the_image_build_copies_what_the_wheel_needs():
+    """pip install . in the Dockerfile fails without the files pyproject.toml names (readme, license)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {project["readme"], *project["license-files"]}
+    copied = {word for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              for word in line.split()[1:-1]}
+    assert needed <= copied, needed - copied
