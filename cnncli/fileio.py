@@ -64,17 +64,14 @@ def replacing(path: Path, suffix: str = ""):
         raise
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+def write(path: Path, data: bytes | str) -> None:
+    """`path` holds `data` (text is written as UTF-8), or, after any failure, what it held before."""
     with replacing(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-
-
-def write_text(path: Path, text: str) -> None:
-    write_bytes(path, text.encode())
+        f.write(data.encode() if isinstance(data, str) else data)
 
 
 def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    write(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):

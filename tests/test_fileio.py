@@ -51,10 +51,10 @@ def test_write_replaces_and_leaves_nothing_else(tmp_path):
 
 def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path, fault):
     path = tmp_path / "state.json"
-    fileio.write_text(path, "old")
+    fileio.write(path, "old")
     fault("write:state.json:enospc")  # the new copy is on disk, then the disk fills before the rename
     with pytest.raises(CnnError, match=r"cannot write `.*state.json`: No space left on device"):
-        fileio.write_text(path, "new")
+        fileio.write(path, b"new")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["state.json"]
 

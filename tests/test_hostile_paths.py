@@ -76,7 +76,7 @@ def test_nothing_created_is_world_writable_even_under_umask_000(tmp_path):
     try:
         rundir.no_world_writes()
         run_dir = rundir.create_run_dir(tmp_path / "deep" / "runs", "perm")
-        fileio.write_text(run_dir / "config.yaml", "name: perm\n")
+        fileio.write(run_dir / "config.yaml", "name: perm\n")
         fileio.write_json(run_dir / "metrics.json", {})
         with rundir.locked(run_dir):
             pass

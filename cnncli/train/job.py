@@ -135,7 +135,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     else:  # other workers train in step with the chief but keep nothing
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
     if run_dir != resume_dir:
-        fileio.write_text(run_dir / "config.yaml", cfg.to_yaml())
+        fileio.write(run_dir / "config.yaml", cfg.to_yaml())
         faults.point("config_written")
         held.enter_context(rundir.locked(run_dir))
 

@@ -23,6 +23,9 @@ from cnncli.errors import CnnError, RunError
 
 STATE_FILE = "checkpoints/state.json"
 
+# The writers this module used to define live in fileio.py; the names stay for their callers.
+atomic_write, write_json, writing, exchange = fileio.write, fileio.write_json, fileio.writing, fileio.exchange
+
 
 def check_output(root: Path, name: str) -> None:
     """Fail before any slow work (data, model) when no run directory can be made under `root`.
@@ -118,7 +121,7 @@ def write_history(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-    fileio.write_text(path, buf.getvalue())
+    fileio.write(path, buf.getvalue())
 
 
 def _fmt(value):
