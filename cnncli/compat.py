@@ -1,22 +1,22 @@
-"""Every use of a Keras internal, in one place, each with its plain-Keras fallback.
+"""Every use of a Keras or TensorFlow internal, in one place, each with its plain-Keras fallback.
 
 Keras 3's public API does not reach everything cnncli does. These are the
-internals it uses (names as in Keras 3.13-3.15), what for, and what happens
-when a Keras release moves one:
+internals it uses (names as in Keras 3.13-3.15, TensorFlow 2.20-2.21), what
+for, and what happens when a release moves one:
 
     fast_dropout     keras.src.backend.tensorflow.random: dropout, draw_seed, _cast_seed,
                      _get_concrete_noise_shape. Dropout masks from 16 random bits (train/dropout.py).
                      Without it: Keras's own dropout.
-    fused_optimizer  Optimizer._get_variable_index; Adam's _momentums and _velocities, SGD's momentums.
-                     One TensorFlow kernel per variable update (train/fused.py). Without it: Keras's update.
+    fused_optimizer  Optimizer._get_variable_index; Adam's _momentums and _velocities, SGD's momentums;
+                     tf.raw_ops.ResourceApplyAdam and friends. One TensorFlow kernel per variable update
+                     (train/fused.py). Without it: Keras's update.
     variable_index   Optimizer._get_variable_index: which variable an update is for (per-layer rates,
                      train/layer_rates.py). Without it: looked up by the variable's path.
     weights_hint     keras.src.utils.file_utils.get_file and keras.src.backend.config.keras_home: name
                      the weights file a backbone could not download (builder.py). Without it: Keras's
                      own error, without the cache path.
     inbound_nodes    Layer._inbound_nodes, Node.input_tensors: the tensors a layer was called on
-                     (geometry.py). Without it:
-                     the public Layer.input, which a layer called once has too.
+                     (geometry.py). Without it: the public Layer.input, which a layer called once has.
     snake_case       keras.src.utils.naming.to_snake_case: Keras's default layer names (layers.py).
                      Without it: the same rule written here.
 
