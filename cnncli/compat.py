@@ -1,7 +1,7 @@
 """Every use of a Keras or TensorFlow internal, in one place, each with its plain-Keras fallback.
 
 Keras 3's public API does not reach everything cnncli does. These are the
-internals it uses (names as in Keras 3.13-3.15, TensorFlow 2.20-2.21), what
+internals it uses (names as in Keras 3.15 and TensorFlow 2.21, as tested), what
 for, and what happens when a release moves one:
 
     fast_dropout     keras.src.backend.tensorflow.random: dropout, draw_seed, _cast_seed,
