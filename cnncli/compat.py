@@ -121,8 +121,7 @@ def variable_index(optimizer, variable) -> int:
     """The index of `variable` among those `optimizer` was built on."""
     if usable("variable_index"):
         return optimizer._get_variable_index(variable)
-    paths = [v.path for v in optimizer._cnncli_built_on]  # set by layerwise(), which has the list
-    return paths.index(_path(variable))
+    return optimizer._variable_paths.index(_path(variable))  # set by layerwise(), which has the list
 
 
 def _path(variable) -> str:

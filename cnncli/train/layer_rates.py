@@ -98,7 +98,7 @@ def layerwise(optimizer, variables, multipliers: tuple[float, ...]):
     copy = cls.from_config(optimizer.get_config())
     copy.build(list(variables))
     copy._lr_multipliers = tuple(float(m) for m in multipliers)
-    copy._cnncli_built_on = list(variables)  # compat.variable_index's fallback looks variables up here
+    copy._variable_paths = tuple(v.path for v in variables)  # compat.variable_index's fallback (strings: untracked)
     return copy
 
 
