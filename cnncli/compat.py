@@ -176,15 +176,17 @@ def keras_home() -> str:
         from keras.src.backend.config import keras_home as home
 
         return home()
+    return _home_now()
+
+
+def _home_now() -> str:
     return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
 
 
 def cache_dir(subdir: str, home: str | None = None) -> Path:
     """Keras's cache folder `subdir` under `home` (default: $KERAS_HOME as it is now, else ~/.keras),
     with Keras's own fallback to /tmp/.keras when the home folder is not writable."""
-    if home is None:
-        home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    base = os.path.expanduser(home)
+    base = os.path.expanduser(home if home is not None else _home_now())
     parent = base if os.path.exists(base) else os.path.dirname(base)
     if not os.access(parent, os.W_OK):
         base = os.path.join("/tmp", ".keras")
