@@ -6,9 +6,11 @@ test split, chosen by a hash of each file's path so the choice survives
 re-runs, other seeds and added files. Sub-folders inside a class folder are
 read too. Class names are the sorted folder names.
 
-Every image is brought to one size and one colour mode: `data.image_size` and
-`data.color_mode` when set, else the first image's size and RGB if any image
-is in colour (grayscale otherwise).
+Every image is read by `cnncli.images.read_image` (EXIF rotation, 16-bit,
+palette, alpha on white; the reader `cnn predict` uses) and brought to one
+size and one colour mode: `data.image_size` and `data.color_mode` when set,
+else the first image's size and RGB if any image is in colour (grayscale
+otherwise).
 """
 
 from __future__ import annotations
@@ -18,16 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from cnncli import images
 from cnncli.config import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
-from cnncli.data.prepare import resize_image
 from cnncli.errors import DataError
+from cnncli.images import CorruptImage
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TEST_FRACTION = 0.2  # share of each class held out when there is no test folder
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
 SHOWN = 5  # paths listed in one message before "…"
 
 
@@ -137,59 +138,25 @@ def scan(cfg: DataConfig) -> Scan:
     return Scan(root, names, files, warnings)
 
 
-def is_colour(image: Image.Image) -> bool:
-    """Colour by mode; a palette counts as colour when any of its entries is not grey."""
-    if image.mode in GRAY_MODES:
-        return False
-    if image.mode in ("P", "PA"):
-        palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
-        return bool((palette != palette[:, :1]).any())
-    return True
-
-
-READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of failing
-
-
-def _decode(path: Path | str, mode: str | None) -> np.ndarray:
-    with Image.open(path) as image:
-        image.load()  # decode now: truncated files fail here, not later
-        colour = is_colour(image) if mode is None else mode == "rgb"
-        pixels = np.asarray(image.convert("RGB" if colour else "L"), np.uint8)
-    return pixels if pixels.ndim == 3 else pixels[..., None]
-
-
-def read_image(path: Path | str, mode: str | None = None) -> np.ndarray:
-    """One image file as uint8 (H, W, C): C 3 for colour, 1 for grey, or as `mode` ("rgb"/"grayscale") asks.
-
-    Unreadable files raise DataError naming the path. Only the first frame of
-    an animated GIF is read.
-    """
-    try:
-        return _decode(path, mode)
-    except READ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read image ({exc or type(exc).__name__})") from None
-
-
 def _target_mode(cfg: DataConfig, paths: list[Path]) -> str:
     """cfg.color_mode, else "rgb" as soon as one image header says colour."""
     if cfg.color_mode:
         return cfg.color_mode
     for path in paths:
         try:
-            with Image.open(path) as image:
-                if is_colour(image):
-                    return "rgb"
-        except READ_ERRORS:
+            if images.is_colour_file(path):
+                return "rgb"
+        except CorruptImage:
             continue  # the reading pass reports it
     return "grayscale"
 
 
 def _first_size(paths: list[Path]) -> tuple[int, int] | None:
+    """(height, width) of the first image whose header reads, upright as read_image returns it."""
     for path in paths:
         try:
-            with Image.open(path) as image:
-                return image.size[1], image.size[0]
-        except READ_ERRORS:
+            return images.probe(path)[:2]
+        except CorruptImage:
             continue
     return None
 
@@ -203,22 +170,22 @@ def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
     resized = 0
     arrays = {}
     for split in ("train", "test"):
-        images, labels = [], []
+        pictures, labels = [], []
         for path, label in scan_.files[split]:
             try:
-                pixels = _decode(path, mode)
-            except READ_ERRORS as exc:
-                bad.append((path, str(exc) or type(exc).__name__))
+                pixels = images.read_image(path, mode)
+            except CorruptImage as exc:
+                bad.append((path, exc.reason))
                 continue
             if size is None:
                 size = pixels.shape[:2]  # the first readable image sets the size
             if pixels.shape[:2] != size:
-                pixels = resize_image(pixels, size)
+                pixels = images.resize(pixels, size)  # as read_image(path, mode, size) would
                 resized += 1
-            images.append(pixels)
+            pictures.append(pixels)
             labels.append(label)
         shape = (0, *(size or (1, 1)), channels)
-        arrays[split] = (np.stack(images) if images else np.zeros(shape, np.uint8), np.array(labels, np.int64))
+        arrays[split] = (np.stack(pictures) if pictures else np.zeros(shape, np.uint8), np.array(labels, np.int64))
     warnings = list(scan_.warnings)
     bad.sort()
     if bad and cfg.on_corrupt == "error":
