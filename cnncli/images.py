@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from typing import NamedTuple, Sequence, Union
 
 import numpy as np

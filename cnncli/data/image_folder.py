@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -161,21 +162,26 @@ def _first_size(paths: list[Path]) -> tuple[int, int] | None:
     return None
 
 
-def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
-    all_paths = [p for split in ("train", "test") for p, _ in scan_.files[split]]
-    mode = _target_mode(cfg, all_paths)
+def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
+                  where: str, cfg: DataConfig, mode: str, warnings: list[str]) -> Splits:
+    """Pictures (name, path or encoded bytes, label) per split -> Splits, applying data.on_corrupt.
+
+    Every picture is read in `mode` and brought to data.image_size, else to
+    the first readable picture's size. `dataset: records` decodes through here
+    too, so a packed folder gives the arrays the folder gives.
+    """
     size = tuple(cfg.image_size) if cfg.image_size else None
     channels = 3 if mode == "rgb" else 1
-    bad: list[tuple[Path, str]] = []
+    bad: list[tuple[str, str]] = []
     resized = 0
     arrays = {}
     for split in ("train", "test"):
         pictures, labels = [], []
-        for path, label in scan_.files[split]:
+        for name, source, label in items[split]:
             try:
-                pixels = images.read_image(path, mode)
+                pixels = images.read_image(source, mode, name=name)
             except CorruptImage as exc:
-                bad.append((path, exc.reason))
+                bad.append((name, exc.reason))
                 continue
             if size is None:
                 size = pixels.shape[:2]  # the first readable image sets the size
@@ -186,25 +192,31 @@ def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
             labels.append(label)
         shape = (0, *(size or (1, 1)), channels)
         arrays[split] = (np.stack(pictures) if pictures else np.zeros(shape, np.uint8), np.array(labels, np.int64))
-    warnings = list(scan_.warnings)
+    warnings = list(warnings)
     bad.sort()
     if bad and cfg.on_corrupt == "error":
-        path, why = bad[0]
-        more = f" (and {len(bad) - 1} more: {_listing([p for p, _ in bad[1:]])})" if len(bad) > 1 else ""
-        raise DataError(f"{path}: cannot read image ({why}){more}; replace or delete it, "
+        name, why = bad[0]
+        more = f" (and {len(bad) - 1} more: {_listing([n for n, _ in bad[1:]])})" if len(bad) > 1 else ""
+        raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, "
                         "or set data.on_corrupt: skip")
     if bad:
-        warnings.append(f"skipped {len(bad)} unreadable image(s): {_listing([p for p, _ in bad])}")
+        warnings.append(f"skipped {len(bad)} unreadable image(s): {_listing([n for n, _ in bad])}")
     if resized and not cfg.image_size:
         warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
                         "resized; set data.image_size to choose the size")
-    counts = np.bincount(arrays["train"][1], minlength=len(scan_.class_names))
-    lost = [name for name, count in zip(scan_.class_names, counts) if count == 0]
+    counts = np.bincount(arrays["train"][1], minlength=len(class_names))
+    lost = [name for name, count in zip(class_names, counts) if count == 0]
     if lost:
-        raise DataError(f"{scan_.root}: class(es) {', '.join(lost)} have no readable training images left; "
+        raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    return Splits(x_train, y_train, x_test, y_test, scan_.class_names, str(scan_.root), warnings)
+    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings)
+
+
+def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
+    all_paths = [p for split in ("train", "test") for p, _ in scan_.files[split]]
+    items = {split: ((str(path), path, label) for path, label in scan_.files[split]) for split in ("train", "test")}
+    return decode_splits(items, scan_.class_names, str(scan_.root), cfg, _target_mode(cfg, all_paths), scan_.warnings)
 
 
 def _load(cfg: DataConfig, seed: int) -> Splits:
