@@ -310,3 +310,13 @@ def test_training_on_a_pack_matches_training_on_its_folder(tmp_path):
         accuracy[dataset] = json.loads(result.stdout)["metrics"]["test"]["accuracy"]
     assert accuracy["records"] == pytest.approx(accuracy["image_folder"], abs=0.005)
     assert accuracy["records"] > 0.6  # it learned something: the comparison is not between two chance levels
+
+
+def test_a_url_path_goes_through_tf_io_gfile(tmp_path):
+    """TensorFlow's in-memory file system stands in for gs:// and other object stores."""
+    root = write_folder(tmp_path / "pictures", per_class=5, classes=("a", "b"))
+    url = f"ram://{tmp_path.name}/packed"
+    assert cnn("data", "pack", root, "--output", url, "--shards", 2).exit_code == 0
+    assert_same_dataset(load(folder_cfg(root), seed=0), load(records_cfg(url), seed=0))
+    report = json.loads(cnn("data", "inspect", url, "--json").stdout)
+    assert report["dataset"] == "records" and report["splits"]["train"]["count"] == 8
