@@ -16,6 +16,8 @@ otherwise).
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -162,6 +164,19 @@ def _first_size(paths: list[Path]) -> tuple[int, int] | None:
     return None
 
 
+def _read_each(items: Iterable[tuple[str, images.Source, int]], mode: str):
+    """(name, label, pixels or None, why not) per item, in order, decoded on every core (Pillow frees the GIL)."""
+    def read(item):
+        name, source, label = item
+        try:
+            return name, label, images.read_image(source, mode, name=name), ""
+        except CorruptImage as exc:
+            return name, label, None, exc.reason
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        yield from pool.map(read, items)
+
+
 def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
                   where: str, cfg: DataConfig, mode: str, warnings: list[str]) -> Splits:
     """Pictures (name, path or encoded bytes, label) per split -> Splits, applying data.on_corrupt.
@@ -177,11 +192,9 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
     arrays = {}
     for split in ("train", "test"):
         pictures, labels = [], []
-        for name, source, label in items[split]:
-            try:
-                pixels = images.read_image(source, mode, name=name)
-            except CorruptImage as exc:
-                bad.append((name, exc.reason))
+        for name, label, pixels, reason in _read_each(items[split], mode):
+            if pixels is None:
+                bad.append((name, reason))
                 continue
             if size is None:
                 size = pixels.shape[:2]  # the first readable image sets the size
