@@ -301,15 +301,20 @@ runtime: {{device: cpu, precision: float32}}
 def test_training_on_a_pack_matches_training_on_its_folder(tmp_path):
     root = shapes_folder(tmp_path / "shapes")
     assert cnn("data", "pack", root, "--output", tmp_path / "packed", "--shards", 4).exit_code == 0
-    accuracy = {}
+    accuracy, runs = {}, {}
     for dataset, path in (("image_folder", root), ("records", tmp_path / "packed")):
         config = tmp_path / f"{dataset}.yaml"
         config.write_text(TRAIN.format(name=dataset, dataset=dataset, path=path))
         result = cnn("train", config, "-o", tmp_path / "runs", "--json")
         assert result.exit_code == 0, result.stderr
         accuracy[dataset] = json.loads(result.stdout)["metrics"]["test"]["accuracy"]
+        runs[dataset] = json.loads(result.stdout)["run_dir"]
     assert accuracy["records"] == pytest.approx(accuracy["image_folder"], abs=0.005)
     assert accuracy["records"] > 0.6  # it learned something: the comparison is not between two chance levels
+    crossed = cnn("evaluate", runs["image_folder"], "--data", "data.dataset=records",
+                  "--data", f"data.path={tmp_path / 'packed'}", "--json")
+    assert crossed.exit_code == 0, crossed.stderr
+    assert json.loads(crossed.stdout)["accuracy"] == pytest.approx(accuracy["image_folder"], abs=1e-9)
 
 
 def test_a_url_path_goes_through_tf_io_gfile(tmp_path):
