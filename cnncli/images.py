@@ -36,6 +36,10 @@ file with `tf.io.read_file` first, and pass `name=` for error messages):
         return read_image(data, "rgb", (224, 224), name=path)
     x = tf.numpy_function(decode, [tf.io.read_file(path), path], tf.uint8)
 
+Raised inside a tf.data function, `CorruptImage` reaches the iterator as a
+`tf.errors.UnknownError` whose message holds "CorruptImage: <name>: cannot
+read image (...)"; to skip bad files, catch it inside the wrapped function.
+
 `probe(path)` reads only the header: (height, width, mode) after EXIF
 rotation, for `cnn data inspect` and memory budgets.
 """

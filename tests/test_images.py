@@ -201,3 +201,22 @@ def test_unreadable_files_raise_corrupt_image_naming_the_file(tmp_path, damage, 
 def test_unknown_color_mode_is_refused(tmp_path):
     with pytest.raises(DataError, match="color_mode must be one of grayscale, rgb, got `cmyk`"):
         read_image(gif_grey(tmp_path / "g.gif"), "cmyk")
+
+
+def test_usable_from_tf_data_through_numpy_function(tmp_path):
+    import tensorflow as tf
+
+    good, bad = jpeg_rotated(tmp_path / "r.jpg"), tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+
+    def decode(data, path):
+        return read_image(data, "grayscale", (6, 4), name=path)
+
+    def pipeline(paths):
+        ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+        return ds.map(lambda p: tf.numpy_function(decode, [tf.io.read_file(p), p], tf.uint8))
+
+    (pixels,) = list(pipeline([good]).as_numpy_iterator())
+    assert np.array_equal(pixels, read_image(good, "grayscale", (6, 4)))
+    with pytest.raises(tf.errors.UnknownError, match=f"CorruptImage: {bad}: cannot read image"):
+        list(pipeline([bad]).as_numpy_iterator())
