@@ -209,15 +209,23 @@ def _temporary(path: str) -> str:
 
 
 def _check_output(output: str) -> None:
-    gfile = records._gfile()
-    if gfile.exists(records.join(output, records.INDEX)):
+    files = records.gfile()
+    if files.exists(records.join(output, records.INDEX)):
         raise DataError(f"{output}: already holds a pack (index.json); choose another --output or delete it")
-    if gfile.exists(output) and not gfile.isdir(output):
+    if files.exists(output) and not files.isdir(output):
         raise DataError(f"{output}: is a file; --output must be a folder")
-    try:
-        gfile.makedirs(output)
-    except Exception as exc:  # tf.errors.* for object stores, OSError for local disks
-        raise DataError(f"{output}: cannot create the folder ({getattr(exc, 'message', exc)})") from None
+    files.makedirs(output)
+
+
+def _publish(written: list[tuple[str, str]], output: str, index: dict) -> None:
+    """Rename every finished shard to its name, then write index.json (itself through a temporary name)."""
+    files = records.gfile()
+    for temp, final in written:
+        files.rename(temp, final, overwrite=True)
+    index_path = records.join(output, records.INDEX)
+    with files.GFile(_temporary(index_path), "w") as f:
+        f.write(json.dumps(index, indent=2) + "\n")
+    files.rename(_temporary(index_path), index_path, overwrite=True)
 
 
 def _shape_summary(shapes: dict[str, dict[int, tuple[int, int, int]]]) -> dict:
@@ -264,10 +272,13 @@ def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: O
         raise DataError(f"--shards must be at least 1, got {shards}")
     found = catalogue(cfg, seed)
     output = str(output).rstrip("/") if "://" in str(output) else str(Path(output).expanduser())
-    _check_output(output)
-    total = sum(len(p) for p in found.splits.values())
-    step = _counter(progress, total)
-    gfile = records._gfile()
+    with records.storage(output, "write the pack"):
+        _check_output(output)
+        return _pack(found, cfg, output, shards, _counter(progress, sum(len(p) for p in found.splits.values())), seed)
+
+
+def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: Optional[int],
+          step: Optional[Callable[[int], None]], seed: int) -> PackResult:
     written: list[tuple[str, str]] = []  # (temporary, final), removed again unless the pack completes
     skipped: list[tuple[str, str]] = []
     entries, shapes = {}, {}
@@ -294,17 +305,12 @@ def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: O
                  "made": {"source": found.source, "dataset": found.dataset,
                           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                           "cnncli": __version__, "seed": seed, "shards": shards}}
-        for temp, final in written:
-            gfile.rename(temp, final, overwrite=True)
+        _publish(written, output, index)
         written = []
-        index_path = records.join(output, records.INDEX)
-        with gfile.GFile(_temporary(index_path), "w") as f:
-            f.write(json.dumps(index, indent=2) + "\n")
-        gfile.rename(_temporary(index_path), index_path, overwrite=True)
     finally:
         for temp, _ in written:  # an error or an interrupt: no half-written shard is left behind
-            if gfile.exists(temp):
-                gfile.remove(temp)
+            if records.gfile().exists(temp):
+                records.gfile().remove(temp)
     return PackResult(output, index, sorted(skipped), found.warnings)
 
 
