@@ -220,6 +220,8 @@ def read_records(path, split: str) -> Iterator[tuple[str, int, str, bytes, int]]
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as exc:
             raise DataError(f"{file}: damaged after record {n} ({exc.message.splitlines()[0]}); "
                             "copy the file again or re-pack the data") from None
+        except tf.errors.OpError as exc:  # permission, network
+            raise DataError(f"{file}: cannot read the shard ({exc.message.splitlines()[0]})") from None
         if expected and n + 1 != expected[k]:  # TFRecordDataset ends quietly at a cut-off last record
             raise DataError(f"{file}: damaged after record {n} (holds {n + 1} records, index.json lists "
                             f"{expected[k]}); copy the file again or re-pack the data")
