@@ -349,6 +349,40 @@ def filters(
             out.print(f"{result.layer}: {kh}×{kw} kernels, {shown}: {path}", markup=False)
 
 
+LISTS = {  # what `cnn list` can show: name -> (module, function)
+    "layers": ("cnncli.layers", "list_layers"),
+    "optimizers": ("cnncli.layers", "list_optimizers"),
+    "schedules": ("cnncli.layers", "list_schedules"),
+    "backbones": ("cnncli.layers", "list_backbones"),
+    "datasets": ("cnncli.data", "list_datasets"),
+    "formats": ("cnncli.export", "list_formats"),
+}
+
+
+@app.command("list")
+def list_names(
+    what: str = typer.Argument(..., help=f"One of: {', '.join(LISTS)}."),
+    json_output: bool = JsonOption,
+) -> None:
+    """List the names a config or option accepts: layer types, optimizers, schedules, backbones, datasets, formats.
+
+    Example: cnn list backbones
+    """
+    import importlib
+
+    with handled(json_output):
+        if what not in LISTS:
+            from cnncli.errors import did_you_mean
+
+            raise CnnError(f"cannot list `{what}`{did_you_mean(what, LISTS)}; choose one of: {', '.join(LISTS)}")
+        module, function = LISTS[what]
+        names = getattr(importlib.import_module(module), function)()
+        if json_output:
+            emit_json(names)
+        else:
+            out.print("\n".join(names))
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Pack a dataset into TFRecord shards, or look inside one.")
 app.add_typer(data_app, name="data")
 
@@ -409,40 +443,6 @@ def data_inspect(
             emit_json(report)
         else:
             print_report(out, report)
-
-
-LISTS = {  # what `cnn list` can show: name -> (module, function)
-    "layers": ("cnncli.layers", "list_layers"),
-    "optimizers": ("cnncli.layers", "list_optimizers"),
-    "schedules": ("cnncli.layers", "list_schedules"),
-    "backbones": ("cnncli.layers", "list_backbones"),
-    "datasets": ("cnncli.data", "list_datasets"),
-    "formats": ("cnncli.export", "list_formats"),
-}
-
-
-@app.command("list")
-def list_names(
-    what: str = typer.Argument(..., help=f"One of: {', '.join(LISTS)}."),
-    json_output: bool = JsonOption,
-) -> None:
-    """List the names a config or option accepts: layer types, optimizers, schedules, backbones, datasets, formats.
-
-    Example: cnn list backbones
-    """
-    import importlib
-
-    with handled(json_output):
-        if what not in LISTS:
-            from cnncli.errors import did_you_mean
-
-            raise CnnError(f"cannot list `{what}`{did_you_mean(what, LISTS)}; choose one of: {', '.join(LISTS)}")
-        module, function = LISTS[what]
-        names = getattr(importlib.import_module(module), function)()
-        if json_output:
-            emit_json(names)
-        else:
-            out.print("\n".join(names))
 
 
 def main() -> None:
