@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,7 @@ class Picture:
     label: int
     read: Callable[[], bytes]
     shown: str  # what messages call it: the file's path, or shard and name
+    position: int = -1  # a packed picture's place in the source it was packed from
 
 
 @dataclass
@@ -59,7 +61,7 @@ class Catalogue:
     source: str  # what was packed, for index.json and messages
     dataset: str
     class_names: list[str]
-    splits: dict[str, list[Picture]]
+    splits: dict[str, list[Picture] | RecordPictures]  # a pack is read lazily, shard by shard
     size_hint: dict[str, int]  # approximate encoded bytes per split, for the default shard count
     warnings: list[str] = field(default_factory=list)
 
@@ -119,14 +121,35 @@ def _folder(cfg: DataConfig) -> Catalogue:
     return Catalogue(str(found.root), "image_folder", found.class_names, splits, hint, list(found.warnings))
 
 
+@dataclass
+class RecordPictures:
+    """A packed split, read shard by shard when iterated (a pack may not fit in memory)."""
+
+    cfg: DataConfig
+    split: str
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        for file, position, name, data, label in records.read_records(self.cfg, self.split):
+            yield Picture(name or f"{self.split}/{position}", label, (lambda data=data: data), f"{file}: {name}",
+                          position)
+
+    def in_order(self) -> list[Picture]:
+        """Every picture in memory, in the order of the source it was packed from."""
+        return sorted(self, key=lambda picture: picture.position)
+
+
 def _records(cfg: DataConfig) -> Catalogue:
     index = records.read_index(cfg)
     splits, hint = {}, {}
     for split in records.SPLITS:
-        rows = sorted(records.read_records(cfg, split), key=lambda row: row[1])
-        splits[split] = [Picture(name or f"{split}/{i}", label, (lambda data=data: data), f"{file}: {name}")
-                         for i, (file, _, name, data, label) in enumerate(rows)]
-        hint[split] = sum(len(row[3]) for row in rows)
+        entry = index["splits"].get(split, {"count": 0})
+        splits[split] = RecordPictures(cfg, split, entry["count"])
+        with records.storage(str(cfg.path), "list the shards"):
+            hint[split] = sum(records.gfile().stat(f).length for f in records.shard_files(cfg, split))
     return Catalogue(str(cfg.path), "records", list(index["class_names"]), splits, hint)
 
 
@@ -181,12 +204,12 @@ def look(picture: Picture) -> Looked:
     return Looked(data, tuple(int(d) for d in pixels.shape), header.mode)
 
 
-def looked(pictures: list[Picture], progress: Optional[Callable[[int], None]] = None
+def looked(pictures: Iterable[Picture], progress: Optional[Callable[[int], None]] = None
            ) -> Iterable[tuple[Picture, Looked]]:
-    """(picture, what decoding found) in the given order, decoded on every core."""
+    """(picture, what decoding found) in the given order, decoded on every core, CHUNK in memory at a time."""
+    pictures = iter(pictures)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
-        for start in range(0, len(pictures), CHUNK):
-            chunk = pictures[start:start + CHUNK]
+        while chunk := list(itertools.islice(pictures, CHUNK)):
             results = list(pool.map(look, chunk))
             if progress:
                 progress(len(chunk))
@@ -245,6 +268,8 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     """
     import tensorflow as tf
 
+    if isinstance(pictures, RecordPictures):  # re-sharding a pack: its pictures in the source's order
+        pictures = pictures.in_order()
     order = np.random.default_rng(PACK_SEED).permutation(len(pictures))
     per_class, per_shard, shapes, skipped = np.zeros(k, np.int64), [0] * n, {}, []
     writers = [tf.io.TFRecordWriter(t) for t in temps]
