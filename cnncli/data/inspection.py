@@ -45,6 +45,8 @@ def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None
             shape = _array_shape(cfg)
             shapes += [shape] * len(found.splits[split])
             modes["RGB" if shape[2] == 3 else "L"] += len(found.splits[split])
+            if step:
+                step(len(found.splits[split]))
         else:
             for picture, result in pack.looked(found.splits[split], step):
                 if result.error:
