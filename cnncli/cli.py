@@ -283,7 +283,8 @@ def data_pack(
 
     Example: cnn data pack photos/ --output photos-records --shards 8
     """
-    from cnncli.data.pack import pack, progress_display, resolve
+    from cnncli.data.catalogue import progress_display, resolve
+    from cnncli.data.pack import pack
 
     with handled(json_output):
         cfg = resolve(source, set_ or [])
@@ -315,7 +316,7 @@ def data_inspect(
     Example: cnn data inspect photos/ --json
     """
     from cnncli.data.inspection import inspect_source, print_report
-    from cnncli.data.pack import progress_display, resolve
+    from cnncli.data.catalogue import progress_display, resolve
 
     with handled(json_output):
         cfg = resolve(source, set_ or [])
