@@ -50,9 +50,11 @@ class Run:
     def load_data(self, overrides: list[str] | None = None):
         """The run's data (same seed, so the same splits), converted to the model's input."""
         from cnncli.data import convert_images, load
+        from cnncli.images import model_view
 
         cfg = load_config(self.path / "config.yaml", overrides or []) if overrides else self.cfg
-        data = load(cfg.data, cfg.seed or 0)
+        color_mode, size = model_view(self.input_shape)  # files are read at the model's size, as cnn predict reads them
+        data = load(cfg.data.model_copy(update={"color_mode": color_mode, "image_size": size}), cfg.seed or 0)
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")
             if len(x) and tuple(x.shape[1:]) != self.input_shape:
