@@ -27,15 +27,41 @@ class Problem:
 
     def where(self, file: str | None) -> str:
         parts = []
+        file = getattr(self.line, "file", None) or file  # a value set in another file of an `extends` chain
         if file:
             parts.append(f"{file}:{self.line}" if self.line else file)
-        if self.path:
-            parts.append(self.path)
+        path = self.path
+        moved = getattr(self.line, "moved", None)  # (expanded path, path in the file) of a block's layer
+        if moved and (path == moved[0] or path.startswith((moved[0] + ".", moved[0] + "["))):
+            path = moved[1] + path[len(moved[0]):]
+        if path:
+            parts.append(path)
         return ": ".join(parts)
 
     def render(self, file: str | None) -> str:
         where = self.where(file)
-        return f"{where}: {self.message}" if where else self.message
+        via = getattr(self.line, "via", None)  # a layer expanded from a block: which use expanded it
+        message = f"{self.message} ({via})" if via else self.message
+        return f"{where}: {message}" if where else message
+
+
+class Line(int):
+    """A 1-based line number that also knows its file, when a config is composed of several.
+
+    `via` says how a value got into the model when it came from a `model.blocks`
+    definition (e.g. "in block `basic`, copy 2 of model.layers[3] at line 12").
+    Being an int, it travels through every line map and comparison unchanged.
+    """
+
+    file: str | None = None
+    via: str | None = None
+    moved: tuple[str, str] | None = None  # errors at the first path are shown at the second
+
+    def __new__(cls, line: int, file: str | None = None, via: str | None = None,
+                moved: tuple[str, str] | None = None) -> "Line":
+        self = super().__new__(cls, line)
+        self.file, self.via, self.moved = file, via, moved
+        return self
 
 
 @dataclass
