@@ -54,7 +54,7 @@ class _Layer:
     inputs: list  # of _Layer or "input"; [] before wiring
     explicit: bool = False  # the file gave `inputs:`, so it stays written out
     via: str | None = None
-    group: str | None = None  # the top-level block use it belongs to
+    group: tuple | None = None  # (top-level block use, "basic ×3"): the summary's row for it
 
 
 @dataclass
@@ -66,7 +66,7 @@ class _Scope:
     params: dict
     input: Any  # a _Layer or "input"
     via: str | None = None
-    group: str | None = None
+    group: tuple | None = None
     depth: int = 0
     names: dict = field(default_factory=dict)  # local name -> _Layer (or "input")
 
@@ -220,7 +220,7 @@ class _Expander:
                              f"or one per copy", path + (key,), scope.via)
         self.uses[block_name] = self.uses.get(block_name, 0) + 1
         use = str(item.get("name") or f"{block_name}{self.uses[block_name]}")
-        group = scope.group or f"{scope.prefix}{use}"
+        group = scope.group or (use, f"{block_name} ×{copies}" if repeat is not None else block_name)
         current = refs[0]
         outputs = []
         for copy in range(1, copies + 1):
@@ -365,8 +365,8 @@ def _needs_expansion(model: dict) -> bool:
         isinstance(item, dict) and any(k in item for k in WIRING_KEYS) for item in layers))
 
 
-def expand_blocks(data: Any, lines: dict) -> dict[str, str]:
-    """Expand `model.blocks` uses and wiring keys in place; return {layer name: block use} for the summary.
+def expand_blocks(data: Any, lines: dict) -> dict[str, tuple]:
+    """Expand `model.blocks` uses and wiring keys in place; return {layer name: (block use, label)}.
 
     A config without blocks, `shortcut` or `when` is left exactly as written.
     """

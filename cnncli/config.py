@@ -152,8 +152,10 @@ class ModelConfig(Strict):
     @classmethod
     def _shape(cls, value):
         if value is not None:
+            if len(value) == 2:  # [height, width]: one grey channel, as MNIST-style data has
+                value = [*value, 1]
             if len(value) != 3:
-                raise ValueError(f"expected [height, width, channels], got {value}")
+                raise ValueError(f"expected [height, width, channels] or [height, width], got {value}")
             if min(value) < 1:
                 raise ValueError(f"sizes must be positive, got {value}")
         return value

@@ -30,19 +30,24 @@ class Problem:
         file = getattr(self.line, "file", None) or file  # a value set in another file of an `extends` chain
         if file:
             parts.append(f"{file}:{self.line}" if self.line else file)
-        path = self.path
-        moved = getattr(self.line, "moved", None)  # (expanded path, path in the file) of a block's layer
-        if moved and (path == moved[0] or path.startswith((moved[0] + ".", moved[0] + "["))):
-            path = moved[1] + path[len(moved[0]):]
-        if path:
-            parts.append(path)
+        if self.shown_path():
+            parts.append(self.shown_path())
         return ": ".join(parts)
+
+    def shown_path(self) -> str:
+        """The key path as the file has it (a layer expanded from a block: its place in the block)."""
+        moved = getattr(self.line, "moved", None)  # (expanded path, path in the file)
+        if moved and (self.path == moved[0] or self.path.startswith((moved[0] + ".", moved[0] + "["))):
+            return moved[1] + self.path[len(moved[0]):]
+        return self.path
+
+    def full_message(self) -> str:
+        via = getattr(self.line, "via", None)  # a layer expanded from a block: which use expanded it
+        return f"{self.message} ({via})" if via else self.message
 
     def render(self, file: str | None) -> str:
         where = self.where(file)
-        via = getattr(self.line, "via", None)  # a layer expanded from a block: which use expanded it
-        message = f"{self.message} ({via})" if via else self.message
-        return f"{where}: {message}" if where else message
+        return f"{where}: {self.full_message()}" if where else self.full_message()
 
 
 class Line(int):

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 from cnncli.errors import Problem, did_you_mean
 
@@ -34,6 +36,15 @@ def kwargs_names(cls: type) -> tuple[str, ...]:
     except (OSError, TypeError):  # no source shipped: only the signature counts
         return ()
     return tuple(sorted({a or b or c for a, b, c in _KWARGS_READ.findall(source)}))
+
+
+@contextlib.contextmanager
+def quiet_legacy_names(cls: type, args: dict[str, Any]) -> Iterator[None]:
+    """Keras warns that `alpha` is deprecated; a config that says `alpha` is valid, so no warning."""
+    with warnings.catch_warnings():
+        if any(key in kwargs_names(cls) for key in args):
+            warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def is_regularizer_arg(key: str) -> bool:

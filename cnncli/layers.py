@@ -13,7 +13,8 @@ import re
 from typing import Any
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.layer_args import is_regularizer_arg, keras_arguments, kwargs_names, regularizer_problems
+from cnncli.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
+                               regularizer_problems)
 from cnncli.registry import Registry, UnknownName, normalize
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
@@ -147,7 +148,8 @@ def make_layer(spec, name: str, path: str, **overrides):
     """Construct the Keras layer for a spec whose arguments were already checked."""
     cls = LAYERS.get(spec.type)
     try:
-        return cls(name=name, **{**keras_arguments(spec.args), **overrides})
+        with quiet_legacy_names(cls, spec.args):
+            return cls(name=name, **{**keras_arguments(spec.args), **overrides})
     except Exception as exc:  # Keras checks arguments unevenly (AttributeError for a None string...): all are ours
         message = keras_message(exc)
         if not isinstance(exc, (ValueError, TypeError, KeyError)):
