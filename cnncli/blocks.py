@@ -120,9 +120,10 @@ class _Expander:
             path = scope.source + (i,)
             # A side branch continues from the layer before it (its own chain); the rest from the main path.
             refs = self.references(item, scope, path, last if i in side else main)
-            if not on:  # left out: its name now means what it would have read
+            if not on:  # left out, as if it passed its input through: its name now means what it would have read
+                last = refs[0]
                 if item.get("name"):
-                    scope.names[str(item["name"])] = refs[0] if refs else main
+                    scope.names[str(item["name"])] = last
                 continue
             kind = item.get("type")
             if isinstance(kind, str) and kind in self.blocks:
