@@ -37,7 +37,7 @@ from cnncli.errors import ConfigError, Line, Problem
 from cnncli.yamlio import KeyPath, format_path
 
 BLOCK_KEYS = ("params", "layers", "output")  # what a block definition holds
-USE_KEYS = ("type", "name", "inputs", "repeat")  # keys of a use that are not the block's params
+USE_KEYS = ("type", "name", "inputs", "repeat", "trainable")  # keys of a use that are not the block's params
 WIRING_KEYS = ("shortcut", "when")  # ours, on any layer
 MAX_NESTING = 8  # blocks using blocks; deeper is a block using itself
 # `${filters}`, or `$filters`, which YAML's flow style (`{type: Conv2D, filters: $filters}`) reads unquoted.
@@ -223,6 +223,7 @@ class _Expander:
         use = str(item.get("name") or f"{block_name}{self.uses[block_name]}")
         group = scope.group or (use, f"{block_name} ×{copies}" if repeat is not None else block_name)
         current = refs[0]
+        first = len(self.out)
         outputs = []
         for copy in range(1, copies + 1):
             values = {k: (v[copy - 1] if copies > 1 and isinstance(v, list) and len(v) == copies else v)
@@ -241,6 +242,9 @@ class _Expander:
             if repeat is not None:
                 scope.names[f"{use}_{copy}"] = current
         scope.names[use] = current
+        if "trainable" in item:  # `trainable: false` on a use freezes every layer of it
+            for layer in self.out[first:]:
+                layer.spec.setdefault("trainable", item["trainable"])
         return current
 
     # ------------------------------------------------------------ result

@@ -106,7 +106,8 @@ def test_shortcut_side_branch_and_when(tmp_path):
     # copy 2: proj is left out, so proj_bn reads what proj would have read, the copy's input
     assert "s_2_proj" not in specs and specs["s_2_proj_bn"].inputs == ["s_1_add"]
     assert specs["s_2_add"].inputs == ["s_2_conv", "s_2_proj_bn"]
-    assert cfg.model.layers[-2].inputs == ["s_2_add"] or cfg.model.layers[-3].name == "s_2_add"
+    assert [(x.type, x.name, x.inputs) for x in cfg.model.layers[-3:-1]] == [("Add", "s_2_add", ["s_2_conv", "s_2_proj_bn"]),
+                                                                            ("Flatten", None, None)]
     result = runner.invoke(app, ["summary", "--json", str(write(tmp_path, RESIDUAL))])
     assert result.exit_code == 0, result.stderr
     names = [row["name"] for row in json.loads(result.stdout)["layers"]]
@@ -200,3 +201,30 @@ def test_summary_folds_block_uses_unless_expanded():
     assert "stage2 " in folded and "basic ×3" in folded and "stage2_1_a_conv" not in folded
     expanded = runner.invoke(app, ["summary", "--expand", path], env={"COLUMNS": "200"}).stdout
     assert "stage2_1_a_conv" in expanded and "basic ×3" not in expanded
+
+
+def test_trainable_on_a_use_and_phases_naming_a_block(tmp_path):
+    """`trainable: false` on a use freezes its layers; a from_run phase can unfreeze a block by its use name."""
+    source = write(tmp_path, RESIDUAL.replace("repeat: 2}", "repeat: 2, trainable: false}")
+                   .replace("input_shape: [16, 16, 1]", "input_shape: [32, 32, 1]")
+                   .replace("units: 2,", "units: 6,").replace("name: s,", "name: stage,"), "source.yaml")
+    doc = json.loads(runner.invoke(app, ["summary", "--json", str(source)]).stdout)
+    frozen = sum(row["params"] for row in doc["layers"] if row["name"].startswith("stage_"))
+    assert frozen > 0 and doc["non_trainable_params"] == frozen
+    result = runner.invoke(app, ["train", str(source), "--smoke", "--quiet", "--output", str(tmp_path / "runs"),
+                                 "--set", "model.layers[1].trainable=true"])
+    assert result.exit_code == 0, result.stderr
+    run_dir = result.stdout.strip().splitlines()[-1]
+    reuse = write(tmp_path, f"""\
+model:
+  backbone: {{from_run: {run_dir}, layers_until: stage_2_add}}
+  layers: [{{type: Flatten}}, {{type: Dense, units: 6, activation: softmax}}]
+train:
+  phases: [{{epochs: 1, trainable: head}}, {{epochs: 1, trainable: [stage]}}]
+""", "reuse.yaml")
+    result = runner.invoke(app, ["summary", "--json", str(reuse)])
+    assert result.exit_code == 0, result.stderr
+    phases = json.loads(result.stdout)["phases"]
+    unfrozen = phases[1]["trainable_params"] - phases[0]["trainable_params"]
+    block = sum(row["params"] for row in doc["layers"] if row["name"].startswith("stage_") and "bn" not in row["name"])
+    assert unfrozen == block  # the block `s`, batch norms kept frozen as in every partly frozen backbone
