@@ -40,6 +40,7 @@ BLOCK_KEYS = ("params", "layers", "output")  # what a block definition holds
 USE_KEYS = ("type", "name", "inputs", "repeat", "trainable")  # keys of a use that are not the block's params
 WIRING_KEYS = ("shortcut", "when")  # ours, on any layer
 MAX_NESTING = 8  # blocks using blocks; deeper is a block using itself
+MAX_LAYERS = 5_000  # after expansion; ResNet-152 has about 500, so more is a runaway `repeat`
 # `${filters}`, or `$filters`, which YAML's flow style (`{type: Conv2D, filters: $filters}`) reads unquoted.
 _PARAM = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -166,6 +167,9 @@ class _Expander:
         return scope.input
 
     def plain_layer(self, item: dict, refs: list, scope: _Scope, path: KeyPath) -> _Layer:
+        if len(self.out) >= MAX_LAYERS:  # stop now: nested repeats multiply
+            raise ConfigError([Problem(f"the blocks expand to more than {MAX_LAYERS:,} layers; check `repeat`",
+                                       format_path(path), self.line(path, scope.via))])
         spec = dict(item)
         local = spec.pop("name", None)
         explicit = "inputs" in spec
@@ -214,6 +218,10 @@ class _Expander:
             self.problem(f"`repeat` must be a whole number ≥ 1, got {repeat!r}", path + ("repeat",), scope.via)
             return None
         copies = repeat or 1
+        if copies > MAX_LAYERS:
+            self.problem(f"`repeat` is {copies:,}; a model of more than {MAX_LAYERS:,} layers is refused",
+                         path + ("repeat",), scope.via)
+            return None
         for key, value in args.items():
             if copies > 1 and isinstance(value, list) and len(value) not in (copies,) and key in params \
                     and not isinstance(params[key], list):
@@ -386,14 +394,17 @@ def expand_blocks(data: Any, lines: dict) -> dict[str, tuple]:
     if expander.problems:
         raise ConfigError(sorted(expander.problems, key=lambda p: p.line or 0))
     result = expander.result()
+    by_item: dict[KeyPath, list] = {}  # a layer item's key path -> the (rest of the path, line) under it
+    for key, line in lines.items():
+        n = 3 if key[:2] == ("model", "layers") else 5 if key[:2] == ("model", "blocks") else 0
+        if n and len(key) >= n:
+            by_item.setdefault(key[:n], []).append((key[n:], line))
     new_lines = {}
     for k, (spec, layer) in enumerate(result):
         target = ("model", "layers", k)
-        n = len(layer.source)
         moved = (format_path(target), format_path(layer.source)) if target != layer.source else None
-        for key, line in lines.items():
-            if key[:n] == layer.source:
-                new_lines[target + key[n:]] = _relined(line, layer.via, moved)
+        for rest, line in by_item.get(tuple(layer.source), []):
+            new_lines[target + rest] = _relined(line, layer.via, moved)
         origin = new_lines.get(target)
         for key in ("name", "inputs"):
             if key in spec and target + (key,) not in new_lines and origin is not None:

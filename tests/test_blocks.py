@@ -228,3 +228,34 @@ train:
     unfrozen = phases[1]["trainable_params"] - phases[0]["trainable_params"]
     block = sum(row["params"] for row in doc["layers"] if row["name"].startswith("stage_") and "bn" not in row["name"])
     assert unfrozen == block  # the block `s`, batch norms kept frozen as in every partly frozen backbone
+
+
+def test_runaway_repeats_are_refused_quickly(tmp_path):
+    text = """\
+model:
+  blocks:
+    a: {layers: [{type: ReLU}, {type: ReLU}]}
+    b: {layers: [{type: a, repeat: 100}]}
+    c: {layers: [{type: b, repeat: 100}]}
+  layers:
+    - {type: c, repeat: 100}
+    - {type: a, repeat: 1000000000}
+"""
+    with pytest.raises(ConfigError, match=r"c\.yaml:3: model\.blocks\.a\.layers\[0\]: the blocks expand to more "
+                                          r"than 5,000 layers"):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match=r"c\.yaml:7: model\.layers\[0\]\.repeat: `repeat` is 1,000,000,000"):
+        load_config(write(tmp_path, text.replace("    - {type: c, repeat: 100}\n", "")))
+
+
+def test_block_uses_are_referred_to_by_name_and_unknown_names_are_errors(tmp_path):
+    text = STAGE.replace("FILTERS", "16").replace(
+        "    - {type: GlobalAveragePooling2D}\n",
+        "    - {type: Conv2D, name: side, filters: 4, kernel_size: 1, inputs: [stage2_1]}\n"
+        "    - {type: GlobalAveragePooling2D, inputs: [stage2]}\n")
+    layers = load_config(write(tmp_path, text)).model.layers
+    assert [(x.name, x.inputs) for x in layers[-3:-1]] == [("side", ["stage2_1_conv2"]),
+                                                           (None, ["stage2_3_conv2"])]
+    with pytest.raises(ConfigError, match=r"c\.yaml:14: model\.layers\[3\]\.inputs\[0\]: `stage3` is not a layer "
+                                          r"named earlier \(did you mean `stage2`\?\)"):
+        load_config(write(tmp_path, text.replace("inputs: [stage2]", "inputs: [stage3]")))
