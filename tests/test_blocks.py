@@ -257,5 +257,5 @@ def test_block_uses_are_referred_to_by_name_and_unknown_names_are_errors(tmp_pat
     assert [(x.name, x.inputs) for x in layers[-3:-1]] == [("side", ["stage2_1_conv2"]),
                                                            (None, ["stage2_3_conv2"])]
     with pytest.raises(ConfigError, match=r"c\.yaml:14: model\.layers\[3\]\.inputs\[0\]: `stage3` is not a layer "
-                                          r"named earlier \(did you mean `stage2`\?\)"):
+                                          r"named earlier \(did you mean `stage2"):
         load_config(write(tmp_path, text.replace("inputs: [stage2]", "inputs: [stage3]")))
