@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, strategies as st
 from typer.testing import CliRunner
 
 from cnncli.cli import app
@@ -124,3 +125,33 @@ def test_paths_are_relative_to_the_file_that_sets_them(tmp_path, monkeypatch):
 
 def chain_free(tmp_path: Path) -> Path:
     return write(tmp_path / "deep" / "er" / "c.yaml", "data: {dataset: idx, path: ../mnist}\nmodel:\n" + LAYERS)
+
+
+KEYS = st.sampled_from(["a", "b", "c", "d"])
+VALUES = st.recursive(st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2)),
+                      lambda inner: st.dictionaries(KEYS, inner, max_size=3), max_leaves=8)
+DOCS = st.dictionaries(KEYS, VALUES, max_size=4)
+
+
+def _lines(doc, path=()):
+    out = {path: len(path)} if path else {}
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out.update(_lines(value, path + (key,)))
+    return out
+
+
+@given(DOCS, DOCS)
+def test_merge_properties(base, over):
+    from cnncli.compose import merge
+
+    merged, lines = merge(base, _lines(base), over, _lines(over))
+    assert set(merged) == set(base) | set(over)
+    for key, value in over.items():
+        if not (isinstance(value, dict) and isinstance(base.get(key), dict)):
+            assert merged[key] == value  # the later file wins whole: lists are never spliced
+    for key, value in base.items():
+        if key not in over:
+            assert merged[key] == value
+    assert merge(merged, lines, {}, {})[0] == merged  # an empty file adds nothing
+    assert set(lines) == set(_lines(merged))  # every value has a line, and no line outlives its value
