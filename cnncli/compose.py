@@ -81,7 +81,7 @@ def _read_chain(path: Path, chain: list[str]) -> tuple[Any, dict[KeyPath, int], 
         if len(chain) >= MAX_CHAIN:
             raise ConfigError.single(f"`extends` chain is longer than {MAX_CHAIN} files", EXTENDS,
                                      extends_line, shown)
-        if not base_path.is_file():
+        if not base_path.exists():  # anything else that is not a readable file is refused by read_yaml_file
             raise ConfigError.single(f"`extends`: no such file {base_path}", EXTENDS, extends_line, shown)
         base_data, base_lines, base_shown = _read_chain(base_path, chain)
         if not isinstance(base_data, dict):

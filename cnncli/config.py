@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.yamlio import KeyPath, format_path, parse_yaml, read_yaml_file
+from cnncli.yamlio import KeyPath, format_path, parse_yaml
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder")
 FILE_DATASETS = ("idx", "npz", "image_folder")  # these need `data.path`
