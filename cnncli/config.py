@@ -220,7 +220,7 @@ class Config(Strict):
     # Filled in by load_config: where each key came from, for later errors.
     _file: Optional[str] = None
     _lines: dict = {}
-    _groups: dict = {}  # expanded layer name -> the block use it came from (cnncli.blocks), for the summary
+    _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
         return _nearest_line(self._lines, path)

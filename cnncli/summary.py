@@ -97,6 +97,7 @@ def summarize_config(path: str | Path | list, overrides: list[str]) -> SummaryRe
 
 def _double_scaling(cfg) -> list[str]:
     """A Rescaling in model.layers when the model already scales its input: pixels scaled twice."""
+    from cnncli.errors import Problem
     from cnncli.yamlio import format_path
 
     first = "the backbone's preprocessing" if cfg.model.backbone is not None else "Rescaling(1/255)"
@@ -107,7 +108,8 @@ def _double_scaling(cfg) -> list[str]:
             line = cfg.line_of(path)
             file = getattr(line, "file", None)
             where = (f"{file}:{line}: " if file and file != cfg._file else f"line {line}: ") if line else ""
-            out.append(f"{where}{format_path(path)}: a Rescaling layer, but cnn already scales the raw pixels "
+            shown = Problem("", format_path(path), line).shown_path()  # its place in a block, if it came from one
+            out.append(f"{where}{shown}: a Rescaling layer, but cnn already scales the raw pixels "
                        f"({first} is the model's first layer), so they would be scaled twice; remove it")
     return out
 
