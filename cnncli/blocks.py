@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnncli.errors import ConfigError, Line, Problem
+from cnncli.errors import ConfigError, Line, Problem, did_you_mean
 from cnncli.yamlio import KeyPath, format_path
 
 BLOCK_KEYS = ("params", "layers", "output")  # what a block definition holds
@@ -114,7 +114,7 @@ class _Expander:
             if not isinstance(when, bool):
                 self.problem(f"`when` must be true or false, got {when!r}", scope.source + (i, "when"), scope.via)
             kept.append((i, item, when is not False))
-        side = _side_branches([(i, item) for i, item, on in kept], scope, self)
+        side = _side_branches([(i, item) for i, item, _ in kept])
         main = scope.input
         last = scope.input
         for i, item, on in kept:
@@ -161,8 +161,6 @@ class _Expander:
         if ref == "input":
             return scope.input
         known = ["input", *scope.names]
-        from cnncli.errors import did_you_mean
-
         self.problem(f"`{ref}` is not a layer named earlier{did_you_mean(ref, known)}", path, scope.via)
         return scope.input
 
@@ -205,8 +203,6 @@ class _Expander:
         args = {k: v for k, v in item.items() if k not in USE_KEYS}
         for key in args:
             if key not in params:
-                from cnncli.errors import did_you_mean
-
                 valid = ", ".join(params) or "none"
                 self.problem(f"block `{block_name}` has no parameter `{key}`{did_you_mean(key, params)}; "
                              f"its parameters: {valid}", path + (key,), scope.via)
@@ -232,7 +228,6 @@ class _Expander:
         group = scope.group or (use, f"{block_name} ×{copies}" if repeat is not None else block_name)
         current = refs[0]
         first = len(self.out)
-        outputs = []
         for copy in range(1, copies + 1):
             values = {k: (v[copy - 1] if copies > 1 and isinstance(v, list) and len(v) == copies else v)
                       for k, v in args.items()}
@@ -246,7 +241,6 @@ class _Expander:
             prefix = f"{scope.prefix}{use}_{copy}_" if repeat is not None else f"{scope.prefix}{use}_"
             inner = _Scope(block_path + ("layers",), prefix, copy_params, current, via, group, scope.depth + 1)
             current = self.expand_list(block["layers"], inner)
-            outputs.append(current)
             if repeat is not None:
                 scope.names[f"{use}_{copy}"] = current
         scope.names[use] = current
@@ -306,8 +300,6 @@ def _substitute(value: Any, params: dict, expander: _Expander, path: KeyPath, vi
         return value
     for name in (a or b for a, b in _PARAM.findall(value)):
         if name not in params or name == "__output__":
-            from cnncli.errors import did_you_mean
-
             known = [k for k in params if k != "__output__"]
             hint = did_you_mean(name, known)
             where = f"; this block's parameters: {', '.join(known)}" if known else \
@@ -320,7 +312,7 @@ def _substitute(value: Any, params: dict, expander: _Expander, path: KeyPath, vi
     return _PARAM.sub(lambda m: str(params[m.group(1) or m.group(2)]), value)
 
 
-def _side_branches(items: list[tuple[int, dict]], scope: _Scope, expander: _Expander) -> set[int]:
+def _side_branches(items: list[tuple[int, dict]]) -> set[int]:
     """Indices of layers on a side branch: one named in a later `shortcut:`, and the chain feeding it."""
     index = {str(item["name"]): pos for pos, (_, item) in enumerate(items) if item.get("name") is not None}
     side: set[int] = set()
@@ -356,8 +348,6 @@ def _check_blocks(blocks: Any, lines: dict, problems: list[Problem]) -> dict:
             continue
         unknown = [k for k in block if k not in BLOCK_KEYS]
         for key in unknown:
-            from cnncli.errors import did_you_mean
-
             problem(f"unknown key `{key}`{did_you_mean(str(key), BLOCK_KEYS)}; valid keys here: "
                     f"{', '.join(BLOCK_KEYS)}", path + (key,))
         if not isinstance(block.get("params", {}) or {}, dict):
