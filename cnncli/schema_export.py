@@ -50,6 +50,55 @@ def _describe_fields(schema: dict) -> None:
             prop["description"] = comments[key]
 
 
+# Keys config.py leaves without a comment: what an editor shows for them (a comment there takes precedence).
+_FALLBACK = {
+    "data": "where the images come from and how they are prepared",
+    "model": "the network: input shape, optional pretrained backbone, layers and blocks",
+    "train": "epochs, batch, optimizer, schedule, loss, metrics, callbacks and phases",
+    "runtime": "device, precision, distribution and threads",
+    "DataConfig.dataset": "shapes | mnist | fashion_mnist | cifar10 | cifar100 | idx | npz | image_folder",
+    "DataConfig.color_mode": "grayscale | rgb; default: as the data is",
+    "DataConfig.shapes": "settings of the built-in shapes dataset",
+    "ModelConfig.backbone": "a keras.applications model ({name: VGG16, ...}) or {from_run: RUN_DIR} below the layers",
+    "ModelConfig.layers": "Keras layers in order: {type: Conv2D, filters: 32, ...}, or uses of model.blocks",
+    "OptimizerSpec.type": "a keras.optimizers class (Adam, SGD, AdamW, RMSprop, ...); other keys are its arguments",
+    "ScheduleSpec.type": "exponential | step | cosine | cosine_restarts | inverse_time | polynomial | "
+                         "reduce_on_plateau; other keys are the Keras class's arguments",
+    "Phase.epochs": "epochs of this phase",
+    "Phase.learning_rate": "the rate of this phase (default: the optimizer's)",
+    "TrainConfig.epochs": "passes over the training data",
+    "TrainConfig.optimizer": "{type: Adam, learning_rate: 0.001, ...}",
+    "TrainConfig.lr_schedule": "a learning-rate schedule (null: a constant rate)",
+    "TrainConfig.loss": "a Keras loss, e.g. sparse_categorical_crossentropy",
+    "TrainConfig.metrics": "Keras metrics logged per epoch, e.g. [accuracy, top_5_accuracy]",
+    "TrainConfig.early_stopping": "stop when a monitored value stops improving (Keras EarlyStopping)",
+    "TrainConfig.checkpoint": "which epoch model.keras keeps",
+    "TrainConfig.phases": "transfer-learning stages, each with its own trainable part and rate",
+    "EarlyStopping.monitor": "a logged value, e.g. val_loss or val_accuracy",
+    "EarlyStopping.patience": "epochs without improvement before stopping",
+    "EarlyStopping.min_delta": "the least change that counts as an improvement",
+    "EarlyStopping.mode": "auto | min | max: whether lower or higher is better",
+    "EarlyStopping.restore_best_weights": "end with the best epoch's weights, not the last",
+    "CheckpointSpec.mode": "auto | min | max: whether lower or higher is better",
+    "RuntimeConfig.device": "auto | cpu | gpu",
+    "RuntimeConfig.precision": "auto | float32 | mixed_bfloat16 | mixed_float16; auto picks by hardware",
+    "RuntimeConfig.distribute": "null | mirrored (every local GPU) | multi_worker (TF_CONFIG) | tpu",
+    "RuntimeConfig.intra_op_threads": "threads inside one op (default: measured per machine size)",
+    "RuntimeConfig.inter_op_threads": "ops run at once (default: measured per machine size)",
+    "ShapesSpec.classes": "which figures: x, o, square, triangle, plus, line",
+    "ShapesSpec.train_examples": "images generated for training",
+    "ShapesSpec.test_examples": "images generated for testing",
+}
+
+
+def _fill_fallbacks(schema: dict) -> None:
+    for key, text in _FALLBACK.items():
+        owner, _, name = key.rpartition(".")
+        props = schema["$defs"].get(owner, {}).get("properties", {}) if owner else schema["properties"]
+        if name in props:
+            props[name].setdefault("description", text)
+
+
 def _json_default(value: Any) -> Any:
     """A signature default as JSON, or the sentinel `...` when it has none there."""
     if value is inspect.Parameter.empty:
@@ -100,9 +149,10 @@ def _block_use(spellings: list[str]) -> dict:
         "type": "object",
         "description": "a use of a block defined in model.blocks: its parameters, `name`, `repeat`, `inputs`",
         "properties": {
-            "type": {"type": "string", "not": {"enum": spellings}},
-            "name": {"type": "string"},
-            "inputs": {"type": "array", "items": {"type": "string"}},
+            "type": {"type": "string", "not": {"enum": spellings}, "description": "a block name from model.blocks"},
+            "name": {"type": "string", "description": "the use's name: its layers are <name>_<copy>_<layer>"},
+            "inputs": {"type": "array", "items": {"type": "string"}, "description": "one named layer feeding it"},
+            "trainable": {"type": "boolean", "description": "false freezes every layer of this use"},
             "repeat": {"type": "integer", "minimum": 1,
                        "description": "copies chained one after another; an argument may list one value per copy"},
         },
@@ -135,6 +185,7 @@ def build_schema() -> dict:
 
     schema = Config.model_json_schema()
     _describe_fields(schema)
+    _fill_fallbacks(schema)
     layer_defs, spellings = _layer_schemas()
     defs = schema["$defs"]
     defs["LayerSpec"] = {

@@ -91,3 +91,12 @@ model:
     - {type: Dense, units: 2, kernel_regularizer: {l2: 1e-4}}
 """
     assert errors(validator, text) == []
+
+
+def test_every_config_key_has_a_description(validator):
+    """A new key in config.py needs the comment beside it that editors show (or a Field description)."""
+    schema = validator.schema
+    owners = [("", schema)] + [(name, d) for name, d in schema["$defs"].items() if not name.startswith("layer.")]
+    missing = [f"{owner}.{key}".lstrip(".") for owner, d in owners
+               for key, prop in d.get("properties", {}).items() if "description" not in prop]
+    assert missing == []
