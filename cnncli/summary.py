@@ -68,6 +68,7 @@ class ValidateResult:
 
     def as_json(self) -> dict:
         return {"file": self.file, "ok": self.ok, "error": self.error or None,
+                "problems": [{"file": f, "line": line, "message": m} for f, line, m in self.problems],
                 "total_params": self.total_params, "input_shape": list(self.input_shape),
                 "warnings": self.warnings}
 

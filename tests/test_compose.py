@@ -155,3 +155,18 @@ def test_merge_properties(base, over):
             assert merged[key] == value
     assert merge(merged, lines, {}, {})[0] == merged  # an empty file adds nothing
     assert set(lines) == set(_lines(merged))  # every value has a line, and no line outlives its value
+
+
+def test_block_from_a_base_file_errors_at_the_base_line_and_names_the_use_in_the_child(tmp_path):
+    base = write(tmp_path / "lib" / "blocks.yaml", "model:\n  input_shape: [16, 16]\n  blocks:\n    down:\n"
+                 "      params: {filters: null}\n      layers:\n"
+                 "        - {type: Conv2D, filters: $filters, kernel_size: 3, strides: 2}\n")
+    child = write(tmp_path / "net.yaml", "extends: lib/blocks.yaml\nmodel:\n  layers:\n"
+                  "    - {type: down, name: d, filters: [4, 0], repeat: 2}\n"
+                  "    - {type: Flatten}\n    - {type: Dense, units: 6, activation: softmax}\n")
+    result = runner.invoke(app, ["validate", "--json", str(child)])
+    assert result.exit_code == 1
+    problem, = json.loads(result.stdout)[0]["problems"]
+    assert (problem["file"], problem["line"]) == (str(base), 7)
+    assert problem["message"].startswith("model.blocks.down.layers[0].filters: Conv2D: ")
+    assert problem["message"].endswith(f"(copy 2 of block `down` used by model.layers[0] at {child}:4)")
