@@ -145,10 +145,9 @@ def config_files(paths: list[Path]) -> list[Path]:
     """The files to check: each file given, and the *.yaml / *.yml files of each folder given."""
     out: list[Path] = []
     for path in paths:
-        if Path(path).is_dir():
-            out += sorted(p for p in Path(path).iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-        else:
-            out.append(Path(path))
+        found = sorted(p for p in Path(path).iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()) \
+            if Path(path).is_dir() else []
+        out += found or [Path(path)]  # a folder without configs stays, to be reported as not a config
     return out
 
 
