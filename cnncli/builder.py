@@ -230,7 +230,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
 
 def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
     try:
-        out = layer(arg)
+        out = layer(*arg) if isinstance(arg, list) and _takes_tensors_apart(layer) else layer(arg)
     except Exception as exc:  # Keras reports impossible shapes as ValueError (sometimes others)
         shapes = [tuple(a.shape) for a in arg] if isinstance(arg, list) else tuple(arg.shape)
         message = keras_message(exc)
@@ -240,6 +240,14 @@ def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
         raise cfg.error(f"{type_name} output shape {_fmt(tuple(out.shape))} reaches zero; "
                         "the input is too small for this many layers, or the kernel/stride too large", path)
     return out
+
+
+def _takes_tensors_apart(layer) -> bool:
+    """True for layers called as layer(a, b) (MultiHeadAttention's query, value), not layer([a, b]) (Add)."""
+    import inspect
+
+    params = [p for p in inspect.signature(layer.call).parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+    return len(params) > 1 and params[0].name != "inputs" and params[1].default is inspect.Parameter.empty
 
 
 def _fmt(shape) -> str:

@@ -103,23 +103,31 @@ def _main(
 
 @app.command()
 def validate(
-    configs: List[Path] = typer.Argument(..., help="Config files to check."),
+    configs: List[Path] = typer.Argument(..., help="Config files to check, or folders of them."),
     set_: Optional[List[str]] = SetOption,
     print_config: bool = typer.Option(False, "--print", help="Print each resolved config as YAML."),
+    format_: str = typer.Option("text", "--format", help="text | github (::error annotations for pull requests)"),
     json_output: bool = JsonOption,
 ) -> None:
     """Check configs (schema, layer arguments, shapes) without training; exit 1 if any fails.
 
-    Example: cnn validate configs/*.yaml
+    Example: cnn validate configs/ --format github
     """
-    from cnncli.summary import validate_file
+    from cnncli.summary import config_files, github_annotations, validate_file
 
+    if format_ not in ("text", "github"):
+        err.print(f"Error: --format must be text or github, got `{format_}`", markup=False)
+        raise typer.Exit(2)
     _quiet_tensorflow()
     if json_output:
         _keras_logs_off_stdout()
-    results = [validate_file(path, set_ or []) for path in configs]
+    results = [validate_file(path, set_ or []) for path in config_files(configs)]
     if json_output:
         emit_json([r.as_json() for r in results])
+    elif format_ == "github":
+        for r in results:
+            for line in ([f"ok      {r.file}"] if r.ok else []) + github_annotations(r):
+                print(line)
     else:
         for r in results:
             if r.ok:
@@ -136,8 +144,9 @@ def validate(
 
 @app.command()
 def summary(
-    config: Path = typer.Argument(..., help="Config file."),
+    config: List[Path] = typer.Argument(..., help="Config file; several are merged left to right."),
     set_: Optional[List[str]] = SetOption,
+    expand: bool = typer.Option(False, "--expand", help="One row per layer, also inside blocks."),
     json_output: bool = JsonOption,
 ) -> None:
     """Show each layer's output shape, parameters, receptive field and MACs; no training.
@@ -148,18 +157,19 @@ def summary(
     from cnncli.report import print_summary
 
     with handled(json_output):
-        result = summarize_config(config, set_ or [])
+        result = summarize_config(config if len(config) > 1 else config[0], set_ or [])
         if json_output:
             emit_json(result.as_json())
         else:
-            print_summary(out, result)
+            print_summary(out, result, expand)
             for warning in result.warnings:
                 err.print(f"[yellow]warning[/]: {warning}")
 
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="Config file (omit with --resume)."),
+    config: Optional[List[Path]] = typer.Argument(None, help="Config file (omit with --resume); several merge "
+                                                             "left to right."),
     set_: Optional[List[str]] = SetOption,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are created."),
@@ -178,6 +188,7 @@ def train(
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import make_reporter
 
+    config = (config if len(config) > 1 else config[0]) if config else None
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         if config is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
@@ -412,6 +423,71 @@ def filters(
             out.print(f"{result.layer}: {kh}×{kw} kernels, {shown}: {path}", markup=False)
 
 
+@app.command("config")
+def config_(
+    configs: List[Path] = typer.Argument(..., help="Config files, merged left to right."),
+    set_: Optional[List[str]] = SetOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Print the single resolved config: extends followed, files merged, blocks expanded, defaults filled.
+
+    This is what a run directory stores as config.yaml.
+
+    Example: cnn config base.yaml fashion.yaml --set train.epochs=3
+    """
+    from cnncli.config import load_config
+
+    with handled(json_output):
+        cfg = load_config(configs if len(configs) > 1 else configs[0], set_ or [])
+        if json_output:
+            emit_json(cfg.to_dict())
+        else:
+            out.print(cfg.to_yaml(), markup=False, end="")
+
+
+@app.command()
+def schema(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+) -> None:
+    """Write the JSON Schema (2020-12) of a config, for editors and CI.
+
+    VS Code's YAML extension reads it from a first line `# yaml-language-server: $schema=FILE`.
+
+    Example: cnn schema --output cnncli.schema.json
+    """
+    from cnncli.schema_export import schema_text
+
+    with handled():
+        text = schema_text()
+        if output is None:
+            sys.stdout.write(text)
+            return
+        from cnncli.train.rundir import atomic_write
+
+        atomic_write(output, text)
+        out.print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("config.yaml"), help="The config file to write."),
+    template: str = typer.Option("lenet", "--template", "-t", help="A template: see `cnn list templates`."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="KIND:DIR",
+                                       help="Fill classes, image size and colour mode from data, "
+                                            "e.g. image_folder:photos/."),
+    force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
+) -> None:
+    """Write a commented config from a template, ready for cnn validate and cnn train.
+
+    Example: cnn init flowers.yaml --template vgg16-transfer --data image_folder:photos/
+    """
+    from cnncli.templates import init_config
+
+    with handled():
+        init_config(path, template, data, force)
+        out.print(f"wrote {path} (template {template}); next: cnn summary {path}", markup=False)
+
+
 LISTS = {  # what `cnn list` can show: name -> (module, function)
     "layers": ("cnncli.layers", "list_layers"),
     "optimizers": ("cnncli.layers", "list_optimizers"),
@@ -419,6 +495,7 @@ LISTS = {  # what `cnn list` can show: name -> (module, function)
     "backbones": ("cnncli.layers", "list_backbones"),
     "datasets": ("cnncli.data", "list_datasets"),
     "formats": ("cnncli.export", "list_formats"),
+    "templates": ("cnncli.templates", "list_templates"),
 }
 
 
@@ -427,7 +504,8 @@ def list_names(
     what: str = typer.Argument(..., help=f"One of: {', '.join(LISTS)}."),
     json_output: bool = JsonOption,
 ) -> None:
-    """List the names a config or option accepts: layer types, optimizers, schedules, backbones, datasets, formats.
+    """List the names a config or option accepts: layer types, optimizers, schedules, backbones, datasets,
+    formats, and the templates of cnn init.
 
     Example: cnn list backbones
     """

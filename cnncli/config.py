@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.yamlio import KeyPath, format_path, parse_yaml, read_yaml_file
+from cnncli.yamlio import KeyPath, format_path, parse_yaml
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
             "records")  # records: TFRecord shards written by `cnn data pack`
@@ -153,8 +153,10 @@ class ModelConfig(Strict):
     @classmethod
     def _shape(cls, value):
         if value is not None:
+            if len(value) == 2:  # [height, width]: one grey channel, as MNIST-style data has
+                value = [*value, 1]
             if len(value) != 3:
-                raise ValueError(f"expected [height, width, channels], got {value}")
+                raise ValueError(f"expected [height, width, channels] or [height, width], got {value}")
             if min(value) < 1:
                 raise ValueError(f"sizes must be positive, got {value}")
         return value
@@ -219,6 +221,7 @@ class Config(Strict):
     # Filled in by load_config: where each key came from, for later errors.
     _file: Optional[str] = None
     _lines: dict = {}
+    _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
         return _nearest_line(self._lines, path)
@@ -488,17 +491,24 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
         lines[path] = 0  # line 0 marks "from the command line"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None,
+def load_config(path: str | Path | list, overrides: list[str] | None = None,
                 spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
-    """Read, override and validate a config file (`spec_check`: see `validate_data`)."""
-    data, lines, shown = read_yaml_file(path)
+    """Read, override and validate a config file, or several merged left to right (`spec_check`: see
+    `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
+    the tree (cnncli/compose.py, cnncli/blocks.py)."""
+    from cnncli import blocks, compose
+
+    data, lines, shown = compose.read_config_files(path)
     if overrides:
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError.single("the top level must be a mapping of keys", file=shown)
         apply_overrides(data, overrides, lines)
-    return validate_data(data, lines, shown, default_name=Path(path).stem, spec_check=spec_check)
+    groups = blocks.expand_blocks(data, lines)
+    cfg = validate_data(data, lines, shown, default_name=Path(shown).stem, spec_check=spec_check)
+    cfg._groups = groups
+    return cfg
 
 
 def config_from_dict(data: dict, name: str = "config") -> Config:

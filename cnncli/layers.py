@@ -14,6 +14,8 @@ from typing import Any
 
 from cnncli import compat
 from cnncli.errors import ConfigError, Problem, did_you_mean
+from cnncli.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
+                               regularizer_problems)
 from cnncli.registry import Registry, UnknownName, normalize
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
@@ -137,7 +139,9 @@ def check_layer_spec(spec, path: str) -> list[Problem]:
                         f"{_REFUSED[refused[0]]}; use built-in layers", f"{path}.type")]
     cls, problems = resolve(LAYERS, spec.type, f"{path}.type")
     if cls is not None:
-        problems += check_args(spec.args, cls, f"{cls.__name__}", path, _BASE_LAYER_ARGS)
+        problems += check_args(spec.args, cls, f"{cls.__name__}", path, _BASE_LAYER_ARGS + kwargs_names(cls))
+        problems += [p for k, v in spec.args.items() if is_regularizer_arg(k)
+                     for p in regularizer_problems(v, f"{path}.{k}")]
     return problems
 
 
@@ -145,7 +149,8 @@ def make_layer(spec, name: str, path: str, **overrides):
     """Construct the Keras layer for a spec whose arguments were already checked."""
     cls = LAYERS.get(spec.type)
     try:
-        return cls(name=name, **{**spec.args, **overrides})
+        with quiet_legacy_names(cls, spec.args):
+            return cls(name=name, **{**keras_arguments(spec.args), **overrides})
     except Exception as exc:  # Keras checks arguments unevenly (AttributeError for a None string...): all are ours
         message = keras_message(exc)
         if not isinstance(exc, (ValueError, TypeError, KeyError)):

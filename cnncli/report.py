@@ -11,13 +11,14 @@ def _shape(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def print_summary(console: Console, result) -> None:
+def print_summary(console: Console, result, expand: bool = False) -> None:
+    """The layer table; the layers of each block use share one row unless `expand`."""
     s = result.summary
     table = Table(title=f"{s.name}  ·  input {_shape([None, *result.input_shape])}", title_justify="left")
     for col, justify in (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
                          ("Params", "right"), ("Receptive field", "right"), ("MACs", "right")):
         table.add_column(col, justify=justify)
-    for row in s.layers:
+    for row in result.rows(expand):
         rf = "—" if row.receptive_field is None else f"{row.receptive_field[0]}×{row.receptive_field[1]}"
         frozen = " (frozen)" if row.params and row.trainable_params == 0 else ""
         table.add_row(row.name, row.type, _shape(row.output_shape), f"{row.params:,}{frozen}", rf,
