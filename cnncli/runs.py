@@ -67,8 +67,12 @@ def open_run(path: str | Path) -> Run:
 
 
 def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
-                 top_k: int | None = None) -> dict:
-    """Metrics of a run's model on a split of its data (or of other, compatible data)."""
+                 top_k: int | None = None, errors: int | None = None) -> dict:
+    """Metrics of a run's model on a split of its data (or of other, compatible data).
+
+    `errors=N` adds the N highest-loss images (`errors`), examples of the most
+    confused pairs, and their galleries as PNGs in the run directory (cnncli.mistakes).
+    """
     import numpy as np
 
     from cnncli.evaluate import classification_report
@@ -85,8 +89,16 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
     probs = np.concatenate([np.asarray(model(x[i:i + 256].astype("float32"), training=False), np.float32)
                             for i in range(0, len(x), 256)])
-    report = classification_report(y, probs, names[:outputs] if len(names) >= outputs else
-                                   [str(i) for i in range(outputs)], top_k=top_k)
+    names = names[:outputs] if len(names) >= outputs else [str(i) for i in range(outputs)]
+    report = classification_report(y, probs, names, top_k=top_k)
     report["split"] = split
     report["run_dir"] = str(run.path)
+    if errors is not None:
+        from cnncli import mistakes
+
+        paths = (data.paths or {}).get(split)
+        report["errors"] = mistakes.worst(y, probs, names, errors, paths)
+        report["most_confused"] = mistakes.pair_examples(y, probs, names, report["most_confused"], paths)
+        suffix = "" if split == "test" and not overrides else f"_{split}"
+        report.update(mistakes.draw(x, report["errors"], report["most_confused"], run.path, suffix))
     return report

@@ -201,9 +201,9 @@ def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
     channels = 3 if mode == "rgb" else 1
     bad: list[tuple[Path, str]] = []
     resized = 0
-    arrays = {}
+    arrays, kept = {}, {}
     for split in ("train", "test"):
-        images, labels = [], []
+        images, labels, kept[split] = [], [], []
         for path, label in scan_.files[split]:
             try:
                 pixels = _decode(path, mode)
@@ -217,6 +217,7 @@ def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
                 resized += 1
             images.append(pixels)
             labels.append(label)
+            kept[split].append(str(path))
         shape = (0, *(size or (1, 1)), channels)
         arrays[split] = (np.stack(images) if images else np.zeros(shape, np.uint8), np.array(labels, np.int64))
     warnings = list(scan_.warnings)
@@ -237,7 +238,7 @@ def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
         raise DataError(f"{scan_.root}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    return Splits(x_train, y_train, x_test, y_test, scan_.class_names, str(scan_.root), warnings)
+    return Splits(x_train, y_train, x_test, y_test, scan_.class_names, str(scan_.root), warnings, paths=kept)
 
 
 def _load(cfg: DataConfig, seed: int) -> Splits:
