@@ -169,6 +169,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Train a model and write a new run directory (config, history, metrics, model, plots).
@@ -186,9 +187,13 @@ def train(
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke), reporter)
         reporter.train_end()
+        page = _write_report(result.run_dir) if report else None
         if json_output:
-            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run})
+            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,
+                       **({"report": str(page)} if page else {})})
             return
+        if page and not quiet:
+            out.print(f"report: {page}", markup=False)
         test = result.metrics.get("test")
         if test and not quiet:
             out.print(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
@@ -238,6 +243,34 @@ def evaluate(
                 from cnncli.report import print_errors
 
                 print_errors(out, report)
+
+
+def _write_report(run_dir: Path) -> Path:
+    from cnncli.report_html import write_report
+
+    return write_report(run_dir)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML path (default RUN_DIR/report.html)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
+
+    Pictures are embedded, so the file opens anywhere (a phone too) with nothing fetched.
+
+    Example: cnn report runs/shapes-cnn/20260101-120000 --output report.html
+    """
+    from cnncli.report_html import write_report
+
+    with handled(json_output):
+        path = write_report(run_dir, output)
+        if json_output:
+            emit_json({"output": str(path), "bytes": path.stat().st_size})
+        else:
+            out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False)
 
 
 @app.command()

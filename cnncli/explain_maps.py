@@ -187,25 +187,31 @@ class GradCam:
 
 def grad_cam(scores_model, image: np.ndarray, class_index: int, layer=None) -> GradCam:
     """Grad-CAM of one raw-pixel image (H, W, C) for `class_index` under a logits model, at `layer`."""
+    return grad_cams(scores_model, np.asarray(image)[None], [class_index], layer)[0]
+
+
+def grad_cams(scores_model, images: np.ndarray, classes: list[int], layer=None) -> list[GradCam]:
+    """Grad-CAM of a batch of raw-pixel images (N, H, W, C), image i for class classes[i], in one pass."""
     import tensorflow as tf
 
     layer = layer if layer is not None else last_conv(scores_model)
     probe = probe_model(scores_model, [layer])
-    x = tf.convert_to_tensor(np.asarray(image, np.float32)[None])
+    x = tf.convert_to_tensor(np.asarray(images, np.float32))
+    pick = tf.constant([[i, int(k)] for i, k in enumerate(classes)])
     with tf.GradientTape() as tape:
         scores, features = probe(x, training=False)
         tape.watch(features)
-        score = scores[:, class_index]
+        score = tf.gather_nd(scores, pick)  # the images are independent: one sum's gradient is each one's
     grads = tape.gradient(score, features)
     if grads is None:
         raise CnnError(f"layer `{layer.name}` does not lead to the model's output; choose another --layer")
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel: mean gradient
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[0]
-    h, w = image.shape[:2]
-    up = tf.image.resize(cam[..., None], (h, w), method="bilinear")[..., 0].numpy().astype(np.float32)
-    up = np.maximum(up, 0.0)
-    top = float(up.max())
-    return GradCam(up / top if top > 0 else up, layer.name, tuple(int(d) for d in features.shape[1:]))
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel: its mean gradient
+    cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1, keepdims=True))
+    up = np.maximum(tf.image.resize(cams, x.shape[1:3], method="bilinear")[..., 0].numpy(), 0.0)
+    shape = tuple(int(d) for d in features.shape[1:])
+    tops = up.max(axis=(1, 2), keepdims=True)
+    up = np.divide(up, tops, out=np.zeros_like(up), where=tops > 0).astype(np.float32)
+    return [GradCam(m, layer.name, shape) for m in up]
 
 
 # ---------------------------------------------------------------- feature maps

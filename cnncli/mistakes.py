@@ -56,7 +56,8 @@ def caption(entry: dict) -> str:
     return f"{entry['true']} → {entry['predicted']} ({entry['probability']:.2f})"
 
 
-def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "") -> dict:
+def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "",
+         columns: int | None = None) -> dict:
     """errors<suffix>.png (the gallery) and confused_pairs<suffix>.png (a row per pair); returns their paths."""
     from cnncli.pictures import plot_gallery
     from cnncli.train.rundir import writing
@@ -66,7 +67,8 @@ def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suf
     with writing(path):
         written["errors_png"] = str(plot_gallery([x[e["index"]] for e in errors], [caption(e) for e in errors],
                                                  path, f"the {len(errors)} highest-loss images: "
-                                                       "true → predicted (probability)"))
+                                                       "true → predicted (probability)",
+                                                 **({"columns": columns} if columns else {})))
     shown = [p for p in pairs if p["examples"]]
     if shown:
         path = folder / f"confused_pairs{suffix}.png"

@@ -67,11 +67,12 @@ def open_run(path: str | Path) -> Run:
 
 
 def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
-                 top_k: int | None = None, errors: int | None = None) -> dict:
+                 top_k: int | None = None, errors: int | None = None, figures: Path | None = None,
+                 columns: int | None = None) -> dict:
     """Metrics of a run's model on a split of its data (or of other, compatible data).
 
     `errors=N` adds the N highest-loss images (`errors`), examples of the most
-    confused pairs, and their galleries as PNGs in the run directory (cnncli.mistakes).
+    confused pairs, and their galleries as PNGs in `figures` (default: the run directory; cnncli.mistakes).
     """
     import numpy as np
 
@@ -100,5 +101,6 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
         report["errors"] = mistakes.worst(y, probs, names, errors, paths)
         report["most_confused"] = mistakes.pair_examples(y, probs, names, report["most_confused"], paths)
         suffix = "" if split == "test" and not overrides else f"_{split}"
-        report.update(mistakes.draw(x, report["errors"], report["most_confused"], run.path, suffix))
+        report.update(mistakes.draw(x, report["errors"], report["most_confused"], figures or run.path, suffix,
+                                     columns))
     return report
