@@ -128,21 +128,23 @@ def test_gradcam_on_graph_configs(tmp_path, config, classifier, layer, shape):
 
 
 def test_gradcam_on_a_backbone_uses_the_last_conv_of_the_base(tmp_path):
+    """A keras.applications base is a nested model; built from its config (training it adds nothing here)."""
+    from cnncli.builder import build_model
+    from cnncli.config import load_config
+    from cnncli.explain import logits_model
+
     config = tmp_path / "backbone.yaml"
     config.write_text(
         "name: tiny-backbone\nseed: 1\n"
-        "data: {dataset: shapes, color_mode: rgb, image_size: [64, 64], shapes: {train_examples: 64, "
-        "test_examples: 16}}\n"
-        "model:\n  backbone: {name: MobileNetV2, weights: null, alpha: 0.35}\n"
-        "  layers:\n    - {type: GlobalAveragePooling2D}\n    - {type: Dense, units: 6, activation: softmax}\n"
-        "train: {epochs: 1, batch_size: 16}\n")
-    run = _smoke_run(config, [], "tiny-backbone")
-    path, _ = _figure_file(tmp_path, rgb=True)
-    result = runner.invoke(app, ["saliency", str(run), str(path), "--method", "gradcam", "--json",
-                                 "--output", str(tmp_path / "cam.png")])
-    assert result.exit_code == 0, result.stderr
-    cam = json.loads(result.stdout)["gradcam"]
-    assert cam["layer"] == "Conv_1" and cam["feature_shape"] == [2, 2, 1280]
+        "data: {dataset: shapes, color_mode: rgb, image_size: [64, 64]}\n"
+        "model:\n  input_shape: [64, 64, 3]\n  backbone: {name: MobileNetV2, weights: null, alpha: 0.35}\n"
+        "  layers:\n    - {type: GlobalAveragePooling2D}\n    - {type: Dense, units: 6, activation: softmax}\n")
+    model = build_model(load_config(config), (64, 64, 3))
+    scores, kind = logits_model(model)
+    image = np.stack([np.kron(_figures("o", 1, 0)[0][0], np.ones((2, 2), np.uint8))] * 3, -1)  # 64×64 RGB
+    cam = grad_cam(scores, image, 1)
+    assert kind == "logit" and cam.layer == "Conv_1" and cam.feature_shape == (2, 2, 1280)
+    assert cam.heatmap.shape == (64, 64) and 0.0 <= cam.heatmap.min() and cam.heatmap.max() <= 1.0
 
 
 def test_probe_model_reaches_into_nested_models():
