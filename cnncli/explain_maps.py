@@ -16,7 +16,6 @@ the same objects, nothing is copied.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +62,7 @@ def spatial_layers(model) -> list:
 
 
 def conv_layers(model) -> list:
+    """The convolutions (any kind: plain, depthwise, separable, transposed) with a feature map, nested included."""
     return [layer for layer in spatial_layers(model) if _is_conv(layer)]
 
 
@@ -240,10 +240,6 @@ def feature_maps(model, image: np.ndarray, layers: list, max_channels: int = MAX
         result.append(FeatureMap(layer.name, shown, int(fmap.shape[-1]),
                                  [float(m) for m in shown.mean(axis=(0, 1))]))
     return result
-
-
-def grid_columns(n: int) -> int:
-    return max(1, math.ceil(math.sqrt(n)))
 
 
 def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_channels: int = MAX_CHANNELS,

@@ -77,6 +77,10 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
     from cnncli.explain_maps import grad_cams
     from cnncli.pictures import plot_gradcam
 
+    from cnncli.explain_maps import conv_layers
+
+    if not conv_layers(model):
+        return []  # an MLP: no feature map to weight
     scores, _ = logits_model(float32_model(model))
     firsts = [int(np.flatnonzero(y == k)[0]) for k in range(len(names)) if (y == k).any()][:GRADCAM_IMAGES]
     probs = np.asarray(model(x[firsts].astype(np.float32), training=False), np.float32)
@@ -123,7 +127,7 @@ def build_report(run_dir: str | Path) -> str:
             if report.get("confused_png") else "",
             "<h2>Grad-CAM</h2><p class=meta>Where the last convolution's evidence for the predicted class lies, "
             "beside the gradient map, on the first test image of each class.</p>"
-            + "".join(_img(p, "Grad-CAM") for p in cams),
+            + ("".join(_img(p, "Grad-CAM") for p in cams) or "<p class=meta>(the model has no convolution)</p>"),
             "<h2>Model</h2>" + summary_html,
             "<h2>Config</h2><pre>" + html.escape((run.path / "config.yaml").read_text()) + "</pre>",
         ]

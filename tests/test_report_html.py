@@ -87,3 +87,14 @@ def test_report_renders_in_headless_chromium(tmp_path, width, height):
         pixels = np.asarray(png.convert("L"), np.float64)
     assert pixels.std() > 20  # text, tables and plots, not a blank page
     assert (pixels < 100).mean() > 0.01  # some dark ink: headings and figures were drawn
+
+
+def test_a_model_without_convolutions_gets_no_gradcam(tmp_path):
+    import keras
+
+    from cnncli.report_html import _gradcam_pictures
+
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    x = np.zeros((4, 8, 8, 1), np.uint8)
+    assert _gradcam_pictures(model, x, np.array([0, 1, 0, 1]), ["a", "b"], tmp_path) == []
