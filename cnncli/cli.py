@@ -179,6 +179,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Train a model and write a new run directory (config, history, metrics, model, plots).
@@ -197,9 +198,13 @@ def train(
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke), reporter)
         reporter.train_end()
+        page = _write_report(result.run_dir) if report else None
         if json_output:
-            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run})
+            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,
+                       **({"report": str(page)} if page else {})})
             return
+        if page and not quiet:
+            out.print(f"report: {page}", markup=False)
         test = result.metrics.get("test")
         if test and not quiet:
             out.print(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
@@ -214,11 +219,18 @@ def evaluate(
     set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
                                              help="Evaluate on other data, e.g. --data data.dataset=mnist."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
+    errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
+                                         help="Also list and draw the N highest-loss images (default 16) "
+                                              "and the most confused pairs."),
     json_output: bool = JsonOption,
 ) -> None:
     """Report loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
 
-    Example: cnn evaluate runs/shapes-cnn/20260101-120000 --json
+    --errors [N] adds the N images with the highest loss (errors.png, captioned
+    true → predicted (probability); file paths for image folders) and examples of
+    the most confused pairs (confused_pairs.png).
+
+    Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
     from cnncli.report import print_evaluation
     from cnncli.runs import evaluate_run
@@ -226,7 +238,7 @@ def evaluate(
     with handled(json_output):
         if split not in ("test", "val", "train"):
             raise CnnError(f"--split must be test, val or train, got `{split}`")
-        report = evaluate_run(run_dir, split, set_ or [], top_k)
+        report = evaluate_run(run_dir, split, set_ or [], top_k, errors)
         if json_output:
             emit_json(report)
         else:
@@ -238,6 +250,38 @@ def evaluate(
                 Path(run_dir) / "confusion_matrix.png"
             plot_confusion_matrix(np.array(report["confusion_matrix"]), [c["class"] for c in report["per_class"]], png)
             out.print(f"confusion matrix: {png}")
+            if errors:
+                from cnncli.report import print_errors
+
+                print_errors(out, report)
+
+
+def _write_report(run_dir: Path) -> Path:
+    from cnncli.report_html import write_report
+
+    return write_report(run_dir)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML path (default RUN_DIR/report.html)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
+
+    Pictures are embedded, so the file opens anywhere (a phone too) with nothing fetched.
+
+    Example: cnn report runs/shapes-cnn/20260101-120000 --output report.html
+    """
+    from cnncli.report_html import write_report
+
+    with handled(json_output):
+        path = write_report(run_dir, output)
+        if json_output:
+            emit_json({"output": str(path), "bytes": path.stat().st_size})
+        else:
+            out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False)
 
 
 @app.command()
@@ -370,29 +414,73 @@ def saliency(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     image: Path = typer.Argument(..., help="An image file: png, jpg, bmp, gif."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (default: the predicted one)."),
-    method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad"),
+    method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad | gradcam"),
     samples: int = typer.Option(25, "--samples", min=1, help="smoothgrad: noisy copies averaged."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the noise."),
+    layer: Optional[str] = typer.Option(None, "--layer",
+                                        help="gradcam: a layer with a feature map (default: the last convolution)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw which pixels move a class's score: |gradient of the logit| beside the image, as a PNG.
 
-    Example: cnn saliency runs/shapes-cnn/20260101-120000 figure.png --method smoothgrad --output saliency.png
+    --method gradcam draws Grad-CAM of a convolution layer over the image, beside
+    the gradient map; --json then adds the map's peak [row, col] and the share of
+    its mass in each quadrant.
+
+    Example: cnn saliency runs/shapes-cnn/20260101-120000 figure.png --method gradcam --output gradcam.png
     """
     from cnncli.explain import draw_saliency, explain_image
 
     with handled(json_output):
-        result = explain_image(run_dir, image, class_, method, samples, seed)
+        if layer and method != "gradcam":
+            raise CnnError("--layer is for --method gradcam")
+        result = explain_image(run_dir, image, class_, method, samples, seed, layer)
         path = draw_saliency(run_dir, image, result, output)
+        cam = result.gradcam.summary() if result.gradcam is not None else None
         if json_output:
             emit_json({"output": str(path), "image": str(image), "class": result.class_name,
                        "class_index": result.class_index, "probability": result.probability,
-                       "predicted": result.predicted, "method": result.method, "score": result.score})
+                       "predicted": result.predicted, "method": result.method, "score": result.score,
+                       **({"gradcam": cam} if cam else {})})
         else:
+            at = f" at {cam['layer']} (peak at row {cam['peak'][0]}, column {cam['peak'][1]})" if cam else ""
             out.print(f"{result.class_name} (p = {result.probability:.3f}; predicted {result.predicted}), "
-                      f"{result.method} of the {result.score}: {path}", markup=False)
+                      f"{result.method} of the {result.score}{at}: {path}", markup=False)
+
+
+@app.command()
+def activations(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    image: Path = typer.Argument(..., help="An image file: png, jpg, bmp, gif."),
+    layer: Optional[List[str]] = typer.Option(None, "--layer",
+                                              help="A layer with a feature map (repeatable; default: every "
+                                                   "convolution, in order)."),
+    max_channels: int = typer.Option(64, "--max", min=1, help="At most this many channels per layer."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Draw the feature maps one image produces: one PNG grid per layer, a tile per channel.
+
+    Each tile is stretched to its own range and labelled with the channel index
+    and its mean activation.
+
+    Example: cnn activations runs/shapes-cnn/20260101-120000 figure.png --layer conv2d --max 16
+    """
+    from cnncli.explain_maps import draw_activations
+
+    with handled(json_output):
+        maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
+        rows = [{"layer": m.layer, "output": str(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
+                 "tiles": m.tiles} for m, p in zip(maps, paths)]
+        if json_output:
+            emit_json({"image": str(image), "layers": rows})
+        else:
+            for row in rows:
+                out.print(f"{row['layer']}: {row['tiles']} of {row['channels']} channels, "
+                          f"{row['shape'][0]}×{row['shape'][1]}: {row['output']}", markup=False)
 
 
 @app.command()
@@ -524,9 +612,22 @@ def list_names(
             out.print("\n".join(names))
 
 
+OPTIONAL_VALUES = {"--errors": "16"}  # options whose value may be left out; Typer has no optional values
+
+
+def fill_optional_values(argv: list[str]) -> list[str]:
+    """`--errors` alone (or followed by something other than a count) means `--errors 16`."""
+    filled = []
+    for i, arg in enumerate(argv):
+        filled.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or not argv[i + 1].isdigit()):
+            filled.append(OPTIONAL_VALUES[arg])
+    return filled
+
+
 def main() -> None:
     os.umask(os.umask(0o022) | 0o022)  # nothing cnn creates (runs, exports, plots) is group- or world-writable
-    app()
+    app(args=fill_optional_values(sys.argv[1:]))
 
 
 if __name__ == "__main__":

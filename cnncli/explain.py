@@ -32,6 +32,7 @@ MAX_CHANNELS = 16  # columns of a multi-channel filter picture (one per input ch
 METHODS: Registry[str] = Registry("saliency method", {
     "gradient": "one gradient of the class logit",
     "smoothgrad": f"mean of {SMOOTHGRAD_SAMPLES} gradients of noisy copies (σ = {SMOOTHGRAD_SIGMA:.0%} of 0..255)",
+    "gradcam": "Grad-CAM of a convolution layer (cnncli.explain_maps), beside the gradient map",
 })
 
 
@@ -76,6 +77,7 @@ class Saliency:
     predicted: str  # the model's top class
     method: str
     score: str  # "logit" or "output"
+    gradcam: object = None  # cnncli.explain_maps.GradCam when method is gradcam
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""
@@ -100,7 +102,7 @@ def saliency_map(model, image: np.ndarray, class_index: int, method: str = "grad
     """float32 (H, W) saliency of one raw-pixel image (H, W, C) for `class_index` under a logits model."""
     method = METHODS.canonical(method) or method
     x = np.asarray(image, np.float32)[None]
-    if method == "gradient":
+    if method in ("gradient", "gradcam"):  # gradcam is drawn beside the plain gradient map
         batch = x
     elif method == "smoothgrad":
         if samples < 1:
@@ -114,7 +116,8 @@ def saliency_map(model, image: np.ndarray, class_index: int, method: str = "grad
 
 
 def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str | None = None,
-                  method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0) -> Saliency:
+                  method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0,
+                  layer: str | None = None) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
     from cnncli.artifacts import float32_model
     from cnncli.images import conform, model_view, read_image
@@ -131,8 +134,15 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     index = int(probs.argmax()) if class_name is None else class_index(class_name, names)
     scores, score = logits_model(model)
     saliency = saliency_map(scores, image, index, METHODS.canonical(method), samples=samples, seed=seed)
+    cam = _gradcam(scores, image, index, layer) if METHODS.canonical(method) == "gradcam" else None
     return Saliency(image, saliency, index, names[index], float(probs[index]), names[int(probs.argmax())],
-                    METHODS.canonical(method), score)
+                    METHODS.canonical(method), score, cam)
+
+
+def _gradcam(scores, image, index: int, layer: str | None):
+    from cnncli.explain_maps import find_spatial_layer, grad_cam
+
+    return grad_cam(scores, image, index, find_spatial_layer(scores, layer) if layer else None)
 
 
 def class_index(name: str, names: list[str]) -> int:
@@ -248,6 +258,7 @@ def _writing(path: Path):
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:
+    from cnncli.pictures import plot_gradcam
     from cnncli.plots import plot_saliency
 
     path = Path(output) if output else default_saliency_path(Path(run_dir), Path(image), result)
@@ -255,4 +266,7 @@ def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, outp
     title = (f"{Path(image).name}: {result.class_name} (p = {result.probability:.3f}, "
              f"predicted {result.predicted}) · {result.method}")
     with _writing(path):
+        if result.gradcam is not None:
+            return plot_gradcam(result.image, result.saliency, result.gradcam.heatmap, path,
+                                f"{title} at {result.gradcam.layer}")
         return plot_saliency(result.image, result.saliency, path, title)

@@ -89,3 +89,17 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
         console.print("Most confused (true → predicted):")
         for pair in report["most_confused"]:
             console.print(f"  {escape(pair['true'])} → {escape(pair['predicted'])}: {pair['count']:,}")
+
+
+def print_errors(console: Console, report: dict) -> None:
+    """The highest-loss images of `cnn evaluate --errors`, and where their galleries were written."""
+    table = Table(title=f"the {len(report['errors'])} highest-loss images")
+    for column in ("image", "true", "predicted", "probability", "loss"):
+        table.add_column(column, justify="right" if column in ("probability", "loss") else "left")
+    for e in report["errors"]:
+        table.add_row(escape(e.get("path", str(e["index"]))), escape(e["true"]), escape(e["predicted"]),
+                      f"{e['probability']:.3f}", f"{e['loss']:.3f}")
+    console.print(table)
+    for key, what in (("errors_png", "gallery"), ("confused_png", "confused pairs")):
+        if key in report:
+            console.print(f"{what}: {escape(report[key])}")

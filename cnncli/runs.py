@@ -70,8 +70,13 @@ def open_run(path: str | Path) -> Run:
 
 
 def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
-                 top_k: int | None = None) -> dict:
-    """Metrics of a run's model on a split of its data (or of other, compatible data)."""
+                 top_k: int | None = None, errors: int | None = None, figures: Path | None = None,
+                 columns: int | None = None) -> dict:
+    """Metrics of a run's model on a split of its data (or of other, compatible data).
+
+    `errors=N` adds the N highest-loss images (`errors`), examples of the most
+    confused pairs, and their galleries as PNGs in `figures` (default: the run directory; cnncli.mistakes).
+    """
     from cnncli.evaluate import classification_report
 
     run = open_run(path)
@@ -85,8 +90,17 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     if int(y.max()) >= outputs:
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
     probs = keras_predict(model, x)
-    report = classification_report(y, probs, names[:outputs] if len(names) >= outputs else
-                                   [str(i) for i in range(outputs)], top_k=top_k)
+    names = names[:outputs] if len(names) >= outputs else [str(i) for i in range(outputs)]
+    report = classification_report(y, probs, names, top_k=top_k)
     report["split"] = split
     report["run_dir"] = str(run.path)
+    if errors is not None:
+        from cnncli import mistakes
+
+        paths = (data.paths or {}).get(split)
+        report["errors"] = mistakes.worst(y, probs, names, errors, paths)
+        report["most_confused"] = mistakes.pair_examples(y, probs, names, report["most_confused"], paths)
+        suffix = "" if split == "test" and not overrides else f"_{split}"
+        report.update(mistakes.draw(x, report["errors"], report["most_confused"], figures or run.path, suffix,
+                                     columns))
     return report

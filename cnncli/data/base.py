@@ -31,6 +31,7 @@ class Dataset:
     source: str  # where the data came from, for run.json and messages
     warnings: list[str] = field(default_factory=list)  # e.g. skipped corrupt images
     bboxes: Optional[dict[str, np.ndarray]] = None  # shapes only: split -> (N, 4) top, left, bottom, right
+    paths: Optional[dict[str, list[str]]] = None  # image_folder only: split -> the file of each example
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -62,6 +63,7 @@ class Splits:
     source: str
     warnings: list[str] = field(default_factory=list)
     bboxes: Optional[dict[str, np.ndarray]] = None  # "train"/"test" -> (N, 4)
+    paths: Optional[dict[str, list[str]]] = None  # "train"/"test" -> file of each example (image folders)
 
 
 @dataclass(frozen=True)

@@ -189,9 +189,9 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
     channels = 3 if mode == "rgb" else 1
     bad: list[tuple[str, str]] = []
     resized = 0
-    arrays = {}
+    arrays, kept = {}, {}
     for split in ("train", "test"):
-        pictures, labels = [], []
+        pictures, labels, kept[split] = [], [], []
         for name, label, pixels, reason in _read_each(items[split], mode):
             if pixels is None:
                 bad.append((name, reason))
@@ -203,6 +203,7 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
                 resized += 1
             pictures.append(pixels)
             labels.append(label)
+            kept[split].append(name)
         shape = (0, *(size or (1, 1)), channels)
         arrays[split] = (np.stack(pictures) if pictures else np.zeros(shape, np.uint8), np.array(labels, np.int64))
     warnings = list(warnings)
@@ -223,7 +224,7 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
         raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings)
+    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=kept)
 
 
 def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
