@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from cnncli import __version__, faults
-from cnncli.artifacts import EXTRA_HINT, float32_model, record_export
+from cnncli.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
 from cnncli.errors import CnnError
 from cnncli.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
                                  describe_check, keras_probabilities, quiet, reference_note)
@@ -208,6 +209,30 @@ def _temp_path(path: Path, suffix: str) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Remove what a killed export to `path` left: its hidden `.NAME.tmp-PID*` / `.NAME.old-PID` beside it.
+
+    Only those of processes that no longer run: a concurrent export's files stay.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:tmp|old)-(\d+)")
+    for entry in path.parent.glob(f".{path.name}.*"):
+        match = pattern.match(entry.name)
+        if match and not _running(int(match.group(1))):
+            _remove(entry)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -271,8 +296,9 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     representative = _representative(data) if quantize == "int8" else None
     ctx = _Context(run, quantize, representative)
 
+    for target in (path, export_json_path(path)):
+        _remove_stale_temps(target)
     tmp = _temp_path(path, format_.suffix)
-    _remove(tmp)
     try:
         try:
             with quiet():
