@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,31 +87,55 @@ def train_json(config: Path, output: Path, *sets: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def multi_worker(args: list[str], output: Path, worker_dir: Path, fault: str | None = None) -> list:
-    """Both workers of a 2-process cluster, started together; their CompletedProcess-like results."""
+def multi_worker(args: list[str], output: Path, worker_dir: Path | None, fault: str | None = None,
+                 faults: dict[int, str] | None = None, tmp: Path | None = None, output_format: str = "--json") -> list:
+    """Both workers of a 2-process cluster, started together; their CompletedProcess-like results.
+
+    `fault` is armed in both workers, `faults` per worker index. A worker that stopped itself
+    (the `stop` fault action) is killed once the other has ended: its result is exit -9.
+    """
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for index in range(2):
-        extra = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
-                 "CNNCLI_WORKER_DIR": str(worker_dir)}
-        if fault:
-            extra["CNNCLI_FAULT"] = fault
+        extra = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        if worker_dir is not None:
+            extra["CNNCLI_WORKER_DIR"] = str(worker_dir)
+        if tmp is not None:
+            extra["TMPDIR"] = str(tmp)
+        if fault or (faults or {}).get(index):
+            extra["CNNCLI_FAULT"] = (faults or {}).get(index) or fault
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "cnncli", *args, "--output", str(output), "--json",
+            [sys.executable, "-m", "cnncli", *args, "--output", str(output), output_format,
              "--set", "runtime.distribute=multi_worker"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**extra), cwd=ROOT))
-    results = []
+    results = [None, None]
+    deadline = time.monotonic() + 2 * TIMEOUT  # a hung cluster fails the test instead of the suite
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=TIMEOUT)
-            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+        while None in results:
+            assert time.monotonic() < deadline, "the cluster did not end"
+            running = [i for i in (0, 1) if results[i] is None]
+            for i in running:
+                if len(running) == 1 and _stopped(procs[i].pid):  # the other ended: nothing will wake it
+                    procs[i].kill()
+                try:
+                    out, err = procs[i].communicate(timeout=1 if len(running) == 2 else TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    continue
+                results[i] = subprocess.CompletedProcess(procs[i].args, procs[i].returncode, out, err)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     return results
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
 
 
 def weights(model_path: Path) -> list[np.ndarray]:
@@ -207,6 +233,55 @@ def test_multi_worker_resume_after_both_workers_died(work, cluster):
     uninterrupted = Path(cluster["chief"]["run_dir"]) / "model.keras"
     for x, y in zip(weights(run_dir / "model.keras"), weights(uninterrupted)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+LOST = re.compile(r"Error: lost worker 1 \((UnavailableError|DeadlineExceededError): stopped sending heartbeats\); "
+                  r"run the same command with --resume (\S+) on every worker\n")
+
+
+@pytest.mark.slow  # three 2-process runs, two of them waiting out the heartbeat timeout: ~3 minutes on 2 cores
+def test_a_lost_worker_ends_the_other_with_one_line_and_the_run_resumes(work, cluster, tmp_path):
+    """Worker 1 is killed (kill -9) after epoch 2's steps; resumed, it freezes (SIGSTOP) after epoch 3's; resumed
+    again, the run completes as the uninterrupted one. Each time the chief commits the epoch whose all-reduces
+    completed, then waits in epoch 3's (4's) first all-reduce until TensorFlow's heartbeats declare worker 1
+    gone, and ends with one line naming the way back."""
+    config = work / "dist.yaml"
+    timeout = ["--set", "runtime.collective_timeout=10"]
+    run_dir = None
+    for fault, committed in (("epoch_trained@2", 2), ("epoch_trained@1:stop", 3)):
+        args = ["train", "--resume", str(run_dir)] if run_dir else ["train", str(config)]
+        chief, lost = multi_worker(args + timeout, tmp_path / "runs", None, faults={1: fault}, tmp=tmp_path,
+                                   output_format="--quiet")
+        assert lost.returncode == -9, (fault, lost.stderr[-2000:])
+        assert chief.returncode == 1, (fault, chief.stderr[-3000:])
+        found = LOST.fullmatch(chief.stderr)
+        assert found, (fault, chief.stderr[-3000:])
+        run_dir = Path(found.group(2))
+        assert run_dir.parent.parent == tmp_path / "runs"
+        assert json.loads((run_dir / "checkpoints" / "state.json").read_text())["phase_epochs_done"] == committed
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    clean_tmp = tmp_path / "tmp"
+    clean_tmp.mkdir()
+    resumed = multi_worker(["train", "--resume", str(run_dir)] + timeout, tmp_path / "runs", None, tmp=clean_tmp,
+                           output_format="--quiet")
+    for index, r in enumerate(resumed):
+        assert r.returncode == 0, f"worker {index} exit {r.returncode}:\n{r.stderr[-3000:]}"
+        assert r.stdout == f"{run_dir}\n"  # both name the chief's run directory, the one that exists
+    assert list(clean_tmp.iterdir()) == []  # worker 1's temporary directory is gone
+    assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 1 + 4
+    uninterrupted = Path(cluster["chief"]["run_dir"]) / "model.keras"
+    for x, y in zip(weights(run_dir / "model.keras"), weights(uninterrupted), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_an_uneven_global_batch_is_reported_before_the_data_loads(work):
+    proc = cnn(["train", str(work / "dist.yaml"), "--output", str(work / "uneven"), "--set", "train.batch_size=33",
+                "--set", "runtime.distribute=mirrored", "--set", "runtime.cpu_devices=2"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr == ("Error: train.batch_size 33 is the global batch, split evenly across 2 replicas; "
+                           "use a multiple of 2, e.g. 32\n")
+    assert "data shapes" not in proc.stdout and "replica(s)" in proc.stdout  # after the devices, before the data
+    assert not (work / "uneven").exists()
 
 
 AGGREGATION = textwrap.dedent("""
