@@ -334,3 +334,55 @@ def test_metrics_are_aggregated_over_all_replicas(two_replica_trainer):
 def test_batch_must_split_evenly_across_replicas(two_replica_trainer):
     assert two_replica_trainer["uneven"] == ("CnnError: train.batch_size 41 is the global batch, split evenly "
                                              "across 2 replicas; use a multiple of 2, e.g. 40")
+
+
+# What TensorFlow 2.21 raised in the chief when worker 1 was killed (and, the same, when it was SIGSTOPped).
+HEARTBEAT_ERROR = (
+    "{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/replica:0/task:0/device:CPU:0}}"
+    " Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are unhealthy "
+    "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed. Check the task logs for an "
+    "earlier error, or scheduler events (e.g. preemption, eviction) to debug further.\nThe error could be from a "
+    "previous operation. Restart your program to reset. [Op:CollectiveReduceV2] name: ")
+
+
+def _tf_error(kind: str, message: str) -> Exception:
+    return type(kind, (Exception,), {"message": message})(message)
+
+
+def test_lost_worker_names_the_task_and_the_way_back():
+    from cnncli.train.runtime import lost_worker
+
+    lost = lost_worker(_tf_error("UnavailableError", HEARTBEAT_ERROR), 0, "worker", "runs/dist/1")
+    assert str(lost) == ("lost worker 1 (UnavailableError: stopped sending heartbeats); "
+                         "run the same command with --resume runs/dist/1 on every worker")
+    # The chief lost, seen from a worker: a connection error naming the other task.
+    lost = lost_worker(_tf_error("UnavailableError", "failed to connect to all addresses; from /job:chief/task:0 "
+                                 "[Op:CollectiveReduceV2]"), 0, "worker", "RUN_DIR")
+    assert str(lost).startswith("lost chief 0 (UnavailableError: failed to connect to all addresses; from")
+    # Errors that do not name another task are not a lost worker (a bug, shown with its traceback).
+    assert lost_worker(_tf_error("InvalidArgumentError", "shapes differ"), 0, "worker", "x") is None
+    assert lost_worker(_tf_error("UnavailableError", "at /job:worker/replica:0/task:0"), 0, "worker", "x") is None
+
+
+def test_collective_timeout_sets_the_heartbeat_timeout():
+    """runtime.collective_timeout reaches TensorFlow's coordination service, which the strategy then keeps."""
+    script = textwrap.dedent("""
+        import json, os
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                              "task": {"type": "worker", "index": 1}})
+        import tensorflow as tf
+        from tensorflow.python.eager import context
+        from cnncli.config import RuntimeConfig
+        from cnncli.train import runtime
+        runtime._configure_heartbeats(tf, RuntimeConfig(collective_timeout=7.5).collective_timeout)
+        config = context.context().coordination_service
+        print(json.dumps({"heartbeat": config.heartbeat_timeout_in_ms, "barrier": config.shutdown_barrier_timeout_in_ms,
+                          "leader": config.service_leader, "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],
+                          "default": RuntimeConfig().collective_timeout}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, env=_env(),
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
+        "heartbeat": 7500, "barrier": 7500, "leader": "/job:worker/replica:0/task:0", "jobs": [["worker", 2]],
+        "default": 30.0}
