@@ -235,31 +235,39 @@ def test_multi_worker_resume_after_both_workers_died(work, cluster):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
-LOST = re.compile(r"Error: lost worker 1 \((UnavailableError|DeadlineExceededError): stopped sending heartbeats\); "
-                  r"run the same command with --resume (\S+) on every worker\n")
+LOST = re.compile(r"Error: lost worker (\d) \((UnavailableError|DeadlineExceededError): stopped (?:sending|answering) "
+                  r"heartbeats\); run the same command with --resume (\S+) on every worker\n")
+
+# (worker, its fault, epochs committed when the other has ended); counts are per process
+LOSSES = [
+    (1, "epoch_trained@2", 2),  # worker 1 killed after epoch 2's steps: the chief commits epoch 2, waits in epoch 3
+    (0, "epoch_trained@1:stop", 2),  # the chief (and TensorFlow's coordination service) frozen before committing 3
+    (1, "epoch_trained@1:stop", 3),  # worker 1 frozen after epoch 3's steps: the chief commits 3, waits in epoch 4
+]
 
 
-@pytest.mark.slow  # three 2-process runs, two of them waiting out the heartbeat timeout: ~3 minutes on 2 cores
+@pytest.mark.slow  # four 2-process runs, three of them waiting out the heartbeat timeout: ~4 minutes on 2 cores
 def test_a_lost_worker_ends_the_other_with_one_line_and_the_run_resumes(work, cluster, tmp_path):
-    """Worker 1 is killed (kill -9) after epoch 2's steps; resumed, it freezes (SIGSTOP) after epoch 3's; resumed
-    again, the run completes as the uninterrupted one. Each time the chief commits the epoch whose all-reduces
-    completed, then waits in epoch 3's (4's) first all-reduce until TensorFlow's heartbeats declare worker 1
-    gone, and ends with one line naming the way back."""
+    """One worker is killed (kill -9) or frozen (SIGSTOP) at a fault point, three times over, each on a resume of
+    the last; the other waits in an all-reduce until TensorFlow's heartbeats declare its peer gone, and ends with
+    one line naming the way back. Resumed once more, the run completes as the uninterrupted one."""
     config = work / "dist.yaml"
     timeout = ["--set", "runtime.collective_timeout=10"]
     run_dir = None
-    for fault, committed in (("epoch_trained@2", 2), ("epoch_trained@1:stop", 3)):
+    for lost_index, fault, committed in LOSSES:
         args = ["train", "--resume", str(run_dir)] if run_dir else ["train", str(config)]
-        chief, lost = multi_worker(args + timeout, tmp_path / "runs", None, faults={1: fault}, tmp=tmp_path,
-                                   output_format="--quiet")
+        results = multi_worker(args + timeout, tmp_path / "runs", None, faults={lost_index: fault}, tmp=tmp_path,
+                               output_format="--quiet")
+        lost, survivor = results[lost_index], results[1 - lost_index]
         assert lost.returncode == -9, (fault, lost.stderr[-2000:])
-        assert chief.returncode == 1, (fault, chief.stderr[-3000:])
-        found = LOST.fullmatch(chief.stderr)
-        assert found, (fault, chief.stderr[-3000:])
-        run_dir = Path(found.group(2))
+        assert survivor.returncode == 1, (fault, survivor.stderr[-3000:])
+        found = LOST.fullmatch(survivor.stderr)
+        assert found, (fault, survivor.stderr[-3000:])
+        assert int(found.group(1)) == lost_index
+        run_dir = Path(found.group(3))  # the chief's run directory, whichever worker says it
         assert run_dir.parent.parent == tmp_path / "runs"
         assert json.loads((run_dir / "checkpoints" / "state.json").read_text())["phase_epochs_done"] == committed
-        assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     clean_tmp = tmp_path / "tmp"
     clean_tmp.mkdir()
     resumed = multi_worker(["train", "--resume", str(run_dir)] + timeout, tmp_path / "runs", None, tmp=clean_tmp,
@@ -359,6 +367,13 @@ def test_lost_worker_names_the_task_and_the_way_back():
     lost = lost_worker(_tf_error("UnavailableError", "failed to connect to all addresses; from /job:chief/task:0 "
                                  "[Op:CollectiveReduceV2]"), 0, "worker", "RUN_DIR")
     assert str(lost).startswith("lost chief 0 (UnavailableError: failed to connect to all addresses; from")
+    # The chief, which runs TensorFlow's coordination service, frozen: a worker's heartbeats go unanswered.
+    frozen = ("{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/replica:0/task:1/"
+              "device:CPU:0}} Collective ops is aborted by: Deadline Exceeded\n\nRPC: /tensorflow.CoordinationService/"
+              "Heartbeat\nThe error could be from a previous operation. Restart your program to reset.")
+    lost = lost_worker(_tf_error("DeadlineExceededError", frozen), 1, "worker", "runs/dist/1")
+    assert str(lost) == ("lost worker 0 (DeadlineExceededError: stopped answering heartbeats); "
+                         "run the same command with --resume runs/dist/1 on every worker")
     # Errors that do not name another task are not a lost worker (a bug, shown with its traceback).
     assert lost_worker(_tf_error("InvalidArgumentError", "shapes differ"), 0, "worker", "x") is None
     assert lost_worker(_tf_error("UnavailableError", "at /job:worker/replica:0/task:0"), 0, "worker", "x") is None

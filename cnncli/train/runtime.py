@@ -347,6 +347,9 @@ def lost_worker(exc: Exception, role_index: int, role_type: str, run_dir) -> Cnn
     found = _UNHEALTHY.search(message)
     if found:
         reason, job, index = found.groups()
+    elif "CoordinationService/Heartbeat" in message:  # the service itself, on the chief, stopped answering
+        job, index = _service_leader()
+        reason = "stopped answering heartbeats"
     else:
         others = [m for m in _TASK.finditer(message) if (m.group(1), int(m.group(2))) != (role_type, role_index)]
         if not others or type(exc).__name__ not in ("UnavailableError", "DeadlineExceededError", "AbortedError",
@@ -356,6 +359,15 @@ def lost_worker(exc: Exception, role_index: int, role_type: str, run_dir) -> Cnn
         reason = message.strip().splitlines()[0].split(" [")[0][-120:]
     return WorkerLost(f"lost {job} {index} ({type(exc).__name__}: {reason}); "
                       f"run the same command with --resume {run_dir} on every worker")
+
+
+def _service_leader() -> tuple[str, str]:
+    """The task that runs TensorFlow's coordination service: the chief, else worker 0."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except ValueError:
+        cluster = {}
+    return ("chief", "0") if cluster.get("chief") else ("worker", "0")
 
 
 class WorkerLost(CnnError):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from harness import check_intact, history_epochs, only_run_dir, temporary_files
+from harness import check_intact, history_epochs, only_run_dir, temporary_files, uninterrupted
 
 CALLBACKS = TINY.replace("  epochs: 3\n", "  epochs: 8\n").replace(
     "  optimizer: {type: Adam, learning_rate: 0.01}\n",
@@ -54,24 +54,20 @@ def _scalars(run_dir: Path) -> list[tuple[str, str, int]]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(cnn, tmp_path_factory) -> Path:
-    where = tmp_path_factory.mktemp("callbacks-reference")
-    (where / "cb.yaml").write_text(CALLBACKS)
-    done = cnn("train", "cb.yaml", "-o", "runs", "-q", cwd=where)
-    assert done.code == 0, done
-    return only_run_dir(where / "runs")
+def reference_run(cnn, tmp_path_factory) -> Path:
+    return uninterrupted(cnn, tmp_path_factory.mktemp("callbacks-reference"), CALLBACKS)
 
 
-def test_the_reference_run_exercises_both_callbacks(uninterrupted):
+def test_the_reference_run_exercises_both_callbacks(reference_run):
     """Guards the test below: without a halved rate and an early stop it would prove nothing."""
     from cnncli.train.rundir import read_history
 
-    rates = [row["learning_rate"] for row in read_history(uninterrupted / "history.csv")]
-    assert history_epochs(uninterrupted) == list(range(1, STOPPED_AFTER + 1))
+    rates = [row["learning_rate"] for row in read_history(reference_run / "history.csv")]
+    assert history_epochs(reference_run) == list(range(1, STOPPED_AFTER + 1))
     assert rates == pytest.approx([0.01, 0.01, 0.01, 0.005, 0.005, 0.0025])
 
 
-def test_kills_with_early_stopping_and_reduce_on_plateau_resume_to_the_same_run(cnn, tmp_path, uninterrupted):
+def test_kills_with_early_stopping_and_reduce_on_plateau_resume_to_the_same_run(cnn, tmp_path, reference_run):
     (tmp_path / "cb.yaml").write_text(CALLBACKS)
     run_dir = None
     for fault, committed in KILLS:
@@ -82,10 +78,10 @@ def test_kills_with_early_stopping_and_reduce_on_plateau_resume_to_the_same_run(
         assert check_intact(run_dir) == committed, fault
     resumed = cnn("train", "--resume", run_dir, "-q", cwd=tmp_path)
     assert resumed.code == 0, resumed
-    assert (run_dir / "history.csv").read_bytes() == (uninterrupted / "history.csv").read_bytes()
-    for ours, theirs in zip(_weights(run_dir / "model.keras"), _weights(uninterrupted / "model.keras"), strict=True):
+    assert (run_dir / "history.csv").read_bytes() == (reference_run / "history.csv").read_bytes()
+    for ours, theirs in zip(_weights(run_dir / "model.keras"), _weights(reference_run / "model.keras"), strict=True):
         np.testing.assert_array_equal(ours, theirs)  # epoch 4's weights, restored by EarlyStopping
     assert temporary_files(run_dir) == []
     # TensorBoard: every epoch's summaries exactly once, as in the uninterrupted run, though 3 processes wrote them.
     assert len(list((run_dir / "logs").rglob("events.out.tfevents.*"))) > 2
-    assert _scalars(run_dir) == _scalars(uninterrupted)
+    assert _scalars(run_dir) == _scalars(reference_run)
