@@ -29,7 +29,8 @@ STOPPED_AFTER = 6
 # (CNNCLI_FAULT, epochs committed once the kill has landed); counts are per process
 KILLS = [
     ("epoch_trained@3", 2),  # mid-epoch 3: ReduceLROnPlateau has waited one epoch, EarlyStopping is counting
-    ("state_written@2", 4),  # epoch 4 committed: the rate was halved once, the best weights are epoch 4's
+    ("history_written@2", 3),  # epoch 4 logged (history.csv, TensorBoard) but not committed: it is lost
+    ("state_written@1", 4),  # epoch 4 committed: the rate was halved once, the best weights are epoch 4's
     ("training_done", STOPPED_AFTER),  # stopped early and committed; the best weights not yet saved as the model
 ]
 
@@ -82,6 +83,7 @@ def test_kills_with_early_stopping_and_reduce_on_plateau_resume_to_the_same_run(
     for ours, theirs in zip(_weights(run_dir / "model.keras"), _weights(reference_run / "model.keras"), strict=True):
         np.testing.assert_array_equal(ours, theirs)  # epoch 4's weights, restored by EarlyStopping
     assert temporary_files(run_dir) == []
-    # TensorBoard: every epoch's summaries exactly once, as in the uninterrupted run, though 3 processes wrote them.
+    # TensorBoard: every epoch's summaries exactly once, as in the uninterrupted run, though 4 processes wrote
+    # them and one logged epoch 4 before it was lost.
     assert len(list((run_dir / "logs").rglob("events.out.tfevents.*"))) > 2
     assert _scalars(run_dir) == _scalars(reference_run)
