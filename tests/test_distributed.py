@@ -357,26 +357,34 @@ def _tf_error(kind: str, message: str) -> Exception:
     return type(kind, (Exception,), {"message": message})(message)
 
 
-def test_lost_worker_names_the_task_and_the_way_back():
+def _as_worker(monkeypatch, index: int) -> None:
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": index}}))
+
+
+def test_lost_worker_names_the_task_and_the_way_back(monkeypatch):
     from cnncli.train.runtime import lost_worker
 
-    lost = lost_worker(_tf_error("UnavailableError", HEARTBEAT_ERROR), 0, "worker", "runs/dist/1")
+    _as_worker(monkeypatch, 0)
+    lost = lost_worker(_tf_error("UnavailableError", HEARTBEAT_ERROR), "runs/dist/1")
     assert str(lost) == ("lost worker 1 (UnavailableError: stopped sending heartbeats); "
                          "run the same command with --resume runs/dist/1 on every worker")
     # The chief lost, seen from a worker: a connection error naming the other task.
     lost = lost_worker(_tf_error("UnavailableError", "failed to connect to all addresses; from /job:chief/task:0 "
-                                 "[Op:CollectiveReduceV2]"), 0, "worker", "RUN_DIR")
+                                 "[Op:CollectiveReduceV2]"), "RUN_DIR")
     assert str(lost).startswith("lost chief 0 (UnavailableError: failed to connect to all addresses; from")
     # The chief, which runs TensorFlow's coordination service, frozen: a worker's heartbeats go unanswered.
     frozen = ("{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/replica:0/task:1/"
               "device:CPU:0}} Collective ops is aborted by: Deadline Exceeded\n\nRPC: /tensorflow.CoordinationService/"
               "Heartbeat\nThe error could be from a previous operation. Restart your program to reset.")
-    lost = lost_worker(_tf_error("DeadlineExceededError", frozen), 1, "worker", "runs/dist/1")
+    _as_worker(monkeypatch, 1)
+    lost = lost_worker(_tf_error("DeadlineExceededError", frozen), "runs/dist/1")
     assert str(lost) == ("lost worker 0 (DeadlineExceededError: stopped answering heartbeats); "
                          "run the same command with --resume runs/dist/1 on every worker")
     # Errors that do not name another task are not a lost worker (a bug, shown with its traceback).
-    assert lost_worker(_tf_error("InvalidArgumentError", "shapes differ"), 0, "worker", "x") is None
-    assert lost_worker(_tf_error("UnavailableError", "at /job:worker/replica:0/task:0"), 0, "worker", "x") is None
+    _as_worker(monkeypatch, 0)
+    assert lost_worker(_tf_error("InvalidArgumentError", "shapes differ"), "x") is None
+    assert lost_worker(_tf_error("UnavailableError", "at /job:worker/replica:0/task:0"), "x") is None
 
 
 def test_collective_timeout_sets_the_heartbeat_timeout():

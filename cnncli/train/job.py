@@ -145,7 +145,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
         if not os.environ.get(WORKER_DIR_ENV):
             held.callback(shutil.rmtree, run_dir, ignore_errors=True)  # however this process ends
-            shown = Path(_chief_run_dir(runtime, resume_dir))
+            shown = Path(_chief_run_dir(resume_dir))
     if runtime.is_chief and runtime.num_workers > 1:
         publish_run_dir(run_dir)
     if run_dir != resume_dir:
@@ -174,8 +174,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
                           f"cnn train --resume {shown or run_dir}") from None
     except tf.errors.OpError as exc:
-        lost = lost_worker(exc, runtime.worker_index, _task_type(), shown or run_dir) \
-            if runtime.num_workers > 1 else None
+        lost = lost_worker(exc, shown or run_dir) if runtime.num_workers > 1 else None
         if lost is None:
             raise
         if session is not None:
@@ -183,13 +182,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         raise lost from None
 
 
-def _task_type() -> str:
-    import json
-
-    return json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {}).get("type", "worker")
-
-
-def _chief_run_dir(runtime, resume_dir: Path | None) -> str:
+def _chief_run_dir(resume_dir: Path | None) -> str:
     """Where the chief writes this run (it says so through the cluster); resuming, the directory given."""
     import tensorflow as tf
 
@@ -198,7 +191,7 @@ def _chief_run_dir(runtime, resume_dir: Path | None) -> str:
     try:
         return chief_run_dir()
     except tf.errors.OpError as exc:
-        raise lost_worker(exc, runtime.worker_index, _task_type(), "RUN_DIR") or exc from None
+        raise lost_worker(exc, "RUN_DIR") or exc from None
 
 
 def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | None) -> Path:

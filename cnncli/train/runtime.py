@@ -341,8 +341,9 @@ _UNHEALTHY = re.compile(r"unhealthy \(([^)]*)\):\s*/job:(\w+)/replica:\d+/task:(
 _TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
 
 
-def lost_worker(exc: Exception, role_index: int, role_type: str, run_dir) -> CnnError | None:
+def lost_worker(exc: Exception, run_dir) -> CnnError | None:
     """The one-line error for a TensorFlow error that says another task of the cluster is gone, else None."""
+    role = cluster_role(os.environ.get("TF_CONFIG"))
     message = getattr(exc, "message", None) or str(exc)
     found = _UNHEALTHY.search(message)
     if found:
@@ -351,7 +352,7 @@ def lost_worker(exc: Exception, role_index: int, role_type: str, run_dir) -> Cnn
         job, index = _service_leader()
         reason = "stopped answering heartbeats"
     else:
-        others = [m for m in _TASK.finditer(message) if (m.group(1), int(m.group(2))) != (role_type, role_index)]
+        others = [m for m in _TASK.finditer(message) if (m.group(1), int(m.group(2))) != (role.task_type, role.index)]
         if not others or type(exc).__name__ not in ("UnavailableError", "DeadlineExceededError", "AbortedError",
                                                    "CancelledError", "InternalError"):
             return None
