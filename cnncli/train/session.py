@@ -1,7 +1,8 @@
 """One training run in progress: the model, its phases, checkpoints and reports.
 
-Every epoch ends with, in this order: history.csv, a TensorFlow checkpoint
-(model and optimizer), and checkpoints/state.json naming that checkpoint. A
+Every epoch ends with, in this order: history.csv, EarlyStopping's best weights
+(carry.py), a TensorFlow checkpoint (model and optimizer), and
+checkpoints/state.json naming that checkpoint and holding the callbacks' state. A
 crash between any two of these leaves state.json pointing at a complete,
 earlier checkpoint, which `--resume` restores; the epoch order is a function of
 (seed, epoch), so the resumed run repeats what the lost one would have done.
