@@ -1,7 +1,8 @@
 """Distributed training end to end through `cnn train`: MirroredStrategy over two
 logical CPU devices, and MultiWorkerMirroredStrategy over two processes on
 127.0.0.1 (ports chosen free at run time), including a resume after both
-workers were killed mid-run.
+workers were killed mid-run and (slow) after one worker was killed or frozen
+while the other waited in an all-reduce.
 
 Every run is a subprocess with a timeout: logical devices and a cluster can
 only be set up before TensorFlow starts, and a broken all-reduce would hang
