@@ -207,6 +207,8 @@ class RuntimeConfig(Strict):
     steps_per_execution: Optional[int] = Field(None, ge=1)  # None: a whole epoch per tf.function call
     intra_op_threads: Optional[int] = Field(None, ge=0)
     inter_op_threads: Optional[int] = Field(None, ge=0)
+    # multi_worker: seconds without a heartbeat before a worker counts as lost (raise on slow networks)
+    collective_timeout: float = Field(30.0, gt=0)
 
 
 class Config(Strict):

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from cnncli import __version__, faults, fileio
-from cnncli.artifacts import EXTRA_HINT, float32_model, record_export
+from cnncli.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
 from cnncli.batches import keras_predict
 from cnncli.errors import CnnError
 from cnncli.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
@@ -235,6 +235,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     representative = _representative(data) if quantize == "int8" else None
     ctx = _Context(run, quantize, representative)
 
+    for target in (path, export_json_path(path)):
+        fileio.remove_stale_temps(target)  # what a killed export left beside it
     with fileio.replacing(path, format_.suffix) as tmp:  # kept only when it passes the check
         try:
             with quiet():

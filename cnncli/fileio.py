@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import json
 import os
 import secrets
@@ -39,6 +40,29 @@ def temp_path(path: Path, suffix: str = "") -> Path:
 def is_temp(name: str) -> bool:
     """Whether a file name is one of `temp_path`'s: a leftover of a write that did not finish."""
     return name.startswith(".") and TEMP_MARK in name
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove the temporary copies of `path` (files or folders) that processes no longer running left
+    beside it, e.g. a killed export's artefact; a live concurrent writer's stay."""
+    path = Path(path)
+    prefix = f".{path.name}{TEMP_MARK}"
+    for entry in path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            remove(entry)
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process writes nothing under that name yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ overrides (`apply_overrides`) and `cnn validate --print`.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -131,13 +130,9 @@ def test_bad_config(tmp_path, case, command):
     text, fragments = CASES[case]
     path = tmp_path / "bad.yaml"
     path.write_text(text.replace("{dir}", str(tmp_path)))
-    started = time.monotonic()
-    result = invoke([command, path])
-    elapsed = time.monotonic() - started
+    result = invoke([command, path])  # billion-laughs: its memory bound is asserted in test_hostile_config
     assert_error(result, [f.replace("{file}", str(path)) for f in fragments])
     assert result.stdout == ""
-    if case == "billion-laughs":
-        assert elapsed < 5
     assert not (tmp_path / "pwned").exists()
 
 

@@ -26,6 +26,7 @@ from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train import rundir
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
+from cnncli.train.runtime import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 
 
 @dataclass
@@ -106,11 +107,12 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
          held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
-    from cnncli.train.runtime import setup_runtime, small_model
+    from cnncli.train.runtime import check_global_batch, setup_runtime, small_model
 
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg))
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
+    check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
     import keras
     import tensorflow as tf
 
@@ -127,6 +129,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         if runtime.is_chief:
             rundir.check_output(opts.output, cfg.name or "run")
     data, plan = _load_data(cfg, opts.smoke, reporter)
+    shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
     elif runtime.is_chief:
@@ -134,6 +137,11 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         faults.point("run_dir_created")
     else:  # other workers train in step with the chief but keep nothing
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
+        if not os.environ.get(WORKER_DIR_ENV):
+            held.callback(shutil.rmtree, run_dir, ignore_errors=True)  # however this process ends
+            shown = Path(_chief_run_dir(resume_dir))
+    if runtime.is_chief and runtime.num_workers > 1:
+        publish_run_dir(run_dir)
     if run_dir != resume_dir:
         fileio.write(run_dir / "config.yaml", cfg.to_yaml())
         faults.point("config_written")
@@ -150,12 +158,34 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         session.train(state)
-        return session.finish()
+        result = session.finish()
+        if shown is not None:
+            result.run_dir = shown
+        return result
     except KeyboardInterrupt:
         if session is not None:
             session.mark("interrupted")
         raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
-                          f"cnn train --resume {run_dir}") from None
+                          f"cnn train --resume {shown or run_dir}") from None
+    except tf.errors.OpError as exc:
+        lost = lost_worker(exc, shown or run_dir) if runtime.num_workers > 1 else None
+        if lost is None:
+            raise
+        if session is not None:
+            session.mark("interrupted")
+        raise lost from None
+
+
+def _chief_run_dir(resume_dir: Path | None) -> str:
+    """Where the chief writes this run (it says so through the cluster); resuming, the directory given."""
+    import tensorflow as tf
+
+    if resume_dir is not None:
+        return str(resume_dir)
+    try:
+        return chief_run_dir()
+    except tf.errors.OpError as exc:
+        raise lost_worker(exc, "RUN_DIR") or exc from None
 
 
 def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | None) -> Path:
@@ -165,8 +195,6 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
     state.json names, so it must see the chief's run directory at the same path
     (a shared filesystem); it never writes there.
     """
-    from cnncli.train.runtime import WORKER_DIR_ENV
-
     keep = os.environ.get(WORKER_DIR_ENV)
     if keep:
         run_dir = rundir.create_run_dir(Path(keep), f"{cfg.name or 'run'}-worker{runtime.worker_index}")

@@ -66,12 +66,9 @@ class Trainer:
         self.metrics = metrics  # keras.metrics objects, created under the strategy scope
         self.strategy = strategy
         self.batch_size = batch_size  # global
-        replicas = strategy.num_replicas_in_sync
-        if batch_size % replicas:
-            from cnncli.errors import CnnError
+        from cnncli.train.runtime import check_global_batch
 
-            raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
-                           f"replicas; use a multiple of {replicas}, e.g. {max(replicas, batch_size // replicas * replicas)}")
+        check_global_batch(batch_size, strategy.num_replicas_in_sync)
         self.seed = seed
         self.augment = augment
         self.chunks_per_epoch = chunks_per_epoch

@@ -184,7 +184,7 @@ def locked(run_dir: Path):
         yield
 
 
-_CHECKPOINT = re.compile(r"epoch-(\d+)(_temp|\.index|\.data-\d+-of-\d+)$")
+_CHECKPOINT = re.compile(r"epoch-(\d+)(_temp|\.index|\.data-\d+-of-\d+|\.best_weights\.npz)$")
 
 
 def reconcile(run_dir: Path, state: dict | None) -> None:
@@ -208,6 +208,7 @@ def reconcile(run_dir: Path, state: dict | None) -> None:
                 else:
                     entry.unlink(missing_ok=True)
     prune_checkpoints(run_dir)  # a crash between state.json and the pruning left one too many
+    trim_event_files(run_dir / "logs", kept)
     if history:
         write_history(run_dir / "history.csv", history)
     else:
@@ -219,3 +220,40 @@ def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:
     for old in sorted((Path(run_dir) / "checkpoints").glob("epoch-*.index"))[:-keep]:
         for part in old.parent.glob(old.name[:-len(".index")] + ".*"):
             part.unlink(missing_ok=True)
+
+
+def trim_event_files(logs: Path, epochs: int) -> None:
+    """Drop from TensorBoard's event files every summary of an epoch after the first `epochs`.
+
+    The resumed run writes those epochs again into a new event file; without this
+    TensorBoard would show the lost epoch twice. Keras logs epoch summaries at
+    step = epoch index (0-based). Records are copied as they are (TFRecord framing:
+    length, its CRC, data, its CRC), so nothing is re-encoded; a record cut short
+    by a kill is dropped.
+    """
+    if not Path(logs).is_dir():
+        return
+    try:
+        from google.protobuf.message import DecodeError
+        from tensorboard.compat.proto.event_pb2 import Event
+    except ImportError:  # no TensorBoard installed: nothing wrote these files
+        return
+    for path in sorted(Path(logs).rglob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        kept, offset, changed = [], 0, False
+        while offset + 12 <= len(raw):
+            length = int.from_bytes(raw[offset:offset + 8], "little")
+            end = offset + 12 + length + 4
+            if end > len(raw):
+                break
+            try:
+                event = Event.FromString(raw[offset + 12:offset + 12 + length])
+            except DecodeError:  # a damaged record: keep what came before it
+                break
+            if event.HasField("summary") and event.step >= epochs:
+                changed = True
+            else:
+                kept.append(raw[offset:end])
+            offset = end
+        if changed or offset != len(raw):
+            atomic_write(path, b"".join(kept))

@@ -1,7 +1,8 @@
 """One training run in progress: the model, its phases, checkpoints and reports.
 
-Every epoch ends with, in this order: history.csv, a TensorFlow checkpoint
-(model and optimizer), and checkpoints/state.json naming that checkpoint. A
+Every epoch ends with, in this order: history.csv, EarlyStopping's best weights
+(carry.py), a TensorFlow checkpoint (model and optimizer), and
+checkpoints/state.json naming that checkpoint and holding the callbacks' state. A
 crash between any two of these leaves state.json pointing at a complete,
 earlier checkpoint, which `--resume` restores; the epoch order is a function of
 (seed, epoch), so the resumed run repeats what the lost one would have done.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy as np
 
 from cnncli import __version__, compat, faults, fileio
 from cnncli.errors import CnnError, DataError
-from cnncli.train import rundir
+from cnncli.train import carry, rundir
 from cnncli.train.loop import NonFiniteLoss, Trainer
 from cnncli.train.runtime import WORKER_DIR_ENV, with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
@@ -106,10 +106,15 @@ class Session:
             self.best = state.get("best", {})
             start_phase, done_in_phase = state["phase"], state["phase_epochs_done"]
             apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
-            if done_in_phase >= phases[start_phase].epochs:  # that phase was complete: weights only
-                rundir.read_checkpoint(self._checkpoint(), self.run_dir / state["checkpoint"])
-                start_phase, done_in_phase = start_phase + 1, 0
             self.reporter.message(f"resuming after epoch {len(self.history)}")
+            if state.get("stopped") or done_in_phase >= phases[start_phase].epochs:  # the phase ended: weights only
+                rundir.read_checkpoint(self._checkpoint(), self.run_dir / state["checkpoint"])
+                self._end_phase_as_committed(state)
+                if state.get("stopped"):
+                    self.model.stop_training = True
+                    self.reporter.message(f"early stopping after epoch {len(self.history)}")
+                    return
+                start_phase, done_in_phase = start_phase + 1, 0
         total = sum(1 if self.smoke else p.epochs for p in phases)
         for phase in phases[start_phase:]:
             resume = state if (state is not None and phase.index == state["phase"] and done_in_phase) else None
@@ -149,7 +154,7 @@ class Session:
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
         trainer.set_data(self.data.x_train, self.data.y_train)
-        callbacks = self._callbacks(schedule, state)
+        callbacks = self._callbacks(schedule)
         epochs = 1 if self.smoke else phase.epochs
         record = next((r for r in self.phase_records if r["index"] == phase.index), None)
         if record is None:
@@ -165,7 +170,7 @@ class Session:
             self.phase_records.append(record)
         if state is not None and cfg.train.lr_schedule is None:
             self._apply_changed_rate(optimizer, phase, overrides, record)
-        callbacks.on_train_begin()
+        callbacks.on_train_begin(carry.saved_state(state), state and self.run_dir / state["checkpoint"])
         for e in range(done, epochs):
             index = len(self.history)  # 0-based epoch over all phases
             lr = schedule.rate(index)
@@ -227,23 +232,25 @@ class Session:
 
         return rate_groups(self.model, backbone_of(self.model, self.cfg), phase.layer_lr_decay)
 
-    def _callbacks(self, schedule: EpochSchedule, state: dict | None):
+    def _end_phase_as_committed(self, state: dict) -> None:
+        """A resume after the phase's last epoch was committed: what EarlyStopping's on_train_end did then."""
+        es = self.cfg.train.early_stopping
+        saved = carry.saved_state(state).get("EarlyStopping") or {}
+        if es is not None and es.restore_best_weights and saved.get("best_weights"):
+            self.model.set_weights(carry.read_best_weights(self.run_dir / state["checkpoint"]))
+
+    def _callbacks(self, schedule: EpochSchedule):
         import keras
 
         cbs = []
         es = self.cfg.train.early_stopping
         if es is not None:
-            self.early_stopping = keras.callbacks.EarlyStopping(**es.model_dump())
-            cbs.append(self.early_stopping)
-        else:
-            self.early_stopping = None
+            cbs.append(keras.callbacks.EarlyStopping(**es.model_dump()))
         if schedule.callback is not None:
             cbs.append(schedule.callback)
         if self.runtime.is_chief and importlib.util.find_spec("tensorboard") is not None:
             cbs.append(keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "logs"), write_graph=False))
-        callbacks = keras.callbacks.CallbackList(cbs, model=self.model)
-        self._saved_callback_state = (state or {}).get("early_stopping")
-        return _ResumableCallbacks(callbacks, self)
+        return carry.ResumableCallbacks(cbs, self.model)
 
     def score(self, probs: np.ndarray, y: np.ndarray) -> dict:
         """Loss and the configured metrics on predicted probabilities."""
@@ -261,11 +268,14 @@ class Session:
         faults.point("history_written")
         self._track_best(row)
         prefix = f"checkpoints/epoch-{row['epoch']:04d}"
+        best_weights = callbacks.best_weights()
+        if best_weights is not None:  # beside the checkpoint, under its prefix: committed by the same state.json
+            carry.write_best_weights(self.run_dir / prefix, best_weights)
         rundir.write_checkpoint(checkpoint, self.run_dir / prefix)
         faults.point("checkpoint_written")
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
-                 "early_stopping": callbacks.state()}
+                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False))}
         fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)
@@ -341,8 +351,6 @@ class Session:
             self.write_run_json()
         elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
             rundir.save_model(self.model, self.run_dir / "model.keras")
-        else:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
         return TrainResult(self.run_dir, metrics, {"phases": self.phase_records, "runtime": self.runtime.as_json()})
 
     def _check_reload(self, metrics: dict) -> None:
@@ -368,47 +376,6 @@ class Session:
             with fileio.writing(self.run_dir / "confusion_matrix.png"):
                 plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
                                       self.run_dir / "confusion_matrix.png")
-
-
-class _ResumableCallbacks:
-    """Keras callbacks, with EarlyStopping's counters carried across --resume."""
-
-    _KEYS = ("wait", "best", "stopped_epoch", "best_epoch")
-
-    def __init__(self, callbacks, session: Session):
-        self.callbacks, self.session = callbacks, session
-
-    def on_train_begin(self):
-        self.callbacks.on_train_begin()
-        es, saved = self.session.early_stopping, self.session._saved_callback_state
-        if es is not None and saved:
-            for key in self._KEYS:
-                if key in saved:
-                    setattr(es, key, saved[key])
-
-    def on_epoch_begin(self, epoch):
-        self.callbacks.on_epoch_begin(epoch)
-
-    def on_epoch_end(self, epoch, logs):
-        self.callbacks.on_epoch_end(epoch, logs)
-
-    def on_train_end(self):
-        self.callbacks.on_train_end()
-
-    def state(self) -> dict | None:
-        es = self.session.early_stopping
-        if es is None:
-            return None
-        return {k: _plain(getattr(es, k, None)) for k in self._KEYS}
-
-
-def _plain(value):
-    if value is None:
-        return None
-    try:
-        return float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
-        return None
 
 
 def _current_lr(optimizer) -> float:
