@@ -349,6 +349,52 @@ def filters(
             out.print(f"{result.layer}: {kh}×{kw} kernels, {shown}: {path}", markup=False)
 
 
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="Config file with a `search:` section."),
+    set_: Optional[List[str]] = SetOption,
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
+    storage: Optional[str] = typer.Option(None, "--storage",
+                                          help="Optuna storage URL shared by several processes or machines, "
+                                               "e.g. postgresql://user@host/db (default OUTPUT/study.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="The sweep directory; rerunning with it continues the study "
+                                               "(default sweeps/<name>/<timestamp>)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                         help="Log each trial as a child run to this MLflow tracking URI."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Search the config's `search:` section with Optuna; each trial is a run directory under OUTPUT/trials/.
+
+    Writes OUTPUT/study.db, trials.csv, best.yaml and PNG pictures; rerun the same
+    command to continue an interrupted sweep, or start it twice to share the work.
+
+    Example: cnn tune configs/shapes_cnn.yaml --trials 16 --output sweeps/shapes
+    """
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.report import best_trial, trial_rows
+    from cnncli.tune.sweep import TuneOptions, run_sweep
+
+    with handled(json_output):
+        opts = TuneOptions(config=config, overrides=set_ or [], trials=trials, storage=storage, study=study,
+                           output=output, mlflow=mlflow)
+        display = SweepDisplay(out)
+        with display if not json_output else contextlib.nullcontext():
+            sweep = run_sweep(opts, on_trial=None if json_output else display.trial)
+        best = best_trial(sweep)
+        if json_output:
+            emit_json({"sweep_dir": str(sweep.dir), "metric": sweep.metric, "trials": trial_rows(sweep),
+                       "best": None if best is None else {"number": best.number, "value": best.value,
+                                                          "params": best.params,
+                                                          "run_dir": str(sweep.dir / best.user_attrs["run_dir"])}})
+            return
+        if best is not None:
+            out.print(f"best trial {best.number}: {sweep.metric} {best.value:.4f}  config: {sweep.dir / 'best.yaml'}",
+                      markup=False)
+        out.print(f"sweep directory: {sweep.dir}", markup=False)
+
+
 LISTS = {  # what `cnn list` can show: name -> (module, function)
     "layers": ("cnncli.layers", "list_layers"),
     "optimizers": ("cnncli.layers", "list_optimizers"),

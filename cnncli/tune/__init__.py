@@ -1,0 +1,6 @@
+"""Hyperparameter sweeps (`cnn tune`): the config's `search:` section run as an Optuna study.
+
+space.py turns the section into Optuna suggestions and `--set` overrides;
+sweep.py runs trials (each an ordinary run directory) and shares the study
+between processes; report.py writes trials.csv, best.yaml and the pictures.
+"""

@@ -1,0 +1,310 @@
+"""`cnn tune`: run a config's `search:` section as an Optuna study in a sweep directory.
+
+Each trial is an ordinary run (trials/0007/) trained by the same job as
+`cnn train`, with the sampled values as --set overrides. Several processes may
+work on one study: asking for a trial and counting the ones that are done
+happen under a file lock in the sweep directory, so no trial beyond the
+requested number starts. A trial whose process died (kill -9) is found by its
+owner's lock file (free once the kernel has released it) or, on other
+machines, by Optuna's heartbeat; it is marked failed, retried once with the
+same values, and not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import platform
+import secrets
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnncli.config import Config, load_config
+from cnncli.errors import CnnError, Interrupted
+from cnncli.train import rundir
+from cnncli.tune import space
+
+HEARTBEAT_SECONDS = 30  # other machines' dead trials are failed after GRACE_SECONDS without a beat
+GRACE_SECONDS = 120
+SQLITE_TIMEOUT = 60  # seconds a process waits for another's write to the shared study.db
+
+
+class MetricMissing(CnnError):
+    """The searched metric is not a history column: every trial would fail the same way."""
+
+
+@dataclass
+class TuneOptions:
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    trials: int | None = None
+    storage: str | None = None
+    study: str | None = None
+    output: Path | None = None
+    mlflow: str | None = None
+
+
+@dataclass
+class Sweep:
+    """What one process needs to run trials of a study."""
+
+    dir: Path
+    cfg: Config
+    opts: TuneOptions
+    study: object
+    n_trials: int
+    metric: str
+    owner: Path  # this process's lock file; free once it exits, however it exits
+
+
+def open_sweep(opts: TuneOptions) -> Sweep:
+    """Check the config, make or reopen the sweep directory, and load or create the study."""
+    from cnncli.builder import raw_spec_problems
+
+    cfg = load_config(opts.config, opts.overrides, spec_check=raw_spec_problems)
+    if cfg.search is None:
+        raise cfg.error("has no `search:` section; add `search: {params: {train.optimizer.learning_rate: "
+                        "{loguniform: [0.0001, 0.01]}}}` (see README, Experiments)", ("search",))
+    if cfg.search.metric.startswith("val_") and cfg.data.validation_split == 0:
+        raise cfg.error(f"searching `{cfg.search.metric}` needs a validation split; set data.validation_split",
+                        ("search", "metric"))
+    name = opts.study or cfg.name or "sweep"
+    sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
+    try:
+        (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+        (sweep_dir / ".workers").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CnnError(f"cannot create `{sweep_dir}`: {exc.strerror or exc}") from None
+    owner = sweep_dir / ".workers" / f"{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.lock"
+    _hold(owner)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats are "experimental" and meant for study.optimize; our own loop records them (see _Heartbeat).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    with sweep_lock(sweep_dir):  # table creation and study creation race between processes otherwise
+        storage = optuna.storages.RDBStorage(
+            opts.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}",
+            engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if not opts.storage
+            or opts.storage.startswith("sqlite") else None,
+            heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=_retry_once)
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                    direction=space.direction(cfg.search),
+                                    sampler=space.make_sampler(cfg.search, cfg.seed),
+                                    pruner=space.make_pruner(cfg.search, cfg.total_epochs))
+    return Sweep(sweep_dir, cfg, opts, study, opts.trials or cfg.search.trials, cfg.search.metric, owner)
+
+
+_held: list = []  # open descriptors of this process's owner locks; the kernel drops them at exit
+
+
+def _hold(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _held.append(fd)
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path):
+    """The sweep directory's one lock: asking for a trial and counting trials happen under it."""
+    fd = os.open(Path(sweep_dir) / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _retry_once(study, trial) -> None:
+    """A trial failed for its process's death (not its values) runs again, once, with the same values."""
+    if "retry_of" not in trial.user_attrs and trial.params:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+
+
+def counted(trial) -> bool:
+    """Finished trials that count towards the requested number: not those that died mid-way."""
+    from optuna.trial import TrialState
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+
+
+def _owner_alive(trial, sweep_dir: Path) -> bool | None:
+    """Whether the process running `trial` lives: None when it ran on another machine (heartbeat decides)."""
+    path = sweep_dir / ".workers" / trial.user_attrs.get("owner", "")
+    if not trial.user_attrs.get("owner") or not path.exists():
+        return None
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def reap(sweep: Sweep) -> None:
+    """Fail (and retry once) the RUNNING trials whose process has died."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.storages.fail_stale_trials(sweep.study)  # other machines: no heartbeat for GRACE_SECONDS
+    for trial in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _owner_alive(trial, sweep.dir) is False:
+            sweep.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+            _retry_once(sweep.study, trial)
+            with contextlib.suppress(OSError):
+                (sweep.dir / ".workers" / trial.user_attrs["owner"]).unlink()
+
+
+def next_trial(sweep: Sweep):
+    """A new trial, or None when the finished and running ones already make the requested number."""
+    from optuna.trial import TrialState
+
+    with sweep_lock(sweep.dir):
+        reap(sweep)
+        trials = sweep.study.get_trials(deepcopy=False)
+        taken = sum(counted(t) or t.state == TrialState.RUNNING for t in trials)
+        if taken >= sweep.n_trials:
+            return None
+        trial = sweep.study.ask()
+        trial.set_user_attr("owner", sweep.owner.name)
+        trial.set_user_attr("run_dir", f"trials/{trial.number:04d}")
+        return trial
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None
+    params: dict
+    seconds: float
+    message: str = ""
+    run_dir: Path | None = None
+    metric: str = "value"
+
+
+def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
+    """Train one trial as an ordinary run and tell the study how it ended."""
+    from optuna.trial import TrialState
+
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import Reporter
+    from cnncli.train.session import StopRun
+
+    t0 = time.perf_counter()
+    run_dir = sweep.dir / "trials" / f"{trial.number:04d}"
+    params = space.suggest(trial, sweep.cfg.search.params)
+    overrides = [*sweep.opts.overrides, *space.as_overrides(params), "search=null"]
+    beat = _Heartbeat(sweep.study, trial)
+
+    def on_epoch(row: dict) -> None:
+        if sweep.metric not in row:
+            raise MetricMissing(f"search.metric `{sweep.metric}` is not recorded; history columns are "
+                                f"{', '.join(k for k in row if k != 'epoch')}")
+        value = row[sweep.metric]
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            trial.report(float(value), step=int(row["epoch"]))
+            if trial.should_prune():
+                raise StopRun("pruned", f"pruned after epoch {row['epoch']}")
+
+    state, value, message = TrialState.FAIL, None, ""
+    try:
+        with beat:
+            result = run_training(TrainOptions(config=sweep.opts.config, overrides=overrides, run_dir=run_dir,
+                                               on_epoch=on_epoch), reporter or Reporter())
+        history = rundir.read_history(result.run_dir / "history.csv")
+        value = history[-1].get(sweep.metric) if history else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            state = TrialState.COMPLETE
+        else:
+            message = f"{sweep.metric} is {value!r} after the last epoch"
+    except StopRun as stop:
+        state, message = TrialState.PRUNED, str(stop)
+    except (MetricMissing, Interrupted, KeyboardInterrupt):
+        sweep.study.tell(trial, state=TrialState.FAIL)  # no "error": not counted, and retried once
+        _retry_once(sweep.study, sweep.study.trials[trial.number])
+        raise
+    except CnnError as exc:
+        message = str(exc)
+    except Exception as exc:  # noqa: BLE001 a sampled combination Keras or TensorFlow refuses (shapes, memory)
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if state == TrialState.FAIL:
+        trial.set_user_attr("error", message)
+    seconds = time.perf_counter() - t0
+    trial.set_user_attr("seconds", round(seconds, 3))
+    trial.set_user_attr("train_seconds", _train_seconds(run_dir))
+    sweep.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    return TrialOutcome(trial.number, state.name, value, params, seconds, message,
+                        run_dir if run_dir.exists() else None, sweep.metric)
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """Seconds spent in training steps (run.json), to tell a trial's overhead from its training."""
+    with contextlib.suppress(CnnError, KeyError, TypeError):
+        return round(sum(p["train_seconds"] for p in rundir.read_json(run_dir / "run.json")["phases"]), 3)
+    return 0.0
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat while it trains, so other machines can tell it lives."""
+
+    def __init__(self, study, trial):
+        self.storage, self.trial_id = study._storage, trial._trial_id  # Optuna's own optimize loop does this
+        self.stop = threading.Event()
+
+    def _beat(self):
+        while not self.stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(Exception):  # a missed beat is harmless; the next one may succeed
+                self.storage.record_heartbeat(self.trial_id)
+
+    def __enter__(self):
+        with contextlib.suppress(Exception):
+            self.storage.record_heartbeat(self.trial_id)
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        return False
+
+
+def run_sweep(opts: TuneOptions, on_trial=None, reporter=None) -> Sweep:
+    """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
+    from cnncli.tune import report
+
+    sweep = open_sweep(opts)
+    tracker = None
+    if opts.mlflow or (sweep.cfg.tracking and sweep.cfg.tracking.mlflow):
+        from cnncli.tracking import SweepTracker
+
+        tracker = SweepTracker.open(sweep, opts.mlflow)
+    started = time.monotonic()
+    timeout = sweep.cfg.search.timeout
+    try:
+        while timeout is None or time.monotonic() - started < timeout:
+            trial = next_trial(sweep)
+            if trial is None:
+                break
+            outcome = run_trial(sweep, trial, reporter)
+            if tracker is not None:
+                tracker.log_trial(outcome)
+            with sweep_lock(sweep.dir):
+                report.write_tables(sweep)
+            if on_trial is not None:
+                on_trial(outcome)
+    finally:
+        with sweep_lock(sweep.dir):
+            report.write_all(sweep)
+    return sweep
