@@ -243,7 +243,11 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
     seconds = time.perf_counter() - t0
     trial.set_user_attr("seconds", round(seconds, 3))
     trial.set_user_attr("train_seconds", _train_seconds(run_dir))
-    sweep.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    try:
+        sweep.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except RuntimeError as exc:  # the grid sampler stops an optimize loop when its grid is done; ours counts
+        if "Study.stop" not in str(exc):
+            raise
     return TrialOutcome(trial.number, state.name, value, params, seconds, message,
                         run_dir if run_dir.exists() else None, sweep.metric)
 

@@ -1,0 +1,156 @@
+"""`cnn tune`: search paths checked up front, trials as runs, failures, pruning, best.yaml."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+runner = CliRunner()
+
+TINY = """\
+name: tiny
+seed: 7
+deterministic: true
+data:
+  dataset: shapes
+  validation_split: 0.2
+  shapes: {{image_size: 16, train_examples: 240, test_examples: 60, classes: [x, o, square]}}
+model:
+  layers:
+    - {{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}}
+    - {{type: MaxPooling2D, pool_size: 2}}
+    - {{type: Dropout, rate: 0.1}}
+    - {{type: Flatten}}
+    - {{type: Dense, units: 3, activation: softmax}}
+train:
+  epochs: {epochs}
+  batch_size: 32
+  optimizer: {{type: Adam, learning_rate: 0.005}}
+runtime:
+  precision: float32
+search:
+  trials: {trials}
+  sampler: {sampler}
+  params:
+{params}
+"""
+
+
+def tiny_sweep(tmp_path: Path, params: str, trials: int = 2, epochs: int = 1, sampler: str = "random") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(params=params, trials=trials, epochs=epochs, sampler=sampler))
+    return path
+
+
+def read_trials(sweep: Path) -> list[dict]:
+    with open(sweep / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_typo_in_a_search_path_is_an_error_with_its_line_before_anything_runs(tmp_path):
+    config = tiny_sweep(tmp_path, "    train.optimzer.learning_rate: {loguniform: [0.001, 0.01]}")
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    line = config.read_text().splitlines().index("    train.optimzer.learning_rate: {loguniform: [0.001, 0.01]}") + 1
+    assert result.stderr.startswith(f"Error: {config}:{line}: search.params.train.optimzer.learning_rate: "
+                                    "unknown key `optimzer` (did you mean `optimizer`?)")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("path, fragment", [
+    ("model.layers[9].filters", "`model.layers` has 5 item(s); there is no [9]"),
+    ("model.layers.filters", "`model.layers` is a list; index it"),
+    ("train.epochs.value", "`train.epochs` is a single value, not a mapping"),
+    ("data.shapes.noize", "unknown key `noize` (did you mean `noise`?)"),
+])
+def test_search_paths_name_values_of_the_config(tmp_path, path, fragment):
+    config = tiny_sweep(tmp_path, f"    {path}: {{choice: [1, 2]}}")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert f"search.params.{path}: {fragment}" in result.stderr
+
+
+def test_train_trains_the_config_as_written_and_says_tune_uses_search(tmp_path):
+    config = tiny_sweep(tmp_path, "    model.layers[0].filters: {int: [2, 8], step: 2}")
+    result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("`cnn tune` uses the `search:` section") == 1
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["layers"][0]["filters"] == 4
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """Three grid trials of kernel sizes; 40 does not fit a 16-pixel image, so the builder rejects it."""
+    tmp = tmp_path_factory.mktemp("grid")
+    config = tiny_sweep(tmp, "    model.layers[0].kernel_size: {choice: [3, 5, 40]}", trials=3, sampler="grid")
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp / "sweep"), "--json"])
+    return tmp, config, result
+
+
+def test_a_rejected_trial_fails_with_its_message_and_the_sweep_completes(grid_sweep):
+    tmp, _, result = grid_sweep
+    assert result.exit_code == 0, result.output
+    rows = {r["param:model.layers[0].kernel_size"]: r for r in read_trials(tmp / "sweep")}
+    assert sorted(rows) == ["3", "40", "5"]
+    assert rows["40"]["state"] == "FAIL"
+    assert "model.layers[0]" in rows["40"]["message"]
+    assert [rows[k]["state"] for k in ("3", "5")] == ["COMPLETE", "COMPLETE"]
+    report = json.loads(result.stdout)
+    assert [t["state"] for t in report["trials"]].count("COMPLETE") == 2
+
+
+def test_sweep_directory_holds_runs_and_pictures(grid_sweep):
+    tmp, _, _ = grid_sweep
+    sweep = tmp / "sweep"
+    for row in read_trials(sweep):
+        if row["state"] == "COMPLETE":
+            run = sweep / row["run_dir"]
+            assert run.name == f"{int(row['number']):04d}"
+            assert json.loads((run / "run.json").read_text())["status"] == "complete"
+            assert (run / "model.keras").exists()
+    for name in ("study.db", "best.yaml", "optimization_history.png", "param_importances.png",
+                 "parallel_coordinate.png"):
+        assert (sweep / name).stat().st_size > 0, name
+    assert not list(sweep.glob(".*.tmp-*"))
+
+
+def test_best_yaml_reproduces_the_best_trials_validation_metric(grid_sweep):
+    tmp, _, result = grid_sweep
+    best = json.loads(result.stdout)["best"]
+    assert "search" not in yaml.safe_load((tmp / "sweep" / "best.yaml").read_text())
+    again = runner.invoke(app, ["train", str(tmp / "sweep" / "best.yaml"), "--output", str(tmp / "again"), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["metrics"]["val"]["accuracy"] == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_a_pruned_trial_stops_at_that_epoch_and_is_marked_pruned(tmp_path):
+    import optuna
+
+    from cnncli.tune.sweep import TuneOptions, next_trial, open_sweep, run_trial
+
+    config = tiny_sweep(tmp_path, "    model.layers[0].filters: {choice: [4]}", trials=1, epochs=3)
+    sweep = open_sweep(TuneOptions(config=config, output=tmp_path / "sweep"))
+    sweep.study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # accuracy is never 2: prune at once
+    outcome = run_trial(sweep, next_trial(sweep))
+    assert outcome.state == "PRUNED"
+    run = tmp_path / "sweep" / "trials" / "0000"
+    assert json.loads((run / "run.json").read_text())["status"] == "pruned"
+    assert len((run / "history.csv").read_text().splitlines()) == 2  # header and epoch 1
+    assert sweep.study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert next_trial(sweep) is None  # the pruned trial counts towards the requested one
+
+
+def test_a_config_without_search_is_refused(tmp_path):
+    config = tmp_path / "plain.yaml"
+    config.write_text(TINY.split("search:")[0].format(epochs=1))
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    assert "has no `search:` section" in result.stderr
