@@ -395,6 +395,48 @@ def tune(
         out.print(f"sweep directory: {sweep.dir}", markup=False)
 
 
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
+                                      help="Run directories, or sweep directories (all their trials)."),
+    output: Path = typer.Option(Path("compare.png"), "--output", "-o", help="PNG of the overlaid curves."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Show runs side by side: final metrics, epochs, time, images/s, parameters, and the config keys that differ.
+
+    Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
+    """
+    from cnncli.compare import compare as compare_runs, short_labels
+
+    with handled(json_output):
+        report = compare_runs(runs, output)
+        if json_output:
+            emit_json(report)
+            return
+        from rich.table import Table
+
+        labels = short_labels([Path(r["run_dir"]) for r in report["runs"]])
+        table = Table(title="runs", title_justify="left")
+        table.add_column("")
+        for label in labels:
+            table.add_column(label, justify="right", overflow="fold")
+        for key in dict.fromkeys(k for r in report["runs"] for k in r if k != "run_dir"):
+            table.add_row(key, *[_cell(r.get(key)) for r in report["runs"]])
+        out.print(table)
+        diff = Table(title="config keys that differ", title_justify="left")
+        diff.add_column("key")
+        for label in labels:
+            diff.add_column(label, justify="right", overflow="fold")
+        for key, values in report["differences"].items():
+            diff.add_row(key, *map(_cell, values))
+        out.print(diff if report["differences"] else "the configs are the same")
+        out.print(f"curves: {report['plot']}", markup=False)
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
 LISTS = {  # what `cnn list` can show: name -> (module, function)
     "layers": ("cnncli.layers", "list_layers"),
     "optimizers": ("cnncli.layers", "list_optimizers"),
