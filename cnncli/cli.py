@@ -169,6 +169,8 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                         help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
     json_output: bool = JsonOption,
 ) -> None:
     """Train a model and write a new run directory (config, history, metrics, model, plots).
@@ -181,11 +183,18 @@ def train(
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         if config is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
+        from cnncli.tracking import log_run, requested_by
+
+        tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
         reporter = make_reporter(quiet, json_output)
         result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke), reporter)
         reporter.train_end()
+        if tracked is not None:
+            result.run["mlflow_run_id"] = log_run(tracked, result.run_dir)
+            reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): "
+                             f"run {result.run['mlflow_run_id']}")
         if json_output:
             emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run})
             return

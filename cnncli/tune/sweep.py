@@ -207,12 +207,15 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
     overrides = [*sweep.opts.overrides, *space.as_overrides(params), "search=null"]
     beat = _Heartbeat(sweep.study, trial)
 
+    reported: dict = {}  # the last value told to the pruner
+
     def on_epoch(row: dict) -> None:
         if sweep.metric not in row:
             raise MetricMissing(f"search.metric `{sweep.metric}` is not recorded; history columns are "
                                 f"{', '.join(k for k in row if k != 'epoch')}")
         value = row[sweep.metric]
         if isinstance(value, (int, float)) and math.isfinite(value):
+            reported["value"] = float(value)
             trial.report(float(value), step=int(row["epoch"]))
             if trial.should_prune():
                 raise StopRun("pruned", f"pruned after epoch {row['epoch']}")
@@ -229,7 +232,7 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
         else:
             message = f"{sweep.metric} is {value!r} after the last epoch"
     except StopRun as stop:
-        state, message = TrialState.PRUNED, str(stop)
+        state, value, message = TrialState.PRUNED, reported.get("value"), str(stop)
     except (MetricMissing, Interrupted, KeyboardInterrupt):
         sweep.study.tell(trial, state=TrialState.FAIL)  # no "error": not counted, and retried once
         _retry_once(sweep.study, sweep.study.trials[trial.number])
@@ -284,6 +287,36 @@ class _Heartbeat:
         return False
 
 
+@contextlib.contextmanager
+def shared_data():
+    """Trials in one process load their data once: `cnncli.data.load` is memoised while the sweep runs.
+
+    Every trial of a sweep usually reads the same split of the same files (only the
+    model and the optimizer are searched); reading Fashion-MNIST again costs a second
+    per trial. Each trial gets its own shallow copy, since the job replaces the arrays
+    (conversion to the model's input) on the object it is given.
+    """
+    import copy
+    import json
+
+    import cnncli.data
+
+    real, cache = cnncli.data.load, {}
+
+    def load(cfg, seed):
+        key = (json.dumps(cfg.model_dump(mode="json"), sort_keys=True), seed)
+        if key not in cache:
+            cache.clear()  # one data set at a time: a searched data key must not pile copies up in memory
+            cache[key] = real(cfg, seed)
+        return copy.copy(cache[key])
+
+    cnncli.data.load = load
+    try:
+        yield
+    finally:
+        cnncli.data.load = real
+
+
 def run_sweep(opts: TuneOptions, on_trial=None, reporter=None) -> Sweep:
     """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
     from cnncli.tune import report
@@ -297,17 +330,18 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None) -> Sweep:
     started = time.monotonic()
     timeout = sweep.cfg.search.timeout
     try:
-        while timeout is None or time.monotonic() - started < timeout:
-            trial = next_trial(sweep)
-            if trial is None:
-                break
-            outcome = run_trial(sweep, trial, reporter)
-            if tracker is not None:
-                tracker.log_trial(outcome)
-            with sweep_lock(sweep.dir):
-                report.write_tables(sweep)
-            if on_trial is not None:
-                on_trial(outcome)
+        with shared_data():
+            while timeout is None or time.monotonic() - started < timeout:
+                trial = next_trial(sweep)
+                if trial is None:
+                    break
+                outcome = run_trial(sweep, trial, reporter)
+                if tracker is not None:
+                    tracker.log_trial(outcome)
+                with sweep_lock(sweep.dir):
+                    report.write_tables(sweep)
+                if on_trial is not None:
+                    on_trial(outcome)
     finally:
         with sweep_lock(sweep.dir):
             report.write_all(sweep)
