@@ -390,7 +390,10 @@ def tune(
                            output=output, mlflow=mlflow)
         display = SweepDisplay(out)
         with display if not json_output else contextlib.nullcontext():
-            sweep = run_sweep(opts, on_trial=None if json_output else display.trial)
+            sweep = run_sweep(opts, on_trial=None if json_output else display.trial,
+                              on_start=None if json_output else lambda s: out.print(
+                                  f"sweep directory: {s.dir} (the same command with --output {s.dir} "
+                                  "continues it)", markup=False))
         best = best_trial(sweep)
         if json_output:
             emit_json({"sweep_dir": str(sweep.dir), "metric": sweep.metric, "trials": trial_rows(sweep),
@@ -401,7 +404,6 @@ def tune(
         if best is not None:
             out.print(f"best trial {best.number}: {sweep.metric} {best.value:.4f}  config: {sweep.dir / 'best.yaml'}",
                       markup=False)
-        out.print(f"sweep directory: {sweep.dir}", markup=False)
 
 
 @app.command()

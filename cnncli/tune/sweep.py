@@ -317,11 +317,13 @@ def shared_data():
         cnncli.data.load = real
 
 
-def run_sweep(opts: TuneOptions, on_trial=None, reporter=None) -> Sweep:
+def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) -> Sweep:
     """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
     from cnncli.tune import report
 
     sweep = open_sweep(opts)
+    if on_start is not None:
+        on_start(sweep)
     tracker = None
     if opts.mlflow or (sweep.cfg.tracking and sweep.cfg.tracking.mlflow):
         from cnncli.tracking import SweepTracker
@@ -342,6 +344,9 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None) -> Sweep:
                     report.write_tables(sweep)
                 if on_trial is not None:
                     on_trial(outcome)
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(f"stopped; the interrupted trial runs again when the sweep continues: "
+                          f"cnn tune {opts.config} --output {sweep.dir}") from None
     finally:
         with sweep_lock(sweep.dir):
             report.write_all(sweep)
