@@ -220,6 +220,9 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
             if trial.should_prune():
                 raise StopRun("pruned", f"pruned after epoch {row['epoch']}")
 
+    import keras
+
+    keras.backend.clear_session()  # the previous trial's graphs and layers: memory stays flat over a long sweep
     state, value, message = TrialState.FAIL, None, ""
     try:
         with beat:
