@@ -98,7 +98,9 @@ def grid_sweep(tmp_path_factory):
 def test_a_rejected_trial_fails_with_its_message_and_the_sweep_completes(grid_sweep):
     tmp, _, result = grid_sweep
     assert result.exit_code == 0, result.output
-    rows = {r["param:model.layers[0].kernel_size"]: r for r in read_trials(tmp / "sweep")}
+    trials = read_trials(tmp / "sweep")
+    assert list(trials[0])[:5] == ["number", "state", "model.layers[0].kernel_size", "value", "seconds"]
+    rows = {r["model.layers[0].kernel_size"]: r for r in trials}
     assert sorted(rows) == ["3", "40", "5"]
     assert rows["40"]["state"] == "FAIL"
     assert "model.layers[0]" in rows["40"]["message"]
@@ -154,3 +156,37 @@ def test_a_config_without_search_is_refused(tmp_path):
     result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
     assert result.exit_code == 1
     assert "has no `search:` section" in result.stderr
+
+
+def test_the_trial_table_grows_as_trials_finish():
+    import io
+
+    from rich.console import Console
+
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.sweep import TrialOutcome
+
+    buf = io.StringIO()
+    with SweepDisplay(Console(file=buf, force_terminal=True, width=120), live=True) as display:
+        display.trial(TrialOutcome(0, "COMPLETE", 0.75, {"train.epochs": 2}, 3.0, metric="val_accuracy"))
+        display.trial(TrialOutcome(1, "FAIL", None, {"train.epochs": 3}, 1.0, "kernel too large", None,
+                                   "val_accuracy"))
+    text = buf.getvalue()
+    assert "val_accuracy" in text and "0.7500" in text and "kernel too large" in text
+    assert len(display.rows) == 2
+
+
+def test_plain_lines_when_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.sweep import TrialOutcome
+
+    buf = io.StringIO()
+    with SweepDisplay(Console(file=buf, width=200), live=False) as display:
+        display.trial(TrialOutcome(4, "PRUNED", 0.5, {"model.layers[0].filters": 8}, 2.0, "pruned after epoch 1",
+                                   None, "val_accuracy"))
+    assert buf.getvalue() == ("trial    4  PRUNED    val_accuracy 0.5000  2.0s  model.layers[0].filters=8  "
+                              "(pruned after epoch 1)\n")

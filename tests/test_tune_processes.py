@@ -1,4 +1,9 @@
-"""`cnn tune` as real processes: killed mid-trial and rerun, and two processes sharing one sweep."""
+"""`cnn tune` as real processes: killed mid-trial and rerun, and two processes sharing one sweep.
+
+The process that is killed, and one of the two sharing a sweep, run in their own
+Python; the other runs here, through the CLI (TensorFlow is already imported:
+a second start-up would double the cost of each test).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
 
 if sys.platform != "linux":
     pytest.skip("kills `cnn` processes with signals: Linux only", allow_module_level=True)
@@ -60,6 +68,15 @@ class Tune:
         return self.proc.returncode, out, err
 
 
+def in_process(*args: str, cwd: Path):
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, ["tune", *args])
+    finally:
+        os.chdir(old)
+
+
 def trials(sweep: Path) -> list[tuple[int, str, str | None]]:
     """(number, state, learning rate) of every trial in the study database."""
     with sqlite3.connect(sweep / "study.db") as db:
@@ -73,8 +90,8 @@ def test_kill_during_the_third_trial_then_rerun_finishes_the_requested_number(tm
     code, _, err = Tune(*args, cwd=tmp_path, fault="epoch_trained@3").wait()  # each trial trains one epoch
     assert code == -9, err
     assert [state for _, state, _ in trials(tmp_path / "sweep")] == ["COMPLETE", "COMPLETE", "RUNNING"]
-    code, _, err = Tune(*args, cwd=tmp_path).wait()
-    assert code == 0, err
+    done = in_process(*args, cwd=tmp_path)
+    assert done.exit_code == 0, done.output
     rows = trials(tmp_path / "sweep")
     numbers = [n for n, _, _ in rows]
     assert numbers == sorted(set(numbers))  # no number twice
@@ -91,13 +108,15 @@ def test_kill_during_the_third_trial_then_rerun_finishes_the_requested_number(tm
 def test_two_processes_on_one_sweep_run_each_trial_once(tmp_path):
     (tmp_path / "tiny.yaml").write_text(CONFIG)
     args = ("tiny.yaml", "--trials", "4", "--output", "sweep")
-    results = [p.wait() for p in [Tune(*args, cwd=tmp_path), Tune(*args, cwd=tmp_path)]]
-    for code, _, err in results:
-        assert code == 0, err
+    other = Tune(*args, cwd=tmp_path)
+    here = in_process(*args, cwd=tmp_path)
+    code, out, err = other.wait()
+    assert code == 0, err
+    assert here.exit_code == 0, here.output
     rows = trials(tmp_path / "sweep")
     assert [n for n, _, _ in rows] == [0, 1, 2, 3]
     assert [state for _, state, _ in rows] == ["COMPLETE"] * 4
     runs = sorted(p.name for p in (tmp_path / "sweep" / "trials").iterdir())
     assert runs == ["0000", "0001", "0002", "0003"]
-    lines = [line for _, out, _ in results for line in out.splitlines() if line.startswith("trial ")]
+    lines = [line for text in (out, here.stdout) for line in text.splitlines() if line.startswith("trial ")]
     assert sorted(int(line.split()[1]) for line in lines) == [0, 1, 2, 3]  # each trial run by one process

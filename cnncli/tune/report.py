@@ -17,8 +17,10 @@ PICTURES = {  # file name -> Optuna's matplotlib function, and what it needs to 
 
 
 def trial_rows(sweep) -> list[dict]:
-    """One row per trial: number, state, the metric, seconds, epochs, message, then the parameters."""
+    """One row per trial: number, state, the parameters (one column per searched path), the metric's value,
+    seconds (wall), training seconds (steps only), epochs, run directory, message."""
     rows = []
+    names = list(sweep.cfg.search.params)
     for t in sweep.study.get_trials(deepcopy=False):
         state = t.state.name
         message = t.user_attrs.get("error", "")
@@ -28,18 +30,17 @@ def trial_rows(sweep) -> list[dict]:
             message = (message + "; " if message else "") + f"retry of trial {t.user_attrs['retry_of']}"
         value = t.value if t.value is not None else (
             t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
-        row = {"number": t.number, "state": state, sweep.metric: value,
+        row = {"number": t.number, "state": state, **{k: t.params.get(k) for k in names}, "value": value,
                "seconds": t.user_attrs.get("seconds"), "train_seconds": t.user_attrs.get("train_seconds"),
                "epochs": max(t.intermediate_values) if t.intermediate_values else 0,
                "run_dir": t.user_attrs.get("run_dir", ""), "message": message}
-        row.update({f"param:{k}": v for k, v in t.params.items()})
         rows.append(row)
     return rows
 
 
 def write_tables(sweep) -> None:
     rows = trial_rows(sweep)
-    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["number", "state", sweep.metric]
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["number", "state", "value"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

@@ -99,6 +99,10 @@ def open_sweep(opts: TuneOptions) -> Sweep:
                                     direction=space.direction(cfg.search),
                                     sampler=space.make_sampler(cfg.search, cfg.seed),
                                     pruner=space.make_pruner(cfg.search, cfg.total_epochs))
+        if not study.trials and any((sweep_dir / "trials").iterdir()):
+            raise CnnError(f"`{sweep_dir}` holds the trials of another study (study `{name}` in "
+                           f"{'that storage' if opts.storage else 'its study.db'} has none); "
+                           "choose another --output or the same --study and --storage")
     return Sweep(sweep_dir, cfg, opts, study, opts.trials or cfg.search.trials, cfg.search.metric, owner)
 
 
@@ -236,7 +240,11 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
             message = f"{sweep.metric} is {value!r} after the last epoch"
     except StopRun as stop:
         state, value, message = TrialState.PRUNED, reported.get("value"), str(stop)
-    except (MetricMissing, Interrupted, KeyboardInterrupt):
+    except MetricMissing as exc:  # the config's mistake, not this trial's: stop the sweep
+        trial.set_user_attr("error", str(exc))
+        sweep.study.tell(trial, state=TrialState.FAIL)
+        raise
+    except (Interrupted, KeyboardInterrupt):
         sweep.study.tell(trial, state=TrialState.FAIL)  # no "error": not counted, and retried once
         _retry_once(sweep.study, sweep.study.trials[trial.number])
         raise
