@@ -190,3 +190,29 @@ def test_plain_lines_when_not_a_terminal():
                                    None, "val_accuracy"))
     assert buf.getvalue() == ("trial    4  PRUNED    val_accuracy 0.5000  2.0s  model.layers[0].filters=8  "
                               "(pruned after epoch 1)\n")
+
+
+def test_ctrl_c_fails_the_trial_uncounted_retries_it_with_the_same_values_and_says_how_to_continue(
+        tmp_path, monkeypatch):
+    import optuna
+
+    import cnncli.train.job
+    from cnncli.errors import Interrupted
+
+    def interrupted(opts, reporter):
+        raise Interrupted("stopped")
+
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}", trials=1)
+    sweep = tmp_path / "sweep"
+    with monkeypatch.context() as m:
+        m.setattr(cnncli.train.job, "run_training", interrupted)
+        result = runner.invoke(app, ["tune", str(config), "--output", str(sweep)])
+    assert result.exit_code == 130
+    assert f"cnn tune {config} --output {sweep}" in result.stderr
+    result = runner.invoke(app, ["tune", str(config), "--output", str(sweep), "--json"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{sweep / 'study.db'}")
+    first, retry = study.trials
+    assert (first.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert retry.params == first.params and retry.user_attrs["retry_of"] == 0
+    assert [t["state"] for t in json.loads(result.stdout)["trials"]] == ["FAIL", "COMPLETE"]
