@@ -143,7 +143,7 @@ class SweepTracker:
 
     @classmethod
     def open(cls, sweep, uri_option: str | None) -> "SweepTracker":
-        from cnncli.tune.sweep import sweep_lock
+        from cnncli.tune.study import sweep_lock
 
         where = target(sweep.cfg.tracking, uri_option)
         mlflow = client(where[0])

@@ -136,7 +136,8 @@ def test_best_yaml_reproduces_the_best_trials_validation_metric(grid_sweep):
 def test_a_pruned_trial_stops_at_that_epoch_and_is_marked_pruned(tmp_path):
     import optuna
 
-    from cnncli.tune.sweep import TuneOptions, next_trial, open_sweep, run_trial
+    from cnncli.tune.study import next_trial
+    from cnncli.tune.sweep import TuneOptions, open_sweep, run_trial
 
     config = tiny_sweep(tmp_path, "    model.layers[0].filters: {choice: [4]}", trials=1, epochs=3)
     sweep = open_sweep(TuneOptions(config=config, output=tmp_path / "sweep"))

@@ -1,24 +1,17 @@
 """`cnn tune`: run a config's `search:` section as an Optuna study in a sweep directory.
 
 Each trial is an ordinary run (trials/0007/) trained by the same job as
-`cnn train`, with the sampled values as --set overrides. Several processes may
-work on one study: asking for a trial and counting the ones that are done
-happen under a file lock in the sweep directory, so no trial beyond the
-requested number starts. A trial whose process died (kill -9) is found by its
-owner's lock file (free once the kernel has released it) or, on other
-machines, by Optuna's heartbeat; it is marked failed, retried once with the
-same values, and not counted.
+`cnn train`, with the sampled values as --set overrides; how several processes
+share the study is in study.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import platform
 import secrets
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,10 +21,8 @@ from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, Interrupted
 from cnncli.train import rundir
 from cnncli.tune import space
-
-HEARTBEAT_SECONDS = 30  # other machines' dead trials are failed after GRACE_SECONDS without a beat
-GRACE_SECONDS = 120
-SQLITE_TIMEOUT = 60  # seconds a process waits for another's write to the shared study.db
+from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
+                               next_trial, retry_once, sweep_lock)
 
 
 class MetricMissing(CnnError):
@@ -81,7 +72,7 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     except OSError as exc:
         raise CnnError(f"cannot create `{sweep_dir}`: {exc.strerror or exc}") from None
     owner = sweep_dir / ".workers" / f"{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.lock"
-    _hold(owner)
+    hold(owner)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -94,7 +85,7 @@ def open_sweep(opts: TuneOptions) -> Sweep:
             engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if not opts.storage
             or opts.storage.startswith("sqlite") else None,
             heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=_retry_once)
+            heartbeat_stale_trial_callback=retry_once)
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                     direction=space.direction(cfg.search),
                                     sampler=space.make_sampler(cfg.search, cfg.seed),
@@ -104,85 +95,6 @@ def open_sweep(opts: TuneOptions) -> Sweep:
                            f"{'that storage' if opts.storage else 'its study.db'} has none); "
                            "choose another --output or the same --study and --storage")
     return Sweep(sweep_dir, cfg, opts, study, opts.trials or cfg.search.trials, cfg.search.metric, owner)
-
-
-_held: list = []  # open descriptors of this process's owner locks; the kernel drops them at exit
-
-
-def _hold(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    _held.append(fd)
-
-
-@contextlib.contextmanager
-def sweep_lock(sweep_dir: Path):
-    """The sweep directory's one lock: asking for a trial and counting trials happen under it."""
-    fd = os.open(Path(sweep_dir) / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _retry_once(study, trial) -> None:
-    """A trial failed for its process's death (not its values) runs again, once, with the same values."""
-    if "retry_of" not in trial.user_attrs and trial.params:
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-
-
-def counted(trial) -> bool:
-    """Finished trials that count towards the requested number: not those that died mid-way."""
-    from optuna.trial import TrialState
-
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and "error" in trial.user_attrs)
-
-
-def _owner_alive(trial, sweep_dir: Path) -> bool | None:
-    """Whether the process running `trial` lives: None when it ran on another machine (heartbeat decides)."""
-    path = sweep_dir / ".workers" / trial.user_attrs.get("owner", "")
-    if not trial.user_attrs.get("owner") or not path.exists():
-        return None
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def reap(sweep: Sweep) -> None:
-    """Fail (and retry once) the RUNNING trials whose process has died."""
-    import optuna
-    from optuna.trial import TrialState
-
-    optuna.storages.fail_stale_trials(sweep.study)  # other machines: no heartbeat for GRACE_SECONDS
-    for trial in sweep.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _owner_alive(trial, sweep.dir) is False:
-            sweep.study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
-            _retry_once(sweep.study, trial)
-            with contextlib.suppress(OSError):
-                (sweep.dir / ".workers" / trial.user_attrs["owner"]).unlink()
-
-
-def next_trial(sweep: Sweep):
-    """A new trial, or None when the finished and running ones already make the requested number."""
-    from optuna.trial import TrialState
-
-    with sweep_lock(sweep.dir):
-        reap(sweep)
-        trials = sweep.study.get_trials(deepcopy=False)
-        taken = sum(counted(t) or t.state == TrialState.RUNNING for t in trials)
-        if taken >= sweep.n_trials:
-            return None
-        trial = sweep.study.ask()
-        trial.set_user_attr("owner", sweep.owner.name)
-        trial.set_user_attr("run_dir", f"trials/{trial.number:04d}")
-        return trial
 
 
 @dataclass
@@ -209,7 +121,7 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
     run_dir = sweep.dir / "trials" / f"{trial.number:04d}"
     params = space.suggest(trial, sweep.cfg.search.params)
     overrides = [*sweep.opts.overrides, *space.as_overrides(params), "search=null"]
-    beat = _Heartbeat(sweep.study, trial)
+    beat = Heartbeat(sweep.study, trial)
 
     reported: dict = {}  # the last value told to the pruner
 
@@ -246,7 +158,7 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
         raise
     except (Interrupted, KeyboardInterrupt):
         sweep.study.tell(trial, state=TrialState.FAIL)  # no "error": not counted, and retried once
-        _retry_once(sweep.study, sweep.study.trials[trial.number])
+        retry_once(sweep.study, sweep.study.trials[trial.number])
         raise
     except CnnError as exc:
         message = str(exc)
@@ -271,31 +183,6 @@ def _train_seconds(run_dir: Path) -> float:
     with contextlib.suppress(CnnError, KeyError, TypeError):
         return round(sum(p["train_seconds"] for p in rundir.read_json(run_dir / "run.json")["phases"]), 3)
     return 0.0
-
-
-class _Heartbeat:
-    """Records the trial's heartbeat while it trains, so other machines can tell it lives."""
-
-    def __init__(self, study, trial):
-        self.storage, self.trial_id = study._storage, trial._trial_id  # Optuna's own optimize loop does this
-        self.stop = threading.Event()
-
-    def _beat(self):
-        while not self.stop.wait(HEARTBEAT_SECONDS):
-            with contextlib.suppress(Exception):  # a missed beat is harmless; the next one may succeed
-                self.storage.record_heartbeat(self.trial_id)
-
-    def __enter__(self):
-        with contextlib.suppress(Exception):
-            self.storage.record_heartbeat(self.trial_id)
-        self.thread = threading.Thread(target=self._beat, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        return False
 
 
 @contextlib.contextmanager
