@@ -95,6 +95,7 @@ def next_trial(sweep):
         if taken >= sweep.n_trials:
             return None
         trial = sweep.study.ask()
+        sweep.study._storage.record_heartbeat(trial._trial_id)  # from its first moment, as Study.optimize does
         trial.set_user_attr("owner", sweep.owner.name)
         trial.set_user_attr("run_dir", f"trials/{trial.number:04d}")
         return trial

@@ -76,7 +76,7 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats are "experimental" and meant for study.optimize; our own loop records them (see _Heartbeat).
+    # Heartbeats are "experimental" and meant for study.optimize; our own loop records them (study.Heartbeat).
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     with sweep_lock(sweep_dir):  # table creation and study creation race between processes otherwise
