@@ -8,6 +8,7 @@ is imported; this module stays import-light so `cnn --help` is instant.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -228,6 +229,8 @@ class Distribution(Strict):
             raise ValueError(f"loguniform bounds must be positive, got {list(bounds)}")
         if self.step is not None and kinds[0] not in ("int_", "uniform"):
             raise ValueError("`step` goes with `int` or `uniform`")
+        if kinds[0] == "int_" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an `int` step is a whole number, got {self.step}")
         return self
 
 
@@ -407,7 +410,9 @@ def _describe(value: Any) -> str:
 
 def _pydantic_step(part: Any) -> bool:
     """False for pydantic's own location markers (`list[int]`, `function-after[...]`), not keys of the file."""
-    return not (isinstance(part, str) and ("[" in part or part.startswith("function-")))
+    # markers are a bare word with brackets (`tuple[float, float]`); a dotted key (`model.layers[0].filters`,
+    # a search path) is the user's
+    return not (isinstance(part, str) and (re.fullmatch(r"[\w-]+\[.*\]", part) or part.startswith("function-")))
 
 
 def _problem_from_pydantic(err: dict) -> Problem:

@@ -77,6 +77,27 @@ def test_search_paths_name_values_of_the_config(tmp_path, path, fragment):
     assert f"search.params.{path}: {fragment}" in result.stderr
 
 
+@pytest.mark.parametrize("distribution, fragment", [
+    ("{loguniform: [0, 0.1]}", "loguniform bounds must be positive, got [0.0, 0.1]"),
+    ("{uniform: [0.5, 0.1]}", "the low bound must be below the high one, got [0.5, 0.1]"),
+    ("{int: [1, 4], step: 0.5}", "an `int` step is a whole number, got 0.5"),
+    ("{choice: [0.1, 0.2], step: 2}", "`step` goes with `int` or `uniform`"),
+    ("{uniform: [0, 1], int: [0, 1]}", "give exactly one of"),
+])
+def test_distributions_are_checked(tmp_path, distribution, fragment):
+    config = tiny_sweep(tmp_path, f"    model.layers[2].rate: {distribution}")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert f"search.params.model.layers[2].rate: {fragment}" in result.stderr
+
+
+def test_the_grid_sampler_needs_choices_or_ints(tmp_path):
+    config = tiny_sweep(tmp_path, "    model.layers[2].rate: {uniform: [0, 0.5]}", sampler="grid")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert "search.params.model.layers[2].rate: the grid sampler needs `choice` or `int` values" in result.stderr
+
+
 def test_train_trains_the_config_as_written_and_says_tune_uses_search(tmp_path):
     config = tiny_sweep(tmp_path, "    model.layers[0].filters: {int: [2, 8], step: 2}")
     result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs")])
