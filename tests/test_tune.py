@@ -154,6 +154,15 @@ def test_best_yaml_reproduces_the_best_trials_validation_metric(grid_sweep):
     assert json.loads(again.stdout)["metrics"]["val"]["accuracy"] == pytest.approx(best["value"], abs=1e-6)
 
 
+def test_compare_reads_a_sweep_as_its_trials(grid_sweep):
+    tmp, _, _ = grid_sweep
+    result = runner.invoke(app, ["compare", str(tmp / "sweep"), "--output", str(tmp / "c.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["runs"]) == 2  # the rejected trial left no run directory
+    assert list(report["differences"]) == ["model.layers[0].kernel_size"]
+
+
 def test_a_pruned_trial_stops_at_that_epoch_and_is_marked_pruned(tmp_path):
     import optuna
 
