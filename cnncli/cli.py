@@ -180,6 +180,8 @@ def train(
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
     report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                         help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
     json_output: bool = JsonOption,
 ) -> None:
     """Train a model and write a new run directory (config, history, metrics, model, plots).
@@ -193,11 +195,18 @@ def train(
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         if config is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
+        from cnncli.tracking import log_run, requested_by
+
+        tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
         reporter = make_reporter(quiet, json_output)
         result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke), reporter)
         reporter.train_end()
+        if tracked is not None:
+            result.run["mlflow_run_id"] = log_run(tracked, result.run_dir)
+            reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): "
+                             f"run {result.run['mlflow_run_id']}")
         page = _write_report(result.run_dir) if report else None
         if json_output:
             emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,
@@ -574,6 +583,94 @@ def init(
     with handled():
         init_config(path, template, data, force)
         out.print(f"wrote {path} (template {template}); next: cnn summary {path}", markup=False)
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="Config file with a `search:` section."),
+    set_: Optional[List[str]] = SetOption,
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
+    storage: Optional[str] = typer.Option(None, "--storage",
+                                          help="Optuna storage URL shared by several processes or machines, "
+                                               "e.g. postgresql://user@host/db (default OUTPUT/study.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="The sweep directory; rerunning with it continues the study "
+                                               "(default sweeps/<name>/<timestamp>)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                         help="Log each trial as a child run to this MLflow tracking URI."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Search the config's `search:` section with Optuna; each trial is a run directory under OUTPUT/trials/.
+
+    Writes OUTPUT/study.db, trials.csv, best.yaml and PNG pictures; rerun the same
+    command to continue an interrupted sweep, or start it twice to share the work.
+
+    Example: cnn tune configs/shapes_cnn.yaml --trials 16 --output sweeps/shapes
+    """
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.report import best_trial, trial_rows
+    from cnncli.tune.sweep import TuneOptions, run_sweep
+
+    with handled(json_output):
+        opts = TuneOptions(config=config, overrides=set_ or [], trials=trials, storage=storage, study=study,
+                           output=output, mlflow=mlflow)
+        display = SweepDisplay(out)
+        with display if not json_output else contextlib.nullcontext():
+            sweep = run_sweep(opts, on_trial=None if json_output else display.trial,
+                              on_start=None if json_output else lambda s: out.print(
+                                  f"sweep directory: {s.dir} (the same command with --output {s.dir} "
+                                  "continues it)", markup=False))
+        best = best_trial(sweep)
+        if json_output:
+            emit_json({"sweep_dir": str(sweep.dir), "metric": sweep.metric, "trials": trial_rows(sweep),
+                       "best": None if best is None else {"number": best.number, "value": best.value,
+                                                          "params": best.params,
+                                                          "run_dir": str(sweep.dir / best.user_attrs["run_dir"])}})
+            return
+        if best is not None:
+            out.print(f"best trial {best.number}: {sweep.metric} {best.value:.4f}  config: {sweep.dir / 'best.yaml'}",
+                      markup=False)
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
+                                      help="Run directories, or sweep directories (all their trials)."),
+    output: Path = typer.Option(Path("compare.png"), "--output", "-o", help="PNG of the overlaid curves."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Show runs side by side: final metrics, epochs, time, images/s, parameters, and the config keys that differ.
+
+    Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
+    """
+    from cnncli.compare import compare as compare_runs, short_labels
+
+    with handled(json_output):
+        report = compare_runs(runs, output)
+        if json_output:
+            emit_json(report)
+            return
+        from rich.table import Table
+
+        labels = short_labels([Path(r["run_dir"]) for r in report["runs"]])
+        table = Table(title="runs", title_justify="left")
+        table.add_column("")
+        for label in labels:
+            table.add_column(label, justify="right", overflow="fold")
+        for key in dict.fromkeys(k for r in report["runs"] for k in r if k != "run_dir"):
+            table.add_row(key, *[_cell(r.get(key)) for r in report["runs"]])
+        out.print(table)
+        diff = Table(title="config keys that differ", title_justify="left")
+        diff.add_column("key")
+        for label in labels:
+            diff.add_column(label, justify="right", overflow="fold")
+        for key, values in report["differences"].items():
+            diff.add_row(key, *map(_cell, values))
+        out.print(diff if report["differences"] else "the configs are the same")
+        out.print(f"curves: {report['plot']}", markup=False)
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
 LISTS = {  # what `cnn list` can show: name -> (module, function)

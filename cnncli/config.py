@@ -8,6 +8,7 @@ is imported; this module stays import-light so `cnn --help` is instant.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -211,6 +212,56 @@ class RuntimeConfig(Strict):
     collective_timeout: float = Field(30.0, gt=0)
 
 
+class Distribution(Strict):
+    """One searched value of `search.params`: exactly one of the four kinds (Optuna's suggest_*)."""
+
+    loguniform: Optional[tuple[float, float]] = None  # [low, high], sampled on a log scale: rates, decays
+    uniform: Optional[tuple[float, float]] = None  # [low, high]
+    int_: Optional[tuple[int, int]] = Field(None, alias="int")  # [low, high], both included
+    choice: Optional[list[Any]] = Field(None, min_length=1)  # any YAML values, lists included
+    step: Optional[float] = Field(None, gt=0)  # int and uniform only: the grid the values lie on
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Distribution":
+        kinds = [k for k in ("loguniform", "uniform", "int_", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of `loguniform: [lo, hi]`, `uniform: [lo, hi]`, "
+                             "`int: [lo, hi]` or `choice: [a, b, ...]`")
+        bounds = getattr(self, kinds[0])
+        if kinds[0] != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"the low bound must be below the high one, got {list(bounds)}")
+        if kinds[0] == "loguniform" and bounds[0] <= 0:
+            raise ValueError(f"loguniform bounds must be positive, got {list(bounds)}")
+        if self.step is not None and kinds[0] not in ("int_", "uniform"):
+            raise ValueError("`step` goes with `int` or `uniform`")
+        if kinds[0] == "int_" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an `int` step is a whole number, got {self.step}")
+        return self
+
+
+class SearchSpec(Strict):
+    """What `cnn tune` searches; `cnn train` ignores this section."""
+
+    params: dict[str, Distribution] = Field(min_length=1)  # config path (as for --set) -> distribution
+    trials: int = Field(20, ge=1)  # finished (complete, pruned or failed) trials the study runs to
+    metric: str = "val_accuracy"  # a history.csv column, read at every epoch (pruning) and at the end
+    direction: Optional[Literal["maximize", "minimize"]] = None  # default: minimize losses, maximize the rest
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    timeout: Optional[float] = Field(None, gt=0)  # seconds; no new trial starts after it
+
+
+class MlflowSpec(Strict):
+    uri: str  # tracking URI: file:./mlruns, sqlite:///mlflow.db, http://host:5000
+    experiment: str = "cnncli"
+
+
+class TrackingSpec(Strict):
+    """Experiment tracking; needs the optional extra: pip install 'cnncli[mlflow]'."""
+
+    mlflow: Optional[MlflowSpec] = None
+
+
 class Config(Strict):
     name: Optional[str] = None  # run name; defaults to the config file's stem
     seed: Optional[int] = Field(None, ge=0, lt=2**32)  # None: chosen at random and recorded
@@ -219,6 +270,8 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    search: Optional[SearchSpec] = None  # hyperparameter sweep, run by `cnn tune`
+    tracking: Optional[TrackingSpec] = None  # log runs to MLflow
 
     # Filled in by load_config: where each key came from, for later errors.
     _file: Optional[str] = None
@@ -244,7 +297,10 @@ class Config(Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def to_dict(self) -> dict:
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", by_alias=True)
+        for key in ("search", "tracking"):  # optional sections: absent rather than null
+            if data.get(key) is None:
+                data.pop(key, None)
         for layer in data["model"]["layers"] + data["data"]["augment"]:
             for key in ("name", "inputs"):  # unset graph keys are noise in a resolved config
                 if layer.get(key) is None:
@@ -368,7 +424,9 @@ def _describe(value: Any) -> str:
 
 def _pydantic_step(part: Any) -> bool:
     """False for pydantic's own location markers (`list[int]`, `function-after[...]`), not keys of the file."""
-    return not (isinstance(part, str) and ("[" in part or part.startswith("function-")))
+    # markers are a bare word with brackets (`tuple[float, float]`); a dotted key (`model.layers[0].filters`,
+    # a search path) is the user's
+    return not (isinstance(part, str) and (re.fullmatch(r"[\w-]+\[.*\]", part) or part.startswith("function-")))
 
 
 def _problem_from_pydantic(err: dict) -> Problem:
@@ -417,12 +475,70 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
     problems = [p for check in CROSS_CHECKS for p in check(cfg)]
     for p in problems:
         p.line = _nearest_line(lines, _parse_path(p.path))
+    problems += _search_problems(cfg, lines)
     if problems:
         raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file)
     if cfg.name is None and default_name:
         cfg.name = default_name
     cfg._file, cfg._lines = file, lines
     return cfg
+
+
+def _search_problems(cfg: Config, lines: dict) -> list[Problem]:
+    """Each `search.params` key must name a value of this config, as a --set path would."""
+    if cfg.search is None:
+        return []
+    problems = []
+    for key in cfg.search.params:
+        where = ("search", "params", key)
+        try:
+            path = _parse_path(key, strict=True)
+            message = _schema_step_problem(cfg, path) if path else "is empty"
+        except ValueError as exc:
+            message = str(exc)
+        if message:
+            problems.append(Problem(message, format_path(where[:2]) + f".{key}", _nearest_line(lines, where)))
+    if cfg.search.sampler == "grid":
+        for key, dist in cfg.search.params.items():
+            if dist.choice is None and dist.int_ is None:
+                problems.append(Problem("the grid sampler needs `choice` or `int` values",
+                                        f"search.params.{key}", _nearest_line(lines, ("search", "params", key))))
+    return problems
+
+
+def _schema_step_problem(cfg: Config, path: KeyPath) -> str | None:
+    """Why `path` names no value of `cfg` (unknown key, missing list item), or None when it does.
+
+    Below a `type`-chosen Keras class (a layer, the optimizer) any argument is accepted here;
+    the builder checks it against the class when each trial is built.
+    """
+    node: Any = cfg
+    for i, step in enumerate(path):
+        here = format_path(path[:i])
+        if isinstance(node, list):
+            if not isinstance(step, int):
+                return f"`{here}` is a list; index it, e.g. `{here}[0]`"
+            if not -len(node) <= step < len(node):
+                return f"`{here}` has {len(node)} item(s); there is no [{step}]"
+            node = node[step]
+            continue
+        if isinstance(step, int):
+            return f"`{here}` is not a list"
+        owner = type(node) if isinstance(node, BaseModel) else (_model_at(path[:i]) if node is None else None)
+        if owner is None:
+            if isinstance(node, dict):
+                node = node.get(step)
+                continue
+            return f"`{here}` is a single value, not a mapping"
+        if step in ("search", "tracking") and i == 0:
+            return f"`{step}` is not searchable"
+        if step not in owner.model_fields:
+            if owner.model_config.get("extra") == "allow":
+                return None
+            valid = list(owner.model_fields)
+            return f"unknown key `{step}`{did_you_mean(step, valid)}; valid keys here: {', '.join(valid)}"
+        node = getattr(node, step) if node is not None else None
+    return None
 
 
 def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,

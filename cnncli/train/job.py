@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +41,8 @@ class TrainOptions:
     batch_size: int | None = None
     device: str | None = None
     smoke: bool = False
+    run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
+    on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
 
 
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
@@ -110,6 +113,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     from cnncli.train.runtime import check_global_batch, setup_runtime, small_model
 
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg))
+    if cfg.search is not None:
+        reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
     check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
@@ -127,13 +132,13 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early.)
         check_model_specs(cfg)
         if runtime.is_chief:
-            rundir.check_output(opts.output, cfg.name or "run")
+            rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     data, plan = _load_data(cfg, opts.smoke, reporter)
     shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
     elif runtime.is_chief:
-        run_dir = rundir.create_run_dir(opts.output, cfg.name or "run")
+        run_dir = rundir.create_run_dir(opts.output, cfg.name or "run", exactly=opts.run_dir)
         faults.point("run_dir_created")
     else:  # other workers train in step with the chief but keep nothing
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
@@ -152,7 +157,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     session = None
     try:
         try:
-            session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
+            session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
         except CnnError:
             if resume_dir is None:  # the model does not fit the data: nothing was trained, no run to keep
                 shutil.rmtree(run_dir, ignore_errors=True)

@@ -43,8 +43,14 @@ def check_output(root: Path, name: str) -> None:
                        "choose another --output")
 
 
-def create_run_dir(root: Path, name: str) -> Path:
-    """runs/<name>/<timestamp>/, never an existing one: mkdir is the lock between racing jobs."""
+def create_run_dir(root: Path, name: str, exactly: Path | None = None) -> Path:
+    """runs/<name>/<timestamp>/ (or `exactly`), never an existing one: mkdir is the lock between racing jobs."""
+    if exactly is not None:
+        try:
+            Path(exactly).mkdir(parents=True, mode=0o755)
+            return Path(exactly)
+        except OSError as exc:
+            raise CnnError(f"cannot create `{exactly}`: {exc.strerror}") from None
     base = Path(root) / _safe_name(name)
     check_output(root, name)
     try:

@@ -28,8 +28,16 @@ from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.schedules import EpochSchedule
 
 
+class StopRun(Exception):
+    """Raised by an `on_epoch` hook to end the run after a committed epoch; run.json keeps `status`."""
+
+    def __init__(self, status: str, message: str = ""):
+        super().__init__(message or status)
+        self.status = status
+
+
 class Session:
-    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False):
+    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
 
         from cnncli.builder import build_model
@@ -37,6 +45,7 @@ class Session:
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
         self.smoke = smoke
+        self.on_epoch = on_epoch  # a caller's per-epoch hook (sweep pruning), after the epoch is committed
         self.strategy = runtime.strategy
         mixed = runtime.precision.startswith("mixed")
         with self.strategy.scope():
@@ -204,6 +213,12 @@ class Session:
             callbacks.on_epoch_end(index, dict(row))
             self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
             self.reporter.epoch_end({**row, **timing})
+            if self.on_epoch is not None:
+                try:
+                    self.on_epoch(dict(row))
+                except StopRun as stop:
+                    self.mark(stop.status)
+                    raise
             if getattr(self.model, "stop_training", False):
                 self.reporter.message(f"early stopping after epoch {index + 1}")
                 break
