@@ -208,8 +208,7 @@ class RuntimeConfig(Strict):
     steps_per_execution: Optional[int] = Field(None, ge=1)  # None: a whole epoch per tf.function call
     intra_op_threads: Optional[int] = Field(None, ge=0)
     inter_op_threads: Optional[int] = Field(None, ge=0)
-    # multi_worker: seconds without a heartbeat before a worker counts as lost (raise on slow networks)
-    collective_timeout: float = Field(30.0, gt=0)
+    collective_timeout: float = Field(30.0, gt=0)  # multi_worker: seconds without a heartbeat before a peer is lost
 
 
 class Distribution(Strict):
@@ -246,20 +245,20 @@ class SearchSpec(Strict):
     trials: int = Field(20, ge=1)  # finished (complete, pruned or failed) trials the study runs to
     metric: str = "val_accuracy"  # a history.csv column, read at every epoch (pruning) and at the end
     direction: Optional[Literal["maximize", "minimize"]] = None  # default: minimize losses, maximize the rest
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    sampler: Literal["tpe", "random", "grid"] = "tpe"  # how trials pick values; grid needs choice or int params
+    pruner: Literal["median", "hyperband", "none"] = "median"  # stops a trial early when its metric lags
     timeout: Optional[float] = Field(None, gt=0)  # seconds; no new trial starts after it
 
 
 class MlflowSpec(Strict):
     uri: str  # tracking URI: file:./mlruns, sqlite:///mlflow.db, http://host:5000
-    experiment: str = "cnncli"
+    experiment: str = "cnncli"  # MLflow experiment the runs are logged under
 
 
 class TrackingSpec(Strict):
     """Experiment tracking; needs the optional extra: pip install 'cnncli[mlflow]'."""
 
-    mlflow: Optional[MlflowSpec] = None
+    mlflow: Optional[MlflowSpec] = None  # {uri, experiment}: log runs and sweeps to MLflow
 
 
 class Config(Strict):

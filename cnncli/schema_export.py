@@ -31,7 +31,7 @@ def _comment_descriptions(cls: type) -> dict[str, str]:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    return {name: text for name, text in _FIELD_COMMENT.findall(source)}
+    return {name.rstrip("_"): text for name, text in _FIELD_COMMENT.findall(source)}  # int_ is spelled `int`
 
 
 def _describe_fields(schema: dict) -> None:
