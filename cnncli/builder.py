@@ -71,6 +71,35 @@ def raw_spec_problems(data: Any) -> list[Problem]:
             problems += _backbone_problems(BackboneSpec.model_validate(backbone))
         except ValidationError:
             pass
+    return problems + _raw_train_problems(section("train", "optimizer"), section("train", "lr_schedule"),
+                                          section("train", "loss"), section("train", "phases"))
+
+
+def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -> list[Problem]:
+    """Optimizer, schedule and loss problems in `train` as written, for a file that failed the schema."""
+    from pydantic import ValidationError
+
+    from cnncli.config import LossSpec, OptimizerSpec, ScheduleSpec
+    from cnncli.layers import loss_problems, optimizer_problems, schedule_problems
+
+    specs = [(optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
+             (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
+    specs += [(p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
+              for i, p in enumerate(phases if isinstance(phases, list) else []) if isinstance(p, dict)]
+    problems: list[Problem] = []
+    for raw, schema, check, path in specs:
+        if isinstance(raw, dict):
+            try:
+                problems += check(schema.model_validate(raw), path)
+            except ValidationError:
+                continue  # the schema's own message covers it
+    if isinstance(loss, str):
+        problems += loss_problems(loss)
+    elif isinstance(loss, dict):
+        try:
+            problems += loss_problems(LossSpec.model_validate(loss))
+        except ValidationError:
+            pass
     return problems
 
 
@@ -204,7 +233,7 @@ def _offline_weights_hint(backbone: str):
 
 
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None):
+                output_dtype: str | None = None, specs_checked: bool = False):
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -215,7 +244,8 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
 
     from cnncli.preprocessing import ImagenetPreprocess, backbone_mode
 
-    check_model_specs(cfg)
+    if not specs_checked:
+        check_model_specs(cfg)
     inputs = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
     if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
         x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
@@ -237,7 +267,126 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         args = [outputs[r] for r in spec.inputs] if spec.inputs else [x]
         x = _call_layer(cfg, layer, args[0] if len(args) == 1 else args, path, spec.type)
         outputs[name] = x
+    _check_output(cfg, x, names[-1] if names else None)
     return keras.Model(inputs, x, name=cfg.name or "model")
+
+
+def _check_output(cfg: Config, x, last_name: str | None) -> None:
+    """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
+    if len(x.shape) == 2:
+        return
+    if last_name is None:
+        raise cfg.error(f"the backbone outputs shape {_fmt(tuple(x.shape))}, not (batch, classes); add layers "
+                        "ending in a Dense layer, e.g. {type: GlobalAveragePooling2D} then {type: Dense, units: N}",
+                        ("model", "backbone"))
+    last = len(cfg.model.layers) - 1
+    raise cfg.error(f"the last layer `{last_name}` ({cfg.model.layers[last].type}) outputs shape "
+                    f"{_fmt(tuple(x.shape))}, but a classifier outputs (batch, classes); put a "
+                    "{type: Flatten} or {type: GlobalAveragePooling2D} before the Dense layers",
+                    ("model", "layers", last))
+
+
+def check_model(cfg: Config) -> None:
+    """Every check `cnn validate` makes, before any data is read (see `build_checked`)."""
+    from cnncli.inputs import plan_input
+
+    build_checked(cfg, plan_input(cfg).shape)
+
+
+def build_checked(cfg: Config, input_shape: Sequence[int]):
+    """The model built without weights after every name and argument check, all problems reported together.
+
+    Problems in the training vocabulary (optimizer, schedule, loss) do not stop the
+    build, so shapes are checked too; broken layer specs do, as the build needs them.
+    """
+    try:
+        check_model_specs(cfg)
+        problems: list[Problem] = []
+    except ConfigError as exc:
+        if any(p.path.startswith("model.") for p in exc.problems):
+            raise
+        problems = exc.problems
+    try:
+        model = build_model(cfg, input_shape, load_weights=False, specs_checked=True)
+    except ConfigError as exc:
+        problems += _as_config_error(cfg, exc).problems
+    _raise_with_lines(cfg, sorted(problems, key=lambda p: p.line or 0))
+    return model
+
+
+def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
+                output_dtype: str | None = None, specs_checked: bool = False):
+    """The Keras model for `cfg`, taking raw pixels of `input_shape`.
+
+    `load_weights=False` builds a backbone untrained (for summaries: same shapes and
+    counts, no download). `output_dtype="float32"` keeps the last layer in float32
+    under a mixed-precision policy, as Keras's mixed-precision guide advises.
+    """
+    import keras
+
+    from cnncli.preprocessing import ImagenetPreprocess, backbone_mode
+
+    if not specs_checked:
+        check_model_specs(cfg)
+    inputs = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
+    if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
+        x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
+    elif cfg.model.backbone is not None:
+        x = ImagenetPreprocess(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), name="preprocess")(inputs)
+        x = build_backbone(cfg, input_shape, load_weights)(x)
+    else:
+        x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    outputs = {"input": x}
+    specs = cfg.model.layers
+    names = layer_names(specs)
+    for i, (spec, name) in enumerate(zip(specs, names)):
+        path = f"model.layers[{i}]"
+        extra = {"dtype": output_dtype} if output_dtype and i == len(specs) - 1 else {}
+        try:
+            layer = make_layer(spec, name, path, **extra)
+        except ConfigError as exc:
+            raise _as_config_error(cfg, exc) from None
+        args = [outputs[r] for r in spec.inputs] if spec.inputs else [x]
+        x = _call_layer(cfg, layer, args[0] if len(args) == 1 else args, path, spec.type)
+        outputs[name] = x
+    _check_output(cfg, x, names[-1] if names else None)
+    return keras.Model(inputs, x, name=cfg.name or "model")
+
+
+def _check_output(cfg: Config, x, last_name: str | None) -> None:
+    """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
+    if len(x.shape) == 2:
+        return
+    if last_name is None:
+        raise cfg.error(f"the backbone outputs shape {_fmt(tuple(x.shape))}, not (batch, classes); add layers "
+                        "ending in a Dense layer, e.g. {type: GlobalAveragePooling2D} then {type: Dense, units: N}",
+                        ("model", "backbone"))
+    last = len(cfg.model.layers) - 1
+    raise cfg.error(f"the last layer `{last_name}` ({cfg.model.layers[last].type}) outputs shape "
+                    f"{_fmt(tuple(x.shape))}, but a classifier outputs (batch, classes); put a "
+                    "{type: Flatten} or {type: GlobalAveragePooling2D} before the Dense layers",
+                    ("model", "layers", last))
+
+
+def check_model(cfg: Config) -> None:
+    """Every check `cnn validate` makes, before any data is read: names, arguments, and the model
+    built once without weights (shapes, output). Problems in the training vocabulary and in the
+    model are reported together; the build is skipped only when the model's own specs are broken."""
+    from cnncli.inputs import plan_input
+
+    try:
+        check_model_specs(cfg)
+    except ConfigError as exc:
+        if any(p.path.startswith(("model.", "data.")) for p in exc.problems):
+            raise
+        problems = exc.problems
+    else:
+        problems = []
+    try:
+        build_model(cfg, plan_input(cfg).shape, load_weights=False, specs_checked=True)
+    except ConfigError as exc:
+        problems += _as_config_error(cfg, exc).problems
+    _raise_with_lines(cfg, sorted(problems, key=lambda p: p.line or 0))
 
 
 def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):

@@ -50,6 +50,10 @@ class OptimizerSpec(WithArgs):
     type: str = "Adam"
 
 
+class LossSpec(WithArgs):
+    """A keras.losses class with arguments, e.g. {type: SparseCategoricalCrossentropy, from_logits: true}."""
+
+
 class ScheduleSpec(WithArgs):
     every: Literal["epoch", "step"] = "epoch"  # unit of decay_steps / boundaries; the classic decay is per epoch
 
@@ -188,7 +192,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(32, ge=1)  # global: split across replicas
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: Optional[ScheduleSpec] = None
-    loss: str = "sparse_categorical_crossentropy"
+    loss: Union[str, LossSpec] = "sparse_categorical_crossentropy"  # a name, or a mapping with arguments
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
     early_stopping: Optional[EarlyStopping] = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)

@@ -42,7 +42,7 @@ class ValidateResult:
 
 def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
     """Load, build (no weights downloaded) and measure the model of one config."""
-    from cnncli.builder import build_model, raw_spec_problems
+    from cnncli.builder import build_checked, raw_spec_problems
     from cnncli.config import load_config
     from cnncli.geometry import summarize
     from cnncli.inputs import plan_input
@@ -50,7 +50,7 @@ def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)
     plan = plan_input(cfg)
-    model = build_model(cfg, plan.shape, load_weights=False)
+    model = build_checked(cfg, plan.shape)
     check_phases(model, cfg)
     phases = phase_params(model, cfg)  # leaves the model as the first phase trains it
     summary = summarize(model)

@@ -117,6 +117,15 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg))
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
+    if resume_dir is None:
+        from cnncli.builder import check_model
+
+        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
+        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
+        # before the seed: the trial build draws initial weights.)
+        check_model(cfg)
+        if runtime.is_chief:
+            rundir.check_output(opts.output, cfg.name or "run")
     import keras
     import tensorflow as tf
 
@@ -124,14 +133,6 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    if resume_dir is None:
-        from cnncli.builder import check_model_specs
-
-        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
-        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early.)
-        check_model_specs(cfg)
-        if runtime.is_chief:
-            rundir.check_output(opts.output, cfg.name or "run")
     data, plan = _load_data(cfg, opts.smoke, reporter)
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
@@ -149,12 +150,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
 
     session = None
     try:
-        try:
-            session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
-        except CnnError:
-            if resume_dir is None:  # the model does not fit the data: nothing was trained, no run to keep
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
         session.train(state)
         return session.finish()
     except KeyboardInterrupt:
@@ -162,6 +158,10 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
             session.mark("interrupted")
         raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
                           f"cnn train --resume {run_dir}") from None
+    except Exception:
+        if resume_dir is None and not (run_dir / rundir.STATE_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first epoch: nothing to keep or resume
+        raise
 
 
 def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | None) -> Path:
