@@ -233,7 +233,7 @@ def _offline_weights_hint(backbone: str):
 
 
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None, specs_checked: bool = False):
+                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True):
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -267,11 +267,12 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         args = [outputs[r] for r in spec.inputs] if spec.inputs else [x]
         x = _call_layer(cfg, layer, args[0] if len(args) == 1 else args, path, spec.type)
         outputs[name] = x
-    _check_output(cfg, x, names[-1] if names else None)
+    if classifier:
+        check_output(cfg, x, names[-1] if names else None)
     return keras.Model(inputs, x, name=cfg.name or "model")
 
 
-def _check_output(cfg: Config, x, last_name: str | None) -> None:
+def check_output(cfg: Config, x, last_name: str | None) -> None:
     """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
     if len(x.shape) == 2:
         return
@@ -293,11 +294,12 @@ def check_model(cfg: Config) -> None:
     build_checked(cfg, plan_input(cfg).shape)
 
 
-def build_checked(cfg: Config, input_shape: Sequence[int]):
+def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True):
     """The model built without weights after every name and argument check, all problems reported together.
 
     Problems in the training vocabulary (optimizer, schedule, loss) do not stop the
     build, so shapes are checked too; broken layer specs do, as the build needs them.
+    `classifier=False` accepts any output shape (a summary of a feature extractor).
     """
     try:
         check_model_specs(cfg)
@@ -307,7 +309,7 @@ def build_checked(cfg: Config, input_shape: Sequence[int]):
             raise
         problems = exc.problems
     try:
-        model = build_model(cfg, input_shape, load_weights=False, specs_checked=True)
+        model = build_model(cfg, input_shape, load_weights=False, specs_checked=True, classifier=classifier)
     except ConfigError as exc:
         problems += _as_config_error(cfg, exc).problems
     _raise_with_lines(cfg, sorted(problems, key=lambda p: p.line or 0))
@@ -315,7 +317,7 @@ def build_checked(cfg: Config, input_shape: Sequence[int]):
 
 
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None, specs_checked: bool = False):
+                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True):
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -349,11 +351,12 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         args = [outputs[r] for r in spec.inputs] if spec.inputs else [x]
         x = _call_layer(cfg, layer, args[0] if len(args) == 1 else args, path, spec.type)
         outputs[name] = x
-    _check_output(cfg, x, names[-1] if names else None)
+    if classifier:
+        check_output(cfg, x, names[-1] if names else None)
     return keras.Model(inputs, x, name=cfg.name or "model")
 
 
-def _check_output(cfg: Config, x, last_name: str | None) -> None:
+def check_output(cfg: Config, x, last_name: str | None) -> None:
     """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
     if len(x.shape) == 2:
         return

@@ -198,6 +198,18 @@ class TrainConfig(Strict):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     phases: Optional[list[Phase]] = Field(None, min_length=1)
 
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_form(cls, value: Any) -> Any:
+        """One message for a loss of the wrong form, rather than one per member of the union."""
+        if isinstance(value, dict) and not isinstance(value.get("type"), str):
+            raise ValueError("a loss written as a mapping needs `type`, e.g. "
+                             "{type: SparseCategoricalCrossentropy, from_logits: true}")
+        if not isinstance(value, (str, dict, LossSpec)):
+            raise ValueError(f"expected a loss name or a mapping with `type` and the loss's arguments, "
+                             f"got {_describe(value)}")
+        return value
+
 
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "gpu"] = "auto"

@@ -40,9 +40,14 @@ class ValidateResult:
                 "warnings": self.warnings}
 
 
-def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
-    """Load, build (no weights downloaded) and measure the model of one config."""
-    from cnncli.builder import build_checked, raw_spec_problems
+def summarize_config(path: str | Path, overrides: list[str], classifier: bool = False) -> SummaryResult:
+    """Load, build (no weights downloaded) and measure the model of one config.
+
+    A model whose output is not (batch, classes) cannot train: an error with `classifier`
+    (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
+    """
+    from cnncli.builder import build_checked, check_output, raw_spec_problems
+    from cnncli.errors import ConfigError
     from cnncli.config import load_config
     from cnncli.geometry import summarize
     from cnncli.inputs import plan_input
@@ -50,11 +55,16 @@ def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)
     plan = plan_input(cfg)
-    model = build_checked(cfg, plan.shape)
+    model = build_checked(cfg, plan.shape, classifier)
     check_phases(model, cfg)
     phases = phase_params(model, cfg)  # leaves the model as the first phase trains it
     summary = summarize(model)
     warnings = plan.notes + summary.warnings
+    if not classifier:
+        try:
+            check_output(cfg, model.outputs[0], model.layers[-1].name if cfg.model.layers else None)
+        except ConfigError as exc:
+            warnings.append(f"{exc.problems[0].message}; `cnn train` would refuse it")
     if plan.num_classes is not None:
         outputs = model.outputs[0].shape[-1]
         if len(model.outputs[0].shape) == 2 and outputs != plan.num_classes:  # KerasTensor shapes are tuples
@@ -64,7 +74,7 @@ def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
     try:
-        result = summarize_config(path, overrides)
+        result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc))
     from cnncli.config import load_config
