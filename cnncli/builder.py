@@ -291,7 +291,24 @@ def check_model(cfg: Config) -> None:
     """Every check `cnn validate` makes, before any data is read (see `build_checked`)."""
     from cnncli.inputs import plan_input
 
-    build_checked(cfg, plan_input(cfg).shape)
+    plan = plan_input(cfg)
+    model = build_checked(cfg, plan.shape)
+    if plan.num_classes is not None:
+        check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+
+
+def check_classes(cfg: Config, outputs: int, num_classes: int, source: str = "the data") -> None:
+    """One output per class: fewer leave labels without an output, more leave outputs without a class."""
+    if outputs == num_classes:
+        return
+    message = (f"labels go up to {num_classes - 1} ({num_classes} classes) but the model outputs {outputs} values"
+               if outputs < num_classes else f"the model outputs {outputs} values but {source} has {num_classes} "
+               "classes, so some outputs would belong to no class")
+    message += f"; set the last layer's units to {num_classes}"
+    last = len(cfg.model.layers) - 1
+    if last >= 0 and "units" in cfg.model.layers[last].args:
+        raise cfg.error(message, ("model", "layers", last, "units"))
+    raise ConfigError.single(message, file=cfg._file)
 
 
 def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True):

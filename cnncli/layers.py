@@ -113,7 +113,9 @@ _INT_ARGS = {"filters", "units", "groups", "depth_multiplier", "num_heads", "key
              "input_dim", "decay_steps", "first_decay_steps", "patience", "cooldown", "height", "width",
              "gradient_accumulation_steps", "ema_overwrite_frequency", "warmup_steps"}
 _INTS_ARGS = {"kernel_size", "strides", "pool_size", "dilation_rate", "size"}  # an integer or a list of them
-_POSITIVE_ARGS = _INT_ARGS | _INTS_ARGS | {"learning_rate", "initial_learning_rate", "epsilon"}
+_POSITIVE_ARGS = _INTS_ARGS | {"filters", "units", "groups", "depth_multiplier", "num_heads", "key_dim", "value_dim",
+                                "output_dim", "input_dim", "decay_steps", "first_decay_steps", "height", "width",
+                                "gradient_accumulation_steps", "learning_rate", "initial_learning_rate", "epsilon"}
 _NUMBER_ARGS = {"rate", "learning_rate", "initial_learning_rate", "decay_rate", "momentum", "epsilon", "alpha",
                 "beta_1", "beta_2", "rho", "min_lr", "min_delta", "l1", "l2", "stddev", "weight_decay",
                 "clipnorm", "clipvalue", "global_clipnorm", "negative_slope", "max_value", "end_learning_rate",

@@ -46,7 +46,7 @@ def summarize_config(path: str | Path, overrides: list[str], classifier: bool = 
     A model whose output is not (batch, classes) cannot train: an error with `classifier`
     (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
     """
-    from cnncli.builder import build_checked, check_output, raw_spec_problems
+    from cnncli.builder import build_checked, check_classes, check_output, raw_spec_problems
     from cnncli.errors import ConfigError
     from cnncli.config import load_config
     from cnncli.geometry import summarize
@@ -65,10 +65,13 @@ def summarize_config(path: str | Path, overrides: list[str], classifier: bool = 
             check_output(cfg, model.outputs[0], model.layers[-1].name if cfg.model.layers else None)
         except ConfigError as exc:
             warnings.append(f"{exc.problems[0].message}; `cnn train` would refuse it")
-    if plan.num_classes is not None:
-        outputs = model.outputs[0].shape[-1]
-        if len(model.outputs[0].shape) == 2 and outputs != plan.num_classes:  # KerasTensor shapes are tuples
-            warnings.append(f"the model outputs {outputs} values but the data has {plan.num_classes} classes")
+    if plan.num_classes is not None and len(model.outputs[0].shape) == 2:
+        try:
+            check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+        except ConfigError as exc:
+            if classifier:  # validate: train would refuse it
+                raise
+            warnings.append(exc.problems[0].message)
     return SummaryResult(str(path), plan.shape, summary, warnings, phases)
 
 

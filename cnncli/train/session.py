@@ -71,6 +71,10 @@ class Session:
             if last >= 0 and "units" in self.cfg.model.layers[last].args:
                 raise self.cfg.error(message, ("model", "layers", last, "units"))
             raise DataError(message)
+        if outputs > self.data.num_classes:  # an output of no class: the test report could not name it
+            from cnncli.builder import check_classes
+
+            check_classes(self.cfg, outputs, self.data.num_classes, self.data.source)
 
     def write_run_json(self) -> None:
         import keras
