@@ -71,8 +71,43 @@ def raw_spec_problems(data: Any) -> list[Problem]:
             problems += _backbone_problems(BackboneSpec.model_validate(backbone))
         except ValidationError:
             pass
-    return problems + _raw_train_problems(section("train", "optimizer"), section("train", "lr_schedule"),
-                                          section("train", "loss"), section("train", "phases"))
+    problems += _raw_train_problems(section("train", "optimizer"), section("train", "lr_schedule"),
+                                    section("train", "loss"), section("train", "phases"))
+    if not any(p.path.startswith("model.") for p in problems):
+        problems += _raw_shape_problems(data)
+    return problems
+
+
+def _raw_shape_problems(data: Any) -> list[Problem]:
+    """The model built from a file whose other sections failed: its shapes do not depend on them.
+
+    Only `data` and `model` decide the model; when both pass the schema and the
+    cross-checks, the build runs and its problem joins the report.
+    """
+    from pydantic import ValidationError
+
+    from cnncli.config import CROSS_CHECKS, Config
+    from cnncli.errors import CnnError
+    from cnncli.inputs import plan_input
+
+    if not isinstance(data, dict):
+        return []
+    try:
+        cfg = Config.model_validate({k: data[k] for k in ("name", "data", "model") if k in data})
+    except ValidationError:
+        return []  # the schema's messages cover data and model
+    if any(check(cfg) for check in CROSS_CHECKS):
+        return []
+    try:
+        plan = plan_input(cfg)
+        model = build_checked(cfg, plan.shape)
+        if plan.num_classes is not None:
+            check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+    except ConfigError as exc:
+        return exc.problems
+    except CnnError:
+        return []  # the data cannot be described (a missing folder...): `train` says so on its own
+    return []
 
 
 def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -> list[Problem]:

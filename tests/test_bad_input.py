@@ -221,3 +221,12 @@ def test_a_start_that_fails_in_the_first_epoch_leaves_no_run_directory(tmp_path)
     result = train(tmp_path, write(tmp_path, TINY), "--set", "train.optimizer={type: SGD, learning_rate: 1e30}")
     assert "no epoch had completed" in error_of(result)
     assert run_dirs(tmp_path) == []
+
+
+def test_a_schema_problem_elsewhere_does_not_hide_the_shape_problem(tmp_path):
+    path = write(tmp_path, NO_FLATTEN.replace("  epochs: 1\n", "  epochs: 0\n") + "runtime: {device: tpu}\n")
+    lines = error_of(cli("validate", path)).splitlines()
+    assert lines[0] == "Error: 3 problems"
+    assert lines[1].startswith(f"  {path}:9: model.layers[1]: the last layer `dense` (Dense) outputs shape")
+    assert lines[2].startswith(f"  {path}:11: train.epochs: input should be greater than or equal to 1")
+    assert lines[3].startswith(f"  {path}:13: runtime.device: input should be 'auto', 'cpu' or 'gpu'")
