@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import shutil
 
+import keras
 import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, event, given, note, settings
@@ -23,8 +24,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cnncli.cli import app
+from helpers import keep_dtype_policy  # noqa: F401  (the fixture)
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("keep_dtype_policy")  # in-process training may change Keras's global policy
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                      HealthCheck.data_too_large])
 DEFAULT = settings(max_examples=24, derandomize=True, phases=[Phase.explicit, Phase.generate], **_COMMON)  # no shrinking: each example trains
@@ -154,7 +157,11 @@ def _check(config: dict, tmp_path_factory) -> None:
     path.write_text(yaml.safe_dump(copy.deepcopy(config), sort_keys=False))  # shared dicts would become YAML aliases
     note(path.read_text())
     validated = _invoke("validate", path)
-    trained = _invoke("train", path, "--smoke", "-q", "-o", folder / "runs")
+    policy = keras.config.dtype_policy()  # each example starts from the same global policy
+    try:
+        trained = _invoke("train", path, "--smoke", "-q", "-o", folder / "runs")
+    finally:
+        keras.config.set_dtype_policy(policy)
     note(f"validate: {validated.output}\ntrain: {trained.output}")
     event("valid" if validated.exit_code == 0 else "invalid")
     if validated.exit_code == 0:
