@@ -178,21 +178,9 @@ def test_values_in_the_file_point_at_their_line(tmp_path):
 
 # ---------------------------------------------------------------- every problem at once
 
-FIVE = """\
-name: five
-colour: red
-data:
-  dataset: shapes
-  shapes: {image_size: 12, train_examples: 48, test_examples: 12}
-model:
-  layers:
-    - {type: Conv2D, filtrs: 4, kernel_size: 3}
-    - {type: Flatten}
-    - {type: Dense, units: 6, activation: sofmax}
-train:
-  epochs: 0
-  optimizer: {type: Adamm}
-"""
+FIVE = (TINY.replace("seed: 1\n", "colour: red\n").replace("filters: 4", "filtrs: 4")  # an unknown key, a typo,
+        .replace("softmax", "sofmax").replace("epochs: 1", "epochs: 0")  # an activation, an epoch count
+        .replace("batch_size: 16", "optimizer: {type: Adamm}"))  # and an optimizer
 
 
 @pytest.mark.parametrize("command", ["validate", "summary", "train"])
