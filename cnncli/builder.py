@@ -332,13 +332,15 @@ def check_model(cfg: Config) -> None:
         check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
 
 
-def check_classes(cfg: Config, outputs: int, num_classes: int, source: str = "the data") -> None:
+def check_classes(cfg: Config, outputs: int, num_classes: int, source: str | None = None) -> None:
     """One output per class: fewer leave labels without an output, more leave outputs without a class."""
     if outputs == num_classes:
         return
-    message = (f"labels go up to {num_classes - 1} ({num_classes} classes) but the model outputs {outputs} values"
-               if outputs < num_classes else f"the model outputs {outputs} values but {source} has {num_classes} "
-               "classes, so some outputs would belong to no class")
+    source = source or cfg.data.path or cfg.data.dataset
+    message = (f"{source}: labels go up to {num_classes - 1} ({num_classes} classes) but the model outputs "
+               f"{outputs} values" if outputs < num_classes else
+               f"the model outputs {outputs} values but {source} has {num_classes} classes, so some outputs "
+               "would belong to no class")
     message += f"; set the last layer's units to {num_classes}"
     last = len(cfg.model.layers) - 1
     if last >= 0 and "units" in cfg.model.layers[last].args:
