@@ -52,6 +52,10 @@ class OptimizerSpec(WithArgs):
     type: str = "Adam"
 
 
+class LossSpec(WithArgs):
+    """A keras.losses class with arguments, e.g. {type: SparseCategoricalCrossentropy, from_logits: true}."""
+
+
 class ScheduleSpec(WithArgs):
     every: Literal["epoch", "step"] = "epoch"  # unit of decay_steps / boundaries; the classic decay is per epoch
 
@@ -192,11 +196,23 @@ class TrainConfig(Strict):
     batch_size: int = Field(32, ge=1)  # global: split across replicas
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: Optional[ScheduleSpec] = None
-    loss: str = "sparse_categorical_crossentropy"
+    loss: Union[str, LossSpec] = "sparse_categorical_crossentropy"  # a name, or a mapping with arguments
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
     early_stopping: Optional[EarlyStopping] = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     phases: Optional[list[Phase]] = Field(None, min_length=1)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_form(cls, value: Any) -> Any:
+        """One message for a loss of the wrong form, rather than one per member of the union."""
+        if isinstance(value, dict) and not isinstance(value.get("type"), str):
+            raise ValueError("a loss written as a mapping needs `type`, e.g. "
+                             "{type: SparseCategoricalCrossentropy, from_logits: true}")
+        if not isinstance(value, (str, dict, LossSpec)):
+            raise ValueError(f"expected a loss name or a mapping with `type` and the loss's arguments, "
+                             f"got {_describe(value)}")
+        return value
 
 
 class RuntimeConfig(Strict):

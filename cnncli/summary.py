@@ -73,9 +73,14 @@ class ValidateResult:
                 "warnings": self.warnings}
 
 
-def summarize_config(path: str | Path | list, overrides: list[str]) -> SummaryResult:
-    """Load, build (no weights downloaded) and measure the model of one config."""
-    from cnncli.builder import build_model, raw_spec_problems
+def summarize_config(path: str | Path | list, overrides: list[str], classifier: bool = False) -> SummaryResult:
+    """Load, build (no weights downloaded) and measure the model of one config.
+
+    A model whose output is not (batch, classes) cannot train: an error with `classifier`
+    (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
+    """
+    from cnncli.builder import build_checked, check_classes, check_output, raw_spec_problems
+    from cnncli.errors import ConfigError
     from cnncli.config import load_config
     from cnncli.geometry import summarize
     from cnncli.inputs import plan_input
@@ -83,15 +88,23 @@ def summarize_config(path: str | Path | list, overrides: list[str]) -> SummaryRe
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)
     plan = plan_input(cfg)
-    model = build_model(cfg, plan.shape, load_weights=False)
+    model = build_checked(cfg, plan.shape, classifier)
     check_phases(model, cfg)
     phases = phase_params(model, cfg)  # leaves the model as the first phase trains it
     summary = summarize(model)
     warnings = plan.notes + summary.warnings + _double_scaling(cfg)
-    if plan.num_classes is not None:
-        outputs = model.outputs[0].shape[-1]
-        if len(model.outputs[0].shape) == 2 and outputs != plan.num_classes:  # KerasTensor shapes are tuples
-            warnings.append(f"the model outputs {outputs} values but the data has {plan.num_classes} classes")
+    if not classifier:
+        try:
+            check_output(cfg, model.outputs[0], model.layers[-1].name if cfg.model.layers else None)
+        except ConfigError as exc:
+            warnings.append(f"{exc.problems[0].message}; `cnn train` would refuse it")
+    if plan.num_classes is not None and len(model.outputs[0].shape) == 2:
+        try:
+            check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+        except ConfigError as exc:
+            if classifier:  # validate: train would refuse it
+                raise
+            warnings.append(exc.problems[0].message)
     shown = ", ".join(map(str, path)) if isinstance(path, list) else str(path)
     return SummaryResult(shown, plan.shape, summary, warnings, phases, cfg._groups)
 
@@ -117,7 +130,7 @@ def _double_scaling(cfg) -> list[str]:
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
     try:
-        result = summarize_config(path, overrides)
+        result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
     from cnncli.config import load_config

@@ -22,3 +22,13 @@ def need_fashion_mnist() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{FASHION} is missing; .ci/run installs Debian's dataset-fashion-mnist")
         pytest.skip(f"{FASHION} is missing (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=False)
+def keep_dtype_policy():
+    """In-process `cnn train` may choose a mixed-precision global policy; later tests in the process need theirs."""
+    import keras
+
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)

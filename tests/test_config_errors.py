@@ -53,7 +53,7 @@ CASES = {
     "negative-batch-size": ("train:\n  batch_size: -1\n" + OK_MODEL,
                             ["{file}:2: train.batch_size: input should be greater than or equal to 1, got -1"]),
     "negative-kernel-size": (OK_MODEL.replace("{type: Flatten}", "{type: Conv2D, filters: 4, kernel_size: -3}"),
-                             ["{file}:4: model.layers[0].kernel_size: Conv2D: ", "kernel_size=-3"]),
+                             ["{file}:4: model.layers[0].kernel_size: must be greater than 0, got -3"]),
     "negative-input-shape": (OK_MODEL.replace("[8, 8, 1]", "[8, -8, 1]"),
                              ["{file}:2: model.input_shape: sizes must be positive, got [8, -8, 1]"]),
     "unknown-layer-type": (OK_MODEL.replace("Flatten", "Flaten"),

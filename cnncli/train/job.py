@@ -118,6 +118,15 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
     check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
+    if resume_dir is None:
+        from cnncli.builder import check_model
+
+        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
+        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
+        # before the seed: the trial build draws initial weights.)
+        check_model(cfg)
+        if runtime.is_chief:
+            rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import keras
     import tensorflow as tf
 
@@ -125,14 +134,6 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    if resume_dir is None:
-        from cnncli.builder import check_model_specs
-
-        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
-        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early.)
-        check_model_specs(cfg)
-        if runtime.is_chief:
-            rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     data, plan = _load_data(cfg, opts.smoke, reporter)
     shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
@@ -156,12 +157,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
 
     session = None
     try:
-        try:
-            session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
-        except CnnError:
-            if resume_dir is None:  # the model does not fit the data: nothing was trained, no run to keep
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
         session.train(state)
         result = session.finish()
         if shown is not None:
@@ -175,10 +171,20 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     except tf.errors.OpError as exc:
         lost = lost_worker(exc, shown or run_dir) if runtime.num_workers > 1 else None
         if lost is None:
+            _discard_unstarted(run_dir, resume_dir)
             raise
         if session is not None:
             session.mark("interrupted")
         raise lost from None
+    except Exception:
+        _discard_unstarted(run_dir, resume_dir)
+        raise
+
+
+def _discard_unstarted(run_dir: Path, resume_dir: Path | None) -> None:
+    """A run that failed before its first epoch was committed has nothing to keep or resume."""
+    if resume_dir is None and not (run_dir / rundir.STATE_FILE).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _chief_run_dir(resume_dir: Path | None) -> str:

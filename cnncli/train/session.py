@@ -41,7 +41,7 @@ class Session:
         import keras
 
         from cnncli.builder import build_model
-        from cnncli.layers import make_layer
+        from cnncli.layers import make_layer, make_loss
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
         self.smoke = smoke
@@ -58,7 +58,7 @@ class Session:
                 self.augment = keras.Sequential(
                     [make_layer(s, f"augment_{n}", f"data.augment[{i}]", **_seed_for(s, cfg.seed + i))
                      for i, (s, n) in enumerate(zip(cfg.data.augment, names))], name="augment")
-        self.loss_fn = keras.losses.get(cfg.train.loss)
+        self.loss_fn = make_loss(cfg.train.loss)  # takes the class indices the data holds, whatever the loss
         self._check_labels()
         check_phases(self.model, cfg)
         self.history: list[dict] = []
@@ -80,6 +80,10 @@ class Session:
             if last >= 0 and "units" in self.cfg.model.layers[last].args:
                 raise self.cfg.error(message, ("model", "layers", last, "units"))
             raise DataError(message)
+        if outputs > self.data.num_classes:  # an output of no class: the test report could not name it
+            from cnncli.builder import check_classes
+
+            check_classes(self.cfg, outputs, self.data.num_classes, self.data.source)
 
     def write_run_json(self) -> None:
         import keras
@@ -155,7 +159,7 @@ class Session:
             optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, cfg.train.loss) for m in cfg.train.metrics]
-            self.model.compile(optimizer=optimizer, loss=cfg.train.loss)  # lets Keras callbacks reach the optimizer
+            self.model.compile(optimizer=optimizer, loss=self.loss_fn)  # lets Keras callbacks reach the optimizer
         checkpoint = self._checkpoint(optimizer)
         if state is not None:
             rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
