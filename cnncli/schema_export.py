@@ -26,12 +26,15 @@ _FIELD_COMMENT = re.compile(r"^\s{4}(\w+)\s*:[^#\n]*#\s*(.+?)\s*$", re.MULTILINE
 
 
 def _comment_descriptions(cls: type) -> dict[str, str]:
-    """{field: the comment on its line} from a schema class's source."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {name.rstrip("_"): text for name, text in _FIELD_COMMENT.findall(source)}  # int_ is spelled `int`
+    """{field: the comment on its line} from a schema class's source and its bases' (inherited fields)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's comment wins
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        out.update((name.rstrip("_"), text) for name, text in _FIELD_COMMENT.findall(source))  # int_ is `int`
+    return out
 
 
 def _describe_fields(schema: dict) -> None:
