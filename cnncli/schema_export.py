@@ -59,12 +59,14 @@ _FALLBACK = {
     "model": "the network: input shape, optional pretrained backbone, layers and blocks",
     "train": "epochs, batch, optimizer, schedule, loss, metrics, callbacks and phases",
     "runtime": "device, precision, distribution and threads",
-    "DataConfig.dataset": "shapes | mnist | fashion_mnist | cifar10 | cifar100 | idx | npz | image_folder",
+    "DataConfig.dataset": "shapes | mnist | fashion_mnist | cifar10 | cifar100 | idx | npz | image_folder | records",
     "DataConfig.color_mode": "grayscale | rgb; default: as the data is",
     "DataConfig.shapes": "settings of the built-in shapes dataset",
     "ModelConfig.backbone": "a keras.applications model ({name: VGG16, ...}) or {from_run: RUN_DIR} below the layers",
     "ModelConfig.layers": "Keras layers in order: {type: Conv2D, filters: 32, ...}, or uses of model.blocks",
     "OptimizerSpec.type": "a keras.optimizers class (Adam, SGD, AdamW, RMSprop, ...); other keys are its arguments",
+    "LossSpec.type": "a keras.losses class (SparseCategoricalCrossentropy, CategoricalCrossentropy, ...); "
+                     "other keys are its arguments",
     "ScheduleSpec.type": "exponential | step | cosine | cosine_restarts | inverse_time | polynomial | "
                          "reduce_on_plateau; other keys are the Keras class's arguments",
     "Phase.epochs": "epochs of this phase",
