@@ -55,7 +55,7 @@ def test_error_inside_the_second_copy_names_the_block_line_and_the_use_line(tmp_
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 1
     line = result.stderr.strip()
-    assert line.startswith(f"Error: {path}:7: model.blocks.basic.layers[0].strides: Conv2D:"), line
+    assert line.startswith(f"Error: {path}:7: model.blocks.basic.layers[0].strides: must be greater than 0, got -1"), line
     assert line.endswith(f"(copy 2 of block `basic` used by model.layers[1] at {path}:12)"), line
 
 

@@ -168,5 +168,5 @@ def test_block_from_a_base_file_errors_at_the_base_line_and_names_the_use_in_the
     assert result.exit_code == 1
     problem, = json.loads(result.stdout)[0]["problems"]
     assert (problem["file"], problem["line"]) == (str(base), 7)
-    assert problem["message"].startswith("model.blocks.down.layers[0].filters: Conv2D: ")
+    assert problem["message"].startswith("model.blocks.down.layers[0].filters: must be greater than 0, got 0")
     assert problem["message"].endswith(f"(copy 2 of block `down` used by model.layers[0] at {child}:4)")
