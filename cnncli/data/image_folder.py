@@ -22,6 +22,7 @@ from PIL import Image
 
 from cnncli.config import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
+from cnncli.data.pipeline import FileListing
 from cnncli.data.prepare import resize_image
 from cnncli.errors import DataError
 
@@ -170,6 +171,12 @@ def read_image(path: Path | str, mode: str | None = None) -> np.ndarray:
         raise DataError(f"{path}: cannot read image ({exc or type(exc).__name__})") from None
 
 
+def read_file(path: str, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """One file as the resident path reads it: `mode`, then resized to `size` when it differs."""
+    pixels = read_image(path, mode)
+    return pixels if pixels.shape[:2] == tuple(size) else resize_image(pixels, size)
+
+
 def _target_mode(cfg: DataConfig, paths: list[Path]) -> str:
     """cfg.color_mode, else "rgb" as soon as one image header says colour."""
     if cfg.color_mode:
@@ -244,8 +251,8 @@ def _load(cfg: DataConfig, seed: int) -> Splits:
     return _read_all(scan(cfg), cfg)
 
 
-def _describe(cfg: DataConfig) -> DatasetInfo:
-    found = scan(cfg)
+def _describe(cfg: DataConfig, found: Scan | None = None) -> DatasetInfo:
+    found = found or scan(cfg)
     paths = [p for split in ("train", "test") for p, _ in found.files[split]]
     mode = _target_mode(cfg, paths)
     size = tuple(cfg.image_size) if cfg.image_size else _first_size(paths)
@@ -254,4 +261,11 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
     return DatasetInfo((size[0], size[1], 3 if mode == "rgb" else 1), len(found.class_names), found.class_names)
 
 
-SOURCES = {"image_folder": Source(_load, _describe, "one sub-folder of images per class (data.path)")}
+def _files(cfg: DataConfig) -> FileListing:
+    found = scan(cfg)
+    info = _describe(cfg, found)
+    files = {split: [(str(p), label) for p, label in pairs] for split, pairs in found.files.items()}
+    return FileListing(found.class_names, files, info.input_shape, read_file, str(found.root), found.warnings)
+
+
+SOURCES = {"image_folder": Source(_load, _describe, "one sub-folder of images per class (data.path)", _files)}
