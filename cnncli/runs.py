@@ -47,11 +47,16 @@ class Run:
             raise RunError(f"`{path}` cannot be loaded: {str(exc).splitlines()[0]}") from None
 
     def load_data(self, overrides: list[str] | None = None):
-        """The run's data (same seed, so the same splits), converted to the model's input."""
-        from cnncli.data import convert_images, load
+        """The run's data (same seed, so the same splits), converted to the model's input.
+
+        Streamed as in training when data.cache (or the memory budget) says so: split arrays, or
+        pipeline.FileSplits read at the model's input size.
+        """
+        from cnncli.data import cache_streams, convert_images, open_data
 
         cfg = load_config(self.path / "config.yaml", overrides or []) if overrides else self.cfg
-        data = load(cfg.data, cfg.seed or 0)
+        data = open_data(cfg.data, cfg.seed or 0, self.input_shape)
+        cache_streams(data)
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")
             if len(x) and tuple(x.shape[1:]) != self.input_shape:
@@ -69,8 +74,7 @@ def open_run(path: str | Path) -> Run:
 def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
                  top_k: int | None = None) -> dict:
     """Metrics of a run's model on a split of its data (or of other, compatible data)."""
-    import numpy as np
-
+    from cnncli.data.pipeline import predict_split
     from cnncli.evaluate import classification_report
 
     run = open_run(path)
@@ -83,8 +87,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     outputs = int(model.outputs[0].shape[-1])
     if int(y.max()) >= outputs:
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
-    probs = np.concatenate([np.asarray(model(x[i:i + 256].astype("float32"), training=False), np.float32)
-                            for i in range(0, len(x), 256)])
+    probs, y = predict_split(lambda images: model(images.astype("float32"), training=False), x, y)
     report = classification_report(y, probs, names[:outputs] if len(names) >= outputs else
                                    [str(i) for i in range(outputs)], top_k=top_k)
     report["split"] = split
