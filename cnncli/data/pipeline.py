@@ -66,7 +66,7 @@ class FileListing:
 
 @dataclass
 class _Health:
-    """Files that could not be read, shared by every split of one run (and their slices)."""
+    """Files of one split that could not be read, and those read, shared with the split's slices."""
 
     bad: dict[str, str] = field(default_factory=dict)  # path -> why
     opened: set[str] = field(default_factory=set)  # files this process has read, for run.json
@@ -391,11 +391,9 @@ def split_listing(listing: FileListing, cfg, seed: int) -> dict[str, FileSplit]:
     """train / val / test FileSplits: `limit` and the validation split chosen exactly as for resident data."""
     from cnncli.data.prepare import limit_indices, validation_indices
 
-    health = _Health()
-
     def make(pairs: list[tuple[str, int]]) -> FileSplit:
         return FileSplit([str(p) for p, _ in pairs], np.array([label for _, label in pairs], np.int64),
-                         tuple(listing.image_shape), listing.read, cfg.on_corrupt, "none", None, health=health)
+                         tuple(listing.image_shape), listing.read, cfg.on_corrupt, "none", None)
 
     train_all, test_all = listing.files["train"], listing.files["test"]
     keep_train = limit_indices(len(train_all), cfg.limit)
