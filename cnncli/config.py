@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cnncli.errors import ConfigError, Problem, did_you_mean
 from cnncli.yamlio import KeyPath, format_path, parse_yaml, read_yaml_file
 
-DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder")
-FILE_DATASETS = ("idx", "npz", "image_folder")  # these need `data.path`
+DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
+            "records")  # records: TFRecord shards written by `cnn data pack`
+FILE_DATASETS = ("idx", "npz", "image_folder", "records")  # these need `data.path`
 SHAPE_CLASSES = ("x", "o", "square", "triangle", "plus", "line")
 
 

@@ -116,8 +116,7 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
                   method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
     from cnncli.artifacts import float32_model
-    from cnncli.data import convert_images
-    from cnncli.predict import read_image
+    from cnncli.images import conform, model_view, read_image
     from cnncli.runs import open_run
 
     if method not in METHODS:
@@ -125,7 +124,7 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     picture = read_image(image_path)
     run = open_run(run_dir)
     model = float32_model(run.load_model())
-    image = convert_images([picture], run.input_shape)[0]
+    image = conform(picture, *model_view(run.input_shape))  # as cnn predict and training read it
     probs = np.asarray(model(image[None].astype(np.float32), training=False), np.float32)[0]
     names = run.class_names if len(run.class_names) == len(probs) else [str(i) for i in range(len(probs))]
     index = int(probs.argmax()) if class_name is None else class_index(class_name, names)

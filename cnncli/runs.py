@@ -53,9 +53,11 @@ class Run:
         pipeline.FileSplits read at the model's input size.
         """
         from cnncli.data import cache_streams, convert_images, open_data
+        from cnncli.images import model_view
 
         cfg = load_config(self.path / "config.yaml", overrides or []) if overrides else self.cfg
-        data = open_data(cfg.data, cfg.seed or 0, self.input_shape)
+        color_mode, size = model_view(self.input_shape)  # files are read at the model's size, as cnn predict reads them
+        data = open_data(cfg.data.model_copy(update={"color_mode": color_mode, "image_size": size}), cfg.seed or 0)
         cache_streams(data)
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")

@@ -1,6 +1,6 @@
 """Datasets: from a `data:` config section to uint8 NHWC arrays in memory.
 
-One module per source (shapes, keras_datasets, idx, npz, image_folder), each
+One module per source (shapes, keras_datasets, idx, npz, image_folder, records), each
 contributing entries to `SOURCES`, the registry `data.dataset` is looked up
 in. `prepare` applies what every source shares: limit, validation split,
 colour mode and size.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.config import DataConfig
-from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, shapes
+from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, records, shapes
 from cnncli.data.base import Dataset, DatasetInfo, Source
 from cnncli.data.prepare import convert_images, converted_shape, prepare
 from cnncli.errors import DataError
@@ -26,6 +26,7 @@ __all__ = ["Dataset", "DatasetInfo", "convert_images", "describe", "list_dataset
 
 SOURCES: Registry[Source] = Registry("dataset", {
     **shapes.SOURCES, **keras_datasets.SOURCES, **idx.SOURCES, **npz.SOURCES, **image_folder.SOURCES,
+    **records.SOURCES,
 })
 
 
