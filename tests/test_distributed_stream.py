@@ -74,3 +74,24 @@ def test_two_workers_each_stream_only_their_half_and_end_identical(work):
     assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")
     history = np.genfromtxt(dirs[0] / "history.csv", delimiter=",", names=True)
     assert history["accuracy"][-1] > 0.5  # it learned: chance is 1/3
+
+
+@pytest.mark.slow  # packing, then two TensorFlow processes and a cluster
+def test_two_workers_on_a_4_shard_pack_each_open_2_shards_and_end_identical(work):
+    import subprocess
+    import sys
+
+    pack = work / "pack"
+    done = subprocess.run([sys.executable, "-m", "cnncli", "data", "pack", str(work / "folder"), "--output", str(pack),
+                           "--shards", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = work / "records.yaml"
+    config.write_text(CONFIG.format(folder=pack).replace("dataset: image_folder", "dataset: records"))
+    results = multi_worker(["train", str(config)], work / "mw-records", work / "mw-records-workers")
+    for index, r in enumerate(results):
+        assert r.returncode == 0, f"worker {index} exit {r.returncode}:\n{r.stderr[-3000:]}"
+        assert "unshardable" not in r.stderr.lower()
+    dirs = [Path(json.loads(r.stdout)["run_dir"]) for r in results]
+    runs = [json.loads((d / "run.json").read_text()) for d in dirs]
+    assert [run["data"]["files_opened"] for run in runs] == [2, 2]  # shards 0, 2 and 1, 3 of 4
+    assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")

@@ -60,15 +60,22 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     `cache_streams` writes or opens their disk cache.
     """
     source = _source(cfg)
-    if source.files is None or cfg.cache == "memory":
+    if (source.files is None and cfg.dataset != "records") or cfg.cache == "memory":
         data = load(cfg, seed)
         why = "data.cache is set in the config" if cfg.cache == "memory" else \
             f"dataset `{cfg.dataset}` is read into memory whole"
         data.cache = {"mode": "memory", "why": why}
         return data
-    listing = source.files(cfg)
-    splits = pipeline.split_listing(listing, cfg, seed)
-    image_shape = tuple(int(d) for d in (shape or listing.image_shape))
+    if cfg.dataset == "records":
+        from cnncli.data.record_stream import record_splits
+
+        image_shape = tuple(int(d) for d in (shape or describe(cfg).input_shape))
+        splits, class_names, where, warnings = (*record_splits(cfg, seed, image_shape), [])
+    else:
+        listing = source.files(cfg)
+        splits = pipeline.split_listing(listing, cfg, seed)
+        class_names, where, warnings = listing.class_names, listing.source, listing.warnings
+        image_shape = tuple(int(d) for d in (shape or listing.image_shape))
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
     root = pipeline.cache_root(cfg.cache_dir)
@@ -78,16 +85,18 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
         data = load(cfg, seed)
         data.cache = {"mode": "memory", "why": why}
         return data
+    if mode == "disk" and cfg.dataset == "records":
+        mode, why = "none", why + "; a pack streams its shards as they are (no disk cache of decoded pictures)"
     if workers > 1:
         if len(splits["train"]) < workers:
-            raise DataError(f"{listing.source}: {len(splits['train'])} training file(s) cannot be shared by "
+            raise DataError(f"{where}: {len(splits['train'])} training file(s) cannot be shared by "
                             f"{workers} workers; use fewer workers or more data")
         splits["train"] = splits["train"].shard(worker, workers)
     for split in splits.values():
         split.cache, split.cache_root = mode, root
     data = Dataset(splits["train"], splits["train"].labels, splits["val"], splits["val"].labels,
-                   splits["test"], splits["test"].labels, class_names=list(listing.class_names),
-                   source=listing.source, warnings=list(listing.warnings))
+                   splits["test"], splits["test"].labels, class_names=list(class_names),
+                   source=where, warnings=list(warnings))
     data.cache = {"mode": mode, "why": why}
     return data
 

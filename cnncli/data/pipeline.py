@@ -278,9 +278,14 @@ def _reason(exc: DataError, path: str) -> str:
 
 # ------------------------------------------------------------------ for trainers and evaluators
 
+def is_streamed(x) -> bool:
+    """A split read on demand (FileSplit, record_stream.RecordSplit) rather than an array in memory."""
+    return hasattr(x, "batches") and hasattr(x, "health")
+
+
 def raise_if_failed(x) -> None:
     """With `on_corrupt: error`, the first unreadable file met so far as one DataError naming it."""
-    if not isinstance(x, FileSplit) or x.on_corrupt != "error" or not x.health.bad:
+    if not is_streamed(x) or x.on_corrupt != "error" or not x.health.bad:
         return
     path = sorted(x.health.bad)[0]
     more = len(x.health.bad) - 1
@@ -290,7 +295,7 @@ def raise_if_failed(x) -> None:
 
 def labelled_batches(x, y: np.ndarray, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(uint8 images, labels) in split order, resident or streamed; unreadable files are left out."""
-    if isinstance(x, FileSplit):
+    if is_streamed(x):
         for images, labels in x.batches(np.arange(len(x)), batch_size).as_numpy_iterator():
             yield images, labels.astype(np.int64)
         raise_if_failed(x)
@@ -320,20 +325,22 @@ def predict_split(predict: Callable[[np.ndarray], np.ndarray], x, y: np.ndarray,
 
 def head(x, k: int) -> np.ndarray:
     """The first k images of a split as an array."""
-    return x[:k].to_array() if isinstance(x, FileSplit) else x[:k]
+    if not is_streamed(x):
+        return x[:k]
+    return next(labelled_batches(x, None, k), (np.zeros((0, *x.image_shape), np.uint8), None))[0]
 
 
 def skipped(*splits) -> list[str]:
     """Files left out of streamed splits because they could not be read."""
     bad = set()
     for x in splits:
-        if isinstance(x, FileSplit):
+        if is_streamed(x):
             bad.update(x.health.bad)
     return sorted(bad)
 
 
 def files_opened(x) -> int | None:
-    return len(x.health.opened) if isinstance(x, FileSplit) else None
+    return len(x.health.opened) if is_streamed(x) else None
 
 
 # ------------------------------------------------------------------ choosing resident or streamed

@@ -176,10 +176,10 @@ class Trainer:
     def set_data(self, x, y: np.ndarray) -> None:
         """Keep the training split resident (uint8 stays uint8: 4× less memory than float32),
         or, for a streamed split, keep it to ask for batches each epoch."""
-        from cnncli.data.pipeline import FileSplit
+        from cnncli.data.pipeline import is_streamed
 
         tf = self.tf
-        if isinstance(x, FileSplit):
+        if is_streamed(x):
             self._stream, self._x, self._y, self._n = x, None, None, len(x)
             return
         self._stream = None
@@ -305,9 +305,9 @@ class Trainer:
 
     def predict_split(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, labels) over a resident or streamed split; a stream leaves unreadable files out."""
-        from cnncli.data.pipeline import FileSplit, predict_split
+        from cnncli.data.pipeline import is_streamed, predict_split
 
-        if not isinstance(x, FileSplit):
+        if not is_streamed(x):
             return self.predict(x), y
         return predict_split(self.predict, x, y)
 
