@@ -175,15 +175,8 @@ class FileSplit:
         else:
             ds = tf.data.Dataset.from_tensor_slices(order)
             ds = ds.map(self._read_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            ds = ds.filter(_readable).map(_without_flag)
-            if count is not None:
-                ds = ds.repeat().take(count * batch_size)
-            ds = ds.batch(batch_size, drop_remainder=count is not None)
-        options = tf.data.Options()
-        options.deterministic = True
-        # Each worker's pipeline already holds only its share (see `shard`): nothing for TF to shard.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+            return readable_batches(ds, batch_size, count)
+        return _finish(ds)
 
     def _read_element(self, index):
         import tensorflow as tf
@@ -261,6 +254,25 @@ class FileSplit:
         tmp = folder / f".{COMMIT_MARKER}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps({"files": len(self.files), "shape": list(self.image_shape), "bad": bad}))
         os.replace(tmp, folder / COMMIT_MARKER)
+
+
+def readable_batches(ds, batch_size: int, count: int | None):
+    """(pixels, label, ok) elements -> prefetched batches of the readable ones; `count` whole batches
+    (wrapping around) when given, else every element once."""
+    ds = ds.filter(_readable).map(_without_flag)
+    if count is not None:
+        ds = ds.repeat().take(count * batch_size)
+    return _finish(ds.batch(batch_size, drop_remainder=count is not None))
+
+
+def _finish(ds):
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.deterministic = True
+    # Each worker's pipeline already holds only its share (see `shard`): nothing for TF to shard.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _readable(pixels, label, ok):

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cnncli.data import records
-from cnncli.data.pipeline import _Health, _readable, _without_flag
+from cnncli.data.pipeline import _Health, readable_batches
 from cnncli.errors import DataError
 
 SHUFFLE_BUFFER = 2048  # records mixed across the shards being read; a few MB of encoded pictures
@@ -101,19 +101,12 @@ class RecordSplit:
         ds = tf.data.Dataset.from_tensor_slices(files)
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(CYCLE, len(files)),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(lambda record: _parse(record), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda data, label, index, name: member_t[index])
         if shuffled:
             ds = ds.shuffle(SHUFFLE_BUFFER, seed=int(order[0]) * 7919 + int(order[-1]), reshuffle_each_iteration=False)
         ds = ds.map(self._decode_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.filter(_readable).map(_without_flag)
-        if count is not None:
-            ds = ds.repeat().take(count * batch_size)
-        ds = ds.batch(batch_size, drop_remainder=count is not None)
-        options = tf.data.Options()
-        options.deterministic = True
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+        return readable_batches(ds, batch_size, count)
 
     def _decode_element(self, data, label, index, name):
         import tensorflow as tf
