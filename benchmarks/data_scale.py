@@ -96,11 +96,15 @@ def _config(folder: Path, cache: str, cache_dir: Path, epochs: int) -> str:
 def _spawn(argv: list[str], env: dict | None = None) -> tuple[float, int, float, list[tuple[float, str]]]:
     """(start time, exit code, peak RSS in MB, stdout lines with the time each arrived) of a child process."""
     t0 = time.time()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **(env or {})})
-    lines = [(time.time(), line) for line in proc.stdout]
-    _, status, usage = os.wait4(proc.pid, 0)
-    return t0, os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024, lines
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
+        lines = [(time.time(), line) for line in proc.stdout]
+        _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:  # the error line (cnn's `Error: ...`, or a traceback's last line) goes in the row
+            err.seek(0)
+            lines.append((time.time(), (err.read().strip().splitlines() or [""])[-1]))
+    return t0, code, usage.ru_maxrss / 1024, lines
 
 
 def run_cnn(folder: Path, cache: str, work: Path) -> dict:
@@ -149,7 +153,7 @@ def run_keras(folder: Path) -> dict:
     _, code, rss, lines = _spawn([sys.executable, "-c", KERAS_CHILD, str(folder), json.dumps(LAYERS), str(time.time())],
                                {"TF_CPP_MIN_LOG_LEVEL": "2"})
     if code != 0:
-        return {"run": "keras", "error": f"exit {code}"}
+        return {"run": "keras", "error": f"exit {code}: {lines[-1][1].strip() if lines else ''}"}
     got = json.loads(lines[-1][1])
     return {"run": "keras", "chosen": "stream", "peak_rss_mb": rss, "first_step_s": got["first_step_s"],
             "epoch1_img_s": n / got["epoch_seconds"][0], "epoch2_img_s": None}
