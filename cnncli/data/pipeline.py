@@ -86,7 +86,7 @@ class FileSplit:
     cache_root: Optional[Path] = None
     share_sizes: Optional[tuple[int, ...]] = None  # every worker's share of the training split, when sharded
     health: _Health = field(default_factory=_Health)
-    _images: Optional[np.ndarray] = field(default=None, repr=False)  # the disk cache, memory-mapped
+    _images: Optional["_CacheFile"] = field(default=None, repr=False)  # the disk cache, once opened
     _cached_bad: Optional[np.ndarray] = field(default=None, repr=False)  # bool (N,): unreadable when cached
 
     # -------------------------------------------------------------- array-like surface
@@ -143,7 +143,7 @@ class FileSplit:
         """Pixels of file `index` and whether it could be read (zeros and False otherwise)."""
         index = int(index)
         if self._images is not None:
-            return np.asarray(self._images[index]), not bool(self._cached_bad[index])
+            return self._images.rows([index])[0], not bool(self._cached_bad[index])
         path = self.files[index]
         if path in self.health.bad:
             return np.zeros(self.image_shape, np.uint8), False
@@ -189,7 +189,7 @@ class FileSplit:
     def _gather_batch(self, indices):
         import tensorflow as tf
 
-        pixels = tf.numpy_function(lambda i: np.asarray(self._images[i]), [indices], tf.uint8, stateful=False)
+        pixels = tf.numpy_function(self._images.rows, [indices], tf.uint8, stateful=False)
         pixels.set_shape((None, *self.image_shape))
         return pixels, tf.gather(tf.constant(self.labels.astype(np.int32)), indices)
 
@@ -213,7 +213,7 @@ class FileSplit:
             self._write_cache(folder, progress)
             built = True
         marker = json.loads((folder / COMMIT_MARKER).read_text())
-        self._images = np.load(folder / "images.npy", mmap_mode="r")
+        self._images = _CacheFile(folder / "images.npy")
         self._cached_bad = np.zeros(len(self.files), bool)
         for index, why in marker["bad"].items():
             self._cached_bad[int(index)] = True
@@ -254,6 +254,25 @@ class FileSplit:
         tmp = folder / f".{COMMIT_MARKER}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps({"files": len(self.files), "shape": list(self.image_shape), "bad": bad}))
         os.replace(tmp, folder / COMMIT_MARKER)
+
+
+class _CacheFile:
+    """Rows of the cache's .npy read with pread: unlike a memory map, pages read stay in the OS's page
+    cache and out of this process's resident set, so peak RSS does not grow with the dataset."""
+
+    def __init__(self, path: Path):
+        header = np.load(path, mmap_mode="r")  # parses the .npy header; no page is read
+        self.shape, self.offset, self.nbytes = header.shape, header.offset, header.nbytes
+        self.row = int(np.prod(self.shape[1:]))
+        self.fd = os.open(path, os.O_RDONLY)
+        del header
+
+    def rows(self, indices) -> np.ndarray:
+        out = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        flat = out.reshape(len(indices), self.row)
+        for k, i in enumerate(indices):
+            flat[k] = np.frombuffer(os.pread(self.fd, self.row, self.offset + int(i) * self.row), np.uint8)
+        return out
 
 
 def readable_batches(ds, batch_size: int, count: int | None):
