@@ -227,7 +227,10 @@ class FileSplit:
             shutil.rmtree(folder)
         try:
             folder.mkdir(parents=True)
-            images = np.lib.format.open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=self.shape)
+            # Written row by row through the page cache: a memory map's dirty pages would count in this
+            # process's resident set, growing it by the size of the dataset.
+            images = open(folder / "images.npy", "wb")
+            np.lib.format.write_array_header_2_0(images, {"descr": "|u1", "fortran_order": False, "shape": self.shape})
         except OSError as exc:
             raise DataError(f"{folder}: cannot write the image cache ({exc.strerror or exc}); set data.cache_dir "
                             "to a writable folder with room, or data.cache: none") from None
@@ -240,7 +243,7 @@ class FileSplit:
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for chunk, results in zip(chunks, pool.map(lambda c: [self.read_one(i) for i in c], chunks)):
                 for index, (pixels, ok) in zip(chunk, results):
-                    images[index] = pixels
+                    images.write(np.ascontiguousarray(pixels, np.uint8).tobytes())
                     if not ok:
                         bad[str(index)] = self.health.bad[self.files[index]]
                 done += len(chunk)
@@ -248,8 +251,7 @@ class FileSplit:
                 if progress is not None and (now - last >= PROGRESS_EVERY or done == len(self.files)):
                     progress(done, len(self.files), now - t0)
                     last = now
-        images.flush()
-        del images
+        images.close()
         faults.point("cache_written")
         tmp = folder / f".{COMMIT_MARKER}.tmp-{os.getpid()}"
         tmp.write_text(json.dumps({"files": len(self.files), "shape": list(self.image_shape), "bad": bad}))
