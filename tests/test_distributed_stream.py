@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from helpers import write_shapes_folder
 from test_distributed import assert_same_weights, multi_worker
 
 CONFIG = """\
@@ -42,18 +42,8 @@ runtime:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
-    from cnncli.config import DataConfig, ShapesSpec
-    from cnncli.data import load
-
-    data = load(DataConfig(dataset="shapes", validation_split=0,
-                           shapes=ShapesSpec(image_size=16, classes=["x", "o", "square"], train_examples=300,
-                                             test_examples=60)), seed=5)
     root = tmp_path_factory.mktemp("stream-shards")
-    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        for i, (image, label) in enumerate(zip(x, y)):
-            target = root / "folder" / split / data.class_names[label]
-            target.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image[..., 0]).save(target / f"{i:04d}.png")
+    write_shapes_folder(root / "folder", seed=5, train=300, test=60)
     (root / "shards.yaml").write_text(CONFIG.format(folder=root / "folder"))
     return root
 

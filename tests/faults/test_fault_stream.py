@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,10 @@ from PIL import Image
 
 from conftest import EPOCHS
 from harness import check_complete, history_rows, only_run_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for helpers
+
+from helpers import write_shapes_folder  # noqa: E402
 
 STREAMED = """\
 name: streamed
@@ -49,20 +54,8 @@ runtime:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    """400 training and 90 test shapes (x, o, square; 16×16 grey) as PNG files, one folder per class."""
-    from cnncli.config import DataConfig, ShapesSpec
-    from cnncli.data import load
-
-    data = load(DataConfig(dataset="shapes", validation_split=0,
-                           shapes=ShapesSpec(image_size=16, classes=["x", "o", "square"], train_examples=400,
-                                             test_examples=90)), seed=7)
-    root = tmp_path_factory.mktemp("shapes-folder")
-    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        for i, (image, label) in enumerate(zip(x, y)):
-            target = root / split / data.class_names[label]
-            target.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image[..., 0]).save(target / f"{i:04d}.png")
-    return root
+    """400 training and 90 test shapes as PNG files, one folder per class."""
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes-folder"), seed=7, train=400, test=90)
 
 
 def config(where: Path, folder: Path, cache: str = "disk", on_corrupt: str = "error", epochs: int = EPOCHS,
