@@ -36,6 +36,10 @@ file with `tf.io.read_file` first, and pass `name=` for error messages):
         return read_image(data, "rgb", (224, 224), name=path)
     x = tf.numpy_function(decode, [tf.io.read_file(path), path], tf.uint8)
 
+Raised inside a tf.data function, `CorruptImage` reaches the iterator as a
+`tf.errors.UnknownError` whose message holds "CorruptImage: <name>: cannot
+read image (...)"; to skip bad files, catch it inside the wrapped function.
+
 `probe(path)` reads only the header: (height, width, mode) after EXIF
 rotation, for `cnn data inspect` and memory budgets.
 """
@@ -169,6 +173,9 @@ def to_channels(pixels: np.ndarray, color_mode: str | None) -> np.ndarray:
     """uint8 (H, W, C) to the channels `color_mode` asks for (None: unchanged): luma as Pillow's convert("L")."""
     from cnncli.data.prepare import to_channels as convert  # the conversion whole arrays get
 
+    color_mode = _unwrap(color_mode)
+    if isinstance(color_mode, bytes):  # passed to tf.numpy_function as a tensor
+        color_mode = color_mode.decode()
     if color_mode is None:
         return pixels
     if color_mode not in COLOR_MODES:
@@ -197,7 +204,8 @@ def read_image(source: Source, color_mode: str | None = None, image_size: Sequen
     try:
         with _open(source) as image:
             image.load()  # decode now: a truncated file fails here, not later
-            pixels = _natural(ImageOps.exif_transpose(image))
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of an upright picture
+            pixels = _natural(image)
     except READ_ERRORS as exc:
         raise CorruptImage(where, _reason(exc)) from None
     return conform(pixels, color_mode, image_size)

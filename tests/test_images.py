@@ -11,6 +11,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from cnncli import images
@@ -201,3 +203,45 @@ def test_unreadable_files_raise_corrupt_image_naming_the_file(tmp_path, damage, 
 def test_unknown_color_mode_is_refused(tmp_path):
     with pytest.raises(DataError, match="color_mode must be one of grayscale, rgb, got `cmyk`"):
         read_image(gif_grey(tmp_path / "g.gif"), "cmyk")
+
+
+def test_usable_from_tf_data_through_numpy_function(tmp_path):
+    import tensorflow as tf
+
+    good, bad = jpeg_rotated(tmp_path / "r.jpg"), tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+
+    def decode(data, path):
+        return read_image(data, "grayscale", (6, 4), name=path)
+
+    def pipeline(paths):
+        ds = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+        return ds.map(lambda p: tf.numpy_function(decode, [tf.io.read_file(p), p], tf.uint8))
+
+    (pixels,) = list(pipeline([good]).as_numpy_iterator())
+    assert np.array_equal(pixels, read_image(good, "grayscale", (6, 4)))
+    with pytest.raises(tf.errors.UnknownError, match=f"CorruptImage: {bad}: cannot read image"):
+        list(pipeline([bad]).as_numpy_iterator())
+
+
+MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+
+@settings(max_examples=40, deadline=None)
+@given(mode=st.sampled_from(sorted(MODES)), height=st.integers(1, 12), width=st.integers(1, 12),
+       color_mode=st.sampled_from([None, "grayscale", "rgb"]),
+       size=st.one_of(st.none(), st.tuples(st.integers(1, 16), st.integers(1, 16))), seed=st.integers(0, 99))
+def test_any_png_reads_the_same_from_bytes_and_in_two_steps(mode, height, width, color_mode, size, seed):
+    """read_image(f, m, s) == conform(read_image(f), m, s); bytes read like the file; alpha goes, channels 1 or 3."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, MODES[mode]), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode).save(buffer, "PNG")
+    data = buffer.getvalue()
+    out = read_image(data, color_mode, size)
+    natural = 1 if mode in ("L", "LA") else 3
+    channels = {"grayscale": 1, "rgb": 3, None: natural}[color_mode]
+    assert out.dtype == np.uint8 and out.shape == (*(size or (height, width)), channels)
+    assert np.array_equal(out, images.conform(read_image(data), color_mode, size))
+    if mode in ("L", "RGB"):  # nothing to composite: the stored pixels come back
+        assert np.array_equal(read_image(data), pixels[..., :natural])

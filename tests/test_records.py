@@ -141,7 +141,7 @@ def test_a_corrupt_file_stops_the_pack_and_leaves_nothing(tmp_path):
     assert json.loads((tmp_path / "packed" / "index.json").read_text())["splits"]["train"]["per_class"] == [4, 3]
 
 
-@pytest.mark.parametrize("case", ["exists", "no-source", "bad-set", "file-output"])
+@pytest.mark.parametrize("case", ["exists", "no-source", "bad-set", "file-output", "under-a-file"])
 def test_pack_refuses_with_one_line(tmp_path, case):
     root = write_folder(tmp_path / "pictures", per_class=3, classes=("a", "b"))
     args = [root, "--output", tmp_path / "packed"]
@@ -154,9 +154,13 @@ def test_pack_refuses_with_one_line(tmp_path, case):
     elif case == "bad-set":
         args += ["--set", "data.on_corupt=skip"]
         expected = ["data.on_corupt", "did you mean `on_corrupt`"]
-    else:
+    elif case == "file-output":
         (tmp_path / "packed").write_text("a file")
         expected = [f"Error: {tmp_path / 'packed'}: is a file; --output must be a folder"]
+    else:
+        (tmp_path / "file").write_text("a file")
+        args[2] = tmp_path / "file" / "packed"
+        expected = [f"Error: {tmp_path / 'file' / 'packed'}: cannot write the pack ("]
     one_error_line(cnn("data", "pack", *args), *expected)
 
 

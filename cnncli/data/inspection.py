@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cnncli.config import DataConfig
-from cnncli.data import pack, records
+from cnncli.data import catalogue, records
 
 DISTINCT_SHOWN = 10  # list every size when there are at most this many
 
@@ -32,10 +32,10 @@ def _sizes(shapes: list[tuple[int, ...]]) -> dict:
 
 def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None]] = None, seed: int = 0) -> dict:
     """Counts, sizes, modes and unreadable files of the source `cfg` names, as a JSON-ready dict."""
-    found = pack.catalogue(cfg, seed)
+    found = catalogue.catalogue(cfg, seed)
     names = found.class_names
     total = sum(len(p) for p in found.splits.values())
-    step = pack._counter(progress, total)
+    step = catalogue.counter(progress, total)
     splits, shapes, modes, unreadable = {}, [], Counter(), []
     arrays = found.dataset not in ("image_folder", "records")
     for split in records.SPLITS:
@@ -45,8 +45,10 @@ def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None
             shape = _array_shape(cfg)
             shapes += [shape] * len(found.splits[split])
             modes["RGB" if shape[2] == 3 else "L"] += len(found.splits[split])
+            if step:
+                step(len(found.splits[split]))
         else:
-            for picture, result in pack.looked(found.splits[split], step):
+            for picture, result in catalogue.looked(found.splits[split], step):
                 if result.error:
                     unreadable.append({"path": picture.shown, "split": split,
                                        "class": names[picture.label], "reason": result.error})

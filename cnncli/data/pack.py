@@ -16,52 +16,24 @@ name), so a folder with an index.json is always a whole pack.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-import io
 import json
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
-from cnncli import __version__, images
-from cnncli.config import Config, DataConfig
+from cnncli import __version__
+from cnncli.config import DataConfig
 from cnncli.data import records
+from cnncli.data.catalogue import Catalogue, Picture, Progress, RecordPictures, catalogue, counter, looked
 from cnncli.errors import DataError
 
 PACK_SEED = 0  # the order pictures are spread over shards: fixed, so packing twice gives the same shards
 SHARD_BYTES = 100 * 2 ** 20  # default shard size: TensorFlow's guide suggests 100 MB+ per file for streaming
-CHUNK = 256  # pictures decoded in parallel at a time
-PLACEHOLDER_MODEL = {"layers": [{"type": "Dense", "units": 2}]}  # a folder has no config: lets --set be checked
-
-Progress = Callable[[int, int], None]  # (pictures done, pictures in all)
-
-
-@dataclass
-class Picture:
-    """One picture of a source: where it is and how to get its encoded bytes."""
-
-    name: str  # path relative to the source, or split/position for arrays: stored in the record
-    label: int
-    read: Callable[[], bytes]
-    shown: str  # what messages call it: the file's path, or shard and name
-
-
-@dataclass
-class Catalogue:
-    """A source's pictures per split, in the source's order."""
-
-    source: str  # what was packed, for index.json and messages
-    dataset: str
-    class_names: list[str]
-    splits: dict[str, list[Picture]]
-    size_hint: dict[str, int]  # approximate encoded bytes per split, for the default shard count
-    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -74,123 +46,6 @@ class PackResult:
     def as_json(self) -> dict:
         return {"output": self.output, "index": self.index,
                 "skipped": [{"path": n, "reason": r} for n, r in self.skipped], "warnings": self.warnings}
-
-
-# ---------------------------------------------------------------- sources
-
-def resolve(source: str | Path, overrides: Optional[list[str]] = None) -> Config:
-    """The config a command-line SOURCE means: an image folder, a records folder or a config file.
-
-    Only its `data` section and `seed` (which generated sources such as shapes use) matter here.
-    """
-    from cnncli.config import apply_overrides, config_from_dict, load_config
-
-    text = str(source)
-    path = Path(text).expanduser()
-    if "://" in text or (path.is_dir() and (path / records.INDEX).exists()):
-        data = {"dataset": "records", "path": text}
-    elif path.is_dir():
-        data = {"dataset": "image_folder", "path": str(path)}
-    elif path.is_file():
-        return load_config(path, overrides or [])
-    else:
-        raise DataError(f"{text}: no such folder or config file; give an image folder (one sub-folder per "
-                        "class), a folder written by cnn data pack, or a config file")
-    raw = {"data": data, "model": PLACEHOLDER_MODEL}
-    apply_overrides(raw, overrides or [], {})
-    return config_from_dict(raw, "source")
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _folder(cfg: DataConfig) -> Catalogue:
-    from cnncli.data.image_folder import scan
-
-    found = scan(cfg)
-    splits = {split: [Picture(path.relative_to(found.root).as_posix(), label, path.read_bytes, str(path))
-                      for path, label in found.files[split]] for split in records.SPLITS}
-    hint = {split: sum(p.stat().st_size for p, _ in found.files[split]) for split in records.SPLITS}
-    return Catalogue(str(found.root), "image_folder", found.class_names, splits, hint, list(found.warnings))
-
-
-def _records(cfg: DataConfig) -> Catalogue:
-    index = records.read_index(cfg)
-    splits, hint = {}, {}
-    for split in records.SPLITS:
-        rows = sorted(records.read_records(cfg, split), key=lambda row: row[1])
-        splits[split] = [Picture(name or f"{split}/{i}", label, (lambda data=data: data), f"{file}: {name}")
-                         for i, (file, _, name, data, label) in enumerate(rows)]
-        hint[split] = sum(len(row[3]) for row in rows)
-    return Catalogue(str(cfg.path), "records", list(index["class_names"]), splits, hint)
-
-
-def _arrays(cfg: DataConfig, seed: int) -> Catalogue:
-    from cnncli.data import SOURCES
-
-    if cfg.dataset not in SOURCES:
-        raise DataError(SOURCES.unknown_message(cfg.dataset))
-    found = SOURCES.get(cfg.dataset).load(cfg, seed)
-    splits, hint = {}, {}
-    for split in records.SPLITS:
-        x, y = getattr(found, f"x_{split}"), getattr(found, f"y_{split}")
-        splits[split] = [Picture(f"{split}/{i}", int(y[i]), (lambda i=i, x=x: _png(x[i])),
-                                 f"{found.source} {split}/{i}") for i in range(len(x))]
-        hint[split] = int(x.nbytes)
-    return Catalogue(found.source, cfg.dataset, list(found.class_names), splits, hint, list(found.warnings))
-
-
-def catalogue(cfg: DataConfig, seed: int = 0) -> Catalogue:
-    """Every picture of the source `cfg` names, per split, without decoding any; `seed` for generated data."""
-    if cfg.dataset == "image_folder":
-        return _folder(cfg)
-    if cfg.dataset == "records":
-        return _records(cfg)
-    return _arrays(cfg, seed)
-
-
-# ---------------------------------------------------------------- checking
-
-@dataclass
-class Looked:
-    """What decoding one picture found: its bytes and shape, or why it cannot be read."""
-
-    data: bytes = b""
-    shape: tuple[int, int, int] | None = None  # (height, width, channels) as read_image gives it
-    mode: str = ""  # Pillow's mode
-    error: str = ""
-
-
-def look(picture: Picture) -> Looked:
-    """Read and decode one picture; never raises for a bad picture."""
-    name = picture.shown
-    try:
-        data = picture.read()
-    except OSError as exc:
-        return Looked(error=f"{exc.strerror or exc}")
-    try:
-        header = images.probe(data, name=name)
-        pixels = images.read_image(data, name=name)
-    except images.CorruptImage as exc:
-        return Looked(data, error=exc.reason)
-    return Looked(data, tuple(int(d) for d in pixels.shape), header.mode)
-
-
-def looked(pictures: list[Picture], progress: Optional[Callable[[int], None]] = None
-           ) -> Iterable[tuple[Picture, Looked]]:
-    """(picture, what decoding found) in the given order, decoded on every core."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
-        for start in range(0, len(pictures), CHUNK):
-            chunk = pictures[start:start + CHUNK]
-            results = list(pool.map(look, chunk))
-            if progress:
-                progress(len(chunk))
-            yield from zip(chunk, results)
 
 
 # ---------------------------------------------------------------- writing
@@ -209,15 +64,23 @@ def _temporary(path: str) -> str:
 
 
 def _check_output(output: str) -> None:
-    gfile = records._gfile()
-    if gfile.exists(records.join(output, records.INDEX)):
+    files = records.gfile()
+    if files.exists(records.join(output, records.INDEX)):
         raise DataError(f"{output}: already holds a pack (index.json); choose another --output or delete it")
-    if gfile.exists(output) and not gfile.isdir(output):
+    if files.exists(output) and not files.isdir(output):
         raise DataError(f"{output}: is a file; --output must be a folder")
-    try:
-        gfile.makedirs(output)
-    except Exception as exc:  # tf.errors.* for object stores, OSError for local disks
-        raise DataError(f"{output}: cannot create the folder ({getattr(exc, 'message', exc)})") from None
+    files.makedirs(output)
+
+
+def _publish(written: list[tuple[str, str]], output: str, index: dict) -> None:
+    """Rename every finished shard to its name, then write index.json (itself through a temporary name)."""
+    files = records.gfile()
+    for temp, final in written:
+        files.rename(temp, final, overwrite=True)
+    index_path = records.join(output, records.INDEX)
+    with files.GFile(_temporary(index_path), "w") as f:
+        f.write(json.dumps(index, indent=2) + "\n")
+    files.rename(_temporary(index_path), index_path, overwrite=True)
 
 
 def _shape_summary(shapes: dict[str, dict[int, tuple[int, int, int]]]) -> dict:
@@ -237,6 +100,8 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     """
     import tensorflow as tf
 
+    if isinstance(pictures, RecordPictures):  # re-sharding a pack: its pictures in the source's order
+        pictures = pictures.in_order()
     order = np.random.default_rng(PACK_SEED).permutation(len(pictures))
     per_class, per_shard, shapes, skipped = np.zeros(k, np.int64), [0] * n, {}, []
     writers = [tf.io.TFRecordWriter(t) for t in temps]
@@ -264,10 +129,13 @@ def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: O
         raise DataError(f"--shards must be at least 1, got {shards}")
     found = catalogue(cfg, seed)
     output = str(output).rstrip("/") if "://" in str(output) else str(Path(output).expanduser())
-    _check_output(output)
-    total = sum(len(p) for p in found.splits.values())
-    step = _counter(progress, total)
-    gfile = records._gfile()
+    with records.storage(output, "write the pack"):
+        _check_output(output)
+        return _pack(found, cfg, output, shards, counter(progress, sum(len(p) for p in found.splits.values())), seed)
+
+
+def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: Optional[int],
+          step: Optional[Callable[[int], None]], seed: int) -> PackResult:
     written: list[tuple[str, str]] = []  # (temporary, final), removed again unless the pack completes
     skipped: list[tuple[str, str]] = []
     entries, shapes = {}, {}
@@ -294,54 +162,10 @@ def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: O
                  "made": {"source": found.source, "dataset": found.dataset,
                           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                           "cnncli": __version__, "seed": seed, "shards": shards}}
-        for temp, final in written:
-            gfile.rename(temp, final, overwrite=True)
+        _publish(written, output, index)
         written = []
-        index_path = records.join(output, records.INDEX)
-        with gfile.GFile(_temporary(index_path), "w") as f:
-            f.write(json.dumps(index, indent=2) + "\n")
-        gfile.rename(_temporary(index_path), index_path, overwrite=True)
     finally:
         for temp, _ in written:  # an error or an interrupt: no half-written shard is left behind
-            if gfile.exists(temp):
-                gfile.remove(temp)
+            if records.gfile().exists(temp):
+                records.gfile().remove(temp)
     return PackResult(output, index, sorted(skipped), found.warnings)
-
-
-def _counter(progress: Optional[Progress], total: int) -> Optional[Callable[[int], None]]:
-    """A step(n) callback reporting (done, total) to `progress`."""
-    if progress is None:
-        return None
-    done = [0]
-
-    def step(n: int) -> None:
-        done[0] += n
-        progress(done[0], total)
-    progress(0, total)
-    return step
-
-
-@contextlib.contextmanager
-def progress_display(label: str, show: bool = True):
-    """A (done, total) callback drawing a Rich bar on a terminal, else a plain line every 10% (stdout, as training)."""
-    import sys
-
-    if not show:
-        yield None
-        return
-    if sys.stdout.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("pictures"),
-                      TimeRemainingColumn(), transient=True) as bar:
-            task = bar.add_task(label, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
-        return
-    shown = [-1]
-
-    def plain(done: int, total: int) -> None:
-        tenth = 10 * done // max(total, 1)
-        if tenth > shown[0]:
-            shown[0] = tenth
-            print(f"{label}: {done:,}/{total:,} pictures", flush=True)
-    yield plain

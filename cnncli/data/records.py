@@ -41,6 +41,7 @@ Reading, streamed (the interface for the tf.data pipeline):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 from pathlib import Path
@@ -68,10 +69,24 @@ def shard_name(split: str, k: int, n: int) -> str:
     return f"{split}-{k:05d}-of-{n:05d}{SUFFIX}"
 
 
-def _gfile():
+def gfile():
+    """tf.io.gfile: local paths and every URL scheme TensorFlow has a file system for."""
     import tensorflow as tf
 
     return tf.io.gfile
+
+
+@contextlib.contextmanager
+def storage(path: str, doing: str):
+    """A file-system failure (permission, network, a full disk) as one DataError naming `path`."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError as exc:
+        raise DataError(f"{path}: cannot {doing} ({exc.message.splitlines()[0]})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot {doing} ({exc.strerror or exc})") from None
 
 
 # ---------------------------------------------------------------- index
@@ -88,41 +103,44 @@ def _root(cfg_or_path) -> str:
 def read_index(path) -> dict:
     """index.json of a records folder, checked; DataError naming the file otherwise."""
     root = _root(path)
-    gfile = _gfile()
+    files = gfile()
     index_path = join(root, INDEX)
-    if not gfile.exists(index_path):
-        if not gfile.isdir(root):
-            raise DataError(f"{root}: no such folder; data.path of `records` must be a folder written by "
-                            "`cnn data pack`")
-        raise DataError(f"{index_path}: not found; {root} is not a complete records folder (a pack writes "
-                        "index.json last); pack one with: cnn data pack SOURCE --output DIR")
+    with storage(index_path, "read the records index"):
+        if not files.exists(index_path):
+            if not files.isdir(root):
+                raise DataError(f"{root}: no such folder; data.path of `records` must be a folder written by "
+                                "`cnn data pack`")
+            raise DataError(f"{index_path}: not found; {root} is not a complete records folder (a pack writes "
+                            "index.json last); pack one with: cnn data pack SOURCE --output DIR")
+        with files.GFile(index_path, "r") as f:
+            text = f.read()
     try:
-        with gfile.GFile(index_path, "r") as f:
-            index = json.loads(f.read())
-    except (ValueError, UnicodeDecodeError) as exc:
+        index = json.loads(text)
+    except ValueError as exc:
         raise DataError(f"{index_path}: not valid JSON ({exc}); re-pack the data") from None
     problem = _index_problem(index)
     if problem:
-        raise DataError(f"{index_path}: {problem}; re-pack the data with cnn data pack")
+        raise DataError(f"{index_path}: {problem}")
     return index
 
 
 def _index_problem(index) -> str | None:
+    repack = "; re-pack the data with cnn data pack"
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        return f"not a cnncli records index (no \"format\": \"{FORMAT}\")"
+        return f"not a cnncli records index (no \"format\": \"{FORMAT}\"){repack}"
     if not isinstance(index.get("version"), int) or index["version"] > VERSION:
         return (f"format version {index.get('version')!r} is newer than this cnncli reads ({VERSION}); "
                 "upgrade cnncli")
     names = index.get("class_names")
     if not isinstance(names, list) or len(names) < 2:
-        return "class_names must list at least 2 classes"
+        return f"class_names must list at least 2 classes{repack}"
     splits = index.get("splits")
     if not isinstance(splits, dict) or "train" not in splits:
-        return "splits.train is missing"
+        return f"splits.train is missing{repack}"
     for split, entry in splits.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) \
                 or not isinstance(entry.get("count"), int):
-            return f"splits.{split} must have a count and a list of shards"
+            return f"splits.{split} must have a count and a list of shards{repack}"
     return None
 
 
@@ -133,8 +151,8 @@ def shard_files(path, split: str) -> list[str]:
     if split not in index["splits"]:
         return []
     files = [join(root, name) for name in index["splits"][split]["shards"]]
-    gfile = _gfile()
-    missing = [f for f in files if not gfile.exists(f)]
+    with storage(root, "list the shards"):
+        missing = [f for f in files if not gfile().exists(f)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"{missing[0]}: shard listed in {join(root, INDEX)} is missing{more}; "
@@ -202,6 +220,8 @@ def read_records(path, split: str) -> Iterator[tuple[str, int, str, bytes, int]]
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as exc:
             raise DataError(f"{file}: damaged after record {n} ({exc.message.splitlines()[0]}); "
                             "copy the file again or re-pack the data") from None
+        except tf.errors.OpError as exc:  # permission, network
+            raise DataError(f"{file}: cannot read the shard ({exc.message.splitlines()[0]})") from None
         if expected and n + 1 != expected[k]:  # TFRecordDataset ends quietly at a cut-off last record
             raise DataError(f"{file}: damaged after record {n} (holds {n + 1} records, index.json lists "
                             f"{expected[k]}); copy the file again or re-pack the data")
