@@ -131,6 +131,13 @@ class DataConfig(Strict):
     shapes: ShapesSpec = Field(default_factory=ShapesSpec)
     on_corrupt: Literal["error", "skip"] = "error"  # a corrupt image stops the run unless told to skip
     follow_symlinks: bool = False  # image_folder links leaving the folder are not followed by default
+    # Where decoded images live while training (cnncli/data/pipeline.py): `memory` decodes every split up
+    # front and keeps it resident (fastest per step); `disk` streams from the files through a cache of
+    # decoded images written once; `none` decodes every epoch; `auto` keeps data resident when the decoded
+    # training split fits data.memory_budget and streams with a disk cache otherwise.
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache_dir: Optional[str] = None  # the disk cache; default $XDG_CACHE_HOME/cnncli or ~/.cache/cnncli
+    memory_budget: Optional[Union[int, str]] = None  # bytes, or "512MB", "4GB"; default 25% of available RAM
 
     @field_validator("dataset")
     @classmethod
@@ -140,6 +147,20 @@ class DataConfig(Strict):
             raise ValueError(f"unknown dataset `{value}`{did_you_mean(value, DATASETS)}; "
                              f"valid: {', '.join(DATASETS)}")
         return key
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _bytes(cls, value):
+        if value is None or isinstance(value, int):
+            if value is not None and value < 1:
+                raise ValueError(f"a memory budget must be positive, got {value}")
+            return value
+        import re
+
+        found = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+        if not found or not found.group(1).replace(".", "", 1).isdigit() or float(found.group(1)) <= 0:
+            raise ValueError(f"expected bytes or a size such as 512MB or 4GB, got `{value}`")
+        return int(float(found.group(1)) * 1024 ** "_KMGT".index(found.group(2).upper() or "_"))
 
     @field_validator("image_size")
     @classmethod

@@ -27,6 +27,7 @@ import numpy as np
 from cnncli import images
 from cnncli.config import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
+from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError
 from cnncli.images import CorruptImage
 
@@ -237,8 +238,8 @@ def _load(cfg: DataConfig, seed: int) -> Splits:
     return _read_all(scan(cfg), cfg)
 
 
-def _describe(cfg: DataConfig) -> DatasetInfo:
-    found = scan(cfg)
+def _describe(cfg: DataConfig, found: Scan | None = None) -> DatasetInfo:
+    found = found or scan(cfg)
     paths = [p for split in ("train", "test") for p, _ in found.files[split]]
     mode = _target_mode(cfg, paths)
     size = tuple(cfg.image_size) if cfg.image_size else _first_size(paths)
@@ -247,4 +248,12 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
     return DatasetInfo((size[0], size[1], 3 if mode == "rgb" else 1), len(found.class_names), found.class_names)
 
 
-SOURCES = {"image_folder": Source(_load, _describe, "one sub-folder of images per class (data.path)")}
+def _files(cfg: DataConfig) -> FileListing:
+    """The files to stream, each read by the one reader at the size and colour mode resident data gets."""
+    found = scan(cfg)
+    info = _describe(cfg, found)
+    files = {split: [(str(p), label) for p, label in pairs] for split, pairs in found.files.items()}
+    return FileListing(found.class_names, files, info.input_shape, images.read_image, str(found.root), found.warnings)
+
+
+SOURCES = {"image_folder": Source(_load, _describe, "one sub-folder of images per class (data.path)", _files)}

@@ -134,7 +134,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    data, plan = _load_data(cfg, opts.smoke, reporter)
+    data, plan = _load_data(cfg, opts.smoke, reporter, runtime)
     shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
@@ -223,18 +223,22 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
     return run_dir
 
 
-def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
-    from cnncli.data import convert_images, load
+def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None):
+    from cnncli.data import cache_streams, convert_images, open_data
     from cnncli.inputs import plan_input
 
     plan = plan_input(cfg)
     for note in plan.notes:
         reporter.message(f"note: {note}")
     t0 = time.perf_counter()
-    data = load(cfg.data, cfg.seed)
+    data = open_data(cfg.data, cfg.seed, plan.shape, runtime.worker_index if runtime else 0,
+                     runtime.num_workers if runtime else 1)
     for warning in data.warnings:
         reporter.warning(warning)
-    if tuple(data.input_shape) != tuple(plan.shape):
+    streamed = data.cache["mode"] != "memory"
+    reporter.message(f"data {'streamed from the files' if streamed else 'resident in memory'}"
+                     f"{' through a disk cache' if data.cache['mode'] == 'disk' else ''}: {data.cache['why']}")
+    if tuple(data.input_shape) != tuple(plan.shape) and not streamed:
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")
             setattr(data, f"x_{split}", convert_images(x, plan.shape) if len(x) else
@@ -247,6 +251,7 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
         data.x_test, data.y_test = data.x_test[:b], data.y_test[:b]
     if len(data.x_train) == 0:
         raise DataError("the training split is empty (check data.limit and data.validation_split)")
+    cache_streams(data, reporter.first_pass)
     reporter.message(f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
                      f"{len(data.x_test):,} test, {data.num_classes} classes, loaded in {time.perf_counter() - t0:.1f}s")
     return data, plan

@@ -97,7 +97,7 @@ class Session:
                          "python": platform.python_version(), "numpy": np.__version__},
             "host": platform.node(), "runtime": self.runtime.as_json(),
             "data": {"source": self.data.source, "train": len(self.data.x_train), "val": len(self.data.x_val),
-                     "test": len(self.data.x_test)},
+                     "test": len(self.data.x_test), **_stream_record(self.data)},
             "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
             "total_params": int(self.model.count_params()), "trainable_params": trainable,
             "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
@@ -165,7 +165,8 @@ class Session:
             rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
-                          steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
+                          steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
+                          time_input=not cfg.deterministic)
         trainer.set_data(self.data.x_train, self.data.y_train)
         callbacks = self._callbacks(schedule)
         epochs = 1 if self.smoke else phase.epochs
@@ -202,11 +203,14 @@ class Session:
                 row["phase"] = phase.index + 1
             row.update(result.logs)
             if len(self.data.x_val):
-                row.update({f"val_{k}": v for k, v in self.score(trainer.predict(self.data.x_val), self.data.y_val).items()})
+                row.update({f"val_{k}": v for k, v in self.score(*trainer.predict_split(self.data.x_val,
+                                                                                        self.data.y_val)).items()})
             row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
             # Timings stay out of history.csv so that deterministic runs give identical files.
             timing = {"seconds": round(result.seconds, 4),
                       "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0}
+            if result.waiting is not None and result.seconds:
+                timing["waiting_for_data"] = round(min(1.0, result.waiting / result.seconds), 3)
             record["epochs"] += 1
             record["epoch_seconds"].append(timing["seconds"])
             record["train_seconds"] = round(record["train_seconds"] + result.seconds, 4)
@@ -356,8 +360,10 @@ class Session:
         if self.history and any(k.startswith("val_") for k in self.history[-1]):
             metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
         if len(self.data.x_test):
-            probs = _predict(self.model, self.data.x_test)
-            metrics["test"] = classification_report(self.data.y_test, probs, self.data.class_names)
+            from cnncli.data.pipeline import predict_split
+
+            probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
+            metrics["test"] = classification_report(labels, probs, self.data.class_names)
         if self.runtime.is_chief:
             rundir.save_model(self.model, self.run_dir / "model.keras")
             faults.point("model_saved")
@@ -378,7 +384,9 @@ class Session:
 
         import cnncli.preprocessing  # noqa: F401  registers the custom layer
 
-        x = self.data.x_test[:8] if len(self.data.x_test) else self.data.x_train[:8]
+        from cnncli.data.pipeline import head
+
+        x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
         reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
         diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
         if not diff <= 1e-5:
@@ -408,6 +416,20 @@ def _seed_for(spec, seed: int) -> dict:
 
     takes_seed = "seed" in accepted_args(LAYERS.get(spec.type))
     return {"seed": seed} if takes_seed and "seed" not in spec.args else {}
+
+
+def _stream_record(data) -> dict:
+    """How the data was fed (resident or streamed, and why), files skipped and read, for run.json."""
+    from cnncli.data.pipeline import files_opened, skipped
+
+    if not data.cache:
+        return {}
+    record = {"cache": data.cache}
+    splits = (data.x_train, data.x_val, data.x_test)
+    if data.cache["mode"] != "memory":
+        record["skipped"] = skipped(*splits)
+        record["files_opened"] = files_opened(data.x_train)  # this worker's share, under several workers
+    return record
 
 
 def _live(reporter) -> bool:
