@@ -135,7 +135,7 @@ class DataConfig(Strict):
     # front and keeps it resident (fastest per step); `disk` streams from the files through a cache of
     # decoded images written once; `none` decodes every epoch; `auto` keeps data resident when the decoded
     # training split fits data.memory_budget and streams with a disk cache otherwise.
-    cache: Literal["auto", "memory", "disk", "none"] = "auto"
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # resident, streamed with a decoded cache, or not
     cache_dir: Optional[str] = None  # the disk cache; default $XDG_CACHE_HOME/cnncli or ~/.cache/cnncli
     memory_budget: Optional[Union[int, str]] = None  # bytes, or "512MB", "4GB"; default 25% of available RAM
 
