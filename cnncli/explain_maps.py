@@ -251,13 +251,11 @@ def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_cha
     from pathlib import Path
 
     from cnncli.artifacts import float32_model
-    from cnncli.data import convert_images
-    from cnncli.explain import _writing
+    from cnncli.fileio import writing
+    from cnncli.images import read_for_model
     from cnncli.pictures import plot_feature_grid
-    from cnncli.predict import read_image
     from cnncli.runs import open_run
 
-    picture = read_image(image_path)
     run = open_run(run_dir)
     model = float32_model(run.load_model())
     if layer_names:
@@ -268,7 +266,7 @@ def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_cha
             drawable = ", ".join(layer.name for layer in spatial_layers(model)) or "none"
             raise CnnError(f"model `{model.name}` has no convolution layer; name layers with --layer "
                            f"(layers with feature maps: {drawable})")
-    image = convert_images([picture], run.input_shape)[0]
+    image = read_for_model(image_path, run.input_shape)  # as training and cnn predict read it
     folder = Path(output) if output else run.path / "activations" / Path(image_path).stem
     if folder.exists() and not folder.is_dir():
         raise CnnError(f"--output `{folder}` is a file; give a directory for the PNGs")
@@ -277,7 +275,7 @@ def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_cha
         path = folder / f"{fmap.layer}.png"
         shown = f"{fmap.tiles} of {fmap.channels} channels" if fmap.tiles < fmap.channels else \
             f"{fmap.channels} channels"
-        with _writing(path):
+        with writing(path, hint="; choose another --output"):
             paths.append(plot_feature_grid(fmap.maps, fmap.means, path,
                                            f"{Path(image_path).name} at {fmap.layer}: {shown}, "
                                            f"{fmap.maps.shape[0]}×{fmap.maps.shape[1]}"))
