@@ -73,8 +73,26 @@ class _Health:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class StreamedImages:
+    """What a streamed split shows of an image array: len() (its own), shape, dtype and colour mode."""
+
+    image_shape: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self), *self.image_shape)
+
+    @property
+    def dtype(self):
+        return np.dtype(np.uint8)
+
+    @property
+    def color_mode(self) -> str:
+        return "rgb" if self.image_shape[2] == 3 else "grayscale"
+
+
 @dataclass
-class FileSplit:
+class FileSplit(StreamedImages):
     """One split as image files on disk, read on demand (cache `none`) or through a disk cache (`disk`)."""
 
     files: list[str]
@@ -92,14 +110,6 @@ class FileSplit:
     # -------------------------------------------------------------- array-like surface
     def __len__(self) -> int:
         return len(self.files)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.files), *self.image_shape)
-
-    @property
-    def dtype(self):
-        return np.dtype(np.uint8)
 
     def __getitem__(self, index) -> "FileSplit":
         """A sub-split (slice or index array); pixels are read only when asked for."""
@@ -135,10 +145,6 @@ class FileSplit:
         return sub
 
     # -------------------------------------------------------------- reading
-    @property
-    def color_mode(self) -> str:
-        return "rgb" if self.image_shape[2] == 3 else "grayscale"
-
     def read_one(self, index: int) -> tuple[np.ndarray, bool]:
         """Pixels of file `index` and whether it could be read (zeros and False otherwise)."""
         index = int(index)

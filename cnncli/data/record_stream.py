@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cnncli.data import records
-from cnncli.data.pipeline import _Health, readable_batches
+from cnncli.data.pipeline import StreamedImages, _Health, readable_batches
 from cnncli.errors import DataError
 
 SHUFFLE_BUFFER = 2048  # records mixed across the shards being read; a few MB of encoded pictures
@@ -30,7 +30,7 @@ CYCLE = 4  # shards read at once by one worker
 
 
 @dataclass
-class RecordSplit:
+class RecordSplit(StreamedImages):
     shards: list[str]
     shard_counts: list[int]
     members: np.ndarray  # sorted source positions (records' `index`) in this split
@@ -46,14 +46,6 @@ class RecordSplit:
 
     def __len__(self) -> int:
         return len(self.members)
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.members), *self.image_shape)
-
-    @property
-    def color_mode(self) -> str:
-        return "rgb" if self.image_shape[2] == 3 else "grayscale"
 
     def __getitem__(self, index) -> "RecordSplit":
         members = self.members[index]

@@ -127,21 +127,33 @@ class Trainer:
                 break
         return done, finite
 
+    def _counters(self):
+        """(steps done, all losses finite, seconds waiting for input) at the start of a chunk."""
+        tf = self.tf
+        return tf.constant(0), tf.constant(True), tf.constant(0.0, tf.float64)
+
+    def _clock(self):
+        """Now, when steps time their wait for input (TF refuses timestamps under op determinism)."""
+        return self.tf.timestamp() if self.timed else self.tf.constant(0.0, self.tf.float64)
+
+    def _waited(self, waiting, t0, tensors):
+        """`waiting` plus the time from t0 until `tensors` (the batch just asked for) were there."""
+        if not self.timed:
+            return waiting
+        with self.tf.control_dependencies(tensors):
+            return waiting + self.tf.timestamp() - t0
+
     def _stream_chunk(self, iterator, n_steps):
         """Up to `n_steps` steps on a single replica from a stream that may end early (skipped files)."""
         tf = self.tf
-        done = tf.constant(0)
-        finite = tf.constant(True)
-        waiting = tf.constant(0.0, tf.float64)
+        done, finite, waiting = self._counters()
         for i in tf.range(n_steps):
-            t0 = tf.timestamp() if self.timed else tf.constant(0.0, tf.float64)
+            t0 = self._clock()
             batch = iterator.get_next_as_optional()
             if not batch.has_value():
                 break
             x, y = batch.get_value()
-            if self.timed:
-                with tf.control_dependencies([x, y]):
-                    waiting += tf.timestamp() - t0
+            waiting = self._waited(waiting, t0, [x, y])
             finite = self.strategy.run(self._replica_step, args=(x, y))
             done = i + 1
             if not finite:
@@ -150,15 +162,11 @@ class Trainer:
 
     def _distributed_chunk(self, iterator, n_steps):
         tf = self.tf
-        done = tf.constant(0)
-        finite = tf.constant(True)
-        waiting = tf.constant(0.0, tf.float64)
+        done, finite, waiting = self._counters()
         for i in tf.range(n_steps):
-            t0 = tf.timestamp() if self.timed else tf.constant(0.0, tf.float64)
+            t0 = self._clock()
             batch = next(iterator)
-            if self.timed:
-                with tf.control_dependencies(tf.nest.flatten(self.strategy.experimental_local_results(batch))):
-                    waiting += tf.timestamp() - t0
+            waiting = self._waited(waiting, t0, tf.nest.flatten(self.strategy.experimental_local_results(batch)))
             per_replica = self.strategy.run(self._replica_step, args=batch)
             # Every worker must take the same branch, or the ones that go on wait forever in the
             # next all-reduce: the flag is summed over all replicas of all workers, not read locally.
