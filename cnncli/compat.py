@@ -19,6 +19,12 @@ for, and what happens when a release moves one:
                      (geometry.py). Without it: the public Layer.input, which a layer called once has.
     snake_case       keras.src.utils.naming.to_snake_case: Keras's default layer names (layers.py).
                      Without it: the same rule written here.
+    coordination     tensorflow.python.eager.context (configure_coordination_service, the cluster's
+                     key-value store), distribute.multi_worker_util.coordination_leader and the
+                     coordination_config_pb2 that collective_all_reduce_strategy uses: multi_worker
+                     heartbeats after runtime.collective_timeout, and the chief telling the other
+                     workers its run directory (train/runtime.py). Without it: TensorFlow's own
+                     heartbeat timeout, and other workers name no run directory.
 
 `check()` looks for each once per process; run.json records the result and which
 speed-ups a run actually used (`report()`), so a slower run on a newer Keras
@@ -64,6 +70,9 @@ def _probe() -> dict[str, bool]:
                                                                                 "keras_home"),
         "inbound_nodes": _layer_has_inbound_nodes(),
         "snake_case": _has("keras.src.utils.naming", "to_snake_case"),
+        "coordination": _has("tensorflow.python.eager.context", "context")
+        and _has("tensorflow.python.distribute.multi_worker_util", "coordination_leader")
+        and _has("tensorflow.python.distribute.collective_all_reduce_strategy", "coordination_config_pb2"),
     }
 
 
@@ -191,3 +200,40 @@ def cache_dir(subdir: str, home: str | None = None) -> Path:
     if not os.access(parent, os.W_OK):
         base = os.path.join("/tmp", ".keras")
     return Path(base) / subdir
+
+
+# ---------------------------------------------------------------- multi-worker coordination
+
+def configure_heartbeats(cluster_spec, timeout: float) -> bool:
+    """Set up TensorFlow's coordination service as MultiWorkerMirroredStrategy would, with our heartbeat
+    and shutdown timeouts (seconds); False (TensorFlow's defaults stay) where the internals moved."""
+    if not usable("coordination"):
+        return False
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.collective_all_reduce_strategy import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+            for job in ("chief", "worker") if job in cluster_spec.jobs]
+    ms = int(timeout * 1000)
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms)
+    return True
+
+
+def set_cluster_value(key: str, value: str) -> None:
+    """Publish a value to every task of the cluster (the coordination service's key-value store)."""
+    if usable("coordination"):
+        from tensorflow.python.eager import context
+
+        context.context().set_config_key_value(key, value)
+
+
+def get_cluster_value(key: str) -> str | None:
+    """A value another task published (waits for it); None where the store is out of reach."""
+    if not usable("coordination"):
+        return None
+    from tensorflow.python.eager import context
+
+    return context.context().get_config_key_value(key)

@@ -75,7 +75,8 @@ def _traced_step(optimizer_name: str, **kwargs):
 
 def test_the_tested_keras_has_every_internal():
     assert compat.check() == {name: True for name in ("fast_dropout", "fused_optimizer", "variable_index",
-                                                       "weights_hint", "inbound_nodes", "snake_case")}
+                                                       "weights_hint", "inbound_nodes", "snake_case",
+                                                       "coordination")}
 
 
 @pytest.mark.parametrize("name, kwargs, kernel", [("Adam", {}, "ResourceApplyAdam"),
@@ -213,6 +214,22 @@ def test_snake_case_without_keras_naming_is_the_same(monkeypatch):
     compat.reset()
     assert [compat.snake_case(n) for n in names] == expected
     assert compat.snake_case("MaxPooling2D") == "max_pooling2d"
+
+
+def test_moved_coordination_internals_leave_tensorflow_defaults(monkeypatch):
+    class Spec:  # a cluster of two workers, as TFConfigClusterResolver gives it
+        jobs = ["worker"]
+
+        @staticmethod
+        def num_tasks(job):
+            return 2
+
+    monkeypatch.setitem(sys.modules, "tensorflow.python.distribute.multi_worker_util", types.ModuleType("moved"))
+    compat.reset()
+    assert compat.usable("coordination") is False
+    assert compat.configure_heartbeats(Spec(), 5.0) is False  # nothing configured: TensorFlow's own timeout
+    assert compat.get_cluster_value("cnncli/run_dir") is None
+    compat.set_cluster_value("cnncli/run_dir", "/runs/x")  # a no-op, not an error
 
 
 def test_weights_hint_without_get_file_leaves_keras_alone(monkeypatch):

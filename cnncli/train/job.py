@@ -145,7 +145,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
         if not os.environ.get(WORKER_DIR_ENV):
             held.callback(shutil.rmtree, run_dir, ignore_errors=True)  # however this process ends
-            shown = Path(_chief_run_dir(resume_dir))
+            chief = _chief_run_dir(resume_dir)
+            shown = Path(chief) if chief else None
     if runtime.is_chief and runtime.num_workers > 1:
         publish_run_dir(run_dir)
     if run_dir != resume_dir:
@@ -187,7 +188,7 @@ def _discard_unstarted(run_dir: Path, resume_dir: Path | None) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _chief_run_dir(resume_dir: Path | None) -> str:
+def _chief_run_dir(resume_dir: Path | None) -> str | None:
     """Where the chief writes this run (it says so through the cluster); resuming, the directory given."""
     import tensorflow as tf
 

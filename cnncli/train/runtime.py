@@ -289,18 +289,9 @@ def _configure_heartbeats(tf, timeout: float) -> None:
     A timeout per collective (CommunicationOptions.timeout_seconds) is not set:
     it would also abort a healthy run whose chief is busy writing a checkpoint.
     """
-    from tensorflow.python.distribute import multi_worker_util
-    from tensorflow.python.distribute.collective_all_reduce_strategy import coordination_config_pb2  # as it uses
-    from tensorflow.python.eager import context
+    from cnncli import compat
 
-    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-    spec = resolver.cluster_spec()
-    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
-            for job in ("chief", "worker") if job in spec.jobs]
-    ms = int(timeout * 1000)
-    context.context().configure_coordination_service(
-        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
-        coordinated_jobs=jobs, heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms)
+    compat.configure_heartbeats(tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec(), timeout)
 
 
 def _quiet_native_errors() -> None:
@@ -325,16 +316,17 @@ _RUN_DIR_KEY = "cnncli/run_dir"
 def publish_run_dir(run_dir) -> None:
     """The chief tells the other workers where the run directory is (the coordination service's key-value
     store), so that they print the directory that exists and, should a worker be lost, the one to resume."""
-    from tensorflow.python.eager import context
+    from cnncli import compat
 
-    context.context().set_config_key_value(_RUN_DIR_KEY, str(run_dir))
+    compat.set_cluster_value(_RUN_DIR_KEY, str(run_dir))
 
 
-def chief_run_dir() -> str:
-    """The chief's run directory (waits until the chief has made it; fails if the chief is lost meanwhile)."""
-    from tensorflow.python.eager import context
+def chief_run_dir() -> str | None:
+    """The chief's run directory (waits until the chief has made it; fails if the chief is lost meanwhile);
+    None where TensorFlow offers no way to ask."""
+    from cnncli import compat
 
-    return context.context().get_config_key_value(_RUN_DIR_KEY)
+    return compat.get_cluster_value(_RUN_DIR_KEY)
 
 
 _UNHEALTHY = re.compile(r"unhealthy \(([^)]*)\):\s*/job:(\w+)/replica:\d+/task:(\d+)")
