@@ -559,9 +559,9 @@ def schema(
         if output is None:
             sys.stdout.write(text)
             return
-        from cnncli.train.rundir import atomic_write
+        from cnncli.fileio import write
 
-        atomic_write(output, text)
+        write(output, text)
         out.print(f"wrote {output}", markup=False)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from cnncli.errors import RunError
-from cnncli.train import rundir
+from cnncli import fileio, rundir
 from cnncli.yamlio import format_path
 
 CURVES_SIZE = (11.0, 4.5)  # inches: two panels with a legend of a dozen runs
@@ -126,7 +126,7 @@ def plot_overlay(runs: list[RunFigures], path: Path) -> Path:
     path = Path(path)
     if path.parent != Path("."):
         path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write(path, buf.getvalue())
+    fileio.write(path, buf.getvalue())
     return path
 
 

@@ -4,7 +4,7 @@ Every file (run directory, export artefacts, plots, export.json) is written
 under a temporary name beside its final one and renamed over it, so a crash
 leaves the old complete file or the new one, never a half-written one. All
 temporary names follow one scheme, `.<name>.tmp-<pid>-<random><suffix>`, so the
-crash clean-up before a resume (train/rundir.py's `reconcile`) finds every one
+crash clean-up before a resume (rundir.py's `reconcile`) finds every one
 of them with `is_temp`.
 
 Locks are flock(2) on a folder itself: the kernel drops them when the process

@@ -60,7 +60,7 @@ def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suf
          columns: int | None = None) -> dict:
     """errors<suffix>.png (the gallery) and confused_pairs<suffix>.png (a row per pair); returns their paths."""
     from cnncli.pictures import plot_gallery
-    from cnncli.train.rundir import writing
+    from cnncli.fileio import writing
 
     written = {}
     path = folder / f"errors{suffix}.png"

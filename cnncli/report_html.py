@@ -97,7 +97,7 @@ def build_report(run_dir: str | Path) -> str:
     """The HTML text of one run's page."""
     from cnncli.plots import plot_confusion_matrix, plot_curves
     from cnncli.runs import evaluate_run, open_run
-    from cnncli.train import rundir
+    from cnncli import rundir
 
     run = open_run(run_dir)
     model = run.load_model()
@@ -163,7 +163,8 @@ def _mistakes_table(report: dict) -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the page to `output` (default RUN_DIR/report.html), atomically; returns its path."""
-    from cnncli.train.rundir import atomic_write, find_run_dir, writing
+    from cnncli.fileio import write as atomic_write, writing
+    from cnncli.rundir import find_run_dir
 
     path = Path(output) if output else find_run_dir(run_dir) / "report.html"
     if path.suffix.lower() not in (".html", ".htm"):

@@ -11,7 +11,7 @@ from pathlib import Path
 from cnncli.batches import keras_predict
 from cnncli.config import Config, load_config
 from cnncli.errors import RunError
-from cnncli.train import rundir
+from cnncli import rundir
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from cnncli.errors import CnnError
-from cnncli.train import rundir
+from cnncli import rundir
 
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "failed": "FAILED"}
 NOT_METRICS = ("epoch", "phase")  # history columns that are positions, not measurements

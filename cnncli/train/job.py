@@ -21,10 +21,9 @@ from typing import Callable
 
 import numpy as np
 
-from cnncli import faults, fileio
+from cnncli import faults, fileio, rundir
 from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, DataError, Interrupted
-from cnncli.train import rundir
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 from cnncli.train.runtime import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__, compat, faults, fileio
+from cnncli import __version__, compat, faults, fileio, rundir
 from cnncli.errors import CnnError, DataError
-from cnncli.train import carry, rundir
+from cnncli.train import carry
 from cnncli.train.loop import NonFiniteLoss, Trainer
 from cnncli.train.runtime import WORKER_DIR_ENV, with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases

@@ -7,7 +7,7 @@ import io
 import warnings
 from pathlib import Path
 
-from cnncli.train import rundir
+from cnncli import fileio
 
 PICTURES = {  # file name -> Optuna's matplotlib function, and what it needs to say something
     "optimization_history.png": ("plot_optimization_history", 1),
@@ -45,12 +45,12 @@ def write_tables(sweep) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    rundir.atomic_write(sweep.dir / "trials.csv", buf.getvalue())
+    fileio.write(sweep.dir / "trials.csv", buf.getvalue())
     best = best_trial(sweep)
     if best is not None:
         config = sweep.dir / best.user_attrs["run_dir"] / "config.yaml"
         if config.exists():
-            rundir.atomic_write(sweep.dir / "best.yaml", config.read_text())
+            fileio.write(sweep.dir / "best.yaml", config.read_text())
 
 
 def best_trial(sweep):
@@ -90,6 +90,6 @@ def write_pictures(sweep) -> list[Path]:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
-        rundir.atomic_write(sweep.dir / name, buf.getvalue())
+        fileio.write(sweep.dir / name, buf.getvalue())
         written.append(sweep.dir / name)
     return written

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, Interrupted
-from cnncli.train import rundir
+from cnncli import rundir
 from cnncli.tune import space
 from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
                                next_trial, retry_once, sweep_lock)

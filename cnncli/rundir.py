@@ -23,9 +23,6 @@ from cnncli.errors import CnnError, RunError
 
 STATE_FILE = "checkpoints/state.json"
 
-# The writers this module used to define live in fileio.py; the names stay for their callers.
-atomic_write, write_json, writing, exchange = fileio.write, fileio.write_json, fileio.writing, fileio.exchange
-
 
 def check_output(root: Path, name: str) -> None:
     """Fail before any slow work (data, model) when no run directory can be made under `root`.
@@ -262,4 +259,4 @@ def trim_event_files(logs: Path, epochs: int) -> None:
                 kept.append(raw[offset:end])
             offset = end
         if changed or offset != len(raw):
-            atomic_write(path, b"".join(kept))
+            fileio.write(path, b"".join(kept))
