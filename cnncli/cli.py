@@ -169,6 +169,9 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="STEPS",
+                                help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
+                                     "and print the top ops and the share of a step spent waiting for input."),
     json_output: bool = JsonOption,
 ) -> None:
     """Train a model and write a new run directory (config, history, metrics, model, plots).
@@ -184,11 +187,16 @@ def train(
         reporter = make_reporter(quiet, json_output)
         result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
-                                           smoke=smoke), reporter)
+                                           smoke=smoke, profile=profile), reporter)
         reporter.train_end()
         if json_output:
             emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run})
             return
+        if result.run.get("profile") and not quiet:
+            from cnncli.train.profile import format_summary
+
+            for line in format_summary(result.run["profile"]):
+                out.print(line, highlight=False, markup=False)
         test = result.metrics.get("test")
         if test and not quiet:
             out.print(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "

@@ -38,6 +38,7 @@ class TrainOptions:
     batch_size: int | None = None
     device: str | None = None
     smoke: bool = False
+    profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
 
 
 @dataclass
@@ -112,9 +113,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
          held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
-    from cnncli.train.runtime import setup_runtime, small_model
+    from cnncli.train.runtime import setup_runtime, small_model, step_macs
 
-    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg))
+    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
     import keras
@@ -151,6 +152,10 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     try:
         try:
             session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
+            if opts.profile and runtime.is_chief:
+                from cnncli.train.profile import StepProfile
+
+                session.profile = StepProfile(opts.profile, run_dir / "logs")
         except CnnError:
             if resume_dir is None:  # the model does not fit the data: nothing was trained, no run to keep
                 shutil.rmtree(run_dir, ignore_errors=True)

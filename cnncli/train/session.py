@@ -29,6 +29,8 @@ from cnncli.train.schedules import EpochSchedule
 
 
 class Session:
+    profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
+
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False):
         import keras
 
@@ -148,6 +150,8 @@ class Session:
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
         trainer.set_data(self.data.x_train, self.data.y_train)
+        if self.profile is not None and not self.profile.summary:
+            self.profile.attach(trainer)
         callbacks = self._callbacks(schedule, state)
         epochs = 1 if self.smoke else phase.epochs
         record = next((r for r in self.phase_records if r["index"] == phase.index), None)
@@ -342,7 +346,10 @@ class Session:
             rundir.save_model(self.model, self.run_dir / "model.keras")
         else:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-        return TrainResult(self.run_dir, metrics, {"phases": self.phase_records, "runtime": self.runtime.as_json()})
+        run = {"phases": self.phase_records, "runtime": self.runtime.as_json()}
+        if self.profile is not None:
+            run["profile"] = self.profile.summary
+        return TrainResult(self.run_dir, metrics, run)
 
     def _check_reload(self, metrics: dict) -> None:
         """--smoke: the saved model.keras must load and predict what the trained model does."""
