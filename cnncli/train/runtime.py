@@ -258,10 +258,12 @@ MACS_PER_CYCLE = {("sse4", "float32"): 4, ("avx2", "float32"): 16, ("avx512", "f
                   ("avx512_bf16", "mixed_bfloat16"): 64, ("amx", "mixed_bfloat16"): 256}
 # A step whose multiply-adds keep one core busy for fewer cycles than this (about 7 ms at 3 GHz)
 # has ops too small to split: one thread per op, ops side by side. Measured on 2 cores
-# (benchmarks/train_speed.py, both thread layouts): the LeNet-style CNN at batch 100
-# (0.89 G multiply-adds a step) gains 20-30% from two threads per op with AVX2 float32
-# (55 M cycles) and is level with AMX bfloat16 (3.5 M); the batch-32 CNN (28 M, 1.8 M cycles
-# on AVX2) gains from one thread per op on both.
+# (oneDNN capped at AVX2 on a Sapphire Rapids, float32, img/s of the training steps):
+# the LeNet-style CNN at batch 100 (1.4 G multiply-adds a step, 87 M cycles on AVX2)
+# ran 960-990 with (2 threads per op, 1 op at a time), 870 with (2, 2), 340-670 with (1, 2);
+# the batch-32 CNN (28 M, 1.8 M cycles) 4,270 with (1, 2), 3,290-3,740 with (2, 2),
+# 3,440 with (2, 1). With AMX bfloat16 LeNet is 5.4 M cycles: earlier runs there had it
+# level between the layouts and the small CNN +30-60% with one thread per op.
 SPLIT_CYCLES = 20e6
 
 
@@ -273,9 +275,10 @@ def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
     kernels this CPU runs says whether one op can keep every core busy. Small
     steps run each op on one thread and independent ops side by side (the
     backward pass always has two: a layer's weight and input gradients); big
-    ones give every op all cores, as TensorFlow's own default does. A model
-    whose cost the config does not tell (a backbone, a graph of layers) is
-    judged by its image size (`small`, see small_model()).
+    ones give every op all cores, one op at a time: two such ops at once only
+    fight over the cores. A model whose cost the config does not tell (a
+    backbone, a graph of layers) is judged by its image size (`small`, see
+    small_model()).
     """
     if cores <= 1:
         return 1, 1, "one core"
@@ -284,10 +287,13 @@ def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
         return intra, inter, f"cost unknown from the config: {'small' if small else 'large'} images"
     rate = MACS_PER_CYCLE.get((isa, precision), MACS_PER_CYCLE[("avx2", "float32")])
     cycles = step_macs / rate
-    cost = f"{step_macs / 1e6:,.0f} M multiply-adds a step at ~{rate}/cycle on {isa} {precision}: {cycles / 1e6:.1f} M cycles"
-    if cycles >= SPLIT_CYCLES or cores > SMALL_CORES:
-        return cores, min(2, cores), f"{cost}, each op on all {cores} cores"
-    return 1, cores, f"{cost}, too small to split: one thread per op, {cores} ops at once"
+    cost = (f"{step_macs / 1e6:,.0f} M multiply-adds a step at ~{rate}/cycle ({isa} {precision}): "
+            f"{cycles / 1e6:.1f} M cycles")
+    if cycles >= SPLIT_CYCLES:
+        return cores, 1, f"{cost}: each op on all {cores} cores, one op at a time"
+    if cores > SMALL_CORES:
+        return cores, 2, f"{cost}, but more than {SMALL_CORES} cores (not measured): TensorFlow's layout"
+    return 1, cores, f"{cost}: too small to split, one thread per op, {cores} ops at once"
 
 
 # Layers that keep their input's shape and do (next to) no multiply-adds.
