@@ -118,6 +118,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
+    reporter.message(f"threads {runtime.threads['intra_op']} per op, {runtime.threads['inter_op']} ops at once: "
+                     f"{runtime.threads['reason']}")
     import keras
     import tensorflow as tf
 
