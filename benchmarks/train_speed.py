@@ -357,7 +357,7 @@ def print_table(report: dict) -> None:
           + (f" (capped by ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']})" if cpu["onednn_max_cpu_isa"] else ""))
     print(f"float32 matmul peak ({report['matmul']['size']}², every core, best of "
           f"{' '.join(f'{g:.0f}' for g in report['matmul']['measurements'])}): {report['matmul']['gflops']:.1f} GFLOP/s")
-    head = (f"{'model':8} {'batch':>5} {'MFLOP/img':>9} | {'side':14} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
+    head = (f"{'model':8} {'batch':>5} {'MFLOP/img':>9} | {'side':22} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
             f"{'test acc':>8} {'MB':>5} | {'cnncli ÷':>8}")
     print(head)
     print("-" * len(head))
@@ -370,7 +370,7 @@ def print_table(report: dict) -> None:
                 continue
             lead = f"{r['model']:8} {r['batch_size']:>5} {mflop:>9.2f}" if i == 0 else " " * 24
             label = f"cnncli {side['precision']}" if label == "cnncli" else label
-            print(f"{lead} | {label:14} {side['images_per_second']:>8,.0f} {side['gflops']:>8.1f} "
+            print(f"{lead} | {label:22} {side['images_per_second']:>8,.0f} {side['gflops']:>8.1f} "
                   f"{100 * side['fraction_of_peak']:>6.1f}% {side['test_accuracy']:>8.4f} {side['peak_rss_mb']:>5.0f} | "
                   + (f"{ratio:>7.2f}×" if ratio else ""))
     print("images/s over epochs 2..N (steps only); GFLOP/s = images/s × training FLOPs per image; peak RSS of "
