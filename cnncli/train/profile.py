@@ -33,41 +33,59 @@ class StepProfile:
     summary: dict = field(default_factory=dict)  # filled once the trace is read
 
     def attach(self, trainer) -> None:
-        """Profile the trainer's first epoch's steps 2..N+1 (step 1 builds the graph)."""
-        chunk_sizes, chunk_fn = trainer._chunk_sizes, trainer._chunk_fn
-        calls = {"sizes": 0, "chunks": 0}
+        """Profile steps 2..N+1 of the trainer's next epoch (step 1 builds the graph).
+
+        The epoch's first calls become 1 step, then N, then the usual chunks;
+        the trace starts and stops between them, at the trainer's chunk
+        callbacks, so it holds exactly those N steps whichever way the batches
+        arrive (resident, streamed, distributed).
+        """
+        chunk_sizes, train_epoch = trainer._chunk_sizes, trainer.train_epoch
         profile = self
+        state = {"epoch": False, "tracing": False, "t0": 0.0, "done": 0}
 
         def sizes(steps: int) -> list[int]:
             out = chunk_sizes(steps)
-            calls["sizes"] += 1
-            if calls["sizes"] > 1 or steps < 2:
+            if not state["epoch"] or steps < 2:
                 return out
             first = min(profile.steps, steps - 1)
             return [1, first] + _split(steps - 1 - first, out[0])
 
-        def run_chunk(*args):
-            calls["chunks"] += 1
-            if calls["chunks"] != 2:
-                return chunk_fn(*args)
-            return profile._traced(chunk_fn, args)
+        def epoch(index, on_chunk=None):
+            state["epoch"] = not profile.summary
 
-        trainer._chunk_sizes, trainer._chunk_fn = sizes, run_chunk
+            def chunk_done(done, steps, logs, seconds):
+                if state["epoch"] and not state["tracing"] and done == 1:
+                    profile._start()
+                    state.update(tracing=True, t0=time.perf_counter(), done=done)
+                elif state["tracing"]:
+                    wall = time.perf_counter() - state["t0"]
+                    profile._stop(done - state["done"], wall)
+                    state.update(tracing=False, epoch=False)
+                if on_chunk is not None:
+                    on_chunk(done, steps, logs, seconds)
 
-    def _traced(self, chunk_fn, args):
+            try:
+                return train_epoch(index, chunk_done)
+            finally:
+                if state["tracing"]:  # the epoch ended early (an error, a short stream): no summary
+                    profile._stop(0, 0.0, summarize_trace=False)
+                state.update(tracing=False, epoch=False)
+
+        trainer._chunk_sizes, trainer.train_epoch = sizes, epoch
+
+    def _start(self) -> None:
         import tensorflow as tf
 
         self.logdir.mkdir(parents=True, exist_ok=True)
         tf.profiler.experimental.start(str(self.logdir))
-        t0 = time.perf_counter()
-        try:
-            done, finite = chunk_fn(*args)
-            int(done)  # wait for the steps
-            seconds = time.perf_counter() - t0
-        finally:
-            tf.profiler.experimental.stop()
-        self.summary = summarize(latest_trace(self.logdir), int(done), seconds)
-        return done, finite
+
+    def _stop(self, steps: int, seconds: float, summarize_trace: bool = True) -> None:
+        import tensorflow as tf
+
+        tf.profiler.experimental.stop()
+        if summarize_trace and steps:
+            self.summary = summarize(latest_trace(self.logdir), steps, seconds)
 
 
 def _split(steps: int, per_call: int) -> list[int]:

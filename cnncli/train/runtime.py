@@ -93,10 +93,6 @@ class Runtime:
                 "threads": self.threads, "cpu": self.cpu}
 
 
-def cpu_flags() -> set[str]:
-    return read_cpu().flags
-
-
 @dataclass(frozen=True)
 class CpuInfo:
     """What `auto` decides from: the CPU's model, its ISA flags, its cores, and any cap put on oneDNN."""
@@ -152,7 +148,15 @@ def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ=None)
         elif key.strip() == "flags" and not flags:
             flags = frozenset(value.split())
     environ = os.environ if environ is None else environ
-    return CpuInfo(model, flags, cores or os.cpu_count() or 1, environ.get("ONEDNN_MAX_CPU_ISA") or None)
+    return CpuInfo(model, flags, cores or _usable_cores(), environ.get("ONEDNN_MAX_CPU_ISA") or None)
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability=None,
