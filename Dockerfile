@@ -30,7 +30,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only what the package build needs: pyproject.toml reads README.md as its
 # long description, and the version from cnncli/__init__.py.
 WORKDIR /opt/cnncli/src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY cnncli/ cnncli/
 
 # A regular (non-editable) install into the system site-packages, so the

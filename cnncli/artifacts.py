@@ -11,7 +11,6 @@ LiteRT) are imported inside the branch that needs them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,10 +19,12 @@ from typing import Callable
 
 import numpy as np
 
+from cnncli import fileio
+from cnncli.batches import in_batches
 from cnncli.errors import CnnError, RunError
+from cnncli.geometry import all_layers
 
 EXPORT_JSON = "export.json"
-BATCH = 256  # images per call: bounded memory for any dataset size, few calls for the check
 EXTRA_HINT = "pip install 'cnncli[export]'"
 
 
@@ -40,10 +41,7 @@ class Predictor:
 
     def predict(self, x) -> np.ndarray:
         """float32 (N, K) probabilities of uint8 or float (N, H, W, C) images, in batches."""
-        x = np.asarray(x, np.float32)
-        if len(x) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
-        return np.concatenate([np.asarray(self.run(x[i:i + BATCH]), np.float32) for i in range(0, len(x), BATCH)])
+        return in_batches(self.run, x, len(self.class_names))
 
 
 # ---------------------------------------------------------------- float32 copies
@@ -58,7 +56,7 @@ def float32_model(model):
     """
     import keras
 
-    if all(_policy_name(layer) == "float32" for layer in _layers(model)):
+    if all(_policy_name(layer) == "float32" for layer in all_layers(model)):
         return model
     config = _force_float32(json.loads(model.to_json()))
     previous = keras.config.dtype_policy()
@@ -73,15 +71,8 @@ def float32_model(model):
 
 def trained_precision(model) -> str:
     """The dtype policy most layers computed in when the model was trained (`float32`, `mixed_bfloat16`, …)."""
-    names = [_policy_name(layer) for layer in _layers(model)]
+    names = [_policy_name(layer) for layer in all_layers(model)]
     return max(set(names), key=names.count) if names else "float32"
-
-
-def _layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):  # a nested backbone
-            yield from _layers(layer)
 
 
 def _policy_name(layer) -> str:
@@ -144,10 +135,8 @@ def record_export(artifact: Path, record: dict) -> Path:
     the file maps artefact names to records; a lock keeps concurrent exports
     into one directory from losing each other's entries.
     """
-    from cnncli.train.rundir import write_json
-
     path = export_json_path(artifact)
-    with _locked(path.parent):
+    with fileio.locked(path.parent):
         doc = {"artifacts": {}}
         if path.exists():
             try:
@@ -155,22 +144,8 @@ def record_export(artifact: Path, record: dict) -> Path:
             except ValueError:
                 pass  # a foreign or damaged file: replaced by a valid one
         doc.setdefault("artifacts", {})[Path(artifact).name] = record
-        write_json(path, doc)
+        fileio.write_json(path, doc)
     return path
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """An exclusive flock on the directory itself: no lock file left behind, none to race over."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError as exc:
-        raise CnnError(f"cannot write `{directory / EXPORT_JSON}`: {exc.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 # ---------------------------------------------------------------- runtimes per format

@@ -71,29 +71,81 @@ def raw_spec_problems(data: Any) -> list[Problem]:
             problems += _backbone_problems(BackboneSpec.model_validate(backbone))
         except ValidationError:
             pass
+    problems += _raw_train_problems(section("train", "optimizer"), section("train", "lr_schedule"),
+                                    section("train", "loss"), section("train", "phases"))
+    if not any(p.path.startswith("model.") for p in problems):
+        problems += _raw_shape_problems(data)
+    return problems
+
+
+def _raw_shape_problems(data: Any) -> list[Problem]:
+    """The model built from a file whose other sections failed: its shapes do not depend on them.
+
+    Only `data` and `model` decide the model; when both pass the schema and the
+    cross-checks, the build runs and its problem joins the report.
+    """
+    from pydantic import ValidationError
+
+    from cnncli.config import CROSS_CHECKS, Config
+    from cnncli.errors import CnnError
+    from cnncli.inputs import plan_input
+
+    if not isinstance(data, dict):
+        return []
+    try:
+        cfg = Config.model_validate({k: data[k] for k in ("name", "data", "model") if k in data})
+    except ValidationError:
+        return []  # the schema's messages cover data and model
+    if any(check(cfg) for check in CROSS_CHECKS):
+        return []
+    try:
+        plan = plan_input(cfg)
+        model = build_checked(cfg, plan.shape)
+        if plan.num_classes is not None:
+            check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+    except ConfigError as exc:
+        return exc.problems
+    except CnnError:
+        return []  # the data cannot be described (a missing folder...): `train` says so on its own
+    return []
+
+
+def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -> list[Problem]:
+    """Optimizer, schedule and loss problems in `train` as written, for a file that failed the schema."""
+    from pydantic import ValidationError
+
+    from cnncli.config import LossSpec, OptimizerSpec, ScheduleSpec
+    from cnncli.layers import loss_problems, optimizer_problems, schedule_problems
+
+    specs = [(optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
+             (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
+    specs += [(p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
+              for i, p in enumerate(phases if isinstance(phases, list) else []) if isinstance(p, dict)]
+    problems: list[Problem] = []
+    for raw, schema, check, path in specs:
+        if isinstance(raw, dict):
+            try:
+                problems += check(schema.model_validate(raw), path)
+            except ValidationError:
+                continue  # the schema's own message covers it
+    if isinstance(loss, str):
+        problems += loss_problems(loss)
+    elif isinstance(loss, dict):
+        try:
+            problems += loss_problems(LossSpec.model_validate(loss))
+        except ValidationError:
+            pass
     return problems
 
 
 def _raise_with_lines(cfg: Config, problems: list[Problem]) -> None:
-    if not problems:
-        return
-    from cnncli.config import _parse_path
-
-    for p in problems:
-        if p.line is None and p.path:
-            p.line = cfg.line_of(_parse_path(p.path))
-    raise ConfigError(problems, cfg._file)
+    if problems:
+        raise cfg.locate(problems)
 
 
 def _as_config_error(cfg: Config, exc: ConfigError) -> ConfigError:
     """Attach file and line numbers to a ConfigError raised below this module."""
-    from cnncli.config import _parse_path
-
-    for p in exc.problems:
-        if p.line is None and p.path:
-            p.line = cfg.line_of(_parse_path(p.path))
-    exc.file = exc.file or cfg._file
-    return exc
+    return cfg.locate(exc.problems, exc.file)
 
 
 def layer_names(specs) -> list[str]:
@@ -179,18 +231,18 @@ def _offline_weights_hint(backbone: str):
     keras.applications calls keras.src.utils.file_utils.get_file directly and, when the
     download fails, reports only the URL; the cache location is what a user needs.
     """
-    from keras.src.utils import file_utils
+    from cnncli import compat
 
     hint = _WeightsHint(backbone)
+    file_utils = compat.file_utils()
+    if file_utils is None:  # this Keras moved get_file: its own error, without the cache path
+        yield hint
+        return
     real = file_utils.get_file
 
     def recording_get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None, **kw):
-        from keras.src.backend.config import keras_home  # what get_file uses: KERAS_HOME as read at import
-
-        base = os.path.expanduser(cache_dir or keras_home())
-        if not os.access(base, os.W_OK):  # get_file's own fallback for a read-only home
-            base = os.path.join("/tmp", ".keras")
-        hint.missing = (fname or os.path.basename(origin or ""), os.path.join(base, cache_subdir))
+        cache = compat.cache_dir(cache_subdir, cache_dir or compat.keras_home())  # where get_file looks
+        hint.missing = (fname or os.path.basename(origin or ""), str(cache))
         hint.was_corrupt = os.path.exists(os.path.join(*reversed(hint.missing)))
         path = real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kw)
         hint.missing = None
@@ -204,7 +256,7 @@ def _offline_weights_hint(backbone: str):
 
 
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None):
+                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True):
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -215,7 +267,8 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
 
     from cnncli.preprocessing import ImagenetPreprocess, backbone_mode
 
-    check_model_specs(cfg)
+    if not specs_checked:
+        check_model_specs(cfg)
     inputs = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
     if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
         x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
@@ -237,25 +290,94 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         args = [outputs[r] for r in spec.inputs] if spec.inputs else [x]
         x = _call_layer(cfg, layer, args[0] if len(args) == 1 else args, path, spec.type)
         outputs[name] = x
+    if classifier:
+        check_output(cfg, x, names[-1] if names else None)
     return keras.Model(inputs, x, name=cfg.name or "model")
 
 
-def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
-    from cnncli.config import _parse_path
+def check_output(cfg: Config, x, last_name: str | None) -> None:
+    """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
+    if len(x.shape) == 2:
+        return
+    if last_name is None:
+        raise cfg.error(f"the backbone outputs shape {_fmt(tuple(x.shape))}, not (batch, classes); add layers "
+                        "ending in a Dense layer, e.g. {type: GlobalAveragePooling2D} then {type: Dense, units: N}",
+                        ("model", "backbone"))
+    last = len(cfg.model.layers) - 1
+    raise cfg.error(f"the last layer `{last_name}` ({cfg.model.layers[last].type}) outputs shape "
+                    f"{_fmt(tuple(x.shape))}, but a classifier outputs (batch, classes); put a "
+                    "{type: Flatten} or {type: GlobalAveragePooling2D} before the Dense layers",
+                    ("model", "layers", last))
 
+
+def check_model(cfg: Config) -> None:
+    """Every check `cnn validate` makes, before any data is read (see `build_checked`)."""
+    from cnncli.inputs import plan_input
+
+    plan = plan_input(cfg)
+    model = build_checked(cfg, plan.shape)
+    if plan.num_classes is not None:
+        check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+
+
+def check_classes(cfg: Config, outputs: int, num_classes: int, source: str | None = None) -> None:
+    """One output per class: fewer leave labels without an output, more leave outputs without a class."""
+    if outputs == num_classes:
+        return
+    source = source or cfg.data.path or cfg.data.dataset
+    message = (f"{source}: labels go up to {num_classes - 1} ({num_classes} classes) but the model outputs "
+               f"{outputs} values" if outputs < num_classes else
+               f"the model outputs {outputs} values but {source} has {num_classes} classes, so some outputs "
+               "would belong to no class")
+    message += f"; set the last layer's units to {num_classes}"
+    last = len(cfg.model.layers) - 1
+    if last >= 0 and "units" in cfg.model.layers[last].args:
+        raise cfg.error(message, ("model", "layers", last, "units"))
+    raise ConfigError.single(message, file=cfg._file)
+
+
+def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True):
+    """The model built without weights after every name and argument check, all problems reported together.
+
+    Problems in the training vocabulary (optimizer, schedule, loss) do not stop the
+    build, so shapes are checked too; broken layer specs do, as the build needs them.
+    `classifier=False` accepts any output shape (a summary of a feature extractor).
+    """
     try:
-        out = layer(arg)
+        check_model_specs(cfg)
+        problems: list[Problem] = []
+    except ConfigError as exc:
+        if any(p.path.startswith("model.") for p in exc.problems):
+            raise
+        problems = exc.problems
+    try:
+        model = build_model(cfg, input_shape, load_weights=False, specs_checked=True, classifier=classifier)
+    except ConfigError as exc:
+        problems += _as_config_error(cfg, exc).problems
+    _raise_with_lines(cfg, sorted(problems, key=lambda p: p.line or 0))
+    return model
+
+
+def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
+    try:
+        out = layer(*arg) if isinstance(arg, list) and _takes_tensors_apart(layer) else layer(arg)
     except Exception as exc:  # Keras reports impossible shapes as ValueError (sometimes others)
         shapes = [tuple(a.shape) for a in arg] if isinstance(arg, list) else tuple(arg.shape)
         message = keras_message(exc)
-        raise cfg.error(f"{type_name} cannot take input of shape {_fmt(shapes)}: {message}",
-                        _parse_path(path)) from None
+        raise cfg.error(f"{type_name} cannot take input of shape {_fmt(shapes)}: {message}", path) from None
     dims = [d for d in out.shape[1:] if d is not None]
     if any(d <= 0 for d in dims):
         raise cfg.error(f"{type_name} output shape {_fmt(tuple(out.shape))} reaches zero; "
-                        "the input is too small for this many layers, or the kernel/stride too large",
-                        _parse_path(path))
+                        "the input is too small for this many layers, or the kernel/stride too large", path)
     return out
+
+
+def _takes_tensors_apart(layer) -> bool:
+    """True for layers called as layer(a, b) (MultiHeadAttention's query, value), not layer([a, b]) (Add)."""
+    import inspect
+
+    params = [p for p in inspect.signature(layer.call).parameters.values() if p.kind == p.POSITIONAL_OR_KEYWORD]
+    return len(params) > 1 and params[0].name != "inputs" and params[1].default is inspect.Parameter.empty
 
 
 def _fmt(shape) -> str:

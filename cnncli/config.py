@@ -8,6 +8,7 @@ is imported; this module stays import-light so `cnn --help` is instant.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -16,10 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.yamlio import KeyPath, format_path, parse_yaml, read_yaml_file
+from cnncli.yamlio import KeyPath, format_path, parse_yaml
 
-DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder")
-FILE_DATASETS = ("idx", "npz", "image_folder")  # these need `data.path`
+DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
+            "records")  # records: TFRecord shards written by `cnn data pack`
+FILE_DATASETS = ("idx", "npz", "image_folder", "records")  # these need `data.path`
 SHAPE_CLASSES = ("x", "o", "square", "triangle", "plus", "line")
 
 
@@ -48,6 +50,10 @@ class LayerSpec(WithArgs):
 
 class OptimizerSpec(WithArgs):
     type: str = "Adam"
+
+
+class LossSpec(WithArgs):
+    """A keras.losses class with arguments, e.g. {type: SparseCategoricalCrossentropy, from_logits: true}."""
 
 
 class ScheduleSpec(WithArgs):
@@ -125,6 +131,13 @@ class DataConfig(Strict):
     shapes: ShapesSpec = Field(default_factory=ShapesSpec)
     on_corrupt: Literal["error", "skip"] = "error"  # a corrupt image stops the run unless told to skip
     follow_symlinks: bool = False  # image_folder links leaving the folder are not followed by default
+    # Where decoded images live while training (cnncli/data/pipeline.py): `memory` decodes every split up
+    # front and keeps it resident (fastest per step); `disk` streams from the files through a cache of
+    # decoded images written once; `none` decodes every epoch; `auto` keeps data resident when the decoded
+    # training split fits data.memory_budget and streams with a disk cache otherwise.
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # resident, streamed with a decoded cache, or not
+    cache_dir: Optional[str] = None  # the disk cache; default $XDG_CACHE_HOME/cnncli or ~/.cache/cnncli
+    memory_budget: Optional[Union[int, str]] = None  # bytes, or "512MB", "4GB"; default 25% of available RAM
 
     @field_validator("dataset")
     @classmethod
@@ -134,6 +147,20 @@ class DataConfig(Strict):
             raise ValueError(f"unknown dataset `{value}`{did_you_mean(value, DATASETS)}; "
                              f"valid: {', '.join(DATASETS)}")
         return key
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _bytes(cls, value):
+        if value is None or isinstance(value, int):
+            if value is not None and value < 1:
+                raise ValueError(f"a memory budget must be positive, got {value}")
+            return value
+        import re
+
+        found = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+        if not found or not found.group(1).replace(".", "", 1).isdigit() or float(found.group(1)) <= 0:
+            raise ValueError(f"expected bytes or a size such as 512MB or 4GB, got `{value}`")
+        return int(float(found.group(1)) * 1024 ** "_KMGT".index(found.group(2).upper() or "_"))
 
     @field_validator("image_size")
     @classmethod
@@ -152,8 +179,10 @@ class ModelConfig(Strict):
     @classmethod
     def _shape(cls, value):
         if value is not None:
+            if len(value) == 2:  # [height, width]: one grey channel, as MNIST-style data has
+                value = [*value, 1]
             if len(value) != 3:
-                raise ValueError(f"expected [height, width, channels], got {value}")
+                raise ValueError(f"expected [height, width, channels] or [height, width], got {value}")
             if min(value) < 1:
                 raise ValueError(f"sizes must be positive, got {value}")
         return value
@@ -188,11 +217,23 @@ class TrainConfig(Strict):
     batch_size: int = Field(32, ge=1)  # global: split across replicas
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     lr_schedule: Optional[ScheduleSpec] = None
-    loss: str = "sparse_categorical_crossentropy"
+    loss: Union[str, LossSpec] = "sparse_categorical_crossentropy"  # a name, or a mapping with arguments
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
     early_stopping: Optional[EarlyStopping] = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     phases: Optional[list[Phase]] = Field(None, min_length=1)
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_form(cls, value: Any) -> Any:
+        """One message for a loss of the wrong form, rather than one per member of the union."""
+        if isinstance(value, dict) and not isinstance(value.get("type"), str):
+            raise ValueError("a loss written as a mapping needs `type`, e.g. "
+                             "{type: SparseCategoricalCrossentropy, from_logits: true}")
+        if not isinstance(value, (str, dict, LossSpec)):
+            raise ValueError(f"expected a loss name or a mapping with `type` and the loss's arguments, "
+                             f"got {_describe(value)}")
+        return value
 
 
 class RuntimeConfig(Strict):
@@ -204,6 +245,57 @@ class RuntimeConfig(Strict):
     steps_per_execution: Optional[int] = Field(None, ge=1)  # None: a whole epoch per tf.function call
     intra_op_threads: Optional[int] = Field(None, ge=0)
     inter_op_threads: Optional[int] = Field(None, ge=0)
+    collective_timeout: float = Field(30.0, gt=0)  # multi_worker: seconds without a heartbeat before a peer is lost
+
+
+class Distribution(Strict):
+    """One searched value of `search.params`: exactly one of the four kinds (Optuna's suggest_*)."""
+
+    loguniform: Optional[tuple[float, float]] = None  # [low, high], sampled on a log scale: rates, decays
+    uniform: Optional[tuple[float, float]] = None  # [low, high]
+    int_: Optional[tuple[int, int]] = Field(None, alias="int")  # [low, high], both included
+    choice: Optional[list[Any]] = Field(None, min_length=1)  # any YAML values, lists included
+    step: Optional[float] = Field(None, gt=0)  # int and uniform only: the grid the values lie on
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Distribution":
+        kinds = [k for k in ("loguniform", "uniform", "int_", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of `loguniform: [lo, hi]`, `uniform: [lo, hi]`, "
+                             "`int: [lo, hi]` or `choice: [a, b, ...]`")
+        bounds = getattr(self, kinds[0])
+        if kinds[0] != "choice" and not bounds[0] < bounds[1]:
+            raise ValueError(f"the low bound must be below the high one, got {list(bounds)}")
+        if kinds[0] == "loguniform" and bounds[0] <= 0:
+            raise ValueError(f"loguniform bounds must be positive, got {list(bounds)}")
+        if self.step is not None and kinds[0] not in ("int_", "uniform"):
+            raise ValueError("`step` goes with `int` or `uniform`")
+        if kinds[0] == "int_" and self.step is not None and self.step != int(self.step):
+            raise ValueError(f"an `int` step is a whole number, got {self.step}")
+        return self
+
+
+class SearchSpec(Strict):
+    """What `cnn tune` searches; `cnn train` ignores this section."""
+
+    params: dict[str, Distribution] = Field(min_length=1)  # config path (as for --set) -> distribution
+    trials: int = Field(20, ge=1)  # finished (complete, pruned or failed) trials the study runs to
+    metric: str = "val_accuracy"  # a history.csv column, read at every epoch (pruning) and at the end
+    direction: Optional[Literal["maximize", "minimize"]] = None  # default: minimize losses, maximize the rest
+    sampler: Literal["tpe", "random", "grid"] = "tpe"  # how trials pick values; grid needs choice or int params
+    pruner: Literal["median", "hyperband", "none"] = "median"  # stops a trial early when its metric lags
+    timeout: Optional[float] = Field(None, gt=0)  # seconds; no new trial starts after it
+
+
+class MlflowSpec(Strict):
+    uri: str  # tracking URI: file:./mlruns, sqlite:///mlflow.db, http://host:5000
+    experiment: str = "cnncli"  # MLflow experiment the runs are logged under
+
+
+class TrackingSpec(Strict):
+    """Experiment tracking; needs the optional extra: pip install 'cnncli[mlflow]'."""
+
+    mlflow: Optional[MlflowSpec] = None  # {uri, experiment}: log runs and sweeps to MLflow
 
 
 class Config(Strict):
@@ -214,23 +306,37 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    search: Optional[SearchSpec] = None  # hyperparameter sweep, run by `cnn tune`
+    tracking: Optional[TrackingSpec] = None  # log runs to MLflow
 
     # Filled in by load_config: where each key came from, for later errors.
     _file: Optional[str] = None
     _lines: dict = {}
+    _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
         return _nearest_line(self._lines, path)
 
-    def error(self, message: str, path: KeyPath) -> ConfigError:
-        """A ConfigError pointing at `path` in the file this config came from."""
+    def error(self, message: str, path: KeyPath | str) -> ConfigError:
+        """A ConfigError pointing at `path` (a key path, or its text) in the file this config came from."""
+        path = _parse_path(path) if isinstance(path, str) else path
         return ConfigError.single(message, format_path(path), self.line_of(path), self._file)
+
+    def locate(self, problems: list[Problem], file: str | None = None) -> ConfigError:
+        """A ConfigError for problems found in this config, each given the line of its key path."""
+        for p in problems:
+            if p.line is None and p.path:
+                p.line = self.line_of(_parse_path(p.path))
+        return ConfigError(problems, file or self._file)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def to_dict(self) -> dict:
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", by_alias=True)
+        for key in ("search", "tracking"):  # optional sections: absent rather than null
+            if data.get(key) is None:
+                data.pop(key, None)
         for layer in data["model"]["layers"] + data["data"]["augment"]:
             for key in ("name", "inputs"):  # unset graph keys are noise in a resolved config
                 if layer.get(key) is None:
@@ -354,7 +460,9 @@ def _describe(value: Any) -> str:
 
 def _pydantic_step(part: Any) -> bool:
     """False for pydantic's own location markers (`list[int]`, `function-after[...]`), not keys of the file."""
-    return not (isinstance(part, str) and ("[" in part or part.startswith("function-")))
+    # markers are a bare word with brackets (`tuple[float, float]`); a dotted key (`model.layers[0].filters`,
+    # a search path) is the user's
+    return not (isinstance(part, str) and (re.fullmatch(r"[\w-]+\[.*\]", part) or part.startswith("function-")))
 
 
 def _problem_from_pydantic(err: dict) -> Problem:
@@ -403,12 +511,70 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
     problems = [p for check in CROSS_CHECKS for p in check(cfg)]
     for p in problems:
         p.line = _nearest_line(lines, _parse_path(p.path))
+    problems += _search_problems(cfg, lines)
     if problems:
         raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file)
     if cfg.name is None and default_name:
         cfg.name = default_name
     cfg._file, cfg._lines = file, lines
     return cfg
+
+
+def _search_problems(cfg: Config, lines: dict) -> list[Problem]:
+    """Each `search.params` key must name a value of this config, as a --set path would."""
+    if cfg.search is None:
+        return []
+    problems = []
+    for key in cfg.search.params:
+        where = ("search", "params", key)
+        try:
+            path = _parse_path(key, strict=True)
+            message = _schema_step_problem(cfg, path) if path else "is empty"
+        except ValueError as exc:
+            message = str(exc)
+        if message:
+            problems.append(Problem(message, format_path(where[:2]) + f".{key}", _nearest_line(lines, where)))
+    if cfg.search.sampler == "grid":
+        for key, dist in cfg.search.params.items():
+            if dist.choice is None and dist.int_ is None:
+                problems.append(Problem("the grid sampler needs `choice` or `int` values",
+                                        f"search.params.{key}", _nearest_line(lines, ("search", "params", key))))
+    return problems
+
+
+def _schema_step_problem(cfg: Config, path: KeyPath) -> str | None:
+    """Why `path` names no value of `cfg` (unknown key, missing list item), or None when it does.
+
+    Below a `type`-chosen Keras class (a layer, the optimizer) any argument is accepted here;
+    the builder checks it against the class when each trial is built.
+    """
+    node: Any = cfg
+    for i, step in enumerate(path):
+        here = format_path(path[:i])
+        if isinstance(node, list):
+            if not isinstance(step, int):
+                return f"`{here}` is a list; index it, e.g. `{here}[0]`"
+            if not -len(node) <= step < len(node):
+                return f"`{here}` has {len(node)} item(s); there is no [{step}]"
+            node = node[step]
+            continue
+        if isinstance(step, int):
+            return f"`{here}` is not a list"
+        owner = type(node) if isinstance(node, BaseModel) else (_model_at(path[:i]) if node is None else None)
+        if owner is None:
+            if isinstance(node, dict):
+                node = node.get(step)
+                continue
+            return f"`{here}` is a single value, not a mapping"
+        if step in ("search", "tracking") and i == 0:
+            return f"`{step}` is not searchable"
+        if step not in owner.model_fields:
+            if owner.model_config.get("extra") == "allow":
+                return None
+            valid = list(owner.model_fields)
+            return f"unknown key `{step}`{did_you_mean(step, valid)}; valid keys here: {', '.join(valid)}"
+        node = getattr(node, step) if node is not None else None
+    return None
 
 
 def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
@@ -479,17 +645,24 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
         lines[path] = 0  # line 0 marks "from the command line"
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None,
+def load_config(path: str | Path | list, overrides: list[str] | None = None,
                 spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
-    """Read, override and validate a config file (`spec_check`: see `validate_data`)."""
-    data, lines, shown = read_yaml_file(path)
+    """Read, override and validate a config file, or several merged left to right (`spec_check`: see
+    `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
+    the tree (cnncli/compose.py, cnncli/blocks.py)."""
+    from cnncli import blocks, compose
+
+    data, lines, shown = compose.read_config_files(path)
     if overrides:
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError.single("the top level must be a mapping of keys", file=shown)
         apply_overrides(data, overrides, lines)
-    return validate_data(data, lines, shown, default_name=Path(path).stem, spec_check=spec_check)
+    groups = blocks.expand_blocks(data, lines)
+    cfg = validate_data(data, lines, shown, default_name=Path(shown).stem, spec_check=spec_check)
+    cfg._groups = groups
+    return cfg
 
 
 def config_from_dict(data: dict, name: str = "config") -> Config:

@@ -27,15 +27,46 @@ class Problem:
 
     def where(self, file: str | None) -> str:
         parts = []
+        file = getattr(self.line, "file", None) or file  # a value set in another file of an `extends` chain
         if file:
             parts.append(f"{file}:{self.line}" if self.line else file)
-        if self.path:
-            parts.append(self.path)
+        if self.shown_path():
+            parts.append(self.shown_path())
         return ": ".join(parts)
+
+    def shown_path(self) -> str:
+        """The key path as the file has it (a layer expanded from a block: its place in the block)."""
+        moved = getattr(self.line, "moved", None)  # (expanded path, path in the file)
+        if moved and (self.path == moved[0] or self.path.startswith((moved[0] + ".", moved[0] + "["))):
+            return moved[1] + self.path[len(moved[0]):]
+        return self.path
+
+    def full_message(self) -> str:
+        via = getattr(self.line, "via", None)  # a layer expanded from a block: which use expanded it
+        return f"{self.message} ({via})" if via else self.message
 
     def render(self, file: str | None) -> str:
         where = self.where(file)
-        return f"{where}: {self.message}" if where else self.message
+        return f"{where}: {self.full_message()}" if where else self.full_message()
+
+
+class Line(int):
+    """A 1-based line number that also knows its file, when a config is composed of several.
+
+    `via` says how a value got into the model when it came from a `model.blocks`
+    definition (e.g. "in block `basic`, copy 2 of model.layers[3] at line 12").
+    Being an int, it travels through every line map and comparison unchanged.
+    """
+
+    file: str | None = None
+    via: str | None = None
+    moved: tuple[str, str] | None = None  # errors at the first path are shown at the second
+
+    def __new__(cls, line: int, file: str | None = None, via: str | None = None,
+                moved: tuple[str, str] | None = None) -> "Line":
+        self = super().__new__(cls, line)
+        self.file, self.via, self.moved = file, via, moved
+        return self
 
 
 @dataclass

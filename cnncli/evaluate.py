@@ -36,9 +36,7 @@ def classification_report(y_true, probs, class_names: list[str], top_k: int | No
     n, k = p.shape
 
     predicted = p.argmax(axis=1)  # first maximum on ties, as keras' sparse_categorical_accuracy
-    p_true = p[np.arange(n), y]
-    # Keras clips to [eps, 1 - eps] before the log; a confidently right example still costs ~1e-7.
-    loss = float(-np.mean(np.log(np.clip(p_true, EPSILON, 1.0 - EPSILON))))
+    loss = float(np.mean(example_losses(y, p)))
 
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y, predicted), 1)
@@ -66,6 +64,13 @@ def classification_report(y_true, probs, class_names: list[str], top_k: int | No
     report["confusion_matrix"] = cm.tolist()
     report["most_confused"] = most_confused(cm, class_names)
     return report
+
+
+def example_losses(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each example: -log p(true class), (N,) float64."""
+    p_true = np.asarray(probs, np.float64)[np.arange(len(y)), y]
+    # Keras clips to [eps, 1 - eps] before the log; a confidently right example still costs ~1e-7.
+    return -np.log(np.clip(p_true, EPSILON, 1.0 - EPSILON))
 
 
 def top_k_accuracy(y: np.ndarray, probs: np.ndarray, k: int) -> float:

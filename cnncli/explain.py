@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError, did_you_mean
+from cnncli.geometry import all_layers
 from cnncli.registry import Registry
 
 SMOOTHGRAD_SAMPLES = 25  # Smilkov et al. find the map stops improving beyond ~50; 25 is most of the gain
@@ -31,6 +32,7 @@ MAX_CHANNELS = 16  # columns of a multi-channel filter picture (one per input ch
 METHODS: Registry[str] = Registry("saliency method", {
     "gradient": "one gradient of the class logit",
     "smoothgrad": f"mean of {SMOOTHGRAD_SAMPLES} gradients of noisy copies (σ = {SMOOTHGRAD_SIGMA:.0%} of 0..255)",
+    "gradcam": "Grad-CAM of a convolution layer (cnncli.explain_maps), beside the gradient map",
 })
 
 
@@ -75,6 +77,7 @@ class Saliency:
     predicted: str  # the model's top class
     method: str
     score: str  # "logit" or "output"
+    gradcam: object = None  # cnncli.explain_maps.GradCam when method is gradcam
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""
@@ -99,7 +102,7 @@ def saliency_map(model, image: np.ndarray, class_index: int, method: str = "grad
     """float32 (H, W) saliency of one raw-pixel image (H, W, C) for `class_index` under a logits model."""
     method = METHODS.canonical(method) or method
     x = np.asarray(image, np.float32)[None]
-    if method == "gradient":
+    if method in ("gradient", "gradcam"):  # gradcam is drawn beside the plain gradient map
         batch = x
     elif method == "smoothgrad":
         if samples < 1:
@@ -113,11 +116,11 @@ def saliency_map(model, image: np.ndarray, class_index: int, method: str = "grad
 
 
 def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str | None = None,
-                  method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0) -> Saliency:
+                  method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0,
+                  layer: str | None = None) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
     from cnncli.artifacts import float32_model
-    from cnncli.data import convert_images
-    from cnncli.predict import read_image
+    from cnncli.images import conform, model_view, read_image
     from cnncli.runs import open_run
 
     if method not in METHODS:
@@ -125,14 +128,21 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     picture = read_image(image_path)
     run = open_run(run_dir)
     model = float32_model(run.load_model())
-    image = convert_images([picture], run.input_shape)[0]
+    image = conform(picture, *model_view(run.input_shape))  # as cnn predict and training read it
     probs = np.asarray(model(image[None].astype(np.float32), training=False), np.float32)[0]
     names = run.class_names if len(run.class_names) == len(probs) else [str(i) for i in range(len(probs))]
     index = int(probs.argmax()) if class_name is None else class_index(class_name, names)
     scores, score = logits_model(model)
     saliency = saliency_map(scores, image, index, METHODS.canonical(method), samples=samples, seed=seed)
+    cam = _gradcam(scores, image, index, layer) if METHODS.canonical(method) == "gradcam" else None
     return Saliency(image, saliency, index, names[index], float(probs[index]), names[int(probs.argmax())],
-                    METHODS.canonical(method), score)
+                    METHODS.canonical(method), score, cam)
+
+
+def _gradcam(scores, image, index: int, layer: str | None):
+    from cnncli.explain_maps import find_spatial_layer, grad_cam
+
+    return grad_cam(scores, image, index, find_spatial_layer(scores, layer) if layer else None)
 
 
 def class_index(name: str, names: list[str]) -> int:
@@ -162,13 +172,7 @@ def conv_layers(model) -> list:
     """Every Conv2D in the model, nested backbones included, in graph order."""
     import keras
 
-    found = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found.extend(conv_layers(layer))
-    return found
+    return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
 
 
 def find_conv_layer(model, name: str | None):
@@ -181,18 +185,11 @@ def find_conv_layer(model, name: str | None):
     if name in by_name:
         return by_name[name]
     listed = ", ".join(by_name)
-    other = next((l for l in _all_layers(model) if l.name == name), None)
+    other = next((l for l in all_layers(model) if l.name == name), None)
     if other is not None:
         raise CnnError(f"layer `{name}` is a {type(other).__name__}, not a convolution; "
                        f"convolution layers: {listed}")
     raise CnnError(f"no layer named `{name}`{did_you_mean(name, by_name)}; convolution layers: {listed}")
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def filter_tiles(model, layer) -> Filters:
@@ -202,7 +199,7 @@ def filter_tiles(model, layer) -> Filters:
     kernel = np.asarray(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel, np.float32)
     kh, kw, cin, cout = kernel.shape
     if cin == 3:
-        caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in _all_layers(model))
+        caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in all_layers(model))
         if caffe and layer is conv_layers(model)[0]:
             kernel = kernel[:, :, ::-1, :]  # caffe preprocessing fed the first conv BGR; show RGB
         n = min(cout, MAX_FILTERS)
@@ -255,12 +252,13 @@ def _check_png(path: Path) -> None:
 
 def _writing(path: Path):
     """What os.access cannot foresee (root on a read-only mount, /proc, a full disk) still ends as one line."""
-    from cnncli.train.rundir import writing
+    from cnncli.fileio import writing
 
     return writing(path, hint="; choose another --output")
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:
+    from cnncli.pictures import plot_gradcam
     from cnncli.plots import plot_saliency
 
     path = Path(output) if output else default_saliency_path(Path(run_dir), Path(image), result)
@@ -268,4 +266,7 @@ def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, outp
     title = (f"{Path(image).name}: {result.class_name} (p = {result.probability:.3f}, "
              f"predicted {result.predicted}) · {result.method}")
     with _writing(path):
+        if result.gradcam is not None:
+            return plot_gradcam(result.image, result.saliency, result.gradcam.heatmap, path,
+                                f"{title} at {result.gradcam.layer}")
         return plot_saliency(result.image, result.saliency, path, title)

@@ -14,9 +14,7 @@ the model's first layer, so no preprocessing travels separately.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,12 @@ from typing import Callable
 
 import numpy as np
 
-from cnncli import __version__, faults
-from cnncli.artifacts import EXTRA_HINT, float32_model, record_export
+from cnncli import __version__, faults, fileio
+from cnncli.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
+from cnncli.batches import keras_predict
 from cnncli.errors import CnnError
 from cnncli.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
-                                 describe_check, keras_probabilities, quiet, reference_note)
+                                 describe_check, quiet, reference_note)
 from cnncli.registry import Registry
 
 REPRESENTATIVE_EXAMPLES = 200  # training images int8 calibration sees; TFLite's guide suggests 100-500
@@ -195,48 +194,13 @@ def _prepare_parent(path: Path) -> None:
         raise CnnError(f"cannot write `{path}`: `{existing}` is a file, not a directory; choose another --output")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CnnError(f"cannot write `{path}`: `{existing}` is not writable; choose another --output")
-    probe = _temp_path(path, ".probe")
+    probe = fileio.temp_path(path, ".probe")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe.touch()
         probe.unlink()
     except OSError as exc:
         raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}; choose another --output") from None
-
-
-def _temp_path(path: Path, suffix: str) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """A file is renamed over the target; a directory is swapped with the old one in one step where Linux
-    can (so a crash leaves the old or the new SavedModel, never none), else replaces it with two renames."""
-    from cnncli.train.rundir import exchange
-
-    try:
-        if tmp.is_dir() and path.exists():
-            if exchange(tmp, path):
-                faults.point("export_swapped")
-                _remove(tmp)  # the old one, now under the temporary name
-                return
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            faults.point("export_swapped")
-            os.replace(tmp, path)
-            _remove(old)
-        else:
-            os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}") from None
 
 
 def _size(path: Path) -> int:
@@ -267,13 +231,13 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     model = float32_model(trained)
     data = run.load_data()
     x_check, split = check_images(data, examples)
-    reference = keras_probabilities(model, x_check)
+    reference = keras_predict(model, x_check)
     representative = _representative(data) if quantize == "int8" else None
     ctx = _Context(run, quantize, representative)
 
-    tmp = _temp_path(path, format_.suffix)
-    _remove(tmp)
-    try:
+    for target in (path, export_json_path(path)):
+        fileio.remove_stale_temps(target)  # what a killed export left beside it
+    with fileio.replacing(path, format_.suffix) as tmp:  # kept only when it passes the check
         try:
             with quiet():
                 format_.write(model, tmp, ctx)
@@ -286,20 +250,12 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
                            "(--debug shows the full report)") from exc
         criterion = QUANTIZATIONS.get(quantize).criterion if quantize else FLOAT
         check = compare(format_.name, tmp, criterion, x_check, reference)
-    except OSError as exc:
-        _remove(tmp)
-        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-    check.update(split=split, reference=reference_note(trained, model, x_check, reference))
-    if not check["passed"]:
-        _remove(tmp)
-        raise ExportCheckFailed(f"{format_.name} export does not match model.keras: {describe_check(check)}; "
-                                f"the artefact was not kept (`{path}`)")
-    size = _size(tmp)
-    faults.point("export_checked")
-    _move_into_place(tmp, path)
+        check.update(split=split, reference=reference_note(trained, model, x_check, reference))
+        if not check["passed"]:
+            raise ExportCheckFailed(f"{format_.name} export does not match model.keras: {describe_check(check)}; "
+                                    f"the artefact was not kept (`{path}`)")
+        size = _size(tmp)
+        faults.point("export_checked")
     record = _record(run, format_, quantize, path, size, check)
     json_path = record_export(path, record)
     return ExportResult(path, format_.name, quantize, size, check, record, json_path)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.artifacts import BATCH, load_runner, native_stderr_silenced, trained_precision
+from cnncli.artifacts import load_runner, native_stderr_silenced, trained_precision
+from cnncli.batches import in_batches, keras_predict
 from cnncli.errors import DataError
 
 CHECK_EXAMPLES = 1000  # images compared per export: agreement resolves 0.1%, so 98% vs 97% is visible
@@ -59,17 +60,12 @@ def check_images(data, examples: int = CHECK_EXAMPLES) -> tuple[np.ndarray, str]
     raise DataError("the run's data has no images to check the export with")
 
 
-def keras_probabilities(model, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + BATCH], training=False), np.float32)
-                           for i in range(0, len(x), BATCH)])
-
-
 def compare(kind: str, path: Path, criterion: Criterion, x: np.ndarray, reference: np.ndarray) -> dict:
     """Reload the artefact at `path` with its own runtime; its figures against Keras's `reference`."""
     t0 = time.perf_counter()
     with quiet():
         run, _ = load_runner(kind, path)
-        probs = np.concatenate([np.asarray(run(x[i:i + BATCH]), np.float32) for i in range(0, len(x), BATCH)])
+        probs = in_batches(run, x, reference.shape[-1])
     seconds = time.perf_counter() - t0
     if probs.shape != reference.shape:
         return {"examples": len(x), "passed": False, "criterion": criterion.describe(),
@@ -101,7 +97,7 @@ def reference_note(trained, model, x: np.ndarray, reference: np.ndarray) -> dict
     """What 'model.keras' means in the check; for mixed-precision runs, how far bfloat16 was from float32."""
     note = {"model": "model.keras", "trained_precision": trained_precision(trained), "computed_in": "float32"}
     if model is not trained:
-        as_trained = keras_probabilities(trained, x)
+        as_trained = keras_predict(trained, x)
         note["as_trained_max_abs_diff"] = float(np.abs(as_trained.astype(np.float64) - reference).max())
     return note
 

@@ -26,7 +26,7 @@ Points (grep for `faults.point` to see them in place):
     metrics_written        metrics.json is in place; plots and run.json not yet
     export_written         `cnn export`: the artefact is written under a temporary name, not checked
     export_checked         the artefact passed its check; not yet renamed into place
-    export_swapped         a SavedModel directory has been swapped in; the old one not yet removed
+    swapped:<name>         a folder (a SavedModel) has been swapped in; the old one not yet removed
     write:<file name>      a file's complete temporary copy is on disk, not yet renamed over
                            the file (history.csv, state.json, run.json, model.keras, ...)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cnncli import compat
+
 Field2 = tuple[int, int]
 
 
@@ -87,17 +89,19 @@ _ENDS_SPATIAL = ("Flatten", "Dense", "GlobalAveragePooling2D", "GlobalMaxPooling
                  "GlobalMaxPool2D", "Reshape", "Dropout_")  # Dropout keeps whatever it gets
 
 
+def all_layers(model):
+    """Every layer of `model`, depth first, the layers of nested models (a backbone) after the model itself."""
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from all_layers(layer)
+
+
 def _spatial(shape) -> bool:
     return len(shape) == 4  # (batch, h, w, c)
 
 
 def _shape_list(shape) -> list:
     return [None if d is None else int(d) for d in shape]
-
-
-def _inbound(layer) -> list:
-    node = layer._inbound_nodes[0] if layer._inbound_nodes else None
-    return list(node.input_tensors) if node is not None else []
 
 
 def _macs(layer, in_shape, out_shape) -> int:
@@ -152,7 +156,7 @@ def _walk(model, states: dict[int, _State], rows: list[LayerRow], warnings: list
     last = input_state
     for layer in model.layers:
         kind = type(layer).__name__
-        ins = _inbound(layer)
+        ins = compat.inbound_tensors(layer)
         in_states = [states.get(id(t), input_state) for t in ins]
         out_tensor = layer.output
         out_shape = _shape_list(out_tensor.shape)

@@ -12,7 +12,10 @@ import inspect
 import re
 from typing import Any
 
-from cnncli.errors import ConfigError, Problem, did_you_mean
+from cnncli import compat
+from cnncli.errors import ConfigError, Problem, closest, did_you_mean
+from cnncli.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
+                               regularizer_problems)
 from cnncli.registry import Registry, UnknownName, normalize
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
@@ -71,27 +74,111 @@ def list_backbones() -> list[str]:
     return BACKBONES.names()
 
 
+def _parameters(target: Any) -> list[inspect.Parameter]:
+    fn = target.__init__ if isinstance(target, type) else target
+    return [p for p in inspect.signature(fn).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 def accepted_args(target: Any, extra: tuple[str, ...] = ()) -> list[str]:
     """Keyword arguments a class or function takes, as a user may write them."""
-    fn = target.__init__ if isinstance(target, type) else target
-    params = inspect.signature(fn).parameters.values()
-    names = [p.name for p in params
-             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    names = [p.name for p in _parameters(target)]
     return names + [e for e in extra if e not in names]
 
 
 def check_args(args: dict[str, Any], target: Any, what: str, path: str,
-               extra: tuple[str, ...] = ()) -> list[Problem]:
-    """One problem per argument `target` does not take, listing the ones it does."""
+               extra: tuple[str, ...] = (), given: tuple[str, ...] = ("name",)) -> list[Problem]:
+    """Problems in the arguments of `target`: unknown ones (listing those it takes), missing
+    required ones, and values of the wrong kind. `given`: arguments cnncli passes itself."""
     valid = accepted_args(target, extra)
+    params = {p.name: p for p in _parameters(target)}
     problems = []
+    meant = {hit for key in args if key not in valid for hit in closest(key, valid)}  # a typo says it already
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in args and n not in given
+               and n not in meant]
+    if missing:
+        problems.append(Problem(f"{what}: missing {', '.join(missing)}", path))
     for key, value in args.items():
         if key not in valid:
             problems.append(Problem(
                 f"{what} takes no argument `{key}`{did_you_mean(key, valid)}; "
                 f"it takes: {', '.join(valid)}", f"{path}.{key}"))
-        problems += _foreign_code(value, f"{path}.{key}")
+            continue
+        found = _foreign_code(value, f"{path}.{key}")
+        param = params.get(key)
+        problems += found or _value_problems(key, value, param.default if param else inspect.Parameter.empty,
+                                             f"{path}.{key}")
     return problems
+
+
+# What the value of a well-known argument must be, whichever Keras class takes it.
+_INT_ARGS = {"filters", "units", "groups", "depth_multiplier", "num_heads", "key_dim", "value_dim", "output_dim",
+             "input_dim", "decay_steps", "first_decay_steps", "patience", "cooldown", "height", "width",
+             "gradient_accumulation_steps", "ema_overwrite_frequency", "warmup_steps"}
+_INTS_ARGS = {"kernel_size", "strides", "pool_size", "dilation_rate", "size"}  # an integer or a list of them
+_POSITIVE_ARGS = _INTS_ARGS | {"filters", "units", "groups", "depth_multiplier", "num_heads", "key_dim", "value_dim",
+                                "output_dim", "input_dim", "decay_steps", "first_decay_steps", "height", "width",
+                                "gradient_accumulation_steps", "learning_rate", "initial_learning_rate", "epsilon"}
+_NUMBER_ARGS = {"rate", "learning_rate", "initial_learning_rate", "decay_rate", "momentum", "epsilon", "alpha",
+                "beta_1", "beta_2", "rho", "min_lr", "min_delta", "l1", "l2", "stddev", "weight_decay",
+                "clipnorm", "clipvalue", "global_clipnorm", "negative_slope", "max_value", "end_learning_rate",
+                "power", "t_mul", "m_mul", "warmup_target", "ema_momentum", "q"}
+_NUMBERS_ARGS = {"factor", "height_factor", "width_factor"}  # a number or a [low, high] pair
+_FRACTION_ARGS = {"rate"}  # Dropout and its kind: in [0, 1)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _value_problems(key: str, value: Any, default: Any, path: str) -> list[Problem]:
+    """A value of the wrong kind for `key`, judged by the argument's name and its Keras default."""
+    if value is None and default is None:
+        return []
+    got = f"got {value!r}"
+    if key in _INT_ARGS:
+        ok, expected = _is_int(value), "an integer"
+    elif key in _INTS_ARGS:
+        ok = _is_int(value) or (isinstance(value, list) and bool(value) and all(_is_int(v) for v in value))
+        expected = "an integer or a list of integers"
+    elif key in _NUMBER_ARGS:
+        ok, expected = _is_number(value), "a number"
+    elif key in _NUMBERS_ARGS:
+        ok = _is_number(value) or (isinstance(value, list) and bool(value) and all(_is_number(v) for v in value))
+        expected = "a number or a list of numbers"
+    elif isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif _is_number(default):
+        ok, expected = not isinstance(value, (str, bool)), "a number"
+    elif key == "activation" and isinstance(value, str):
+        return _activation_problems(value, path)
+    else:
+        return []
+    if not ok:
+        return [Problem(f"expected {expected}, {got}", path)]
+    numbers = value if isinstance(value, list) else [value]
+    if key in _POSITIVE_ARGS and any(v <= 0 for v in numbers):
+        return [Problem(f"must be greater than 0, {got}", path)]
+    if key in _FRACTION_ARGS and not 0 <= value < 1:
+        return [Problem(f"must be at least 0 and below 1, {got}", path)]
+    return []
+
+
+def _activation_problems(name: str, path: str) -> list[Problem]:
+    import keras
+
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError):
+        valid = [n for n in dir(keras.activations) if not n.startswith("_")
+                 and n not in ("get", "serialize", "deserialize")]
+        return [Problem(f"unknown activation `{name}`{did_you_mean(name, valid)}; valid: {', '.join(valid)}",
+                        path)]
+    return []
 
 
 def _foreign_code(value: Any, path: str) -> list[Problem]:
@@ -136,7 +223,9 @@ def check_layer_spec(spec, path: str) -> list[Problem]:
                         f"{_REFUSED[refused[0]]}; use built-in layers", f"{path}.type")]
     cls, problems = resolve(LAYERS, spec.type, f"{path}.type")
     if cls is not None:
-        problems += check_args(spec.args, cls, f"{cls.__name__}", path, _BASE_LAYER_ARGS)
+        problems += check_args(spec.args, cls, f"{cls.__name__}", path, _BASE_LAYER_ARGS + kwargs_names(cls))
+        problems += [p for k, v in spec.args.items() if is_regularizer_arg(k)
+                     for p in regularizer_problems(v, f"{path}.{k}")]
     return problems
 
 
@@ -144,7 +233,8 @@ def make_layer(spec, name: str, path: str, **overrides):
     """Construct the Keras layer for a spec whose arguments were already checked."""
     cls = LAYERS.get(spec.type)
     try:
-        return cls(name=name, **{**spec.args, **overrides})
+        with quiet_legacy_names(cls, spec.args):
+            return cls(name=name, **{**keras_arguments(spec.args), **overrides})
     except Exception as exc:  # Keras checks arguments unevenly (AttributeError for a None string...): all are ours
         message = keras_message(exc)
         if not isinstance(exc, (ValueError, TypeError, KeyError)):
@@ -187,9 +277,7 @@ def keras_message(exc: BaseException) -> str:
 
 def snake(name: str) -> str:
     """Keras's own default layer naming: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
-    from keras.src.utils.naming import to_snake_case
-
-    return to_snake_case(name)
+    return compat.snake_case(name)
 
 
 # ---------------------------------------------------------------- training vocabulary
@@ -214,44 +302,113 @@ def list_schedules() -> list[str]:
     return [n for n in SCHEDULES.names() if not n[0].isupper()]
 
 
-def accuracy_metric_name(loss: str) -> str:
-    """What `accuracy` means for this loss, as keras.Model.compile decides it."""
-    return "sparse_categorical_accuracy" if "sparse" in loss else "categorical_accuracy"
+def _keras_losses() -> dict[str, type]:
+    import keras
+
+    table = {n: getattr(keras.losses, n) for n in dir(keras.losses)
+             if isinstance(getattr(keras.losses, n), type) and issubclass(getattr(keras.losses, n), keras.losses.Loss)
+             and n not in _NOT_CLASSIFICATION_LOSSES}
+    # The snake_case names (categorical_crossentropy) find the classes through `normalize`; the short ones:
+    table.update({alias: table[real] for alias, real in _LOSS_ALIASES.items()})
+    return table
 
 
-def make_metric(name: str, loss: str):
+_NOT_CLASSIFICATION_LOSSES = ("Loss", "CTC", "Circle")  # sequences, metric learning: not image classifiers
+_LOSS_ALIASES = {"mse": "MeanSquaredError", "mae": "MeanAbsoluteError", "mape": "MeanAbsolutePercentageError",
+                 "msle": "MeanSquaredLogarithmicError", "kld": "KLDivergence"}
+# Losses that take the class index; every other loss compares the prediction with a one-hot vector.
+_INDEX_LOSSES = ("SparseCategoricalCrossentropy", "CategoricalGeneralizedCrossEntropy")
+
+LOSSES: Registry[type] = Registry("loss", loader=_keras_losses)
+
+
+def loss_spec(loss) -> tuple[str, dict[str, Any]]:
+    """`train.loss` as (type, arguments): a name, or a mapping with `type` and the class's arguments."""
+    return (loss, {}) if isinstance(loss, str) else (loss.type, loss.args)
+
+
+def loss_problems(loss, path: str = "train.loss") -> list[Problem]:
+    name, args = loss_spec(loss)
+    cls = LOSSES.get(name) if name in LOSSES else None
+    if cls is None:
+        snake_names = sorted({snake(c.__name__) for c in LOSSES._table().values()})
+        return [Problem(f"unknown loss `{name}`{did_you_mean(name, snake_names + LOSSES.names())}; "
+                        f"valid: {', '.join(snake_names)}", path if isinstance(loss, str) else f"{path}.type")]
+    if "reduction" in args:
+        return [Problem("the training step averages the loss of each example over the global batch; "
+                        "remove `reduction`", f"{path}.reduction")]
+    return (check_args(args, cls, cls.__name__, path, given=("name", "reduction"))
+            or _construct(cls, {**args, "reduction": None}, path))
+
+
+class ClassIndexLoss:
+    """A Keras loss fed the class indices the data holds: one-hot first for a loss that compares vectors.
+
+    Returns one value per example (the training step averages them over the global batch).
+    """
+
+    def __init__(self, loss):
+        name, args = loss_spec(loss)
+        cls = LOSSES.get(name)
+        self.loss = cls(**args, reduction=None)
+        self.one_hot = cls.__name__ not in _INDEX_LOSSES
+        self.__name__ = self.name = snake(cls.__name__)
+
+    def __call__(self, y_true, y_pred):
+        from keras import ops
+
+        if self.one_hot:
+            y_true = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), int(y_pred.shape[-1]),
+                                 dtype=y_pred.dtype)
+        return self.loss(y_true, y_pred)
+
+
+def make_loss(loss) -> ClassIndexLoss:
+    return ClassIndexLoss(loss)
+
+
+def make_metric(name: str, loss: Any = None):
+    """A metric by name; `accuracy` compares class indices, the form of every label cnncli feeds."""
     import keras
 
     if name in ("accuracy", "acc"):
-        metric = keras.metrics.get(accuracy_metric_name(loss))
-        return type(metric)(name="accuracy") if isinstance(metric, keras.metrics.Metric) else \
-            keras.metrics.MeanMetricWrapper(metric, name="accuracy")
+        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
     if name in ("top_5_accuracy", "top5", "top_k_accuracy"):
         return keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy")
     metric = keras.metrics.get(name)
     return metric if isinstance(metric, keras.metrics.Metric) else keras.metrics.MeanMetricWrapper(metric, name=name)
 
 
+def optimizer_problems(spec, path: str) -> list[Problem]:
+    cls, found = resolve(OPTIMIZERS, spec.type, f"{path}.type")
+    return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
+
+
+def schedule_problems(spec, path: str = "train.lr_schedule") -> list[Problem]:
+    cls, found = resolve(SCHEDULES, spec.type, f"{path}.type")
+    return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
+
+
+def _construct(cls, args: dict, path: str) -> list[Problem]:
+    """What the constructor itself refuses in arguments that passed the signature checks."""
+    try:
+        cls(**args)
+    except Exception as exc:  # Keras raises ValueError mostly, TypeError for some: all come from the arguments
+        return [Problem(f"{cls.__name__}: {keras_message(exc)}", path)]
+    return []
+
+
 def check_train_specs(cfg) -> list[Problem]:
     """Unknown optimizers, schedules, losses and metrics, with their arguments."""
-    import keras
-
     problems: list[Problem] = []
     opt_specs = [("train.optimizer", cfg.train.optimizer)]
     opt_specs += [(f"train.phases[{i}].optimizer", p.optimizer) for i, p in enumerate(cfg.train.phases or [])
                   if p.optimizer is not None]
     for path, spec in opt_specs:
-        cls, found = resolve(OPTIMIZERS, spec.type, f"{path}.type")
-        problems += found or check_args(spec.args, cls, cls.__name__, path)
+        problems += optimizer_problems(spec, path)
     if cfg.train.lr_schedule is not None:
-        spec = cfg.train.lr_schedule
-        cls, found = resolve(SCHEDULES, spec.type, "train.lr_schedule.type")
-        problems += found or check_args(spec.args, cls, cls.__name__, "train.lr_schedule")
-    try:
-        keras.losses.get(cfg.train.loss)
-    except (ValueError, TypeError):
-        problems.append(Problem(f"unknown loss `{cfg.train.loss}`; e.g. sparse_categorical_crossentropy, "
-                                "categorical_crossentropy", "train.loss"))
+        problems += schedule_problems(cfg.train.lr_schedule)
+    problems += loss_problems(cfg.train.loss)
     names = ["loss"]
     for i, name in enumerate(cfg.train.metrics):
         try:

@@ -2,22 +2,20 @@
 
 Everything draws on a private `matplotlib.figure.Figure` with the Agg canvas,
 never through pyplot, so no global state, GUI backend or display is involved
-and plots can be drawn from any thread. Every file is written atomically: it
-is rendered to a hidden temporary file beside the target and moved into place
-with `os.replace`, so a crash never leaves a half-written PNG.
+and plots can be drawn from any thread. Every file is written atomically
+(fileio.replacing), so a crash never leaves a half-written PNG.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnncli import fileio
 from cnncli.errors import DataError
 
 DPI = 100  # with the inch sizes below, pixel sizes are round numbers (curves: 1000×400)
@@ -235,20 +233,9 @@ def _save(fig: Figure, path) -> Path:
     """Render `fig` as a PNG at `path`, atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide permissions, as a plain open() would;
-    # tempfile.mkstemp would leave the PNG readable by its owner only.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            FigureCanvasAgg(fig)
-            fig.savefig(f, format="png", dpi=DPI)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with fileio.replacing(path, ".png") as tmp:
+        FigureCanvasAgg(fig)
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 

@@ -11,13 +11,14 @@ def _shape(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def print_summary(console: Console, result) -> None:
+def print_summary(console: Console, result, expand: bool = False) -> None:
+    """The layer table; the layers of each block use share one row unless `expand`."""
     s = result.summary
     table = Table(title=f"{s.name}  ·  input {_shape([None, *result.input_shape])}", title_justify="left")
     for col, justify in (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
                          ("Params", "right"), ("Receptive field", "right"), ("MACs", "right")):
         table.add_column(col, justify=justify)
-    for row in s.layers:
+    for row in result.rows(expand):
         rf = "—" if row.receptive_field is None else f"{row.receptive_field[0]}×{row.receptive_field[1]}"
         frozen = " (frozen)" if row.params and row.trainable_params == 0 else ""
         table.add_row(row.name, row.type, _shape(row.output_shape), f"{row.params:,}{frozen}", rf,
@@ -88,3 +89,17 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
         console.print("Most confused (true → predicted):")
         for pair in report["most_confused"]:
             console.print(f"  {escape(pair['true'])} → {escape(pair['predicted'])}: {pair['count']:,}")
+
+
+def print_errors(console: Console, report: dict) -> None:
+    """The highest-loss images of `cnn evaluate --errors`, and where their galleries were written."""
+    table = Table(title=f"the {len(report['errors'])} highest-loss images")
+    for column in ("image", "true", "predicted", "probability", "loss"):
+        table.add_column(column, justify="right" if column in ("probability", "loss") else "left")
+    for e in report["errors"]:
+        table.add_row(escape(e.get("path", str(e["index"]))), escape(e["true"]), escape(e["predicted"]),
+                      f"{e['probability']:.3f}", f"{e['loss']:.3f}")
+    console.print(table)
+    for key, what in (("errors_png", "gallery"), ("confused_png", "confused pairs")):
+        if key in report:
+            console.print(f"{what}: {escape(report[key])}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnncli.batches import keras_predict
 from cnncli.config import Config, load_config
 from cnncli.errors import RunError
 from cnncli.train import rundir
@@ -47,11 +48,18 @@ class Run:
             raise RunError(f"`{path}` cannot be loaded: {str(exc).splitlines()[0]}") from None
 
     def load_data(self, overrides: list[str] | None = None):
-        """The run's data (same seed, so the same splits), converted to the model's input."""
-        from cnncli.data import convert_images, load
+        """The run's data (same seed, so the same splits), converted to the model's input.
+
+        Streamed as in training when data.cache (or the memory budget) says so: split arrays, or
+        pipeline.FileSplits read at the model's input size.
+        """
+        from cnncli.data import cache_streams, convert_images, open_data
+        from cnncli.images import model_view
 
         cfg = load_config(self.path / "config.yaml", overrides or []) if overrides else self.cfg
-        data = load(cfg.data, cfg.seed or 0)
+        color_mode, size = model_view(self.input_shape)  # files are read at the model's size, as cnn predict reads them
+        data = open_data(cfg.data.model_copy(update={"color_mode": color_mode, "image_size": size}), cfg.seed or 0)
+        cache_streams(data)
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")
             if len(x) and tuple(x.shape[1:]) != self.input_shape:
@@ -67,10 +75,14 @@ def open_run(path: str | Path) -> Run:
 
 
 def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
-                 top_k: int | None = None) -> dict:
-    """Metrics of a run's model on a split of its data (or of other, compatible data)."""
-    import numpy as np
+                 top_k: int | None = None, errors: int | None = None, figures: Path | None = None,
+                 columns: int | None = None) -> dict:
+    """Metrics of a run's model on a split of its data (or of other, compatible data).
 
+    `errors=N` adds the N highest-loss images (`errors`), examples of the most
+    confused pairs, and their galleries as PNGs in `figures` (default: the run directory; cnncli.mistakes).
+    """
+    from cnncli.data.pipeline import is_streamed, predict_split
     from cnncli.evaluate import classification_report
 
     run = open_run(path)
@@ -83,10 +95,29 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     outputs = int(model.outputs[0].shape[-1])
     if int(y.max()) >= outputs:
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
-    probs = np.concatenate([np.asarray(model(x[i:i + 256].astype("float32"), training=False), np.float32)
-                            for i in range(0, len(x), 256)])
-    report = classification_report(y, probs, names[:outputs] if len(names) >= outputs else
-                                   [str(i) for i in range(outputs)], top_k=top_k)
+    probs, y = predict_split(lambda images: keras_predict(model, images), x, y)
+    names = names[:outputs] if len(names) >= outputs else [str(i) for i in range(outputs)]
+    report = classification_report(y, probs, names, top_k=top_k)
     report["split"] = split
     report["run_dir"] = str(run.path)
+    if errors is not None:
+        from cnncli import mistakes
+
+        paths = (data.paths or {}).get(split)
+        report["errors"] = mistakes.worst(y, probs, names, errors, paths)
+        report["most_confused"] = mistakes.pair_examples(y, probs, names, report["most_confused"], paths)
+        suffix = "" if split == "test" and not overrides else f"_{split}"
+        pictures = _Pictures(x) if is_streamed(x) else x  # a streamed split reads only the images shown
+        report.update(mistakes.draw(pictures, report["errors"], report["most_confused"], figures or run.path, suffix,
+                                     columns))
     return report
+
+
+class _Pictures:
+    """Images of a streamed split by index, each read from its file when asked for."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __getitem__(self, index: int):
+        return self.split.read_one(int(index))[0]

@@ -15,13 +15,44 @@ class SummaryResult:
     summary: object  # geometry.Summary
     warnings: list[str] = field(default_factory=list)
     phases: list[dict] = field(default_factory=list)  # per training phase: trainable / frozen parameters
+    groups: dict = field(default_factory=dict)  # layer name -> (block use, "basic ×3"), from model.blocks
 
     def as_json(self) -> dict:
         data = self.summary.as_json()
         data["input_shape"] = [None, *self.input_shape]
         data["phases"] = self.phases
         data["warnings"] = self.warnings
+        if self.groups:
+            data["blocks"] = {name: use for name, (use, _) in self.groups.items()}
         return data
+
+    def rows(self, expand: bool = False) -> list:
+        """The summary's layer rows; unless `expand`, the layers of one block use folded into one row."""
+        if expand or not self.groups:
+            return list(self.summary.layers)
+        from cnncli.geometry import LayerRow
+
+        out: list = []
+        members: dict[str, list] = {}
+        for row in self.summary.layers:
+            use, label = self.groups.get(row.name, (None, None))
+            if use is None:
+                out.append(row)
+                continue
+            if use not in members:
+                members[use] = []
+                out.append((use, label))
+            members[use].append(row)
+        folded = []
+        for item in out:
+            if not isinstance(item, tuple):
+                folded.append(item)
+                continue
+            rows = members[item[0]]
+            folded.append(LayerRow(item[0], item[1], rows[-1].output_shape, sum(r.params for r in rows),
+                                   sum(r.trainable_params for r in rows), rows[-1].receptive_field,
+                                   sum(r.macs for r in rows)))
+        return folded
 
 
 @dataclass
@@ -29,6 +60,7 @@ class ValidateResult:
     file: str
     ok: bool
     error: str = ""
+    problems: list = field(default_factory=list)  # (file, line or None, message): one per problem, for CI annotations
     total_params: int = 0
     input_shape: tuple = ()
     warnings: list[str] = field(default_factory=list)
@@ -36,13 +68,19 @@ class ValidateResult:
 
     def as_json(self) -> dict:
         return {"file": self.file, "ok": self.ok, "error": self.error or None,
+                "problems": [{"file": f, "line": line, "message": m} for f, line, m in self.problems],
                 "total_params": self.total_params, "input_shape": list(self.input_shape),
                 "warnings": self.warnings}
 
 
-def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
-    """Load, build (no weights downloaded) and measure the model of one config."""
-    from cnncli.builder import build_model, raw_spec_problems
+def summarize_config(path: str | Path | list, overrides: list[str], classifier: bool = False) -> SummaryResult:
+    """Load, build (no weights downloaded) and measure the model of one config.
+
+    A model whose output is not (batch, classes) cannot train: an error with `classifier`
+    (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
+    """
+    from cnncli.builder import build_checked, check_classes, check_output, raw_spec_problems
+    from cnncli.errors import ConfigError
     from cnncli.config import load_config
     from cnncli.geometry import summarize
     from cnncli.inputs import plan_input
@@ -50,25 +88,95 @@ def summarize_config(path: str | Path, overrides: list[str]) -> SummaryResult:
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)
     plan = plan_input(cfg)
-    model = build_model(cfg, plan.shape, load_weights=False)
+    model = build_checked(cfg, plan.shape, classifier)
     check_phases(model, cfg)
     phases = phase_params(model, cfg)  # leaves the model as the first phase trains it
     summary = summarize(model)
-    warnings = plan.notes + summary.warnings
-    if plan.num_classes is not None:
-        outputs = model.outputs[0].shape[-1]
-        if len(model.outputs[0].shape) == 2 and outputs != plan.num_classes:  # KerasTensor shapes are tuples
-            warnings.append(f"the model outputs {outputs} values but the data has {plan.num_classes} classes")
-    return SummaryResult(str(path), plan.shape, summary, warnings, phases)
+    warnings = plan.notes + summary.warnings + _double_scaling(cfg)
+    if not classifier:
+        try:
+            check_output(cfg, model.outputs[0], model.layers[-1].name if cfg.model.layers else None)
+        except ConfigError as exc:
+            warnings.append(f"{exc.problems[0].message}; `cnn train` would refuse it")
+    if plan.num_classes is not None and len(model.outputs[0].shape) == 2:
+        try:
+            check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
+        except ConfigError as exc:
+            if classifier:  # validate: train would refuse it
+                raise
+            warnings.append(exc.problems[0].message)
+    shown = ", ".join(map(str, path)) if isinstance(path, list) else str(path)
+    return SummaryResult(shown, plan.shape, summary, warnings, phases, cfg._groups)
+
+
+def _double_scaling(cfg) -> list[str]:
+    """A Rescaling in model.layers when the model already scales its input: pixels scaled twice."""
+    from cnncli.errors import Problem
+    from cnncli.yamlio import format_path
+
+    first = "the backbone's preprocessing" if cfg.model.backbone is not None else "Rescaling(1/255)"
+    out = []
+    for i, spec in enumerate(cfg.model.layers):
+        if spec.type.replace("_", "").lower() == "rescaling":
+            path = ("model", "layers", i)
+            line = cfg.line_of(path)
+            file = getattr(line, "file", None)
+            where = (f"{file}:{line}: " if file and file != cfg._file else f"line {line}: ") if line else ""
+            shown = Problem("", format_path(path), line).shown_path()  # its place in a block, if it came from one
+            out.append(f"{where}{shown}: a Rescaling layer, but cnn already scales the raw pixels "
+                       f"({first} is the model's first layer), so they would be scaled twice; remove it")
+    return out
 
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
     try:
-        result = summarize_config(path, overrides)
+        result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:
-        return ValidateResult(str(path), False, error=str(exc))
+        return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
     from cnncli.config import load_config
 
     return ValidateResult(str(path), True, total_params=result.summary.total_params,
                           input_shape=result.input_shape, warnings=result.warnings,
                           config_yaml=load_config(path, overrides).to_yaml())
+
+
+def _problems(exc: CnnError, file: str) -> list[tuple]:
+    """(file, line, message) for each problem of an error; the file of the value when it came from a base."""
+    from cnncli.errors import ConfigError
+
+    if not isinstance(exc, ConfigError):
+        return [(file, None, str(exc))]
+    out = []
+    for p in exc.problems:
+        where = getattr(p.line, "file", None) or exc.file or file
+        text = f"{p.shown_path()}: {p.full_message()}" if p.path else p.full_message()
+        out.append((where, int(p.line) if p.line else None, text))
+    return out
+
+
+def config_files(paths: list[Path]) -> list[Path]:
+    """The files to check: each file given, and the *.yaml / *.yml files of each folder given."""
+    out: list[Path] = []
+    for path in paths:
+        found = sorted(p for p in Path(path).iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()) \
+            if Path(path).is_dir() else []
+        out += found or [Path(path)]  # a folder without configs stays, to be reported as not a config
+    return out
+
+
+def github_annotations(result: ValidateResult) -> list[str]:
+    """GitHub Actions workflow commands (`::error file=...,line=...::message`) for one file's result."""
+    def prop(text: str) -> str:
+        return _escape(text).replace(":", "%3A").replace(",", "%2C")
+
+    lines = []
+    for file, line, message in result.problems:
+        where = f"file={prop(file)}" + (f",line={line}" if line else "")
+        lines.append(f"::error {where}::{_escape(message)}")
+    for warning in result.warnings:
+        lines.append(f"::warning file={prop(result.file)}::{_escape(warning)}")
+    return lines
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")

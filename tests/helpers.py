@@ -22,3 +22,31 @@ def need_fashion_mnist() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{FASHION} is missing; .ci/run installs Debian's dataset-fashion-mnist")
         pytest.skip(f"{FASHION} is missing (apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=False)
+def keep_dtype_policy():
+    """In-process `cnn train` may choose a mixed-precision global policy; later tests in the process need theirs."""
+    import keras
+
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+def write_shapes_folder(root: Path, seed: int, train: int, test: int) -> Path:
+    """The shapes dataset (x, o, square; 16×16 grey) as an image folder of PNGs: root/{train,test}/<class>/."""
+    from PIL import Image
+
+    from cnncli.config import DataConfig, ShapesSpec
+    from cnncli.data import load
+
+    data = load(DataConfig(dataset="shapes", validation_split=0,
+                           shapes=ShapesSpec(image_size=16, classes=["x", "o", "square"], train_examples=train,
+                                             test_examples=test)), seed=seed)
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        for i, (image, label) in enumerate(zip(x, y)):
+            target = root / split / data.class_names[label]
+            target.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[..., 0]).save(target / f"{i:04d}.png")
+    return root

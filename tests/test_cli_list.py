@@ -11,7 +11,7 @@ from cnncli.cli import LISTS, app
 
 runner = CliRunner()
 KNOWN = {"layers": "Conv2D", "optimizers": "Adam", "schedules": "exponential", "backbones": "VGG16",
-         "datasets": "fashion_mnist", "formats": "tflite"}
+         "datasets": "fashion_mnist", "formats": "tflite", "templates": "lenet"}
 
 
 def test_every_list_has_a_known_member():

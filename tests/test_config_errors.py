@@ -8,7 +8,6 @@ overrides (`apply_overrides`) and `cnn validate --print`.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,7 @@ CASES = {
     "negative-batch-size": ("train:\n  batch_size: -1\n" + OK_MODEL,
                             ["{file}:2: train.batch_size: input should be greater than or equal to 1, got -1"]),
     "negative-kernel-size": (OK_MODEL.replace("{type: Flatten}", "{type: Conv2D, filters: 4, kernel_size: -3}"),
-                             ["{file}:4: model.layers[0].kernel_size: Conv2D: ", "kernel_size=-3"]),
+                             ["{file}:4: model.layers[0].kernel_size: must be greater than 0, got -3"]),
     "negative-input-shape": (OK_MODEL.replace("[8, 8, 1]", "[8, -8, 1]"),
                              ["{file}:2: model.input_shape: sizes must be positive, got [8, -8, 1]"]),
     "unknown-layer-type": (OK_MODEL.replace("Flatten", "Flaten"),
@@ -131,13 +130,9 @@ def test_bad_config(tmp_path, case, command):
     text, fragments = CASES[case]
     path = tmp_path / "bad.yaml"
     path.write_text(text.replace("{dir}", str(tmp_path)))
-    started = time.monotonic()
-    result = invoke([command, path])
-    elapsed = time.monotonic() - started
+    result = invoke([command, path])  # billion-laughs: its memory bound is asserted in test_hostile_config
     assert_error(result, [f.replace("{file}", str(path)) for f in fragments])
     assert result.stdout == ""
-    if case == "billion-laughs":
-        assert elapsed < 5
     assert not (tmp_path / "pwned").exists()
 
 

@@ -145,6 +145,12 @@ def _config_for(name: str, tmp_path: Path, **extra) -> DataConfig:
     if name == "image_folder":
         return DataConfig(dataset=name, path=str(write_folder(tmp_path / "imgs", classes=("a", "b", "c"))),
                           **extra)
+    if name == "records":
+        from cnncli.data.pack import pack
+
+        folder = write_folder(tmp_path / "imgs", classes=("a", "b", "c"), colour=True)
+        pack(DataConfig(dataset="image_folder", path=str(folder)), str(tmp_path / "packed"), shards=2)
+        return DataConfig(dataset=name, path=str(tmp_path / "packed"), **extra)
     raise AssertionError(f"add a small config for the new dataset `{name}` here")
 
 

@@ -11,7 +11,7 @@ from test_data_api import write_folder, write_image
 
 from cnncli.config import DataConfig
 from cnncli.data import describe, load
-from cnncli.data.image_folder import read_image
+from cnncli.images import read_image
 from cnncli.errors import DataError
 
 

@@ -164,7 +164,7 @@ def test_saliency_cli_default_path_size_and_class_option(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--class", "hexagon"], "Error: unknown class `hexagon`; the model's classes: x, o, square, triangle, plus, line"),
     (["--method", "smoothgrd"], "Error: unknown saliency method `smoothgrd` (did you mean `smoothgrad`?); "
-                                "valid: gradient, smoothgrad"),
+                                "valid: gradcam, gradient, smoothgrad"),
     (["--output", "out.jpg"], "Error: --output `out.jpg`: pictures are written as PNG; give a path ending in .png"),
 ])
 def test_saliency_errors(tmp_path, args, message):
@@ -176,7 +176,7 @@ def test_saliency_errors(tmp_path, args, message):
 
 
 def test_list_methods():
-    assert list_methods() == ["gradient", "smoothgrad"]
+    assert list_methods() == ["gradcam", "gradient", "smoothgrad"]
 
 
 # ---------------------------------------------------------------- filters

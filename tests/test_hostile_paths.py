@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnncli import fileio
 from cnncli.config import DataConfig
 from cnncli.data.image_folder import scan
 from cnncli.train import rundir
@@ -75,8 +76,8 @@ def test_nothing_created_is_world_writable_even_under_umask_000(tmp_path):
     try:
         rundir.no_world_writes()
         run_dir = rundir.create_run_dir(tmp_path / "deep" / "runs", "perm")
-        rundir.atomic_write(run_dir / "config.yaml", "name: perm\n")
-        rundir.write_json(run_dir / "metrics.json", {})
+        fileio.write(run_dir / "config.yaml", "name: perm\n")
+        fileio.write_json(run_dir / "metrics.json", {})
         with rundir.locked(run_dir):
             pass
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_crash_while_rendering_leaves_neither_temp_file_nor_half_png(tmp_path, m
     target.write_bytes(b"previous")
 
     def explode(self, *args, **kwargs):
-        args[0].write(b"\x89PNG half")  # part of a file is written, then the process dies
+        Path(args[0]).write_bytes(b"\x89PNG half")  # part of a file is written, then the process dies
         raise KeyboardInterrupt
 
     monkeypatch.setattr(plots.Figure, "savefig", explode)

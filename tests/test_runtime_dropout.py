@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cnncli import compat
 from cnncli.train import dropout
 
 
@@ -57,7 +58,7 @@ def test_masks_differ_between_calls_and_follow_the_seed():
 
 
 def test_keras_dropout_is_restored_outside_the_step():
-    module = dropout._module()
+    module = compat.dropout_backend()
     assert module is not None, "keras.src.backend.tensorflow.random moved: the patch is silently off"
     original = module.dropout
     with dropout.patched():

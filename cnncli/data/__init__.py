@@ -1,6 +1,6 @@
 """Datasets: from a `data:` config section to uint8 NHWC arrays in memory.
 
-One module per source (shapes, keras_datasets, idx, npz, image_folder), each
+One module per source (shapes, keras_datasets, idx, npz, image_folder, records), each
 contributing entries to `SOURCES`, the registry `data.dataset` is looked up
 in. `prepare` applies what every source shares: limit, validation split,
 colour mode and size.
@@ -12,17 +12,21 @@ colour mode and size.
 
 from __future__ import annotations
 
+import numpy as np
+
 from cnncli.config import DataConfig
-from cnncli.data import idx, image_folder, keras_datasets, npz, shapes
+from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, records, shapes
 from cnncli.data.base import Dataset, DatasetInfo, Source
 from cnncli.data.prepare import convert_images, converted_shape, prepare
 from cnncli.errors import DataError
 from cnncli.registry import Registry
 
-__all__ = ["Dataset", "DatasetInfo", "convert_images", "describe", "list_datasets", "load", "SOURCES"]
+__all__ = ["Dataset", "DatasetInfo", "convert_images", "describe", "list_datasets", "load", "open_data",
+           "cache_streams", "SOURCES"]
 
 SOURCES: Registry[Source] = Registry("dataset", {
     **shapes.SOURCES, **keras_datasets.SOURCES, **idx.SOURCES, **npz.SOURCES, **image_folder.SOURCES,
+    **records.SOURCES,
 })
 
 
@@ -46,3 +50,64 @@ def describe(cfg: DataConfig) -> DatasetInfo:
 def load(cfg: DataConfig, seed: int) -> Dataset:
     """Every split in memory: uint8 0..255 NHWC pixels, int64 labels, validation carved from train."""
     return prepare(_source(cfg).load(cfg, seed), cfg, seed)
+
+
+def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: int = 1) -> Dataset:
+    """Resident arrays, or streamed file splits, as data.cache (and for `auto`, the memory budget) decide.
+
+    `shape` is the model's input (h, w, c) when it differs from the data's; under several workers
+    each streams only its own share of the training files. Streamed splits read nothing yet:
+    `cache_streams` writes or opens their disk cache.
+    """
+    source = _source(cfg)
+    if (source.files is None and cfg.dataset != "records") or cfg.cache == "memory":
+        data = load(cfg, seed)
+        why = "data.cache is set in the config" if cfg.cache == "memory" else \
+            f"dataset `{cfg.dataset}` is read into memory whole"
+        data.cache = {"mode": "memory", "why": why}
+        return data
+    if cfg.dataset == "records":
+        from cnncli.data.record_stream import record_splits
+
+        image_shape = tuple(int(d) for d in (shape or describe(cfg).input_shape))
+        splits, class_names, where, warnings = (*record_splits(cfg, seed, image_shape), [])
+    else:
+        listing = source.files(cfg)
+        splits = pipeline.split_listing(listing, cfg, seed)
+        class_names, where, warnings = listing.class_names, listing.source, listing.warnings
+        image_shape = tuple(int(d) for d in (shape or listing.image_shape))
+    splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
+    image_bytes = int(np.prod(image_shape))
+    root = pipeline.cache_root(cfg.cache_dir)
+    mode, why = pipeline.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
+                                      sum(len(s) for s in splits.values()) * image_bytes, root)
+    if mode == "memory":
+        data = load(cfg, seed)
+        data.cache = {"mode": "memory", "why": why}
+        return data
+    if mode == "disk" and cfg.dataset == "records":
+        mode, why = "none", why + "; a pack streams its shards as they are (no disk cache of decoded pictures)"
+    if workers > 1:
+        if len(splits["train"]) < workers:
+            raise DataError(f"{where}: {len(splits['train'])} training file(s) cannot be shared by "
+                            f"{workers} workers; use fewer workers or more data")
+        splits["train"] = splits["train"].shard(worker, workers)
+    for split in splits.values():
+        split.cache, split.cache_root = mode, root
+    data = Dataset(splits["train"], splits["train"].labels, splits["val"], splits["val"].labels,
+                   splits["test"], splits["test"].labels, class_names=list(class_names),
+                   source=where, warnings=list(warnings))
+    data.cache = {"mode": mode, "why": why}
+    return data
+
+
+def cache_streams(data: Dataset, progress=None) -> None:
+    """Open (writing if needed) the disk cache of every streamed split with `cache: disk`.
+
+    `progress(split, done, total, seconds)` is called during a first pass.
+    """
+    for split in ("train", "val", "test"):
+        x = getattr(data, f"x_{split}")
+        if isinstance(x, pipeline.FileSplit) and x.cache == "disk" and len(x):
+            report = (lambda d, t, s, name=split: progress(name, d, t, s)) if progress else None
+            data.cache.setdefault("folders", {})[split] = x.open_cache(report)

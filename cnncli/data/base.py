@@ -19,9 +19,9 @@ from cnncli.errors import DataError
 
 @dataclass
 class Dataset:
-    """Everything training and evaluation need from the data, in memory."""
+    """Everything training and evaluation need from the data: resident arrays or streamed file splits."""
 
-    x_train: np.ndarray  # uint8 (N, H, W, C), raw pixel values 0..255
+    x_train: np.ndarray  # uint8 (N, H, W, C), raw pixel values 0..255; or a pipeline.FileSplit
     y_train: np.ndarray  # int64 (N,), labels 0..K-1
     x_val: np.ndarray  # carved from train by data.validation_split; may hold 0 examples
     y_val: np.ndarray
@@ -31,6 +31,8 @@ class Dataset:
     source: str  # where the data came from, for run.json and messages
     warnings: list[str] = field(default_factory=list)  # e.g. skipped corrupt images
     bboxes: Optional[dict[str, np.ndarray]] = None  # shapes only: split -> (N, 4) top, left, bottom, right
+    paths: Optional[dict[str, list[str]]] = None  # image_folder only: split -> the file of each example
+    cache: Optional[dict] = None  # resident or streamed, and why (pipeline.choose_cache), for run.json
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -62,6 +64,7 @@ class Splits:
     source: str
     warnings: list[str] = field(default_factory=list)
     bboxes: Optional[dict[str, np.ndarray]] = None  # "train"/"test" -> (N, 4)
+    paths: Optional[dict[str, list[str]]] = None  # "train"/"test" -> file of each example (image folders)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Source:
     load: Callable[..., Splits]  # (cfg: DataConfig, seed: int) -> Splits
     describe: Callable[..., DatasetInfo]  # (cfg: DataConfig) -> DatasetInfo, before conversion
     summary: str  # one line for `list_datasets` style listings
+    files: Optional[Callable[..., object]] = None  # (cfg) -> pipeline.FileListing, for sources that can stream
 
 
 def digit_names(k: int) -> list[str]:

@@ -6,28 +6,33 @@ test split, chosen by a hash of each file's path so the choice survives
 re-runs, other seeds and added files. Sub-folders inside a class folder are
 read too. Class names are the sorted folder names.
 
-Every image is brought to one size and one colour mode: `data.image_size` and
-`data.color_mode` when set, else the first image's size and RGB if any image
-is in colour (grayscale otherwise).
+Every image is read by `cnncli.images.read_image` (EXIF rotation, 16-bit,
+palette, alpha on white; the reader `cnn predict` uses) and brought to one
+size and one colour mode: `data.image_size` and `data.color_mode` when set,
+else the first image's size and RGB if any image is in colour (grayscale
+otherwise).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
-from PIL import Image
 
+from cnncli import images
 from cnncli.config import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
-from cnncli.data.prepare import resize_image
+from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError
+from cnncli.images import CorruptImage
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TEST_FRACTION = 0.2  # share of each class held out when there is no test folder
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
 SHOWN = 5  # paths listed in one message before "…"
 
 
@@ -137,115 +142,104 @@ def scan(cfg: DataConfig) -> Scan:
     return Scan(root, names, files, warnings)
 
 
-def is_colour(image: Image.Image) -> bool:
-    """Colour by mode; a palette counts as colour when any of its entries is not grey."""
-    if image.mode in GRAY_MODES:
-        return False
-    if image.mode in ("P", "PA"):
-        palette = np.asarray(image.getpalette() or [], np.uint8).reshape(-1, 3)
-        return bool((palette != palette[:, :1]).any())
-    return True
-
-
-READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # PIL's ways of failing
-
-
-def _decode(path: Path | str, mode: str | None) -> np.ndarray:
-    with Image.open(path) as image:
-        image.load()  # decode now: truncated files fail here, not later
-        colour = is_colour(image) if mode is None else mode == "rgb"
-        pixels = np.asarray(image.convert("RGB" if colour else "L"), np.uint8)
-    return pixels if pixels.ndim == 3 else pixels[..., None]
-
-
-def read_image(path: Path | str, mode: str | None = None) -> np.ndarray:
-    """One image file as uint8 (H, W, C): C 3 for colour, 1 for grey, or as `mode` ("rgb"/"grayscale") asks.
-
-    Unreadable files raise DataError naming the path. Only the first frame of
-    an animated GIF is read.
-    """
-    try:
-        return _decode(path, mode)
-    except READ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read image ({exc or type(exc).__name__})") from None
-
-
 def _target_mode(cfg: DataConfig, paths: list[Path]) -> str:
     """cfg.color_mode, else "rgb" as soon as one image header says colour."""
     if cfg.color_mode:
         return cfg.color_mode
     for path in paths:
         try:
-            with Image.open(path) as image:
-                if is_colour(image):
-                    return "rgb"
-        except READ_ERRORS:
+            if images.is_colour_file(path):
+                return "rgb"
+        except CorruptImage:
             continue  # the reading pass reports it
     return "grayscale"
 
 
 def _first_size(paths: list[Path]) -> tuple[int, int] | None:
+    """(height, width) of the first image whose header reads, upright as read_image returns it."""
     for path in paths:
         try:
-            with Image.open(path) as image:
-                return image.size[1], image.size[0]
-        except READ_ERRORS:
+            return images.probe(path)[:2]
+        except CorruptImage:
             continue
     return None
 
 
-def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
-    all_paths = [p for split in ("train", "test") for p, _ in scan_.files[split]]
-    mode = _target_mode(cfg, all_paths)
+def _read_each(items: Iterable[tuple[str, images.Source, int]], mode: str):
+    """(name, label, pixels or None, why not) per item, in order, decoded on every core (Pillow frees the GIL)."""
+    def read(item):
+        name, source, label = item
+        try:
+            return name, label, images.read_image(source, mode, name=name), ""
+        except CorruptImage as exc:
+            return name, label, None, exc.reason
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        yield from pool.map(read, items)
+
+
+def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
+                  where: str, cfg: DataConfig, mode: str, warnings: list[str]) -> Splits:
+    """Pictures (name, path or encoded bytes, label) per split -> Splits, applying data.on_corrupt.
+
+    Every picture is read in `mode` and brought to data.image_size, else to
+    the first readable picture's size. `dataset: records` decodes through here
+    too, so a packed folder gives the arrays the folder gives.
+    """
     size = tuple(cfg.image_size) if cfg.image_size else None
     channels = 3 if mode == "rgb" else 1
-    bad: list[tuple[Path, str]] = []
+    bad: list[tuple[str, str]] = []
     resized = 0
-    arrays = {}
+    arrays, kept = {}, {}
     for split in ("train", "test"):
-        images, labels = [], []
-        for path, label in scan_.files[split]:
-            try:
-                pixels = _decode(path, mode)
-            except READ_ERRORS as exc:
-                bad.append((path, str(exc) or type(exc).__name__))
+        pictures, labels, kept[split] = [], [], []
+        for name, label, pixels, reason in _read_each(items[split], mode):
+            if pixels is None:
+                bad.append((name, reason))
                 continue
             if size is None:
                 size = pixels.shape[:2]  # the first readable image sets the size
             if pixels.shape[:2] != size:
-                pixels = resize_image(pixels, size)
+                pixels = images.resize(pixels, size)  # as read_image(path, mode, size) would
                 resized += 1
-            images.append(pixels)
+            pictures.append(pixels)
             labels.append(label)
+            kept[split].append(name)
         shape = (0, *(size or (1, 1)), channels)
-        arrays[split] = (np.stack(images) if images else np.zeros(shape, np.uint8), np.array(labels, np.int64))
-    warnings = list(scan_.warnings)
+        arrays[split] = (np.stack(pictures) if pictures else np.zeros(shape, np.uint8), np.array(labels, np.int64))
+    warnings = list(warnings)
     bad.sort()
     if bad and cfg.on_corrupt == "error":
-        path, why = bad[0]
-        more = f" (and {len(bad) - 1} more: {_listing([p for p, _ in bad[1:]])})" if len(bad) > 1 else ""
-        raise DataError(f"{path}: cannot read image ({why}){more}; replace or delete it, "
+        name, why = bad[0]
+        more = f" (and {len(bad) - 1} more: {_listing([n for n, _ in bad[1:]])})" if len(bad) > 1 else ""
+        raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, "
                         "or set data.on_corrupt: skip")
     if bad:
-        warnings.append(f"skipped {len(bad)} unreadable image(s): {_listing([p for p, _ in bad])}")
+        warnings.append(f"skipped {len(bad)} unreadable image(s): {_listing([n for n, _ in bad])}")
     if resized and not cfg.image_size:
         warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
                         "resized; set data.image_size to choose the size")
-    counts = np.bincount(arrays["train"][1], minlength=len(scan_.class_names))
-    lost = [name for name, count in zip(scan_.class_names, counts) if count == 0]
+    counts = np.bincount(arrays["train"][1], minlength=len(class_names))
+    lost = [name for name, count in zip(class_names, counts) if count == 0]
     if lost:
-        raise DataError(f"{scan_.root}: class(es) {', '.join(lost)} have no readable training images left; "
+        raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    return Splits(x_train, y_train, x_test, y_test, scan_.class_names, str(scan_.root), warnings)
+    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=kept)
+
+
+def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:
+    all_paths = [p for split in ("train", "test") for p, _ in scan_.files[split]]
+    items = {split: ((str(path), path, label) for path, label in scan_.files[split]) for split in ("train", "test")}
+    return decode_splits(items, scan_.class_names, str(scan_.root), cfg, _target_mode(cfg, all_paths), scan_.warnings)
 
 
 def _load(cfg: DataConfig, seed: int) -> Splits:
     return _read_all(scan(cfg), cfg)
 
 
-def _describe(cfg: DataConfig) -> DatasetInfo:
-    found = scan(cfg)
+def _describe(cfg: DataConfig, found: Scan | None = None) -> DatasetInfo:
+    found = found or scan(cfg)
     paths = [p for split in ("train", "test") for p, _ in found.files[split]]
     mode = _target_mode(cfg, paths)
     size = tuple(cfg.image_size) if cfg.image_size else _first_size(paths)
@@ -254,4 +248,12 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
     return DatasetInfo((size[0], size[1], 3 if mode == "rgb" else 1), len(found.class_names), found.class_names)
 
 
-SOURCES = {"image_folder": Source(_load, _describe, "one sub-folder of images per class (data.path)")}
+def _files(cfg: DataConfig) -> FileListing:
+    """The files to stream, each read by the one reader at the size and colour mode resident data gets."""
+    found = scan(cfg)
+    info = _describe(cfg, found)
+    files = {split: [(str(p), label) for p, label in pairs] for split, pairs in found.files.items()}
+    return FileListing(found.class_names, files, info.input_shape, images.read_image, str(found.root), found.warnings)
+
+
+SOURCES = {"image_folder": Source(_load, _describe, "one sub-folder of images per class (data.path)", _files)}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
 import socket
 import urllib.request
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from cnncli import compat
 from cnncli.config import DataConfig
 from cnncli.data import idx
 from cnncli.data.base import DatasetInfo, Source, Splits, as_images, as_labels, digit_names
@@ -65,11 +65,7 @@ TABLE = {
 
 def cache_dir() -> Path:
     """Keras's dataset cache, following $KERAS_HOME as it is now (Keras itself reads it once, at import)."""
-    home = os.environ.get("KERAS_HOME")
-    if not home:
-        base = Path.home()
-        home = str(base / ".keras") if os.access(base, os.W_OK) else "/tmp/.keras"  # Keras's own fallback
-    return Path(home).expanduser() / "datasets"
+    return compat.cache_dir("datasets")
 
 
 # ---------------------------------------------------------------- readers of offline copies

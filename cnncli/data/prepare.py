@@ -141,7 +141,7 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
     picks = {"train": keep_train[train], "val": keep_train[val], "test": keep_test}
     source_of = {"train": "train", "val": "train", "test": "test"}
-    arrays, out_boxes = {}, {}
+    arrays, out_boxes, out_paths = {}, {}, {}
     old = splits.x_train.shape[1:3]
     target = converted_shape(splits.x_train.shape[1:], cfg)
     for split, index in picks.items():
@@ -151,5 +151,8 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
         arrays[split] = (x, y.astype(np.int64))
         if boxes is not None:
             out_boxes[split] = _scale_boxes(boxes[source_of[split]][index], old, target[:2])
+        if splits.paths is not None:
+            out_paths[split] = [splits.paths[source_of[split]][i] for i in index]
     return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
-                   source=splits.source, warnings=list(splits.warnings), bboxes=out_boxes or None)
+                   source=splits.source, warnings=list(splits.warnings), bboxes=out_boxes or None,
+                   paths=out_paths or None)

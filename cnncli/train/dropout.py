@@ -12,24 +12,17 @@ is unchanged and the rate is off by at most 1/131072.
 Only cnncli's training step uses it, while that step is traced (`patched()`);
 `keras.layers.Dropout` itself, its saved form and every other caller are
 untouched. Keras's own seed generator still supplies the seeds, so a run
-remains a function of its seed. If Keras's backend module changes shape, the
-patch steps aside and Keras's dropout runs.
+remains a function of its seed. If Keras's backend module changes shape
+(compat.py checks), the patch steps aside and Keras's dropout runs.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from cnncli import compat
+
 BITS = 16
-
-
-def _module():
-    try:
-        from keras.src.backend.tensorflow import random as tf_random
-    except ImportError:
-        return None
-    needed = ("dropout", "draw_seed", "_cast_seed", "_get_concrete_noise_shape")
-    return tf_random if all(hasattr(tf_random, n) for n in needed) else None
 
 
 def _dropout(module, keras_dropout):
@@ -56,10 +49,11 @@ def _dropout(module, keras_dropout):
 @contextlib.contextmanager
 def patched():
     """While a training step is traced, Keras's Dropout layers draw their masks here."""
-    module = _module()
-    if module is None:
+    module = compat.dropout_backend()
+    if module is None:  # this Keras moved its dropout: its own runs
         yield
         return
+    compat.used("fast_dropout")
     keras_dropout = module.dropout
     module.dropout = _dropout(module, keras_dropout)
     try:

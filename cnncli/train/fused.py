@@ -9,7 +9,8 @@ still ships the fused kernels Keras 2 used (`ResourceApplyAdam`, ...); Keras 3
 dropped them (keras-team/keras#19307, #19992). Here an optimizer whose update
 is exactly one of those kernels gets it, per instance, with the same
 arithmetic; anything else (amsgrad, sparse gradients, a subclass with its own
-update, another backend) keeps Keras's own update.
+update, another backend, a Keras whose optimizers keep their slots elsewhere:
+see compat.py) keeps Keras's own update.
 
 The patch lives on the instance only: the optimizer's class, config, variables
 and checkpoints are Keras's, so a saved model loads without cnncli.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import types
 
+from cnncli import compat
+
 
 def _handle(variable):
     """The resource handle of a Keras or tf variable (the local copy inside a strategy update)."""
@@ -27,47 +30,48 @@ def _handle(variable):
     return (variable.value if isinstance(variable, keras.Variable) else variable).handle
 
 
-def _adam(self, gradient, variable, learning_rate, _keras_update):
+def _adam(self, gradient, variable, learning_rate, slots):
     import tensorflow as tf
 
-    if isinstance(gradient, tf.IndexedSlices):
-        return _keras_update(gradient, variable, learning_rate)
     dtype = variable.dtype
     step = tf.cast(self.iterations + 1, dtype)
     beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-    i = self._get_variable_index(variable)
+    i = compat.variable_index(self, variable)
+    momentums, velocities = slots
     tf.raw_ops.ResourceApplyAdam(
-        var=variable.handle, m=_handle(self._momentums[i]), v=_handle(self._velocities[i]),
+        var=variable.handle, m=_handle(momentums[i]), v=_handle(velocities[i]),
         beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
         lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
         epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
 
 
-def _sgd(self, gradient, variable, learning_rate, _keras_update):
+def _sgd(self, gradient, variable, learning_rate, slots):
     import tensorflow as tf
 
-    if isinstance(gradient, tf.IndexedSlices):
-        return _keras_update(gradient, variable, learning_rate)
     dtype = variable.dtype
     lr, grad = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
     if self.momentum == 0:
         tf.raw_ops.ResourceApplyGradientDescent(var=variable.handle, alpha=lr, delta=grad)
     else:  # Keras's form: m = momentum·m − lr·g; var += m (or the Nesterov look-ahead)
+        (momentums,) = slots
         tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=_handle(self.momentums[self._get_variable_index(variable)]), lr=lr,
+            var=variable.handle, accum=_handle(momentums[compat.variable_index(self, variable)]), lr=lr,
             grad=grad, momentum=tf.cast(self.momentum, dtype), use_nesterov=bool(self.nesterov))
 
 
 def _fusable(optimizer) -> tuple | None:
     import keras
 
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow" or not compat.usable("fused_optimizer"):
         return None
     cls = type(optimizer)
     if cls.update_step is keras.optimizers.Adam.update_step and not optimizer.amsgrad:
-        return _adam, "ResourceApplyAdam"  # Adam and AdamW (whose decay is applied separately)
-    if cls.update_step is keras.optimizers.SGD.update_step:
-        return _sgd, "ResourceApplyKerasMomentum" if optimizer.momentum else "ResourceApplyGradientDescent"
+        if optimizer.built and compat.optimizer_slots(optimizer, "adam") is None:
+            return None
+        return _adam, "adam", "ResourceApplyAdam"  # Adam and AdamW (whose decay is applied separately)
+    if cls.update_step is keras.optimizers.SGD.update_step and not (
+            optimizer.built and compat.optimizer_slots(optimizer, "sgd") is None):
+        return _sgd, "sgd", "ResourceApplyKerasMomentum" if optimizer.momentum else "ResourceApplyGradientDescent"
     return None
 
 
@@ -77,12 +81,18 @@ def use_fused_update(optimizer) -> str | None:
     found = _fusable(inner)
     if found is None:
         return None
-    fn, kernel = found
+    fn, kind, kernel = found
     keras_update = inner.update_step
 
     def update_step(self, gradient, variable, learning_rate):
-        return fn(self, gradient, variable, learning_rate, keras_update)
+        import tensorflow as tf
+
+        slots = compat.optimizer_slots(self, kind)
+        if isinstance(gradient, tf.IndexedSlices) or slots is None:  # sparse, or slots this Keras moved
+            return keras_update(gradient, variable, learning_rate)
+        return fn(self, gradient, variable, learning_rate, slots)
 
     # object.__setattr__: not an attribute Keras should track or save.
     object.__setattr__(inner, "update_step", types.MethodType(update_step, inner))
+    compat.used("fused_optimizer", kernel)
     return kernel

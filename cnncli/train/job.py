@@ -17,14 +17,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from cnncli import faults
+from cnncli import faults, fileio
 from cnncli.config import Config, load_config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train import rundir
 from cnncli.train.progress import Reporter
+from cnncli.train.result import TrainResult
+from cnncli.train.runtime import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 
 
 @dataclass
@@ -39,13 +42,8 @@ class TrainOptions:
     device: str | None = None
     smoke: bool = False
     profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    metrics: dict
-    run: dict
+    run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
+    on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
 
 
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
@@ -113,13 +111,25 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
          held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
-    from cnncli.train.runtime import setup_runtime, small_model, step_macs
+    from cnncli.train.runtime import check_global_batch, setup_runtime, small_model, step_macs
 
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
+    if cfg.search is not None:
+        reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
     reporter.message(f"threads {runtime.threads['intra_op']} per op, {runtime.threads['inter_op']} ops at once: "
                      f"{runtime.threads['reason']}")
+    check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
+    if resume_dir is None:
+        from cnncli.builder import check_model
+
+        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
+        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
+        # before the seed: the trial build draws initial weights.)
+        check_model(cfg)
+        if runtime.is_chief:
+            rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import keras
     import tensorflow as tf
 
@@ -127,24 +137,22 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    if resume_dir is None:
-        from cnncli.builder import check_model_specs
-
-        # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
-        # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early.)
-        check_model_specs(cfg)
-        if runtime.is_chief:
-            rundir.check_output(opts.output, cfg.name or "run")
-    data, plan = _load_data(cfg, opts.smoke, reporter)
+    data, plan = _load_data(cfg, opts.smoke, reporter, runtime)
+    shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
     elif runtime.is_chief:
-        run_dir = rundir.create_run_dir(opts.output, cfg.name or "run")
+        run_dir = rundir.create_run_dir(opts.output, cfg.name or "run", exactly=opts.run_dir)
         faults.point("run_dir_created")
     else:  # other workers train in step with the chief but keep nothing
         run_dir = _worker_dir(cfg, runtime, resume_dir, state)
+        if not os.environ.get(WORKER_DIR_ENV):
+            held.callback(shutil.rmtree, run_dir, ignore_errors=True)  # however this process ends
+            shown = Path(_chief_run_dir(resume_dir))
+    if runtime.is_chief and runtime.num_workers > 1:
+        publish_run_dir(run_dir)
     if run_dir != resume_dir:
-        rundir.atomic_write(run_dir / "config.yaml", cfg.to_yaml())
+        fileio.write(run_dir / "config.yaml", cfg.to_yaml())
         faults.point("config_written")
         held.enter_context(rundir.locked(run_dir))
 
@@ -152,23 +160,50 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
 
     session = None
     try:
-        try:
-            session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke)
-            if opts.profile and runtime.is_chief:
-                from cnncli.train.profile import StepProfile
+        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
+        if opts.profile and runtime.is_chief:
+            from cnncli.train.profile import StepProfile
 
-                session.profile = StepProfile(opts.profile, run_dir / "logs")
-        except CnnError:
-            if resume_dir is None:  # the model does not fit the data: nothing was trained, no run to keep
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+            session.profile = StepProfile(opts.profile, run_dir / "logs")
         session.train(state)
-        return session.finish()
+        result = session.finish()
+        if shown is not None:
+            result.run_dir = shown
+        return result
     except KeyboardInterrupt:
         if session is not None:
             session.mark("interrupted")
         raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
-                          f"cnn train --resume {run_dir}") from None
+                          f"cnn train --resume {shown or run_dir}") from None
+    except tf.errors.OpError as exc:
+        lost = lost_worker(exc, shown or run_dir) if runtime.num_workers > 1 else None
+        if lost is None:
+            _discard_unstarted(run_dir, resume_dir)
+            raise
+        if session is not None:
+            session.mark("interrupted")
+        raise lost from None
+    except Exception:
+        _discard_unstarted(run_dir, resume_dir)
+        raise
+
+
+def _discard_unstarted(run_dir: Path, resume_dir: Path | None) -> None:
+    """A run that failed before its first epoch was committed has nothing to keep or resume."""
+    if resume_dir is None and not (run_dir / rundir.STATE_FILE).exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _chief_run_dir(resume_dir: Path | None) -> str:
+    """Where the chief writes this run (it says so through the cluster); resuming, the directory given."""
+    import tensorflow as tf
+
+    if resume_dir is not None:
+        return str(resume_dir)
+    try:
+        return chief_run_dir()
+    except tf.errors.OpError as exc:
+        raise lost_worker(exc, "RUN_DIR") or exc from None
 
 
 def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | None) -> Path:
@@ -178,8 +213,6 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
     state.json names, so it must see the chief's run directory at the same path
     (a shared filesystem); it never writes there.
     """
-    from cnncli.train.runtime import WORKER_DIR_ENV
-
     keep = os.environ.get(WORKER_DIR_ENV)
     if keep:
         run_dir = rundir.create_run_dir(Path(keep), f"{cfg.name or 'run'}-worker{runtime.worker_index}")
@@ -197,18 +230,22 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
     return run_dir
 
 
-def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
-    from cnncli.data import convert_images, load
+def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None):
+    from cnncli.data import cache_streams, convert_images, open_data
     from cnncli.inputs import plan_input
 
     plan = plan_input(cfg)
     for note in plan.notes:
         reporter.message(f"note: {note}")
     t0 = time.perf_counter()
-    data = load(cfg.data, cfg.seed)
+    data = open_data(cfg.data, cfg.seed, plan.shape, runtime.worker_index if runtime else 0,
+                     runtime.num_workers if runtime else 1)
     for warning in data.warnings:
         reporter.warning(warning)
-    if tuple(data.input_shape) != tuple(plan.shape):
+    streamed = data.cache["mode"] != "memory"
+    reporter.message(f"data {'streamed from the files' if streamed else 'resident in memory'}"
+                     f"{' through a disk cache' if data.cache['mode'] == 'disk' else ''}: {data.cache['why']}")
+    if tuple(data.input_shape) != tuple(plan.shape) and not streamed:
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")
             setattr(data, f"x_{split}", convert_images(x, plan.shape) if len(x) else
@@ -221,6 +258,7 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter):
         data.x_test, data.y_test = data.x_test[:b], data.y_test[:b]
     if len(data.x_train) == 0:
         raise DataError("the training split is empty (check data.limit and data.validation_split)")
+    cache_streams(data, reporter.first_pass)
     reporter.message(f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
                      f"{len(data.x_test):,} test, {data.num_classes} classes, loaded in {time.perf_counter() - t0:.1f}s")
     return data, plan

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cnncli import compat
+
 # Optimizers whose step is not proportional to the rate: a factor on the rate would not mean "k× slower".
 NOT_PROPORTIONAL = {"Ftrl": "its step depends on the rate through a power law",
                     "Adafactor": "it caps the rate at 1/sqrt(step)",
@@ -96,11 +98,12 @@ def layerwise(optimizer, variables, multipliers: tuple[float, ...]):
     copy = cls.from_config(optimizer.get_config())
     copy.build(list(variables))
     copy._lr_multipliers = tuple(float(m) for m in multipliers)
+    copy._variable_paths = tuple(v.path for v in variables)  # compat.variable_index's fallback (strings: untracked)
     return copy
 
 
 def _scaled_update_step(self, gradient, variable, learning_rate):
-    factor = self._lr_multipliers[self._get_variable_index(variable)]
+    factor = self._lr_multipliers[compat.variable_index(self, variable)]
     if factor != 1.0:
         learning_rate = learning_rate * factor
     return super(type(self), self).update_step(gradient, variable, learning_rate)

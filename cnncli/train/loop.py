@@ -1,4 +1,4 @@
-"""The training loop: many steps per tf.function call, data resident in memory.
+"""The training loop: many steps per tf.function call, data resident in memory or streamed.
 
 Why not `model.fit`: on small models Keras's per-step overhead dominates (4–10×
 on a 2-core CPU), and in Keras 3 `fit` cannot run under
@@ -11,6 +11,10 @@ each chunk of steps gathers its batches from a per-epoch permutation, with no
 per-step Python or tf.data. With several replicas each worker's `tf.data`
 pipeline gathers, from the same resident arrays and permutation, only its own
 replicas' slices of each global batch (see `_distributed_iterator`).
+A streamed split (cnncli/data/pipeline.py) hands over tf.data batches in the
+same (seed, epoch) order instead; the same chunk of replica steps consumes
+them, timing how long each step waited for its batch, so the epoch line can
+say whether the input or the model is the bottleneck.
 
 Updates: Adam and SGD get TensorFlow's fused kernels (fused.py), one pass over
 the weights instead of Keras 3's eight; with large dense layers that was half
@@ -43,6 +47,7 @@ class EpochResult:
     seconds: float  # training steps only (no evaluation, no saving)
     examples: int
     steps: int
+    waiting: float | None = None  # of `seconds`, spent waiting for input batches; None when not timed
 
 
 def epoch_permutation(n: int, seed: int, epoch: int):
@@ -55,7 +60,7 @@ def epoch_permutation(n: int, seed: int, epoch: int):
 class Trainer:
     def __init__(self, model, optimizer, loss_fn, metrics, strategy, batch_size: int, seed: int,
                  augment=None, chunks_per_epoch: int = 1, steps_per_execution: int | None = None,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, time_input: bool = True):
         import keras
         import tensorflow as tf
 
@@ -66,12 +71,9 @@ class Trainer:
         self.metrics = metrics  # keras.metrics objects, created under the strategy scope
         self.strategy = strategy
         self.batch_size = batch_size  # global
-        replicas = strategy.num_replicas_in_sync
-        if batch_size % replicas:
-            from cnncli.errors import CnnError
+        from cnncli.train.runtime import check_global_batch
 
-            raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
-                           f"replicas; use a multiple of {replicas}, e.g. {max(replicas, batch_size // replicas * replicas)}")
+        check_global_batch(batch_size, strategy.num_replicas_in_sync)
         self.seed = seed
         self.augment = augment
         self.chunks_per_epoch = chunks_per_epoch
@@ -81,9 +83,11 @@ class Trainer:
         self.fused_kernel = use_fused_update(optimizer)  # same arithmetic, one pass over the weights
         with strategy.scope():
             self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._x = self._y = None
+        self._x = self._y = self._stream = None
         self._chunk_fn = tf.function(self._resident_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self._dist_chunk_fn = tf.function(self._distributed_chunk, jit_compile=jit_compile, reduce_retracing=True)
+        self.timed = time_input  # tf.timestamp is refused under op determinism
+        self._stream_chunk_fn = tf.function(self._stream_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self._predict_fn = tf.function(self._predict_batches, reduce_retracing=True)
 
     # ------------------------------------------------------------------ steps
@@ -123,12 +127,47 @@ class Trainer:
                 break
         return done, finite
 
+    def _counters(self):
+        """(steps done, all losses finite, seconds waiting for input) at the start of a chunk."""
+        tf = self.tf
+        return tf.constant(0), tf.constant(True), tf.constant(0.0, tf.float64)
+
+    def _clock(self):
+        """Now, when steps time their wait for input (TF refuses timestamps under op determinism)."""
+        return self.tf.timestamp() if self.timed else self.tf.constant(0.0, self.tf.float64)
+
+    def _waited(self, waiting, t0, tensors):
+        """`waiting` plus the time from t0 until `tensors` (the batch just asked for) were there."""
+        if not self.timed:
+            return waiting
+        with self.tf.control_dependencies(tensors):
+            return waiting + self.tf.timestamp() - t0
+
+    def _stream_chunk(self, iterator, n_steps):
+        """Up to `n_steps` steps on a single replica from a stream that may end early (skipped files)."""
+        tf = self.tf
+        done, finite, waiting = self._counters()
+        for i in tf.range(n_steps):
+            t0 = self._clock()
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            x, y = batch.get_value()
+            waiting = self._waited(waiting, t0, [x, y])
+            finite = self.strategy.run(self._replica_step, args=(x, y))
+            done = i + 1
+            if not finite:
+                break
+        return done, finite, waiting
+
     def _distributed_chunk(self, iterator, n_steps):
         tf = self.tf
-        done = tf.constant(0)
-        finite = tf.constant(True)
+        done, finite, waiting = self._counters()
         for i in tf.range(n_steps):
-            per_replica = self.strategy.run(self._replica_step, args=next(iterator))
+            t0 = self._clock()
+            batch = next(iterator)
+            waiting = self._waited(waiting, t0, tf.nest.flatten(self.strategy.experimental_local_results(batch)))
+            per_replica = self.strategy.run(self._replica_step, args=batch)
             # Every worker must take the same branch, or the ones that go on wait forever in the
             # next all-reduce: the flag is summed over all replicas of all workers, not read locally.
             bad = self.strategy.reduce("SUM", self.strategy.run(_count_false, args=(per_replica,)), axis=None)
@@ -136,18 +175,28 @@ class Trainer:
             done = i + 1
             if not finite:
                 break
-        return done, finite
+        return done, finite, waiting
 
     # ------------------------------------------------------------------ epochs
-    def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Keep the training split resident (uint8 stays uint8: 4× less memory than float32)."""
+    def set_data(self, x, y: np.ndarray) -> None:
+        """Keep the training split resident (uint8 stays uint8: 4× less memory than float32),
+        or, for a streamed split, keep it to ask for batches each epoch."""
+        from cnncli.data.pipeline import is_streamed
+
         tf = self.tf
+        if is_streamed(x):
+            self._stream, self._x, self._y, self._n = x, None, None, len(x)
+            return
+        self._stream = None
         with tf.device("/cpu:0") if self.strategy.num_replicas_in_sync > 1 else _nullcontext():
             self._x = tf.convert_to_tensor(x)
             self._y = tf.convert_to_tensor(y.astype(np.int32))
         self._n = int(x.shape[0])
 
     def steps_per_epoch(self) -> int:
+        shares = self._stream.share_sizes if self._stream is not None else None
+        if shares:  # each worker streams its own share: the smallest sets the steps every worker takes
+            return max(1, min(shares) // (self.batch_size // len(shares)))
         if self.strategy.num_replicas_in_sync > 1:  # whole global batches keep replicas in step
             return max(1, self._n // self.batch_size)
         return math.ceil(self._n / self.batch_size)
@@ -166,26 +215,52 @@ class Trainer:
         self.loss_tracker.reset_state()
         for metric in self.metrics:
             metric.reset_state()
+        from cnncli.data.pipeline import raise_if_failed
+
         steps = self.steps_per_epoch()
         perm = epoch_permutation(self._n, self.seed, epoch)
-        iterator = self._distributed_iterator(perm) if self.strategy.num_replicas_in_sync > 1 else None
+        replicas = self.strategy.num_replicas_in_sync
+        if self._stream is not None:
+            iterator = self._stream_iterator(perm.numpy(), steps)
+            chunk_fn = self._stream_chunk_fn if replicas == 1 else self._dist_chunk_fn
+        else:
+            iterator = self._distributed_iterator(perm) if replicas > 1 else None
+            chunk_fn = self._dist_chunk_fn
         done_steps = 0
-        seconds = 0.0
+        seconds = waiting = 0.0
         for size in self._chunk_sizes(steps):
             t0 = time.perf_counter()
             if iterator is None:
                 done, finite = self._chunk_fn(self._x, self._y, perm, tf.constant(done_steps), tf.constant(size))
             else:
-                done, finite = self._dist_chunk_fn(iterator, tf.constant(size))
+                done, finite, waited = chunk_fn(iterator, tf.constant(size))
+                waiting += float(waited)
             done, finite = int(done), bool(finite)  # waits for the chunk: the timing is honest
             seconds += time.perf_counter() - t0
             done_steps += done
+            raise_if_failed(self._stream)  # on_corrupt: error, and a file could not be read
             if not finite:
                 raise NonFiniteLoss(done_steps)
             if on_chunk is not None:
                 on_chunk(done_steps, steps, self.results(), seconds)
+            if done < size:  # a stream that skipped unreadable files ends early
+                break
         examples = min(self._n, done_steps * self.batch_size)
-        return EpochResult(self.results(), seconds, examples, done_steps)
+        return EpochResult(self.results(), seconds, examples, done_steps,
+                           waiting if iterator is not None and self.timed else None)
+
+    def _stream_iterator(self, order: np.ndarray, steps: int):
+        """The streamed split's batches in `order`; under several replicas, per-replica batches in
+        replica order (global batch b is order[b·B:(b+1)·B] of this worker's files, as resident)."""
+        x, replicas = self._stream, self.strategy.num_replicas_in_sync
+        if replicas == 1:
+            return iter(x.batches(order, self.batch_size))
+        per_replica = self.batch_size // replicas
+
+        def dataset_fn(ctx):
+            return x.batches(order, per_replica, count=steps * (replicas // ctx.num_input_pipelines))
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def _distributed_iterator(self, perm):
         """Global batch b is perm[b·B:(b+1)·B]; replica r (numbered across workers) takes its r-th slice.
@@ -232,6 +307,14 @@ class Trainer:
         if len(x) == 0:
             return np.zeros((0, int(self.model.outputs[0].shape[-1])), np.float32)
         return self._predict_fn(self.tf.convert_to_tensor(x), self.tf.constant(batch_size)).numpy()
+
+    def predict_split(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, labels) over a resident or streamed split; a stream leaves unreadable files out."""
+        from cnncli.data.pipeline import is_streamed, predict_split
+
+        if not is_streamed(x):
+            return self.predict(x), y
+        return predict_split(self.predict, x, y)
 
 
 def _count_false(flag):

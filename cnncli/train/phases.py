@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cnncli.config import Config, OptimizerSpec
 from cnncli.errors import did_you_mean
+from cnncli.geometry import all_layers
 
 
 @dataclass
@@ -59,7 +60,7 @@ def apply_trainable(model, cfg: Config, trainable: str | list[str]) -> None:
     _set_trainable(backbone, True)
     for layer in backbone.layers:
         _set_trainable(layer, any(layer.name.startswith(prefix) for prefix in trainable))
-    for layer in _all_layers(backbone):  # also inside nested models (a from_run base may hold one)
+    for layer in all_layers(backbone):  # also inside nested models (a from_run base may hold one)
         if type(layer).__name__ == "BatchNormalization":
             layer.trainable = False
 
@@ -71,15 +72,8 @@ def _set_trainable(layer, value: bool) -> None:
     model left True over layers set False one by one would keep them frozen.
     """
     layer.trainable = value
-    for inner in _all_layers(layer):
+    for inner in all_layers(layer):
         inner.trainable = value
-
-
-def _all_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def check_phases(model, cfg: Config) -> None:
@@ -116,12 +110,7 @@ def check_phases(model, cfg: Config) -> None:
                                         "head with weights (model.layers)", f"train.phases[{i}].trainable"))
         apply_trainable(model, cfg, plan_phases(cfg)[0].trainable)
     if problems:
-        from cnncli.config import _parse_path
-        from cnncli.errors import ConfigError
-
-        for p in problems:
-            p.line = cfg.line_of(_parse_path(p.path))
-        raise ConfigError(problems, cfg._file)
+        raise cfg.locate(problems)
 
 
 def phase_params(model, cfg: Config) -> list[dict]:

@@ -15,12 +15,22 @@ from rich.table import Table
 
 
 _SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s", "val_accuracy": "val_acc",
-          "accuracy": "acc"}  # table headers that fit an 80-column terminal
+          "accuracy": "acc", "waiting_for_data": "wait"}  # table headers that fit an 80-column terminal
 
 
 def _logs_text(logs: dict) -> str:
     return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
-                     if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase"))
+                     if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase",
+                                  "waiting_for_data"))
+
+
+def _bottleneck(row: dict) -> str:
+    """Streamed data: which side the steps waited on (share of the epoch spent waiting for batches)."""
+    share = row.get("waiting_for_data")
+    if share is None:
+        return ""
+    return f"  input-bound ({share:.0%} waiting for data)" if share >= 0.5 else \
+        f"  model-bound ({share:.0%} waiting for data)"
 
 
 class Reporter:
@@ -34,6 +44,10 @@ class Reporter:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def train_begin(self, total_epochs: int, steps: int) -> None:
+        pass
+
+    def first_pass(self, split: str, done: int, total: int, seconds: float) -> None:
+        """Progress of decoding a split into the disk cache (called every few seconds)."""
         pass
 
     def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
@@ -58,10 +72,15 @@ class PlainReporter(Reporter):
     def message(self, text: str) -> None:
         self.console.print(text)
 
+    def first_pass(self, split: str, done: int, total: int, seconds: float) -> None:
+        rate = done / seconds if seconds > 0 else 0.0
+        eta = f", {(total - done) / rate:.0f}s left" if rate and done < total else ""
+        self.console.print(f"caching {split}: {done:,}/{total:,} images decoded, {rate:,.0f} img/s{eta}")
+
     def epoch_end(self, row: dict) -> None:
         lr = f"  lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
         self.console.print(f"epoch {row['epoch']:>3}  {_logs_text(row)}{lr}  "
-                           f"{row['examples_per_second']:,.0f} img/s  {row['seconds']:.1f}s")
+                           f"{row['examples_per_second']:,.0f} img/s  {row['seconds']:.1f}s{_bottleneck(row)}")
 
 
 class RichReporter(PlainReporter):

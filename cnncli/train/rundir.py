@@ -2,16 +2,14 @@
 
 Layout (product.md): config.yaml, run.json, history.csv, metrics.json,
 model.keras, checkpoints/, curves.png, confusion_matrix.png, logs/ (TensorBoard).
-A file is written beside its final name and renamed over it, so a crash
-leaves either the old complete file or the new one.
+A file is written beside its final name and renamed over it (fileio.py), so a
+crash leaves either the old complete file or the new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
-import fcntl
 import io
 import json
 import os
@@ -20,10 +18,13 @@ import shutil
 import time
 from pathlib import Path
 
-from cnncli import faults
+from cnncli import fileio
 from cnncli.errors import CnnError, RunError
 
 STATE_FILE = "checkpoints/state.json"
+
+# The writers this module used to define live in fileio.py; the names stay for their callers.
+atomic_write, write_json, writing, exchange = fileio.write, fileio.write_json, fileio.writing, fileio.exchange
 
 
 def check_output(root: Path, name: str) -> None:
@@ -42,8 +43,14 @@ def check_output(root: Path, name: str) -> None:
                        "choose another --output")
 
 
-def create_run_dir(root: Path, name: str) -> Path:
-    """runs/<name>/<timestamp>/, never an existing one: mkdir is the lock between racing jobs."""
+def create_run_dir(root: Path, name: str, exactly: Path | None = None) -> Path:
+    """runs/<name>/<timestamp>/ (or `exactly`), never an existing one: mkdir is the lock between racing jobs."""
+    if exactly is not None:
+        try:
+            Path(exactly).mkdir(parents=True, mode=0o755)
+            return Path(exactly)
+        except OSError as exc:
+            raise CnnError(f"cannot create `{exactly}`: {exc.strerror}") from None
     base = Path(root) / _safe_name(name)
     check_output(root, name)
     try:
@@ -69,48 +76,16 @@ def _safe_name(name: str) -> str:
     return cleaned[:100]
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    raw = data.encode() if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        faults.point(f"write:{path.name}")
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)  # the rename itself survives a power cut, not only a killed process
-    except BaseException as exc:  # an interrupt too: no temporary file is left behind
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}") from None
-        raise
-
-
-@contextlib.contextmanager
-def writing(path: Path, hint: str = ""):
-    """Turn a failure to write `path` (disk full, read-only, gone) into one error line naming it."""
-    try:
-        yield
-    except OSError as exc:
-        raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}{hint}") from None
-
-
 def write_checkpoint(checkpoint, prefix: Path) -> None:
     """tf.train.Checkpoint.write, with TensorFlow's I/O errors (e.g. ResourceExhausted: disk full) as CnnError."""
     import tensorflow as tf
 
-    with writing(prefix):
+    with fileio.writing(prefix):
         try:
             checkpoint.write(str(prefix))
             for part in prefix.parent.glob(prefix.name + ".*"):  # TF does not fsync; state.json will name these
-                with open(part, "rb") as f:
-                    os.fsync(f.fileno())
-            _fsync_dir(prefix.parent)
+                fileio.fsync_file(part)
+            fileio.fsync_dir(prefix.parent)
         except BaseException as exc:
             shutil.rmtree(f"{prefix}_temp", ignore_errors=True)  # TF's unmerged shards
             if isinstance(exc, tf.errors.OpError):  # "<file>; No space left on device [Op:SaveV2]": keep the reason
@@ -129,48 +104,6 @@ def read_checkpoint(checkpoint, prefix: Path) -> None:
         reason = getattr(exc, "message", None) or str(exc)
         raise RunError(f"cannot restore the checkpoint `{prefix}` that state.json names: "
                        f"{reason.strip().splitlines()[0]}") from None
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the kernel or libc cannot.
-
-    A directory (a SavedModel) cannot be renamed over a non-empty one; two renames
-    would leave a moment with neither. Swapping leaves `b` the old or the new, never missing.
-    """
-    import ctypes
-
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # not glibc >= 2.28
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a file system without exchange
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, data) -> None:
-    atomic_write(path, json.dumps(data, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
 
 
 def read_json(path: Path) -> dict:
@@ -194,7 +127,7 @@ def write_history(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-    atomic_write(path, buf.getvalue())
+    fileio.write(path, buf.getvalue())
 
 
 def _fmt(value):
@@ -219,20 +152,8 @@ def _parse(text: str):
 
 def save_model(model, path: Path) -> None:
     """model.keras via a temporary file in the same directory, then rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
-    try:
+    with fileio.replacing(path, ".keras") as tmp:
         model.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        faults.point(f"write:{path.name}")
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}") from None
-        raise
 
 
 def find_run_dir(path: str | Path) -> Path:
@@ -240,7 +161,7 @@ def find_run_dir(path: str | Path) -> Path:
     if not path.is_dir():
         raise RunError(f"`{path}` is not a directory; give a run directory such as runs/<name>/<timestamp>")
     if not (path / "config.yaml").exists():
-        if not any(path.iterdir()) or all(p.name.startswith(".config.yaml.tmp-") for p in path.iterdir()):
+        if not any(path.iterdir()) or all(fileio.is_temp(p.name) for p in path.iterdir()):
             raise RunError(f"`{path}` is empty: its run stopped before it saved its config; "
                            "start it again with cnn train CONFIG")
         raise RunError(f"`{path}` has no config.yaml; is it a cnncli run directory?")
@@ -262,21 +183,14 @@ def locked(run_dir: Path):
     folder = Path(run_dir) / "checkpoints"
     try:
         folder.mkdir(exist_ok=True)
-        fd = os.open(folder, os.O_RDONLY)
     except OSError as exc:
         raise CnnError(f"cannot open `{folder}`: {exc.strerror or exc}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunError(f"`{run_dir}` is being trained by another process; wait for it to finish "
-                           "or stop it before resuming") from None
+    with fileio.locked(folder, busy=f"`{run_dir}` is being trained by another process; wait for it to "
+                                   "finish or stop it before resuming"):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
-_CHECKPOINT = re.compile(r"epoch-(\d+)(_temp|\.index|\.data-\d+-of-\d+)$")
+_CHECKPOINT = re.compile(r"epoch-(\d+)(_temp|\.index|\.data-\d+-of-\d+|\.best_weights\.npz)$")
 
 
 def reconcile(run_dir: Path, state: dict | None) -> None:
@@ -293,13 +207,14 @@ def reconcile(run_dir: Path, state: dict | None) -> None:
     for folder in (run_dir, run_dir / "checkpoints"):
         for entry in folder.iterdir() if folder.is_dir() else ():
             match = _CHECKPOINT.match(entry.name)
-            temporary = (entry.name.startswith(".") and ".tmp-" in entry.name) or ".tempstate" in entry.name
+            temporary = fileio.is_temp(entry.name) or ".tempstate" in entry.name
             if temporary or (match and (match.group(2) == "_temp" or int(match.group(1)) > kept)):
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:
                     entry.unlink(missing_ok=True)
     prune_checkpoints(run_dir)  # a crash between state.json and the pruning left one too many
+    trim_event_files(run_dir / "logs", kept)
     if history:
         write_history(run_dir / "history.csv", history)
     else:
@@ -311,3 +226,40 @@ def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:
     for old in sorted((Path(run_dir) / "checkpoints").glob("epoch-*.index"))[:-keep]:
         for part in old.parent.glob(old.name[:-len(".index")] + ".*"):
             part.unlink(missing_ok=True)
+
+
+def trim_event_files(logs: Path, epochs: int) -> None:
+    """Drop from TensorBoard's event files every summary of an epoch after the first `epochs`.
+
+    The resumed run writes those epochs again into a new event file; without this
+    TensorBoard would show the lost epoch twice. Keras logs epoch summaries at
+    step = epoch index (0-based). Records are copied as they are (TFRecord framing:
+    length, its CRC, data, its CRC), so nothing is re-encoded; a record cut short
+    by a kill is dropped.
+    """
+    if not Path(logs).is_dir():
+        return
+    try:
+        from google.protobuf.message import DecodeError
+        from tensorboard.compat.proto.event_pb2 import Event
+    except ImportError:  # no TensorBoard installed: nothing wrote these files
+        return
+    for path in sorted(Path(logs).rglob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        kept, offset, changed = [], 0, False
+        while offset + 12 <= len(raw):
+            length = int.from_bytes(raw[offset:offset + 8], "little")
+            end = offset + 12 + length + 4
+            if end > len(raw):
+                break
+            try:
+                event = Event.FromString(raw[offset + 12:offset + 12 + length])
+            except DecodeError:  # a damaged record: keep what came before it
+                break
+            if event.HasField("summary") and event.step >= epochs:
+                changed = True
+            else:
+                kept.append(raw[offset:end])
+            offset = end
+        if changed or offset != len(raw):
+            atomic_write(path, b"".join(kept))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from cnncli.config import RuntimeConfig
@@ -439,6 +440,13 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = Fals
                    is_chief, worker_index, num_workers, threads, cpu.as_json())
 
 
+def check_global_batch(batch_size: int, replicas: int) -> None:
+    """train.batch_size is the global batch: every replica takes an equal share of each step."""
+    if batch_size % replicas:
+        raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
+                       f"replicas; use a multiple of {replicas}, e.g. {max(replicas, batch_size // replicas * replicas)}")
+
+
 def mirrored_devices(num_gpus: int, logical_cpus: list[str]) -> tuple[list[str], bool]:
     """The replicas of a mirrored run (every local GPU, else the logical CPUs), and whether
     gradients are summed on one device: NCCL, the default all-reduce, exists only for GPUs."""
@@ -456,6 +464,8 @@ def _strategy(tf, cfg: RuntimeConfig, gpus, tpu_name):
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops), True, 0, 1
     if cfg.distribute == "multi_worker":
         role = cluster_role(os.environ.get("TF_CONFIG"))
+        _quiet_native_errors()
+        _configure_heartbeats(tf, cfg.collective_timeout)
         # Reads TF_CONFIG itself; all-reduce over gRPC between hosts (NCCL within a host's GPUs).
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return strategy, role.is_chief, role.index, role.num_workers
@@ -464,3 +474,102 @@ def _strategy(tf, cfg: RuntimeConfig, gpus, tpu_name):
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver), True, 0, 1
+
+
+# ---------------------------------------------------------------- multi-worker: heartbeats, a lost worker
+
+def _configure_heartbeats(tf, timeout: float) -> None:
+    """TensorFlow's coordination service, as MultiWorkerMirroredStrategy would set it up, with our timeouts.
+
+    Every task sends heartbeats to the service (on the chief); a task silent for
+    `timeout` seconds (killed, frozen, cut off) is declared unhealthy and every
+    pending collective of the others is aborted with UnavailableError, which
+    lost_worker() turns into one line. The strategy configures the service only
+    when nothing has (collective_all_reduce_strategy.py), so this must come first.
+    A timeout per collective (CommunicationOptions.timeout_seconds) is not set:
+    it would also abort a healthy run whose chief is busy writing a checkpoint.
+    """
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.distribute.collective_all_reduce_strategy import coordination_config_pb2  # as it uses
+    from tensorflow.python.eager import context
+
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    spec = resolver.cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    ms = int(timeout * 1000)
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms)
+
+
+def _quiet_native_errors() -> None:
+    """When a worker is lost, TensorFlow's C++ logs a dozen lines to file descriptor 2 before Python
+    sees the error; send descriptor 2 to /dev/null and keep Python's stderr on the real one, so the
+    user reads one line. TF_CPP_MIN_LOG_LEVEL=0 or 1 (asking for TensorFlow's logs) keeps them."""
+    import sys
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+
+_RUN_DIR_KEY = "cnncli/run_dir"
+
+
+def publish_run_dir(run_dir) -> None:
+    """The chief tells the other workers where the run directory is (the coordination service's key-value
+    store), so that they print the directory that exists and, should a worker be lost, the one to resume."""
+    from tensorflow.python.eager import context
+
+    context.context().set_config_key_value(_RUN_DIR_KEY, str(run_dir))
+
+
+def chief_run_dir() -> str:
+    """The chief's run directory (waits until the chief has made it; fails if the chief is lost meanwhile)."""
+    from tensorflow.python.eager import context
+
+    return context.context().get_config_key_value(_RUN_DIR_KEY)
+
+
+_UNHEALTHY = re.compile(r"unhealthy \(([^)]*)\):\s*/job:(\w+)/replica:\d+/task:(\d+)")
+_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+
+
+def lost_worker(exc: Exception, run_dir) -> CnnError | None:
+    """The one-line error for a TensorFlow error that says another task of the cluster is gone, else None."""
+    role = cluster_role(os.environ.get("TF_CONFIG"))
+    message = getattr(exc, "message", None) or str(exc)
+    found = _UNHEALTHY.search(message)
+    if found:
+        reason, job, index = found.groups()
+    elif "CoordinationService/Heartbeat" in message:  # the service itself, on the chief, stopped answering
+        job, index = _service_leader()
+        reason = "stopped answering heartbeats"
+    else:
+        others = [m for m in _TASK.finditer(message) if (m.group(1), int(m.group(2))) != (role.task_type, role.index)]
+        if not others or type(exc).__name__ not in ("UnavailableError", "DeadlineExceededError", "AbortedError",
+                                                   "CancelledError", "InternalError"):
+            return None
+        job, index = others[0].groups()
+        reason = message.strip().splitlines()[0].split(" [")[0][-120:]
+    return WorkerLost(f"lost {job} {index} ({type(exc).__name__}: {reason}); "
+                      f"run the same command with --resume {run_dir} on every worker")
+
+
+def _service_leader() -> tuple[str, str]:
+    """The task that runs TensorFlow's coordination service: the chief, else worker 0."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except ValueError:
+        cluster = {}
+    return ("chief", "0") if cluster.get("chief") else ("worker", "0")
+
+
+class WorkerLost(CnnError):
+    """Another process of a multi-worker run died or stopped answering; the run directory is resumable."""

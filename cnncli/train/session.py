@@ -1,7 +1,8 @@
 """One training run in progress: the model, its phases, checkpoints and reports.
 
-Every epoch ends with, in this order: history.csv, a TensorFlow checkpoint
-(model and optimizer), and checkpoints/state.json naming that checkpoint. A
+Every epoch ends with, in this order: history.csv, EarlyStopping's best weights
+(carry.py), a TensorFlow checkpoint (model and optimizer), and
+checkpoints/state.json naming that checkpoint and holding the callbacks' state. A
 crash between any two of these leaves state.json pointing at a complete,
 earlier checkpoint, which `--resume` restores; the epoch order is a function of
 (seed, epoch), so the resumed run repeats what the lost one would have done.
@@ -12,33 +13,41 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__, faults
+from cnncli import __version__, compat, faults, fileio
 from cnncli.errors import CnnError, DataError
-from cnncli.train import rundir
+from cnncli.train import carry, rundir
 from cnncli.train.loop import NonFiniteLoss, Trainer
 from cnncli.train.runtime import WORKER_DIR_ENV, with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.schedules import EpochSchedule
 
 
+class StopRun(Exception):
+    """Raised by an `on_epoch` hook to end the run after a committed epoch; run.json keeps `status`."""
+
+    def __init__(self, status: str, message: str = ""):
+        super().__init__(message or status)
+        self.status = status
+
+
 class Session:
     profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
 
-    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False):
+    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
 
         from cnncli.builder import build_model
-        from cnncli.layers import make_layer
+        from cnncli.layers import make_layer, make_loss
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
         self.smoke = smoke
+        self.on_epoch = on_epoch  # a caller's per-epoch hook (sweep pruning), after the epoch is committed
         self.strategy = runtime.strategy
         mixed = runtime.precision.startswith("mixed")
         with self.strategy.scope():
@@ -51,7 +60,7 @@ class Session:
                 self.augment = keras.Sequential(
                     [make_layer(s, f"augment_{n}", f"data.augment[{i}]", **_seed_for(s, cfg.seed + i))
                      for i, (s, n) in enumerate(zip(cfg.data.augment, names))], name="augment")
-        self.loss_fn = keras.losses.get(cfg.train.loss)
+        self.loss_fn = make_loss(cfg.train.loss)  # takes the class indices the data holds, whatever the loss
         self._check_labels()
         check_phases(self.model, cfg)
         self.history: list[dict] = []
@@ -73,23 +82,28 @@ class Session:
             if last >= 0 and "units" in self.cfg.model.layers[last].args:
                 raise self.cfg.error(message, ("model", "layers", last, "units"))
             raise DataError(message)
+        if outputs > self.data.num_classes:  # an output of no class: the test report could not name it
+            from cnncli.builder import check_classes
+
+            check_classes(self.cfg, outputs, self.data.num_classes, self.data.source)
 
     def write_run_json(self) -> None:
         import keras
         import tensorflow as tf
 
         trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-        rundir.write_json(self.run_dir / "run.json", {
+        fileio.write_json(self.run_dir / "run.json", {
             "name": self.cfg.name, "status": self.status, "started": self.started,
             "command": sys.argv, "seed": self.cfg.seed,
             "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                          "python": platform.python_version(), "numpy": np.__version__},
             "host": platform.node(), "runtime": self.runtime.as_json(),
             "data": {"source": self.data.source, "train": len(self.data.x_train), "val": len(self.data.x_val),
-                     "test": len(self.data.x_test)},
+                     "test": len(self.data.x_test), **_stream_record(self.data)},
             "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
             "total_params": int(self.model.count_params()), "trainable_params": trainable,
             "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
+            "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
         })
 
     def mark(self, status: str) -> None:
@@ -107,10 +121,15 @@ class Session:
             self.best = state.get("best", {})
             start_phase, done_in_phase = state["phase"], state["phase_epochs_done"]
             apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
-            if done_in_phase >= phases[start_phase].epochs:  # that phase was complete: weights only
-                rundir.read_checkpoint(self._checkpoint(), self.run_dir / state["checkpoint"])
-                start_phase, done_in_phase = start_phase + 1, 0
             self.reporter.message(f"resuming after epoch {len(self.history)}")
+            if state.get("stopped") or done_in_phase >= phases[start_phase].epochs:  # the phase ended: weights only
+                rundir.read_checkpoint(self._checkpoint(), self.run_dir / state["checkpoint"])
+                self._end_phase_as_committed(state)
+                if state.get("stopped"):
+                    self.model.stop_training = True
+                    self.reporter.message(f"early stopping after epoch {len(self.history)}")
+                    return
+                start_phase, done_in_phase = start_phase + 1, 0
         total = sum(1 if self.smoke else p.epochs for p in phases)
         for phase in phases[start_phase:]:
             resume = state if (state is not None and phase.index == state["phase"] and done_in_phase) else None
@@ -142,17 +161,18 @@ class Session:
             optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, cfg.train.loss) for m in cfg.train.metrics]
-            self.model.compile(optimizer=optimizer, loss=cfg.train.loss)  # lets Keras callbacks reach the optimizer
+            self.model.compile(optimizer=optimizer, loss=self.loss_fn)  # lets Keras callbacks reach the optimizer
         checkpoint = self._checkpoint(optimizer)
         if state is not None:
             rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
-                          steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
+                          steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
+                          time_input=not cfg.deterministic)
         trainer.set_data(self.data.x_train, self.data.y_train)
         if self.profile is not None and not self.profile.summary:
             self.profile.attach(trainer)
-        callbacks = self._callbacks(schedule, state)
+        callbacks = self._callbacks(schedule)
         epochs = 1 if self.smoke else phase.epochs
         record = next((r for r in self.phase_records if r["index"] == phase.index), None)
         if record is None:
@@ -168,7 +188,7 @@ class Session:
             self.phase_records.append(record)
         if state is not None and cfg.train.lr_schedule is None:
             self._apply_changed_rate(optimizer, phase, overrides, record)
-        callbacks.on_train_begin()
+        callbacks.on_train_begin(carry.saved_state(state), state and self.run_dir / state["checkpoint"])
         for e in range(done, epochs):
             index = len(self.history)  # 0-based epoch over all phases
             lr = schedule.rate(index)
@@ -187,11 +207,14 @@ class Session:
                 row["phase"] = phase.index + 1
             row.update(result.logs)
             if len(self.data.x_val):
-                row.update({f"val_{k}": v for k, v in self.score(trainer.predict(self.data.x_val), self.data.y_val).items()})
+                row.update({f"val_{k}": v for k, v in self.score(*trainer.predict_split(self.data.x_val,
+                                                                                        self.data.y_val)).items()})
             row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
             # Timings stay out of history.csv so that deterministic runs give identical files.
             timing = {"seconds": round(result.seconds, 4),
                       "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0}
+            if result.waiting is not None and result.seconds:
+                timing["waiting_for_data"] = round(min(1.0, result.waiting / result.seconds), 3)
             record["epochs"] += 1
             record["epoch_seconds"].append(timing["seconds"])
             record["train_seconds"] = round(record["train_seconds"] + result.seconds, 4)
@@ -202,6 +225,12 @@ class Session:
             callbacks.on_epoch_end(index, dict(row))
             self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
             self.reporter.epoch_end({**row, **timing})
+            if self.on_epoch is not None:
+                try:
+                    self.on_epoch(dict(row))
+                except StopRun as stop:
+                    self.mark(stop.status)
+                    raise
             if getattr(self.model, "stop_training", False):
                 self.reporter.message(f"early stopping after epoch {index + 1}")
                 break
@@ -230,23 +259,25 @@ class Session:
 
         return rate_groups(self.model, backbone_of(self.model, self.cfg), phase.layer_lr_decay)
 
-    def _callbacks(self, schedule: EpochSchedule, state: dict | None):
+    def _end_phase_as_committed(self, state: dict) -> None:
+        """A resume after the phase's last epoch was committed: what EarlyStopping's on_train_end did then."""
+        es = self.cfg.train.early_stopping
+        saved = carry.saved_state(state).get("EarlyStopping") or {}
+        if es is not None and es.restore_best_weights and saved.get("best_weights"):
+            self.model.set_weights(carry.read_best_weights(self.run_dir / state["checkpoint"]))
+
+    def _callbacks(self, schedule: EpochSchedule):
         import keras
 
         cbs = []
         es = self.cfg.train.early_stopping
         if es is not None:
-            self.early_stopping = keras.callbacks.EarlyStopping(**es.model_dump())
-            cbs.append(self.early_stopping)
-        else:
-            self.early_stopping = None
+            cbs.append(keras.callbacks.EarlyStopping(**es.model_dump()))
         if schedule.callback is not None:
             cbs.append(schedule.callback)
         if self.runtime.is_chief and importlib.util.find_spec("tensorboard") is not None:
             cbs.append(keras.callbacks.TensorBoard(log_dir=str(self.run_dir / "logs"), write_graph=False))
-        callbacks = keras.callbacks.CallbackList(cbs, model=self.model)
-        self._saved_callback_state = (state or {}).get("early_stopping")
-        return _ResumableCallbacks(callbacks, self)
+        return carry.ResumableCallbacks(cbs, self.model)
 
     def score(self, probs: np.ndarray, y: np.ndarray) -> dict:
         """Loss and the configured metrics on predicted probabilities."""
@@ -264,12 +295,15 @@ class Session:
         faults.point("history_written")
         self._track_best(row)
         prefix = f"checkpoints/epoch-{row['epoch']:04d}"
+        best_weights = callbacks.best_weights()
+        if best_weights is not None:  # beside the checkpoint, under its prefix: committed by the same state.json
+            carry.write_best_weights(self.run_dir / prefix, best_weights)
         rundir.write_checkpoint(checkpoint, self.run_dir / prefix)
         faults.point("checkpoint_written")
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
-                 "early_stopping": callbacks.state()}
-        rundir.write_json(self.run_dir / rundir.STATE_FILE, state)
+                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False))}
+        fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)
         self.write_run_json()
@@ -318,7 +352,7 @@ class Session:
     # ------------------------------------------------------------------ the end
     def finish(self):
         from cnncli.evaluate import classification_report
-        from cnncli.train.job import TrainResult
+        from cnncli.train.result import TrainResult
 
         faults.point("training_done")
         if self.cfg.train.checkpoint.save_best_only and (self.run_dir / "checkpoints" / "best.keras").exists():
@@ -330,22 +364,22 @@ class Session:
         if self.history and any(k.startswith("val_") for k in self.history[-1]):
             metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
         if len(self.data.x_test):
-            probs = _predict(self.model, self.data.x_test)
-            metrics["test"] = classification_report(self.data.y_test, probs, self.data.class_names)
+            from cnncli.data.pipeline import predict_split
+
+            probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
+            metrics["test"] = classification_report(labels, probs, self.data.class_names)
         if self.runtime.is_chief:
             rundir.save_model(self.model, self.run_dir / "model.keras")
             faults.point("model_saved")
             if self.smoke:
                 self._check_reload(metrics)
-            rundir.write_json(self.run_dir / "metrics.json", metrics)
+            fileio.write_json(self.run_dir / "metrics.json", metrics)
             faults.point("metrics_written")
             self._plots(metrics)
             self.status = "complete"
             self.write_run_json()
         elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
             rundir.save_model(self.model, self.run_dir / "model.keras")
-        else:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
         run = {"phases": self.phase_records, "runtime": self.runtime.as_json()}
         if self.profile is not None:
             run["profile"] = self.profile.summary
@@ -357,7 +391,9 @@ class Session:
 
         import cnncli.preprocessing  # noqa: F401  registers the custom layer
 
-        x = self.data.x_test[:8] if len(self.data.x_test) else self.data.x_train[:8]
+        from cnncli.data.pipeline import head
+
+        x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
         reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
         diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
         if not diff <= 1e-5:
@@ -368,53 +404,12 @@ class Session:
         from cnncli.plots import plot_confusion_matrix, plot_curves
 
         if self.history:
-            with rundir.writing(self.run_dir / "curves.png"):
+            with fileio.writing(self.run_dir / "curves.png"):
                 plot_curves(self.history, self.run_dir / "curves.png")
         if "test" in metrics:
-            with rundir.writing(self.run_dir / "confusion_matrix.png"):
+            with fileio.writing(self.run_dir / "confusion_matrix.png"):
                 plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
                                       self.run_dir / "confusion_matrix.png")
-
-
-class _ResumableCallbacks:
-    """Keras callbacks, with EarlyStopping's counters carried across --resume."""
-
-    _KEYS = ("wait", "best", "stopped_epoch", "best_epoch")
-
-    def __init__(self, callbacks, session: Session):
-        self.callbacks, self.session = callbacks, session
-
-    def on_train_begin(self):
-        self.callbacks.on_train_begin()
-        es, saved = self.session.early_stopping, self.session._saved_callback_state
-        if es is not None and saved:
-            for key in self._KEYS:
-                if key in saved:
-                    setattr(es, key, saved[key])
-
-    def on_epoch_begin(self, epoch):
-        self.callbacks.on_epoch_begin(epoch)
-
-    def on_epoch_end(self, epoch, logs):
-        self.callbacks.on_epoch_end(epoch, logs)
-
-    def on_train_end(self):
-        self.callbacks.on_train_end()
-
-    def state(self) -> dict | None:
-        es = self.session.early_stopping
-        if es is None:
-            return None
-        return {k: _plain(getattr(es, k, None)) for k in self._KEYS}
-
-
-def _plain(value):
-    if value is None:
-        return None
-    try:
-        return float(value) if not isinstance(value, int) else value
-    except (TypeError, ValueError):
-        return None
 
 
 def _current_lr(optimizer) -> float:
@@ -430,12 +425,27 @@ def _seed_for(spec, seed: int) -> dict:
     return {"seed": seed} if takes_seed and "seed" not in spec.args else {}
 
 
+def _stream_record(data) -> dict:
+    """How the data was fed (resident or streamed, and why), files skipped and read, for run.json."""
+    from cnncli.data.pipeline import files_opened, skipped
+
+    if not data.cache:
+        return {}
+    record = {"cache": data.cache}
+    splits = (data.x_train, data.x_val, data.x_test)
+    if data.cache["mode"] != "memory":
+        record["skipped"] = skipped(*splits)
+        record["files_opened"] = files_opened(data.x_train)  # this worker's share, under several workers
+    return record
+
+
 def _live(reporter) -> bool:
     from cnncli.train.progress import RichReporter
 
     return isinstance(reporter, RichReporter)
 
 
-def _predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([np.asarray(model(x[i:i + batch_size].astype("float32"), training=False),
-                                      dtype=np.float32) for i in range(0, len(x), batch_size)])
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    from cnncli.batches import keras_predict
+
+    return keras_predict(model, x)

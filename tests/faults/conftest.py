@@ -17,7 +17,7 @@ if sys.platform != "linux":
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Cnn  # noqa: E402
+from harness import Cnn, uninterrupted  # noqa: E402
 
 EPOCHS = 3
 TINY = f"""\
@@ -67,8 +67,4 @@ def tiny(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def reference(cnn, tmp_path_factory) -> Path:
     """The tiny run, uninterrupted: what every crashed-and-resumed run must end up as."""
-    where = tmp_path_factory.mktemp("reference")
-    (where / "tiny.yaml").write_text(TINY)
-    done = cnn("train", "tiny.yaml", "-o", "runs", "-q", cwd=where)
-    assert done.code == 0, done
-    return next((where / "runs").glob("*/*"))
+    return uninterrupted(cnn, tmp_path_factory.mktemp("reference"), TINY)

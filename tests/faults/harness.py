@@ -150,6 +150,14 @@ def _source_times() -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*.py")}
 
 
+def uninterrupted(cnn: Cnn, where: Path, config: str) -> Path:
+    """Train `config` (YAML text) in `where` without a fault: the run a crashed-and-resumed one must equal."""
+    (where / "run.yaml").write_text(config)
+    done = cnn("train", "run.yaml", "-o", "runs", "-q", cwd=where)
+    assert done.code == 0, done
+    return only_run_dir(where / "runs")
+
+
 # ---------------------------------------------------------------- what a run directory must look like
 
 def run_dirs(output: Path) -> list[Path]:

@@ -23,6 +23,11 @@ KILLS = [
 ]
 
 
+def _hidden(folder: Path) -> list[str]:
+    """The hidden temporary artefacts beside the exported one."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
 def _keras_ok(path: Path) -> None:
     with zipfile.ZipFile(path) as zf:
         assert zf.testzip() is None
@@ -48,8 +53,10 @@ def test_kill_during_export(cnn, reference, tmp_path, fmt, name, check):
             assert artefact.read_bytes() == old, fault
         assert (tmp_path / "export.json").read_bytes() == old_record, fault  # the old, complete record
         old = artefact.read_bytes()
+    assert _hidden(tmp_path)  # the kills left temporary copies ...
     again = cnn("export", reference, "--format", fmt, "--output", artefact, cwd=tmp_path)
     assert again.code == 0, again
+    assert _hidden(tmp_path) == []  # ... which the next export removed
     check(artefact)
     record = json.loads((tmp_path / "export.json").read_text())["artifacts"][name]
     assert record["check"]["passed"] and record["size_bytes"] == artefact.stat().st_size
@@ -61,9 +68,11 @@ def test_kill_while_a_saved_model_directory_is_replaced(cnn, reference, tmp_path
     first = cnn("export", reference, "--format", "saved_model", "--output", artefact, cwd=tmp_path)
     assert first.code == 0, first
     killed = cnn("export", reference, "--format", "saved_model", "--output", artefact, cwd=tmp_path,
-                 fault="export_swapped")
+                 fault="swapped:saved_model")
     assert killed.code == -signal.SIGKILL, killed
     _saved_model_ok(artefact)
+    assert len(_hidden(tmp_path)) == 1, _hidden(tmp_path)  # the old SavedModel, under its temporary name
     again = cnn("export", reference, "--format", "saved_model", "--output", artefact, cwd=tmp_path)
     assert again.code == 0, again
     _saved_model_ok(artefact)
+    assert _hidden(tmp_path) == []

@@ -2,15 +2,14 @@
 
 Signals are sent by the process to itself at chosen points (CNNCLI_FAULT with
 the `term` / `int` actions: between an epoch's writes, with a temporary copy on
-disk, while the model is saved) and once from outside, at whatever moment of
-training it lands.
+disk, while the model is saved) and once from outside, to a run that froze
+itself at a chosen point (the `stop` action), so that no race decides the test.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import time
 
 from conftest import EPOCHS
 from harness import check_complete, check_intact, history_rows, only_run_dir, temporary_files
@@ -36,15 +35,13 @@ def test_sigterm_and_sigint_stop_cleanly_and_the_run_resumes(cnn, tiny, referenc
     done = cnn("train", "--resume", run_dir, "-q", cwd=out, fault="write:state.json@1:term")
     assert _assert_clean_stop(done, run_dir, shown=run_dir) == 0
 
-    # SIGTERM from outside, as `kill PID` or a scheduler's pre-emption, once an epoch is committed.
-    child = cnn.start("train", "--resume", run_dir, "-q", cwd=out)
-    deadline = time.monotonic() + 120
-    while not (run_dir / "checkpoints" / "state.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # SIGTERM from outside, as `kill PID` or a scheduler's pre-emption, once an epoch is committed: the run
+    # freezes itself there (SIGSTOP), receives SIGTERM, and handles it when it continues.
+    child = cnn.start("train", "--resume", run_dir, "-q", cwd=out, fault="state_written@1:stop")
+    child.wait_until_stopped()
     child.signal(signal.SIGTERM)
-    done = child.wait()
-    if done.code != 0:  # 0: the run had finished when the signal came (a fast machine)
-        assert _assert_clean_stop(done, run_dir, shown=run_dir) >= 1
+    child.signal(signal.SIGCONT)
+    assert _assert_clean_stop(child.wait(), run_dir, shown=run_dir) == 1
 
     # Ctrl-C after model.keras is written, before metrics.json.
     done = cnn("train", "--resume", run_dir, "-q", cwd=out, fault="model_saved:int")

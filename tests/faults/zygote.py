@@ -33,6 +33,9 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # the CLI hides TF's C++ start-up line
 # which happens here, not in the child: silence them at the source instead
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # numpy's BLAS would otherwise start a thread pool at import
+# pyarrow (imported by pandas, which TensorFlow and Keras import when installed) bundles jemalloc, whose
+# background purging thread starts at load: turn it off, or the zygote would not be single-threaded
+os.environ["JE_ARROW_MALLOC_CONF"] = "background_thread:false"
 
 
 def _warm_up() -> None:

@@ -1,0 +1,28 @@
+"""Probabilities for any number of images, a bounded batch at a time: the one predict loop.
+
+Every model kind (a Keras model in memory, a .keras, SavedModel, LiteRT or ONNX
+file) goes through `in_batches`, so memory stays bounded for any dataset size
+and every caller gets float32 (N, K) back, an empty (0, K) for no images.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+BATCH = 256  # images per call: bounded memory for any dataset size, few calls
+
+
+def in_batches(run: Callable[[np.ndarray], object], x, classes: int, batch_size: int = BATCH) -> np.ndarray:
+    """`run` (one float32 batch -> (n, K) probabilities) over the images `x`, as float32 (N, K)."""
+    x = np.asarray(x)
+    if len(x) == 0:
+        return np.zeros((0, classes), np.float32)
+    return np.concatenate([np.asarray(run(x[i:i + batch_size].astype(np.float32)), np.float32)
+                           for i in range(0, len(x), batch_size)])
+
+
+def keras_predict(model, x, batch_size: int = BATCH) -> np.ndarray:
+    """A Keras model's probabilities for `x` (inference mode: no dropout, BatchNorm's moving statistics)."""
+    return in_batches(lambda batch: model(batch, training=False), x, int(model.outputs[0].shape[-1]), batch_size)

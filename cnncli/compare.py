@@ -1,0 +1,147 @@
+"""`cnn compare`: runs side by side — their figures, the config keys that differ, their curves in one PNG.
+
+A sweep directory (written by `cnn tune`) stands for its trials' run directories.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from cnncli.errors import RunError
+from cnncli.train import rundir
+from cnncli.yamlio import format_path
+
+CURVES_SIZE = (11.0, 4.5)  # inches: two panels with a legend of a dozen runs
+
+
+@dataclass
+class RunFigures:
+    path: Path
+    config: dict
+    history: list[dict]
+    figures: dict  # name -> value, in the order they are shown
+
+    def as_json(self) -> dict:
+        return {"run_dir": str(self.path), **self.figures}
+
+
+def expand(paths: list[Path]) -> list[Path]:
+    """Run directories: each given one, and every trial of each sweep directory, in trial order."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "trials").is_dir() and not (path / "config.yaml").exists():
+            trials = sorted(p for p in (path / "trials").iterdir() if (p / "config.yaml").exists())
+            if not trials:
+                raise RunError(f"`{path}` is a sweep directory without any trial run yet")
+            runs.extend(trials)
+        else:
+            runs.append(rundir.find_run_dir(path))
+    if len(runs) < 2:
+        raise RunError("give at least two runs (or a sweep directory with two trials) to compare")
+    return runs
+
+
+def read_run(path: Path) -> RunFigures:
+    info = rundir.read_json(path / "run.json")
+    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    history = rundir.read_history(path / "history.csv")
+    metrics = rundir.read_json(path / "metrics.json") if (path / "metrics.json").exists() else {}
+    phases = info.get("phases") or []
+    seconds = sum(p.get("train_seconds", 0.0) for p in phases)
+    examples = sum(p.get("examples", 0) for p in phases)
+    last = history[-1] if history else {}
+    figures = {"status": info.get("status"), "epochs": len(history)}
+    figures.update({k: v for k, v in last.items() if k.startswith("val_")})
+    for key, value in (metrics.get("test") or {}).items():
+        if isinstance(value, (int, float)) and key != "examples":
+            figures[f"test_{key}"] = value
+    figures.update({"train_seconds": round(seconds, 2),
+                    "images_per_second": round(examples / seconds, 1) if seconds else None,
+                    "parameters": info.get("total_params")})
+    return RunFigures(path, config, history, figures)
+
+
+def flatten(data, prefix: tuple = ()) -> dict[str, object]:
+    """{"model.layers[0].filters": 8, ...}: every leaf of a config under its --set path."""
+    if isinstance(data, dict) and data:
+        return {k: v for key, value in data.items() for k, v in flatten(value, prefix + (key,)).items()}
+    if isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
+        return {k: v for i, value in enumerate(data) for k, v in flatten(value, prefix + (i,)).items()}
+    return {format_path(prefix): data}
+
+
+MISSING = "(absent)"
+
+
+def differences(configs: list[dict]) -> dict[str, list]:
+    """The config keys whose values are not the same in every run, with each run's value."""
+    flat = [flatten(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    out = {}
+    for key in keys:
+        values = [f.get(key, MISSING) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            out[key] = values
+    return out
+
+
+def compare(paths: list[Path], output: Path | None) -> dict:
+    runs = [read_run(p) for p in expand(paths)]
+    report = {"runs": [r.as_json() for r in runs], "differences": differences([r.config for r in runs])}
+    if output is not None:
+        plot_overlay(runs, output)
+        report["plot"] = str(output)
+    return report
+
+
+def plot_overlay(runs: list[RunFigures], path: Path) -> Path:
+    """Loss and accuracy per epoch of every run on shared axes: train solid, validation dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=CURVES_SIZE, dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    labels = short_labels([r.path for r in runs])
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        for i, (run, label) in enumerate(zip(runs, labels)):
+            color = f"C{i % 10}"
+            epochs = [row.get("epoch", j + 1) for j, row in enumerate(run.history)]
+            for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+                values = [_number(row.get(key)) for row in run.history]
+                if values and not all(math.isnan(v) for v in values):
+                    ax.plot(epochs, values, style, color=color, marker="o", markersize=3,
+                            label=label if style == "-" else None)
+    axes[0].legend(loc="best", fontsize="small", title="solid: train, dashed: validation", title_fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path = Path(path)
+    if path.parent != Path("."):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write(path, buf.getvalue())
+    return path
+
+
+def short_labels(paths: list[Path]) -> list[str]:
+    """The shortest trailing parts of the paths that still tell the runs apart."""
+    parts = [p.resolve().parts for p in paths]
+    for n in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-n:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

@@ -1,0 +1,178 @@
+"""Experiment tracking: a finished run directory logged to MLflow (optional extra `cnncli[mlflow]`).
+
+MLflow's Keras autolog hooks `model.fit`, which cnncli's loop does not use, so
+the run is logged from its own files: the resolved config flattened into
+params, every history.csv row as metrics at step = epoch, the pictures,
+metrics.json and model.keras as artefacts, and a tag naming the run directory.
+A sweep logs a parent run per study and each trial as its child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from cnncli.errors import CnnError
+from cnncli.train import rundir
+
+STATUS = {"complete": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "failed": "FAILED"}
+NOT_METRICS = ("epoch", "phase")  # history columns that are positions, not measurements
+BATCH = 100  # MLflow's limit of params per log_batch call (metrics: 1000)
+
+
+def client(uri: str):
+    """An MlflowClient for `uri`, or a CnnError naming the extra when MLflow is not installed."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise CnnError("MLflow tracking needs the optional extra: pip install 'cnncli[mlflow]'") from None
+    if uri.startswith("file:") or "://" not in uri:
+        # MLflow 3 keeps its file store for reading only unless asked; a `file:` URI given to us is that request.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def mlflow_errors(uri: str):
+    """MLflow's own failures (an unreachable server, a bad URI) as one error line naming the URI."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        raise CnnError(f"MLflow at `{uri}`: {str(exc).strip().splitlines()[0]}") from None
+
+
+def target(tracking, uri_option: str | None) -> tuple[str, str] | None:
+    """(tracking URI, experiment) from --mlflow or the config's `tracking.mlflow`; None when not tracking."""
+    spec = tracking.mlflow if tracking is not None else None
+    if uri_option:
+        return uri_option, (spec.experiment if spec else "cnncli")
+    return (spec.uri, spec.experiment) if spec else None
+
+
+def requested_by(config_path, uri_option: str | None) -> tuple[str, str] | None:
+    """Before a run starts: where it will be logged, with MLflow's presence checked now rather than after training.
+
+    The config is only peeked at here; the job validates it in full (a broken
+    `tracking:` section is reported there, with its line).
+    """
+    from pydantic import ValidationError
+
+    from cnncli.compose import read_config_files
+    from cnncli.config import TrackingSpec
+    from cnncli.errors import CnnError
+
+    tracking = None
+    paths = [config_path] if isinstance(config_path, (str, Path)) else list(config_path or [])
+    if paths and all(Path(p).is_file() for p in paths):
+        try:  # several files merge left to right and follow `extends:`, as the job reads them
+            data = read_config_files(paths)[0]
+        except CnnError:
+            data = None  # the job reports the broken file, with its line
+        if isinstance(data, dict) and isinstance(data.get("tracking"), dict):
+            try:
+                tracking = TrackingSpec.model_validate(data["tracking"])
+            except ValidationError:
+                return None
+    where = target(tracking, uri_option)
+    if where is not None:
+        client(where[0])
+    return where
+
+
+def experiment_id(mlflow, name: str) -> str:
+    found = mlflow.get_experiment_by_name(name)
+    return found.experiment_id if found is not None else mlflow.create_experiment(name)
+
+
+def param_key(path: str) -> str:
+    """MLflow keys take letters, digits, `_-. /`: model.layers[0].filters -> model.layers.0.filters."""
+    return path.replace("[", ".").replace("]", "")
+
+
+def flatten(data, prefix: str = "") -> dict[str, str]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items()
+                for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()}
+    if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
+        return {k: v for i, value in enumerate(data) for k, v in flatten(value, f"{prefix}.{i}").items()}
+    return {prefix: str(data)[:6000]}
+
+
+def log_run(where: tuple[str, str], run_dir: Path, parent: str | None = None, tags: dict | None = None) -> str:
+    """Log one run directory as an MLflow run; returns its MLflow run id."""
+    mlflow = client(where[0])
+    with mlflow_errors(where[0]):
+        return _log_run(mlflow, where, Path(run_dir), parent, tags)
+
+
+def _log_run(mlflow, where: tuple[str, str], run_dir: Path, parent: str | None, tags: dict | None) -> str:
+    from mlflow.entities import Metric, Param
+
+    run_dir = Path(run_dir)
+    info = rundir.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    all_tags = {"cnncli.run_dir": str(run_dir.resolve()), "cnncli.status": str(info.get("status", "unknown")),
+                **(tags or {})}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    run = mlflow.create_run(experiment_id(mlflow, where[1]), run_name=run_dir.name if parent else
+                            f"{info.get('name') or run_dir.parent.name}/{run_dir.name}", tags=all_tags)
+    run_id = run.info.run_id
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    params = [Param(param_key(k), v) for k, v in flatten(config or {}).items()]
+    for i in range(0, len(params), BATCH):
+        mlflow.log_batch(run_id, params=params[i:i + BATCH])
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, int(row["epoch"]))
+               for row in rundir.read_history(run_dir / "history.csv")
+               for key, value in row.items() if key not in NOT_METRICS and isinstance(value, (int, float))]
+    for i in range(0, len(metrics), 10 * BATCH):
+        mlflow.log_batch(run_id, metrics=metrics[i:i + 10 * BATCH])
+    for path in sorted(run_dir.glob("*.png")) + [run_dir / "metrics.json", run_dir / "model.keras"]:
+        if path.exists():
+            mlflow.log_artifact(run_id, str(path))
+    mlflow.set_terminated(run_id, STATUS.get(info.get("status"), "FAILED"))
+    return run_id
+
+
+class SweepTracker:
+    """One MLflow parent run per study (shared by every process of the sweep), a child run per trial."""
+
+    def __init__(self, where: tuple[str, str], parent: str):
+        self.where, self.parent = where, parent
+
+    @classmethod
+    def open(cls, sweep, uri_option: str | None) -> "SweepTracker":
+        from cnncli.tune.study import sweep_lock
+
+        where = target(sweep.cfg.tracking, uri_option)
+        mlflow = client(where[0])
+        with sweep_lock(sweep.dir), mlflow_errors(where[0]):
+            parent = sweep.study.user_attrs.get("mlflow_parent_run")
+            if parent is None:
+                run = mlflow.create_run(experiment_id(mlflow, where[1]), run_name=sweep.study.study_name,
+                                        tags={"cnncli.sweep_dir": str(sweep.dir.resolve())})
+                parent = run.info.run_id
+                sweep.study.set_user_attr("mlflow_parent_run", parent)
+        return cls(where, parent)
+
+    def log_trial(self, outcome) -> None:
+        tags = {"cnncli.trial": str(outcome.number), "cnncli.trial_state": outcome.state}
+        if outcome.message:
+            tags["cnncli.message"] = outcome.message[:5000]
+        if outcome.run_dir is not None:
+            log_run(self.where, outcome.run_dir, self.parent, tags)
+            return
+        from mlflow.entities import Param
+
+        mlflow = client(self.where[0])  # rejected before its run directory existed: params and the reason
+        with mlflow_errors(self.where[0]):
+            run = mlflow.create_run(experiment_id(mlflow, self.where[1]), run_name=f"{outcome.number:04d}",
+                                    tags={**tags, "mlflow.parentRunId": self.parent})
+            mlflow.log_batch(run.info.run_id, params=[Param(param_key(k), str(v)) for k, v in outcome.params.items()])
+            mlflow.set_terminated(run.info.run_id, "FAILED")

@@ -1,0 +1,75 @@
+"""The `search:` section as Optuna objects: sampled values, --set overrides, sampler and pruner."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from cnncli.config import Distribution, SearchSpec
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def suggest(trial, params: dict[str, Distribution]) -> dict[str, Any]:
+    """One value per searched path, drawn through `trial` (an enqueued retry gets its earlier values)."""
+    values = {}
+    for path, dist in params.items():
+        if dist.loguniform is not None:
+            values[path] = trial.suggest_float(path, *dist.loguniform, log=True)
+        elif dist.uniform is not None:
+            values[path] = trial.suggest_float(path, *dist.uniform, step=dist.step)
+        elif dist.int_ is not None:
+            values[path] = trial.suggest_int(path, *dist.int_, step=int(dist.step or 1))
+        elif all(_scalar(c) for c in dist.choice):
+            values[path] = trial.suggest_categorical(path, dist.choice)
+        else:  # Optuna stores only scalars: lists (kernel sizes) go through their JSON text
+            values[path] = json.loads(trial.suggest_categorical(path, [json.dumps(c) for c in dist.choice]))
+    return values
+
+
+def grid(params: dict[str, Distribution]) -> dict[str, list]:
+    """The grid sampler's search space: every choice, every int on its step."""
+    space = {}
+    for path, dist in params.items():
+        if dist.int_ is not None:
+            space[path] = list(range(dist.int_[0], dist.int_[1] + 1, int(dist.step or 1)))
+        else:
+            space[path] = [c if _scalar(c) else json.dumps(c) for c in dist.choice]
+    return space
+
+
+def as_overrides(values: dict[str, Any]) -> list[str]:
+    """`path=value` strings for TrainOptions.overrides, values written as YAML flow scalars."""
+    return [f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+            for path, value in values.items()]
+
+
+def direction(spec: SearchSpec) -> str:
+    if spec.direction:
+        return spec.direction
+    return "minimize" if "loss" in spec.metric or "error" in spec.metric else "maximize"
+
+
+def make_sampler(spec: SearchSpec, seed: int | None):
+    import optuna
+
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(grid(spec.params), seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(spec: SearchSpec, epochs: int):
+    import optuna
+
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+    # A trial is compared with the median of earlier ones at the same epoch once a few have finished.
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)

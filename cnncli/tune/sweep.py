@@ -1,0 +1,251 @@
+"""`cnn tune`: run a config's `search:` section as an Optuna study in a sweep directory.
+
+Each trial is an ordinary run (trials/0007/) trained by the same job as
+`cnn train`, with the sampled values as --set overrides; how several processes
+share the study is in study.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import secrets
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnncli.config import Config, load_config
+from cnncli.errors import CnnError, Interrupted
+from cnncli.train import rundir
+from cnncli.tune import space
+from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
+                               next_trial, retry_once, sweep_lock)
+
+
+class MetricMissing(CnnError):
+    """The searched metric is not a history column: every trial would fail the same way."""
+
+
+@dataclass
+class TuneOptions:
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    trials: int | None = None
+    storage: str | None = None
+    study: str | None = None
+    output: Path | None = None
+    mlflow: str | None = None
+
+
+@dataclass
+class Sweep:
+    """What one process needs to run trials of a study."""
+
+    dir: Path
+    cfg: Config
+    opts: TuneOptions
+    study: object
+    n_trials: int
+    metric: str
+    owner: Path  # this process's lock file; free once it exits, however it exits
+
+
+def open_sweep(opts: TuneOptions) -> Sweep:
+    """Check the config, make or reopen the sweep directory, and load or create the study."""
+    from cnncli.builder import raw_spec_problems
+
+    cfg = load_config(opts.config, opts.overrides, spec_check=raw_spec_problems)
+    if cfg.search is None:
+        raise cfg.error("has no `search:` section; add `search: {params: {train.optimizer.learning_rate: "
+                        "{loguniform: [0.0001, 0.01]}}}` (see README, Experiments)", ("search",))
+    if cfg.search.metric.startswith("val_") and cfg.data.validation_split == 0:
+        raise cfg.error(f"searching `{cfg.search.metric}` needs a validation split; set data.validation_split",
+                        ("search", "metric"))
+    name = opts.study or cfg.name or "sweep"
+    sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
+    try:
+        (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
+        (sweep_dir / ".workers").mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CnnError(f"cannot create `{sweep_dir}`: {exc.strerror or exc}") from None
+    owner = sweep_dir / ".workers" / f"{platform.node()}-{os.getpid()}-{secrets.token_hex(3)}.lock"
+    hold(owner)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Heartbeats are "experimental" and meant for study.optimize; our own loop records them (study.Heartbeat).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    with sweep_lock(sweep_dir):  # table creation and study creation race between processes otherwise
+        storage = optuna.storages.RDBStorage(
+            opts.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}",
+            engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if not opts.storage
+            or opts.storage.startswith("sqlite") else None,
+            heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=retry_once)
+        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                    direction=space.direction(cfg.search),
+                                    sampler=space.make_sampler(cfg.search, cfg.seed),
+                                    pruner=space.make_pruner(cfg.search, cfg.total_epochs))
+        if not study.trials and any((sweep_dir / "trials").iterdir()):
+            raise CnnError(f"`{sweep_dir}` holds the trials of another study (study `{name}` in "
+                           f"{'that storage' if opts.storage else 'its study.db'} has none); "
+                           "choose another --output or the same --study and --storage")
+    return Sweep(sweep_dir, cfg, opts, study, opts.trials or cfg.search.trials, cfg.search.metric, owner)
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # COMPLETE | PRUNED | FAIL
+    value: float | None
+    params: dict
+    seconds: float
+    message: str = ""
+    run_dir: Path | None = None
+    metric: str = "value"
+
+
+def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
+    """Train one trial as an ordinary run and tell the study how it ended."""
+    from optuna.trial import TrialState
+
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import Reporter
+    from cnncli.train.session import StopRun
+
+    t0 = time.perf_counter()
+    run_dir = sweep.dir / "trials" / f"{trial.number:04d}"
+    params = space.suggest(trial, sweep.cfg.search.params)
+    overrides = [*sweep.opts.overrides, *space.as_overrides(params), "search=null"]
+    beat = Heartbeat(sweep.study, trial)
+
+    reported: dict = {}  # the last value told to the pruner
+
+    def on_epoch(row: dict) -> None:
+        if sweep.metric not in row:
+            raise MetricMissing(f"search.metric `{sweep.metric}` is not recorded; history columns are "
+                                f"{', '.join(k for k in row if k != 'epoch')}")
+        value = row[sweep.metric]
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            reported["value"] = float(value)
+            trial.report(float(value), step=int(row["epoch"]))
+            if trial.should_prune():
+                raise StopRun("pruned", f"pruned after epoch {row['epoch']}")
+
+    import keras
+
+    keras.backend.clear_session()  # the previous trial's graphs and layers: memory stays flat over a long sweep
+    state, value, message = TrialState.FAIL, None, ""
+    try:
+        with beat:
+            result = run_training(TrainOptions(config=sweep.opts.config, overrides=overrides, run_dir=run_dir,
+                                               on_epoch=on_epoch), reporter or Reporter())
+        history = rundir.read_history(result.run_dir / "history.csv")
+        value = history[-1].get(sweep.metric) if history else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            state = TrialState.COMPLETE
+        else:
+            message = f"{sweep.metric} is {value!r} after the last epoch"
+    except StopRun as stop:
+        state, value, message = TrialState.PRUNED, reported.get("value"), str(stop)
+    except MetricMissing as exc:  # the config's mistake, not this trial's: stop the sweep
+        trial.set_user_attr("error", str(exc))
+        sweep.study.tell(trial, state=TrialState.FAIL)
+        raise
+    except (Interrupted, KeyboardInterrupt):
+        sweep.study.tell(trial, state=TrialState.FAIL)  # no "error": not counted, and retried once
+        retry_once(sweep.study, sweep.study.trials[trial.number])
+        raise
+    except CnnError as exc:
+        message = str(exc)
+    except Exception as exc:  # noqa: BLE001 a sampled combination Keras or TensorFlow refuses (shapes, memory)
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if state == TrialState.FAIL:
+        trial.set_user_attr("error", message)
+    seconds = time.perf_counter() - t0
+    trial.set_user_attr("seconds", round(seconds, 3))
+    trial.set_user_attr("train_seconds", _train_seconds(run_dir))
+    try:
+        sweep.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except RuntimeError as exc:  # the grid sampler stops an optimize loop when its grid is done; ours counts
+        if "Study.stop" not in str(exc):
+            raise
+    return TrialOutcome(trial.number, state.name, value, params, seconds, message,
+                        run_dir if run_dir.exists() else None, sweep.metric)
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """Seconds spent in training steps (run.json), to tell a trial's overhead from its training."""
+    with contextlib.suppress(CnnError, KeyError, TypeError):
+        return round(sum(p["train_seconds"] for p in rundir.read_json(run_dir / "run.json")["phases"]), 3)
+    return 0.0
+
+
+@contextlib.contextmanager
+def shared_data():
+    """Trials in one process load their data once: `cnncli.data.load` is memoised while the sweep runs.
+
+    Every trial of a sweep usually reads the same split of the same files (only the
+    model and the optimizer are searched); reading Fashion-MNIST again costs a second
+    per trial. Each trial gets its own shallow copy, since the job replaces the arrays
+    (conversion to the model's input) on the object it is given.
+    """
+    import copy
+    import json
+
+    import cnncli.data
+
+    real, cache = cnncli.data.load, {}
+
+    def load(cfg, seed):
+        key = (json.dumps(cfg.model_dump(mode="json"), sort_keys=True), seed)
+        if key not in cache:
+            cache.clear()  # one data set at a time: a searched data key must not pile copies up in memory
+            cache[key] = real(cfg, seed)
+        return copy.copy(cache[key])
+
+    cnncli.data.load = load
+    try:
+        yield
+    finally:
+        cnncli.data.load = real
+
+
+def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) -> Sweep:
+    """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
+    from cnncli.tune import report
+
+    sweep = open_sweep(opts)
+    if on_start is not None:
+        on_start(sweep)
+    tracker = None
+    if opts.mlflow or (sweep.cfg.tracking and sweep.cfg.tracking.mlflow):
+        from cnncli.tracking import SweepTracker
+
+        tracker = SweepTracker.open(sweep, opts.mlflow)
+    started = time.monotonic()
+    timeout = sweep.cfg.search.timeout
+    try:
+        with shared_data():
+            while timeout is None or time.monotonic() - started < timeout:
+                trial = next_trial(sweep)
+                if trial is None:
+                    break
+                outcome = run_trial(sweep, trial, reporter)
+                if tracker is not None:
+                    tracker.log_trial(outcome)
+                with sweep_lock(sweep.dir):
+                    report.write_tables(sweep)
+                if on_trial is not None:
+                    on_trial(outcome)
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(f"stopped; the interrupted trial runs again when the sweep continues: "
+                          f"cnn tune {opts.config} --output {sweep.dir}") from None
+    finally:
+        with sweep_lock(sweep.dir):
+            report.write_all(sweep)
+    return sweep

@@ -1,0 +1,83 @@
+"""`cnn compare`: exactly the differing config keys, the figures of each run, one PNG of curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+from cnncli.compare import differences, flatten
+
+runner = CliRunner()
+
+CONFIG = """\
+name: tiny
+seed: 7
+data:
+  dataset: shapes
+  validation_split: 0.2
+  shapes: {image_size: 16, train_examples: 200, test_examples: 40, classes: [x, o]}
+model:
+  layers:
+    - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu}
+    - {type: Flatten}
+    - {type: Dense, units: 2, activation: softmax}
+train:
+  epochs: 2
+  batch_size: 32
+runtime:
+  precision: float32
+"""
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("compare")
+    (tmp / "tiny.yaml").write_text(CONFIG)
+    runs = []
+    for sets in (["train.optimizer.learning_rate=0.01"], ["model.layers[0].filters=6", "train.epochs=3"]):
+        args = ["train", str(tmp / "tiny.yaml"), "--output", str(tmp / "runs"), "--json"]
+        result = runner.invoke(app, args + [x for s in sets for x in ("--set", s)])
+        assert result.exit_code == 0, result.output
+        runs.append(Path(json.loads(result.stdout)["run_dir"]))
+    return runs
+
+
+def test_compare_lists_exactly_the_differing_keys_and_writes_the_curves(two_runs, tmp_path):
+    png = tmp_path / "both.png"
+    result = runner.invoke(app, ["compare", *map(str, two_runs), "--output", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["differences"] == {"model.layers[0].filters": [4, 6], "train.epochs": [2, 3],
+                                     "train.optimizer.learning_rate": [0.01, "(absent)"]}
+    assert [r["epochs"] for r in report["runs"]] == [2, 3]
+    for run in report["runs"]:
+        assert {"val_accuracy", "test_accuracy", "train_seconds", "images_per_second", "parameters"} <= set(run)
+    assert report["runs"][0]["parameters"] != report["runs"][1]["parameters"]
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1100, 450)
+
+
+def test_compare_prints_tables(two_runs, tmp_path):
+    result = runner.invoke(app, ["compare", *map(str, two_runs), "--output", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    assert "config keys that differ" in result.stdout and "model.layers[0].filters" in result.stdout
+    assert "train.batch_size" not in result.stdout
+
+
+def test_compare_needs_two_runs(two_runs, tmp_path):
+    result = runner.invoke(app, ["compare", str(two_runs[0]), "--output", str(tmp_path / "c.png")])
+    assert result.exit_code == 1
+    assert "give at least two runs" in result.stderr
+
+
+def test_flatten_and_differences_on_nested_values():
+    a = {"model": {"layers": [{"type": "Conv2D", "kernel_size": [3, 3]}]}, "seed": 1}
+    b = {"model": {"layers": [{"type": "Conv2D", "kernel_size": [5, 5]}, {"type": "Flatten"}]}, "seed": 1}
+    assert flatten(a) == {"model.layers[0].type": "Conv2D", "model.layers[0].kernel_size": [3, 3], "seed": 1}
+    assert differences([a, b]) == {"model.layers[0].kernel_size": [[3, 3], [5, 5]],
+                                   "model.layers[1].type": ["(absent)", "Flatten"]}

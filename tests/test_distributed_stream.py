@@ -1,0 +1,88 @@
+"""Streamed data under MultiWorkerMirroredStrategy: each worker reads only its own share of the files.
+
+Two workers on 127.0.0.1 (see tests/test_distributed.py for how they start)
+train on an image folder with `data.cache: none`. Worker w reads training
+files w, w+2, w+4, ... only (its run.json counts the files it opened), every
+global batch is whole, and both end with identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import write_shapes_folder
+from test_distributed import assert_same_weights, multi_worker
+
+CONFIG = """\
+name: shards
+seed: 5
+data:
+  dataset: image_folder
+  path: {folder}
+  validation_split: 0.1
+  cache: none
+model:
+  layers:
+    - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}}
+    - {{type: MaxPooling2D, pool_size: 2}}
+    - {{type: Flatten}}
+    - {{type: Dense, units: 3, activation: softmax}}
+train:
+  epochs: 2
+  batch_size: 32
+  optimizer: {{type: Adam, learning_rate: 0.01}}
+runtime:
+  precision: float32
+"""
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stream-shards")
+    write_shapes_folder(root / "folder", seed=5, train=300, test=60)
+    (root / "shards.yaml").write_text(CONFIG.format(folder=root / "folder"))
+    return root
+
+
+@pytest.mark.slow  # two TensorFlow processes and a cluster: about a minute on 2 cores
+def test_two_workers_each_stream_only_their_half_and_end_identical(work):
+    results = multi_worker(["train", str(work / "shards.yaml")], work / "mw", work / "mw-workers")
+    for index, r in enumerate(results):
+        assert r.returncode == 0, f"worker {index} exit {r.returncode}:\n{r.stderr[-3000:]}"
+        assert "unshardable" not in r.stderr.lower() and "AUTO" not in r.stderr
+    dirs = [Path(json.loads(r.stdout)["run_dir"]) for r in results]
+    runs = [json.loads((d / "run.json").read_text()) for d in dirs]
+    assert [run["data"]["cache"]["mode"] for run in runs] == ["none", "none"]
+    files = sum(1 for _ in (work / "folder" / "train").rglob("*.png"))
+    shares = [run["data"]["train"] for run in runs]
+    assert sum(shares) == files - round(0.1 * files) and abs(shares[0] - shares[1]) <= 1  # validation is not shared
+    for run, share in zip(runs, shares):  # each opened files of its own half only; an epoch's whole batches
+        assert 8 * 16 <= run["data"]["files_opened"] <= share  # (8 steps of 16 per worker) may leave a few unread
+    assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")
+    history = np.genfromtxt(dirs[0] / "history.csv", delimiter=",", names=True)
+    assert history["accuracy"][-1] > 0.5  # it learned: chance is 1/3
+
+
+@pytest.mark.slow  # packing, then two TensorFlow processes and a cluster
+def test_two_workers_on_a_4_shard_pack_each_open_2_shards_and_end_identical(work):
+    import subprocess
+    import sys
+
+    pack = work / "pack"
+    done = subprocess.run([sys.executable, "-m", "cnncli", "data", "pack", str(work / "folder"), "--output", str(pack),
+                           "--shards", "4"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = work / "records.yaml"
+    config.write_text(CONFIG.format(folder=pack).replace("dataset: image_folder", "dataset: records"))
+    results = multi_worker(["train", str(config)], work / "mw-records", work / "mw-records-workers")
+    for index, r in enumerate(results):
+        assert r.returncode == 0, f"worker {index} exit {r.returncode}:\n{r.stderr[-3000:]}"
+        assert "unshardable" not in r.stderr.lower()
+    dirs = [Path(json.loads(r.stdout)["run_dir"]) for r in results]
+    runs = [json.loads((d / "run.json").read_text()) for d in dirs]
+    assert [run["data"]["files_opened"] for run in runs] == [2, 2]  # shards 0, 2 and 1, 3 of 4
+    assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")

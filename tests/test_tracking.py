@@ -1,0 +1,90 @@
+"""MLflow tracking: a run's history logged row for row; a sweep's trials as child runs; the extra named when missing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+runner = CliRunner()
+
+CONFIG = """\
+name: tiny
+seed: 3
+data:
+  dataset: shapes
+  validation_split: 0.2
+  shapes: {{image_size: 16, train_examples: 200, test_examples: 40, classes: [x, o]}}
+model:
+  layers:
+    - {{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}}
+    - {{type: Flatten}}
+    - {{type: Dense, units: 2, activation: softmax}}
+train:
+  epochs: 3
+  batch_size: 32
+{extra}"""
+
+
+def test_logged_metrics_equal_history_csv_row_for_row(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=f"tracking: {{mlflow: {{uri: '{uri}', experiment: t}}}}\n"))
+    result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    run_dir = Path(doc["run_dir"])
+    with open(run_dir / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(doc["mlflow_run_id"])
+    assert run.data.tags["cnncli.run_dir"] == str(run_dir.resolve())
+    assert run.info.status == "FINISHED"
+    columns = [k for k in history[0] if k != "epoch"]
+    assert set(columns) <= set(run.data.metrics)
+    for key in columns:
+        logged = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in logged] == [(int(r["epoch"]), float(r[key])) for r in history], key
+    assert run.data.params["model.layers.0.filters"] == "4"
+    assert run.data.params["train.epochs"] == "3"
+    artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "model.keras", "curves.png", "confusion_matrix.png"} <= artefacts
+
+
+def test_a_sweep_logs_each_trial_as_a_child_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    search = ("search:\n  trials: 2\n  sampler: random\n  params:\n"
+              "    model.layers[0].filters: {choice: [2, 4]}\n")
+    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=search).replace("epochs: 3", "epochs: 1"))
+    result = runner.invoke(app, ["tune", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "sweep"),
+                                 "--mlflow", uri, "--json"])
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("cnncli")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.tags["cnncli.trial"] for r in children) == ["0", "1"]
+
+
+def test_without_mlflow_the_error_names_the_extra(tmp_path, monkeypatch):
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails as if not installed
+    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=""))
+    result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"),
+                                 "--mlflow", f"file:{tmp_path / 'mlruns'}"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: MLflow tracking needs the optional extra: pip install 'cnncli[mlflow]'\n"
+    assert not (tmp_path / "runs").exists()  # refused before training

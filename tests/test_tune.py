@@ -1,0 +1,249 @@
+"""`cnn tune`: search paths checked up front, trials as runs, failures, pruning, best.yaml."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cnncli.cli import app
+
+runner = CliRunner()
+
+TINY = """\
+name: tiny
+seed: 7
+deterministic: true
+data:
+  dataset: shapes
+  validation_split: 0.2
+  shapes: {{image_size: 16, train_examples: 240, test_examples: 60, classes: [x, o, square]}}
+model:
+  layers:
+    - {{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}}
+    - {{type: MaxPooling2D, pool_size: 2}}
+    - {{type: Dropout, rate: 0.1}}
+    - {{type: Flatten}}
+    - {{type: Dense, units: 3, activation: softmax}}
+train:
+  epochs: {epochs}
+  batch_size: 32
+  optimizer: {{type: Adam, learning_rate: 0.005}}
+runtime:
+  precision: float32
+search:
+  trials: {trials}
+  sampler: {sampler}
+  params:
+{params}
+"""
+
+
+def tiny_sweep(tmp_path: Path, params: str, trials: int = 2, epochs: int = 1, sampler: str = "random") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.format(params=params, trials=trials, epochs=epochs, sampler=sampler))
+    return path
+
+
+def read_trials(sweep: Path) -> list[dict]:
+    with open(sweep / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_typo_in_a_search_path_is_an_error_with_its_line_before_anything_runs(tmp_path):
+    config = tiny_sweep(tmp_path, "    train.optimzer.learning_rate: {loguniform: [0.001, 0.01]}")
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    line = config.read_text().splitlines().index("    train.optimzer.learning_rate: {loguniform: [0.001, 0.01]}") + 1
+    assert result.stderr.startswith(f"Error: {config}:{line}: search.params.train.optimzer.learning_rate: "
+                                    "unknown key `optimzer` (did you mean `optimizer`?)")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("path, fragment", [
+    ("model.layers[9].filters", "`model.layers` has 5 item(s); there is no [9]"),
+    ("model.layers.filters", "`model.layers` is a list; index it"),
+    ("train.epochs.value", "`train.epochs` is a single value, not a mapping"),
+    ("data.shapes.noize", "unknown key `noize` (did you mean `noise`?)"),
+])
+def test_search_paths_name_values_of_the_config(tmp_path, path, fragment):
+    config = tiny_sweep(tmp_path, f"    {path}: {{choice: [1, 2]}}")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert f"search.params.{path}: {fragment}" in result.stderr
+
+
+@pytest.mark.parametrize("distribution, fragment", [
+    ("{loguniform: [0, 0.1]}", "loguniform bounds must be positive, got [0.0, 0.1]"),
+    ("{uniform: [0.5, 0.1]}", "the low bound must be below the high one, got [0.5, 0.1]"),
+    ("{int: [1, 4], step: 0.5}", "an `int` step is a whole number, got 0.5"),
+    ("{choice: [0.1, 0.2], step: 2}", "`step` goes with `int` or `uniform`"),
+    ("{uniform: [0, 1], int: [0, 1]}", "give exactly one of"),
+])
+def test_distributions_are_checked(tmp_path, distribution, fragment):
+    config = tiny_sweep(tmp_path, f"    model.layers[2].rate: {distribution}")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert f"search.params.model.layers[2].rate: {fragment}" in result.stderr
+
+
+def test_the_grid_sampler_needs_choices_or_ints(tmp_path):
+    config = tiny_sweep(tmp_path, "    model.layers[2].rate: {uniform: [0, 0.5]}", sampler="grid")
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert "search.params.model.layers[2].rate: the grid sampler needs `choice` or `int` values" in result.stderr
+
+
+def test_train_trains_the_config_as_written_and_says_tune_uses_search(tmp_path):
+    config = tiny_sweep(tmp_path, "    model.layers[0].filters: {int: [2, 8], step: 2}")
+    result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("`cnn tune` uses the `search:` section") == 1
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["layers"][0]["filters"] == 4
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory):
+    """Three grid trials of kernel sizes; 40 does not fit a 16-pixel image, so the builder rejects it."""
+    tmp = tmp_path_factory.mktemp("grid")
+    config = tiny_sweep(tmp, "    model.layers[0].kernel_size: {choice: [3, 5, 40]}", trials=3, sampler="grid")
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp / "sweep"), "--json"])
+    return tmp, config, result
+
+
+def test_a_rejected_trial_fails_with_its_message_and_the_sweep_completes(grid_sweep):
+    tmp, _, result = grid_sweep
+    assert result.exit_code == 0, result.output
+    trials = read_trials(tmp / "sweep")
+    assert list(trials[0])[:5] == ["number", "state", "model.layers[0].kernel_size", "value", "seconds"]
+    rows = {r["model.layers[0].kernel_size"]: r for r in trials}
+    assert sorted(rows) == ["3", "40", "5"]
+    assert rows["40"]["state"] == "FAIL"
+    assert "model.layers[0]" in rows["40"]["message"]
+    assert [rows[k]["state"] for k in ("3", "5")] == ["COMPLETE", "COMPLETE"]
+    report = json.loads(result.stdout)
+    assert [t["state"] for t in report["trials"]].count("COMPLETE") == 2
+
+
+def test_sweep_directory_holds_runs_and_pictures(grid_sweep):
+    tmp, _, _ = grid_sweep
+    sweep = tmp / "sweep"
+    for row in read_trials(sweep):
+        if row["state"] == "COMPLETE":
+            run = sweep / row["run_dir"]
+            assert run.name == f"{int(row['number']):04d}"
+            assert json.loads((run / "run.json").read_text())["status"] == "complete"
+            assert (run / "model.keras").exists()
+    for name in ("study.db", "best.yaml", "optimization_history.png", "param_importances.png",
+                 "parallel_coordinate.png"):
+        assert (sweep / name).stat().st_size > 0, name
+    assert not list(sweep.glob(".*.tmp-*"))
+
+
+def test_best_yaml_reproduces_the_best_trials_validation_metric(grid_sweep):
+    tmp, _, result = grid_sweep
+    best = json.loads(result.stdout)["best"]
+    assert "search" not in yaml.safe_load((tmp / "sweep" / "best.yaml").read_text())
+    again = runner.invoke(app, ["train", str(tmp / "sweep" / "best.yaml"), "--output", str(tmp / "again"), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["metrics"]["val"]["accuracy"] == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_compare_reads_a_sweep_as_its_trials(grid_sweep):
+    tmp, _, _ = grid_sweep
+    result = runner.invoke(app, ["compare", str(tmp / "sweep"), "--output", str(tmp / "c.png"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(report["runs"]) == 2  # the rejected trial left no run directory
+    assert list(report["differences"]) == ["model.layers[0].kernel_size"]
+
+
+def test_a_pruned_trial_stops_at_that_epoch_and_is_marked_pruned(tmp_path):
+    import optuna
+
+    from cnncli.tune.study import next_trial
+    from cnncli.tune.sweep import TuneOptions, open_sweep, run_trial
+
+    config = tiny_sweep(tmp_path, "    model.layers[0].filters: {choice: [4]}", trials=1, epochs=3)
+    sweep = open_sweep(TuneOptions(config=config, output=tmp_path / "sweep"))
+    sweep.study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # accuracy is never 2: prune at once
+    outcome = run_trial(sweep, next_trial(sweep))
+    assert outcome.state == "PRUNED"
+    run = tmp_path / "sweep" / "trials" / "0000"
+    assert json.loads((run / "run.json").read_text())["status"] == "pruned"
+    assert len((run / "history.csv").read_text().splitlines()) == 2  # header and epoch 1
+    assert sweep.study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert next_trial(sweep) is None  # the pruned trial counts towards the requested one
+
+
+def test_a_config_without_search_is_refused(tmp_path):
+    config = tmp_path / "plain.yaml"
+    config.write_text(TINY.split("search:")[0].format(epochs=1))
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    assert "has no `search:` section" in result.stderr
+
+
+def test_the_trial_table_grows_as_trials_finish():
+    import io
+
+    from rich.console import Console
+
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.sweep import TrialOutcome
+
+    buf = io.StringIO()
+    with SweepDisplay(Console(file=buf, force_terminal=True, width=120), live=True) as display:
+        display.trial(TrialOutcome(0, "COMPLETE", 0.75, {"train.epochs": 2}, 3.0, metric="val_accuracy"))
+        display.trial(TrialOutcome(1, "FAIL", None, {"train.epochs": 3}, 1.0, "kernel too large", None,
+                                   "val_accuracy"))
+    text = buf.getvalue()
+    assert "val_accuracy" in text and "0.7500" in text and "kernel too large" in text
+    assert len(display.rows) == 2
+
+
+def test_plain_lines_when_not_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.sweep import TrialOutcome
+
+    buf = io.StringIO()
+    with SweepDisplay(Console(file=buf, width=200), live=False) as display:
+        display.trial(TrialOutcome(4, "PRUNED", 0.5, {"model.layers[0].filters": 8}, 2.0, "pruned after epoch 1",
+                                   None, "val_accuracy"))
+    assert buf.getvalue() == ("trial    4  PRUNED    val_accuracy 0.5000  2.0s  model.layers[0].filters=8  "
+                              "(pruned after epoch 1)\n")
+
+
+def test_ctrl_c_fails_the_trial_uncounted_retries_it_with_the_same_values_and_says_how_to_continue(
+        tmp_path, monkeypatch):
+    import optuna
+
+    import cnncli.train.job
+    from cnncli.errors import Interrupted
+
+    def interrupted(opts, reporter):
+        raise Interrupted("stopped")
+
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}", trials=1)
+    sweep = tmp_path / "sweep"
+    with monkeypatch.context() as m:
+        m.setattr(cnncli.train.job, "run_training", interrupted)
+        result = runner.invoke(app, ["tune", str(config), "--output", str(sweep)])
+    assert result.exit_code == 130
+    assert f"cnn tune {config} --output {sweep}" in result.stderr
+    result = runner.invoke(app, ["tune", str(config), "--output", str(sweep), "--json"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{sweep / 'study.db'}")
+    first, retry = study.trials
+    assert (first.state.name, retry.state.name) == ("FAIL", "COMPLETE")
+    assert retry.params == first.params and retry.user_attrs["retry_of"] == 0
+    assert [t["state"] for t in json.loads(result.stdout)["trials"]] == ["FAIL", "COMPLETE"]
