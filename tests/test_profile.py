@@ -65,3 +65,27 @@ def test_input_ops_are_the_loops_gather_and_the_iterators():
     assert is_input_op("while/body/_1/while/Cast", "Cast")
     assert is_input_op("IteratorGetNext", "IteratorGetNext")
     assert not is_input_op("while/body/_1/while/sequential/conv2d/Cast", "Cast")  # inside a layer
+
+
+def test_profile_of_a_streamed_split(tmp_path):
+    """Batches from tf.data (data.cache none) instead of the resident split: the trace and table still come."""
+    from helpers import write_shapes_folder
+
+    folder = write_shapes_folder(tmp_path / "images", seed=3, train=240, test=30)
+    config = tmp_path / "stream.yaml"
+    config.write_text(f"""name: stream
+seed: 1
+data: {{dataset: image_folder, path: {folder}, cache: none, validation_split: 0, color_mode: grayscale}}
+model:
+  layers:
+    - {{type: Conv2D, filters: 8, kernel_size: 3, activation: relu}}
+    - {{type: Flatten}}
+    - {{type: Dense, units: 3, activation: softmax}}
+train: {{epochs: 1, batch_size: 16}}
+""")
+    proc = _cnn("train", str(config), "--profile", "4", "--json", "--output", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    profile = json.loads(proc.stdout)["profile"]
+    assert profile["steps"] == 4
+    assert Path(profile["trace"]).exists()
+    assert profile["top_ops"]
