@@ -179,6 +179,9 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="STEPS",
+                                help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
+                                     "and print the top ops and the share of a step spent waiting for input."),
     report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
                                          help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
@@ -201,7 +204,7 @@ def train(
         reporter = make_reporter(quiet, json_output)
         result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
-                                           smoke=smoke), reporter)
+                                           smoke=smoke, profile=profile), reporter)
         reporter.train_end()
         if tracked is not None:
             result.run["mlflow_run_id"] = log_run(tracked, result.run_dir)
@@ -212,6 +215,11 @@ def train(
             emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,
                        **({"report": str(page)} if page else {})})
             return
+        if result.run.get("profile") and not quiet:
+            from cnncli.train.profile import format_summary
+
+            for line in format_summary(result.run["profile"]):
+                out.print(line, highlight=False, markup=False)
         if page and not quiet:
             out.print(f"report: {page}", markup=False)
         test = result.metrics.get("test")

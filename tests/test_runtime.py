@@ -18,8 +18,9 @@ import pytest
 from cnncli.config import RuntimeConfig
 from cnncli.errors import CnnError
 from cnncli.config import load_config
-from cnncli.train.runtime import (ClusterRole, choose_precision, cluster_role, default_threads, mirrored_devices,
-                                  process_role, setup_runtime, small_model, with_loss_scaling)
+from cnncli.train.runtime import (ClusterRole, choose_precision, choose_threads, cluster_role, default_threads,
+                                  mirrored_devices, model_macs, process_role, read_cpu, setup_runtime, small_model,
+                                  step_macs, with_loss_scaling)
 
 ROOT = Path(__file__).resolve().parent.parent
 AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -90,6 +91,105 @@ def test_small_model_needs_a_known_size():
 ])
 def test_default_threads(cores, small, expected):
     assert default_threads(cores, small) == expected
+
+
+# Recorded /proc/cpuinfo excerpts (first processor; flags trimmed to the ones that matter here).
+EPYC_AVX2 = """processor	: 0
+vendor_id	: AuthenticAMD
+model name	: AMD EPYC 7R32
+flags		: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2 sha_ni
+"""
+SAPPHIRE_RAPIDS = """processor	: 0
+vendor_id	: GenuineIntel
+model name	: Intel(R) Xeon(R) Platinum 8488C
+flags		: fpu sse sse2 sse4_1 sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
+"""
+ICE_LAKE = """model name	: Intel(R) Xeon(R) Platinum 8375C
+flags		: sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, env, isa", [
+    (EPYC_AVX2, {}, "avx2"),
+    (SAPPHIRE_RAPIDS, {}, "amx"),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "avx2"),         # oneDNN capped: its kernels are AVX2's
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "avx512"),
+    (ICE_LAKE, {"ONEDNN_MAX_CPU_ISA": "ALL"}, "avx512"),              # a cap above the CPU changes nothing
+    (ICE_LAKE, {"ONEDNN_MAX_CPU_ISA": "NOT_A_LEVEL"}, "avx512"),
+    ("", {}, "sse4"),
+])
+def test_isa_from_a_recorded_cpu(cpuinfo, env, isa):
+    cpu = read_cpu(cpuinfo, cores=2, environ=env)
+    assert cpu.isa == isa
+    assert cpu.as_json()["cores"] == 2
+
+
+def test_cpu_model_is_read():
+    assert read_cpu(EPYC_AVX2, cores=2, environ={}).model == "AMD EPYC 7R32"
+
+
+def _bench_cfg(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import train_speed
+    finally:
+        sys.path.pop(0)
+    from cnncli.config import Config
+
+    return Config(**train_speed.cnncli_config(name, 2, Path("x.npz"), "auto"))
+
+
+@pytest.mark.parametrize("name, macs", [
+    ("softmax", 7_840),                                      # 784 × 10
+    ("mlp", 101_632),                                        # 784 × 128 + 128 × 10
+    ("cnn", 26 * 26 * 32 * 9 + 13 * 13 * 32 * 128 + 1280),   # valid 3×3 conv, pool, dense
+    ("lenet", 28 * 28 * 32 * 25 + 14 * 14 * 64 * 25 * 32 + 3136 * 1024 + 10240),
+])
+def test_multiply_adds_from_the_config_alone(name, macs):
+    cfg = _bench_cfg(name)
+    assert model_macs(cfg) == macs
+    assert step_macs(cfg) == macs * cfg.train.batch_size
+
+
+@pytest.mark.parametrize("config", ["resnet_mini.yaml", "vgg16_transfer.yaml", "inception_mini.yaml"])
+def test_multiply_adds_unknown_for_graphs_and_backbones(config):
+    assert model_macs(load_config(ROOT / "configs" / config, [])) is None
+
+
+@pytest.mark.parametrize("cpuinfo, env, model, expected_precision, expected_threads", [
+    # AVX2 float32: the LeNet-style CNN's step (87 M cycles) splits each op over both cores
+    (EPYC_AVX2, {}, "lenet", "float32", (2, 1)),
+    (EPYC_AVX2, {}, "cnn", "float32", (1, 2)),
+    (EPYC_AVX2, {}, "mlp", "float32", (1, 2)),
+    (SAPPHIRE_RAPIDS, {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "lenet", "float32", (2, 1)),   # as on the EPYC
+    # AMX bfloat16: the same step is ~5 M cycles, too small to split
+    (SAPPHIRE_RAPIDS, {}, "lenet", "mixed_bfloat16", (1, 2)),
+    (SAPPHIRE_RAPIDS, {}, "cnn", "mixed_bfloat16", (1, 2)),
+    (SAPPHIRE_RAPIDS, {}, "softmax", "float32", (1, 2)),   # no convolutions: float32
+])
+def test_auto_decisions_from_a_recorded_cpu(cpuinfo, env, model, expected_precision, expected_threads):
+    cpu = read_cpu(cpuinfo, cores=2, environ=env)
+    cfg = _bench_cfg(model)
+    precision, _ = choose_precision("auto", "cpu", any(s.type == "Conv2D" for s in cfg.model.layers), None,
+                                    cpu.flags, cpu.onednn_cap)
+    assert precision == expected_precision
+    intra, inter, reason = choose_threads(cpu.cores, cpu.isa, precision, step_macs(cfg))
+    assert (intra, inter) == expected_threads
+    assert "M multiply-adds a step" in reason and cpu.isa in reason
+
+
+def test_threads_without_a_known_cost_follow_the_image_size():
+    assert choose_threads(2, "avx2", "float32", None, small=True)[:2] == (1, 2)
+    assert choose_threads(2, "avx2", "float32", None, small=False)[:2] == (2, 2)
+    assert choose_threads(1, "avx2", "float32", 10**12)[:2] == (1, 1)
+    assert choose_threads(16, "avx2", "float32", 10**6)[:2] == (16, 2)   # many cores: not measured
+    assert choose_threads(16, "avx2", "float32", 10**12)[:2] == (16, 1)
+
+
+def test_capped_onednn_gets_float32():
+    precision, reason = choose_precision("auto", "cpu", True, None, read_cpu(SAPPHIRE_RAPIDS, 2, {}).flags, "AVX2")
+    assert precision == "float32"
+    assert "AVX2" in reason
 
 
 # ---------------------------------------------------------------- TF_CONFIG

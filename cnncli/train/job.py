@@ -40,6 +40,7 @@ class TrainOptions:
     batch_size: int | None = None
     device: str | None = None
     smoke: bool = False
+    profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
     run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
     on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
 
@@ -109,13 +110,15 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
          held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
-    from cnncli.train.runtime import check_global_batch, setup_runtime, small_model
+    from cnncli.train.runtime import check_global_batch, setup_runtime, small_model, step_macs
 
-    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg))
+    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
+    reporter.message(f"threads {runtime.threads['intra_op']} per op, {runtime.threads['inter_op']} ops at once: "
+                     f"{runtime.threads['reason']}")
     check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
     if resume_dir is None:
         from cnncli.builder import check_model
@@ -158,6 +161,10 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     session = None
     try:
         session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
+        if opts.profile and runtime.is_chief:
+            from cnncli.train.profile import StepProfile
+
+            session.profile = StepProfile(opts.profile, run_dir / "logs")
         session.train(state)
         result = session.finish()
         if shown is not None:

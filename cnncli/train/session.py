@@ -37,6 +37,8 @@ class StopRun(Exception):
 
 
 class Session:
+    profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
+
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
 
@@ -168,6 +170,8 @@ class Session:
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
                           time_input=not cfg.deterministic)
         trainer.set_data(self.data.x_train, self.data.y_train)
+        if self.profile is not None and not self.profile.summary:
+            self.profile.attach(trainer)
         callbacks = self._callbacks(schedule)
         epochs = 1 if self.smoke else phase.epochs
         record = next((r for r in self.phase_records if r["index"] == phase.index), None)
@@ -376,7 +380,10 @@ class Session:
             self.write_run_json()
         elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
             rundir.save_model(self.model, self.run_dir / "model.keras")
-        return TrainResult(self.run_dir, metrics, {"phases": self.phase_records, "runtime": self.runtime.as_json()})
+        run = {"phases": self.phase_records, "runtime": self.runtime.as_json()}
+        if self.profile is not None:
+            run["profile"] = self.profile.summary
+        return TrainResult(self.run_dir, metrics, run)
 
     def _check_reload(self, metrics: dict) -> None:
         """--smoke: the saved model.keras must load and predict what the trained model does."""
