@@ -11,19 +11,18 @@ earlier checkpoint, which `--resume` restores; the epoch order is a function of
 from __future__ import annotations
 
 import importlib.util
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cnncli import __version__, compat, faults, fileio, rundir
+from cnncli import faults, fileio, rundir
 from cnncli.errors import CnnError, DataError
 from cnncli.train import carry
+from cnncli.train.ending import RunEnding
 from cnncli.train.loop import NonFiniteLoss, Trainer
-from cnncli.train.runtime import WORKER_DIR_ENV, with_loss_scaling
+from cnncli.train.runinfo import RunRecord
+from cnncli.train.runtime import with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.schedules import EpochSchedule
 
@@ -36,7 +35,10 @@ class StopRun(Exception):
         self.status = status
 
 
-class Session:
+class Session(RunRecord, RunEnding):
+    """Builds the model and trains its phases epoch by epoch; run.json (runinfo.py) and the end of the run
+    (ending.py: test metrics, model.keras, plots) are its other two roles."""
+
     profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
@@ -86,30 +88,6 @@ class Session:
             from cnncli.builder import check_classes
 
             check_classes(self.cfg, outputs, self.data.num_classes, self.data.source)
-
-    def write_run_json(self) -> None:
-        import keras
-        import tensorflow as tf
-
-        trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-        fileio.write_json(self.run_dir / "run.json", {
-            "name": self.cfg.name, "status": self.status, "started": self.started,
-            "command": sys.argv, "seed": self.cfg.seed,
-            "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                         "python": platform.python_version(), "numpy": np.__version__},
-            "host": platform.node(), "runtime": self.runtime.as_json(),
-            "data": {"source": self.data.source, "train": len(self.data.x_train), "val": len(self.data.x_val),
-                     "test": len(self.data.x_test), **_stream_record(self.data)},
-            "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
-            "total_params": int(self.model.count_params()), "trainable_params": trainable,
-            "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
-            "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
-        })
-
-    def mark(self, status: str) -> None:
-        self.status = status
-        if self.runtime.is_chief:
-            self.write_run_json()
 
     # ------------------------------------------------------------------ training
     def train(self, state: dict | None) -> None:
@@ -349,67 +327,6 @@ class Session:
                        f"(learning rate {lr:.3g}); training stopped and {last}. "
                        f"Try a lower learning rate, e.g. {lower}: {how}")
 
-    # ------------------------------------------------------------------ the end
-    def finish(self):
-        from cnncli.evaluate import classification_report
-        from cnncli.train.result import TrainResult
-
-        faults.point("training_done")
-        if self.cfg.train.checkpoint.save_best_only and (self.run_dir / "checkpoints" / "best.keras").exists():
-            import keras
-
-            best = keras.models.load_model(self.run_dir / "checkpoints" / "best.keras", compile=False)
-            self.model.set_weights(best.get_weights())
-        metrics: dict = {}
-        if self.history and any(k.startswith("val_") for k in self.history[-1]):
-            metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
-        if len(self.data.x_test):
-            from cnncli.data.pipeline import predict_split
-
-            probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
-            metrics["test"] = classification_report(labels, probs, self.data.class_names)
-        if self.runtime.is_chief:
-            rundir.save_model(self.model, self.run_dir / "model.keras")
-            faults.point("model_saved")
-            if self.smoke:
-                self._check_reload(metrics)
-            fileio.write_json(self.run_dir / "metrics.json", metrics)
-            faults.point("metrics_written")
-            self._plots(metrics)
-            self.status = "complete"
-            self.write_run_json()
-        elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
-            rundir.save_model(self.model, self.run_dir / "model.keras")
-        run = {"phases": self.phase_records, "runtime": self.runtime.as_json()}
-        if self.profile is not None:
-            run["profile"] = self.profile.summary
-        return TrainResult(self.run_dir, metrics, run)
-
-    def _check_reload(self, metrics: dict) -> None:
-        """--smoke: the saved model.keras must load and predict what the trained model does."""
-        import keras
-
-        import cnncli.preprocessing  # noqa: F401  registers the custom layer
-
-        from cnncli.data.pipeline import head
-
-        x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
-        reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
-        diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
-        if not diff <= 1e-5:
-            raise CnnError(f"smoke check: model.keras reloaded with different predictions (max difference {diff:.3g})")
-        metrics["smoke"] = {"reload_max_abs_diff": diff}
-
-    def _plots(self, metrics: dict) -> None:
-        from cnncli.plots import plot_confusion_matrix, plot_curves
-
-        if self.history:
-            with fileio.writing(self.run_dir / "curves.png"):
-                plot_curves(self.history, self.run_dir / "curves.png")
-        if "test" in metrics:
-            with fileio.writing(self.run_dir / "confusion_matrix.png"):
-                plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
-                                      self.run_dir / "confusion_matrix.png")
 
 
 def _current_lr(optimizer) -> float:
@@ -425,27 +342,7 @@ def _seed_for(spec, seed: int) -> dict:
     return {"seed": seed} if takes_seed and "seed" not in spec.args else {}
 
 
-def _stream_record(data) -> dict:
-    """How the data was fed (resident or streamed, and why), files skipped and read, for run.json."""
-    from cnncli.data.pipeline import files_opened, skipped
-
-    if not data.cache:
-        return {}
-    record = {"cache": data.cache}
-    splits = (data.x_train, data.x_val, data.x_test)
-    if data.cache["mode"] != "memory":
-        record["skipped"] = skipped(*splits)
-        record["files_opened"] = files_opened(data.x_train)  # this worker's share, under several workers
-    return record
-
-
 def _live(reporter) -> bool:
     from cnncli.train.progress import RichReporter
 
     return isinstance(reporter, RichReporter)
-
-
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    from cnncli.batches import keras_predict
-
-    return keras_predict(model, x)

@@ -1,0 +1,85 @@
+"""The end of a training run: best weights back, test metrics, model.keras, metrics.json and plots.
+
+Only the chief writes; another worker keeps its model only under $CNNCLI_WORKER_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from cnncli import faults, fileio, rundir
+from cnncli.errors import CnnError
+from cnncli.train.runtime import WORKER_DIR_ENV
+
+
+class RunEnding:
+    """The part of a Session that finishes a trained run (it reads the session's model, data and history)."""
+
+    def finish(self):
+        from cnncli.evaluate import classification_report
+        from cnncli.train.result import TrainResult
+
+        faults.point("training_done")
+        if self.cfg.train.checkpoint.save_best_only and (self.run_dir / "checkpoints" / "best.keras").exists():
+            import keras
+
+            best = keras.models.load_model(self.run_dir / "checkpoints" / "best.keras", compile=False)
+            self.model.set_weights(best.get_weights())
+        metrics: dict = {}
+        if self.history and any(k.startswith("val_") for k in self.history[-1]):
+            metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
+        if len(self.data.x_test):
+            from cnncli.data.pipeline import predict_split
+
+            probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
+            metrics["test"] = classification_report(labels, probs, self.data.class_names)
+        if self.runtime.is_chief:
+            rundir.save_model(self.model, self.run_dir / "model.keras")
+            faults.point("model_saved")
+            if self.smoke:
+                self._check_reload(metrics)
+            fileio.write_json(self.run_dir / "metrics.json", metrics)
+            faults.point("metrics_written")
+            self._plots(metrics)
+            self.status = "complete"
+            self.write_run_json()
+        elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
+            rundir.save_model(self.model, self.run_dir / "model.keras")
+        run = {"phases": self.phase_records, "runtime": self.runtime.as_json()}
+        if self.profile is not None:
+            run["profile"] = self.profile.summary
+        return TrainResult(self.run_dir, metrics, run)
+
+    def _check_reload(self, metrics: dict) -> None:
+        """--smoke: the saved model.keras must load and predict what the trained model does."""
+        import keras
+
+        import cnncli.preprocessing  # noqa: F401  registers the custom layer
+
+        from cnncli.data.pipeline import head
+
+        x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
+        reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
+        diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
+        if not diff <= 1e-5:
+            raise CnnError(f"smoke check: model.keras reloaded with different predictions (max difference {diff:.3g})")
+        metrics["smoke"] = {"reload_max_abs_diff": diff}
+
+    def _plots(self, metrics: dict) -> None:
+        from cnncli.plots import plot_confusion_matrix, plot_curves
+
+        if self.history:
+            with fileio.writing(self.run_dir / "curves.png"):
+                plot_curves(self.history, self.run_dir / "curves.png")
+        if "test" in metrics:
+            with fileio.writing(self.run_dir / "confusion_matrix.png"):
+                plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
+                                      self.run_dir / "confusion_matrix.png")
+
+
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    from cnncli.batches import keras_predict
+
+    return keras_predict(model, x)

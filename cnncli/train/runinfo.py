@@ -1,0 +1,56 @@
+"""run.json of a run in progress: what ran, on what, with which data, and how far it got.
+
+Written when the run starts, at every committed epoch and at the end; `status`
+says which (running, complete, interrupted, pruned, ...).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+
+import numpy as np
+
+from cnncli import __version__, compat, fileio
+
+
+class RunRecord:
+    """The part of a Session that keeps run.json (it reads the session's cfg, model, data and records)."""
+
+    def write_run_json(self) -> None:
+        import keras
+        import tensorflow as tf
+
+        trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
+        fileio.write_json(self.run_dir / "run.json", {
+            "name": self.cfg.name, "status": self.status, "started": self.started,
+            "command": sys.argv, "seed": self.cfg.seed,
+            "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                         "python": platform.python_version(), "numpy": np.__version__},
+            "host": platform.node(), "runtime": self.runtime.as_json(),
+            "data": {"source": self.data.source, "train": len(self.data.x_train), "val": len(self.data.x_val),
+                     "test": len(self.data.x_test), **_stream_record(self.data)},
+            "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
+            "total_params": int(self.model.count_params()), "trainable_params": trainable,
+            "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
+            "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
+        })
+
+    def mark(self, status: str) -> None:
+        self.status = status
+        if self.runtime.is_chief:
+            self.write_run_json()
+
+
+def _stream_record(data) -> dict:
+    """How the data was fed (resident or streamed, and why), files skipped and read, for run.json."""
+    from cnncli.data.pipeline import files_opened, skipped
+
+    if not data.cache:
+        return {}
+    record = {"cache": data.cache}
+    splits = (data.x_train, data.x_val, data.x_test)
+    if data.cache["mode"] != "memory":
+        record["skipped"] = skipped(*splits)
+        record["files_opened"] = files_opened(data.x_train)  # this worker's share, under several workers
+    return record
