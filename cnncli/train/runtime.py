@@ -379,7 +379,10 @@ def model_macs(cfg) -> int | None:
 
 def step_macs(cfg) -> int | None:
     """Forward multiply-adds of one replica's training step, from the config (None: not known)."""
-    macs = model_macs(cfg)
+    try:
+        macs = model_macs(cfg)
+    except (TypeError, ValueError, ArithmeticError):  # values validation refuses next, with their lines
+        macs = None
     if macs is None:
         return None
     return macs * max(1, cfg.train.batch_size // (cfg.runtime.cpu_devices or 1))
