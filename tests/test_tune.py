@@ -247,3 +247,42 @@ def test_ctrl_c_fails_the_trial_uncounted_retries_it_with_the_same_values_and_sa
     assert (first.state.name, retry.state.name) == ("FAIL", "COMPLETE")
     assert retry.params == first.params and retry.user_attrs["retry_of"] == 0
     assert [t["state"] for t in json.loads(result.stdout)["trials"]] == ["FAIL", "COMPLETE"]
+
+
+def test_the_hyperband_pruner_runs_a_sweep_to_its_trial_count(tmp_path):
+    import optuna
+
+    from cnncli.tune.sweep import TuneOptions, open_sweep
+
+    params = "    train.optimizer.learning_rate: {loguniform: [0.0001, 0.05]}"
+    config = tiny_sweep(tmp_path, params, trials=4, epochs=3)
+    config.write_text(config.read_text().replace("  sampler: random", "  sampler: random\n  pruner: hyperband"))
+    pruner = open_sweep(TuneOptions(config=config, output=tmp_path / "probe")).study.pruner
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource) == (1, 3)  # one epoch up to train.epochs
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep"), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = read_trials(tmp_path / "sweep")
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3]
+    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
+    for row in rows:
+        history = (tmp_path / "sweep" / row["run_dir"] / "history.csv").read_text().splitlines()[1:]
+        assert len(history) == int(row["epochs"]) == (3 if row["state"] == "COMPLETE" else len(history))
+
+
+def test_a_trial_asked_for_beyond_the_count_by_another_machine_is_ended_unrun(tmp_path):
+    from optuna.trial import TrialState
+
+    from cnncli.tune.report import trial_rows
+    from cnncli.tune.study import _surplus, counted, next_trial
+    from cnncli.tune.sweep import TuneOptions, open_sweep
+
+    config = tiny_sweep(tmp_path, "    model.layers[0].filters: {choice: [4]}", trials=1)
+    sweep = open_sweep(TuneOptions(config=config, output=tmp_path / "sweep"))
+    first, second = sweep.study.ask(), sweep.study.ask()  # two machines asked at the same moment
+    assert not _surplus(sweep, first)
+    assert _surplus(sweep, second)
+    ended = sweep.study.trials[second.number]
+    assert ended.state == TrialState.FAIL and not counted(ended)
+    assert trial_rows(sweep)[1]["message"] == "not run: the study already had its 1 trials"
+    assert next_trial(sweep) is None  # the first still runs: nothing more to ask for

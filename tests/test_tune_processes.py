@@ -120,3 +120,28 @@ def test_two_processes_on_one_sweep_run_each_trial_once(tmp_path):
     assert runs == ["0000", "0001", "0002", "0003"]
     lines = [line for text in (out, here.stdout) for line in text.splitlines() if line.startswith("trial ")]
     assert sorted(int(line.split()[1]) for line in lines) == [0, 1, 2, 3]  # each trial run by one process
+
+
+def test_processes_with_their_own_sweep_directories_share_a_study_through_its_storage(tmp_path):
+    """As on two machines: each its own --output, one --storage URL (SQLite here; PostgreSQL across machines)."""
+    import optuna
+
+    (tmp_path / "tiny.yaml").write_text(CONFIG)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    common = ("tiny.yaml", "--trials", "4", "--storage", storage, "--study", "shared")
+    other = Tune(*common, "--output", "b", cwd=tmp_path)
+    here = in_process(*common, "--output", "a", cwd=tmp_path)
+    code, _, err = other.wait()
+    assert code == 0, err
+    assert here.exit_code == 0, here.output
+    study = optuna.load_study(study_name="shared", storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert [t.number for t in done] == [0, 1, 2, 3]
+    assert all(t.state.name == "COMPLETE" or "surplus" in t.user_attrs for t in study.trials)
+    ran = {side: sorted(p.name for p in (tmp_path / side / "trials").iterdir()) for side in ("a", "b")}
+    assert not set(ran["a"]) & set(ran["b"])  # each trial ran in one process
+    assert sorted(ran["a"] + ran["b"]) == ["0000", "0001", "0002", "0003"]
+    again = in_process(*common, "--output", "a", cwd=tmp_path)  # the study is full: only the reports
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "a" / "best.yaml").read_text() == study.best_trial.user_attrs["config"]
+    assert len(study.trials) == len(optuna.load_study(study_name="shared", storage=storage).trials)

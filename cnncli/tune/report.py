@@ -18,7 +18,8 @@ PICTURES = {  # file name -> Optuna's matplotlib function, and what it needs to 
 
 def trial_rows(sweep) -> list[dict]:
     """One row per trial: number, state, the parameters (one column per searched path), the metric's value,
-    seconds (wall), training seconds (steps only), epochs, run directory, message."""
+    seconds (wall), training seconds (steps only), epochs, run directory (under the sweep directory of the
+    machine named in host), message."""
     rows = []
     names = list(sweep.cfg.search.params)
     for t in sweep.study.get_trials(deepcopy=False):
@@ -30,10 +31,13 @@ def trial_rows(sweep) -> list[dict]:
             message = (message + "; " if message else "") + f"retry of trial {t.user_attrs['retry_of']}"
         value = t.value if t.value is not None else (
             t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        if "surplus" in t.user_attrs:
+            message = f"not run: the study already had its {t.user_attrs['surplus']} trials"
         row = {"number": t.number, "state": state, **{k: t.params.get(k) for k in names}, "value": value,
                "seconds": t.user_attrs.get("seconds"), "train_seconds": t.user_attrs.get("train_seconds"),
                "epochs": max(t.intermediate_values) if t.intermediate_values else 0,
-               "run_dir": t.user_attrs.get("run_dir", ""), "message": message}
+               "run_dir": t.user_attrs.get("run_dir", ""), "host": t.user_attrs.get("host", ""),
+               "message": message}
         rows.append(row)
     return rows
 
@@ -49,8 +53,9 @@ def write_tables(sweep) -> None:
     best = best_trial(sweep)
     if best is not None:
         config = sweep.dir / best.user_attrs["run_dir"] / "config.yaml"
-        if config.exists():
-            fileio.write(sweep.dir / "best.yaml", config.read_text())
+        text = config.read_text() if config.exists() else best.user_attrs.get("config")  # run on another machine
+        if text:
+            fileio.write(sweep.dir / "best.yaml", text)
 
 
 def best_trial(sweep):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import platform
 import threading
 from pathlib import Path
 
@@ -97,8 +98,25 @@ def next_trial(sweep):
         trial = sweep.study.ask()
         sweep.study._storage.record_heartbeat(trial._trial_id)  # from its first moment, as Study.optimize does
         trial.set_user_attr("owner", sweep.owner.name)
+        trial.set_user_attr("host", platform.node())
         trial.set_user_attr("run_dir", f"trials/{trial.number:04d}")
-        return trial
+    if _surplus(sweep, trial):
+        return next_trial(sweep)  # the study is full now: this call finds so and returns None
+    return trial
+
+
+def _surplus(sweep, trial) -> bool:
+    """Processes on other machines count and ask under their own locks, so two may ask for the last trial at
+    once; the later-numbered one is ended at once, marked, and never counted or run."""
+    from optuna.trial import TrialState
+
+    earlier = sum(counted(t) or t.state == TrialState.RUNNING
+                  for t in sweep.study.get_trials(deepcopy=False) if t.number < trial.number)
+    if earlier < sweep.n_trials:
+        return False
+    trial.set_user_attr("surplus", sweep.n_trials)
+    sweep.study.tell(trial, state=TrialState.FAIL)
+    return True
 
 
 class Heartbeat:

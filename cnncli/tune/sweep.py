@@ -166,6 +166,8 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     if state == TrialState.FAIL:
         trial.set_user_attr("error", message)
+    if (run_dir / "config.yaml").exists():  # best.yaml on every machine of a shared study, not only this one's
+        trial.set_user_attr("config", (run_dir / "config.yaml").read_text())
     seconds = time.perf_counter() - t0
     trial.set_user_attr("seconds", round(seconds, 3))
     trial.set_user_attr("train_seconds", _train_seconds(run_dir))
