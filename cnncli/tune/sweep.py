@@ -217,6 +217,26 @@ def shared_data():
         cnncli.data.load = real
 
 
+class _RetracingNote:
+    """Drops TensorFlow's "triggered tf.function retracing" warning: every trial builds a new model and
+    traces its steps afresh, which is what a sweep is meant to do, not the mistake the warning is for."""
+
+    def filter(self, record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _expected_retracing():
+    import logging
+
+    logger, note = logging.getLogger("tensorflow"), _RetracingNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) -> Sweep:
     """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
     from cnncli.tune import report
@@ -232,7 +252,7 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
     started = time.monotonic()
     timeout = sweep.cfg.search.timeout
     try:
-        with shared_data():
+        with shared_data(), _expected_retracing():
             while timeout is None or time.monotonic() - started < timeout:
                 trial = next_trial(sweep)
                 if trial is None:
