@@ -198,18 +198,18 @@ def train(
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         if config is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
-        from cnncli.tracking import log_run, requested_by
+        from cnncli.tracking import LiveRun, requested_by
 
         tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
+        tracker = LiveRun(tracked) if tracked is not None else None
         reporter = make_reporter(quiet, json_output)
         result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
-                                           smoke=smoke, profile=profile), reporter)
+                                           smoke=smoke, profile=profile, tracker=tracker), reporter)
         reporter.train_end()
-        if tracked is not None:
-            result.run["mlflow_run_id"] = log_run(tracked, result.run_dir)
-            reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): "
-                             f"run {result.run['mlflow_run_id']}")
+        if tracker is not None and tracker.run_id is not None:  # the chief's; other workers log nothing
+            result.run["mlflow_run_id"] = tracker.run_id
+            reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): run {tracker.run_id}")
         page = _write_report(result.run_dir) if report else None
         if json_output:
             emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,

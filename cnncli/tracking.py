@@ -1,8 +1,8 @@
-"""Experiment tracking: a finished run directory logged to MLflow (optional extra `cnncli[mlflow]`).
+"""Experiment tracking: a training run logged to MLflow as it trains (optional extra `cnncli[mlflow]`).
 
 MLflow's Keras autolog hooks `model.fit`, which cnncli's loop does not use, so
-the run is logged from its own files: the resolved config flattened into
-params, every history.csv row as metrics at step = epoch, the pictures,
+the run logs itself (LiveRun): the resolved config flattened into params, each
+committed history row as metrics at step = epoch, then the pictures,
 metrics.json and model.keras as artefacts, and a tag naming the run directory.
 A sweep logs a parent run per study and each trial as its child.
 """
@@ -104,40 +104,74 @@ def flatten(data, prefix: str = "") -> dict[str, str]:
     return {prefix: str(data)[:6000]}
 
 
-def log_run(where: tuple[str, str], run_dir: Path, parent: str | None = None, tags: dict | None = None) -> str:
-    """Log one run directory as an MLflow run; returns its MLflow run id."""
-    mlflow = client(where[0])
-    with mlflow_errors(where[0]):
-        return _log_run(mlflow, where, Path(run_dir), parent, tags)
+class LiveRun:
+    """An MLflow run kept in step with a training run (only the chief's; other workers keep nothing).
+
+    `start` creates it with the resolved config as params and the run directory as
+    a tag (a resumed run continues the MLflow run its run.json names); `epoch` logs
+    each history row as it is committed, so curves grow while the run trains; `end`
+    logs any rows the live calls missed (a killed process, an unreachable server),
+    the pictures, metrics.json and model.keras, and the final status. A live call
+    that fails does not stop training: `end` makes the run whole, or says why not.
+    """
+
+    def __init__(self, where: tuple[str, str], parent: str | None = None, tags: dict | None = None):
+        self.where, self.parent, self.tags = where, parent, dict(tags or {})
+        self.run_id: str | None = None
+        self.mlflow = client(where[0])
+
+    def record(self) -> dict:
+        """What run.json keeps, so that --resume continues the same MLflow run."""
+        return {"mlflow": {"uri": self.where[0], "experiment": self.where[1], "run_id": self.run_id}}
+
+    def start(self, run_dir: Path, previous: dict | None = None) -> None:
+        from mlflow.entities import Param
+
+        run_dir = Path(run_dir)
+        earlier = (previous or {}).get("mlflow") or {}
+        with mlflow_errors(self.where[0]):
+            if earlier.get("uri") == self.where[0] and earlier.get("run_id"):
+                self.run_id = earlier["run_id"]
+                self.mlflow.update_run(self.run_id, status="RUNNING")
+                return
+            tags = {"cnncli.run_dir": str(run_dir.resolve()), **self.tags}
+            if self.parent:
+                tags["mlflow.parentRunId"] = self.parent
+            name = run_dir.name if self.parent else f"{run_dir.parent.name}/{run_dir.name}"
+            run = self.mlflow.create_run(experiment_id(self.mlflow, self.where[1]), run_name=name, tags=tags)
+            self.run_id = run.info.run_id
+            config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            params = [Param(param_key(k), v) for k, v in flatten(config).items()]
+            for i in range(0, len(params), BATCH):
+                self.mlflow.log_batch(self.run_id, params=params[i:i + BATCH])
+
+    def epoch(self, row: dict) -> None:
+        with contextlib.suppress(Exception):  # end() logs what a failed call missed
+            self.mlflow.log_batch(self.run_id, metrics=_metrics([row]))
+
+    def end(self, run_dir: Path, status: str) -> None:
+        run_dir = Path(run_dir)
+        with mlflow_errors(self.where[0]):
+            history = rundir.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
+            logged = {key: {m.step for m in self.mlflow.get_metric_history(self.run_id, key)}
+                      for key in {k for row in history for k in row if k not in NOT_METRICS}}
+            missing = [m for m in _metrics(history) if m.step not in logged.get(m.key, ())]
+            for i in range(0, len(missing), 10 * BATCH):
+                self.mlflow.log_batch(self.run_id, metrics=missing[i:i + 10 * BATCH])
+            for path in sorted(run_dir.glob("*.png")) + [run_dir / "metrics.json", run_dir / "model.keras"]:
+                if path.exists():
+                    self.mlflow.log_artifact(self.run_id, str(path))
+            self.mlflow.set_tag(self.run_id, "cnncli.status", status)
+            self.mlflow.set_terminated(self.run_id, STATUS.get(status, "FAILED"))
 
 
-def _log_run(mlflow, where: tuple[str, str], run_dir: Path, parent: str | None, tags: dict | None) -> str:
-    from mlflow.entities import Metric, Param
+def _metrics(rows: list[dict]) -> list:
+    """History rows as MLflow metrics at step = epoch (the numeric columns that are measurements)."""
+    from mlflow.entities import Metric
 
-    run_dir = Path(run_dir)
-    info = rundir.read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
-    all_tags = {"cnncli.run_dir": str(run_dir.resolve()), "cnncli.status": str(info.get("status", "unknown")),
-                **(tags or {})}
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    run = mlflow.create_run(experiment_id(mlflow, where[1]), run_name=run_dir.name if parent else
-                            f"{info.get('name') or run_dir.parent.name}/{run_dir.name}", tags=all_tags)
-    run_id = run.info.run_id
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    params = [Param(param_key(k), v) for k, v in flatten(config or {}).items()]
-    for i in range(0, len(params), BATCH):
-        mlflow.log_batch(run_id, params=params[i:i + BATCH])
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, int(row["epoch"]))
-               for row in rundir.read_history(run_dir / "history.csv")
-               for key, value in row.items() if key not in NOT_METRICS and isinstance(value, (int, float))]
-    for i in range(0, len(metrics), 10 * BATCH):
-        mlflow.log_batch(run_id, metrics=metrics[i:i + 10 * BATCH])
-    for path in sorted(run_dir.glob("*.png")) + [run_dir / "metrics.json", run_dir / "model.keras"]:
-        if path.exists():
-            mlflow.log_artifact(run_id, str(path))
-    mlflow.set_terminated(run_id, STATUS.get(info.get("status"), "FAILED"))
-    return run_id
+    return [Metric(key, float(value), now, int(row["epoch"])) for row in rows
+            for key, value in row.items() if key not in NOT_METRICS and isinstance(value, (int, float))]
 
 
 class SweepTracker:
@@ -161,17 +195,24 @@ class SweepTracker:
                 sweep.study.set_user_attr("mlflow_parent_run", parent)
         return cls(where, parent)
 
-    def log_trial(self, outcome) -> None:
+    def trial_run(self, number: int) -> LiveRun:
+        """The live run a trial's training logs to: a child of the sweep's run."""
+        return LiveRun(self.where, self.parent, {"cnncli.trial": str(number)})
+
+    def log_trial(self, outcome, live: LiveRun) -> None:
+        """The trial's state and message on its child run; a trial rejected before it trained gets a child run
+        of its own with the sampled values and the reason."""
+        from mlflow.entities import Param
+
         tags = {"cnncli.trial": str(outcome.number), "cnncli.trial_state": outcome.state}
         if outcome.message:
             tags["cnncli.message"] = outcome.message[:5000]
-        if outcome.run_dir is not None:
-            log_run(self.where, outcome.run_dir, self.parent, tags)
-            return
-        from mlflow.entities import Param
-
-        mlflow = client(self.where[0])  # rejected before its run directory existed: params and the reason
+        mlflow = live.mlflow
         with mlflow_errors(self.where[0]):
+            if live.run_id is not None:
+                for key, value in tags.items():
+                    mlflow.set_tag(live.run_id, key, value)
+                return
             run = mlflow.create_run(experiment_id(mlflow, self.where[1]), run_name=f"{outcome.number:04d}",
                                     tags={**tags, "mlflow.parentRunId": self.parent})
             mlflow.log_batch(run.info.run_id, params=[Param(param_key(k), str(v)) for k, v in outcome.params.items()])

@@ -88,3 +88,43 @@ def test_without_mlflow_the_error_names_the_extra(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.stderr == "Error: MLflow tracking needs the optional extra: pip install 'cnncli[mlflow]'\n"
     assert not (tmp_path / "runs").exists()  # refused before training
+
+
+def test_metrics_reach_mlflow_as_each_epoch_ends_and_a_resumed_run_continues_its_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cnncli.errors import Interrupted
+    from cnncli.tracking import LiveRun
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import Reporter
+
+    uri = f"file:{tmp_path / 'mlruns'}"
+    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra="deterministic: true\n"))
+    client = MlflowClient(tracking_uri=uri)
+    live = LiveRun((uri, "live"))
+    seen = []
+
+    def watch(row):  # called after the row is committed and logged
+        seen.append(len(client.get_metric_history(live.run_id, "val_loss")))
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C after the second epoch
+
+    with pytest.raises(Interrupted):
+        run_training(TrainOptions(config=tmp_path / "tiny.yaml", output=tmp_path / "runs", on_epoch=watch,
+                                  tracker=live), Reporter())
+    assert seen == [1, 2]  # in MLflow while the run was still training
+    first_id = live.run_id
+    assert client.get_run(first_id).info.status == "KILLED"
+    run_dir = next((tmp_path / "runs").glob("tiny/*"))
+    again = LiveRun((uri, "live"))
+    result = run_training(TrainOptions(resume=run_dir, tracker=again), Reporter())
+    assert again.run_id == first_id  # one MLflow run for one run directory
+    run = client.get_run(first_id)
+    assert run.info.status == "FINISHED" and run.data.tags["cnncli.status"] == "complete"
+    with open(result.run_dir / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 3
+    for key in (k for k in history[0] if k != "epoch"):
+        logged = sorted(client.get_metric_history(first_id, key), key=lambda m: m.step)
+        assert [(m.step, m.value) for m in logged] == [(int(r["epoch"]), float(r[key])) for r in history], key
+    assert json.loads((run_dir / "run.json").read_text())["tracking"]["mlflow"]["run_id"] == first_id

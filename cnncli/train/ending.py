@@ -45,6 +45,8 @@ class RunEnding:
             self._plots(metrics)
             self.status = "complete"
             self.write_run_json()
+            if self.tracker is not None:
+                self.tracker.end(self.run_dir, "complete")
         elif os.environ.get(WORKER_DIR_ENV):  # debugging: keep this worker's model beside its run files
             rundir.save_model(self.model, self.run_dir / "model.keras")
         run = {"phases": self.phase_records, "runtime": self.runtime.as_json()}

@@ -43,6 +43,7 @@ class TrainOptions:
     profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
     run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
     on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
+    tracker: object | None = None  # a tracking.LiveRun: the chief logs the run to MLflow as it trains
 
 
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
@@ -159,8 +160,15 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     from cnncli.train.session import Session
 
     session = None
+    previous = None  # where the interrupted run was logged to MLflow
+    if run_dir == resume_dir and (run_dir / "run.json").exists():
+        previous = rundir.read_json(run_dir / "run.json").get("tracking")
     try:
         session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
+        if opts.tracker is not None and runtime.is_chief:
+            opts.tracker.start(run_dir, previous)  # a resumed run continues the MLflow run it had
+            session.tracker = opts.tracker
+            session.write_run_json()
         if opts.profile and runtime.is_chief:
             from cnncli.train.profile import StepProfile
 
@@ -184,6 +192,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
             session.mark("interrupted")
         raise lost from None
     except Exception:
+        if session is not None:
+            session.end_tracking("failed")
         _discard_unstarted(run_dir, resume_dir)
         raise
 

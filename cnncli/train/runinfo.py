@@ -6,12 +6,14 @@ says which (running, complete, interrupted, pruned, ...).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 
 import numpy as np
 
 from cnncli import __version__, compat, fileio
+from cnncli.errors import CnnError
 
 
 class RunRecord:
@@ -34,12 +36,21 @@ class RunRecord:
             "total_params": int(self.model.count_params()), "trainable_params": trainable,
             "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
             "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
+            **({"tracking": self.tracker.record()} if self.tracker is not None else {}),
         })
 
     def mark(self, status: str) -> None:
         self.status = status
         if self.runtime.is_chief:
             self.write_run_json()
+            self.end_tracking(status)
+
+    def end_tracking(self, status: str) -> None:
+        """A run that stops early (pruned, interrupted, failed) ends its MLflow run too, as far as it can:
+        the error that stopped it is the one to report."""
+        if self.tracker is not None and self.tracker.run_id is not None:
+            with contextlib.suppress(CnnError):
+                self.tracker.end(self.run_dir, status)
 
 
 def _stream_record(data) -> dict:

@@ -40,6 +40,7 @@ class Session(RunRecord, RunEnding):
     (ending.py: test metrics, model.keras, plots) are its other two roles."""
 
     profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
+    tracker = None  # a tracking.LiveRun (the chief's, when the run is logged to MLflow)
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
@@ -203,6 +204,8 @@ class Session(RunRecord, RunEnding):
             callbacks.on_epoch_end(index, dict(row))
             self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
             self.reporter.epoch_end({**row, **timing})
+            if self.tracker is not None:
+                self.tracker.epoch(dict(row))
             if self.on_epoch is not None:
                 try:
                     self.on_epoch(dict(row))

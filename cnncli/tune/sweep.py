@@ -109,8 +109,8 @@ class TrialOutcome:
     metric: str = "value"
 
 
-def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
-    """Train one trial as an ordinary run and tell the study how it ended."""
+def run_trial(sweep: Sweep, trial, reporter=None, tracker=None) -> TrialOutcome:
+    """Train one trial as an ordinary run and tell the study how it ended (`tracker`: its MLflow LiveRun)."""
     from optuna.trial import TrialState
 
     from cnncli.train.job import TrainOptions, run_training
@@ -143,7 +143,7 @@ def run_trial(sweep: Sweep, trial, reporter=None) -> TrialOutcome:
     try:
         with beat:
             result = run_training(TrainOptions(config=sweep.opts.config, overrides=overrides, run_dir=run_dir,
-                                               on_epoch=on_epoch), reporter or Reporter())
+                                               on_epoch=on_epoch, tracker=tracker), reporter or Reporter())
         history = rundir.read_history(result.run_dir / "history.csv")
         value = history[-1].get(sweep.metric) if history else None
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -257,9 +257,10 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
                 trial = next_trial(sweep)
                 if trial is None:
                     break
-                outcome = run_trial(sweep, trial, reporter)
+                live = tracker.trial_run(trial.number) if tracker is not None else None
+                outcome = run_trial(sweep, trial, reporter, live)
                 if tracker is not None:
-                    tracker.log_trial(outcome)
+                    tracker.log_trial(outcome, live)
                 with sweep_lock(sweep.dir):
                     report.write_tables(sweep)
                 if on_trial is not None:
