@@ -286,3 +286,40 @@ def test_a_trial_asked_for_beyond_the_count_by_another_machine_is_ended_unrun(tm
     assert ended.state == TrialState.FAIL and not counted(ended)
     assert trial_rows(sweep)[1]["message"] == "not run: the study already had its 1 trials"
     assert next_trial(sweep) is None  # the first still runs: nothing more to ask for
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("nonsense", "--storage `nonsense` is not a database URL; use one like sqlite:///study.db"),
+    ("postgresql+pg8000://ann:s3cret@localhost/sweeps", "--storage `postgresql+pg8000://ann:***@localhost/sweeps` "
+     "needs the database driver `pg8000`, which is not installed: pip install \"pg8000\""),
+    ("sqlite:////no/such/folder/study.db", "--storage `sqlite:////no/such/folder/study.db`: cannot open the "
+     "database: unable to open database file"),
+])
+def test_a_storage_that_cannot_be_opened_is_one_error_line_and_leaves_no_sweep_directory(tmp_path, url, fragment):
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}")
+    result = runner.invoke(app, ["tune", str(config), "--storage", url, "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {fragment}") and result.stderr.count("\n") == 1
+    assert "s3cret" not in result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_process_that_loses_the_race_to_create_the_tables_opens_them_on_its_next_look(monkeypatch):
+    import optuna
+    import sqlalchemy.exc
+
+    from cnncli.tune import sweep as sweep_module
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, **kwargs):  # another machine created the tables between our look and our CREATE
+        calls.append(url)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
+        return real(url, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(sweep_module.time, "sleep", lambda seconds: None)
+    storage = sweep_module.open_storage("sqlite:///:memory:")
+    assert isinstance(storage, real) and len(calls) == 2
+

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ def open_sweep(opts: TuneOptions) -> Sweep:
                         ("search", "metric"))
     name = opts.study or cfg.name or "sweep"
     sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
+    new_dir = not (sweep_dir / "trials").exists()
     try:
         (sweep_dir / "trials").mkdir(parents=True, exist_ok=True)
         (sweep_dir / ".workers").mkdir(exist_ok=True)
@@ -80,12 +82,12 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     with sweep_lock(sweep_dir):  # table creation and study creation race between processes otherwise
-        storage = optuna.storages.RDBStorage(
-            opts.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}",
-            engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if not opts.storage
-            or opts.storage.startswith("sqlite") else None,
-            heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=retry_once)
+        try:
+            storage = open_storage(opts.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}")
+        except CnnError:
+            if new_dir:  # nothing of a study was written: leave no empty sweep directory behind
+                shutil.rmtree(sweep_dir, ignore_errors=True)
+            raise
         study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                     direction=space.direction(cfg.search),
                                     sampler=space.make_sampler(cfg.search, cfg.seed),
@@ -95,6 +97,51 @@ def open_sweep(opts: TuneOptions) -> Sweep:
                            f"{'that storage' if opts.storage else 'its study.db'} has none); "
                            "choose another --output or the same --study and --storage")
     return Sweep(sweep_dir, cfg, opts, study, opts.trials or cfg.search.trials, cfg.search.metric, owner)
+
+
+DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL",
+           "MySQLdb": "mysqlclient"}  # module SQLAlchemy imports -> the package that provides it
+CREATION_ATTEMPTS = 3
+
+
+def open_storage(url: str):
+    """Optuna's RDBStorage for `url`, or a CnnError naming the URL (password hidden) and what to do."""
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise CnnError(f"--storage `{url}` is not a database URL; use one like sqlite:///study.db or "
+                       "postgresql://user:password@host/database") from None
+    try:
+        return _storage_with_tables(url)
+    except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
+        module = getattr(exc.__cause__, "name", None) or "its database driver"
+        raise CnnError(f"--storage `{shown}` needs the database driver `{module}`, which is not installed: "
+                       f"pip install \"{DRIVERS.get(module, module)}\"") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise CnnError(f"--storage `{shown}`: cannot open the database: "
+                       f"{reason[0] if reason else type(exc).__name__}") from None
+
+
+def _storage_with_tables(url: str):
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(CREATION_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite")
+                else None, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry_once)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Processes on several machines opening a new database at once race to create its tables
+            # (optuna/optuna#1092); the one that lost finds them made when it looks again.
+            if attempt == CREATION_ATTEMPTS - 1:
+                raise
+            time.sleep(1 + attempt)
 
 
 @dataclass
