@@ -323,3 +323,20 @@ def test_a_process_that_loses_the_race_to_create_the_tables_opens_them_on_its_ne
     storage = sweep_module.open_storage("sqlite:///:memory:")
     assert isinstance(storage, real) and len(calls) == 2
 
+
+def test_trials_of_processes_sharing_a_seed_draw_different_values_and_one_process_draws_as_before(tmp_path):
+    from cnncli.tune import space
+    from cnncli.tune.study import next_trial
+    from cnncli.tune.sweep import TuneOptions, open_sweep
+
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.0001, 0.1]}", trials=4)
+    params = open_sweep(TuneOptions(config=config, output=tmp_path / "probe")).cfg.search.params
+
+    def draws(*sweeps):
+        return [space.suggest(next_trial(s), params)["train.optimizer.learning_rate"] for s in sweeps]
+
+    here, there = (open_sweep(TuneOptions(config=config, output=tmp_path / "shared")) for _ in range(2))
+    shared = draws(here, there, here, there)
+    assert len(set(shared)) == 4
+    alone = open_sweep(TuneOptions(config=config, output=tmp_path / "alone"))
+    assert draws(alone, alone, alone, alone) == shared  # trial n is drawn from seed + n, whoever runs it

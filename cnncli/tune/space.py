@@ -55,13 +55,51 @@ def direction(spec: SearchSpec) -> str:
 
 
 def make_sampler(spec: SearchSpec, seed: int | None):
+    """The sampler named in `spec`, seeded afresh for each trial from `seed` and the trial's number."""
     import optuna
 
-    if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(grid(spec.params), seed=seed)
-    if spec.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    def seeded(trial_seed):
+        if spec.sampler == "grid":
+            return optuna.samplers.GridSampler(grid(spec.params), seed=trial_seed)
+        if spec.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=trial_seed)
+        # constant_liar: a trial still running elsewhere counts as a poor one, so no process samples beside it
+        return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=True)
+
+    return _per_trial_seed(optuna)(seeded, seed)
+
+
+def _per_trial_seed(optuna):
+    class PerTrialSeed(optuna.samplers.BaseSampler):
+        """Processes sharing a study each hold a sampler built from the same config seed, and would draw the
+        same values in the same order; trial n is drawn with seed + n instead, so each trial's values differ
+        and one process alone still draws what it drew before. Optuna's samplers read the study's history,
+        not their own state, so a new one per trial loses nothing."""
+
+        def __init__(self, make, seed):
+            self._make, self._seed = make, seed
+            self._inner = make(seed)
+
+        def before_trial(self, study, trial):
+            self._inner = self._make(None if self._seed is None else self._seed + trial.number)
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self._inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self):
+            self._inner.reseed_rng()
+
+    return PerTrialSeed
 
 
 def make_pruner(spec: SearchSpec, epochs: int):
