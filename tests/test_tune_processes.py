@@ -116,25 +116,38 @@ def test_two_processes_on_one_sweep_run_each_trial_once(tmp_path):
     rows = trials(tmp_path / "sweep")
     assert [n for n, _, _ in rows] == [0, 1, 2, 3]
     assert [state for _, state, _ in rows] == ["COMPLETE"] * 4
+    assert len({rate for _, _, rate in rows}) == 4  # the two samplers share a seed, yet draw apart
     runs = sorted(p.name for p in (tmp_path / "sweep" / "trials").iterdir())
     assert runs == ["0000", "0001", "0002", "0003"]
     lines = [line for text in (out, here.stdout) for line in text.splitlines() if line.startswith("trial ")]
     assert sorted(int(line.split()[1]) for line in lines) == [0, 1, 2, 3]  # each trial run by one process
 
 
-def test_processes_with_their_own_sweep_directories_share_a_study_through_its_storage(tmp_path):
-    """As on two machines: each its own --output, one --storage URL (SQLite here; PostgreSQL across machines)."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request, tmp_path):
+    """A shared storage URL: a SQLite file, or the PostgreSQL database that .ci/run starts (its URL in
+    CNNCLI_TEST_POSTGRES, e.g. postgresql://cnn:cnn@localhost/cnn_sweeps; each test its own study)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url = os.environ.get("CNNCLI_TEST_POSTGRES")
+    if not url:
+        pytest.skip("no PostgreSQL server: set CNNCLI_TEST_POSTGRES to a database URL (.ci/run starts one)")
+    return url
+
+
+def test_processes_with_their_own_sweep_directories_share_a_study_through_its_storage(tmp_path, storage):
+    """As on two machines: each its own --output and host name, one --storage URL."""
     import optuna
 
     (tmp_path / "tiny.yaml").write_text(CONFIG)
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    common = ("tiny.yaml", "--trials", "4", "--storage", storage, "--study", "shared")
+    study_name = f"shared-{tmp_path.name}-{os.getpid()}"  # a PostgreSQL database outlives the test
+    common = ("tiny.yaml", "--trials", "4", "--storage", storage, "--study", study_name)
     other = Tune(*common, "--output", "b", cwd=tmp_path)
     here = in_process(*common, "--output", "a", cwd=tmp_path)
     code, _, err = other.wait()
     assert code == 0, err
     assert here.exit_code == 0, here.output
-    study = optuna.load_study(study_name="shared", storage=storage)
+    study = optuna.load_study(study_name=study_name, storage=storage)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert [t.number for t in done] == [0, 1, 2, 3]
     assert all(t.state.name == "COMPLETE" or "surplus" in t.user_attrs for t in study.trials)
@@ -144,4 +157,6 @@ def test_processes_with_their_own_sweep_directories_share_a_study_through_its_st
     again = in_process(*common, "--output", "a", cwd=tmp_path)  # the study is full: only the reports
     assert again.exit_code == 0, again.output
     assert (tmp_path / "a" / "best.yaml").read_text() == study.best_trial.user_attrs["config"]
-    assert len(study.trials) == len(optuna.load_study(study_name="shared", storage=storage).trials)
+    assert len(study.trials) == len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    values = [t.params["train.optimizer.learning_rate"] for t in done]
+    assert len(set(values)) == 4  # both processes hold a sampler with the config's seed, yet draw apart
