@@ -55,12 +55,15 @@ def direction(spec: SearchSpec) -> str:
 
 
 def make_sampler(spec: SearchSpec, seed: int | None):
-    """The sampler named in `spec`, seeded afresh for each trial from `seed` and the trial's number."""
+    """The sampler named in `spec`. Random and TPE are seeded afresh for each trial from `seed` and the
+    trial's number; the grid keeps `seed`, which orders its points the same in every process, and each
+    process takes a point no other has taken."""
     import optuna
 
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(grid(spec.params), seed=seed)
+
     def seeded(trial_seed):
-        if spec.sampler == "grid":
-            return optuna.samplers.GridSampler(grid(spec.params), seed=trial_seed)
         if spec.sampler == "random":
             return optuna.samplers.RandomSampler(seed=trial_seed)
         # constant_liar: a trial still running elsewhere counts as a poor one, so no process samples beside it
