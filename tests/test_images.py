@@ -245,3 +245,17 @@ def test_any_png_reads_the_same_from_bytes_and_in_two_steps(mode, height, width,
     assert np.array_equal(out, images.conform(read_image(data), color_mode, size))
     if mode in ("L", "RGB"):  # nothing to composite: the stored pixels come back
         assert np.array_equal(read_image(data), pixels[..., :natural])
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 40), width=st.integers(1, 40), channels=st.sampled_from([1, 3]),
+       size=st.tuples(st.integers(1, 48), st.integers(1, 48)), mode=st.sampled_from(["grayscale", "rgb"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_a_split_converted_for_training_equals_each_picture_conformed_for_predict(height, width, channels, size,
+                                                                                   mode, seed):
+    from cnncli.data.prepare import convert
+
+    split = np.random.default_rng(seed).integers(0, 256, (3, height, width, channels), dtype=np.uint8)
+    converted = convert(split, *size, 1 if mode == "grayscale" else 3)
+    for picture, trained_on in zip(split, converted):
+        assert np.array_equal(trained_on, images.conform(picture, mode, size))

@@ -9,19 +9,17 @@ picture is treated there exactly as in training.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
+from cnncli import images
 from cnncli.config import DataConfig
 from cnncli.data.base import Dataset, Splits, as_images
 from cnncli.errors import DataError
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
 CHANNELS = {"grayscale": 1, "rgb": 3}
-RESIZE_ELEMENTS = 1 << 23  # pixel values resized at once (~32 MB of float32 per temporary)
 LUMA = (19595, 38470, 7471)  # ITU-R 601-2 weights in 16-bit fixed point, as PIL's convert("L")
 
 
@@ -36,34 +34,16 @@ def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
     return luma.astype(np.uint8)[..., None]
 
 
-@functools.lru_cache(maxsize=32)
-def _weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear resampling weights along one axis, exactly as PIL computes them.
-
-    PIL resizes one image at a time; as a matrix the same filter resizes a
-    whole split in one product (60 000 MNIST images in a fraction of a second).
-    """
-    basis = Image.fromarray(np.eye(n_in, dtype=np.float32))  # mode F; row i: a unit impulse at column i
-    return np.asarray(basis.resize((n_out, n_in), Image.BILINEAR), np.float32).T
-
-
 def resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """uint8 NHWC images to (height, width) = size, bilinear (antialiased when shrinking, like PIL)."""
+    """uint8 NHWC images to (height, width) = size, each through images.resize: a split resized here is
+    pixel for pixel what `cnn predict` makes of the same picture."""
     height, width = int(size[0]), int(size[1])
     if x.shape[1:3] == (height, width):
         return x
-    rows, cols = _weights(x.shape[1], height), _weights(x.shape[2], width)
     out = np.empty((len(x), height, width, x.shape[-1]), np.uint8)
-    step = max(1, RESIZE_ELEMENTS // (max(x.shape[1], height) * max(x.shape[2], width) * x.shape[-1]))
-    for i in range(0, len(x), step):
-        part = rows @ x[i:i + step].astype(np.float32).transpose(0, 3, 1, 2) @ cols.T  # (n, c, height, width)
-        out[i:i + step] = np.clip(np.rint(part), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    for i, image in enumerate(x):
+        out[i] = images.resize(image, (height, width))
     return out
-
-
-def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """One uint8 (H, W, C) image to (height, width) = size."""
-    return resize(image[None], size)[0]
 
 
 def convert(x: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
