@@ -24,16 +24,6 @@ def need_fashion_mnist() -> None:
         pytest.skip(f"{FASHION} is missing (apt-get install dataset-fashion-mnist)")
 
 
-@pytest.fixture(autouse=False)
-def keep_dtype_policy():
-    """In-process `cnn train` may choose a mixed-precision global policy; later tests in the process need theirs."""
-    import keras
-
-    policy = keras.config.dtype_policy()
-    yield
-    keras.config.set_dtype_policy(policy)
-
-
 def write_shapes_folder(root: Path, seed: int, train: int, test: int) -> Path:
     """The shapes dataset (x, o, square; 16×16 grey) as an image folder of PNGs: root/{train,test}/<class>/."""
     from PIL import Image

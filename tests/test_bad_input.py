@@ -14,10 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import keep_dtype_policy  # noqa: F401  (the fixture)
 
 runner = CliRunner()
-pytestmark = pytest.mark.usefixtures("keep_dtype_policy")  # in-process training may change Keras's global policy
 
 TINY = """\
 name: tiny

@@ -24,10 +24,8 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import keep_dtype_policy  # noqa: F401  (the fixture)
 
 runner = CliRunner()
-pytestmark = pytest.mark.usefixtures("keep_dtype_policy")  # in-process training may change Keras's global policy
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                      HealthCheck.data_too_large])
 DEFAULT = settings(max_examples=24, derandomize=True, phases=[Phase.explicit, Phase.generate], **_COMMON)  # no shrinking: each example trains

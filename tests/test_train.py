@@ -188,3 +188,24 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     theirs = keras.models.load_model(ref_dir / "model.keras", compile=False).get_weights()
     for a, b in zip(ours, theirs):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("outcome", ["trained", "stopped by an error"])
+def test_an_in_process_run_hands_back_the_callers_dtype_policy(tmp_path, monkeypatch, request, outcome):
+    import keras
+
+    config = small_config(tmp_path, epochs=1, n=120)
+    before = keras.config.dtype_policy().name
+    args = ["train", str(config), "--set", "runtime.precision=mixed_bfloat16", "--output", str(tmp_path / "runs")]
+    if outcome != "trained":
+        from cnncli import faults
+
+        monkeypatch.setenv("CNNCLI_FAULT", "config_written:enospc")  # the disk fills once the run has begun
+        faults.reset()
+        request.addfinalizer(faults.reset)
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == (0 if outcome == "trained" else 1), result.output
+    if outcome == "trained":
+        run_json = json.loads((Path(json.loads(result.stdout)["run_dir"]) / "run.json").read_text())
+        assert run_json["runtime"]["precision"] == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == before == "float32"

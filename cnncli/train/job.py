@@ -111,8 +111,13 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
          held: contextlib.ExitStack) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
+    import keras
+
     from cnncli.train.runtime import check_global_batch, setup_runtime, small_model, step_macs
 
+    # The run's precision is Keras's global dtype policy while it builds its model; a caller that goes on
+    # in this process (a sweep, a test, a notebook) gets its own policy back, however the run ends.
+    held.callback(keras.config.set_dtype_policy, keras.config.dtype_policy())
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
@@ -130,7 +135,6 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         check_model(cfg)
         if runtime.is_chief:
             rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
-    import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
