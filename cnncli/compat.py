@@ -25,6 +25,9 @@ for, and what happens when a release moves one:
                      heartbeats after runtime.collective_timeout, and the chief telling the other
                      workers its run directory (train/runtime.py). Without it: TensorFlow's own
                      heartbeat timeout, and other workers name no run directory.
+    xplane           tensorflow.tsl.profiler.protobuf.xplane_pb2.XSpace: reads back the trace that
+                     `cnn train --profile` wrote (train/profile.py). Without it: the trace is still
+                     written for TensorBoard, and the top-ops table says it cannot be read here.
 
 `check()` looks for each once per process; run.json records the result and which
 speed-ups a run actually used (`report()`), so a slower run on a newer Keras
@@ -73,6 +76,7 @@ def _probe() -> dict[str, bool]:
         "coordination": _has("tensorflow.python.eager.context", "context")
         and _has("tensorflow.python.distribute.multi_worker_util", "coordination_leader")
         and _has("tensorflow.python.distribute.collective_all_reduce_strategy", "coordination_config_pb2"),
+        "xplane": _has("tensorflow.tsl.profiler.protobuf.xplane_pb2", "XSpace"),
     }
 
 
@@ -124,6 +128,15 @@ def dropout_backend():
     if not usable("fast_dropout"):
         return None
     return importlib.import_module("keras.src.backend.tensorflow.random")
+
+
+def xspace(data: bytes):
+    """A profiler trace (`.xplane.pb`) parsed into TensorFlow's XSpace message, or None."""
+    if not usable("xplane"):
+        return None
+    space = importlib.import_module("tensorflow.tsl.profiler.protobuf.xplane_pb2").XSpace()
+    space.ParseFromString(data)
+    return space
 
 
 def variable_index(optimizer, variable) -> int:

@@ -76,7 +76,7 @@ def _traced_step(optimizer_name: str, **kwargs):
 def test_the_tested_keras_has_every_internal():
     assert compat.check() == {name: True for name in ("fast_dropout", "fused_optimizer", "variable_index",
                                                        "weights_hint", "inbound_nodes", "snake_case",
-                                                       "coordination")}
+                                                       "coordination", "xplane")}
 
 
 @pytest.mark.parametrize("name, kwargs, kernel", [("Adam", {}, "ResourceApplyAdam"),
@@ -252,3 +252,22 @@ def test_one_cache_rule(monkeypatch, tmp_path):
     locked.mkdir()
     monkeypatch.setattr(compat.os, "access", lambda path, mode: str(path) != str(locked))  # as if read-only
     assert str(compat.cache_dir("models", str(locked))) == "/tmp/.keras/models"
+
+
+def test_without_the_xplane_reader_the_profile_keeps_its_trace_and_says_why_there_is_no_table(monkeypatch,
+                                                                                              tmp_path):
+    from cnncli.train.profile import format_summary, summarize
+
+    trace = tmp_path / "host.xplane.pb"
+    trace.write_bytes(b"")
+    monkeypatch.setattr(compat, "_has", lambda module, *names: "xplane" not in module)  # TensorFlow moved it
+    compat.reset()
+    try:
+        summary = summarize(trace, steps=4, seconds=0.5)
+        assert (summary["step_ms"], summary["top_ops"], summary["input_wait_share"]) == (125.0, None, None)
+        assert format_summary(summary) == [
+            f"profile: 4 steps, 125.0 ms a step; trace {trace}",
+            "  (this TensorFlow cannot read its profiler traces back (no tensorflow.tsl xplane_pb2): "
+            "open logs/ in TensorBoard's profile tab)"]
+    finally:
+        compat.reset()

@@ -105,12 +105,14 @@ def latest_trace(logdir: Path) -> Path:
     return traces[-1]
 
 
-def op_times(trace: Path) -> dict[str, dict]:
-    """{op type: {"ms", "count", "input_ms"}} summed over the host's TensorFlow compute threads."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+def op_times(trace: Path) -> dict[str, dict] | None:
+    """{op type: {"ms", "count", "input_ms"}} summed over the host's TensorFlow compute threads; None where
+    this TensorFlow has no reader for its own traces (compat.xspace)."""
+    from cnncli import compat
 
-    space = xplane_pb2.XSpace()
-    space.ParseFromString(Path(trace).read_bytes())
+    space = compat.xspace(Path(trace).read_bytes())
+    if space is None:
+        return None
     ops: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "count": 0, "input_ms": 0.0})
     for plane in space.planes:
         if not plane.name.startswith("/host:"):
@@ -141,8 +143,13 @@ def is_input_op(op_name: str, op_type: str) -> bool:
 
 def summarize(trace: Path, steps: int, seconds: float) -> dict:
     ops = op_times(trace)
-    total = sum(o["ms"] for o in ops.values()) or 1.0
     wall_ms = seconds * 1000
+    if ops is None:
+        return {"trace": str(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
+                "input_wait_share": None, "top_ops": None,
+                "note": "this TensorFlow cannot read its profiler traces back (no tensorflow.tsl xplane_pb2): "
+                        "open logs/ in TensorBoard's profile tab"}
+    total = sum(o["ms"] for o in ops.values()) or 1.0
     top = sorted(ops.items(), key=lambda kv: -kv[1]["ms"])[:TOP_OPS]
     input_ms = sum(o["input_ms"] for o in ops.values())
     return {"trace": str(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
@@ -153,6 +160,9 @@ def summarize(trace: Path, steps: int, seconds: float) -> dict:
 
 def format_summary(summary: dict) -> list[str]:
     """The table `cnn train --profile` prints."""
+    if summary["top_ops"] is None:
+        return [f"profile: {summary['steps']} steps, {summary['step_ms']:.1f} ms a step; trace {summary['trace']}",
+                f"  ({summary['note']})"]
     lines = [f"profile: {summary['steps']} steps, {summary['step_ms']:.1f} ms a step, "
              f"{100 * summary['input_wait_share']:.1f}% of it waiting for input; trace {summary['trace']}",
              f"  {'op':36} {'ms/step':>9} {'share':>7} {'calls':>7}"]
