@@ -3,7 +3,8 @@
 Two workers on 127.0.0.1 (see tests/test_distributed.py for how they start)
 train on an image folder with `data.cache: none`. Worker w reads training
 files w, w+2, w+4, ... only (its run.json counts the files it opened), every
-global batch is whole, and both end with identical weights.
+global batch is whole, and both end with identical weights. MirroredStrategy
+over two logical CPU devices streams the same folder in one process.
 """
 
 from __future__ import annotations
@@ -86,3 +87,21 @@ def test_two_workers_on_a_4_shard_pack_each_open_2_shards_and_end_identical(work
     runs = [json.loads((d / "run.json").read_text()) for d in dirs]
     assert [run["data"]["files_opened"] for run in runs] == [2, 2]  # shards 0, 2 and 1, 3 of 4
     assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")
+
+
+def test_mirrored_over_two_devices_streams_whole_global_batches_and_learns_as_one_device(work):
+    from test_distributed import train_json
+
+    config = work / "shards.yaml"
+    one = train_json(config, work / "one")
+    two = train_json(config, work / "two", "runtime.distribute=mirrored", "runtime.cpu_devices=2")
+    assert two["runtime"]["strategy"] == "MirroredStrategy" and two["runtime"]["replicas"] == 2
+    runs = [json.loads((Path(r["run_dir"]) / "run.json").read_text()) for r in (one, two)]
+    assert [run["data"]["cache"]["mode"] for run in runs] == ["none", "none"]
+    assert runs[0]["data"]["train"] == runs[1]["data"]["train"]  # one process reads every training file
+    steps = runs[1]["data"]["train"] // 32  # whole global batches of 32, 16 on each device
+    for run in runs:  # the files it opened (each counted once): those of every whole batch
+        assert steps * 32 <= run["data"]["files_opened"] <= run["data"]["train"]
+    histories = [np.genfromtxt(Path(r["run_dir"]) / "history.csv", delimiter=",", names=True) for r in (one, two)]
+    assert len(histories[1]) == 2 and histories[1]["accuracy"][-1] > 0.5  # it learned: chance is 1/3
+    assert abs(one["metrics"]["test"]["accuracy"] - two["metrics"]["test"]["accuracy"]) <= 0.1
