@@ -78,8 +78,7 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats are "experimental" and meant for study.optimize; our own loop records them (study.Heartbeat).
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Heartbeats are meant for study.optimize; our own loop records them (study.Heartbeat).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
     with sweep_lock(sweep_dir):  # table creation and study creation race between processes otherwise
         try:
@@ -129,6 +128,8 @@ def open_storage(url: str):
 def _storage_with_tables(url: str):
     import optuna
     import sqlalchemy.exc
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
 
     for attempt in range(CREATION_ATTEMPTS):
         try:
