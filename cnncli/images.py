@@ -24,9 +24,8 @@ so a picture gets identical pixels in training and in prediction. In order:
    `convert("L")`), "rgb" -> 3 (grey repeated), None keeps the channels of
    step 3.
 5. `image_size` (height, width): Pillow's bilinear filter, antialiased when
-   shrinking (the filter `cnncli.data.prepare.resize` applies to whole arrays;
-   Pillow rounds between its two passes, so files always come here rather
-   than there).
+   shrinking; `cnncli.data.prepare` resizes whole arrays picture by picture
+   through `resize` here, so training and `cnn predict` see the same pixels.
 
 For tf.data, wrap it with `tf.numpy_function`: a scalar string tensor arrives
 as a 0-d object array, which `read_image` accepts as encoded bytes (read the
@@ -62,6 +61,7 @@ GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes for 16-bit grey files
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 WHITE = 255  # what transparent pixels are composited on
+LUMA = (19595, 38470, 7471)  # ITU-R 601-2 weights in 16-bit fixed point, as Pillow's convert("L")
 ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 EXIF_ORIENTATION = 0x0112
 
@@ -169,10 +169,20 @@ def _natural(image: Image.Image) -> np.ndarray:
     return np.asarray(image if mode == "RGB" else image.convert("RGB"), np.uint8)
 
 
+def with_channels(x: np.ndarray, count: int) -> np.ndarray:
+    """uint8 (..., C) to 1 or 3 channels: grey is repeated, colour becomes luma exactly as Pillow's
+    convert("L") computes it; whole arrays of pictures (cnncli.data.prepare) and single ones alike."""
+    if x.shape[-1] == count:
+        return x
+    if count == 3:
+        return np.repeat(x, 3, axis=-1)
+    rgb = x.astype(np.uint32)
+    luma = (rgb[..., 0] * LUMA[0] + rgb[..., 1] * LUMA[1] + rgb[..., 2] * LUMA[2] + 0x8000) >> 16
+    return luma.astype(np.uint8)[..., None]
+
+
 def to_channels(pixels: np.ndarray, color_mode: str | None) -> np.ndarray:
     """uint8 (H, W, C) to the channels `color_mode` asks for (None: unchanged): luma as Pillow's convert("L")."""
-    from cnncli.data.prepare import to_channels as convert  # the conversion whole arrays get
-
     color_mode = _unwrap(color_mode)
     if isinstance(color_mode, bytes):  # passed to tf.numpy_function as a tensor
         color_mode = color_mode.decode()
@@ -180,7 +190,7 @@ def to_channels(pixels: np.ndarray, color_mode: str | None) -> np.ndarray:
         return pixels
     if color_mode not in COLOR_MODES:
         raise DataError(f"color_mode must be one of {', '.join(COLOR_MODES)}, got `{color_mode}`")
-    return convert(pixels, 1 if color_mode == "grayscale" else 3)
+    return with_channels(pixels, 1 if color_mode == "grayscale" else 3)
 
 
 def resize(pixels: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -14,24 +14,13 @@ from typing import Sequence
 import numpy as np
 
 from cnncli import images
+from cnncli.images import with_channels as to_channels
 from cnncli.config import DataConfig
 from cnncli.data.base import Dataset, Splits, as_images
 from cnncli.errors import DataError
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
 CHANNELS = {"grayscale": 1, "rgb": 3}
-LUMA = (19595, 38470, 7471)  # ITU-R 601-2 weights in 16-bit fixed point, as PIL's convert("L")
-
-
-def to_channels(x: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 NHWC to 1 or 3 channels: grey is repeated, colour becomes luminance (as PIL computes it)."""
-    if x.shape[-1] == channels:
-        return x
-    if channels == 3:
-        return np.repeat(x, 3, axis=-1)
-    rgb = x.astype(np.uint32)
-    luma = (rgb[..., 0] * LUMA[0] + rgb[..., 1] * LUMA[1] + rgb[..., 2] * LUMA[2] + 0x8000) >> 16
-    return luma.astype(np.uint8)[..., None]
 
 
 def resize(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
