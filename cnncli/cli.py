@@ -598,7 +598,7 @@ def tune(
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
     storage: Optional[str] = typer.Option(None, "--storage",
                                           help="Optuna storage URL shared by several processes or machines, "
-                                               "e.g. postgresql://user@host/db (default OUTPUT/study.db)."),
+                                               "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="The sweep directory; rerunning with it continues the study "
@@ -615,7 +615,7 @@ def tune(
     Example: cnn tune configs/shapes_cnn.yaml --trials 16 --output sweeps/shapes
     """
     from cnncli.tune.progress import SweepDisplay
-    from cnncli.tune.report import best_trial, trial_rows
+    from cnncli.tune.report import best_trial, nothing_finished, trial_rows
     from cnncli.tune.sweep import TuneOptions, run_sweep
 
     with handled(json_output):
@@ -627,6 +627,9 @@ def tune(
                               on_start=None if json_output else lambda s: out.print(
                                   f"sweep directory: {s.dir} (the same command with --output {s.dir} "
                                   "continues it)", markup=False))
+        failure = nothing_finished(sweep)
+        if failure:
+            raise CnnError(failure)
         best = best_trial(sweep)
         if json_output:
             emit_json({"sweep_dir": str(sweep.dir), "metric": sweep.metric, "trials": trial_rows(sweep),

@@ -610,6 +610,11 @@ def _parse_path(text: str, strict: bool = False) -> KeyPath:
     return tuple(out)
 
 
+def canonical_path(text: str) -> str:
+    """A --set or search path as problems name it: `model.layers[0].filters`."""
+    return format_path(_parse_path(text, strict=True))
+
+
 def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
     """Apply `key.path=value` overrides in place; values are YAML scalars."""
     for item in overrides:

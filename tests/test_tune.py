@@ -340,3 +340,35 @@ def test_trials_of_processes_sharing_a_seed_draw_different_values_and_one_proces
     assert len(set(shared)) == 4
     alone = open_sweep(TuneOptions(config=config, output=tmp_path / "alone"))
     assert draws(alone, alone, alone, alone) == shared  # trial n is drawn from seed + n, whoever runs it
+
+
+def test_values_a_searched_key_refuses_are_errors_with_their_lines_before_any_trial(tmp_path):
+    params = ("    model.layers[0].filters: {uniform: [4, 12]}\n"
+              "    train.batch_size: {choice: [16, big]}\n"
+              "    model.layers[2].rate: {uniform: [0.0, 1.5]}\n"
+              "    model.layers[0].kernel_size: {choice: [3, 40]}")  # 40 is refused only by the shapes: a trial's
+    config = tiny_sweep(tmp_path, params)
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    lines = config.read_text().splitlines()
+    at = {key: lines.index(next(line for line in lines if line.startswith(f"    {key}:"))) + 1
+          for key in ("model.layers[0].filters", "train.batch_size", "model.layers[2].rate")}
+    assert result.stderr.splitlines() == [
+        "Error: 3 problems",
+        f"  {config}:{at['model.layers[0].filters']}: search.params.model.layers[0].filters: draws 4.0, which this "
+        "key refuses: expected an integer, got 4.0; search whole numbers with `int: [lo, hi]`",
+        f"  {config}:{at['train.batch_size']}: search.params.train.batch_size: draws 'big', which this key refuses: "
+        "input should be a valid integer, unable to parse string as an integer, got 'big'",
+        f"  {config}:{at['model.layers[2].rate']}: search.params.model.layers[2].rate: draws 1.5, which this key "
+        "refuses: must be at least 0 and below 1, got 1.5"]
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweep_whose_every_trial_failed_ends_with_one_error_line(tmp_path):
+    config = tiny_sweep(tmp_path, "    model.layers[0].kernel_size: {choice: [40, 50]}", trials=2)
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: every trial failed (2), so there is no best trial; trial 0: ")
+    assert result.stderr.rstrip().endswith(f"(all in {tmp_path / 'sweep' / 'trials.csv'})")
+    assert [row["state"] for row in read_trials(tmp_path / "sweep")] == ["FAIL", "FAIL"]
+    assert not (tmp_path / "sweep" / "best.yaml").exists()

@@ -66,6 +66,17 @@ def best_trial(sweep):
         return None
 
 
+def nothing_finished(sweep) -> str | None:
+    """Why a sweep whose every trial failed has no best trial (its first failure), or None."""
+    trials = [t for t in sweep.study.get_trials(deepcopy=False) if "surplus" not in t.user_attrs]
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    if not failed or any(t.state.name in ("COMPLETE", "PRUNED") for t in trials):
+        return None
+    first = failed[0]
+    return (f"every trial failed ({len(failed)}), so there is no best trial; trial {first.number}: "
+            f"{first.user_attrs.get('error', 'interrupted')} (all in {sweep.dir / 'trials.csv'})")
+
+
 def write_all(sweep) -> list[Path]:
     write_tables(sweep)
     return write_pictures(sweep)

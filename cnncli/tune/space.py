@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import yaml
 
-from cnncli.config import Distribution, SearchSpec
+from cnncli.config import Config, Distribution, SearchSpec, canonical_path, load_config
+from cnncli.errors import ConfigError, Problem
 
 
 def _scalar(value: Any) -> bool:
@@ -40,6 +42,50 @@ def grid(params: dict[str, Distribution]) -> dict[str, list]:
         else:
             space[path] = [c if _scalar(c) else json.dumps(c) for c in dist.choice]
     return space
+
+
+def probes(dist: Distribution) -> list[Any]:
+    """Values that stand for all `dist` can draw: its ends, every choice, and for a float range without
+    a step a value inside it that is no whole number (what most draws are)."""
+    if dist.choice is not None:
+        return list(dist.choice)
+    if dist.int_ is not None:
+        low, high = dist.int_
+        step = int(dist.step or 1)
+        return [low, low + (high - low) // step * step]
+    low, high = dist.loguniform or dist.uniform
+    if dist.step:
+        return [float(low), float(low + (high - low) // dist.step * dist.step)]
+    if dist.loguniform:
+        inside = math.exp(math.log(low) + 0.382 * (math.log(high) - math.log(low)))
+    else:
+        inside = low + 0.382 * (high - low)
+    return [float(low), inside if inside != int(inside) else inside + 1e-3 * (high - low), float(high)]
+
+
+def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
+    """Searched keys whose distribution draws values the key refuses (a float for `filters`, a word for
+    `batch_size`): every such trial would fail the same way, so the sweep stops before the first. Each
+    value is tried alone in the config as written; a value refused only beside other sampled values (a
+    kernel too large for the image) is left to fail its trial."""
+    from cnncli.builder import check_model_specs, raw_spec_problems
+
+    problems = []
+    for key, dist in cfg.search.params.items():
+        target = canonical_path(key)
+        for value in probes(dist):
+            try:  # the schema, then the Keras names and arguments, as `cnn validate` checks them
+                check_model_specs(load_config(config, [*overrides, *as_overrides({key: value})],
+                                              spec_check=raw_spec_problems))
+            except ConfigError as exc:
+                refused = [p for p in exc.problems if p.path == target]
+                if refused:
+                    hint = ("; search whole numbers with `int: [lo, hi]`" if isinstance(value, float)
+                            and "integer" in refused[0].message else "")
+                    problems.append(Problem(f"draws {value!r}, which this key refuses: {refused[0].message}{hint}",
+                                            f"search.params.{key}", cfg.line_of(("search", "params", key))))
+                    break
+    return problems
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnncli.config import Config, load_config
-from cnncli.errors import CnnError, Interrupted
+from cnncli.errors import CnnError, ConfigError, Interrupted
 from cnncli import rundir
 from cnncli.tune import space
 from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
@@ -65,6 +65,9 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     if cfg.search.metric.startswith("val_") and cfg.data.validation_split == 0:
         raise cfg.error(f"searching `{cfg.search.metric}` needs a validation split; set data.validation_split",
                         ("search", "metric"))
+    refused = space.value_problems(cfg, opts.config, opts.overrides)
+    if refused:
+        raise ConfigError(refused, cfg._file)
     name = opts.study or cfg.name or "sweep"
     sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
     new_dir = not (sweep_dir / "trials").exists()
