@@ -663,15 +663,16 @@ def compare(
         from rich.table import Table
 
         labels = short_labels([Path(r["run_dir"]) for r in report["runs"]])
+        rows = list(dict.fromkeys(k for r in report["runs"] for k in r if k != "run_dir"))
         table = Table(title="runs", title_justify="left")
-        table.add_column("")
+        table.add_column("", min_width=max(map(len, rows), default=0))  # the names whole; the values fold
         for label in labels:
             table.add_column(label, justify="right", overflow="fold")
-        for key in dict.fromkeys(k for r in report["runs"] for k in r if k != "run_dir"):
+        for key in rows:
             table.add_row(key, *[_cell(r.get(key)) for r in report["runs"]])
         out.print(table)
         diff = Table(title="config keys that differ", title_justify="left")
-        diff.add_column("key")
+        diff.add_column("key", min_width=min(40, max(map(len, report["differences"]), default=0)), overflow="fold")
         for label in labels:
             diff.add_column(label, justify="right", overflow="fold")
         for key, values in report["differences"].items():
@@ -681,7 +682,10 @@ def compare(
 
 
 def _cell(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+    """Four significant digits; whole thousands as `11,800`, never as `1.18e+04`."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 LISTS = {  # what `cnn list` can show: name -> (module, function)

@@ -81,3 +81,22 @@ def test_flatten_and_differences_on_nested_values():
     assert flatten(a) == {"model.layers[0].type": "Conv2D", "model.layers[0].kernel_size": [3, 3], "seed": 1}
     assert differences([a, b]) == {"model.layers[0].kernel_size": [[3, 3], [5, 5]],
                                    "model.layers[1].type": ["(absent)", "Flatten"]}
+
+
+def test_compare_tables_keep_every_name_whole_on_a_narrow_terminal(two_runs, tmp_path, monkeypatch):
+    from cnncli import cli
+
+    monkeypatch.setattr(cli.out, "_width", 60)
+    runs = [*map(str, two_runs)] * 2  # four columns of values in 60 characters
+    result = runner.invoke(app, ["compare", *runs, "--output", str(tmp_path / "c.png")])
+    assert result.exit_code == 0, result.output
+    for name in ("images_per_second", "train.optimizer.learning_rate", "model.layers[0].filters"):
+        assert name in result.stdout
+    assert "…" not in result.stdout and "e+0" not in result.stdout
+
+
+def test_cells_show_four_digits_and_whole_thousands():
+    from cnncli.cli import _cell
+
+    assert [_cell(v) for v in (0.123456, 1234.5678, 11832.4, 3, None, "x")] == [
+        "0.1235", "1235", "11,832", "3", "", "x"]
