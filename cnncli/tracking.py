@@ -217,3 +217,25 @@ class SweepTracker:
                                     tags={**tags, "mlflow.parentRunId": self.parent})
             mlflow.log_batch(run.info.run_id, params=[Param(param_key(k), str(v)) for k, v in outcome.params.items()])
             mlflow.set_terminated(run.info.run_id, "FAILED")
+
+    def finish(self, sweep) -> None:
+        """Once the study holds its trials (whichever process ran the last one): the best trial's value and
+        values on the sweep's run, its tables and pictures as artefacts, and the run ended FINISHED."""
+        from cnncli.tune.report import PICTURES, best_trial
+        from cnncli.tune.study import counted
+
+        trials = sweep.study.get_trials(deepcopy=False)
+        if any(t.state.name == "RUNNING" for t in trials) or sum(map(counted, trials)) < sweep.n_trials:
+            return  # interrupted, timed out, or other processes still at work: the run stays open
+        mlflow = client(self.where[0])
+        with mlflow_errors(self.where[0]):
+            best = best_trial(sweep)
+            if best is not None:  # tags, not params: a continued sweep may find a better trial later
+                mlflow.log_metric(self.parent, f"best_{sweep.metric}", float(best.value))
+                mlflow.set_tag(self.parent, "cnncli.best_trial", str(best.number))
+                for key, value in best.params.items():
+                    mlflow.set_tag(self.parent, f"cnncli.best.{param_key(key)}", str(value))
+            for name in ("trials.csv", "best.yaml", *PICTURES):
+                if (sweep.dir / name).exists():
+                    mlflow.log_artifact(self.parent, str(sweep.dir / name))
+            mlflow.set_terminated(self.parent, "FINISHED")

@@ -76,6 +76,15 @@ def test_a_sweep_logs_each_trial_as_a_child_run(tmp_path):
     assert len(parents) == 1 and len(children) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.data.tags["cnncli.trial"] for r in children) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    parent = client.get_run(parents[0].info.run_id)  # the study is whole: its run is ended, with the best
+    best = json.loads(result.stdout)["best"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_accuracy"] == best["value"]
+    assert parent.data.tags["cnncli.best_trial"] == str(best["number"])
+    assert parent.data.tags["cnncli.best.model.layers.0.filters"] == str(best["params"]["model.layers[0].filters"])
+    assert {"trials.csv", "best.yaml", "optimization_history.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_without_mlflow_the_error_names_the_extra(tmp_path, monkeypatch):

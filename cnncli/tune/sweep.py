@@ -322,4 +322,6 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
     finally:
         with sweep_lock(sweep.dir):
             report.write_all(sweep)
+    if tracker is not None:
+        tracker.finish(sweep)
     return sweep
