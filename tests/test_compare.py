@@ -84,9 +84,9 @@ def test_flatten_and_differences_on_nested_values():
 
 
 def test_compare_tables_keep_every_name_whole_on_a_narrow_terminal(two_runs, tmp_path, monkeypatch):
-    from cnncli import cli
+    from cnncli.commands import common
 
-    monkeypatch.setattr(cli.out, "_width", 60)
+    monkeypatch.setattr(common.out, "_width", 60)
     runs = [*map(str, two_runs)] * 2  # four columns of values in 60 characters
     result = runner.invoke(app, ["compare", *runs, "--output", str(tmp_path / "c.png")])
     assert result.exit_code == 0, result.output
@@ -96,7 +96,7 @@ def test_compare_tables_keep_every_name_whole_on_a_narrow_terminal(two_runs, tmp
 
 
 def test_cells_show_four_digits_and_whole_thousands():
-    from cnncli.cli import _cell
+    from cnncli.commands.experiments import _cell
 
     assert [_cell(v) for v in (0.123456, 1234.5678, 11832.4, 3, None, "x")] == [
         "0.1235", "1235", "11,832", "3", "", "x"]

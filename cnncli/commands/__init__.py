@@ -1,0 +1,1 @@
+"""The `cnn` subcommands, one module per area; cnncli/cli.py assembles them into one app."""

@@ -1,0 +1,76 @@
+"""`cnn config`, `cnn schema` and `cnn init`: configs resolved, described to editors, and started from templates."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
+
+
+@app.command("config")
+def config_(
+    configs: List[Path] = typer.Argument(..., help="Config files, merged left to right."),
+    set_: Optional[List[str]] = SetOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Print the single resolved config: extends followed, files merged, blocks expanded, defaults filled.
+
+    This is what a run directory stores as config.yaml.
+
+    Example: cnn config base.yaml fashion.yaml --set train.epochs=3
+    """
+    from cnncli.config import load_config
+
+    with handled(json_output):
+        cfg = load_config(configs if len(configs) > 1 else configs[0], set_ or [])
+        if json_output:
+            emit_json(cfg.to_dict())
+        else:
+            out.print(cfg.to_yaml(), markup=False, end="")
+
+
+@app.command()
+def schema(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+) -> None:
+    """Write the JSON Schema (2020-12) of a config, for editors and CI.
+
+    VS Code's YAML extension reads it from a first line `# yaml-language-server: $schema=FILE`.
+
+    Example: cnn schema --output cnncli.schema.json
+    """
+    from cnncli.schema_export import schema_text
+
+    with handled():
+        text = schema_text()
+        if output is None:
+            sys.stdout.write(text)
+            return
+        from cnncli.fileio import write
+
+        write(output, text)
+        out.print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def init(
+    path: Path = typer.Argument(Path("config.yaml"), help="The config file to write."),
+    template: str = typer.Option("lenet", "--template", "-t", help="A template: see `cnn list templates`."),
+    data: Optional[str] = typer.Option(None, "--data", metavar="KIND:DIR",
+                                       help="Fill classes, image size and colour mode from data, "
+                                            "e.g. image_folder:photos/."),
+    force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
+) -> None:
+    """Write a commented config from a template, ready for cnn validate and cnn train.
+
+    Example: cnn init flowers.yaml --template vgg16-transfer --data image_folder:photos/
+    """
+    from cnncli.templates import init_config
+
+    with handled():
+        init_config(path, template, data, force)
+        out.print(f"wrote {path} (template {template}); next: cnn summary {path}", markup=False)

@@ -1,0 +1,110 @@
+"""`cnn tune` and `cnn compare`: hyperparameter sweeps and runs side by side."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
+from cnncli.errors import CnnError
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="Config file with a `search:` section."),
+    set_: Optional[List[str]] = SetOption,
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
+    storage: Optional[str] = typer.Option(None, "--storage",
+                                          help="Optuna storage URL shared by several processes or machines, "
+                                               "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="The sweep directory; rerunning with it continues the study "
+                                               "(default sweeps/<name>/<timestamp>)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                         help="Log each trial as a child run to this MLflow tracking URI."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Search the config's `search:` section with Optuna; each trial is a run directory under OUTPUT/trials/.
+
+    Writes OUTPUT/study.db, trials.csv, best.yaml and PNG pictures; rerun the same
+    command to continue an interrupted sweep, or start it twice to share the work.
+
+    Example: cnn tune configs/shapes_cnn.yaml --trials 16 --output sweeps/shapes
+    """
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.report import best_trial, nothing_finished, trial_rows
+    from cnncli.tune.sweep import TuneOptions, run_sweep
+
+    with handled(json_output):
+        opts = TuneOptions(config=config, overrides=set_ or [], trials=trials, storage=storage, study=study,
+                           output=output, mlflow=mlflow)
+        display = SweepDisplay(out)
+        with display if not json_output else contextlib.nullcontext():
+            sweep = run_sweep(opts, on_trial=None if json_output else display.trial,
+                              on_start=None if json_output else lambda s: out.print(
+                                  f"sweep directory: {s.dir} (the same command with --output {s.dir} "
+                                  "continues it)", markup=False))
+        failure = nothing_finished(sweep)
+        if failure:
+            raise CnnError(failure)
+        best = best_trial(sweep)
+        if json_output:
+            emit_json({"sweep_dir": str(sweep.dir), "metric": sweep.metric, "trials": trial_rows(sweep),
+                       "best": None if best is None else {"number": best.number, "value": best.value,
+                                                          "params": best.params,
+                                                          "run_dir": str(sweep.dir / best.user_attrs["run_dir"])}})
+            return
+        if best is not None:
+            out.print(f"best trial {best.number}: {sweep.metric} {best.value:.4f}  config: {sweep.dir / 'best.yaml'}",
+                      markup=False)
+
+
+@app.command()
+def compare(
+    runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
+                                      help="Run directories, or sweep directories (all their trials)."),
+    output: Path = typer.Option(Path("compare.png"), "--output", "-o", help="PNG of the overlaid curves."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Show runs side by side: final metrics, epochs, time, images/s, parameters, and the config keys that differ.
+
+    Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
+    """
+    from cnncli.compare import compare as compare_runs
+    from cnncli.compare import short_labels
+
+    with handled(json_output):
+        report = compare_runs(runs, output)
+        if json_output:
+            emit_json(report)
+            return
+        from rich.table import Table
+
+        labels = short_labels([Path(r["run_dir"]) for r in report["runs"]])
+        rows = list(dict.fromkeys(k for r in report["runs"] for k in r if k != "run_dir"))
+        table = Table(title="runs", title_justify="left")
+        table.add_column("", min_width=max(map(len, rows), default=0))  # the names whole; the values fold
+        for label in labels:
+            table.add_column(label, justify="right", overflow="fold")
+        for key in rows:
+            table.add_row(key, *[_cell(r.get(key)) for r in report["runs"]])
+        out.print(table)
+        diff = Table(title="config keys that differ", title_justify="left")
+        diff.add_column("key", min_width=min(40, max(map(len, report["differences"]), default=0)), overflow="fold")
+        for label in labels:
+            diff.add_column(label, justify="right", overflow="fold")
+        for key, values in report["differences"].items():
+            diff.add_row(key, *map(_cell, values))
+        out.print(diff if report["differences"] else "the configs are the same")
+        out.print(f"curves: {report['plot']}", markup=False)
+
+
+def _cell(value) -> str:
+    """Four significant digits; whole thousands as `11,800`, never as `1.18e+04`."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,183 @@
+"""`cnn train`, `cnn evaluate`, `cnn report` and `cnn export`: a run directory made, measured, shown, shipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
+from cnncli.errors import CnnError
+
+
+@app.command()
+def train(
+    config: Optional[List[Path]] = typer.Argument(None, help="Config file (omit with --resume); several merge "
+                                                             "left to right."),
+    set_: Optional[List[str]] = SetOption,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are created."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
+    smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
+    profile: int = typer.Option(0, "--profile", min=0, metavar="STEPS",
+                                help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
+                                     "and print the top ops and the share of a step spent waiting for input."),
+    report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+                                         help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Train a model and write a new run directory (config, history, metrics, model, plots).
+
+    Example: cnn train configs/shapes_cnn.yaml --epochs 3
+    """
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import make_reporter
+
+    config = (config if len(config) > 1 else config[0]) if config else None
+    with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
+        if config is None and resume is None:
+            raise CnnError("give a config file, or --resume RUN_DIR")
+        from cnncli.tracking import LiveRun, requested_by
+
+        tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
+        tracker = LiveRun(tracked) if tracked is not None else None
+        reporter = make_reporter(quiet, json_output)
+        result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
+                                           name=name, epochs=epochs, batch_size=batch_size, device=device,
+                                           smoke=smoke, profile=profile, tracker=tracker), reporter)
+        reporter.train_end()
+        if tracker is not None and tracker.run_id is not None:  # the chief's; other workers log nothing
+            result.run["mlflow_run_id"] = tracker.run_id
+            reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): run {tracker.run_id}")
+        page = _write_report(result.run_dir) if report else None
+        if json_output:
+            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,
+                       **({"report": str(page)} if page else {})})
+            return
+        if result.run.get("profile") and not quiet:
+            from cnncli.train.profile import format_summary
+
+            for line in format_summary(result.run["profile"]):
+                out.print(line, highlight=False, markup=False)
+        if page and not quiet:
+            out.print(f"report: {page}", markup=False)
+        test = result.metrics.get("test")
+        if test and not quiet:
+            out.print(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+                      f"({test['examples']:,} images)")
+        out.print(str(result.run_dir) if quiet else f"run directory: {result.run_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    split: str = typer.Option("test", "--split", help="test | val | train"),
+    set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
+                                             help="Evaluate on other data, e.g. --data data.dataset=mnist."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
+    errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
+                                         help="Also list and draw the N highest-loss images (default 16) "
+                                              "and the most confused pairs."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Report loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
+
+    --errors [N] adds the N images with the highest loss (errors.png, captioned
+    true → predicted (probability); file paths for image folders) and examples of
+    the most confused pairs (confused_pairs.png).
+
+    Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
+    """
+    from cnncli.report import print_evaluation
+    from cnncli.runs import evaluate_run
+
+    with handled(json_output):
+        if split not in ("test", "val", "train"):
+            raise CnnError(f"--split must be test, val or train, got `{split}`")
+        report = evaluate_run(run_dir, split, set_ or [], top_k, errors)
+        if json_output:
+            emit_json(report)
+        else:
+            print_evaluation(out, report, f"{run_dir} · {split} split")
+            import numpy as np
+
+            from cnncli.plots import plot_confusion_matrix
+
+            png = Path(run_dir) / f"confusion_matrix_{split}.png" if set_ or split != "test" else \
+                Path(run_dir) / "confusion_matrix.png"
+            plot_confusion_matrix(np.array(report["confusion_matrix"]), [c["class"] for c in report["per_class"]], png)
+            out.print(f"confusion matrix: {png}")
+            if errors:
+                from cnncli.report import print_errors
+
+                print_errors(out, report)
+
+
+def _write_report(run_dir: Path) -> Path:
+    from cnncli.report_html import write_report
+
+    return write_report(run_dir)
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML path (default RUN_DIR/report.html)."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
+
+    Pictures are embedded, so the file opens anywhere (a phone too) with nothing fetched.
+
+    Example: cnn report runs/shapes-cnn/20260101-120000 --output report.html
+    """
+    from cnncli.report_html import write_report
+
+    with handled(json_output):
+        path = write_report(run_dir, output)
+        if json_output:
+            emit_json({"output": str(path), "bytes": path.stat().st_size})
+        else:
+            out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
+    json_output: bool = JsonOption,
+) -> None:
+    """Export the run's model and prove it computes what model.keras computes.
+
+    The artefact is reloaded with its own runtime and compared with model.keras
+    on up to 1,000 test images (float formats: max |Δp| ≤ 1e-4; float16 ≤ 1e-2;
+    int8: top class agrees on ≥ 98%). Only a passing artefact is kept; the
+    figures, class names and input spec go to export.json beside it.
+    onnx needs the optional extra: pip install 'cnncli\\[export]'.
+
+    Example: cnn export runs/mnist-lenet/20260101-120000 --format tflite --quantize int8 --output model_int8.tflite
+    """
+    from cnncli.export import describe_check, export_run
+
+    with handled(json_output):
+        result = export_run(run_dir, format_, output, quantize)
+        if json_output:
+            emit_json(result.as_json())
+            return
+        label = result.format + (f" ({result.quantize})" if result.quantize else "")
+        out.print(f"checked {label}: {describe_check(result.check)}", markup=False)
+        reference = result.check.get("reference", {})
+        if "as_trained_max_abs_diff" in reference:
+            out.print(f"note: the model trained in {reference['trained_precision']}; exports compute in float32 "
+                      f"(max |Δp| {reference['as_trained_max_abs_diff']:.2e} from the model as trained)",
+                      markup=False)
+        out.print(f"wrote {result.path} ({result.size_bytes:,} bytes); details in {result.export_json}", markup=False)
