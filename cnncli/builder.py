@@ -86,7 +86,8 @@ def _raw_shape_problems(data: Any) -> list[Problem]:
     """
     from pydantic import ValidationError
 
-    from cnncli.config import CROSS_CHECKS, Config
+    from cnncli.config import Config
+    from cnncli.loading import CROSS_CHECKS
     from cnncli.errors import CnnError
     from cnncli.inputs import plan_input
 

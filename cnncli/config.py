@@ -1,4 +1,7 @@
-"""The config schema: YAML in, a validated `Config` out, every problem at once.
+"""The config schema: every key, its type and default, as pydantic models (`Config` at the top).
+
+Reading a file into it (YAML with lines, overrides, the checks across fields,
+every problem at once) is cnncli/loading.py.
 
 Keys are Keras's own argument names. Layer, optimizer, schedule and backbone
 entries carry a `type` (or `name`) plus free keyword arguments, which are
@@ -9,15 +12,14 @@ is imported; this module stays import-light so `cnn --help` is instant.
 from __future__ import annotations
 
 import re
-import typing
-from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cnncli.errors import ConfigError, Problem, did_you_mean
-from cnncli.yamlio import KeyPath, format_path, parse_yaml
+from cnncli.errors import ConfigError, Problem, describe, did_you_mean
+from cnncli.keypaths import nearest_line, parse_path
+from cnncli.yamlio import KeyPath, format_path
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
             "records")  # records: TFRecord shards written by `cnn data pack`
@@ -155,8 +157,6 @@ class DataConfig(Strict):
             if value is not None and value < 1:
                 raise ValueError(f"a memory budget must be positive, got {value}")
             return value
-        import re
-
         found = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
         if not found or not found.group(1).replace(".", "", 1).isdigit() or float(found.group(1)) <= 0:
             raise ValueError(f"expected bytes or a size such as 512MB or 4GB, got `{value}`")
@@ -232,7 +232,7 @@ class TrainConfig(Strict):
                              "{type: SparseCategoricalCrossentropy, from_logits: true}")
         if not isinstance(value, (str, dict, LossSpec)):
             raise ValueError(f"expected a loss name or a mapping with `type` and the loss's arguments, "
-                             f"got {_describe(value)}")
+                             f"got {describe(value)}")
         return value
 
 
@@ -315,18 +315,18 @@ class Config(Strict):
     _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
-        return _nearest_line(self._lines, path)
+        return nearest_line(self._lines, path)
 
     def error(self, message: str, path: KeyPath | str) -> ConfigError:
         """A ConfigError pointing at `path` (a key path, or its text) in the file this config came from."""
-        path = _parse_path(path) if isinstance(path, str) else path
+        path = parse_path(path) if isinstance(path, str) else path
         return ConfigError.single(message, format_path(path), self.line_of(path), self._file)
 
     def locate(self, problems: list[Problem], file: str | None = None) -> ConfigError:
         """A ConfigError for problems found in this config, each given the line of its key path."""
         for p in problems:
             if p.line is None and p.path:
-                p.line = self.line_of(_parse_path(p.path))
+                p.line = self.line_of(parse_path(p.path))
         return ConfigError(problems, file or self._file)
 
     def to_yaml(self) -> str:
@@ -353,323 +353,3 @@ class Config(Strict):
     @property
     def total_epochs(self) -> int:
         return sum(p.epochs for p in self.train.phases) if self.train.phases else self.train.epochs
-
-
-# ---------------------------------------------------------------- cross-field checks
-
-def _check_path_needed(cfg: Config) -> list[Problem]:
-    if cfg.data.dataset in FILE_DATASETS and not cfg.data.path:
-        return [Problem(f"dataset `{cfg.data.dataset}` needs `data.path`", "data.path")]
-    return []
-
-
-def _check_layers_present(cfg: Config) -> list[Problem]:
-    if not cfg.model.layers and not (cfg.model.backbone and cfg.model.backbone.include_top):
-        return [Problem("the model has no layers; add at least an output layer", "model.layers")]
-    return []
-
-
-def _check_graph_names(cfg: Config) -> list[Problem]:
-    problems, seen = [], {"input"}
-    for i, layer in enumerate(cfg.model.layers):
-        for ref in layer.inputs or []:
-            if ref not in seen:
-                hint = did_you_mean(ref, seen)
-                problems.append(Problem(f"input `{ref}` is not a layer named earlier{hint}",
-                                        f"model.layers[{i}].inputs"))
-        if layer.name:
-            if layer.name in seen:
-                problems.append(Problem(f"layer name `{layer.name}` is used twice", f"model.layers[{i}].name"))
-            seen.add(layer.name)
-    return problems
-
-
-def _check_phases(cfg: Config) -> list[Problem]:
-    if not cfg.train.phases:
-        return []
-    problems = []
-    if cfg.model.backbone is None:
-        problems.append(Problem("phases freeze and unfreeze a backbone; set `model.backbone`", "train.phases"))
-    if "epochs" in cfg.train.model_fields_set:
-        problems.append(Problem("with `train.phases`, epochs are given per phase; remove `train.epochs`",
-                                "train.epochs"))
-    for i, phase in enumerate(cfg.train.phases):
-        if isinstance(phase.trainable, list) and not phase.trainable:
-            problems.append(Problem("an empty list trains nothing but the head; write `trainable: head`",
-                                    f"train.phases[{i}].trainable"))
-        if phase.layer_lr_decay is not None and phase.trainable == "head":
-            problems.append(Problem("layer_lr_decay scales the rates of backbone blocks, but this phase trains "
-                                    "only the head; unfreeze blocks (`trainable: [block5]` or `all`) or remove it",
-                                    f"train.phases[{i}].layer_lr_decay"))
-    return problems
-
-
-def _check_validation_monitors(cfg: Config) -> list[Problem]:
-    if cfg.data.validation_split > 0:
-        return []
-    problems = []
-    if cfg.train.early_stopping and cfg.train.early_stopping.monitor.startswith("val_"):
-        problems.append(Problem(f"monitors `{cfg.train.early_stopping.monitor}` but data.validation_split is 0",
-                                "train.early_stopping.monitor"))
-    if cfg.train.checkpoint.save_best_only and cfg.train.checkpoint.monitor.startswith("val_"):
-        problems.append(Problem(f"monitors `{cfg.train.checkpoint.monitor}` but data.validation_split is 0",
-                                "train.checkpoint.monitor"))
-    return problems
-
-
-CROSS_CHECKS = (_check_path_needed, _check_layers_present, _check_graph_names, _check_phases,
-                _check_validation_monitors)
-
-
-# ---------------------------------------------------------------- loading
-
-def _nearest_line(lines: dict, path: KeyPath) -> int | None:
-    path = tuple(path)
-    while path:
-        if path in lines:
-            return lines[path]
-        path = path[:-1]
-    return lines.get(())
-
-
-def _model_at(loc: KeyPath) -> type[BaseModel] | None:
-    """The schema class that owns the mapping at `loc`, for key suggestions."""
-    cls: Any = Config
-    for step in loc:
-        if isinstance(step, int):
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or step not in cls.model_fields:
-            return None
-        cls = _unwrap(cls.model_fields[step].annotation)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Optional[list[X]] -> X, when X is a schema class."""
-    for arg in typing.get_args(annotation) or ():
-        inner = _unwrap(arg)
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            return inner
-    return annotation
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _pydantic_step(part: Any) -> bool:
-    """False for pydantic's own location markers (`list[int]`, `function-after[...]`), not keys of the file."""
-    # markers are a bare word with brackets (`tuple[float, float]`); a dotted key (`model.layers[0].filters`,
-    # a search path) is the user's
-    return not (isinstance(part, str) and (re.fullmatch(r"[\w-]+\[.*\]", part) or part.startswith("function-")))
-
-
-def _problem_from_pydantic(err: dict) -> Problem:
-    kind = err["type"]
-    raw = tuple(err["loc"])
-    if kind == "extra_forbidden" and raw:  # the last step is the user's unknown key, whatever it looks like
-        loc = tuple(p for p in raw[:-1] if _pydantic_step(p)) + raw[-1:]
-    else:
-        loc = tuple(p for p in raw if _pydantic_step(p))
-    if kind == "extra_forbidden":
-        owner = _model_at(loc[:-1])
-        valid = [n for n in owner.model_fields] if owner else []
-        message = f"unknown key `{loc[-1]}`{did_you_mean(str(loc[-1]), valid)}"
-        if valid:
-            message += f"; valid keys here: {', '.join(valid)}"
-    elif kind == "missing":
-        message = "is required"
-    elif kind == "value_error":
-        message = str(err.get("ctx", {}).get("error", err["msg"]))
-    else:
-        message = f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_describe(err.get('input'))}"
-    return Problem(message, format_path(loc), None)
-
-
-def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
-                  default_name: str | None = None,
-                  spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
-    """Turn parsed YAML into a Config, or raise a ConfigError listing every problem.
-
-    `spec_check` (e.g. `cnncli.builder.raw_spec_problems`) adds layer-type and
-    argument problems, which need Keras, to a failing report; this module does not import Keras.
-    """
-    lines = lines or {}
-    if data is None:
-        raise ConfigError.single("the file is empty; a config needs at least `model.layers`", file=file)
-    if not isinstance(data, dict):
-        raise ConfigError.single(f"the top level must be a mapping of keys, got a {type(data).__name__}",
-                                 line=lines.get(()), file=file)
-    try:
-        cfg = Config.model_validate(data)
-    except ValidationError as exc:
-        problems = [_problem_from_pydantic(e) for e in exc.errors()]
-        for p, e in zip(problems, exc.errors()):
-            p.line = _nearest_line(lines, tuple(x for x in e["loc"] if isinstance(x, (str, int))))
-        raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file) from None
-    problems = [p for check in CROSS_CHECKS for p in check(cfg)]
-    for p in problems:
-        p.line = _nearest_line(lines, _parse_path(p.path))
-    problems += _search_problems(cfg, lines)
-    if problems:
-        raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file)
-    if cfg.name is None and default_name:
-        cfg.name = default_name
-    cfg._file, cfg._lines = file, lines
-    return cfg
-
-
-def _search_problems(cfg: Config, lines: dict) -> list[Problem]:
-    """Each `search.params` key must name a value of this config, as a --set path would."""
-    if cfg.search is None:
-        return []
-    problems = []
-    for key in cfg.search.params:
-        where = ("search", "params", key)
-        try:
-            path = _parse_path(key, strict=True)
-            message = _schema_step_problem(cfg, path) if path else "is empty"
-        except ValueError as exc:
-            message = str(exc)
-        if message:
-            problems.append(Problem(message, format_path(where[:2]) + f".{key}", _nearest_line(lines, where)))
-    if cfg.search.sampler == "grid":
-        for key, dist in cfg.search.params.items():
-            if dist.choice is None and dist.int_ is None:
-                problems.append(Problem("the grid sampler needs `choice` or `int` values",
-                                        f"search.params.{key}", _nearest_line(lines, ("search", "params", key))))
-    return problems
-
-
-def _schema_step_problem(cfg: Config, path: KeyPath) -> str | None:
-    """Why `path` names no value of `cfg` (unknown key, missing list item), or None when it does.
-
-    Below a `type`-chosen Keras class (a layer, the optimizer) any argument is accepted here;
-    the builder checks it against the class when each trial is built.
-    """
-    node: Any = cfg
-    for i, step in enumerate(path):
-        here = format_path(path[:i])
-        if isinstance(node, list):
-            if not isinstance(step, int):
-                return f"`{here}` is a list; index it, e.g. `{here}[0]`"
-            if not -len(node) <= step < len(node):
-                return f"`{here}` has {len(node)} item(s); there is no [{step}]"
-            node = node[step]
-            continue
-        if isinstance(step, int):
-            return f"`{here}` is not a list"
-        owner = type(node) if isinstance(node, BaseModel) else (_model_at(path[:i]) if node is None else None)
-        if owner is None:
-            if isinstance(node, dict):
-                node = node.get(step)
-                continue
-            return f"`{here}` is a single value, not a mapping"
-        if step in ("search", "tracking") and i == 0:
-            return f"`{step}` is not searchable"
-        if step not in owner.model_fields:
-            if owner.model_config.get("extra") == "allow":
-                return None
-            valid = list(owner.model_fields)
-            return f"unknown key `{step}`{did_you_mean(step, valid)}; valid keys here: {', '.join(valid)}"
-        node = getattr(node, step) if node is not None else None
-    return None
-
-
-def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
-                        spec_check: Callable[[Any], list[Problem]] | None) -> list[Problem]:
-    """`problems` plus those `spec_check` finds in the raw data, ordered by line."""
-    extra = spec_check(data) if spec_check else []
-    for p in extra:
-        p.line = _nearest_line(lines, _parse_path(p.path))
-    return sorted(problems + extra, key=lambda p: p.line or 0)
-
-
-def _parse_path(text: str, strict: bool = False) -> KeyPath:
-    """"model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size").
-
-    `strict` (for --set) refuses a `[...]` that is not an index; otherwise, as for the
-    paths of problems, it stays part of the key (a config may hold any key, `[` included).
-    """
-    out: list[Any] = []
-    for part in text.split("."):
-        while "[" in part:
-            head, _, rest = part.partition("[")
-            index, _, tail = rest.partition("]")
-            if not index.strip().lstrip("-").isdigit():
-                if strict:
-                    raise ValueError(f"`[{index}]` is not a list index")
-                break
-            if head:
-                out.append(head)
-            out.append(int(index))
-            part = tail
-        if part:
-            out.append(part)
-    return tuple(out)
-
-
-def canonical_path(text: str) -> str:
-    """A --set or search path as problems name it: `model.layers[0].filters`."""
-    return format_path(_parse_path(text, strict=True))
-
-
-def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
-    """Apply `key.path=value` overrides in place; values are YAML scalars."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        try:
-            path = _parse_path(key.strip(), strict=True)
-            if not sep or not path:
-                raise ValueError("expected key.path=value")
-            value, _ = parse_yaml(raw)
-        except (ValueError, ConfigError) as exc:
-            raise ConfigError.single(f"bad --set `{item}`: {exc}") from None
-        node = data
-        for i, step in enumerate(path[:-1]):
-            nxt = path[i + 1]
-            if isinstance(step, int):
-                if not isinstance(node, list) or not -len(node) <= step < len(node):
-                    raise ConfigError.single(f"bad --set `{item}`: no list item {format_path(path[:i + 1])}")
-                node = node[step]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:i])} is not a mapping")
-            if node.get(step) is None:
-                node[step] = [] if isinstance(nxt, int) else {}
-                lines[path[:i + 1]] = 0  # created by the override: errors below it point at --set, not line 1
-            node = node[step]
-        last = path[-1]
-        if isinstance(last, int):
-            if not isinstance(node, list) or not -len(node) <= last < len(node):
-                raise ConfigError.single(f"bad --set `{item}`: no list item {format_path(path)}")
-        elif not isinstance(node, dict):
-            raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:-1])} is not a mapping")
-        node[last] = value
-        lines[path] = 0  # line 0 marks "from the command line"
-
-
-def load_config(path: str | Path | list, overrides: list[str] | None = None,
-                spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
-    """Read, override and validate a config file, or several merged left to right (`spec_check`: see
-    `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
-    the tree (cnncli/compose.py, cnncli/blocks.py)."""
-    from cnncli import blocks, compose
-
-    data, lines, shown = compose.read_config_files(path)
-    if overrides:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError.single("the top level must be a mapping of keys", file=shown)
-        apply_overrides(data, overrides, lines)
-    groups = blocks.expand_blocks(data, lines)
-    cfg = validate_data(data, lines, shown, default_name=Path(shown).stem, spec_check=spec_check)
-    cfg._groups = groups
-    return cfg
-
-
-def config_from_dict(data: dict, name: str = "config") -> Config:
-    """Validate an in-memory config (tests, resumed runs)."""
-    return validate_data(data, {}, None, default_name=name)

@@ -105,6 +105,12 @@ class Interrupted(CnnError):
     exit_code = 130
 
 
+def describe(value) -> str:
+    """A value as an error message quotes it: its repr, cut at 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def closest(name: str, choices, n: int = 1) -> list[str]:
     """The valid names nearest to a mistyped one, case-insensitively."""
     lowered = {str(c).lower(): str(c) for c in choices}

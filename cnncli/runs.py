@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cnncli.batches import keras_predict
-from cnncli.config import Config, load_config
+from cnncli.config import Config
+from cnncli.loading import load_config
 from cnncli.errors import RunError
 from cnncli import rundir
 

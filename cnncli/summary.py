@@ -81,7 +81,7 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
     """
     from cnncli.builder import build_checked, check_classes, check_output, raw_spec_problems
     from cnncli.errors import ConfigError
-    from cnncli.config import load_config
+    from cnncli.loading import load_config
     from cnncli.geometry import summarize
     from cnncli.inputs import plan_input
     from cnncli.train.phases import check_phases, phase_params
@@ -133,7 +133,7 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
         result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
-    from cnncli.config import load_config
+    from cnncli.loading import load_config
 
     return ValidateResult(str(path), True, total_params=result.summary.total_params,
                           input_shape=result.input_shape, warnings=result.warnings,

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.config import load_config
+from cnncli.loading import load_config
 from cnncli.errors import ConfigError
 
 runner = CliRunner()

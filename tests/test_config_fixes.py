@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cnncli.builder import build_model
 from cnncli.cli import app
-from cnncli.config import load_config
+from cnncli.loading import load_config
 from cnncli.errors import ConfigError
 
 runner = CliRunner()

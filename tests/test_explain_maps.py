@@ -131,7 +131,7 @@ def test_gradcam_on_graph_configs(tmp_path, config, classifier, layer, shape):
 def test_gradcam_on_a_backbone_uses_the_last_conv_of_the_base(tmp_path):
     """A keras.applications base is a nested model; built from its config (training it adds nothing here)."""
     from cnncli.builder import build_model
-    from cnncli.config import load_config
+    from cnncli.loading import load_config
     from cnncli.explain import logits_model
 
     config = tmp_path / "backbone.yaml"

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.config import load_config
+from cnncli.loading import load_config
 from cnncli.errors import ConfigError
 
 runner = CliRunner()

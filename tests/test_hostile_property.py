@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnncli.config import load_config, validate_data
+from cnncli.loading import load_config, validate_data
 from cnncli.errors import CnnError
 from cnncli.yamlio import parse_yaml
 

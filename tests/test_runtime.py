@@ -17,7 +17,7 @@ import pytest
 
 from cnncli.config import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.config import load_config
+from cnncli.loading import load_config
 from cnncli.train.runtime import (ClusterRole, choose_precision, choose_threads, cluster_role, default_threads,
                                   mirrored_devices, model_macs, process_role, read_cpu, setup_runtime, small_model,
                                   step_macs, with_loss_scaling)

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.config import config_from_dict
+from cnncli.loading import config_from_dict
 from cnncli.errors import ConfigError
 from cnncli.layers import BACKBONES, list_backbones
 
@@ -118,7 +118,7 @@ def test_include_top_with_imagenet_at_wrong_size_is_a_config_error(tmp_path):
     doc["model"]["layers"] = []
     path = write(tmp_path, doc)
     from cnncli.builder import build_model
-    from cnncli.config import load_config
+    from cnncli.loading import load_config
 
     with pytest.raises(ConfigError, match=r"model\.input_shape: model\.backbone VGG16: When setting "
                                           r"`include_top=True` and loading `imagenet` weights"):
@@ -209,7 +209,7 @@ def test_summary_counts_trainable_and_frozen_parameters_per_phase(tmp_path):
 
 def _build(doc: dict, tmp_path: Path, name: str):
     from cnncli.builder import build_model
-    from cnncli.config import load_config
+    from cnncli.loading import load_config
 
     return build_model(load_config(write(tmp_path, doc, name)), (32, 32, 3))
 

@@ -23,7 +23,7 @@ def config_(
 
     Example: cnn config base.yaml fashion.yaml --set train.epochs=3
     """
-    from cnncli.config import load_config
+    from cnncli.loading import load_config
 
     with handled(json_output):
         cfg = load_config(configs if len(configs) > 1 else configs[0], set_ or [])

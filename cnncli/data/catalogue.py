@@ -62,7 +62,7 @@ def resolve(source: str | Path, overrides: Optional[list[str]] = None) -> Config
 
     Only its `data` section and `seed` (which generated sources such as shapes use) matter here.
     """
-    from cnncli.config import apply_overrides, config_from_dict, load_config
+    from cnncli.loading import apply_overrides, config_from_dict, load_config
 
     text = str(source)
     path = Path(text).expanduser()

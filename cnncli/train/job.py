@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 
 from cnncli import faults, fileio, rundir
-from cnncli.config import Config, load_config
+from cnncli.config import Config
+from cnncli.loading import load_config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult

@@ -8,7 +8,9 @@ from typing import Any
 
 import yaml
 
-from cnncli.config import Config, Distribution, SearchSpec, canonical_path, load_config
+from cnncli.config import Config, Distribution, SearchSpec
+from cnncli.keypaths import canonical_path
+from cnncli.loading import load_config
 from cnncli.errors import ConfigError, Problem
 
 

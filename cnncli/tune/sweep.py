@@ -18,7 +18,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnncli.config import Config, load_config
+from cnncli.config import Config
+from cnncli.loading import load_config
 from cnncli.errors import CnnError, ConfigError, Interrupted
 from cnncli import rundir
 from cnncli.tune import space
