@@ -230,7 +230,7 @@ def training_flops(name: str) -> int:
     """FLOPs per training image: 2 × (forward + input gradient + weight gradient) multiply-adds,
     without the first weighted layer's input gradient (the input needs none)."""
     from cnncli.config import Config
-    from cnncli.train.runtime import model_macs
+    from cnncli.train.decisions import model_macs
 
     def macs(layers):
         cfg = Config(**{**cnncli_config(name, 1, Path("x.npz"), "float32"),
@@ -243,7 +243,7 @@ def training_flops(name: str) -> int:
 
 
 def cpu_description() -> dict:
-    from cnncli.train.runtime import read_cpu
+    from cnncli.train.decisions import read_cpu
 
     cpu = read_cpu()
     wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",

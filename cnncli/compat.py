@@ -23,7 +23,7 @@ for, and what happens when a release moves one:
                      key-value store), distribute.multi_worker_util.coordination_leader and the
                      coordination_config_pb2 that collective_all_reduce_strategy uses: multi_worker
                      heartbeats after runtime.collective_timeout, and the chief telling the other
-                     workers its run directory (train/runtime.py). Without it: TensorFlow's own
+                     workers its run directory (train/cluster.py). Without it: TensorFlow's own
                      heartbeat timeout, and other workers name no run directory.
     xplane           tensorflow.tsl.profiler.protobuf.xplane_pb2.XSpace: reads back the trace that
                      `cnn train --profile` wrote (train/profile.py). Without it: the trace is still

@@ -364,7 +364,7 @@ def _as_worker(monkeypatch, index: int) -> None:
 
 
 def test_lost_worker_names_the_task_and_the_way_back(monkeypatch):
-    from cnncli.train.runtime import lost_worker
+    from cnncli.train.cluster import lost_worker
 
     _as_worker(monkeypatch, 0)
     lost = lost_worker(_tf_error("UnavailableError", HEARTBEAT_ERROR), "runs/dist/1")
@@ -397,8 +397,8 @@ def test_collective_timeout_sets_the_heartbeat_timeout():
         import tensorflow as tf
         from tensorflow.python.eager import context
         from cnncli.config import RuntimeConfig
-        from cnncli.train import runtime
-        runtime._configure_heartbeats(tf, RuntimeConfig(collective_timeout=7.5).collective_timeout)
+        from cnncli.train import cluster
+        cluster.configure_heartbeats(tf, RuntimeConfig(collective_timeout=7.5).collective_timeout)
         config = context.context().coordination_service
         print(json.dumps({"heartbeat": config.heartbeat_timeout_in_ms, "barrier": config.shutdown_barrier_timeout_in_ms,
                           "leader": config.service_leader, "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],

@@ -1,4 +1,4 @@
-"""Devices, precision, cluster roles: runtime.py's decisions.
+"""Devices, precision, cluster roles: the decisions of runtime.py, decisions.py and cluster.py.
 
 The GPU paths run here without a GPU: only TensorFlow's device queries
 (`tf.config.list_physical_devices`, `get_device_details`) are replaced, and the
@@ -18,9 +18,10 @@ import pytest
 from cnncli.config import RuntimeConfig
 from cnncli.errors import CnnError
 from cnncli.loading import load_config
-from cnncli.train.runtime import (ClusterRole, choose_precision, choose_threads, cluster_role, default_threads,
-                                  mirrored_devices, model_macs, process_role, read_cpu, setup_runtime, small_model,
-                                  step_macs, with_loss_scaling)
+from cnncli.train.cluster import ClusterRole, cluster_role, process_role
+from cnncli.train.decisions import (choose_precision, choose_threads, default_threads, model_macs, read_cpu, small_model,
+                                    step_macs)
+from cnncli.train.runtime import mirrored_devices, setup_runtime, with_loss_scaling
 
 ROOT = Path(__file__).resolve().parent.parent
 AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}

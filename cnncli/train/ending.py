@@ -11,7 +11,7 @@ import numpy as np
 
 from cnncli import faults, fileio, rundir
 from cnncli.errors import CnnError
-from cnncli.train.runtime import WORKER_DIR_ENV
+from cnncli.train.cluster import WORKER_DIR_ENV
 
 
 class RunEnding:

@@ -27,7 +27,7 @@ from cnncli.loading import load_config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
-from cnncli.train.runtime import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
+from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 
 
 @dataclass
@@ -99,7 +99,7 @@ def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     rundir.no_world_writes()
     with _StopSignal(), contextlib.ExitStack() as held:
         cfg, resume_dir, state = resolve_config(opts)
-        from cnncli.train.runtime import process_role
+        from cnncli.train.cluster import process_role
 
         if resume_dir is not None and process_role(cfg.runtime).is_chief:  # other workers only read it
             held.enter_context(rundir.locked(resume_dir))
@@ -114,7 +114,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
     import keras
 
-    from cnncli.train.runtime import check_global_batch, setup_runtime, small_model, step_macs
+    from cnncli.train.decisions import small_model, step_macs
+    from cnncli.train.runtime import check_global_batch, setup_runtime
 
     # The run's precision is Keras's global dtype policy while it builds its model; a caller that goes on
     # in this process (a sweep, a test, a notebook) gets its own policy back, however the run ends.

@@ -47,7 +47,7 @@ def _warm_up() -> None:
 
     for name in ("cnncli.cli", "cnncli.train.job", "cnncli.train.session", "cnncli.train.loop", "cnncli.builder",
                  "cnncli.layers", "cnncli.data", "cnncli.evaluate", "cnncli.plots", "cnncli.export",
-                 "cnncli.artifacts", "cnncli.runs", "cnncli.train.runtime", "cnncli.train.progress"):
+                 "cnncli.artifacts", "cnncli.runs", "cnncli.train.runtime", "cnncli.train.decisions", "cnncli.train.cluster", "cnncli.train.progress"):
         try:
             importlib.import_module(name)
         except ImportError:

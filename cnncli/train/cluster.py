@@ -1,0 +1,152 @@
+"""Multi-worker jobs: this process's role from TF_CONFIG, heartbeats, the chief's run directory shared with
+the other workers, and a lost worker turned into one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+
+from cnncli.config import RuntimeConfig
+from cnncli.errors import CnnError
+
+# Debugging multi-worker runs: workers other than the chief normally train into a
+# temporary directory that is deleted at the end. With this set to a folder, each
+# keeps its run directory there (model.keras included), e.g. to compare its
+# weights with the chief's.
+WORKER_DIR_ENV = "CNNCLI_WORKER_DIR"
+
+
+@dataclass(frozen=True)
+class ClusterRole:
+    """This process's place in a multi-worker job, from TF_CONFIG."""
+
+    task_type: str  # "chief" | "worker"
+    index: int
+    num_workers: int  # every task that trains: the chief (if listed) and the workers
+    is_chief: bool  # the one task that writes the run directory
+
+
+SINGLE = ClusterRole("worker", 0, 1, True)
+
+
+def cluster_role(raw: str | None) -> ClusterRole:
+    """Parse TF_CONFIG. The chief is the `chief` task, or worker 0 when the cluster names no chief
+    (TensorFlow's own rule, as in MultiWorkerMirroredStrategy's checkpointing guide)."""
+    if not raw:
+        raise CnnError("runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
+                       "see README, 'Scaling out', for the cluster and task it must name")
+    expected = ('expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                '"task": {"type": "worker", "index": 0}}')
+    try:
+        tf_config = json.loads(raw)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        task_type, index = task["type"], int(task["index"])
+        members = {kind: list(cluster.get(kind, [])) for kind in ("chief", "worker")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CnnError(f"TF_CONFIG is not valid ({type(exc).__name__}: {exc}); {expected}") from None
+    if task_type not in members:
+        raise CnnError(f"TF_CONFIG task type `{task_type}` cannot train here: multi_worker runs tasks of "
+                       "type `chief` and `worker` (an `evaluator` or `ps` task is not supported)")
+    if not 0 <= index < len(members[task_type]):
+        raise CnnError(f"TF_CONFIG task index {index} is outside the cluster's {len(members[task_type])} "
+                       f"`{task_type}` address(es)")
+    if len(members["chief"]) > 1:
+        raise CnnError("TF_CONFIG lists more than one `chief`; name one, or none (then worker 0 is the chief)")
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not members["chief"])
+    return ClusterRole(task_type, index, len(members["chief"]) + len(members["worker"]), is_chief)
+
+
+def process_role(cfg: RuntimeConfig) -> ClusterRole:
+    """Whether this process writes the run directory; knowable before TensorFlow starts."""
+    return cluster_role(os.environ.get("TF_CONFIG")) if cfg.distribute == "multi_worker" else SINGLE
+
+
+def configure_heartbeats(tf, timeout: float) -> None:
+    """TensorFlow's coordination service, as MultiWorkerMirroredStrategy would set it up, with our timeouts.
+
+    Every task sends heartbeats to the service (on the chief); a task silent for
+    `timeout` seconds (killed, frozen, cut off) is declared unhealthy and every
+    pending collective of the others is aborted with UnavailableError, which
+    lost_worker() turns into one line. The strategy configures the service only
+    when nothing has (collective_all_reduce_strategy.py), so this must come first.
+    A timeout per collective (CommunicationOptions.timeout_seconds) is not set:
+    it would also abort a healthy run whose chief is busy writing a checkpoint.
+    """
+    from cnncli import compat
+
+    compat.configure_heartbeats(tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec(), timeout)
+
+
+def quiet_native_errors() -> None:
+    """When a worker is lost, TensorFlow's C++ logs a dozen lines to file descriptor 2 before Python
+    sees the error; send descriptor 2 to /dev/null and keep Python's stderr on the real one, so the
+    user reads one line. TF_CPP_MIN_LOG_LEVEL=0 or 1 (asking for TensorFlow's logs) keeps them."""
+    import sys
+
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+
+_RUN_DIR_KEY = "cnncli/run_dir"
+
+
+def publish_run_dir(run_dir) -> None:
+    """The chief tells the other workers where the run directory is (the coordination service's key-value
+    store), so that they print the directory that exists and, should a worker be lost, the one to resume."""
+    from cnncli import compat
+
+    compat.set_cluster_value(_RUN_DIR_KEY, str(run_dir))
+
+
+def chief_run_dir() -> str | None:
+    """The chief's run directory (waits until the chief has made it; fails if the chief is lost meanwhile);
+    None where TensorFlow offers no way to ask."""
+    from cnncli import compat
+
+    return compat.get_cluster_value(_RUN_DIR_KEY)
+
+
+_UNHEALTHY = re.compile(r"unhealthy \(([^)]*)\):\s*/job:(\w+)/replica:\d+/task:(\d+)")
+_TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
+
+
+def lost_worker(exc: Exception, run_dir) -> CnnError | None:
+    """The one-line error for a TensorFlow error that says another task of the cluster is gone, else None."""
+    role = cluster_role(os.environ.get("TF_CONFIG"))
+    message = getattr(exc, "message", None) or str(exc)
+    found = _UNHEALTHY.search(message)
+    if found:
+        reason, job, index = found.groups()
+    elif "CoordinationService/Heartbeat" in message:  # the service itself, on the chief, stopped answering
+        job, index = _service_leader()
+        reason = "stopped answering heartbeats"
+    else:
+        others = [m for m in _TASK.finditer(message) if (m.group(1), int(m.group(2))) != (role.task_type, role.index)]
+        if not others or type(exc).__name__ not in ("UnavailableError", "DeadlineExceededError", "AbortedError",
+                                                   "CancelledError", "InternalError"):
+            return None
+        job, index = others[0].groups()
+        reason = message.strip().splitlines()[0].split(" [")[0][-120:]
+    return WorkerLost(f"lost {job} {index} ({type(exc).__name__}: {reason}); "
+                      f"run the same command with --resume {run_dir} on every worker")
+
+
+def _service_leader() -> tuple[str, str]:
+    """The task that runs TensorFlow's coordination service: the chief, else worker 0."""
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except ValueError:
+        cluster = {}
+    return ("chief", "0") if cluster.get("chief") else ("worker", "0")
+
+
+class WorkerLost(CnnError):
+    """Another process of a multi-worker run died or stopped answering; the run directory is resumable."""
