@@ -83,7 +83,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     `errors=N` adds the N highest-loss images (`errors`), examples of the most
     confused pairs, and their galleries as PNGs in `figures` (default: the run directory; cnncli.mistakes).
     """
-    from cnncli.data.pipeline import is_streamed, predict_split
+    from cnncli.data.splits import is_streamed, predict_split
     from cnncli.evaluate import classification_report
 
     run = open_run(path)

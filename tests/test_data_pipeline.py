@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cnncli.config import DataConfig
-from cnncli.data.pipeline import FileSplit, choose_cache
+from cnncli.data.pipeline import FileSplit
+from cnncli.data.residency import choose_cache
 from cnncli.data.record_stream import RecordSplit
 from cnncli.errors import DataError
 

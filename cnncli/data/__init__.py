@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.config import DataConfig
-from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, records, shapes
+from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, records, residency, shapes
 from cnncli.data.base import Dataset, DatasetInfo, Source
 from cnncli.data.prepare import convert_images, converted_shape, prepare
 from cnncli.errors import DataError
@@ -78,8 +78,8 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
         image_shape = tuple(int(d) for d in (shape or listing.image_shape))
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
-    root = pipeline.cache_root(cfg.cache_dir)
-    mode, why = pipeline.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
+    root = residency.cache_root(cfg.cache_dir)
+    mode, why = residency.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
                                       sum(len(s) for s in splits.values()) * image_bytes, root)
     if mode == "memory":
         data = load(cfg, seed)

@@ -32,7 +32,7 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)  # e.g. skipped corrupt images
     bboxes: Optional[dict[str, np.ndarray]] = None  # shapes only: split -> (N, 4) top, left, bottom, right
     paths: Optional[dict[str, list[str]]] = None  # image_folder only: split -> the file of each example
-    cache: Optional[dict] = None  # resident or streamed, and why (pipeline.choose_cache), for run.json
+    cache: Optional[dict] = None  # resident or streamed, and why (residency.choose_cache), for run.json
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

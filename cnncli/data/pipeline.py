@@ -3,7 +3,7 @@
 A split is either a uint8 NHWC array in memory (every source can give one) or
 a `FileSplit`: image files, their labels, and the reader that turns one file
 into uint8 (H, W, C) pixels at the model's size. The trainer asks a split only
-for batches in an order it chooses (`FileSplit.batches`, `labelled_batches`),
+for batches in an order it chooses (`FileSplit.batches`, `splits.labelled_batches`),
 so it never knows which kind fed it; a source hands over file lists
 (`FileListing`) and never knows whether they are cached.
 
@@ -34,15 +34,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from cnncli import faults
 from cnncli.errors import DataError
 
-BUDGET_SHARE = 0.25  # default memory budget: a quarter of the available RAM leaves room for TF, the model, the OS
-DISK_HEADROOM = 1.2  # auto uses the disk cache only when the cache folder has this much more free space than needed
 CACHE_VERSION = 1  # bumped when the cache layout changes, so old caches are rebuilt, never misread
 COMMIT_MARKER = "done.json"  # written last: its absence marks a cache whose writer died
 PROGRESS_EVERY = 5.0  # seconds between first-pass progress lines
@@ -123,7 +121,9 @@ class FileSplit(StreamedImages):
 
     def to_array(self) -> np.ndarray:
         """Every image in memory (for small subsets: exports' representative sets, smoke checks)."""
-        x, _ = _collect(self, 256)
+        from cnncli.data.splits import collect
+
+        x, _ = collect(self, 256)
         return x
 
     def astype(self, dtype) -> np.ndarray:
@@ -313,124 +313,6 @@ def _without_flag(pixels, label, ok):
 def _reason(exc: DataError, path: str) -> str:
     text = str(exc)
     return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
-
-
-# ------------------------------------------------------------------ for trainers and evaluators
-
-def is_streamed(x) -> bool:
-    """A split read on demand (FileSplit, record_stream.RecordSplit) rather than an array in memory."""
-    return hasattr(x, "batches") and hasattr(x, "health")
-
-
-def raise_if_failed(x) -> None:
-    """With `on_corrupt: error`, the first unreadable file met so far as one DataError naming it."""
-    if not is_streamed(x) or x.on_corrupt != "error" or not x.health.bad:
-        return
-    path = sorted(x.health.bad)[0]
-    more = len(x.health.bad) - 1
-    raise DataError(f"while streaming: {path}: {x.health.bad[path]}{f' (and {more} more)' if more else ''}; "
-                    "replace or delete it, or set data.on_corrupt: skip")
-
-
-def labelled_batches(x, y: np.ndarray, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 images, labels) in split order, resident or streamed; unreadable files are left out."""
-    if is_streamed(x):
-        for images, labels in x.batches(np.arange(len(x)), batch_size).as_numpy_iterator():
-            yield images, labels.astype(np.int64)
-        raise_if_failed(x)
-        return
-    for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
-
-
-def _collect(x, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(labelled_batches(x, getattr(x, "labels", None), batch_size))
-    if not parts:
-        return np.zeros((0, *x.image_shape), np.uint8), np.zeros(0, np.int64)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def predict_split(predict: Callable[[np.ndarray], np.ndarray], x, y: np.ndarray,
-                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """`predict` over a split in batches: (probabilities, the labels of the images actually read)."""
-    probs, labels = [], []
-    for images, batch_labels in labelled_batches(x, y, batch_size):
-        probs.append(np.asarray(predict(images), np.float32))
-        labels.append(batch_labels)
-    if not probs:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return np.concatenate(probs), np.concatenate(labels)
-
-
-def head(x, k: int) -> np.ndarray:
-    """The first k images of a split as an array."""
-    if not is_streamed(x):
-        return x[:k]
-    return next(labelled_batches(x, None, k), (np.zeros((0, *x.image_shape), np.uint8), None))[0]
-
-
-def skipped(*splits) -> list[str]:
-    """Files left out of streamed splits because they could not be read."""
-    bad = set()
-    for x in splits:
-        if is_streamed(x):
-            bad.update(x.health.bad)
-    return sorted(bad)
-
-
-def files_opened(x) -> int | None:
-    return len(x.health.opened) if is_streamed(x) else None
-
-
-# ------------------------------------------------------------------ choosing resident or streamed
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cnncli" / "images"
-
-
-def choose_cache(requested: str, budget: int | None, train_bytes: int, total_bytes: int,
-                 root: Path) -> tuple[str, str]:
-    """(memory | disk | none, why) for a file-backed source."""
-    if requested != "auto":
-        return requested, "data.cache is set in the config"
-    if budget is None:
-        budget, where = int(available_memory() * BUDGET_SHARE), f"{BUDGET_SHARE:.0%} of available memory"
-    else:
-        where = "data.memory_budget"
-    size = f"decoded training split {human_bytes(train_bytes)}"
-    if train_bytes <= budget:
-        return "memory", f"{size} fits the memory budget {human_bytes(budget)} ({where})"
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free >= total_bytes * DISK_HEADROOM:
-        return "disk", f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); caching decoded images in {root}"
-    return "none", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}) and {root} has only "
-                    f"{human_bytes(free)} free for a cache; decoding every epoch")
 
 
 def split_listing(listing: FileListing, cfg, seed: int) -> dict[str, FileSplit]:

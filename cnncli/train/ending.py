@@ -31,7 +31,7 @@ class RunEnding:
         if self.history and any(k.startswith("val_") for k in self.history[-1]):
             metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
         if len(self.data.x_test):
-            from cnncli.data.pipeline import predict_split
+            from cnncli.data.splits import predict_split
 
             probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
             metrics["test"] = classification_report(labels, probs, self.data.class_names)
@@ -60,7 +60,7 @@ class RunEnding:
 
         import cnncli.preprocessing  # noqa: F401  registers the custom layer
 
-        from cnncli.data.pipeline import head
+        from cnncli.data.splits import head
 
         x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
         reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)

@@ -181,7 +181,7 @@ class Trainer:
     def set_data(self, x, y: np.ndarray) -> None:
         """Keep the training split resident (uint8 stays uint8: 4× less memory than float32),
         or, for a streamed split, keep it to ask for batches each epoch."""
-        from cnncli.data.pipeline import is_streamed
+        from cnncli.data.splits import is_streamed
 
         tf = self.tf
         if is_streamed(x):
@@ -215,7 +215,7 @@ class Trainer:
         self.loss_tracker.reset_state()
         for metric in self.metrics:
             metric.reset_state()
-        from cnncli.data.pipeline import raise_if_failed
+        from cnncli.data.splits import raise_if_failed
 
         steps = self.steps_per_epoch()
         perm = epoch_permutation(self._n, self.seed, epoch)
@@ -310,7 +310,7 @@ class Trainer:
 
     def predict_split(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, labels) over a resident or streamed split; a stream leaves unreadable files out."""
-        from cnncli.data.pipeline import is_streamed, predict_split
+        from cnncli.data.splits import is_streamed, predict_split
 
         if not is_streamed(x):
             return self.predict(x), y

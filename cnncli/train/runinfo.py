@@ -55,7 +55,7 @@ class RunRecord:
 
 def _stream_record(data) -> dict:
     """How the data was fed (resident or streamed, and why), files skipped and read, for run.json."""
-    from cnncli.data.pipeline import files_opened, skipped
+    from cnncli.data.splits import files_opened, skipped
 
     if not data.cache:
         return {}
