@@ -56,6 +56,7 @@ from cnncli.errors import DataError
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # the files image folders and `cnn predict DIR` take
 COLOR_MODES = ("grayscale", "rgb")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # Pillow's modes for 16-bit grey files

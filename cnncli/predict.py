@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError
-from cnncli.images import conform, model_view, read_image  # noqa: F401  (read_image: callers import it from here)
+from cnncli.images import EXTENSIONS, conform, model_view, read_image  # noqa: F401  (read_image: callers import it from here)
 
 DEFAULT_TOP_K = 5  # as keras.applications' decode_predictions
 
@@ -42,8 +42,7 @@ def predict_files(model: str | Path, images: list[str | Path], k: int = DEFAULT_
 
     if k < 1:
         raise CnnError(f"--top-k must be at least 1, got {k}")
-    if not images:
-        raise CnnError("give at least one image file")
+    images = image_files(images)
     pictures = [read_image(path) for path in images]  # every unreadable file fails before the model loads
     predictor = open_predictor(model)
     view = model_view(predictor.input_shape)
@@ -52,6 +51,22 @@ def predict_files(model: str | Path, images: list[str | Path], k: int = DEFAULT_
     rows = [{"image": str(path), "predictions": top_k(p, predictor.class_names, min(k, len(p)))}
             for path, p in zip(images, probs)]
     return PredictResult(str(model), predictor.kind, rows, list(predictor.warnings))
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The files given, with each folder replaced by the pictures in it and below it, in name order."""
+    files = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        if not found:
+            raise CnnError(f"{path}: a folder with no pictures in it ({', '.join(EXTENSIONS)})")
+        files += found
+    if not files:
+        raise CnnError("give at least one image file")
+    return files
 
 
 def predictions_table(result: PredictResult):

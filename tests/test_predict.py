@@ -174,3 +174,25 @@ def test_exported_model_without_export_json_shows_class_indices(tmp_path):
                              "classes are shown as indices\n")
     top = json.loads(result.stdout)[0]["predictions"][0]["class"]
     assert top == str(int(tr.fashion_keras_probabilities()[0].argmax()))
+
+
+def test_a_folder_stands_for_its_pictures_below_it_in_name_order(tmp_path):
+    x, _ = tr.fashion_test_images()
+    probs = tr.fashion_keras_probabilities()
+    folder = tmp_path / "batch"
+    (folder / "inner").mkdir(parents=True)
+    for image, where, name in ((x[0], folder, "b.png"), (x[1], folder / "inner", "a.png"), (x[2], folder, "a.png")):
+        _png(where, image, name)
+    (folder / "notes.txt").write_text("not a picture")
+    single = _png(tmp_path, x[3], "single.png")
+    result = runner.invoke(app, ["predict", str(tr.fashion_run()), str(single), str(folder), "-k", "1", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    expected = [single, folder / "a.png", folder / "b.png", folder / "inner" / "a.png"]
+    assert [row["image"] for row in rows] == [str(p) for p in expected]
+    names = json.loads((tr.fashion_run() / "run.json").read_text())["class_names"]
+    assert [row["predictions"][0]["class"] for row in rows] == [names[int(probs[i].argmax())] for i in (3, 2, 0, 1)]
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["predict", str(tr.fashion_run()), str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {tmp_path / 'empty'}: a folder with no pictures in it (.jpg, .jpeg, .png, .bmp, .gif)\n"

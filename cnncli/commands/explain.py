@@ -15,13 +15,16 @@ from cnncli.errors import CnnError
 def predict(
     model: Path = typer.Argument(..., metavar="RUN_DIR",
                                  help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel directory."),
-    images: List[Path] = typer.Argument(..., metavar="IMAGE...", help="Image files: png, jpg, bmp, gif."),
+    images: List[Path] = typer.Argument(..., metavar="IMAGE...",
+                                        help="Image files (png, jpg, bmp, gif), or folders of them."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
     json_output: bool = JsonOption,
 ) -> None:
     """Show the most probable classes for each image, with their probabilities.
 
     Images are converted to the model's colour mode and size as in training.
+
+    A folder stands for every picture in it and below it, in name order.
 
     Example: cnn predict runs/shapes-cnn/20260101-120000 figure.png --top-k 3
     """

@@ -29,9 +29,8 @@ from cnncli.config import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
 from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError
-from cnncli.images import CorruptImage
+from cnncli.images import EXTENSIONS, CorruptImage
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 TEST_FRACTION = 0.2  # share of each class held out when there is no test folder
 SHOWN = 5  # paths listed in one message before "…"
 
