@@ -161,8 +161,21 @@ def find_run_dir(path: str | Path) -> Path:
         if not any(path.iterdir()) or all(fileio.is_temp(p.name) for p in path.iterdir()):
             raise RunError(f"`{path}` is empty: its run stopped before it saved its config; "
                            "start it again with cnn train CONFIG")
-        raise RunError(f"`{path}` has no config.yaml; is it a cnncli run directory?")
+        raise RunError(f"`{path}` has no config.yaml; {_what_it_holds(path)}")
     return path
+
+
+def _what_it_holds(path: Path) -> str:
+    """The run directories a folder without config.yaml leads to: a sweep's trials, or the runs of one name."""
+    if (path / "trials.csv").exists() or (path / "study.db").exists():
+        trials = sorted(p.name for p in (path / "trials").iterdir() if (p / "config.yaml").exists()) \
+            if (path / "trials").is_dir() else []
+        example = f", e.g. {path / 'trials' / trials[0]}" if trials else ""
+        return f"it is a sweep directory (cnn tune): give one of its trials{example} (trials.csv has each one's metric)"
+    runs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "config.yaml").exists())
+    if runs:
+        return f"it holds {len(runs)} run(s); the latest is {runs[-1]}"
+    return "is it a cnncli run directory?"
 
 
 def no_world_writes() -> None:

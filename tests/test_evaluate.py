@@ -189,3 +189,29 @@ def test_bad_inputs(y, probs, names, fragment):
     with pytest.raises(DataError) as info:
         classification_report(y, probs, names)
     assert fragment in str(info.value)
+
+
+def test_a_folder_that_is_no_run_says_which_runs_it_leads_to(tmp_path):
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    runner = CliRunner()
+    for stamp in ("20260101-120000", "20260102-090000"):
+        (tmp_path / "runs" / "tiny" / stamp).mkdir(parents=True)
+        (tmp_path / "runs" / "tiny" / stamp / "config.yaml").write_text("name: tiny\n")
+    (tmp_path / "sweep" / "trials" / "0003").mkdir(parents=True)
+    (tmp_path / "sweep" / "trials" / "0003" / "config.yaml").write_text("name: tiny\n")
+    (tmp_path / "sweep" / "trials.csv").write_text("number,state\n3,COMPLETE\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("")
+    expected = {
+        "runs/tiny": f"it holds 2 run(s); the latest is {tmp_path / 'runs/tiny/20260102-090000'}",
+        "sweep": f"it is a sweep directory (cnn tune): give one of its trials, e.g. {tmp_path / 'sweep/trials/0003'} "
+                 "(trials.csv has each one's metric)",
+        "other": "is it a cnncli run directory?",
+    }
+    for folder, hint in expected.items():
+        result = runner.invoke(app, ["evaluate", str(tmp_path / folder)])
+        assert result.exit_code == 1
+        assert result.stderr == f"Error: `{tmp_path / folder}` has no config.yaml; {hint}\n"
