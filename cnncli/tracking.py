@@ -33,7 +33,38 @@ def client(uri: str):
     if uri.startswith("file:") or "://" not in uri:
         # MLflow 3 keeps its file store for reading only unless asked; a `file:` URI given to us is that request.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+        for name, value in HTTP_DEFAULTS.items():  # the user's own settings win
+            os.environ.setdefault(name, value)
     return MlflowClient(tracking_uri=uri)
+
+
+# MLflow retries an unreachable server 7 times with doubling waits (minutes) before it gives up: a run whose
+# server goes away mid-way would stall that long at every epoch. Ours give up within about half a minute.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+CONNECT_SECONDS = 5
+_reached: set[str] = set()
+
+
+def _check_server(uri: str) -> None:
+    """Refuse, before anything trains, a tracking server nothing answers at (once per URI and process)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if uri in _reached:
+        return
+    parts = urlsplit(uri)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "localhost", port), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        reason = f"no answer in {CONNECT_SECONDS} s" if isinstance(exc, TimeoutError) else \
+            (exc.strerror or type(exc).__name__)
+        raise CnnError(f"MLflow at `{uri}` cannot be reached ({reason.lower()}); start the tracking server, "
+                       "or leave out --mlflow and tracking.mlflow") from None
+    _reached.add(uri)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -137,3 +138,35 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_a_resumed_run_continues_its
         logged = sorted(client.get_metric_history(first_id, key), key=lambda m: m.step)
         assert [(m.step, m.value) for m in logged] == [(int(r["epoch"]), float(r[key])) for r in history], key
     assert json.loads((run_dir / "run.json").read_text())["tracking"]["mlflow"]["run_id"] == first_id
+
+
+def test_a_tracking_server_nothing_answers_at_is_refused_before_training(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=""))
+    result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"),
+                                 "--mlflow", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: MLflow at `http://127.0.0.1:{port}` cannot be reached (connection refused); "
+                             "start the tracking server, or leave out --mlflow and tracking.mlflow\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_reachable_server_gets_bounded_retries_unless_the_user_set_them(monkeypatch):
+    import socket
+
+    from cnncli import tracking
+
+    for name in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        tracking.client(f"http://127.0.0.1:{server.getsockname()[1]}")
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "60"  # the user's own setting
