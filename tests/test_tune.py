@@ -372,3 +372,32 @@ def test_a_sweep_whose_every_trial_failed_ends_with_one_error_line(tmp_path):
     assert result.stderr.rstrip().endswith(f"(all in {tmp_path / 'sweep' / 'trials.csv'})")
     assert [row["state"] for row in read_trials(tmp_path / "sweep")] == ["FAIL", "FAIL"]
     assert not (tmp_path / "sweep" / "best.yaml").exists()
+
+
+def test_a_search_metric_the_history_will_not_have_is_an_error_with_its_line(tmp_path):
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}")
+    config.write_text(config.read_text().replace("search:\n", "search:\n  metric: val_acuracy\n"))
+    result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 1
+    line = config.read_text().splitlines().index("  metric: val_acuracy") + 1
+    assert result.stderr == (f"Error: {config}:{line}: search.metric: `val_acuracy` is not a column of this config's "
+                             "history (did you mean `val_accuracy`?); it records loss, accuracy, val_loss, "
+                             "val_accuracy, learning_rate\n")
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("extra", ["", "--set=data.validation_split=0",
+                                   "--set=train.metrics=[accuracy, top_5_accuracy]"])
+def test_the_history_columns_a_sweep_checks_against_are_those_training_writes(tmp_path, extra):
+    from cnncli.loading import load_config
+    from cnncli.train.session import history_columns
+
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}")
+    config.write_text(config.read_text().replace("classes: [x, o, square]", "classes: [x, o, square, plus, line, triangle]")
+                      .replace("units: 3,", "units: 6,"))
+    sets = [extra.removeprefix("--set=")] if extra else []
+    result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs"), "--json",
+                                 *(["--set", sets[0]] if sets else [])])
+    assert result.exit_code == 0, result.output
+    header = (Path(json.loads(result.stdout)["run_dir"]) / "history.csv").read_text().splitlines()[0].split(",")
+    assert header == ["epoch", *history_columns(load_config(config, sets))]

@@ -332,6 +332,15 @@ class Session(RunRecord, RunEnding):
 
 
 
+def history_columns(cfg) -> list[str]:
+    """The measurement columns of `cfg`'s history.csv, in order, as `Session` writes its rows (a test trains
+    and compares): the loss and metrics, the same on the validation split when there is one, the rate."""
+    from cnncli.layers import make_metric
+
+    names = ["loss", *(make_metric(m, cfg.train.loss).name for m in cfg.train.metrics)]
+    return [*names, *(f"val_{n}" for n in names if cfg.data.validation_split > 0), "learning_rate"]
+
+
 def _current_lr(optimizer) -> float:
     return float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
                  else optimizer.learning_rate)

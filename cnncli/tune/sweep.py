@@ -69,6 +69,14 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     refused = space.value_problems(cfg, opts.config, opts.overrides)
     if refused:
         raise ConfigError(refused, cfg._file)
+    from cnncli.errors import did_you_mean
+    from cnncli.train.session import history_columns
+
+    columns = history_columns(cfg)
+    if cfg.search.metric not in columns:
+        raise cfg.error(f"`{cfg.search.metric}` is not a column of this config's history"
+                        f"{did_you_mean(cfg.search.metric, columns)}; it records {', '.join(columns)}",
+                        ("search", "metric"))
     name = opts.study or cfg.name or "sweep"
     sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
     new_dir = not (sweep_dir / "trials").exists()
