@@ -133,11 +133,19 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
         result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
+    from cnncli.errors import ConfigError
     from cnncli.loading import load_config
 
+    cfg = load_config(path, overrides)
+    if cfg.search is not None:  # what `cnn tune` would refuse before its first trial
+        from cnncli.tune.space import search_problems
+
+        problems = search_problems(cfg, path, overrides)
+        if problems:
+            exc = ConfigError(problems, cfg._file)
+            return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
     return ValidateResult(str(path), True, total_params=result.summary.total_params,
-                          input_shape=result.input_shape, warnings=result.warnings,
-                          config_yaml=load_config(path, overrides).to_yaml())
+                          input_shape=result.input_shape, warnings=result.warnings, config_yaml=cfg.to_yaml())
 
 
 def _problems(exc: CnnError, file: str) -> list[tuple]:

@@ -401,3 +401,21 @@ def test_the_history_columns_a_sweep_checks_against_are_those_training_writes(tm
     assert result.exit_code == 0, result.output
     header = (Path(json.loads(result.stdout)["run_dir"]) / "history.csv").read_text().splitlines()[0].split(",")
     assert header == ["epoch", *history_columns(load_config(config, sets))]
+
+
+def test_cnn_validate_finds_what_cnn_tune_would_refuse_before_its_first_trial(tmp_path):
+    params = "    model.layers[0].filters: {uniform: [4, 12]}"
+    config = tiny_sweep(tmp_path, params)
+    config.write_text(config.read_text().replace("search:\n", "search:\n  metric: val_acuracy\n"))
+    lines = config.read_text().splitlines()
+    result = runner.invoke(app, ["validate", str(config)])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "Error: 2 problems",
+        f"  {config}:{lines.index(params) + 1}: search.params.model.layers[0].filters: draws 4.0, which this key "
+        "refuses: expected an integer, got 4.0; search whole numbers with `int: [lo, hi]`",
+        f"  {config}:{lines.index('  metric: val_acuracy') + 1}: search.metric: `val_acuracy` is not a column of this "
+        "config's history (did you mean `val_accuracy`?); it records loss, accuracy, val_loss, val_accuracy, "
+        "learning_rate"]
+    good = tiny_sweep(tmp_path, "    model.layers[0].filters: {int: [4, 12]}")
+    assert runner.invoke(app, ["validate", str(good)]).exit_code == 0

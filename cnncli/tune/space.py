@@ -90,6 +90,24 @@ def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     return problems
 
 
+def search_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
+    """What would fail every trial alike, found before the first (`cnn tune` and `cnn validate`): values a
+    searched key refuses, and a metric the history will not have."""
+    from cnncli.errors import did_you_mean
+    from cnncli.train.session import history_columns
+
+    problems = value_problems(cfg, config, overrides)
+    metric, line = cfg.search.metric, cfg.line_of(("search", "metric"))
+    columns = history_columns(cfg)
+    if metric.startswith("val_") and cfg.data.validation_split == 0:
+        problems.append(Problem(f"searching `{metric}` needs a validation split; set data.validation_split",
+                                "search.metric", line))
+    elif metric not in columns:
+        problems.append(Problem(f"`{metric}` is not a column of this config's history{did_you_mean(metric, columns)}; "
+                                f"it records {', '.join(columns)}", "search.metric", line))
+    return problems
+
+
 def as_overrides(values: dict[str, Any]) -> list[str]:
     """`path=value` strings for TrainOptions.overrides, values written as YAML flow scalars."""
     return [f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"

@@ -63,20 +63,9 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     if cfg.search is None:
         raise cfg.error("has no `search:` section; add `search: {params: {train.optimizer.learning_rate: "
                         "{loguniform: [0.0001, 0.01]}}}` (see README, Experiments)", ("search",))
-    if cfg.search.metric.startswith("val_") and cfg.data.validation_split == 0:
-        raise cfg.error(f"searching `{cfg.search.metric}` needs a validation split; set data.validation_split",
-                        ("search", "metric"))
-    refused = space.value_problems(cfg, opts.config, opts.overrides)
-    if refused:
-        raise ConfigError(refused, cfg._file)
-    from cnncli.errors import did_you_mean
-    from cnncli.train.session import history_columns
-
-    columns = history_columns(cfg)
-    if cfg.search.metric not in columns:
-        raise cfg.error(f"`{cfg.search.metric}` is not a column of this config's history"
-                        f"{did_you_mean(cfg.search.metric, columns)}; it records {', '.join(columns)}",
-                        ("search", "metric"))
+    problems = space.search_problems(cfg, opts.config, opts.overrides)
+    if problems:
+        raise ConfigError(problems, cfg._file)
     name = opts.study or cfg.name or "sweep"
     sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
     new_dir = not (sweep_dir / "trials").exists()
