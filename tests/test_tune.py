@@ -223,6 +223,22 @@ def test_plain_lines_when_not_a_terminal():
                               "(pruned after epoch 1)\n")
 
 
+def test_sampled_values_show_four_significant_digits_however_small():
+    import io
+
+    from rich.console import Console
+
+    from cnncli.tune.progress import SweepDisplay
+    from cnncli.tune.sweep import TrialOutcome
+
+    buf = io.StringIO()
+    params = {"train.optimizer.learning_rate": 3.4567e-05, "model.layers[2].rate": 0.25}
+    with SweepDisplay(Console(file=buf, width=200), live=False) as display:
+        display.trial(TrialOutcome(0, "COMPLETE", 0.5, params, 2.0, metric="val_accuracy"))
+    assert buf.getvalue() == ("trial    0  COMPLETE  val_accuracy 0.5000  2.0s  "
+                              "train.optimizer.learning_rate=3.457e-05  model.layers[2].rate=0.25\n")
+
+
 def test_ctrl_c_fails_the_trial_uncounted_retries_it_with_the_same_values_and_says_how_to_continue(
         tmp_path, monkeypatch):
     import optuna

@@ -10,7 +10,13 @@ from rich.table import Table
 
 
 def _value(v) -> str:
+    """A metric: four decimals, as accuracies and losses are read."""
     return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def _param(v) -> str:
+    """A sampled value: four significant digits, so a rate of 3e-05 does not show as 0.0000."""
+    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
 class SweepDisplay:
@@ -38,7 +44,7 @@ class SweepDisplay:
         if self._live is not None:
             self._live.update(self._table(), refresh=True)
         else:
-            params = "  ".join(f"{k}={_value(v)}" for k, v in outcome.params.items())
+            params = "  ".join(f"{k}={_param(v)}" for k, v in outcome.params.items())
             tail = f"  ({outcome.message})" if outcome.message else ""
             self.console.print(f"trial {outcome.number:>4}  {outcome.state:<8}  {self.metric} "
                                f"{_value(outcome.value) or '-'}  {outcome.seconds:.1f}s  {params}{tail}",
@@ -52,5 +58,5 @@ class SweepDisplay:
                              overflow="fold")
         for r in self.rows:
             table.add_row(str(r.number), r.state, _value(r.value), f"{r.seconds:.1f}",
-                          *[_value(r.params.get(n)) for n in names], r.message[:60])
+                          *[_param(r.params.get(n)) for n in names], r.message[:60])
         return table
