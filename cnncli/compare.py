@@ -145,3 +145,11 @@ def _number(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def cell(value) -> str:
+    """A value as a table shows it: floats to four significant digits, whole thousands as `11,832` (never
+    `1.18e+04`), so that a learning rate of 3e-05 does not read 0.0000 either."""
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -75,7 +75,7 @@ def compare(
     Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
     """
     from cnncli.compare import compare as compare_runs
-    from cnncli.compare import short_labels
+    from cnncli.compare import cell, short_labels
 
     with handled(json_output):
         report = compare_runs(runs, output)
@@ -91,20 +91,13 @@ def compare(
         for label in labels:
             table.add_column(label, justify="right", overflow="fold")
         for key in rows:
-            table.add_row(key, *[_cell(r.get(key)) for r in report["runs"]])
+            table.add_row(key, *[cell(r.get(key)) for r in report["runs"]])
         out.print(table)
         diff = Table(title="config keys that differ", title_justify="left")
         diff.add_column("key", min_width=min(40, max(map(len, report["differences"]), default=0)), overflow="fold")
         for label in labels:
             diff.add_column(label, justify="right", overflow="fold")
         for key, values in report["differences"].items():
-            diff.add_row(key, *map(_cell, values))
+            diff.add_row(key, *map(cell, values))
         out.print(diff if report["differences"] else "the configs are the same")
         out.print(f"curves: {report['plot']}", markup=False)
-
-
-def _cell(value) -> str:
-    """Four significant digits; whole thousands as `11,800`, never as `1.18e+04`."""
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
-    return "" if value is None else str(value)

@@ -8,15 +8,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cnncli.compare import cell
+
 
 def _value(v) -> str:
     """A metric: four decimals, as accuracies and losses are read."""
     return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
-
-
-def _param(v) -> str:
-    """A sampled value: four significant digits, so a rate of 3e-05 does not show as 0.0000."""
-    return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
 
 
 class SweepDisplay:
@@ -44,7 +41,7 @@ class SweepDisplay:
         if self._live is not None:
             self._live.update(self._table(), refresh=True)
         else:
-            params = "  ".join(f"{k}={_param(v)}" for k, v in outcome.params.items())
+            params = "  ".join(f"{k}={cell(v)}" for k, v in outcome.params.items())
             tail = f"  ({outcome.message})" if outcome.message else ""
             self.console.print(f"trial {outcome.number:>4}  {outcome.state:<8}  {self.metric} "
                                f"{_value(outcome.value) or '-'}  {outcome.seconds:.1f}s  {params}{tail}",
@@ -58,5 +55,5 @@ class SweepDisplay:
                              overflow="fold")
         for r in self.rows:
             table.add_row(str(r.number), r.state, _value(r.value), f"{r.seconds:.1f}",
-                          *[_param(r.params.get(n)) for n in names], r.message[:60])
+                          *[cell(r.params.get(n)) for n in names], r.message[:60])
         return table

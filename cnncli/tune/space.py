@@ -11,7 +11,7 @@ import yaml
 from cnncli.config import Config, Distribution, SearchSpec
 from cnncli.keypaths import canonical_path
 from cnncli.loading import load_config
-from cnncli.errors import ConfigError, Problem
+from cnncli.errors import ConfigError, Problem, did_you_mean
 
 
 def _scalar(value: Any) -> bool:
@@ -93,7 +93,6 @@ def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
 def search_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     """What would fail every trial alike, found before the first (`cnn tune` and `cnn validate`): values a
     searched key refuses, and a metric the history will not have."""
-    from cnncli.errors import did_you_mean
     from cnncli.train.session import history_columns
 
     problems = value_problems(cfg, config, overrides)

@@ -266,19 +266,16 @@ def shared_data():
         cnncli.data.load = real
 
 
-class _RetracingNote:
-    """Drops TensorFlow's "triggered tf.function retracing" warning: every trial builds a new model and
-    traces its steps afresh, which is what a sweep is meant to do, not the mistake the warning is for."""
-
-    def filter(self, record) -> bool:
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
 @contextlib.contextmanager
 def _expected_retracing():
+    """Drops TensorFlow's "triggered tf.function retracing" warning: every trial builds a new model and
+    traces its steps afresh, which is what a sweep is meant to do, not the mistake the warning is for."""
     import logging
 
-    logger, note = logging.getLogger("tensorflow"), _RetracingNote()
+    def note(record) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+    logger = logging.getLogger("tensorflow")
     logger.addFilter(note)
     try:
         yield
