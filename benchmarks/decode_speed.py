@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     args = parser.parse_args()
 
-    from cnncli.config import DataConfig
+    from cnncli.config.schema import DataConfig
     from cnncli.data import load
     from cnncli.data.pack import pack
 

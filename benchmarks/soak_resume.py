@@ -33,7 +33,7 @@ CNN = [str(Path(sys.executable).parent / "cnn")] if (Path(sys.executable).parent
 
 
 def history_epochs(run_dir: Path) -> list[int]:
-    from cnncli.rundir import read_history
+    from cnncli.train.rundir import read_history
 
     return [int(row["epoch"]) for row in read_history(run_dir / "history.csv")]
 

@@ -229,7 +229,7 @@ def matmul_peak(size: int = 2048, repeats: int = 12) -> dict:
 def training_flops(name: str) -> int:
     """FLOPs per training image: 2 × (forward + input gradient + weight gradient) multiply-adds,
     without the first weighted layer's input gradient (the input needs none)."""
-    from cnncli.config import Config
+    from cnncli.config.schema import Config
     from cnncli.train.decisions import model_macs
 
     def macs(layers):

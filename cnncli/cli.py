@@ -26,12 +26,12 @@ from cnncli.commands import experiments  # noqa: E402, F401  isort: skip
 from cnncli.errors import CnnError  # noqa: E402  isort: skip
 
 LISTS = {  # what `cnn list` can show: name -> (module, function)
-    "layers": ("cnncli.layers", "list_layers"),
-    "optimizers": ("cnncli.layers", "list_optimizers"),
-    "schedules": ("cnncli.layers", "list_schedules"),
-    "backbones": ("cnncli.layers", "list_backbones"),
+    "layers": ("cnncli.config.vocabulary", "list_layers"),
+    "optimizers": ("cnncli.config.vocabulary", "list_optimizers"),
+    "schedules": ("cnncli.config.vocabulary", "list_schedules"),
+    "backbones": ("cnncli.config.vocabulary", "list_backbones"),
     "datasets": ("cnncli.data", "list_datasets"),
-    "formats": ("cnncli.export", "list_formats"),
+    "formats": ("cnncli.deploy.export", "list_formats"),
     "templates": ("cnncli.templates", "list_templates"),
 }
 

@@ -30,7 +30,7 @@ class SummaryResult:
         """The summary's layer rows; unless `expand`, the layers of one block use folded into one row."""
         if expand or not self.groups:
             return list(self.summary.layers)
-        from cnncli.geometry import LayerRow
+        from cnncli.model.geometry import LayerRow
 
         out: list = []
         members: dict[str, list] = {}
@@ -79,11 +79,11 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
     A model whose output is not (batch, classes) cannot train: an error with `classifier`
     (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
     """
-    from cnncli.builder import build_checked, check_classes, check_output, raw_spec_problems
+    from cnncli.model.builder import build_checked, check_classes, check_output, raw_spec_problems
     from cnncli.errors import ConfigError
-    from cnncli.loading import load_config
-    from cnncli.geometry import summarize
-    from cnncli.inputs import plan_input
+    from cnncli.config.loading import load_config
+    from cnncli.model.geometry import summarize
+    from cnncli.model.inputs import plan_input
     from cnncli.train.phases import check_phases, phase_params
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)
@@ -112,7 +112,7 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
 def _double_scaling(cfg) -> list[str]:
     """A Rescaling in model.layers when the model already scales its input: pixels scaled twice."""
     from cnncli.errors import Problem
-    from cnncli.yamlio import format_path
+    from cnncli.config.yamlio import format_path
 
     first = "the backbone's preprocessing" if cfg.model.backbone is not None else "Rescaling(1/255)"
     out = []
@@ -134,7 +134,7 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
     from cnncli.errors import ConfigError
-    from cnncli.loading import load_config
+    from cnncli.config.loading import load_config
 
     cfg = load_config(path, overrides)
     if cfg.search is not None:  # what `cnn tune` would refuse before its first trial

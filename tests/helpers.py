@@ -28,7 +28,7 @@ def write_shapes_folder(root: Path, seed: int, train: int, test: int) -> Path:
     """The shapes dataset (x, o, square; 16×16 grey) as an image folder of PNGs: root/{train,test}/<class>/."""
     from PIL import Image
 
-    from cnncli.config import DataConfig, ShapesSpec
+    from cnncli.config.schema import DataConfig, ShapesSpec
     from cnncli.data import load
 
     data = load(DataConfig(dataset="shapes", validation_split=0,

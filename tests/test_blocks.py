@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.loading import load_config
+from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.compare import differences, flatten
+from cnncli.tune.compare import differences, flatten
 
 runner = CliRunner()
 
@@ -96,7 +96,7 @@ def test_compare_tables_keep_every_name_whole_on_a_narrow_terminal(two_runs, tmp
 
 
 def test_cells_show_four_digits_and_whole_thousands():
-    from cnncli.compare import cell as _cell
+    from cnncli.tune.compare import cell as _cell
 
     assert [_cell(v) for v in (0.123456, 1234.5678, 11832.4, 3, None, "x")] == [
         "0.1235", "1235", "11,832", "3", "", "x"]

@@ -189,7 +189,7 @@ def test_per_layer_rates_without_the_variable_index(monkeypatch):
 def test_summary_without_inbound_nodes_is_the_same(monkeypatch):
     import keras
 
-    from cnncli.geometry import summarize
+    from cnncli.model.geometry import summarize
 
     inputs = keras.Input((16, 16, 3))
     a = keras.layers.Conv2D(4, 3, name="a")(inputs)
@@ -206,7 +206,7 @@ def test_summary_without_inbound_nodes_is_the_same(monkeypatch):
 
 
 def test_snake_case_without_keras_naming_is_the_same(monkeypatch):
-    from cnncli.layers import LAYERS
+    from cnncli.config.vocabulary import LAYERS
 
     names = [cls.__name__ for _, cls in LAYERS.items()]
     expected = [compat.snake_case(n) for n in names]
@@ -235,7 +235,7 @@ def test_moved_coordination_internals_leave_tensorflow_defaults(monkeypatch):
 def test_weights_hint_without_get_file_leaves_keras_alone(monkeypatch):
     from keras.src.utils import file_utils
 
-    from cnncli.builder import _offline_weights_hint
+    from cnncli.model.builder import _offline_weights_hint
 
     real = file_utils.get_file
     monkeypatch.setitem(sys.modules, "keras.src.backend.config", types.ModuleType("moved"))

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.loading import load_config
+from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
 
 runner = CliRunner()
@@ -143,7 +143,7 @@ def _lines(doc, path=()):
 
 @given(DOCS, DOCS)
 def test_merge_properties(base, over):
-    from cnncli.compose import merge
+    from cnncli.config.compose import merge
 
     merged, lines = merge(base, _lines(base), over, _lines(over))
     assert set(merged) == set(base) | set(over)

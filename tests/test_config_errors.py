@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.loading import apply_overrides, config_from_dict
+from cnncli.config.loading import apply_overrides, config_from_dict
 from cnncli.errors import ConfigError
 
 runner = CliRunner()

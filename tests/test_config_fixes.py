@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli.builder import build_model
+from cnncli.model.builder import build_model
 from cnncli.cli import app
-from cnncli.loading import load_config
+from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import SOURCES, Dataset, DatasetInfo, convert_images, describe, list_datasets, load
 from cnncli.data import keras_datasets
 from cnncli.data.prepare import limit_indices, resize, to_channels, validation_indices
@@ -112,7 +112,7 @@ def offline_keras(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- registry and describe == load
 
 def test_list_datasets_matches_the_schema():
-    from cnncli.config import DATASETS
+    from cnncli.config.schema import DATASETS
 
     assert list_datasets() == sorted(DATASETS)
     assert all(SOURCES.get(name).summary for name in list_datasets())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_data_api import idx_bytes, write_idx
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import describe, load
 from cnncli.errors import DataError
 

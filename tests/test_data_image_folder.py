@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from test_data_api import write_folder, write_image
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import describe, load
 from cnncli.images import read_image
 from cnncli.errors import DataError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_data_api import offline_keras, write_cifar, write_idx, write_npz  # noqa: F401 (fixture)
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import describe, keras_datasets, load
 from cnncli.errors import DataError
 

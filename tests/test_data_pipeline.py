@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data.pipeline import FileSplit
 from cnncli.data.residency import choose_cache
 from cnncli.data.record_stream import RecordSplit

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from cnncli.config import SHAPE_CLASSES, DataConfig, ShapesSpec
+from cnncli.config.schema import SHAPE_CLASSES, DataConfig, ShapesSpec
 from cnncli.data import load, shapes
 
 

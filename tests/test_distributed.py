@@ -142,7 +142,7 @@ def _stopped(pid: int) -> bool:
 def weights(model_path: Path) -> list[np.ndarray]:
     import keras
 
-    import cnncli.preprocessing  # noqa: F401  registers cnncli's layers
+    import cnncli.model.preprocessing  # noqa: F401  registers cnncli's layers
 
     return keras.models.load_model(model_path, compile=False).get_weights()
 
@@ -396,7 +396,7 @@ def test_collective_timeout_sets_the_heartbeat_timeout():
                                               "task": {"type": "worker", "index": 1}})
         import tensorflow as tf
         from tensorflow.python.eager import context
-        from cnncli.config import RuntimeConfig
+        from cnncli.config.schema import RuntimeConfig
         from cnncli.train import cluster
         cluster.configure_heartbeats(tf, RuntimeConfig(collective_timeout=7.5).collective_timeout)
         config = context.context().coordination_service

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnncli.errors import CnnError, DataError
-from cnncli.evaluate import classification_report, most_confused, top_k_accuracy
+from cnncli.model.scores import classification_report, most_confused, top_k_accuracy
 
 NAMES = ["cat", "dog", "bird"]
 # 6 examples, 3 classes. Predictions (argmax): cat, dog | dog, dog | cat, bird.

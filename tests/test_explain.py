@@ -16,11 +16,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import trained_runs as tr
-from cnncli.artifacts import float32_model
+from cnncli.deploy.artifacts import float32_model
 from cnncli.cli import app
 from cnncli.data import shapes
 from cnncli.errors import CnnError
-from cnncli.explain import (filter_tiles, find_conv_layer, list_methods, logits_model, saliency_map)
+from cnncli.insight.saliency import (filter_tiles, find_conv_layer, list_methods, logits_model, saliency_map)
 from cnncli.plots import SALIENCY_SIZE, DPI
 
 runner = CliRunner()
@@ -85,7 +85,7 @@ def test_float32_copy_of_a_mixed_precision_model():
 
 @pytest.fixture(scope="module")
 def shapes_scores():
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     run = open_run(tr.shapes_run())
     scores, kind = logits_model(float32_model(run.load_model()))
@@ -108,7 +108,7 @@ def test_saliency_of_one_figure_lies_in_its_box_through_the_cli(tmp_path):
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["class"] == doc["predicted"] == "square" and doc["score"] == "logit"
-    from cnncli.explain import explain_image
+    from cnncli.insight.saliency import explain_image
 
     explained = explain_image(tr.shapes_run(), path)
     assert explained.mass_inside(box) >= 0.70

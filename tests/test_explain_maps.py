@@ -1,4 +1,4 @@
-"""Grad-CAM and feature maps (cnncli.explain_maps): where the map's mass falls on `shapes`,
+"""Grad-CAM and feature maps (cnncli.insight.maps): where the map's mass falls on `shapes`,
 graph configs and a nested backbone, and the activation grids of `cnn activations`.
 
 The shapes run is the shared one of tests/trained_runs.py; the graph and
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import trained_runs as tr
 from cnncli.cli import app, fill_optional_values
 from cnncli.data import shapes
-from cnncli.explain_maps import grad_cam, last_conv, probe_model
+from cnncli.insight.maps import grad_cam, last_conv, probe_model
 
 runner = CliRunner()
 FIGURES = ["x", "o", "square", "triangle", "plus"]  # as tests/test_explain.py: `line`'s box hugs a 2-px stroke
@@ -50,9 +50,9 @@ def _figure_file(tmp_path, figure="square", rgb=False):
 
 @pytest.fixture(scope="module")
 def shapes_scores():
-    from cnncli.artifacts import float32_model
-    from cnncli.explain import logits_model
-    from cnncli.runs import open_run
+    from cnncli.deploy.artifacts import float32_model
+    from cnncli.insight.saliency import logits_model
+    from cnncli.deploy.runs import open_run
 
     run = open_run(tr.shapes_run())
     return run, logits_model(float32_model(run.load_model()))[0]
@@ -130,9 +130,9 @@ def test_gradcam_on_graph_configs(tmp_path, config, classifier, layer, shape):
 
 def test_gradcam_on_a_backbone_uses_the_last_conv_of_the_base(tmp_path):
     """A keras.applications base is a nested model; built from its config (training it adds nothing here)."""
-    from cnncli.builder import build_model
-    from cnncli.loading import load_config
-    from cnncli.explain import logits_model
+    from cnncli.model.builder import build_model
+    from cnncli.config.loading import load_config
+    from cnncli.insight.saliency import logits_model
 
     config = tmp_path / "backbone.yaml"
     config.write_text(

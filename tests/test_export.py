@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import trained_runs as tr
 from cnncli.cli import app
 from cnncli.errors import CnnError
-from cnncli.export import FORMATS, QUANTIZATIONS, Criterion, export_run, list_formats, resolve_output
+from cnncli.deploy.export import FORMATS, QUANTIZATIONS, Criterion, export_run, list_formats, resolve_output
 
 runner = CliRunner()
 EXTRA = "pip install 'cnncli[export]'"
@@ -213,9 +213,9 @@ def test_cli_export_prints_the_check_and_json_is_one_document(tmp_path):
 # ---------------------------------------------------------------- failures
 
 def test_failed_check_exits_1_and_removes_the_artefact(tmp_path, monkeypatch):
-    import cnncli.export
+    import cnncli.deploy.export
 
-    monkeypatch.setattr(cnncli.export, "FLOAT", Criterion(max_abs_diff=-1.0))  # nothing can pass
+    monkeypatch.setattr(cnncli.deploy.export, "FLOAT", Criterion(max_abs_diff=-1.0))  # nothing can pass
     result = runner.invoke(app, ["export", str(tr.fashion_run()), "--format", "tflite", "--output",
                                  str(tmp_path / "bad.tflite")])
     assert result.exit_code == 1

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnncli import faults, fileio, rundir
+from cnncli import faults, fileio
+from cnncli.train import rundir
 from cnncli.errors import CnnError
 
 

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.loading import load_config
+from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
 
 runner = CliRunner()
@@ -117,7 +117,7 @@ def test_hostile_config_is_refused_by_cnn_train(tmp_path, case):
 
 @pytest.mark.parametrize("case", ["billion-laughs-aliases", "billion-laughs-merge-keys", "deep-flow-nesting"])
 def test_expansion_is_refused_within_bounded_memory(case):
-    from cnncli.yamlio import parse_yaml
+    from cnncli.config.yamlio import parse_yaml
 
     tracemalloc.start()
     try:
@@ -186,7 +186,7 @@ def test_merge_keys_let_own_keys_override(tmp_path):
                     "    - {<<: [*wide, *conv], kernel_size: 5}\n"
                     "    - {type: Flatten}\n    - {type: Dense, units: 2}\n")
     data = path.read_text()
-    from cnncli.yamlio import parse_yaml
+    from cnncli.config.yamlio import parse_yaml
 
     parsed, _ = parse_yaml(data)
     assert parsed["model"]["layers"][0] == {"type": "Conv2D", "filters": 8, "padding": "same", "kernel_size": 5}

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnncli import fileio, rundir
-from cnncli.config import DataConfig
+from cnncli import fileio
+from cnncli.train import rundir
+from cnncli.config.schema import DataConfig
 from cnncli.data.image_folder import scan
 
 

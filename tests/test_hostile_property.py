@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cnncli.loading import load_config, validate_data
+from cnncli.config.loading import load_config, validate_data
 from cnncli.errors import CnnError
-from cnncli.yamlio import parse_yaml
+from cnncli.config.yamlio import parse_yaml
 
 settings.register_profile("default-run", max_examples=150, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -65,7 +65,7 @@ def test_any_text_parses_or_is_a_config_error(text):
 @settings.get_profile(PROFILE)
 @given(configs)
 def test_any_tree_validates_or_is_a_config_error(data):
-    from cnncli.builder import raw_spec_problems
+    from cnncli.model.builder import raw_spec_problems
 
     _answers(lambda: validate_data(data, {}, "random.yaml", spec_check=raw_spec_problems))
 
@@ -73,7 +73,7 @@ def test_any_tree_validates_or_is_a_config_error(data):
 @settings.get_profile(PROFILE)
 @given(configs)
 def test_any_yaml_file_loads_or_is_a_config_error(tmp_path_factory, data):
-    from cnncli.builder import raw_spec_problems
+    from cnncli.model.builder import raw_spec_problems
 
     path = tmp_path_factory.mktemp("cfg") / "random.yaml"
     try:
@@ -99,7 +99,7 @@ arg_values = (scalars | st.lists(st.integers(min_value=-3, max_value=40), max_si
 
 @st.composite
 def layer_specs(draw):
-    from cnncli.layers import LAYERS, accepted_args
+    from cnncli.config.vocabulary import LAYERS, accepted_args
 
     kind = draw(st.sampled_from(LAYER_TYPES))  # mostly real types, so most specs reach the builder
     names = accepted_args(LAYERS.get(kind)) if kind in LAYERS else []
@@ -122,7 +122,7 @@ def _config(specs: list[dict]) -> dict:
 def test_any_layer_spec_builds_or_is_a_config_error(specs):
     """What `cnn validate`, `cnn summary` and `cnn train` do with a config's layers: schema, spec checks,
     the model, its geometry."""
-    from cnncli.builder import build_model, check_model_specs, raw_spec_problems
+    from cnncli.model.builder import build_model, check_model_specs, raw_spec_problems
 
     cfg = _answers(lambda: validate_data(_config(specs), {}, "random.yaml", spec_check=raw_spec_problems))
     if isinstance(cfg, CnnError):
@@ -137,7 +137,7 @@ def test_any_layer_spec_builds_or_is_a_config_error(specs):
     else:
         event("built")
         assert model.outputs[0].shape[-1] == 2
-        from cnncli.geometry import summarize
+        from cnncli.model.geometry import summarize
 
         _answers(lambda: summarize(model).as_json())  # `cnn summary`: shapes, receptive fields, parameter counts
 

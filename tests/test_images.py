@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnncli import images
-from cnncli.artifacts import Predictor
-from cnncli.config import DataConfig
+from cnncli.deploy.artifacts import Predictor
+from cnncli.config.schema import DataConfig
 from cnncli.data import load
 from cnncli.errors import DataError
 from cnncli.images import CorruptImage, Probe, probe, read_image
-from cnncli.predict import predict_files
+from cnncli.deploy.predict import predict_files
 
 ORIENTATION = 0x0112
 RNG = np.random.default_rng(7)
@@ -119,7 +119,7 @@ def test_training_and_predict_read_identical_pixels(tmp_path, monkeypatch, name,
     trained, path = _training_pixels(tmp_path, name, color_mode, image_size)
     channels = 3 if color_mode == "rgb" else 1
     recorder = Recorder((*image_size, channels))
-    monkeypatch.setattr("cnncli.artifacts.open_predictor", recorder.predictor)
+    monkeypatch.setattr("cnncli.deploy.artifacts.open_predictor", recorder.predictor)
     predict_files("fake", [path])
     assert trained.shape == (*image_size, channels)
     assert np.array_equal(recorder.seen[0], trained.astype(np.float32))  # the model gets float32 pixel values

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 import trained_runs as tr
 from cnncli.cli import app
-from cnncli.mistakes import pair_examples, worst
+from cnncli.insight.mistakes import pair_examples, worst
 
 runner = CliRunner()
 
 
 def test_errors_lists_the_16_highest_losses_each_the_models_own():
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     result = runner.invoke(app, ["evaluate", str(tr.shapes_run()), "--errors", "16", "--json"])
     assert result.exit_code == 0, result.stderr

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import trained_runs as tr
 from cnncli.cli import app
 from cnncli.errors import DataError
-from cnncli.predict import read_image, top_k
+from cnncli.deploy.predict import read_image, top_k
 
 runner = CliRunner()
 

@@ -18,7 +18,7 @@ from test_images import jpeg_rotated, png_16bit, png_palette, png_rgba
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import describe, load, records
 from cnncli.errors import DataError
 

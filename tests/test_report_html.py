@@ -92,7 +92,7 @@ def test_report_renders_in_headless_chromium(tmp_path, width, height):
 def test_a_model_without_convolutions_gets_no_gradcam(tmp_path):
     import keras
 
-    from cnncli.report_html import _gradcam_pictures
+    from cnncli.insight.html_report import _gradcam_pictures
 
     inputs = keras.Input((8, 8, 1))
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))

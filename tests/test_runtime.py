@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from cnncli.config import RuntimeConfig
+from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.loading import load_config
+from cnncli.config.loading import load_config
 from cnncli.train.cluster import ClusterRole, cluster_role, process_role
 from cnncli.train.decisions import (choose_precision, choose_threads, default_threads, model_macs, read_cpu, small_model,
                                     step_macs)
@@ -135,7 +135,7 @@ def _bench_cfg(name: str):
         import train_speed
     finally:
         sys.path.pop(0)
-    from cnncli.config import Config
+    from cnncli.config.schema import Config
 
     return Config(**train_speed.cnncli_config(name, 2, Path("x.npz"), "auto"))
 

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.schema_export import SCHEMA_FILE, schema_text
-from cnncli.yamlio import parse_yaml
+from cnncli.config.schema_export import SCHEMA_FILE, schema_text
+from cnncli.config.yamlio import parse_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.loading import load_config
+from cnncli.config.loading import load_config
 from cnncli.templates import list_templates
 
 ROOT = Path(__file__).resolve().parent.parent

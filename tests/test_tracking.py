@@ -104,7 +104,7 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_a_resumed_run_continues_its
     from mlflow.tracking import MlflowClient
 
     from cnncli.errors import Interrupted
-    from cnncli.tracking import LiveRun
+    from cnncli.tune.tracking import LiveRun
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import Reporter
 
@@ -158,7 +158,7 @@ def test_a_tracking_server_nothing_answers_at_is_refused_before_training(tmp_pat
 def test_a_reachable_server_gets_bounded_retries_unless_the_user_set_them(monkeypatch):
     import socket
 
-    from cnncli import tracking
+    from cnncli.tune import tracking
 
     for name in tracking.HTTP_DEFAULTS:
         monkeypatch.delenv(name, raising=False)

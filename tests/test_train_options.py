@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.layers import SCHEDULES, list_schedules
+from cnncli.config.vocabulary import SCHEDULES, list_schedules
 from test_train import SMALL
 
 runner = CliRunner()

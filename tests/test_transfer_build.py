@@ -18,9 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.loading import config_from_dict
+from cnncli.config.loading import config_from_dict
 from cnncli.errors import ConfigError
-from cnncli.layers import BACKBONES, list_backbones
+from cnncli.config.vocabulary import BACKBONES, list_backbones
 
 runner = CliRunner()
 VGG16_BLOCK5 = 7_079_424  # 3 × (3·3·512·512 + 512)
@@ -45,7 +45,7 @@ def write(tmp_path: Path, doc: dict, name: str = "config.yaml") -> Path:
 @pytest.mark.parametrize("name", list_backbones())
 def test_preprocess_layer_matches_keras_preprocess_input(name):
     """ImagenetPreprocess(mode) computes what the family's own preprocess_input computes."""
-    from cnncli.preprocessing import ImagenetPreprocess, backbone_mode
+    from cnncli.model.preprocessing import ImagenetPreprocess, backbone_mode
 
     family = importlib.import_module(BACKBONES.get(name).__module__)
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
@@ -57,7 +57,7 @@ def test_preprocess_layer_matches_keras_preprocess_input(name):
 @pytest.mark.parametrize("name", list_backbones())
 def test_min_input_size_table_matches_keras(name):
     """Keras refuses one pixel less than our table's minimum, naming that minimum."""
-    from cnncli.backbones import min_input_size
+    from cnncli.model.backbones import min_input_size
 
     low = min_input_size(name)
     with pytest.raises(ValueError, match=f"at least {low}x{low}"):
@@ -117,8 +117,8 @@ def test_include_top_with_imagenet_at_wrong_size_is_a_config_error(tmp_path):
     doc = vgg_config(include_top=True, weights="imagenet")
     doc["model"]["layers"] = []
     path = write(tmp_path, doc)
-    from cnncli.builder import build_model
-    from cnncli.loading import load_config
+    from cnncli.model.builder import build_model
+    from cnncli.config.loading import load_config
 
     with pytest.raises(ConfigError, match=r"model\.input_shape: model\.backbone VGG16: When setting "
                                           r"`include_top=True` and loading `imagenet` weights"):
@@ -208,8 +208,8 @@ def test_summary_counts_trainable_and_frozen_parameters_per_phase(tmp_path):
 # ---------------------------------------------------------------- weights: PATH
 
 def _build(doc: dict, tmp_path: Path, name: str):
-    from cnncli.builder import build_model
-    from cnncli.loading import load_config
+    from cnncli.model.builder import build_model
+    from cnncli.config.loading import load_config
 
     return build_model(load_config(write(tmp_path, doc, name)), (32, 32, 3))
 
@@ -294,7 +294,7 @@ def test_a_reused_model_computes_in_the_current_dtype_policy(tmp_path):
     """A source saved under mixed_bfloat16 is rebuilt in float32 for a float32 run, with the same weights."""
     import keras
 
-    from cnncli.backbones import load_source_model
+    from cnncli.model.backbones import load_source_model
 
     before = keras.config.dtype_policy()
     try:
@@ -320,7 +320,7 @@ def test_a_reused_model_computes_in_the_current_dtype_policy(tmp_path):
 @pytest.mark.parametrize("name", list_backbones())
 def test_every_application_builds_at_its_minimum_size_with_phases(name, tmp_path):
     """Each keras.applications model, untrained, at its smallest input, under a head, with per-phase counts."""
-    from cnncli.backbones import min_input_size
+    from cnncli.model.backbones import min_input_size
     from cnncli.train.layer_rates import block_name
 
     low = min_input_size(name)

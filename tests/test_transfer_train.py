@@ -318,8 +318,8 @@ def test_resume_in_the_middle_of_a_phase_matches_the_uninterrupted_run(fine_tune
 
 
 def test_from_run_errors(source_run, tmp_path):
-    from cnncli.builder import build_model
-    from cnncli.loading import config_from_dict
+    from cnncli.model.builder import build_model
+    from cnncli.config.loading import config_from_dict
     from cnncli.errors import ConfigError
 
     def build(backbone: dict, input_shape=(28, 28, 1)):

@@ -405,7 +405,7 @@ def test_a_search_metric_the_history_will_not_have_is_an_error_with_its_line(tmp
 @pytest.mark.parametrize("extra", ["", "--set=data.validation_split=0",
                                    "--set=train.metrics=[accuracy, top_5_accuracy]"])
 def test_the_history_columns_a_sweep_checks_against_are_those_training_writes(tmp_path, extra):
-    from cnncli.loading import load_config
+    from cnncli.config.loading import load_config
     from cnncli.train.session import history_columns
 
     config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}")

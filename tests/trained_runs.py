@@ -64,8 +64,8 @@ def shapes_run() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def fashion_export(fmt: str, quantize: str | None = None):
-    """cnncli.export.ExportResult of the Fashion run, into a directory of its own."""
-    from cnncli.export import export_run
+    """cnncli.deploy.export.ExportResult of the Fashion run, into a directory of its own."""
+    from cnncli.deploy.export import export_run
 
     return export_run(fashion_run(), fmt, _TMP / "exports", quantize=quantize)
 
@@ -73,7 +73,7 @@ def fashion_export(fmt: str, quantize: str | None = None):
 @functools.lru_cache(maxsize=None)
 def fashion_test_images(n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """The first n test images (uint8, (n, 28, 28, 1)) and labels of the Fashion run's data."""
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     data = open_run(fashion_run()).load_data()
     return data.x_test[:n], data.y_test[:n]

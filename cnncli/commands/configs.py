@@ -23,7 +23,7 @@ def config_(
 
     Example: cnn config base.yaml fashion.yaml --set train.epochs=3
     """
-    from cnncli.loading import load_config
+    from cnncli.config.loading import load_config
 
     with handled(json_output):
         cfg = load_config(configs if len(configs) > 1 else configs[0], set_ or [])
@@ -43,7 +43,7 @@ def schema(
 
     Example: cnn schema --output cnncli.schema.json
     """
-    from cnncli.schema_export import schema_text
+    from cnncli.config.schema_export import schema_text
 
     with handled():
         text = schema_text()

@@ -74,8 +74,8 @@ def compare(
 
     Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
     """
-    from cnncli.compare import compare as compare_runs
-    from cnncli.compare import cell, short_labels
+    from cnncli.tune.compare import compare as compare_runs
+    from cnncli.tune.compare import cell, short_labels
 
     with handled(json_output):
         report = compare_runs(runs, output)

@@ -28,7 +28,7 @@ def predict(
 
     Example: cnn predict runs/shapes-cnn/20260101-120000 figure.png --top-k 3
     """
-    from cnncli.predict import predict_files, predictions_table
+    from cnncli.deploy.predict import predict_files, predictions_table
 
     with handled(json_output):
         result = predict_files(model, images, top_k)
@@ -62,7 +62,7 @@ def saliency(
 
     Example: cnn saliency runs/shapes-cnn/20260101-120000 figure.png --method gradcam --output gradcam.png
     """
-    from cnncli.explain import draw_saliency, explain_image
+    from cnncli.insight.saliency import draw_saliency, explain_image
 
     with handled(json_output):
         if layer and method != "gradcam":
@@ -100,7 +100,7 @@ def activations(
 
     Example: cnn activations runs/shapes-cnn/20260101-120000 figure.png --layer conv2d --max 16
     """
-    from cnncli.explain_maps import draw_activations
+    from cnncli.insight.maps import draw_activations
 
     with handled(json_output):
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
@@ -126,7 +126,7 @@ def filters(
 
     Example: cnn filters runs/shapes-cnn/20260101-120000 --layer conv2d --output filters.png
     """
-    from cnncli.explain import draw_filters
+    from cnncli.insight.saliency import draw_filters
 
     with handled(json_output):
         result, path = draw_filters(run_dir, layer, output)

@@ -64,7 +64,7 @@ def summary(
 
     Example: cnn summary configs/mnist_lenet.yaml --json
     """
-    from cnncli.report import print_summary
+    from cnncli.insight.terminal import print_summary
     from cnncli.summary import summarize_config
 
     with handled(json_output):

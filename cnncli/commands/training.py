@@ -43,7 +43,7 @@ def train(
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         if config is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
-        from cnncli.tracking import LiveRun, requested_by
+        from cnncli.tune.tracking import LiveRun, requested_by
 
         tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
         tracker = LiveRun(tracked) if tracked is not None else None
@@ -94,8 +94,8 @@ def evaluate(
 
     Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
-    from cnncli.report import print_evaluation
-    from cnncli.runs import evaluate_run
+    from cnncli.insight.terminal import print_evaluation
+    from cnncli.deploy.runs import evaluate_run
 
     with handled(json_output):
         if split not in ("test", "val", "train"):
@@ -114,13 +114,13 @@ def evaluate(
             plot_confusion_matrix(np.array(report["confusion_matrix"]), [c["class"] for c in report["per_class"]], png)
             out.print(f"confusion matrix: {png}")
             if errors:
-                from cnncli.report import print_errors
+                from cnncli.insight.terminal import print_errors
 
                 print_errors(out, report)
 
 
 def _write_report(run_dir: Path) -> Path:
-    from cnncli.report_html import write_report
+    from cnncli.insight.html_report import write_report
 
     return write_report(run_dir)
 
@@ -137,7 +137,7 @@ def report(
 
     Example: cnn report runs/shapes-cnn/20260101-120000 --output report.html
     """
-    from cnncli.report_html import write_report
+    from cnncli.insight.html_report import write_report
 
     with handled(json_output):
         path = write_report(run_dir, output)
@@ -166,7 +166,7 @@ def export(
 
     Example: cnn export runs/mnist-lenet/20260101-120000 --format tflite --quantize int8 --output model_int8.tflite
     """
-    from cnncli.export import describe_check, export_run
+    from cnncli.deploy.export import describe_check, export_run
 
     with handled(json_output):
         result = export_run(run_dir, format_, output, quantize)

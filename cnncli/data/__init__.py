@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, records, residency, shapes
 from cnncli.data.base import Dataset, DatasetInfo, Source
 from cnncli.data.prepare import convert_images, converted_shape, prepare

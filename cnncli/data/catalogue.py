@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 
 from cnncli import images
-from cnncli.config import Config, DataConfig
+from cnncli.config.schema import Config, DataConfig
 from cnncli.data import records
 from cnncli.errors import DataError
 
@@ -62,7 +62,7 @@ def resolve(source: str | Path, overrides: Optional[list[str]] = None) -> Config
 
     Only its `data` section and `seed` (which generated sources such as shapes use) matter here.
     """
-    from cnncli.loading import apply_overrides, config_from_dict, load_config
+    from cnncli.config.loading import apply_overrides, config_from_dict, load_config
 
     text = str(source)
     path = Path(text).expanduser()

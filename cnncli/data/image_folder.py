@@ -25,7 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from cnncli import images
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
 from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError

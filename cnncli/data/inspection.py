@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import catalogue, records
 
 DISTINCT_SHOWN = 10  # list every size when there are at most this many

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from cnncli import compat
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import idx
 from cnncli.data.base import DatasetInfo, Source, Splits, as_images, as_labels, digit_names
 from cnncli.errors import DataError

@@ -27,7 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from cnncli import __version__
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data import records
 from cnncli.data.catalogue import Catalogue, Picture, Progress, RecordPictures, catalogue, counter, looked
 from cnncli.errors import DataError

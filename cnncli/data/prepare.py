@@ -15,7 +15,7 @@ import numpy as np
 
 from cnncli import images
 from cnncli.images import with_channels as to_channels
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data.base import Dataset, Splits, as_images
 from cnncli.errors import DataError
 

@@ -47,7 +47,7 @@ import posixpath
 from pathlib import Path
 from typing import Iterator
 
-from cnncli.config import DataConfig
+from cnncli.config.schema import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
 from cnncli.errors import DataError
 

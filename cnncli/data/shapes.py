@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cnncli.config import DataConfig, ShapesSpec
+from cnncli.config.schema import DataConfig, ShapesSpec
 from cnncli.data.base import DatasetInfo, Source, Splits
 
 _CIRCLE = np.linspace(0, 2 * np.pi, 25)

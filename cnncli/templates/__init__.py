@@ -53,7 +53,7 @@ def inspect_data(spec: str, config_path: Path) -> DataFacts:
     kind, sep, folder = spec.partition(":")
     if not sep or kind not in DATA_KINDS or not folder:
         raise CnnError(f"--data takes KIND:DIR with KIND one of {', '.join(DATA_KINDS)}, got `{spec}`")
-    from cnncli.config import DataConfig
+    from cnncli.config.schema import DataConfig
     from cnncli.data import describe
 
     info = describe(DataConfig(dataset=kind, path=folder))
@@ -88,7 +88,7 @@ def render(template: str, name: str, facts: DataFacts | None, schema: str) -> st
 
 def init_config(path: Path, template: str, data: str | None = None, force: bool = False) -> str:
     """Write a config from `template` to `path` (refusing to replace a file unless `force`); return its text."""
-    from cnncli.schema_export import SCHEMA_FILE
+    from cnncli.config.schema_export import SCHEMA_FILE
 
     if path.exists() and (path.is_dir() or not force):
         raise CnnError(f"{path} already exists; choose another path (or --force to replace a file)")

@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from cnncli.config import RuntimeConfig
+from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
 
 # Debugging multi-worker runs: workers other than the chief normally train into a

@@ -9,7 +9,8 @@ import os
 
 import numpy as np
 
-from cnncli import faults, fileio, rundir
+from cnncli import faults, fileio
+from cnncli.train import rundir
 from cnncli.errors import CnnError
 from cnncli.train.cluster import WORKER_DIR_ENV
 
@@ -18,7 +19,7 @@ class RunEnding:
     """The part of a Session that finishes a trained run (it reads the session's model, data and history)."""
 
     def finish(self):
-        from cnncli.evaluate import classification_report
+        from cnncli.model.scores import classification_report
         from cnncli.train.result import TrainResult
 
         faults.point("training_done")
@@ -58,7 +59,7 @@ class RunEnding:
         """--smoke: the saved model.keras must load and predict what the trained model does."""
         import keras
 
-        import cnncli.preprocessing  # noqa: F401  registers the custom layer
+        import cnncli.model.preprocessing  # noqa: F401  registers the custom layer
 
         from cnncli.data.splits import head
 
@@ -82,6 +83,6 @@ class RunEnding:
 
 
 def _predict(model, x: np.ndarray) -> np.ndarray:
-    from cnncli.batches import keras_predict
+    from cnncli.model.predict_loop import keras_predict
 
     return keras_predict(model, x)

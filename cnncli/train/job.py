@@ -21,9 +21,10 @@ from typing import Callable
 
 import numpy as np
 
-from cnncli import faults, fileio, rundir
-from cnncli.config import Config
-from cnncli.loading import load_config
+from cnncli import faults, fileio
+from cnncli.train import rundir
+from cnncli.config.schema import Config
+from cnncli.config.loading import load_config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
@@ -59,7 +60,7 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
         return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
     if opts.config is None:
         raise CnnError("give a config file, or --resume RUN_DIR")
-    from cnncli.builder import raw_spec_problems
+    from cnncli.model.builder import raw_spec_problems
 
     return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
 
@@ -129,7 +130,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
                      f"{runtime.threads['reason']}")
     check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
     if resume_dir is None:
-        from cnncli.builder import check_model
+        from cnncli.model.builder import check_model
 
         # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
@@ -248,7 +249,7 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
 
 def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None):
     from cnncli.data import cache_streams, convert_images, open_data
-    from cnncli.inputs import plan_input
+    from cnncli.model.inputs import plan_input
 
     plan = plan_input(cfg)
     for note in plan.notes:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cnncli.config import Config, OptimizerSpec
+from cnncli.config.schema import Config, OptimizerSpec
 from cnncli.errors import did_you_mean
-from cnncli.geometry import all_layers
+from cnncli.model.geometry import all_layers
 
 
 @dataclass
@@ -80,7 +80,7 @@ def check_phases(model, cfg: Config) -> None:
     """Phase settings that need the built model: every prefix in `trainable` names some backbone
     layer, and `layer_lr_decay` goes with an optimizer whose step is proportional to its rate."""
     from cnncli.errors import Problem
-    from cnncli.layers import OPTIMIZERS
+    from cnncli.config.vocabulary import OPTIMIZERS
     from cnncli.train.layer_rates import NOT_PROPORTIONAL, block_name
 
     backbone = backbone_of(model, cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from cnncli.config import RuntimeConfig
+from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
 from cnncli.train.cluster import configure_heartbeats, quiet_native_errors, cluster_role
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli import faults, fileio, rundir
+from cnncli import faults, fileio
+from cnncli.train import rundir
 from cnncli.errors import CnnError, DataError
 from cnncli.train import carry
 from cnncli.train.ending import RunEnding
@@ -45,8 +46,8 @@ class Session(RunRecord, RunEnding):
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
 
-        from cnncli.builder import build_model
-        from cnncli.layers import make_layer, make_loss
+        from cnncli.model.builder import build_model
+        from cnncli.config.vocabulary import make_layer, make_loss
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
         self.smoke = smoke
@@ -57,7 +58,7 @@ class Session(RunRecord, RunEnding):
             self.model = build_model(cfg, plan.shape, output_dtype="float32" if mixed else None)
             self.augment = None
             if cfg.data.augment:
-                from cnncli.builder import layer_names
+                from cnncli.model.builder import layer_names
 
                 names = layer_names(cfg.data.augment)
                 self.augment = keras.Sequential(
@@ -86,7 +87,7 @@ class Session(RunRecord, RunEnding):
                 raise self.cfg.error(message, ("model", "layers", last, "units"))
             raise DataError(message)
         if outputs > self.data.num_classes:  # an output of no class: the test report could not name it
-            from cnncli.builder import check_classes
+            from cnncli.model.builder import check_classes
 
             check_classes(self.cfg, outputs, self.data.num_classes, self.data.source)
 
@@ -118,7 +119,7 @@ class Session(RunRecord, RunEnding):
                 break
 
     def _train_phase(self, phase, total_epochs: int, done: int, state: dict | None) -> None:
-        from cnncli.layers import make_metric, make_optimizer
+        from cnncli.config.vocabulary import make_metric, make_optimizer
 
         cfg = self.cfg
         apply_trainable(self.model, cfg, phase.trainable)
@@ -262,7 +263,7 @@ class Session(RunRecord, RunEnding):
 
     def score(self, probs: np.ndarray, y: np.ndarray) -> dict:
         """Loss and the configured metrics on predicted probabilities."""
-        from cnncli.layers import make_metric
+        from cnncli.config.vocabulary import make_metric
 
         out = {"loss": float(np.mean(self.loss_fn(y, probs)))}
         for name in self.cfg.train.metrics:
@@ -335,7 +336,7 @@ class Session(RunRecord, RunEnding):
 def history_columns(cfg) -> list[str]:
     """The measurement columns of `cfg`'s history.csv, in order, as `Session` writes its rows (a test trains
     and compares): the loss and metrics, the same on the validation split when there is one, the rate."""
-    from cnncli.layers import make_metric
+    from cnncli.config.vocabulary import make_metric
 
     names = ["loss", *(make_metric(m, cfg.train.loss).name for m in cfg.train.metrics)]
     return [*names, *(f"val_{n}" for n in names if cfg.data.validation_split > 0), "learning_rate"]
@@ -348,7 +349,7 @@ def _current_lr(optimizer) -> float:
 
 def _seed_for(spec, seed: int) -> dict:
     """Random augmentation layers follow the run's seed unless the config sets their own."""
-    from cnncli.layers import LAYERS, accepted_args
+    from cnncli.config.vocabulary import LAYERS, accepted_args
 
     takes_seed = "seed" in accepted_args(LAYERS.get(spec.type))
     return {"seed": seed} if takes_seed and "seed" not in spec.args else {}

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from cnncli.compare import cell
+from cnncli.tune.compare import cell
 
 
 def _value(v) -> str:

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from cnncli.config import Config, Distribution, SearchSpec
-from cnncli.keypaths import canonical_path
-from cnncli.loading import load_config
+from cnncli.config.schema import Config, Distribution, SearchSpec
+from cnncli.config.keypaths import canonical_path
+from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError, Problem, did_you_mean
 
 
@@ -70,7 +70,7 @@ def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     `batch_size`): every such trial would fail the same way, so the sweep stops before the first. Each
     value is tried alone in the config as written; a value refused only beside other sampled values (a
     kernel too large for the image) is left to fail its trial."""
-    from cnncli.builder import check_model_specs, raw_spec_problems
+    from cnncli.model.builder import check_model_specs, raw_spec_problems
 
     problems = []
     for key, dist in cfg.search.params.items():

@@ -18,10 +18,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnncli.config import Config
-from cnncli.loading import load_config
+from cnncli.config.schema import Config
+from cnncli.config.loading import load_config
 from cnncli.errors import CnnError, ConfigError, Interrupted
-from cnncli import rundir
+from cnncli.train import rundir
 from cnncli.tune import space
 from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
                                next_trial, retry_once, sweep_lock)
@@ -57,7 +57,7 @@ class Sweep:
 
 def open_sweep(opts: TuneOptions) -> Sweep:
     """Check the config, make or reopen the sweep directory, and load or create the study."""
-    from cnncli.builder import raw_spec_problems
+    from cnncli.model.builder import raw_spec_problems
 
     cfg = load_config(opts.config, opts.overrides, spec_check=raw_spec_problems)
     if cfg.search is None:
@@ -292,7 +292,7 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
         on_start(sweep)
     tracker = None
     if opts.mlflow or (sweep.cfg.tracking and sweep.cfg.tracking.mlflow):
-        from cnncli.tracking import SweepTracker
+        from cnncli.tune.tracking import SweepTracker
 
         tracker = SweepTracker.open(sweep, opts.mlflow)
     started = time.monotonic()

@@ -171,7 +171,7 @@ def only_run_dir(output: Path) -> Path:
 
 
 def history_epochs(run_dir: Path) -> list[int]:
-    from cnncli.rundir import read_history
+    from cnncli.train.rundir import read_history
 
     return [int(row["epoch"]) for row in read_history(run_dir / "history.csv")]
 

@@ -38,7 +38,7 @@ KILLS = [
 def _weights(path: Path) -> list:
     import keras
 
-    import cnncli.preprocessing  # noqa: F401  registers cnncli's layers
+    import cnncli.model.preprocessing  # noqa: F401  registers cnncli's layers
 
     return keras.models.load_model(path, compile=False).get_weights()
 
@@ -61,7 +61,7 @@ def reference_run(cnn, tmp_path_factory) -> Path:
 
 def test_the_reference_run_exercises_both_callbacks(reference_run):
     """Guards the test below: without a halved rate and an early stop it would prove nothing."""
-    from cnncli.rundir import read_history
+    from cnncli.train.rundir import read_history
 
     rates = [row["learning_rate"] for row in read_history(reference_run / "history.csv")]
     assert history_epochs(reference_run) == list(range(1, STOPPED_AFTER + 1))

@@ -73,7 +73,7 @@ def run_json(run_dir: Path) -> dict:
 def weights(run_dir: Path) -> list[np.ndarray]:
     import keras
 
-    import cnncli.preprocessing  # noqa: F401
+    import cnncli.model.preprocessing  # noqa: F401
 
     return keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
 

@@ -45,9 +45,9 @@ def _warm_up() -> None:
     import tensorflow  # noqa: F401
     from tensorflow.python.ops import gen_io_ops  # noqa: F401
 
-    for name in ("cnncli.cli", "cnncli.train.job", "cnncli.train.session", "cnncli.train.loop", "cnncli.builder",
-                 "cnncli.layers", "cnncli.data", "cnncli.evaluate", "cnncli.plots", "cnncli.export",
-                 "cnncli.artifacts", "cnncli.runs", "cnncli.train.runtime", "cnncli.train.decisions", "cnncli.train.cluster", "cnncli.train.progress"):
+    for name in ("cnncli.cli", "cnncli.train.job", "cnncli.train.session", "cnncli.train.loop", "cnncli.model.builder",
+                 "cnncli.config.vocabulary", "cnncli.data", "cnncli.model.scores", "cnncli.plots", "cnncli.deploy.export",
+                 "cnncli.deploy.artifacts", "cnncli.deploy.runs", "cnncli.train.runtime", "cnncli.train.decisions", "cnncli.train.cluster", "cnncli.train.progress"):
         try:
             importlib.import_module(name)
         except ImportError:

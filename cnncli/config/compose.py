@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cnncli.errors import ConfigError, Line
-from cnncli.yamlio import KeyPath, read_yaml_file
+from cnncli.config.yamlio import KeyPath, read_yaml_file
 
 EXTENDS = "extends"
 MAX_CHAIN = 32  # files in one extends chain; a longer one is a mistake, not a design

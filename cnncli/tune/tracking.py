@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from cnncli.errors import CnnError
-from cnncli import rundir
+from cnncli.train import rundir
 
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "failed": "FAILED"}
 NOT_METRICS = ("epoch", "phase")  # history columns that are positions, not measurements
@@ -94,8 +94,8 @@ def requested_by(config_path, uri_option: str | None) -> tuple[str, str] | None:
     """
     from pydantic import ValidationError
 
-    from cnncli.compose import read_config_files
-    from cnncli.config import TrackingSpec
+    from cnncli.config.compose import read_config_files
+    from cnncli.config.schema import TrackingSpec
     from cnncli.errors import CnnError
 
     tracking = None

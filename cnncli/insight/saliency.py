@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError, did_you_mean
-from cnncli.geometry import all_layers
+from cnncli.model.geometry import all_layers
 from cnncli.registry import Registry
 
 SMOOTHGRAD_SAMPLES = 25  # Smilkov et al. find the map stops improving beyond ~50; 25 is most of the gain
 SMOOTHGRAD_SIGMA = 0.15  # noise std as a share of the pixel range; the paper's 10-20% sweet spot
-PIXEL_RANGE = 255.0  # models take raw 0..255 pixels (cnncli.preprocessing)
+PIXEL_RANGE = 255.0  # models take raw 0..255 pixels (cnncli.model.preprocessing)
 MAX_FILTERS = 64  # tiles of a 1- or 3-channel filter picture (8×8 grid)
 MAX_FILTERS_MULTI = 16  # rows of a multi-channel filter picture (one row per filter)
 MAX_CHANNELS = 16  # columns of a multi-channel filter picture (one per input channel)
@@ -32,7 +32,7 @@ MAX_CHANNELS = 16  # columns of a multi-channel filter picture (one per input ch
 METHODS: Registry[str] = Registry("saliency method", {
     "gradient": "one gradient of the class logit",
     "smoothgrad": f"mean of {SMOOTHGRAD_SAMPLES} gradients of noisy copies (σ = {SMOOTHGRAD_SIGMA:.0%} of 0..255)",
-    "gradcam": "Grad-CAM of a convolution layer (cnncli.explain_maps), beside the gradient map",
+    "gradcam": "Grad-CAM of a convolution layer (cnncli.insight.maps), beside the gradient map",
 })
 
 
@@ -77,7 +77,7 @@ class Saliency:
     predicted: str  # the model's top class
     method: str
     score: str  # "logit" or "output"
-    gradcam: object = None  # cnncli.explain_maps.GradCam when method is gradcam
+    gradcam: object = None  # cnncli.insight.maps.GradCam when method is gradcam
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""
@@ -119,9 +119,9 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
                   method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0,
                   layer: str | None = None) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
-    from cnncli.artifacts import float32_model
+    from cnncli.deploy.artifacts import float32_model
     from cnncli.images import conform, model_view, read_image
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     if method not in METHODS:
         raise CnnError(METHODS.unknown_message(method))
@@ -140,7 +140,7 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
 
 
 def _gradcam(scores, image, index: int, layer: str | None):
-    from cnncli.explain_maps import find_spatial_layer, grad_cam
+    from cnncli.insight.maps import find_spatial_layer, grad_cam
 
     return grad_cam(scores, image, index, find_spatial_layer(scores, layer) if layer else None)
 
@@ -194,7 +194,7 @@ def find_conv_layer(model, name: str | None):
 
 def filter_tiles(model, layer) -> Filters:
     """A conv layer's kernels as picture tiles: RGB kernels when it sees 3 channels, else one grey tile per channel."""
-    from cnncli.preprocessing import ImagenetPreprocess
+    from cnncli.model.preprocessing import ImagenetPreprocess
 
     kernel = np.asarray(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel, np.float32)
     kh, kw, cin, cout = kernel.shape
@@ -217,7 +217,7 @@ def filter_tiles(model, layer) -> Filters:
 def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path | None) -> tuple[Filters, Path]:
     """Draw a run's conv filters; the picture goes to --output or RUN_DIR/filters_<layer>.png."""
     from cnncli.plots import plot_image_grid, plot_kernel_mosaic
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     run = open_run(run_dir)
     model = run.load_model()
@@ -258,7 +258,7 @@ def _writing(path: Path):
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:
-    from cnncli.pictures import plot_gradcam
+    from cnncli.insight.pictures import plot_gradcam
     from cnncli.plots import plot_saliency
 
     path = Path(output) if output else default_saliency_path(Path(run_dir), Path(image), result)

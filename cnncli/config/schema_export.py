@@ -1,6 +1,6 @@
 """`cnn schema`: the config as a JSON Schema (2020-12), for editors and CI.
 
-Generated from the pydantic models of `cnncli.config` (each key with its
+Generated from the pydantic models of `cnncli.config.schema` (each key with its
 description and default; a key's description is its Field description, else
 the comment beside it in config.py) plus what only Keras knows: the accepted
 layer `type` names and, per layer type, the arguments its constructor takes.
@@ -39,7 +39,7 @@ def _comment_descriptions(cls: type) -> dict[str, str]:
 
 def _describe_fields(schema: dict) -> None:
     """Give every property without a description the comment config.py writes beside it."""
-    import cnncli.config as config_module
+    import cnncli.config.schema as config_module
 
     for name, definition in schema.get("$defs", {}).items():
         cls = getattr(config_module, name, None)
@@ -116,8 +116,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _layer_definition(name: str, cls: type, aliases: list[str]) -> dict:
-    from cnncli.layer_args import kwargs_names
-    from cnncli.layers import _BASE_LAYER_ARGS, accepted_args
+    from cnncli.config.layer_args import kwargs_names
+    from cnncli.config.vocabulary import _BASE_LAYER_ARGS, accepted_args
 
     signature = inspect.signature(cls.__init__).parameters
     properties: dict[str, Any] = {
@@ -139,7 +139,7 @@ def _layer_definition(name: str, cls: type, aliases: list[str]) -> dict:
 
 def _layer_schemas() -> tuple[dict, list[str]]:
     """{def name: schema} per layer type, and every accepted spelling of a type."""
-    from cnncli.layers import LAYERS, snake
+    from cnncli.config.vocabulary import LAYERS, snake
 
     defs, spellings = {}, []
     for name, cls in LAYERS.items():
@@ -186,7 +186,7 @@ def _blocks_schema() -> dict:
 
 def build_schema() -> dict:
     """The JSON Schema of a cnncli config file."""
-    from cnncli.config import Config
+    from cnncli.config.schema import Config
 
     schema = Config.model_json_schema()
     _describe_fields(schema)

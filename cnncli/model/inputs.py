@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cnncli.config import Config
+from cnncli.config.schema import Config
 
 
 @dataclass
@@ -26,7 +26,7 @@ def plan_input(cfg: Config) -> InputPlan:
     backbone = cfg.model.backbone
     if backbone is not None and backbone.from_run is not None and cfg.model.input_shape is None:
         # The earlier model's input is fixed (its Flatten/Dense sizes depend on it): the data is converted to it.
-        from cnncli.backbones import source_input_shape
+        from cnncli.model.backbones import source_input_shape
         from cnncli.data import describe
 
         shape = source_input_shape(cfg)

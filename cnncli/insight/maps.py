@@ -250,11 +250,11 @@ def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_cha
     """
     from pathlib import Path
 
-    from cnncli.artifacts import float32_model
+    from cnncli.deploy.artifacts import float32_model
     from cnncli.fileio import writing
     from cnncli.images import read_for_model
-    from cnncli.pictures import plot_feature_grid
-    from cnncli.runs import open_run
+    from cnncli.insight.pictures import plot_feature_grid
+    from cnncli.deploy.runs import open_run
 
     run = open_run(run_dir)
     model = float32_model(run.load_model())

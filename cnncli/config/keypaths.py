@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cnncli.yamlio import KeyPath, format_path
+from cnncli.config.yamlio import KeyPath, format_path
 
 
 def nearest_line(lines: dict, path: KeyPath) -> int | None:

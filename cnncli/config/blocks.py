@@ -23,7 +23,7 @@ layer take [main path, X]; a layer with `when: false` is left out and a
 reference to it means its input (a projection that only some copies need).
 
 This runs on the YAML tree before the schema: the result is the flat list
-`cnncli.builder` has always built, and every expanded key keeps the line of
+`cnncli.model.builder` has always built, and every expanded key keeps the line of
 the block layer it came from plus the line of the use that expanded it.
 """
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnncli.errors import ConfigError, Line, Problem, did_you_mean
-from cnncli.yamlio import KeyPath, format_path
+from cnncli.config.yamlio import KeyPath, format_path
 
 BLOCK_KEYS = ("params", "layers", "output")  # what a block definition holds
 USE_KEYS = ("type", "name", "inputs", "repeat", "trainable")  # keys of a use that are not the block's params

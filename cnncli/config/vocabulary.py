@@ -14,7 +14,7 @@ from typing import Any
 
 from cnncli import compat
 from cnncli.errors import ConfigError, Problem, closest, did_you_mean
-from cnncli.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
+from cnncli.config.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
                                regularizer_problems)
 from cnncli.registry import Registry, UnknownName, normalize
 

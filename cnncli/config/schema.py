@@ -5,7 +5,7 @@ every problem at once) is cnncli/loading.py.
 
 Keys are Keras's own argument names. Layer, optimizer, schedule and backbone
 entries carry a `type` (or `name`) plus free keyword arguments, which are
-checked against the Keras class's signature by `cnncli.layers`, where Keras
+checked against the Keras class's signature by `cnncli.config.vocabulary`, where Keras
 is imported; this module stays import-light so `cnn --help` is instant.
 """
 
@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cnncli.errors import ConfigError, Problem, describe, did_you_mean
-from cnncli.keypaths import nearest_line, parse_path
-from cnncli.yamlio import KeyPath, format_path
+from cnncli.config.keypaths import nearest_line, parse_path
+from cnncli.config.yamlio import KeyPath, format_path
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
             "records")  # records: TFRecord shards written by `cnn data pack`
@@ -312,7 +312,7 @@ class Config(Strict):
     # Filled in by load_config: where each key came from, for later errors.
     _file: Optional[str] = None
     _lines: dict = {}
-    _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.blocks), for the summary
+    _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.config.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
         return nearest_line(self._lines, path)

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from cnncli.config import Config
+from cnncli.config.schema import Config
 from cnncli.errors import did_you_mean
 
 # keras.applications' own minimum sides (imagenet_utils.obtain_input_shape's `min_size`,
@@ -69,7 +69,7 @@ def check_weights_file(cfg: Config, path: str) -> None:
 
 def load_weights_file(cfg: Config, model, path: str) -> None:
     """Load a weights file into a freshly built application, with the error at `weights`."""
-    from cnncli.layers import keras_message
+    from cnncli.config.vocabulary import keras_message
 
     try:
         model.load_weights(path)
@@ -115,8 +115,8 @@ def load_source_model(cfg: Config):
     """The earlier run's whole model, in the current dtype policy."""
     import keras
 
-    import cnncli.preprocessing  # noqa: F401  registers ImagenetPreprocess for loading
-    from cnncli.layers import keras_message
+    import cnncli.model.preprocessing  # noqa: F401  registers ImagenetPreprocess for loading
+    from cnncli.config.vocabulary import keras_message
 
     _, model_file = source_run(cfg)
     try:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli.batches import keras_predict
-from cnncli.config import Config
-from cnncli.loading import load_config
+from cnncli.model.predict_loop import keras_predict
+from cnncli.config.schema import Config
+from cnncli.config.loading import load_config
 from cnncli.errors import RunError
-from cnncli import rundir
+from cnncli.train import rundir
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Run:
     def load_model(self):
         import keras
 
-        import cnncli.preprocessing  # noqa: F401  registers the custom layer for loading
+        import cnncli.model.preprocessing  # noqa: F401  registers the custom layer for loading
 
         path = self.model_path()
         try:
@@ -81,10 +81,10 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     """Metrics of a run's model on a split of its data (or of other, compatible data).
 
     `errors=N` adds the N highest-loss images (`errors`), examples of the most
-    confused pairs, and their galleries as PNGs in `figures` (default: the run directory; cnncli.mistakes).
+    confused pairs, and their galleries as PNGs in `figures` (default: the run directory; cnncli.insight.mistakes).
     """
     from cnncli.data.splits import is_streamed, predict_split
-    from cnncli.evaluate import classification_report
+    from cnncli.model.scores import classification_report
 
     run = open_run(path)
     model = run.load_model()
@@ -102,7 +102,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     report["split"] = split
     report["run_dir"] = str(run.path)
     if errors is not None:
-        from cnncli import mistakes
+        from cnncli.insight import mistakes
 
         paths = (data.paths or {}).get(split)
         report["errors"] = mistakes.worst(y, probs, names, errors, paths)

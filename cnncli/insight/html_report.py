@@ -4,7 +4,7 @@ The page holds the config, the model summary table, learning curves, per-class
 metrics, the confusion matrix, the worst mistakes and Grad-CAM on a few test
 images. Every picture is a PNG embedded as a data URI and the styles are
 inline, so the file opens from disk, mail or a phone with nothing fetched.
-(cnncli.report is the terminal rendering of the same numbers.)
+(cnncli.insight.terminal is the terminal rendering of the same numbers.)
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _shape(shape) -> str:
 
 
 def _summary_table(model) -> tuple[str, dict]:
-    from cnncli.geometry import summarize
+    from cnncli.model.geometry import summarize
 
     summary = summarize(model).as_json()
     rows = [[r["name"], r["type"], _shape(r["output_shape"]), f"{r['params']:,}",
@@ -72,12 +72,12 @@ def _summary_table(model) -> tuple[str, dict]:
 
 def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
     """Grad-CAM beside the gradient map for the first test image of each class."""
-    from cnncli.artifacts import float32_model
-    from cnncli.explain import logits_model, saliency_map
-    from cnncli.explain_maps import grad_cams
-    from cnncli.pictures import plot_gradcam
+    from cnncli.deploy.artifacts import float32_model
+    from cnncli.insight.saliency import logits_model, saliency_map
+    from cnncli.insight.maps import grad_cams
+    from cnncli.insight.pictures import plot_gradcam
 
-    from cnncli.explain_maps import conv_layers
+    from cnncli.insight.maps import conv_layers
 
     if not conv_layers(model):
         return []  # an MLP: no feature map to weight
@@ -96,8 +96,8 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of one run's page."""
     from cnncli.plots import plot_confusion_matrix, plot_curves
-    from cnncli.runs import evaluate_run, open_run
-    from cnncli import rundir
+    from cnncli.deploy.runs import evaluate_run, open_run
+    from cnncli.train import rundir
 
     run = open_run(run_dir)
     model = run.load_model()
@@ -164,7 +164,7 @@ def _mistakes_table(report: dict) -> str:
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the page to `output` (default RUN_DIR/report.html), atomically; returns its path."""
     from cnncli.fileio import write as atomic_write, writing
-    from cnncli.rundir import find_run_dir
+    from cnncli.train.rundir import find_run_dir
 
     path = Path(output) if output else find_run_dir(run_dir) / "report.html"
     if path.suffix.lower() not in (".html", ".htm"):

@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 
 from cnncli import fileio
-from cnncli.batches import in_batches
+from cnncli.model.predict_loop import in_batches
 from cnncli.errors import CnnError, RunError
-from cnncli.geometry import all_layers
+from cnncli.model.geometry import all_layers
 
 EXPORT_JSON = "export.json"
 EXTRA_HINT = "pip install 'cnncli[export]'"
@@ -177,7 +177,7 @@ def load_runner(kind: str, path: Path) -> tuple[Callable[[np.ndarray], np.ndarra
 def _keras_runner(path: Path):
     import keras
 
-    import cnncli.preprocessing  # noqa: F401  registers the custom layer for loading
+    import cnncli.model.preprocessing  # noqa: F401  registers the custom layer for loading
 
     try:
         model = keras.models.load_model(path, compile=False)
@@ -283,7 +283,7 @@ _RUNNERS = {"keras": _keras_runner, "saved_model": _saved_model_runner, "tflite"
 
 def open_predictor(path: str | Path) -> Predictor:
     """A Predictor for a run directory or an exported model (class names from export.json beside it)."""
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     path = Path(path)
     kind = kind_of(path)

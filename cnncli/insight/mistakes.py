@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError
-from cnncli.evaluate import example_losses
+from cnncli.model.scores import example_losses
 
 DEFAULT_ERRORS = 16  # two rows of the gallery
 PAIR_EXAMPLES = 6  # images shown per confused pair
@@ -59,7 +59,7 @@ def caption(entry: dict) -> str:
 def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "",
          columns: int | None = None) -> dict:
     """errors<suffix>.png (the gallery) and confused_pairs<suffix>.png (a row per pair); returns their paths."""
-    from cnncli.pictures import plot_gallery
+    from cnncli.insight.pictures import plot_gallery
     from cnncli.fileio import writing
 
     written = {}

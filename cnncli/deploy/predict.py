@@ -2,7 +2,7 @@
 
 Images are read by `cnncli.images` (png, jpg, bmp, gif, and whatever else
 Pillow reads), the reader training uses, brought to the model's colour and
-size the same way, and run through any model `cnncli.artifacts.open_predictor`
+size the same way, and run through any model `cnncli.deploy.artifacts.open_predictor`
 opens: a run directory, or an exported .keras, SavedModel, .tflite or .onnx.
 """
 
@@ -38,7 +38,7 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[dict]:
 
 def predict_files(model: str | Path, images: list[str | Path], k: int = DEFAULT_TOP_K) -> PredictResult:
     """Top-k predictions of `model` (run directory or exported artefact) for each image file."""
-    from cnncli.artifacts import open_predictor
+    from cnncli.deploy.artifacts import open_predictor
 
     if k < 1:
         raise CnnError(f"--top-k must be at least 1, got {k}")

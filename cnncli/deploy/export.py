@@ -3,7 +3,7 @@
 Formats live in `FORMATS` (see `list_formats()`). Every export is written to a
 temporary name beside its target, read back with that format's own runtime
 and compared with model.keras on up to 1,000 real images of the run's test
-split (`cnncli.export_check`). Only an artefact that passes its format's criterion
+split (`cnncli.deploy.export_check`). Only an artefact that passes its format's criterion
 is renamed into place; a failing one is deleted. The figures of the check go
 into export.json beside the artefact, with the class names and input spec.
 
@@ -23,10 +23,10 @@ from typing import Callable
 import numpy as np
 
 from cnncli import __version__, faults, fileio
-from cnncli.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
-from cnncli.batches import keras_predict
+from cnncli.deploy.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
+from cnncli.model.predict_loop import keras_predict
 from cnncli.errors import CnnError
-from cnncli.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
+from cnncli.deploy.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
                                  describe_check, quiet, reference_note)
 from cnncli.registry import Registry
 
@@ -63,7 +63,7 @@ QUANTIZATIONS: Registry[Quantization] = Registry("quantization", {
 
 @dataclass
 class _Context:
-    run: object  # cnncli.runs.Run
+    run: object  # cnncli.deploy.runs.Run
     quantize: str | None
     representative: np.ndarray | None  # float32 training images for int8 calibration
 
@@ -214,7 +214,7 @@ def _size(path: Path) -> int:
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
                quantize: str | None = None, examples: int = CHECK_EXAMPLES) -> ExportResult:
     """Write the run's model as `fmt`, check it against model.keras, and record the figures."""
-    from cnncli.runs import open_run
+    from cnncli.deploy.runs import open_run
 
     format_ = FORMATS.get(fmt)
     if quantize is not None:

@@ -1,6 +1,6 @@
 """The check every export passes before it is kept: same images, same answers as model.keras.
 
-Each artefact is reloaded with its own runtime (`cnncli.artifacts.load_runner`)
+Each artefact is reloaded with its own runtime (`cnncli.deploy.artifacts.load_runner`)
 and its probabilities compared with Keras's on up to `CHECK_EXAMPLES` real
 images of the run's data. What counts as "the same" depends on what the
 format does to the numbers (`Criterion`): float formats must agree to 1e-4,
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.artifacts import load_runner, native_stderr_silenced, trained_precision
-from cnncli.batches import in_batches, keras_predict
+from cnncli.deploy.artifacts import load_runner, native_stderr_silenced, trained_precision
+from cnncli.model.predict_loop import in_batches, keras_predict
 from cnncli.errors import DataError
 
 CHECK_EXAMPLES = 1000  # images compared per export: agreement resolves 0.1%, so 98% vs 97% is visible

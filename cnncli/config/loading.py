@@ -10,10 +10,10 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
-from cnncli.config import FILE_DATASETS, Config
+from cnncli.config.schema import FILE_DATASETS, Config
 from cnncli.errors import ConfigError, Problem, describe, did_you_mean
-from cnncli.keypaths import nearest_line, parse_path
-from cnncli.yamlio import KeyPath, format_path, parse_yaml
+from cnncli.config.keypaths import nearest_line, parse_path
+from cnncli.config.yamlio import KeyPath, format_path, parse_yaml
 
 
 # ---------------------------------------------------------------- cross-field checks
@@ -138,7 +138,7 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
                   spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
     """Turn parsed YAML into a Config, or raise a ConfigError listing every problem.
 
-    `spec_check` (e.g. `cnncli.builder.raw_spec_problems`) adds layer-type and
+    `spec_check` (e.g. `cnncli.model.builder.raw_spec_problems`) adds layer-type and
     argument problems, which need Keras, to a failing report; this module does not import Keras.
     """
     lines = lines or {}
@@ -272,7 +272,8 @@ def load_config(path: str | Path | list, overrides: list[str] | None = None,
     """Read, override and validate a config file, or several merged left to right (`spec_check`: see
     `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
     the tree (cnncli/compose.py, cnncli/blocks.py)."""
-    from cnncli import blocks, compose
+    from cnncli.config import blocks
+    from cnncli.config import compose
 
     data, lines, shown = compose.read_config_files(path)
     if overrides:

@@ -13,9 +13,9 @@ import contextlib
 import os
 from typing import Any, Sequence
 
-from cnncli.config import Config
+from cnncli.config.schema import Config
 from cnncli.errors import ConfigError, Problem
-from cnncli.layers import (BACKBONES, check_args, check_layer_spec, check_layer_specs, keras_message, make_layer,
+from cnncli.config.vocabulary import (BACKBONES, check_args, check_layer_spec, check_layer_specs, keras_message, make_layer,
                            resolve, snake)
 
 INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
@@ -23,7 +23,7 @@ INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scale
 
 def check_model_specs(cfg: Config) -> None:
     """Every unknown Keras name or argument in the config (layers, optimizers, schedules), at once."""
-    from cnncli.layers import check_train_specs
+    from cnncli.config.vocabulary import check_train_specs
 
     problems = check_layer_specs(cfg.model.layers, "model.layers")
     problems += check_train_specs(cfg)
@@ -34,7 +34,7 @@ def check_model_specs(cfg: Config) -> None:
 
 
 def _backbone_problems(spec) -> list[Problem]:
-    if spec.name is None:  # from_run: checked when the earlier model is read (cnncli.backbones)
+    if spec.name is None:  # from_run: checked when the earlier model is read (cnncli.model.backbones)
         return []
     fn, problems = resolve(BACKBONES, spec.name, "model.backbone.name")
     if fn is not None:
@@ -50,7 +50,7 @@ def raw_spec_problems(data: Any) -> list[Problem]:
     """
     from pydantic import ValidationError
 
-    from cnncli.config import BackboneSpec, LayerSpec
+    from cnncli.config.schema import BackboneSpec, LayerSpec
 
     def section(outer: str, inner: str) -> Any:
         parent = data.get(outer) if isinstance(data, dict) else None
@@ -86,10 +86,10 @@ def _raw_shape_problems(data: Any) -> list[Problem]:
     """
     from pydantic import ValidationError
 
-    from cnncli.config import Config
-    from cnncli.loading import CROSS_CHECKS
+    from cnncli.config.schema import Config
+    from cnncli.config.loading import CROSS_CHECKS
     from cnncli.errors import CnnError
-    from cnncli.inputs import plan_input
+    from cnncli.model.inputs import plan_input
 
     if not isinstance(data, dict):
         return []
@@ -115,8 +115,8 @@ def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -
     """Optimizer, schedule and loss problems in `train` as written, for a file that failed the schema."""
     from pydantic import ValidationError
 
-    from cnncli.config import LossSpec, OptimizerSpec, ScheduleSpec
-    from cnncli.layers import loss_problems, optimizer_problems, schedule_problems
+    from cnncli.config.schema import LossSpec, OptimizerSpec, ScheduleSpec
+    from cnncli.config.vocabulary import loss_problems, optimizer_problems, schedule_problems
 
     specs = [(optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
              (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
@@ -158,7 +158,7 @@ def layer_names(specs) -> list[str]:
         if spec.name:
             names.append(spec.name)
             continue
-        from cnncli.layers import LAYERS
+        from cnncli.config.vocabulary import LAYERS
 
         base = snake(LAYERS.get(spec.type).__name__)
         while True:
@@ -174,7 +174,7 @@ def layer_names(specs) -> list[str]:
 
 def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True):
     """The base model of `model.backbone`: a keras.applications model, or layers of an earlier run."""
-    from cnncli import backbones
+    from cnncli.model import backbones
 
     spec = cfg.model.backbone
     if spec.from_run is not None:
@@ -266,7 +266,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     """
     import keras
 
-    from cnncli.preprocessing import ImagenetPreprocess, backbone_mode
+    from cnncli.model.preprocessing import ImagenetPreprocess, backbone_mode
 
     if not specs_checked:
         check_model_specs(cfg)
@@ -313,7 +313,7 @@ def check_output(cfg: Config, x, last_name: str | None) -> None:
 
 def check_model(cfg: Config) -> None:
     """Every check `cnn validate` makes, before any data is read (see `build_checked`)."""
-    from cnncli.inputs import plan_input
+    from cnncli.model.inputs import plan_input
 
     plan = plan_input(cfg)
     model = build_checked(cfg, plan.shape)
