@@ -95,7 +95,7 @@ def evaluate(
     Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
     from cnncli.insight.terminal import print_evaluation
-    from cnncli.deploy.runs import evaluate_run
+    from cnncli.insight.evaluation import evaluate_run
 
     with handled(json_output):
         if split not in ("test", "val", "train"):

@@ -96,7 +96,8 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of one run's page."""
     from cnncli.plots import plot_confusion_matrix, plot_curves
-    from cnncli.deploy.runs import evaluate_run, open_run
+    from cnncli.deploy.runs import open_run
+    from cnncli.insight.evaluation import evaluate_run
     from cnncli.train import rundir
 
     run = open_run(run_dir)
