@@ -1,4 +1,4 @@
-"""The house has no import cycle, and every module imports on its own."""
+"""The house has no import cycle, no import running back up a floor, and every module imports on its own."""
 
 from __future__ import annotations
 
@@ -81,6 +81,42 @@ def test_no_import_cycle_even_through_lazy_imports():
     # the layers still depend on each other both ways.
     graph = {name: _imports(name, path, top_level_only=False) for name, path in MODULES.items()}
     assert _cycle(graph) is None
+
+
+# The floors of the house, lowest first (docs/architecture.md). Data flows one way:
+# config → data and model → train → deploy → insight → tune → the commands. A module
+# imports only from its own wing, the wings below it and the ground floor.
+FLOORS = ["ground", "config", "data", "model", "train", "deploy", "insight", "tune", "commands"]
+GROUND = {"cnncli", "cnncli.errors", "cnncli.fileio", "cnncli.compat", "cnncli.images", "cnncli.faults",
+          "cnncli.registry", "cnncli.plots"}
+
+
+def _wing(module: str) -> str:
+    if module in GROUND:
+        return "ground"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in FLOORS else "commands"  # cli, summary, templates
+
+
+def _uphill(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{name} ({_wing(name)}) -> {dep} ({_wing(dep)})" for name, deps in graph.items() for dep in deps
+                  if FLOORS.index(_wing(dep)) > FLOORS.index(_wing(name)))
+
+
+def test_the_floor_check_sees_an_import_running_up():
+    assert _wing("cnncli.model.builder") == "model" and _wing("cnncli.cli") == "commands"
+    assert _wing("cnncli.fileio") == "ground" and _wing("cnncli.data") == "data"
+    assert _wing("cnncli.summary") == "commands" and _wing("cnncli.commands.training") == "commands"
+    assert _uphill({"cnncli.model.builder": {"cnncli.train.loop"}}) == [
+        "cnncli.model.builder (model) -> cnncli.train.loop (train)"]
+    assert _uphill({"cnncli.train.loop": {"cnncli.model.builder", "cnncli.errors"}}) == []
+
+
+def test_no_import_runs_back_up_a_floor():
+    # Lazy imports count too: an import inside a function is still a dependency.
+    graph = {name: _imports(name, path, top_level_only=False) for name, path in MODULES.items()}
+    assert {_wing(name) for name in MODULES} == set(FLOORS)
+    assert _uphill(graph) == []
 
 
 # One fresh interpreter imports each module with no cnncli module loaded before it (third-party
