@@ -21,7 +21,7 @@ from cnncli.cli import app
 if sys.platform != "linux":
     pytest.skip("kills `cnn` processes with signals: Linux only", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds for one process: a few one-epoch trials, on a loaded machine
 
 CONFIG = """\

@@ -22,13 +22,13 @@ from cnncli.data import shapes
 from cnncli.insight.maps import grad_cam, last_conv, probe_model
 
 runner = CliRunner()
-FIGURES = ["x", "o", "square", "triangle", "plus"]  # as tests/test_explain.py: `line`'s box hugs a 2-px stroke
+FIGURES = ["x", "o", "square", "triangle", "plus"]  # as tests/insight/test_explain.py: `line`'s box hugs a 2-px stroke
 SMALL_SHAPES = ["data.dataset=shapes", "data.shapes.train_examples=128", "data.shapes.test_examples=32",
                 "train.batch_size=16"]
 
 
 def _figures(figure: str, n: int, seed: int):
-    """n clean figures with their boxes, as tests/test_explain.py draws them."""
+    """n clean figures with their boxes, as tests/insight/test_explain.py draws them."""
     rng = np.random.default_rng([seed, list(shapes.FIGURES).index(figure)])
     return [shapes.render(figure, rng, 32, noise=0.0) for _ in range(n)]
 

@@ -14,7 +14,7 @@ from cnncli.cli import app
 from cnncli.config.schema_export import SCHEMA_FILE, schema_text
 from cnncli.config.yamlio import parse_yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 runner = CliRunner()
 

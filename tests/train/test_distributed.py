@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds per run; a hung collective fails the test instead of the suite
 ACCURACY_TOLERANCE = 0.05
 

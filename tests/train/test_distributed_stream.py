@@ -1,6 +1,6 @@
 """Streamed data under MultiWorkerMirroredStrategy: each worker reads only its own share of the files.
 
-Two workers on 127.0.0.1 (see tests/test_distributed.py for how they start)
+Two workers on 127.0.0.1 (see tests/train/test_distributed.py for how they start)
 train on an image folder with `data.cache: none`. Worker w reads training
 files w, w+2, w+4, ... only (its run.json counts the files it opened), every
 global batch is whole, and both end with identical weights. MirroredStrategy

@@ -12,7 +12,7 @@ from cnncli.cli import app
 from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 STAGE = """\

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 runner = CliRunner()
 
 # Totals the configs' own comments (and the course) state.

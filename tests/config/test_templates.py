@@ -18,7 +18,7 @@ from cnncli.cli import app
 from cnncli.config.loading import load_config
 from cnncli.templates import list_templates
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ("softmax", "mlp", "lenet", "resnet20", "vgg16-transfer", "from-run")
 runner = CliRunner()
 

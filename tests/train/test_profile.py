@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cnncli.train.profile import format_summary, is_input_op, op_times
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["--epochs", "1", "--set", "data.shapes.train_examples=400", "--set", "data.shapes.test_examples=50"]
 
 

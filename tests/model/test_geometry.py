@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 runner = CliRunner()
 

@@ -23,7 +23,7 @@ from cnncli.train.decisions import (choose_precision, choose_threads, default_th
                                     step_macs)
 from cnncli.train.runtime import mirrored_devices, setup_runtime, with_loss_scaling
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 AMX = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 AVX2 = {"avx2", "fma"}
 
