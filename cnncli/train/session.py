@@ -119,17 +119,35 @@ class Session(RunRecord, RunEnding):
                 break
 
     def _train_phase(self, phase, total_epochs: int, done: int, state: dict | None) -> None:
+        """One phase: its optimizer, its trainer, then its epochs from `done` (a resume starts mid-phase)."""
+        apply_trainable(self.model, self.cfg, phase.trainable)
+        schedule = EpochSchedule(self.cfg.train.lr_schedule)
+        overrides = _rate_overrides(phase, schedule)
+        optimizer, rate_groups, metrics = self._compile(phase, overrides)
+        checkpoint = self._checkpoint(optimizer)
+        if state is not None:
+            rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
+        trainer = self._trainer(optimizer, metrics)
+        callbacks = self._callbacks(schedule)
+        record = self._phase_record(phase, optimizer, rate_groups)
+        if state is not None and self.cfg.train.lr_schedule is None:
+            self._apply_changed_rate(optimizer, phase, overrides, record)
+        callbacks.on_train_begin(carry.saved_state(state), state and self.run_dir / state["checkpoint"])
+        for e in range(done, 1 if self.smoke else phase.epochs):
+            row, timing = self._train_epoch(trainer, optimizer, schedule, callbacks, phase, record, total_epochs)
+            self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
+            self._after_epoch(row, timing)
+            if getattr(self.model, "stop_training", False):
+                self.reporter.message(f"early stopping after epoch {row['epoch']}")
+                break
+        callbacks.on_train_end()
+
+    # === A phase's pieces ===
+    def _compile(self, phase, overrides: dict) -> tuple:
+        """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model compiled."""
         from cnncli.config.vocabulary import make_metric, make_optimizer
 
-        cfg = self.cfg
-        apply_trainable(self.model, cfg, phase.trainable)
-        schedule = EpochSchedule(cfg.train.lr_schedule)
-        overrides = {}
-        if phase.learning_rate is not None:
-            overrides["learning_rate"] = phase.learning_rate
-        if schedule.step_schedule is not None:
-            overrides["learning_rate"] = schedule.step_schedule
-        path = f"train.phases[{phase.index}].optimizer" if cfg.train.phases else "train.optimizer"
+        path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
         with self.strategy.scope():
             optimizer = make_optimizer(phase.optimizer, path, **overrides)
             rate_groups = self._rate_groups(phase)
@@ -140,11 +158,12 @@ class Session(RunRecord, RunEnding):
                 optimizer = layerwise(optimizer, variables, multipliers_for(variables, rate_groups))
             optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
-            metrics = [make_metric(m, cfg.train.loss) for m in cfg.train.metrics]
+            metrics = [make_metric(m, self.cfg.train.loss) for m in self.cfg.train.metrics]
             self.model.compile(optimizer=optimizer, loss=self.loss_fn)  # lets Keras callbacks reach the optimizer
-        checkpoint = self._checkpoint(optimizer)
-        if state is not None:
-            rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
+        return optimizer, rate_groups, metrics
+
+    def _trainer(self, optimizer, metrics) -> Trainer:
+        cfg = self.cfg
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
@@ -152,71 +171,67 @@ class Session(RunRecord, RunEnding):
         trainer.set_data(self.data.x_train, self.data.y_train)
         if self.profile is not None and not self.profile.summary:
             self.profile.attach(trainer)
-        callbacks = self._callbacks(schedule)
-        epochs = 1 if self.smoke else phase.epochs
+        return trainer
+
+    def _phase_record(self, phase, optimizer, rate_groups: list) -> dict:
+        """The phase's entry in run.json: found again on a resume, else started."""
         record = next((r for r in self.phase_records if r["index"] == phase.index), None)
-        if record is None:
-            trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-            record = {"index": phase.index, "epochs": 0, "trainable": phase.trainable,
-                      "trainable_params": trainable,
-                      "non_trainable_params": int(self.model.count_params()) - trainable,
-                      "optimizer": phase.optimizer.type,
-                      "learning_rates": [], "epoch_seconds": [], "train_seconds": 0.0, "examples": 0, "examples_per_second": 0.0}
-            if rate_groups:  # the rates at the start of the phase; a schedule scales them all alike
-                record["layer_lr_decay"] = phase.layer_lr_decay
-                record["layer_learning_rates"] = [g.as_json(_current_lr(optimizer)) for g in rate_groups]
-            self.phase_records.append(record)
-        if state is not None and cfg.train.lr_schedule is None:
-            self._apply_changed_rate(optimizer, phase, overrides, record)
-        callbacks.on_train_begin(carry.saved_state(state), state and self.run_dir / state["checkpoint"])
-        for e in range(done, epochs):
-            index = len(self.history)  # 0-based epoch over all phases
-            lr = schedule.rate(index)
-            if lr is not None:
-                optimizer.learning_rate = lr
-            self.reporter.epoch_begin(index + 1, total_epochs, trainer.steps_per_epoch())
-            callbacks.on_epoch_begin(index)
+        if record is not None:
+            return record
+        trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
+        record = {"index": phase.index, "epochs": 0, "trainable": phase.trainable,
+                  "trainable_params": trainable,
+                  "non_trainable_params": int(self.model.count_params()) - trainable,
+                  "optimizer": phase.optimizer.type,
+                  "learning_rates": [], "epoch_seconds": [], "train_seconds": 0.0, "examples": 0,
+                  "examples_per_second": 0.0}
+        if rate_groups:  # the rates at the start of the phase; a schedule scales them all alike
+            record["layer_lr_decay"] = phase.layer_lr_decay
+            record["layer_learning_rates"] = [g.as_json(_current_lr(optimizer)) for g in rate_groups]
+        self.phase_records.append(record)
+        return record
+
+    def _train_epoch(self, trainer, optimizer, schedule, callbacks, phase, record: dict,
+                     total_epochs: int) -> tuple[dict, dict]:
+        """One epoch trained and scored: its history row, handed to the callbacks, and its timing."""
+        index = len(self.history)  # 0-based epoch over all phases
+        lr = schedule.rate(index)
+        if lr is not None:
+            optimizer.learning_rate = lr
+        self.reporter.epoch_begin(index + 1, total_epochs, trainer.steps_per_epoch())
+        callbacks.on_epoch_begin(index)
+        batch_size, examples = self.cfg.train.batch_size, len(self.data.x_train)
+        try:
+            result = trainer.train_epoch(index, on_chunk=lambda d, s, logs, sec: self.reporter.chunk(
+                d, s, logs, sec, min(d * batch_size, examples)))
+        except NonFiniteLoss as exc:
+            self._non_finite(index + 1, exc.step, optimizer)
+        faults.point("epoch_trained")
+        row = {"epoch": index + 1}
+        if self.cfg.train.phases:
+            row["phase"] = phase.index + 1
+        row.update(result.logs)
+        if len(self.data.x_val):
+            scores = self.score(*trainer.predict_split(self.data.x_val, self.data.y_val))
+            row.update({f"val_{k}": v for k, v in scores.items()})
+        row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
+        timing = _add_timing(record, result)
+        record["learning_rates"].append(row["learning_rate"])
+        self.history.append(row)
+        callbacks.on_epoch_end(index, dict(row))
+        return row, timing
+
+    def _after_epoch(self, row: dict, timing: dict) -> None:
+        """Once the epoch is committed: the reporter, the tracker, then the caller's hook (which may stop the run)."""
+        self.reporter.epoch_end({**row, **timing})
+        if self.tracker is not None:
+            self.tracker.epoch(dict(row))
+        if self.on_epoch is not None:
             try:
-                result = trainer.train_epoch(index, on_chunk=lambda d, s, logs, sec: self.reporter.chunk(
-                    d, s, logs, sec, min(d * cfg.train.batch_size, len(self.data.x_train))))
-            except NonFiniteLoss as exc:
-                self._non_finite(index + 1, exc.step, optimizer)
-            faults.point("epoch_trained")
-            row = {"epoch": index + 1}
-            if cfg.train.phases:
-                row["phase"] = phase.index + 1
-            row.update(result.logs)
-            if len(self.data.x_val):
-                row.update({f"val_{k}": v for k, v in self.score(*trainer.predict_split(self.data.x_val,
-                                                                                        self.data.y_val)).items()})
-            row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
-            # Timings stay out of history.csv so that deterministic runs give identical files.
-            timing = {"seconds": round(result.seconds, 4),
-                      "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0}
-            if result.waiting is not None and result.seconds:
-                timing["waiting_for_data"] = round(min(1.0, result.waiting / result.seconds), 3)
-            record["epochs"] += 1
-            record["epoch_seconds"].append(timing["seconds"])
-            record["train_seconds"] = round(record["train_seconds"] + result.seconds, 4)
-            record["examples"] += result.examples
-            record["examples_per_second"] = round(record["examples"] / record["train_seconds"], 1)
-            record["learning_rates"].append(row["learning_rate"])
-            self.history.append(row)
-            callbacks.on_epoch_end(index, dict(row))
-            self._end_of_epoch(checkpoint, phase, e + 1, row, callbacks)
-            self.reporter.epoch_end({**row, **timing})
-            if self.tracker is not None:
-                self.tracker.epoch(dict(row))
-            if self.on_epoch is not None:
-                try:
-                    self.on_epoch(dict(row))
-                except StopRun as stop:
-                    self.mark(stop.status)
-                    raise
-            if getattr(self.model, "stop_training", False):
-                self.reporter.message(f"early stopping after epoch {index + 1}")
-                break
-        callbacks.on_train_end()
+                self.on_epoch(dict(row))
+            except StopRun as stop:
+                self.mark(stop.status)
+                raise
 
     def _checkpoint(self, optimizer=None):
         """A TF checkpoint of every model variable (weights, BatchNorm statistics, dropout and
@@ -359,3 +374,29 @@ def _live(reporter) -> bool:
     from cnncli.train.progress import RichReporter
 
     return isinstance(reporter, RichReporter)
+
+
+def _rate_overrides(phase, schedule: EpochSchedule) -> dict:
+    """The learning rate the phase or a per-step schedule sets in place of the optimizer's own."""
+    overrides = {}
+    if phase.learning_rate is not None:
+        overrides["learning_rate"] = phase.learning_rate
+    if schedule.step_schedule is not None:
+        overrides["learning_rate"] = schedule.step_schedule
+    return overrides
+
+
+def _add_timing(record: dict, result) -> dict:
+    """An epoch's time added to its phase's record; the timing shown beside its row.
+
+    Timings stay out of history.csv so that deterministic runs give identical files."""
+    timing = {"seconds": round(result.seconds, 4),
+              "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0}
+    if result.waiting is not None and result.seconds:
+        timing["waiting_for_data"] = round(min(1.0, result.waiting / result.seconds), 3)
+    record["epochs"] += 1
+    record["epoch_seconds"].append(timing["seconds"])
+    record["train_seconds"] = round(record["train_seconds"] + result.seconds, 4)
+    record["examples"] += result.examples
+    record["examples_per_second"] = round(record["examples"] / record["train_seconds"], 1)
+    return timing
