@@ -202,7 +202,7 @@ def test_the_site_builds_strict(tmp_path):
     """mkdocs build --strict: every page in the nav, every link and image resolving (the `docs` extra)."""
     pytest.importorskip("material", reason="mkdocs-material is not installed (the docs extra: pip install -e '.[docs]')")
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1", "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "site" / "architecture" / "index.html").is_file()
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
