@@ -43,8 +43,13 @@ def _section(command, ctx) -> list[str]:
     usage = " ".join([ctx.command_path, *command.collect_usage_pieces(ctx)])
     lines += ["<!-- not run: a usage line, generated from the code -->", "```text", usage, "```", ""]
     if command.help:
-        lines += ["<!-- not run: the command's help, generated from the code -->",
-                  "```text", command.help.strip(), "```", ""]
+        lines += [
+            "<!-- not run: the command's help, generated from the code -->",
+            "```text",
+            command.help.strip(),
+            "```",
+            "",
+        ]
     rows = []
     for param in command.get_params(ctx):
         record = param.get_help_record(ctx)

@@ -50,8 +50,14 @@ def blocks(path: Path) -> list[dict]:
         indent = len(opening["indent"])
         before = next((line for line in reversed(lines[:i]) if line.strip()), "")
         end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
-        found.append({"lang": opening["lang"], "line": i + 1, "before": before,
-                      "lines": [line[indent:] for line in lines[i + 1:end]]})
+        found.append(
+            {
+                "lang": opening["lang"],
+                "line": i + 1,
+                "before": before,
+                "lines": [line[indent:] for line in lines[i + 1 : end]],
+            }
+        )
         i = end + 1
     return found
 
@@ -101,13 +107,20 @@ def test_every_cnn_example_is_run_or_says_why_not(path):
         where = f"{path.relative_to(ROOT)}:{block['line']}"
         if NOT_RUN.match(block["before"]):
             continue
-        assert block["lang"] == "console", f"{where}: a `cnn` example outside a console block needs <!-- not run: why -->"
+        assert block["lang"] == "console", (
+            f"{where}: a `cnn` example outside a console block needs <!-- not run: why -->"
+        )
         for command, _ in runs(block):
-            assert command_of(command), f"{where}: `{command}` is not a cnn command; mark the block <!-- not run: why -->"
+            assert command_of(command), (
+                f"{where}: `{command}` is not a cnn command; mark the block <!-- not run: why -->"
+            )
 
 
-@pytest.mark.parametrize("path", [p for p in PAGES if any(not NOT_RUN.match(b["before"]) for b in cnn_blocks(p))],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    [p for p in PAGES if any(not NOT_RUN.match(b["before"]) for b in cnn_blocks(p))],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_run_examples_show_their_real_output(path, tmp_path, monkeypatch):
     (tmp_path / "configs").symlink_to(ROOT / "configs")
     monkeypatch.chdir(tmp_path)
@@ -122,13 +135,15 @@ def test_run_examples_show_their_real_output(path, tmp_path, monkeypatch):
         for command, shown in runs(block):
             argv = fill_optional_values(shlex.split(command, comments=True)[1:])
             result = runner.invoke(app, argv)
-            assert result.exception is None or isinstance(result.exception, SystemExit), \
+            assert result.exception is None or isinstance(result.exception, SystemExit), (
                 f"{path.name}:{block['line']}: `{command}` raised {result.exception!r}"
+            )
             expected_code = 1 if any(line.startswith(("Error:", "::error")) for line in shown) else 0
             where = f"{path.relative_to(ROOT)}:{block['line']}: `{command}`"
             assert result.exit_code == expected_code, f"{where} exited {result.exit_code}:\n{result.output}"
-            assert matches(squeeze("\n".join(shown)), squeeze(result.output)), \
+            assert matches(squeeze("\n".join(shown)), squeeze(result.output)), (
                 f"{where} printed something else than the page shows:\n{result.output}"
+            )
 
 
 def test_the_wildcards_accept_only_what_they_should():
@@ -156,8 +171,9 @@ def load_generator():
 def test_cli_reference_is_current():
     """docs/reference/cli.md is what the generator makes from the app now."""
     generator = load_generator()
-    assert generator.PAGE.read_text(encoding="utf-8") == generator.render(), \
+    assert generator.PAGE.read_text(encoding="utf-8") == generator.render(), (
         "docs/reference/cli.md is stale: run python docs/gen_cli_reference.py"
+    )
 
 
 def test_cli_reference_names_every_command():
@@ -179,7 +195,7 @@ def test_readme_install_and_test_commands_are_what_ci_runs():
     assert 'pip install -e ".[dev]"' in ci
     assert "cnn train configs/shapes_cnn.yaml" in readme
     assert re.search(r"^python -m pytest$", readme, re.M)
-    assert re.search(r'^"\$venv/bin/python" -m pytest "\$@"', ci, re.M)
+    assert re.search(r'^\s*"\$venv/bin/python" -m pytest "\$@"', ci, re.M)
 
 
 def test_readme_stays_short_and_its_links_resolve():
@@ -200,9 +216,62 @@ def test_the_configs_table_lists_every_shipped_config():
 
 def test_the_site_builds_strict(tmp_path):
     """mkdocs build --strict: every page in the nav, every link and image resolving (the `docs` extra)."""
-    pytest.importorskip("material", reason="mkdocs-material is not installed (the docs extra: pip install -e '.[docs]')")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1", "NO_MKDOCS_2_WARNING": "1"})
+    pytest.importorskip(
+        "material", reason="mkdocs-material is not installed (the docs extra: pip install -e '.[docs]')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "site" / "architecture" / "index.html").is_file()
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+
+
+def test_every_file_the_docs_name_exists():
+    """A path such as `cnncli/train/loop.py` or `tests/train/test_distributed.py` in a page is a real file."""
+    for page in PAGES:
+        for path in re.findall(r"\b((?:cnncli|tests|benchmarks|docs)/[\w/.-]+\.(?:py|json|md|png))", page.read_text()):
+            assert (ROOT / path).is_file() or (page.parent / path).is_file(), f"{page.relative_to(ROOT)} names {path}"
+
+
+# The architecture page's "Where things happen": each file with the names it says are defined there.
+WHERE_THINGS_HAPPEN = {
+    "cnncli/config/vocabulary.py": [
+        "make_layer",
+        "check_layer_spec",
+        "check_args",
+        "make_optimizer",
+        "make_loss",
+        "make_metric",
+        "SCHEDULES",
+    ],
+    "cnncli/model/builder.py": ["build_model"],
+    "cnncli/train/schedules.py": ["EpochSchedule"],
+    "cnncli/train/loop.py": [
+        "Trainer",
+        "_resident_chunk",
+        "epoch_permutation",
+        "_stream_chunk",
+        "_distributed_chunk",
+        "_distributed_iterator",
+    ],
+    "cnncli/fileio.py": ["write", "write_json", "writing", "replacing", "temp_path", "locked"],
+    "cnncli/train/rundir.py": ["create_run_dir", "write_history", "write_checkpoint", "save_model", "reconcile"],
+    "cnncli/errors.py": ["CnnError", "ConfigError", "DataError", "RunError", "Problem", "render", "did_you_mean"],
+    "cnncli/commands/common.py": ["handled"],
+    "cnncli/compat.py": ["check", "report"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(WHERE_THINGS_HAPPEN))
+def test_the_architecture_page_names_functions_that_exist(path):
+    page = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    source = (ROOT / path).read_text(encoding="utf-8")
+    assert f"`{path}`" in page
+    for name in WHERE_THINGS_HAPPEN[path]:
+        assert re.search(rf"`(?:\w+\.)?{name}(?:\.\w+)?(?:\(\))?`", page), f"architecture.md does not name {name}"
+        assert re.search(rf"^\s*(?:def|class) {name}\b|^{name}\s*[:=]", source, re.M), f"{path} defines no {name}"
