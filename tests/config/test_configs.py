@@ -35,7 +35,7 @@ SHIPPED = {"convmixer.yaml", "fashion_pretrain.yaml", "inception_mini.yaml", "le
 
 
 def test_configs_exist():
-    """The configs README.md's table lists (from_run/ needs a trained run and is tested with it)."""
+    """The configs docs/getting-started.md's table lists (from_run/ needs a trained run and is tested with it)."""
     assert {p.name for p in CONFIGS} == SHIPPED
     assert set(KNOWN_TOTALS) <= SHIPPED
 
