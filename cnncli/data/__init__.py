@@ -12,6 +12,8 @@ colour mode and size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cnncli.config.schema import DataConfig
@@ -52,16 +54,19 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     return prepare(_source(cfg).load(cfg, seed), cfg, seed)
 
 
-def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: int = 1) -> Dataset:
+def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: int = 1,
+              load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> Dataset:
     """Resident arrays, or streamed file splits, as data.cache (and for `auto`, the memory budget) decide.
 
     `shape` is the model's input (h, w, c) when it differs from the data's; under several workers
     each streams only its own share of the training files. Streamed splits read nothing yet:
-    `cache_streams` writes or opens their disk cache.
+    `cache_streams` writes or opens their disk cache. `load_resident` reads resident data in
+    place of `load` (a sweep's, which reads the files once for all its trials).
     """
+    load_resident = load_resident or load
     source = _source(cfg)
     if (source.files is None and cfg.dataset != "records") or cfg.cache == "memory":
-        data = load(cfg, seed)
+        data = load_resident(cfg, seed)
         why = "data.cache is set in the config" if cfg.cache == "memory" else \
             f"dataset `{cfg.dataset}` is read into memory whole"
         data.cache = {"mode": "memory", "why": why}
@@ -82,7 +87,7 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     mode, why = residency.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
                                       sum(len(s) for s in splits.values()) * image_bytes, root)
     if mode == "memory":
-        data = load(cfg, seed)
+        data = load_resident(cfg, seed)
         data.cache = {"mode": "memory", "why": why}
         return data
     if mode == "disk" and cfg.dataset == "records":

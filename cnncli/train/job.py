@@ -46,6 +46,7 @@ class TrainOptions:
     run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
     on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
     tracker: object | None = None  # a tracking.LiveRun: the chief logs the run to MLflow as it trains
+    load_resident: Callable | None = None  # reads resident data in place of cnncli.data.load (a sweep's memo)
 
 
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
@@ -144,7 +145,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    data, plan = _load_data(cfg, opts.smoke, reporter, runtime)
+    data, plan = _load_data(cfg, opts.smoke, reporter, runtime, opts.load_resident)
     shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
@@ -247,7 +248,7 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
     return run_dir
 
 
-def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None):
+def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_resident=None):
     from cnncli.data import cache_streams, convert_images, open_data
     from cnncli.model.inputs import plan_input
 
@@ -256,7 +257,7 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None):
         reporter.message(f"note: {note}")
     t0 = time.perf_counter()
     data = open_data(cfg.data, cfg.seed, plan.shape, runtime.worker_index if runtime else 0,
-                     runtime.num_workers if runtime else 1)
+                     runtime.num_workers if runtime else 1, load_resident)
     for warning in data.warnings:
         reporter.warning(warning)
     streamed = data.cache["mode"] != "memory"

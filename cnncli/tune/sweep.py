@@ -158,7 +158,7 @@ class TrialOutcome:
     metric: str = "value"
 
 
-def run_trial(sweep: Sweep, trial, reporter=None, tracker=None) -> TrialOutcome:
+def run_trial(sweep: Sweep, trial, reporter=None, tracker=None, load_resident=None) -> TrialOutcome:
     """Train one trial as an ordinary run and tell the study how it ended (`tracker`: its MLflow LiveRun)."""
     from optuna.trial import TrialState
 
@@ -192,7 +192,8 @@ def run_trial(sweep: Sweep, trial, reporter=None, tracker=None) -> TrialOutcome:
     try:
         with beat:
             result = run_training(TrainOptions(config=sweep.opts.config, overrides=overrides, run_dir=run_dir,
-                                               on_epoch=on_epoch, tracker=tracker), reporter or Reporter())
+                                               on_epoch=on_epoch, tracker=tracker, load_resident=load_resident),
+                                   reporter or Reporter())
         history = rundir.read_history(result.run_dir / "history.csv")
         value = history[-1].get(sweep.metric) if history else None
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -236,34 +237,30 @@ def _train_seconds(run_dir: Path) -> float:
     return 0.0
 
 
-@contextlib.contextmanager
-def shared_data():
-    """Trials in one process load their data once: `cnncli.data.load` is memoised while the sweep runs.
+class SharedData:
+    """The trials of one process read their resident data once: each trial's job is handed this loader.
 
     Every trial of a sweep usually reads the same split of the same files (only the
     model and the optimizer are searched); reading Fashion-MNIST again costs a second
     per trial. Each trial gets its own shallow copy, since the job replaces the arrays
     (conversion to the model's input) on the object it is given.
     """
-    import copy
-    import json
 
-    import cnncli.data
+    def __init__(self) -> None:
+        self._cache: dict = {}
 
-    real, cache = cnncli.data.load, {}
+    def __call__(self, cfg, seed: int):
+        """The data `cnncli.data.load(cfg, seed)` gives, read at most once while the config stays the same."""
+        import copy
+        import json
 
-    def load(cfg, seed):
+        from cnncli.data import load
+
         key = (json.dumps(cfg.model_dump(mode="json"), sort_keys=True), seed)
-        if key not in cache:
-            cache.clear()  # one data set at a time: a searched data key must not pile copies up in memory
-            cache[key] = real(cfg, seed)
-        return copy.copy(cache[key])
-
-    cnncli.data.load = load
-    try:
-        yield
-    finally:
-        cnncli.data.load = real
+        if key not in self._cache:
+            self._cache.clear()  # one data set at a time: a searched data key must not pile copies up in memory
+            self._cache[key] = load(cfg, seed)
+        return copy.copy(self._cache[key])
 
 
 @contextlib.contextmanager
@@ -298,13 +295,14 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
     started = time.monotonic()
     timeout = sweep.cfg.search.timeout
     try:
-        with shared_data(), _expected_retracing():
+        shared = SharedData()
+        with _expected_retracing():
             while timeout is None or time.monotonic() - started < timeout:
                 trial = next_trial(sweep)
                 if trial is None:
                     break
                 live = tracker.trial_run(trial.number) if tracker is not None else None
-                outcome = run_trial(sweep, trial, reporter, live)
+                outcome = run_trial(sweep, trial, reporter, live, shared)
                 if tracker is not None:
                     tracker.log_trial(outcome, live)
                 with sweep_lock(sweep.dir):
