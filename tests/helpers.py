@@ -40,3 +40,56 @@ def write_shapes_folder(root: Path, seed: int, train: int, test: int) -> Path:
             target.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image[..., 0]).save(target / f"{i:04d}.png")
     return root
+
+
+# The small config most tests train: a few hundred 16×16 shapes, one small conv layer, one epoch, float32.
+SMALL_CONFIG = {
+    "name": "tiny",
+    "seed": 7,
+    "data": {"dataset": "shapes", "validation_split": 0.2,
+             "shapes": {"image_size": 16, "train_examples": 200, "test_examples": 40, "classes": ["x", "o"]}},
+    "model": {"layers": [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+                         {"type": "Flatten"}]},  # the last Dense, one unit per class, is added by small_config
+    "train": {"epochs": 1, "batch_size": 32},
+    "runtime": {"precision": "float32"},
+}
+
+
+def small_config(*changes: dict | str) -> str:
+    """SMALL_CONFIG as YAML text, with `changes` applied in order.
+
+    A change is a mapping (or YAML text of one). A key with dots is a key path
+    (`{"train.epochs": 3}`); a nested mapping merges into the section it names; a value of
+    None removes the key. Unless the changes give `model.layers`, the model ends in a
+    softmax Dense with one unit per class of `data.shapes.classes`.
+    """
+    import copy
+
+    import yaml
+
+    config = copy.deepcopy(SMALL_CONFIG)
+    layers_given = False
+    for change in changes:
+        change = yaml.safe_load(change) if isinstance(change, str) else change
+        for key, value in (change or {}).items():
+            path = key.split(".")
+            layers_given |= path == ["model", "layers"] or (path == ["model"] and "layers" in (value or {}))
+            _merge(config, path, copy.deepcopy(value))
+    if not layers_given:
+        classes = config["data"].get("shapes", {}).get("classes", SMALL_CONFIG["data"]["shapes"]["classes"])
+        config["model"]["layers"].append({"type": "Dense", "units": len(classes), "activation": "softmax"})
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=120)
+
+
+def _merge(config: dict, path: list[str], value) -> None:
+    parent = config
+    for part in path[:-1]:
+        parent = parent.setdefault(part, {})
+    key = path[-1]
+    if value is None:
+        parent.pop(key, None)
+    elif isinstance(value, dict) and isinstance(parent.get(key), dict):
+        for sub, subvalue in value.items():
+            _merge(parent[key], [sub], subvalue)
+    else:
+        parent[key] = value

@@ -18,29 +18,17 @@ if sys.platform != "linux":
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Cnn, uninterrupted  # noqa: E402
+from helpers import small_config  # noqa: E402
 
 EPOCHS = 3
-TINY = f"""\
-name: tiny
-seed: 7
-deterministic: true          # a resumed run must reproduce the uninterrupted one exactly
-data:
-  dataset: shapes
-  validation_split: 0.1
-  shapes: {{image_size: 16, train_examples: 400, test_examples: 80}}
-model:
-  layers:
-    - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}}
-    - {{type: MaxPooling2D, pool_size: 2}}
-    - {{type: Flatten}}
-    - {{type: Dense, units: 6, activation: softmax}}
-train:
-  epochs: {EPOCHS}
-  batch_size: 32
-  optimizer: {{type: Adam, learning_rate: 0.01}}
-runtime:
-  precision: float32
-"""
+TINY = small_config({  # deterministic: a resumed run must reproduce the uninterrupted one exactly
+    "deterministic": True, "data.validation_split": 0.1,
+    "data.shapes": {"train_examples": 400, "test_examples": 80, "classes": None},  # the six default classes
+    "model.layers": [{"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+                     {"type": "MaxPooling2D", "pool_size": 2}, {"type": "Flatten"},
+                     {"type": "Dense", "units": 6, "activation": "softmax"}],
+    "train": {"epochs": EPOCHS, "optimizer": {"type": "Adam", "learning_rate": 0.01}},
+})
 
 
 @pytest.fixture(scope="session")

@@ -30,31 +30,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import small_config
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds per run; a hung collective fails the test instead of the suite
 ACCURACY_TOLERANCE = 0.05
 
-CONFIG = """\
-name: dist
-seed: 7
-data:
-  dataset: shapes
-  validation_split: 0.1
-  shapes: {image_size: 16, classes: [x, o, square], train_examples: 1200, test_examples: 300}
-model:
-  layers:
-    - {type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}
-    - {type: MaxPooling2D, pool_size: 2}
-    - {type: Flatten}
-    - {type: Dense, units: 32, activation: relu}
-    - {type: Dense, units: 3, activation: softmax}
-train:
-  epochs: 4
-  batch_size: 32
-  optimizer: {type: Adam, learning_rate: 0.003}
-runtime:
-  precision: float32
-"""
+CONFIG = small_config({  # enough shapes and epochs that one worker and two learn alike, within the tolerance
+    "name": "dist", "data.validation_split": 0.1,
+    "data.shapes": {"classes": ["x", "o", "square"], "train_examples": 1200, "test_examples": 300},
+    "model.layers": [{"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+                     {"type": "MaxPooling2D", "pool_size": 2}, {"type": "Flatten"},
+                     {"type": "Dense", "units": 32, "activation": "relu"},
+                     {"type": "Dense", "units": 3, "activation": "softmax"}],
+    "train": {"epochs": 4, "optimizer": {"type": "Adam", "learning_rate": 0.003}},
+})
 
 
 def free_ports(n: int) -> list[int]:

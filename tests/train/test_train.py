@@ -15,37 +15,29 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import helpers
 from cnncli.cli import app
 
-SMALL = """
-name: tiny
-seed: 7
-deterministic: true
-data:
-  dataset: shapes
-  validation_split: 0.2
-  shapes: {{image_size: 16, train_examples: {n}, test_examples: 200, classes: [x, o, square]}}
-model:
-  layers:
-    - {{type: Conv2D, filters: 8, kernel_size: 3, padding: same, activation: relu}}
-    - {{type: MaxPooling2D, pool_size: 2}}
-    - {{type: Dropout, rate: 0.2}}
-    - {{type: Flatten}}
-    - {{type: Dense, units: 3, activation: softmax}}
-train:
-  epochs: {epochs}
-  batch_size: 32
-  optimizer: {{type: Adam, learning_rate: 0.003}}
-runtime:
-  precision: float32
-"""
+TRAINED = {  # three classes, enough examples to learn them in a few epochs; deterministic, so runs repeat
+    "deterministic": True,
+    "data.shapes": {"test_examples": 200, "classes": ["x", "o", "square"]},
+    "model.layers": [{"type": "Conv2D", "filters": 8, "kernel_size": 3, "padding": "same", "activation": "relu"},
+                     {"type": "MaxPooling2D", "pool_size": 2}, {"type": "Dropout", "rate": 0.2}, {"type": "Flatten"},
+                     {"type": "Dense", "units": 3, "activation": "softmax"}],
+    "train.optimizer": {"type": "Adam", "learning_rate": 0.003},
+}
+
+
+def small_text(epochs: int = 2, n: int = 600, *changes) -> str:
+    """The trained small config for `epochs` epochs on `n` training shapes, with `changes` (helpers.small_config)."""
+    return helpers.small_config(TRAINED, {"train.epochs": epochs, "data.shapes.train_examples": n}, *changes)
 
 runner = CliRunner()
 
 
 def small_config(tmp_path: Path, epochs: int = 2, n: int = 600, extra: str = "") -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(SMALL.format(epochs=epochs, n=n) + extra)
+    path.write_text(small_text(epochs, n) + extra)
     return path
 
 
@@ -90,7 +82,7 @@ def test_json_output_and_run_directory(tmp_path):
 
 def test_random_seed_is_recorded(tmp_path):
     config = tmp_path / "noseed.yaml"
-    config.write_text(SMALL.format(epochs=1, n=200).replace("seed: 7\n", ""))
+    config.write_text(small_text(1, 200, {"seed": None}))
     doc = train_json(config, "--output", tmp_path / "runs")
     seed = yaml.safe_load((Path(doc["run_dir"]) / "config.yaml").read_text())["seed"]
     assert isinstance(seed, int) and seed >= 0

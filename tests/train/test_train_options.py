@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.config.vocabulary import SCHEDULES, list_schedules
-from test_train import SMALL
+from test_train import small_text
 
 runner = CliRunner()
 
@@ -29,7 +31,7 @@ SCHEDULE_ARGS = {  # arguments for each registered schedule, in Keras's names
 
 def train(tmp_path: Path, extra: str = "", epochs: int = 3, *args: str) -> Path:
     config = tmp_path / "c.yaml"
-    config.write_text(SMALL.format(epochs=epochs, n=200).replace("train:\n", "train:\n" + extra))
+    config.write_text(small_text(epochs, 200, {"train": yaml.safe_load(textwrap.dedent(extra)) or {}}))
     result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs"), "--json", *args])
     assert result.exit_code == 0, result.output
     return Path(json.loads(result.stdout)["run_dir"])
@@ -95,16 +97,16 @@ def test_augmentation_trains_but_is_not_part_of_the_saved_model(tmp_path):
 
 def test_unknown_augmentation_argument_is_reported_with_its_line(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(SMALL.format(epochs=1, n=200).replace(
-        "  validation_split: 0.2\n", "  validation_split: 0.2\n  augment:\n    - {type: RandomFlip, mdoe: horizontal}\n"))
+    config.write_text(small_text(1, 200, {"data.augment": [{"type": "RandomFlip", "mdoe": "horizontal"}]}))
+    line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "mdoe" in text)
     result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs")])
     assert result.exit_code == 1
-    assert "c.yaml:9: data.augment[0].mdoe: RandomFlip takes no argument `mdoe` (did you mean `mode`?)" in result.stderr
+    assert f"c.yaml:{line}: data.augment[0].mdoe: RandomFlip takes no argument `mdoe` (did you mean `mode`?)" in result.stderr
 
 
 def test_plain_progress_prints_one_line_per_epoch_when_not_a_terminal(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(SMALL.format(epochs=2, n=200))
+    config.write_text(small_text(2, 200))
     result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if line.startswith("epoch")]

@@ -10,28 +10,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cnncli.cli import app
+from helpers import small_config
 from cnncli.tune.compare import differences, flatten
 
 runner = CliRunner()
 
-CONFIG = """\
-name: tiny
-seed: 7
-data:
-  dataset: shapes
-  validation_split: 0.2
-  shapes: {image_size: 16, train_examples: 200, test_examples: 40, classes: [x, o]}
-model:
-  layers:
-    - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu}
-    - {type: Flatten}
-    - {type: Dense, units: 2, activation: softmax}
-train:
-  epochs: 2
-  batch_size: 32
-runtime:
-  precision: float32
-"""
+CONFIG = small_config({"train.epochs": 2})
 
 
 @pytest.fixture(scope="module")

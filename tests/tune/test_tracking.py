@@ -12,32 +12,22 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
+from helpers import small_config
 
 runner = CliRunner()
 
-CONFIG = """\
-name: tiny
-seed: 3
-data:
-  dataset: shapes
-  validation_split: 0.2
-  shapes: {{image_size: 16, train_examples: 200, test_examples: 40, classes: [x, o]}}
-model:
-  layers:
-    - {{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}}
-    - {{type: Flatten}}
-    - {{type: Dense, units: 2, activation: softmax}}
-train:
-  epochs: 3
-  batch_size: 32
-{extra}"""
+TRACKED = {"seed": 3, "train.epochs": 3, "runtime": None}  # three epochs: rows to compare with history.csv
+
+
+def config(*changes) -> str:
+    return small_config(TRACKED, *changes)
 
 
 def test_logged_metrics_equal_history_csv_row_for_row(tmp_path):
     from mlflow.tracking import MlflowClient
 
     uri = f"file:{tmp_path / 'mlruns'}"
-    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=f"tracking: {{mlflow: {{uri: '{uri}', experiment: t}}}}\n"))
+    (tmp_path / "tiny.yaml").write_text(config({"tracking": {"mlflow": {"uri": uri, "experiment": "t"}}}))
     result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -65,7 +55,7 @@ def test_a_sweep_logs_each_trial_as_a_child_run(tmp_path):
     uri = f"file:{tmp_path / 'mlruns'}"
     search = ("search:\n  trials: 2\n  sampler: random\n  params:\n"
               "    model.layers[0].filters: {choice: [2, 4]}\n")
-    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=search).replace("epochs: 3", "epochs: 1"))
+    (tmp_path / "tiny.yaml").write_text(config(search, {"train.epochs": 1}))
     result = runner.invoke(app, ["tune", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "sweep"),
                                  "--mlflow", uri, "--json"])
     assert result.exit_code == 0, result.output
@@ -92,7 +82,7 @@ def test_without_mlflow_the_error_names_the_extra(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails as if not installed
-    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=""))
+    (tmp_path / "tiny.yaml").write_text(config())
     result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"),
                                  "--mlflow", f"file:{tmp_path / 'mlruns'}"])
     assert result.exit_code == 1
@@ -109,7 +99,7 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_a_resumed_run_continues_its
     from cnncli.train.progress import Reporter
 
     uri = f"file:{tmp_path / 'mlruns'}"
-    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra="deterministic: true\n"))
+    (tmp_path / "tiny.yaml").write_text(config({"deterministic": True}))
     client = MlflowClient(tracking_uri=uri)
     live = LiveRun((uri, "live"))
     seen = []
@@ -146,7 +136,7 @@ def test_a_tracking_server_nothing_answers_at_is_refused_before_training(tmp_pat
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    (tmp_path / "tiny.yaml").write_text(CONFIG.format(extra=""))
+    (tmp_path / "tiny.yaml").write_text(config())
     result = runner.invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--output", str(tmp_path / "runs"),
                                  "--mlflow", f"http://127.0.0.1:{port}"])
     assert result.exit_code == 1

@@ -11,41 +11,24 @@ import yaml
 from typer.testing import CliRunner
 
 from cnncli.cli import app
+from helpers import small_config
 
 runner = CliRunner()
 
-TINY = """\
-name: tiny
-seed: 7
-deterministic: true
-data:
-  dataset: shapes
-  validation_split: 0.2
-  shapes: {{image_size: 16, train_examples: 240, test_examples: 60, classes: [x, o, square]}}
-model:
-  layers:
-    - {{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}}
-    - {{type: MaxPooling2D, pool_size: 2}}
-    - {{type: Dropout, rate: 0.1}}
-    - {{type: Flatten}}
-    - {{type: Dense, units: 3, activation: softmax}}
-train:
-  epochs: {epochs}
-  batch_size: 32
-  optimizer: {{type: Adam, learning_rate: 0.005}}
-runtime:
-  precision: float32
-search:
-  trials: {trials}
-  sampler: {sampler}
-  params:
-{params}
-"""
+SWEPT = {  # three classes and a dropout layer: model.layers[2].rate is a searchable number
+    "deterministic": True,
+    "data.shapes": {"train_examples": 240, "test_examples": 60, "classes": ["x", "o", "square"]},
+    "model.layers": [{"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+                     {"type": "MaxPooling2D", "pool_size": 2}, {"type": "Dropout", "rate": 0.1}, {"type": "Flatten"},
+                     {"type": "Dense", "units": 3, "activation": "softmax"}],
+    "train.optimizer": {"type": "Adam", "learning_rate": 0.005},
+}
 
 
 def tiny_sweep(tmp_path: Path, params: str, trials: int = 2, epochs: int = 1, sampler: str = "random") -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(TINY.format(params=params, trials=trials, epochs=epochs, sampler=sampler))
+    search = f"search:\n  trials: {trials}\n  sampler: {sampler}\n  params:\n{params}\n"  # as typed: lines are read
+    path.write_text(small_config(SWEPT, {"train.epochs": epochs}) + search)
     return path
 
 
@@ -183,7 +166,7 @@ def test_a_pruned_trial_stops_at_that_epoch_and_is_marked_pruned(tmp_path):
 
 def test_a_config_without_search_is_refused(tmp_path):
     config = tmp_path / "plain.yaml"
-    config.write_text(TINY.split("search:")[0].format(epochs=1))
+    config.write_text(small_config(SWEPT))
     result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
     assert result.exit_code == 1
     assert "has no `search:` section" in result.stderr

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
+from helpers import small_config
 
 if sys.platform != "linux":
     pytest.skip("kills `cnn` processes with signals: Linux only", allow_module_level=True)
@@ -24,28 +25,13 @@ if sys.platform != "linux":
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds for one process: a few one-epoch trials, on a loaded machine
 
-CONFIG = """\
-name: tiny
-seed: 7
-deterministic: true
-data:
-  dataset: shapes
-  validation_split: 0.2
-  shapes: {image_size: 16, train_examples: 160, test_examples: 40, classes: [x, o]}
-model:
-  layers:
-    - {type: Conv2D, filters: 4, kernel_size: 3, activation: relu}
-    - {type: Flatten}
-    - {type: Dense, units: 2, activation: softmax}
-train:
-  epochs: 1
-  batch_size: 32
+CONFIG = small_config({"deterministic": True, "data.shapes.train_examples": 160, "runtime": None}, """\
 search:
   sampler: random
   pruner: none
   params:
     train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}
-"""
+""")
 
 
 class Tune:
