@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-SCHEMA_FILE = Path(__file__).resolve().parent / "schema" / "cnncli.schema.json"
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "cnncli.schema.json"  # package data, beside the wings
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 _FIELD_COMMENT = re.compile(r"^\s{4}(\w+)\s*:[^#\n]*#\s*(.+?)\s*$", re.MULTILINE)
 
