@@ -154,6 +154,7 @@ def export(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
+    force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,
 ) -> None:
     """Export the run's model and prove it computes what model.keras computes.
@@ -161,7 +162,8 @@ def export(
     The artefact is reloaded with its own runtime and compared with model.keras
     on up to 1,000 test images (float formats: max |Δp| ≤ 1e-4; float16 ≤ 1e-2;
     int8: top class agrees on ≥ 98%). Only a passing artefact is kept; the
-    figures, class names and input spec go to export.json beside it.
+    figures, class names and input spec go to export.json beside it. An artefact
+    already at the path is kept unless --force is given.
     onnx needs the optional extra: pip install 'cnncli\\[export]'.
 
     Example: cnn export runs/mnist-lenet/20260101-120000 --format tflite --quantize int8 --output model_int8.tflite
@@ -169,7 +171,7 @@ def export(
     from cnncli.deploy.export import describe_check, export_run
 
     with handled(json_output):
-        result = export_run(run_dir, format_, output, quantize)
+        result = export_run(run_dir, format_, output, quantize, force=force)
         if json_output:
             emit_json(result.as_json())
             return
