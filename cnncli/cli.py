@@ -63,13 +63,25 @@ OPTIONAL_VALUES = {"--errors": "16"}  # options whose value may be left out; Typ
 
 
 def fill_optional_values(argv: list[str]) -> list[str]:
-    """`--errors` alone (or followed by something other than a count) means `--errors 16`."""
+    """`--errors` alone (or followed by something other than a number) means `--errors 16`.
+
+    A number that is no count (`-1`, `0`, `2.5`) stays the option's value, so Typer's own check
+    names the option and the range it takes, rather than reading `-1` as an unknown option.
+    """
     filled = []
     for i, arg in enumerate(argv):
         filled.append(arg)
-        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or not argv[i + 1].isdigit()):
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or not _number(argv[i + 1])):
             filled.append(OPTIONAL_VALUES[arg])
     return filled
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def main() -> None:

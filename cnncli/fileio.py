@@ -106,6 +106,23 @@ def _json_default(value):
     return str(value)
 
 
+def unwritable(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (or in the folders that would be made for it), or None.
+
+    For checks before slow work; root bypasses permission bits, so a read-only file system is
+    checked on its own. What this cannot foresee (a full disk) still fails at the write, in `writing`.
+    """
+    folder = Path(folder)
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    if not probe.is_dir():
+        return f"`{probe}` is a file, not a folder"
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"`{probe}` is on a read-only file system"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"`{probe}` is not writable (permission denied)"
+    return None
+
+
 @contextlib.contextmanager
 def writing(path: Path, hint: str = ""):
     """Turn a failure to write `path` (disk full, read-only, gone) into one error line naming it."""

@@ -50,8 +50,10 @@ def schema(
         if output is None:
             sys.stdout.write(text)
             return
-        from cnncli.fileio import write
+        from cnncli.fileio import write, writing
 
+        with writing(output):  # its folder is made, as for every other file cnn writes
+            output.parent.mkdir(parents=True, exist_ok=True)
         write(output, text)
         out.print(f"wrote {output}", markup=False)
 

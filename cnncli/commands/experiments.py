@@ -67,10 +67,13 @@ def tune(
 def compare(
     runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
                                       help="Run directories, or sweep directories (all their trials)."),
-    output: Path = typer.Option(Path("compare.png"), "--output", "-o", help="PNG of the overlaid curves."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PNG",
+                                          help="Draw the runs' curves, overlaid, into this PNG."),
     json_output: bool = JsonOption,
 ) -> None:
     """Show runs side by side: final metrics, epochs, time, images/s, parameters, and the config keys that differ.
+
+    Nothing is written unless --output names a PNG for the overlaid curves.
 
     Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
     """
@@ -100,4 +103,7 @@ def compare(
         for key, values in report["differences"].items():
             diff.add_row(key, *map(cell, values))
         out.print(diff if report["differences"] else "the configs are the same")
-        out.print(f"curves: {report['plot']}", markup=False)
+        if "plot" in report:
+            out.print(f"curves: {report['plot']}", markup=False)
+        else:
+            out.print("curves: not drawn; add --output compare.png to draw them", markup=False)

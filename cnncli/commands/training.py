@@ -79,18 +79,24 @@ def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     split: str = typer.Option("test", "--split", help="test | val | train"),
     set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
-                                             help="Evaluate on other data, e.g. --data data.dataset=mnist."),
+                                             help="Evaluate on other data, e.g. --data data.dataset=image_folder "
+                                                  "--data data.path=photos/ (classes are matched by name)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
     errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
                                          help="Also list and draw the N highest-loss images (default 16) "
                                               "and the most confused pairs."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR",
+                                          help="Where the pictures go (default: RUN_DIR for its own data, "
+                                               "RUN_DIR/evaluations/<data>/ for --data)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Report loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
 
     --errors [N] adds the N images with the highest loss (errors.png, captioned
     true → predicted (probability); file paths for image folders) and examples of
-    the most confused pairs (confused_pairs.png).
+    the most confused pairs (confused_pairs.png). Other data given with --data is
+    scored by class name and its pictures go to RUN_DIR/evaluations/<data>/, so
+    the run's own files stay as they are.
 
     Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
@@ -100,19 +106,13 @@ def evaluate(
     with handled(json_output):
         if split not in ("test", "val", "train"):
             raise CnnError(f"--split must be test, val or train, got `{split}`")
-        report = evaluate_run(run_dir, split, set_ or [], top_k, errors)
+        report = evaluate_run(run_dir, split, set_ or [], top_k, errors, figures=output,
+                              confusion_png=not json_output)
         if json_output:
             emit_json(report)
         else:
             print_evaluation(out, report, f"{run_dir} · {split} split")
-            import numpy as np
-
-            from cnncli.plots import plot_confusion_matrix
-
-            png = Path(run_dir) / f"confusion_matrix_{split}.png" if set_ or split != "test" else \
-                Path(run_dir) / "confusion_matrix.png"
-            plot_confusion_matrix(np.array(report["confusion_matrix"]), [c["class"] for c in report["per_class"]], png)
-            out.print(f"confusion matrix: {png}")
+            out.print(f"confusion matrix: {report['confusion_matrix_png']}", markup=False)
             if errors:
                 from cnncli.insight.terminal import print_errors
 
@@ -154,6 +154,7 @@ def export(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
+    force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,
 ) -> None:
     """Export the run's model and prove it computes what model.keras computes.
@@ -161,7 +162,8 @@ def export(
     The artefact is reloaded with its own runtime and compared with model.keras
     on up to 1,000 test images (float formats: max |Δp| ≤ 1e-4; float16 ≤ 1e-2;
     int8: top class agrees on ≥ 98%). Only a passing artefact is kept; the
-    figures, class names and input spec go to export.json beside it.
+    figures, class names and input spec go to export.json beside it. An artefact
+    already at the path is kept unless --force is given.
     onnx needs the optional extra: pip install 'cnncli\\[export]'.
 
     Example: cnn export runs/mnist-lenet/20260101-120000 --format tflite --quantize int8 --output model_int8.tflite
@@ -169,7 +171,7 @@ def export(
     from cnncli.deploy.export import describe_check, export_run
 
     with handled(json_output):
-        result = export_run(run_dir, format_, output, quantize)
+        result = export_run(run_dir, format_, output, quantize, force=force)
         if json_output:
             emit_json(result.as_json())
             return

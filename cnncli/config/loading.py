@@ -232,8 +232,9 @@ def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
     return sorted(problems + extra, key=lambda p: p.line or 0)
 
 
-def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
-    """Apply `key.path=value` overrides in place; values are YAML scalars."""
+def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str = "--set") -> None:
+    """Apply `key.path=value` overrides in place; values are YAML scalars. `option` is the command-line
+    option that gave them (cnn evaluate's are `--data`), for the messages."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         try:
@@ -242,17 +243,17 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
                 raise ValueError("expected key.path=value")
             value, _ = parse_yaml(raw)
         except (ValueError, ConfigError) as exc:
-            raise ConfigError.single(f"bad --set `{item}`: {exc}") from None
+            raise ConfigError.single(f"bad {option} `{item}`: {exc}") from None
         node = data
         for i, step in enumerate(path[:-1]):
             nxt = path[i + 1]
             if isinstance(step, int):
                 if not isinstance(node, list) or not -len(node) <= step < len(node):
-                    raise ConfigError.single(f"bad --set `{item}`: no list item {format_path(path[:i + 1])}")
+                    raise ConfigError.single(f"bad {option} `{item}`: no list item {format_path(path[:i + 1])}")
                 node = node[step]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:i])} is not a mapping")
+                raise ConfigError.single(f"bad {option} `{item}`: {format_path(path[:i])} is not a mapping")
             if node.get(step) is None:
                 node[step] = [] if isinstance(nxt, int) else {}
                 lines[path[:i + 1]] = 0  # created by the override: errors below it point at --set, not line 1
@@ -260,15 +261,15 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict) -> None:
         last = path[-1]
         if isinstance(last, int):
             if not isinstance(node, list) or not -len(node) <= last < len(node):
-                raise ConfigError.single(f"bad --set `{item}`: no list item {format_path(path)}")
+                raise ConfigError.single(f"bad {option} `{item}`: no list item {format_path(path)}")
         elif not isinstance(node, dict):
-            raise ConfigError.single(f"bad --set `{item}`: {format_path(path[:-1])} is not a mapping")
+            raise ConfigError.single(f"bad {option} `{item}`: {format_path(path[:-1])} is not a mapping")
         node[last] = value
         lines[path] = 0  # line 0 marks "from the command line"
 
 
 def load_config(path: str | Path | list, overrides: list[str] | None = None,
-                spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
+                spec_check: Callable[[Any], list[Problem]] | None = None, option: str = "--set") -> Config:
     """Read, override and validate a config file, or several merged left to right (`spec_check`: see
     `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
     the tree (cnncli/compose.py, cnncli/blocks.py)."""
@@ -281,7 +282,7 @@ def load_config(path: str | Path | list, overrides: list[str] | None = None,
             data = {}
         if not isinstance(data, dict):
             raise ConfigError.single("the top level must be a mapping of keys", file=shown)
-        apply_overrides(data, overrides, lines)
+        apply_overrides(data, overrides, lines, option)
     groups = blocks.expand_blocks(data, lines)
     cfg = validate_data(data, lines, shown, default_name=Path(shown).stem, spec_check=spec_check)
     cfg._groups = groups

@@ -203,6 +203,11 @@ def _prepare_parent(path: Path) -> None:
         raise CnnError(f"cannot write `{path}`: {exc.strerror or exc}; choose another --output") from None
 
 
+def _occupied(path: Path) -> bool:
+    """Something is at `path` that an export would replace (an empty folder holds nothing to lose)."""
+    return path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
 def _size(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -212,8 +217,10 @@ def _size(path: Path) -> int:
 # ---------------------------------------------------------------- the job
 
 def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
-               quantize: str | None = None, examples: int = CHECK_EXAMPLES) -> ExportResult:
-    """Write the run's model as `fmt`, check it against model.keras, and record the figures."""
+               quantize: str | None = None, examples: int = CHECK_EXAMPLES, force: bool = False) -> ExportResult:
+    """Write the run's model as `fmt`, check it against model.keras, and record the figures.
+
+    An artefact already at the path is replaced only with `force`."""
     from cnncli.deploy.runs import open_run
 
     format_ = FORMATS.get(fmt)
@@ -225,6 +232,8 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     run = open_run(run_dir)
     run.model_path()  # no model yet: say so before loading data or writing anything
     path = resolve_output(run.path, format_, quantize, output)
+    if not force and _occupied(path):
+        raise CnnError(f"`{path}` already exists; add --force to replace it, or choose another --output")
     _prepare_parent(path)
 
     trained = run.load_model()

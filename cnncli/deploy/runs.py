@@ -47,8 +47,13 @@ class Run:
         except Exception as exc:  # a damaged zip or foreign file: say which
             raise RunError(f"`{path}` cannot be loaded: {str(exc).splitlines()[0]}") from None
 
-    def load_data(self, overrides: list[str] | None = None):
-        """The run's data (same seed, so the same splits), converted to the model's input.
+    def data_config(self, overrides: list[str] | None = None, option: str = "--data") -> Config:
+        """The run's config with `key.path=value` overrides (given as `option`) applied and validated."""
+        return load_config(self.path / "config.yaml", overrides, option=option) if overrides else self.cfg
+
+    def load_data(self, overrides: list[str] | None = None, cfg: Config | None = None):
+        """The run's data (same seed, so the same splits), or that of `cfg` (see data_config), converted
+        to the model's input.
 
         Streamed as in training when data.cache (or the memory budget) says so: split arrays, or
         pipeline.FileSplits read at the model's input size.
@@ -56,7 +61,7 @@ class Run:
         from cnncli.data import cache_streams, convert_images, open_data
         from cnncli.images import model_view
 
-        cfg = load_config(self.path / "config.yaml", overrides or []) if overrides else self.cfg
+        cfg = cfg or self.data_config(overrides)
         color_mode, size = model_view(self.input_shape)  # files are read at the model's size, as cnn predict reads them
         data = open_data(cfg.data.model_copy(update={"color_mode": color_mode, "image_size": size}), cfg.seed or 0)
         cache_streams(data)

@@ -25,19 +25,11 @@ STATE_FILE = "checkpoints/state.json"
 
 
 def check_output(root: Path, name: str) -> None:
-    """Fail before any slow work (data, model) when no run directory can be made under `root`.
-
-    Root bypasses permission bits, so a read-only file system is checked on its own.
-    """
+    """Fail before any slow work (data, model) when no run directory can be made under `root`."""
     base = Path(root) / _safe_name(name)
-    probe = next((p for p in (base, *base.parents) if p.exists()), Path("/"))
-    if not probe.is_dir():
-        raise CnnError(f"cannot create `{base}`: `{probe}` is a file, not a folder; choose another --output")
-    if os.statvfs(probe).f_flag & os.ST_RDONLY:
-        raise CnnError(f"cannot create `{base}`: `{probe}` is on a read-only file system; choose another --output")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise CnnError(f"cannot create `{base}`: `{probe}` is not writable (permission denied); "
-                       "choose another --output")
+    why = fileio.unwritable(base)
+    if why:
+        raise CnnError(f"cannot create `{base}`: {why}; choose another --output")
 
 
 def create_run_dir(root: Path, name: str, exactly: Path | None = None) -> Path:

@@ -1,6 +1,6 @@
 """kill -9 during `cnn export`: the artefact and export.json are each the old or the new complete file.
 
-A first export succeeds; then re-exports into the same place are killed at
+A first export succeeds; then re-exports into the same place (--force) are killed at
 each step (artefact written but unchecked, checked but not renamed, renamed
 but export.json not updated, and for a SavedModel directory, mid-swap), and a
 last re-export must succeed over whatever the kills left.
@@ -46,7 +46,8 @@ def test_kill_during_export(cnn, reference, tmp_path, fmt, name, check):
     assert first.code == 0, first
     old, old_record = artefact.read_bytes(), (tmp_path / "export.json").read_bytes()
     for fault, replaced in KILLS:
-        killed = cnn("export", reference, "--format", fmt, "--output", artefact, cwd=tmp_path, fault=fault)
+        killed = cnn("export", reference, "--format", fmt, "--output", artefact, "--force", cwd=tmp_path,
+                     fault=fault)
         assert killed.code == -signal.SIGKILL, (fault, killed)
         check(artefact)
         if not replaced:
@@ -54,7 +55,7 @@ def test_kill_during_export(cnn, reference, tmp_path, fmt, name, check):
         assert (tmp_path / "export.json").read_bytes() == old_record, fault  # the old, complete record
         old = artefact.read_bytes()
     assert _hidden(tmp_path)  # the kills left temporary copies ...
-    again = cnn("export", reference, "--format", fmt, "--output", artefact, cwd=tmp_path)
+    again = cnn("export", reference, "--format", fmt, "--output", artefact, "--force", cwd=tmp_path)
     assert again.code == 0, again
     assert _hidden(tmp_path) == []  # ... which the next export removed
     check(artefact)
@@ -67,12 +68,13 @@ def test_kill_while_a_saved_model_directory_is_replaced(cnn, reference, tmp_path
     artefact = tmp_path / "saved_model"
     first = cnn("export", reference, "--format", "saved_model", "--output", artefact, cwd=tmp_path)
     assert first.code == 0, first
-    killed = cnn("export", reference, "--format", "saved_model", "--output", artefact, cwd=tmp_path,
+    killed = cnn("export", reference, "--format", "saved_model", "--output", artefact, "--force", cwd=tmp_path,
                  fault="swapped:saved_model")
     assert killed.code == -signal.SIGKILL, killed
     _saved_model_ok(artefact)
     assert len(_hidden(tmp_path)) == 1, _hidden(tmp_path)  # the old SavedModel, under its temporary name
-    again = cnn("export", reference, "--format", "saved_model", "--output", artefact, cwd=tmp_path)
+    again = cnn("export", reference, "--format", "saved_model", "--output", artefact, "--force",
+                cwd=tmp_path)
     assert again.code == 0, again
     _saved_model_ok(artefact)
     assert _hidden(tmp_path) == []
