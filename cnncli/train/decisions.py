@@ -116,13 +116,21 @@ SMALL_CORES = 4  # the one-thread-per-op default is measured on 2 cores; beyond 
 
 
 def small_model(cfg) -> bool:
-    """A course-size model (no pretrained backbone, images of at most 64 px a side), known from the config alone.
+    """A course-size model (no backbone, images of at most 64 px a side), known from the config alone.
 
     Its ops (a 3×3 convolution over a batch of 32 28×28 images) are too small to
     split across cores; unknown sizes count as large.
     """
-    if cfg.model.backbone is not None:
-        return False
+    return model_size(cfg)[0]
+
+
+def model_size(cfg) -> tuple[bool, str]:
+    """(small_model(cfg), what it was judged by), for the thread line when the step's cost is unknown."""
+    backbone = cfg.model.backbone
+    if backbone is not None:
+        # A backbone's layers are not in the config: its cost, not its image size, decides.
+        what = backbone.name or f"from_run {backbone.from_run}"
+        return False, f"a backbone ({what}), taken as a large model"
     if cfg.model.input_shape:
         side = max(cfg.model.input_shape[:2])
     elif cfg.data.image_size:
@@ -131,7 +139,10 @@ def small_model(cfg) -> bool:
         side = cfg.data.shapes.image_size
     else:
         side = _DATASET_SIDES.get(cfg.data.dataset)
-    return side is not None and side <= SMALL_SIDE
+    if side is None:
+        return False, "image size unknown, taken as a large model"
+    small = side <= SMALL_SIDE
+    return small, f"{'small' if small else 'large'} images ({side} px a side, small up to {SMALL_SIDE})"
 
 
 def default_threads(cores: int, small: bool) -> tuple[int, int]:
@@ -167,7 +178,7 @@ SPLIT_CYCLES = 20e6
 
 
 def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
-                   small: bool = True) -> tuple[int, int, str]:
+                   small: bool = True, size_reason: str | None = None) -> tuple[int, int, str]:
     """(intra_op, inter_op, reason) when the config leaves them unset.
 
     The cost of a step (forward multiply-adds × batch) over the speed of the
@@ -176,14 +187,15 @@ def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
     backward pass always has two: a layer's weight and input gradients); big
     ones give every op all cores, one op at a time: two such ops at once only
     fight over the cores. A model whose cost the config does not tell (a
-    backbone, a graph of layers) is judged by its image size (`small`, see
-    small_model()).
+    backbone, a graph of layers) is judged by `small`, for the reason
+    `size_reason` (see model_size()).
     """
     if cores <= 1:
         return 1, 1, "one core"
     if step_macs is None:
         intra, inter = default_threads(cores, small)
-        return intra, inter, f"cost unknown from the config: {'small' if small else 'large'} images"
+        why = size_reason or f"{'small' if small else 'large'} images"
+        return intra, inter, f"cost unknown from the config: {why}"
     rate = MACS_PER_CYCLE.get((isa, precision), MACS_PER_CYCLE[("avx2", "float32")])
     cycles = step_macs / rate
     cost = (f"{step_macs / 1e6:,.0f} M multiply-adds a step at ~{rate}/cycle ({isa} {precision}): "
@@ -193,6 +205,26 @@ def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
     if cores > SMALL_CORES:
         return cores, 2, f"{cost}, but more than {SMALL_CORES} cores (not measured): TensorFlow's layout"
     return 1, cores, f"{cost}: too small to split, one thread per op, {cores} ops at once"
+
+
+def threads_line(intra: int, inter: int, reason: str) -> str:
+    """The line `cnn train` prints about its thread pools; 0 is TensorFlow's own choice, not zero threads."""
+    def count(n: int) -> str:
+        return "0 (TensorFlow's default)" if n == 0 else f"{n:,}"
+
+    return f"threads {count(intra)} per op, {count(inter)} ops at once: {reason}"
+
+
+def thread_warnings(intra: int | None, inter: int | None, cores: int) -> list[str]:
+    """Warnings for thread counts set in the config that exceed the cores this process may run on:
+    the extra threads only take turns on the same cores (and each op waits for its slowest share)."""
+    warnings = []
+    for key, value in (("intra_op_threads", intra), ("inter_op_threads", inter)):
+        if value is not None and value > cores:
+            warnings.append(f"runtime.{key} is {value:,} but this process may run on {cores} core(s): the extra "
+                            f"threads take turns on the same cores and slow training down; use at most {cores}, "
+                            "or 0 for TensorFlow's default")
+    return warnings
 
 
 # Layers that keep their input's shape and do (next to) no multiply-adds.

@@ -116,19 +116,21 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
     import keras
 
-    from cnncli.train.decisions import small_model, step_macs
+    from cnncli.train.decisions import model_size, step_macs, thread_warnings, threads_line
     from cnncli.train.runtime import check_global_batch, setup_runtime
 
     # The run's precision is Keras's global dtype policy while it builds its model; a caller that goes on
     # in this process (a sweep, a test, a notebook) gets its own policy back, however the run ends.
     held.callback(keras.config.set_dtype_policy, keras.config.dtype_policy())
-    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
+    small, size_reason = model_size(cfg)
+    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
                      f"precision {runtime.precision}: {runtime.precision_reason}")
-    reporter.message(f"threads {runtime.threads['intra_op']} per op, {runtime.threads['inter_op']} ops at once: "
-                     f"{runtime.threads['reason']}")
+    reporter.message(threads_line(runtime.threads["intra_op"], runtime.threads["inter_op"], runtime.threads["reason"]))
+    for warning in thread_warnings(cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, runtime.cpu["cores"]):
+        reporter.warning(warning)
     check_global_batch(cfg.train.batch_size, runtime.num_replicas)  # before a data load that may be slow
     if resume_dir is None:
         from cnncli.model.builder import check_model

@@ -67,15 +67,12 @@ def configure_gpus(tf, gpus) -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-# Fixed image sides of the built-in datasets, for small_model() before any data is read.
-
-
 def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = False,
-                  step_cost: int | None = None, cpu: CpuInfo | None = None) -> Runtime:
+                  step_cost: int | None = None, cpu: CpuInfo | None = None, size_reason: str | None = None) -> Runtime:
     """Configure TensorFlow for this job and return the strategy to train under.
 
     `step_cost` (see step_macs()) and the CPU's kernels pick the thread layout;
-    without it, `small` (see small_model()) does.
+    without it, `small` (see model_size(), which also gives `size_reason`) does.
     """
     import tensorflow as tf
 
@@ -96,9 +93,11 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = Fals
     if precision == "mixed_float16" and device == "cpu":
         raise CnnError("precision `mixed_float16` needs a GPU; on a CPU use `mixed_bfloat16` or `float32`")
 
-    intra, inter, threads_reason = choose_threads(cpu.cores, cpu.isa, precision, step_cost, small)
+    intra, inter, threads_reason = choose_threads(cpu.cores, cpu.isa, precision, step_cost, small, size_reason)
     if cfg.intra_op_threads is not None or cfg.inter_op_threads is not None:
         threads_reason = "set in the config"
+        if 0 in (cfg.intra_op_threads, cfg.inter_op_threads):
+            threads_reason += " (0: TensorFlow chooses, about one thread per core)"
     intra = cfg.intra_op_threads if cfg.intra_op_threads is not None else intra
     inter = cfg.inter_op_threads if cfg.inter_op_threads is not None else inter
     try:
@@ -106,8 +105,8 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = Fals
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:  # TF already started in this process (a second job in one Python): keep its pools
         threads_reason = "TensorFlow had already started in this process: its thread pools were kept"
-    threads = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads() or intra,
-               "inter_op": tf.config.threading.get_inter_op_parallelism_threads() or inter,
+    threads = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+               "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                "reason": threads_reason, "step_macs": step_cost}
 
     configure_gpus(tf, gpus)

@@ -1,0 +1,76 @@
+"""Messages that said the wrong thing, or nothing: the reasons and warnings `cnn train`, `cnn tune`
+and `cnn data` print, and where they print them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import CONFIGS, ROOT
+
+from cnncli.config.loading import load_config
+from cnncli.train.decisions import choose_threads, model_size, thread_warnings, threads_line
+
+
+def _cnn(*args: str, cwd: Path = ROOT, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run([sys.executable, "-m", "cnncli", *args], capture_output=True, text=True, timeout=300,
+                          env=environ, cwd=cwd)
+
+
+TINY_SHAPES = ["--set", "train.epochs=1", "--set", "data.shapes.train_examples=120",
+               "--set", "data.shapes.test_examples=30", "--set", "data.shapes.image_size=16"]
+
+
+# ---------------------------------------------------------------- the thread line
+
+@pytest.mark.parametrize("side", [28, 32])
+def test_a_backbone_on_small_images_is_not_called_large_images(side):
+    cfg = load_config(CONFIGS / "vgg16_transfer.yaml", [f"model.input_shape=[{side},{side},3]",
+                                                        f"data.image_size=[{side},{side}]"])
+    small, why = model_size(cfg)
+    assert not small
+    reason = choose_threads(2, "avx2", "float32", None, small, why)[2]
+    assert reason == "cost unknown from the config: a backbone (VGG16), taken as a large model"
+    assert "large images" not in reason
+
+
+def test_the_size_reason_names_the_side():
+    small, why = model_size(load_config(CONFIGS / "mnist_lenet.yaml", []))
+    assert small and why == "small images (28 px a side, small up to 64)"
+    small, why = model_size(load_config(CONFIGS / "mnist_lenet.yaml", ["data.image_size=[128,128]"]))
+    assert not small and why == "large images (128 px a side, small up to 64)"
+    small, why = model_size(load_config(CONFIGS / "mnist_lenet.yaml", ["data.dataset=npz", "data.path=x.npz"]))
+    assert not small and why == "image size unknown, taken as a large model"
+
+
+def test_zero_threads_read_as_tensorflows_default():
+    assert threads_line(0, 2, "set in the config") == \
+        "threads 0 (TensorFlow's default) per op, 2 ops at once: set in the config"
+    assert threads_line(1, 2, "x") == "threads 1 per op, 2 ops at once: x"
+
+
+def test_more_threads_than_cores_is_a_warning():
+    assert thread_warnings(None, None, 2) == []
+    assert thread_warnings(2, 0, 2) == []
+    [warning] = thread_warnings(1000, 2, 2)
+    assert warning.startswith("runtime.intra_op_threads is 1,000 but this process may run on 2 core(s)")
+    assert "use at most 2, or 0 for TensorFlow's default" in warning
+    assert len(thread_warnings(3, 3, 2)) == 2
+
+
+def test_train_prints_zero_threads_and_warns_of_too_many(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    proc = _cnn("train", "configs/shapes_cnn.yaml", *TINY_SHAPES, "--set", "runtime.intra_op_threads=0",
+                "--set", f"runtime.inter_op_threads={cores + 998}", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("threads "))
+    assert line.startswith(f"threads 0 (TensorFlow's default) per op, {cores + 998:,} ops at once: set in the config "
+                           "(0: TensorFlow chooses, about one thread per core)")
+    assert f"warning: runtime.inter_op_threads is {cores + 998:,} but this process may run on {cores} core(s)" \
+        in proc.stderr
