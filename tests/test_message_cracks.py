@@ -74,3 +74,56 @@ def test_train_prints_zero_threads_and_warns_of_too_many(tmp_path):
                            "(0: TensorFlow chooses, about one thread per core)")
     assert f"warning: runtime.inter_op_threads is {cores + 998:,} but this process may run on {cores} core(s)" \
         in proc.stderr
+
+
+# ---------------------------------------------------------------- cnn tune
+
+TUNE = """\
+name: tiny
+seed: 7
+data:
+  dataset: shapes
+  validation_split: 0.2
+  shapes: {{image_size: 16, train_examples: 120, test_examples: 30, classes: [x, o, square]}}
+model:
+  layers:
+    - {{type: Conv2D, filters: 4, kernel_size: 3, activation: relu}}
+    - {{type: Flatten}}
+    - {{type: Dense, units: 3, activation: softmax}}
+train:
+  epochs: 1
+  batch_size: 32
+  optimizer: {{type: Adam, learning_rate: 0.005}}
+runtime:
+  precision: float32
+search:
+  trials: {trials}
+  sampler: {sampler}
+  params:
+{params}
+{extra}"""
+
+
+def tune_config(tmp_path: Path, params: str = "    model.layers[0].filters: {choice: [2, 4]}", trials: int = 2,
+                sampler: str = "random", extra: str = "") -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TUNE.format(params=params, trials=trials, sampler=sampler, extra=extra))
+    return path
+
+
+def test_tune_without_mlflow_refuses_before_the_sweep_directory(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now fails as if not installed
+    config = tune_config(tmp_path, extra=f"tracking: {{mlflow: {{uri: 'file:{tmp_path / 'mlruns'}'}}}}\n")
+    monkeypatch.chdir(tmp_path)
+    for args in ([], ["--output", str(tmp_path / "sweep")]):
+        result = CliRunner().invoke(app, ["tune", str(config), *args])
+        assert result.exit_code == 1, result.output
+        assert result.stderr == "Error: MLflow tracking needs the optional extra: pip install 'cnncli[mlflow]'\n"
+        assert "sweep directory" not in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no sweeps/, no sweep/, no study.db

@@ -22,7 +22,7 @@ from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
 from cnncli.errors import CnnError, ConfigError, Interrupted
 from cnncli.train import rundir
-from cnncli.tune import space
+from cnncli.tune import space, tracking
 from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
                                next_trial, retry_once, sweep_lock)
 
@@ -66,6 +66,9 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     problems = space.search_problems(cfg, opts.config, opts.overrides)
     if problems:
         raise ConfigError(problems, cfg._file)
+    where = tracking.target(cfg.tracking, opts.mlflow)
+    if where is not None:  # MLflow missing, or no server at the URI: refused, as by cnn train, before any file
+        tracking.client(where[0])
     name = opts.study or cfg.name or "sweep"
     sweep_dir = Path(opts.output) if opts.output else rundir.create_run_dir(Path("sweeps"), name)
     new_dir = not (sweep_dir / "trials").exists()
