@@ -30,6 +30,12 @@ from cnncli.errors import CnnError, RunError
 TEMP_MARK = ".tmp-"
 
 
+def absolute(path: str | Path) -> str:
+    """A path as cnncli names it in a JSON document: absolute, so a script need not know the working
+    directory or the folder a listing is relative to; a URL (gs://…) as given."""
+    return str(path) if "://" in str(path) else os.path.abspath(path)
+
+
 def temp_path(path: Path, suffix: str = "") -> Path:
     """A fresh temporary name beside `path` (hidden, this process's, unique); `suffix` keeps a writer's
     extension, e.g. `.keras` for model.save, which picks the format from it."""

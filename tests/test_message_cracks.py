@@ -127,3 +127,54 @@ def test_tune_without_mlflow_refuses_before_the_sweep_directory(tmp_path, monkey
         assert result.stderr == "Error: MLflow tracking needs the optional extra: pip install 'cnncli[mlflow]'\n"
         assert "sweep directory" not in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no sweeps/, no sweep/, no study.db
+
+
+def test_a_grid_smaller_than_the_trials_runs_each_point_once_and_says_so(tmp_path, monkeypatch):
+    """Also: every run directory in `cnn tune --json` is absolute, whatever --output was given as."""
+    import json
+
+    config = tune_config(tmp_path, trials=3, sampler="grid")
+    monkeypatch.chdir(tmp_path)
+    proc = _cnn("tune", str(config), "--output", "sweep", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: search.trials asks for 3 trials but the grid has 2 points: running 2, each point once\n" \
+        in proc.stderr
+    assert "GridSampler" not in proc.stderr  # Optuna's own "re-evaluating a configuration" warning
+    doc = json.loads(proc.stdout)
+    assert [t["number"] for t in doc["trials"]] == [0, 1]
+    assert sorted(t["model.layers[0].filters"] for t in doc["trials"]) == [2, 4]
+    sweep = tmp_path / "sweep"
+    assert doc["sweep_dir"] == str(sweep)
+    assert [t["run_dir"] for t in doc["trials"]] == [str(sweep / "trials" / "0000"), str(sweep / "trials" / "0001")]
+    assert doc["best"]["run_dir"] == str(sweep / "trials" / f"{doc['best']['number']:04d}")
+    with open(sweep / "trials.csv") as f:  # the table beside the trials keeps names relative to it
+        assert "trials/0000" in f.read()
+
+    proc = _cnn("tune", str(config), "--output", "sweep", "--trials", "5", cwd=tmp_path)  # continues: nothing to run
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("note: --trials asks for 5 trials but the grid has 2 points: running 2, "
+                                  "each point once\nsweep directory: sweep")
+    assert "trial " not in proc.stdout.replace("best trial", "")
+
+
+def test_a_diverging_rate_reads_in_four_significant_digits():
+    from cnncli.tune.compare import cell
+
+    assert cell(1e21) == "1e+21"
+    assert cell(1.4210736239935779e20) == "1.421e+20"
+    assert cell(-3e12) == "-3e+12"
+    assert [cell(v) for v in (11832.4, 123456789.0, 3e-05, 0.123456)] == ["11,832", "123,456,789", "3e-05", "0.1235"]
+
+
+def test_every_path_in_a_json_document_is_absolute(tmp_path, monkeypatch, capsys):
+    import json
+
+    from cnncli.commands.common import emit_json
+    from cnncli.fileio import absolute
+
+    monkeypatch.chdir(tmp_path)
+    emit_json({"run_dir": Path("runs/x/1"), "nested": [{"output": Path("../y.png")}], "name": "runs/x"})
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"run_dir": str(tmp_path / "runs/x/1"), "nested": [{"output": str(tmp_path.parent / "y.png")}],
+                   "name": "runs/x"}
+    assert absolute("gs://bucket/records") == "gs://bucket/records"

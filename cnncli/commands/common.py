@@ -81,7 +81,15 @@ def keras_logs_off_stdout() -> None:
 
 
 def emit_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """The one JSON document of --json; a Path in it is written absolute (fileio.absolute)."""
+    from pathlib import Path
+
+    from cnncli.fileio import absolute
+
+    def plain(value):
+        return absolute(value) if isinstance(value, Path) else str(value)
+
+    sys.stdout.write(json.dumps(data, indent=2, default=plain) + "\n")
     sys.stdout.flush()
 
 

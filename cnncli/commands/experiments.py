@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, err, handled, out
 from cnncli.errors import CnnError
 
 
@@ -43,20 +43,29 @@ def tune(
         opts = TuneOptions(config=config, overrides=set_ or [], trials=trials, storage=storage, study=study,
                            output=output, mlflow=mlflow)
         display = SweepDisplay(out)
+
+        def started(s) -> None:
+            for note in s.notes:  # stderr under --json: stdout holds the one JSON document
+                (err if json_output else out).print(f"note: {note}", markup=False)
+            if not json_output:
+                out.print(f"sweep directory: {s.dir} (the same command with --output {s.dir} continues it)",
+                          markup=False)
+
         with display if not json_output else contextlib.nullcontext():
-            sweep = run_sweep(opts, on_trial=None if json_output else display.trial,
-                              on_start=None if json_output else lambda s: out.print(
-                                  f"sweep directory: {s.dir} (the same command with --output {s.dir} "
-                                  "continues it)", markup=False))
+            sweep = run_sweep(opts, on_trial=None if json_output else display.trial, on_start=started)
         failure = nothing_finished(sweep)
         if failure:
             raise CnnError(failure)
         best = best_trial(sweep)
         if json_output:
-            emit_json({"sweep_dir": str(sweep.dir), "metric": sweep.metric, "trials": trial_rows(sweep),
+            # trials.csv names run directories relative to the sweep directory (it moves with them);
+            # the JSON names every path absolute, as every --json does.
+            trials = [{**row, "run_dir": sweep.dir / row["run_dir"] if row["run_dir"] else None}
+                      for row in trial_rows(sweep)]
+            emit_json({"sweep_dir": sweep.dir, "metric": sweep.metric, "trials": trials,
                        "best": None if best is None else {"number": best.number, "value": best.value,
                                                           "params": best.params,
-                                                          "run_dir": str(sweep.dir / best.user_attrs["run_dir"])}})
+                                                          "run_dir": sweep.dir / best.user_attrs["run_dir"]}})
             return
         if best is not None:
             out.print(f"best trial {best.number}: {sweep.metric} {best.value:.4f}  config: {sweep.dir / 'best.yaml'}",

@@ -71,7 +71,7 @@ def saliency(
         path = draw_saliency(run_dir, image, result, output)
         cam = result.gradcam.summary() if result.gradcam is not None else None
         if json_output:
-            emit_json({"output": str(path), "image": str(image), "class": result.class_name,
+            emit_json({"output": Path(path), "image": str(image), "class": result.class_name,
                        "class_index": result.class_index, "probability": result.probability,
                        "predicted": result.predicted, "method": result.method, "score": result.score,
                        **({"gradcam": cam} if cam else {})})
@@ -104,7 +104,7 @@ def activations(
 
     with handled(json_output):
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
-        rows = [{"layer": m.layer, "output": str(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
+        rows = [{"layer": m.layer, "output": Path(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
                  "tiles": m.tiles} for m, p in zip(maps, paths)]
         if json_output:
             emit_json({"image": str(image), "layers": rows})
@@ -131,7 +131,7 @@ def filters(
     with handled(json_output):
         result, path = draw_filters(run_dir, layer, output)
         if json_output:
-            emit_json({"output": str(path), "layer": result.layer, "kernel_shape": list(result.kernel_shape),
+            emit_json({"output": Path(path), "layer": result.layer, "kernel_shape": list(result.kernel_shape),
                        "filters_shown": result.shown_filters, "channels_shown": result.shown_channels,
                        "mode": result.mode})
         else:

@@ -57,8 +57,8 @@ def train(
             reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): run {tracker.run_id}")
         page = _write_report(result.run_dir) if report else None
         if json_output:
-            emit_json({"run_dir": str(result.run_dir), "metrics": result.metrics, **result.run,
-                       **({"report": str(page)} if page else {})})
+            emit_json({"run_dir": Path(result.run_dir), "metrics": result.metrics, **result.run,
+                       **({"report": Path(page)} if page else {})})
             return
         if result.run.get("profile") and not quiet:
             from cnncli.train.profile import format_summary
@@ -142,7 +142,7 @@ def report(
     with handled(json_output):
         path = write_report(run_dir, output)
         if json_output:
-            emit_json({"output": str(path), "bytes": path.stat().st_size})
+            emit_json({"output": Path(path), "bytes": path.stat().st_size})
         else:
             out.print(f"wrote {path} ({path.stat().st_size:,} bytes)", markup=False)
 

@@ -31,6 +31,7 @@ from cnncli.config.schema import DataConfig
 from cnncli.data import records
 from cnncli.data.catalogue import Catalogue, Picture, Progress, RecordPictures, catalogue, counter, looked
 from cnncli.errors import DataError
+from cnncli.fileio import absolute
 
 PACK_SEED = 0  # the order pictures are spread over shards: fixed, so packing twice gives the same shards
 SHARD_BYTES = 100 * 2 ** 20  # default shard size: TensorFlow's guide suggests 100 MB+ per file for streaming
@@ -44,7 +45,7 @@ class PackResult:
     warnings: list[str]
 
     def as_json(self) -> dict:
-        return {"output": self.output, "index": self.index,
+        return {"output": absolute(self.output), "index": self.index,
                 "skipped": [{"path": n, "reason": r} for n, r in self.skipped], "warnings": self.warnings}
 
 

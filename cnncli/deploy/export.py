@@ -79,8 +79,8 @@ class ExportResult:
     export_json: Path
 
     def as_json(self) -> dict:
-        return {"path": str(self.path), "format": self.format, "quantize": self.quantize,
-                "size_bytes": self.size_bytes, "check": self.check, "export_json": str(self.export_json)}
+        return {"path": Path(self.path), "format": self.format, "quantize": self.quantize,
+                "size_bytes": self.size_bytes, "check": self.check, "export_json": Path(self.export_json)}
 
 
 class ExportCheckFailed(CnnError):

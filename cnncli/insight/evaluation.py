@@ -63,7 +63,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
     names = names[:outputs] if len(names) >= outputs else [str(i) for i in range(outputs)]
     report = classification_report(y, probs, names, top_k=top_k)
     report["split"] = split
-    report["run_dir"] = str(run.path)
+    report["run_dir"] = Path(run.path)
     suffix = "" if split == "test" else f"_{split}"
     if errors is not None:
         from cnncli.insight import mistakes
@@ -79,7 +79,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
 
         png = folder / f"confusion_matrix{suffix}.png"
         with writing(png, "; choose another --output"):
-            report["confusion_matrix_png"] = str(plot_confusion_matrix(np.array(report["confusion_matrix"]),
+            report["confusion_matrix_png"] = Path(plot_confusion_matrix(np.array(report["confusion_matrix"]),
                                                                        names, png))
     return report
 

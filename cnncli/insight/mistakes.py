@@ -65,7 +65,7 @@ def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suf
     written = {}
     path = folder / f"errors{suffix}.png"
     with writing(path):
-        written["errors_png"] = str(plot_gallery([x[e["index"]] for e in errors], [caption(e) for e in errors],
+        written["errors_png"] = Path(plot_gallery([x[e["index"]] for e in errors], [caption(e) for e in errors],
                                                  path, f"the {len(errors)} highest-loss images: "
                                                        "true → predicted (probability)",
                                                  **({"columns": columns} if columns else {})))
@@ -73,7 +73,7 @@ def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suf
     if shown:
         path = folder / f"confused_pairs{suffix}.png"
         with writing(path):
-            written["confused_png"] = str(plot_gallery(
+            written["confused_png"] = Path(plot_gallery(
                 [[x[e["index"]] for e in p["examples"]] for p in shown],
                 [[caption(e) for e in p["examples"]] for p in shown], path, "most confused pairs",
                 columns=PAIR_EXAMPLES, row_titles=[f"{p['true']} → {p['predicted']}\n×{p['count']}" for p in shown]))

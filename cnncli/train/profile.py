@@ -18,6 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cnncli.fileio import absolute
+
 # Op types that hand the step its batch: tf.data's iterators, and the gather and cast of
 # the resident split at the top of the step loop (not inside a layer).
 ITERATOR_OPS = {"IteratorGetNext", "IteratorGetNextSync", "MultiDeviceIteratorGetNextFromShard",
@@ -145,14 +147,14 @@ def summarize(trace: Path, steps: int, seconds: float) -> dict:
     ops = op_times(trace)
     wall_ms = seconds * 1000
     if ops is None:
-        return {"trace": str(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
+        return {"trace": absolute(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
                 "input_wait_share": None, "top_ops": None,
                 "note": "this TensorFlow cannot read its profiler traces back (no tensorflow.tsl xplane_pb2): "
                         "open logs/ in TensorBoard's profile tab"}
     total = sum(o["ms"] for o in ops.values()) or 1.0
     top = sorted(ops.items(), key=lambda kv: -kv[1]["ms"])[:TOP_OPS]
     input_ms = sum(o["input_ms"] for o in ops.values())
-    return {"trace": str(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
+    return {"trace": absolute(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
             "input_wait_share": round(min(1.0, input_ms / wall_ms), 4) if wall_ms else 0.0,
             "top_ops": [{"op": name, "ms_per_step": round(o["ms"] / max(1, steps), 3),
                          "share": round(o["ms"] / total, 4), "count": o["count"]} for name, o in top]}

@@ -28,7 +28,7 @@ class RunFigures:
     figures: dict  # name -> value, in the order they are shown
 
     def as_json(self) -> dict:
-        return {"run_dir": str(self.path), **self.figures}
+        return {"run_dir": Path(self.path), **self.figures}
 
 
 def expand(paths: list[Path]) -> list[Path]:
@@ -96,7 +96,7 @@ def compare(paths: list[Path], output: Path | None) -> dict:
     report = {"runs": [r.as_json() for r in runs], "differences": differences([r.config for r in runs])}
     if output is not None:
         plot_overlay(runs, output)
-        report["plot"] = str(output)
+        report["plot"] = Path(output)
     return report
 
 
@@ -141,6 +141,9 @@ def short_labels(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
+GROUPED_BELOW = 1e9  # counts, seconds and images/s stay below it; beyond it digit groups only hide the size
+
+
 def _number(value) -> float:
     try:
         return float(value)
@@ -150,7 +153,8 @@ def _number(value) -> float:
 
 def cell(value) -> str:
     """A value as a table shows it: floats to four significant digits, whole thousands as `11,832` (never
-    `1.18e+04`), so that a learning rate of 3e-05 does not read 0.0000 either."""
+    `1.18e+04`), so that a learning rate of 3e-05 does not read 0.0000 either; from a billion on, `1e+21`
+    again (a diverging rate is not read as a 22-digit count)."""
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+        return f"{value:,.0f}" if 1e4 <= abs(value) < GROUPED_BELOW else f"{value:.4g}"
     return "" if value is None else str(value)

@@ -46,6 +46,11 @@ def grid(params: dict[str, Distribution]) -> dict[str, list]:
     return space
 
 
+def grid_size(params: dict[str, Distribution]) -> int:
+    """How many points the grid sampler has: every combination of the values grid() lists."""
+    return math.prod(len(values) for values in grid(params).values())
+
+
 def probes(dist: Distribution) -> list[Any]:
     """Values that stand for all `dist` can draw: its ends, every choice, and for a float range without
     a step a value inside it that is no whole number (what most draws are)."""

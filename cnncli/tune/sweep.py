@@ -53,6 +53,7 @@ class Sweep:
     n_trials: int
     metric: str
     owner: Path  # this process's lock file; free once it exits, however it exits
+    notes: list[str] = field(default_factory=list)  # decisions the user should read, one line each
 
 
 def open_sweep(opts: TuneOptions) -> Sweep:
@@ -99,7 +100,22 @@ def open_sweep(opts: TuneOptions) -> Sweep:
             raise CnnError(f"`{sweep_dir}` holds the trials of another study (study `{name}` in "
                            f"{'that storage' if opts.storage else 'its study.db'} has none); "
                            "choose another --output or the same --study and --storage")
-    return Sweep(sweep_dir, cfg, opts, study, opts.trials or cfg.search.trials, cfg.search.metric, owner)
+    n_trials, notes = trial_budget(cfg, opts.trials)
+    return Sweep(sweep_dir, cfg, opts, study, n_trials, cfg.search.metric, owner, notes)
+
+
+def trial_budget(cfg: Config, trials_option: int | None) -> tuple[int, list[str]]:
+    """The trials to run to, and why when that is fewer than asked: a grid has only so many points, and
+    Optuna's GridSampler would run them again (with a warning per trial) rather than stop."""
+    asked = trials_option or cfg.search.trials
+    if cfg.search.sampler != "grid":
+        return asked, []
+    points = space.grid_size(cfg.search.params)
+    if asked <= points:
+        return asked, []
+    source = "--trials" if trials_option else "search.trials"
+    return points, [f"{source} asks for {asked} trials but the grid has {points} points: running {points}, "
+                    "each point once"]
 
 
 DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL",
