@@ -178,3 +178,23 @@ def test_every_path_in_a_json_document_is_absolute(tmp_path, monkeypatch, capsys
     assert doc == {"run_dir": str(tmp_path / "runs/x/1"), "nested": [{"output": str(tmp_path.parent / "y.png")}],
                    "name": "runs/x"}
     assert absolute("gs://bucket/records") == "gs://bucket/records"
+
+
+# ---------------------------------------------------------------- cnn data
+
+def test_data_progress_goes_to_stderr_and_stdout_keeps_the_result(tmp_path):
+    from test_data_api import write_folder
+    from typer.testing import CliRunner
+
+    from cnncli.cli import app
+
+    root = write_folder(tmp_path / "pictures", per_class=5, classes=("a", "b"))
+    runner = CliRunner()
+    packed = runner.invoke(app, ["data", "pack", str(root), "--output", str(tmp_path / "packed")])
+    assert packed.exit_code == 0, packed.stderr
+    assert packed.stdout.startswith("packed ") and packed.stdout.count("\n") == 1
+    assert "packing: 0/10 pictures\n" in packed.stderr and "packing: 10/10 pictures\n" in packed.stderr
+    inspected = runner.invoke(app, ["data", "inspect", str(tmp_path / "packed")])
+    assert inspected.exit_code == 0, inspected.stderr
+    assert "pictures\n" not in inspected.stdout.replace("per class", "") and "reading:" not in inspected.stdout
+    assert "reading: 10/10 pictures\n" in inspected.stderr

@@ -208,17 +208,22 @@ def counter(progress: Optional[Progress], total: int) -> Optional[Callable[[int]
 
 @contextlib.contextmanager
 def progress_display(label: str, show: bool = True):
-    """A (done, total) callback drawing a Rich bar on a terminal, else a plain line every 10% (stdout, as training)."""
+    """A (done, total) callback drawing a Rich bar on a terminal, else a plain line every 10%.
+
+    Both on stderr: stdout holds only the result, so `cnn data inspect DIR > counts.txt` (or piped into
+    another program) gets the report alone, and the progress still shows.
+    """
     import sys
 
     if not show:
         yield None
         return
-    if sys.stdout.isatty():
+    if sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("pictures"),
-                      TimeRemainingColumn(), transient=True) as bar:
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task(label, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
         return
@@ -228,5 +233,5 @@ def progress_display(label: str, show: bool = True):
         tenth = 10 * done // max(total, 1)
         if tenth > shown[0]:
             shown[0] = tenth
-            print(f"{label}: {done:,}/{total:,} pictures", flush=True)
+            print(f"{label}: {done:,}/{total:,} pictures", file=sys.stderr, flush=True)
     yield plain
