@@ -198,3 +198,51 @@ def test_data_progress_goes_to_stderr_and_stdout_keeps_the_result(tmp_path):
     assert inspected.exit_code == 0, inspected.stderr
     assert "pictures\n" not in inspected.stdout.replace("per class", "") and "reading:" not in inspected.stdout
     assert "reading: 10/10 pictures\n" in inspected.stderr
+
+
+# ---------------------------------------------------------------- a split that leaves classes out
+
+def test_a_split_leaving_fewer_training_examples_than_classes_is_a_warning():
+    import numpy as np
+
+    from cnncli.config.schema import DataConfig
+    from cnncli.data.prepare import training_class_warnings
+
+    names = [str(i) for i in range(10)]
+    source = np.arange(300) % 10
+    cfg = DataConfig(dataset="npz", path="x.npz", validation_split=0.99)
+    [warning] = training_class_warnings(np.array([0, 3, 7]), source, names, cfg)
+    assert warning == ("the training split holds 3 example(s) of 10 classes after data.validation_split 0.99; "
+                       "no training example of `1`, `2`, `4`, `5`, `6` and 2 more, which the model cannot learn to "
+                       "predict; lower data.validation_split")
+    assert training_class_warnings(source[:270], source, names, cfg) == []  # every class, more than 10 examples
+    cfg = DataConfig(dataset="npz", path="x.npz", validation_split=0, limit=12)
+    [warning] = training_class_warnings(np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 8, 8]), source[source != 9], names,
+                                        cfg)
+    assert warning == ("the training split holds 12 example(s) of 10 classes after data.limit 12; no training "
+                       "example of `9`, which the model cannot learn to predict; raise data.limit or add training "
+                       "images of `9`")
+
+
+def test_train_warns_of_a_class_the_split_left_out(tmp_path):
+    proc = _cnn("train", "configs/shapes_cnn.yaml", *TINY_SHAPES, "--set", "data.validation_split=0.99",
+                "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the training split holds 1 example(s) of 6 classes after data.validation_split 0.99; " \
+           "no training example of " in proc.stderr
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_resident_and_streamed_folders_warn_alike(tmp_path, cache):
+    from test_data_api import write_folder
+
+    from cnncli.config.schema import DataConfig
+    from cnncli.data import open_data
+
+    root = write_folder(tmp_path / "pictures", per_class=4, classes=("a", "b", "c"))
+    data = open_data(DataConfig(dataset="image_folder", path=str(root), validation_split=0.9, cache=cache), seed=1)
+    assert len(data.y_train) == 1
+    assert [w for w in data.warnings if w.startswith("the training split")] == [
+        "the training split holds 1 example(s) of 3 classes after data.validation_split 0.9; no training example "
+        f"of {', '.join(f'`{c}`' for c in 'abc' if c != data.class_names[int(data.y_train[0])])}, which the model "
+        "cannot learn to predict; lower data.validation_split"]

@@ -19,7 +19,7 @@ import numpy as np
 from cnncli.config.schema import DataConfig
 from cnncli.data import idx, image_folder, keras_datasets, npz, pipeline, records, residency, shapes
 from cnncli.data.base import Dataset, DatasetInfo, Source
-from cnncli.data.prepare import convert_images, converted_shape, prepare
+from cnncli.data.prepare import convert_images, converted_shape, prepare, training_class_warnings
 from cnncli.errors import DataError
 from cnncli.registry import Registry
 
@@ -80,6 +80,10 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
         listing = source.files(cfg)
         splits = pipeline.split_listing(listing, cfg, seed)
         class_names, where, warnings = listing.class_names, listing.source, listing.warnings
+        # Before the workers take their shares: the split as configured (a pack's labels are known only when read).
+        warnings = [*warnings, *training_class_warnings(splits["train"].labels,
+                                                        np.array([label for _, label in listing.files["train"]]),
+                                                        list(class_names), cfg)]
         image_shape = tuple(int(d) for d in (shape or listing.image_shape))
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))

@@ -94,6 +94,44 @@ def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def training_class_warnings(y_train: np.ndarray, y_source: np.ndarray, class_names: list[str],
+                            cfg: DataConfig) -> list[str]:
+    """A warning when the training split (after data.limit and data.validation_split) has fewer examples than
+    classes, or no example of some class: the model can never learn to predict such a class.
+
+    A warning, not an error: quick runs (data.limit, --smoke in CI) train on a handful of images on purpose,
+    and the run is still a valid model whose evaluation shows the class's recall of 0.
+    `y_source` is the training labels before limit and split, to tell what they took from what never was.
+    """
+    n, k = len(y_train), len(class_names)
+    if n == 0:
+        return []  # refused by the job: "the training split is empty"
+    missing = sorted(set(range(k)) - set(np.unique(y_train).tolist()))
+    if not missing and n >= k:
+        return []
+    limited = cfg.limit is not None and cfg.limit < len(y_source)
+    causes, fixes = [], []
+    if limited:
+        causes.append(f"data.limit {cfg.limit}")
+        fixes.append("raise data.limit")
+    if cfg.validation_split > 0:
+        causes.append(f"data.validation_split {cfg.validation_split:g}")
+        fixes.insert(0, "lower data.validation_split")
+    text = f"the training split holds {n:,} example(s) of {k} classes" + (
+        f" after {' and '.join(causes)}" if causes else "")
+    if missing:
+        text += f"; no training example of {_names(missing, class_names)}, which the model cannot learn to predict"
+    never = sorted(set(missing) - set(np.unique(y_source).tolist()))
+    if never:
+        fixes.append(f"add training images of {_names(never, class_names)}")
+    return [text + (f"; {' or '.join(fixes)}" if fixes else "")]
+
+
+def _names(indices: list[int], class_names: list[str], shown: int = 5) -> str:
+    text = ", ".join(f"`{class_names[i]}`" for i in indices[:shown])
+    return text + (f" and {len(indices) - shown} more" if len(indices) > shown else "")
+
+
 def _scale_boxes(boxes: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
     """(top, left, bottom, right) boxes from an old (H, W) to a new one, rounded outwards."""
     fy, fx = new[0] / old[0], new[1] / old[1]
@@ -109,6 +147,8 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     keep_test = limit_indices(len(splits.x_test), cfg.limit)
     train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
     picks = {"train": keep_train[train], "val": keep_train[val], "test": keep_test}
+    split_warnings = training_class_warnings(splits.y_train[picks["train"]], splits.y_train,
+                                             list(splits.class_names), cfg)
     source_of = {"train": "train", "val": "train", "test": "test"}
     arrays, out_boxes, out_paths = {}, {}, {}
     old = splits.x_train.shape[1:3]
@@ -123,5 +163,5 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
         if splits.paths is not None:
             out_paths[split] = [splits.paths[source_of[split]][i] for i in index]
     return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
-                   source=splits.source, warnings=list(splits.warnings), bboxes=out_boxes or None,
+                   source=splits.source, warnings=[*splits.warnings, *split_warnings], bboxes=out_boxes or None,
                    paths=out_paths or None)
