@@ -246,3 +246,12 @@ def test_resident_and_streamed_folders_warn_alike(tmp_path, cache):
         "the training split holds 1 example(s) of 3 classes after data.validation_split 0.9; no training example "
         f"of {', '.join(f'`{c}`' for c in 'abc' if c != data.class_names[int(data.y_train[0])])}, which the model "
         "cannot learn to predict; lower data.validation_split"]
+
+
+def test_a_diverging_loss_reads_in_four_significant_digits_wherever_it_is_shown():
+    from cnncli.train.progress import _logs_text, metric_text
+    from cnncli.tune.progress import _value
+
+    assert metric_text(0.123456) == "0.1235" and metric_text(3.2e15) == "3.2e+15" and metric_text(float("nan")) == "nan"
+    assert _logs_text({"epoch": 1, "loss": 3.2e15, "accuracy": 0.25}) == "loss 3.2e+15  accuracy 0.2500"
+    assert _value(1e21) == "1e+21" and _value(0.5) == "0.5000"

@@ -68,7 +68,10 @@ def tune(
                                                           "run_dir": sweep.dir / best.user_attrs["run_dir"]}})
             return
         if best is not None:
-            out.print(f"best trial {best.number}: {sweep.metric} {best.value:.4f}  config: {sweep.dir / 'best.yaml'}",
+            from cnncli.train.progress import metric_text
+
+            out.print(f"best trial {best.number}: {sweep.metric} {metric_text(best.value)}  "
+                      f"config: {sweep.dir / 'best.yaml'}",
                       markup=False)
 
 

@@ -69,7 +69,9 @@ def train(
             out.print(f"report: {page}", markup=False)
         test = result.metrics.get("test")
         if test and not quiet:
-            out.print(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}  "
+            from cnncli.train.progress import metric_text
+
+            out.print(f"test accuracy {test['accuracy']:.4f}  loss {metric_text(test['loss'])}  "
                       f"({test['examples']:,} images)")
         out.print(str(result.run_dir) if quiet else f"run directory: {result.run_dir}")
 

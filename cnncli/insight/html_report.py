@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import CnnError
+from cnncli.train.progress import metric_text
 
 REPORT_ERRORS = 16  # mistakes in the page's gallery, as `cnn evaluate --errors`
 GALLERY_COLUMNS = 4  # mistakes per row: a phone's width still shows each image at ~90 px
@@ -140,7 +141,7 @@ def build_report(run_dir: str | Path) -> str:
 
 
 def _header(run, report: dict, summary: dict) -> str:
-    cards = [("test accuracy", f"{report['accuracy']:.2%}"), ("test loss", f"{report['loss']:.4f}"),
+    cards = [("test accuracy", f"{report['accuracy']:.2%}"), ("test loss", metric_text(report['loss'])),
              ("macro F1", f"{report['macro_f1']:.3f}"), ("test images", f"{report['examples']:,}"),
              ("parameters", f"{summary['total_params']:,}")]
     phases = run.info.get("phases") or []

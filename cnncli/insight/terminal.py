@@ -6,6 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cnncli.train.progress import metric_text
+
 
 def _shape(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
@@ -53,7 +55,7 @@ CM_TABLE_MAX = 20  # classes; a wider matrix does not fit a terminal (see confus
 def print_evaluation(console: Console, report: dict, title: str) -> None:
     """A `classification_report` dict: metrics line, per-class table, confusion matrix, mix-ups."""
     names = [escape(str(row["class"])) for row in report["per_class"]]
-    parts = [f"loss [bold]{report['loss']:.4f}[/]", f"accuracy [bold]{report['accuracy']:.2%}[/]"]
+    parts = [f"loss [bold]{metric_text(report['loss'])}[/]", f"accuracy [bold]{report['accuracy']:.2%}[/]"]
     top = report.get("top_k_accuracy")
     if top:
         parts.append(f"top-{top['k']} accuracy [bold]{top['value']:.2%}[/]")

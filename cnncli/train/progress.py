@@ -18,8 +18,14 @@ _SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s",
           "accuracy": "acc", "waiting_for_data": "wait"}  # table headers that fit an 80-column terminal
 
 
+def metric_text(value: float) -> str:
+    """A loss or an accuracy: four decimals, as they are read; from 10,000 on (a diverging loss) four significant
+    digits, `3.2e+15` rather than 16 digits and four decimals."""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+
+
 def _logs_text(logs: dict) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+    return "  ".join(f"{k} {metric_text(v)}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
                      if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase",
                                   "waiting_for_data"))
 

@@ -8,12 +8,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from cnncli.train.progress import metric_text
 from cnncli.tune.compare import cell
 
 
 def _value(v) -> str:
-    """A metric: four decimals, as accuracies and losses are read."""
-    return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+    """A metric as training shows it (metric_text)."""
+    return metric_text(v) if isinstance(v, float) else ("" if v is None else str(v))
 
 
 class SweepDisplay:
