@@ -255,3 +255,13 @@ def test_a_diverging_loss_reads_in_four_significant_digits_wherever_it_is_shown(
     assert metric_text(0.123456) == "0.1235" and metric_text(3.2e15) == "3.2e+15" and metric_text(float("nan")) == "nan"
     assert _logs_text({"epoch": 1, "loss": 3.2e15, "accuracy": 0.25}) == "loss 3.2e+15  accuracy 0.2500"
     assert _value(1e21) == "1e+21" and _value(0.5) == "0.5000"
+
+
+def test_train_json_names_its_run_directory_absolute_under_a_relative_output(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    proc = _cnn("train", str(CONFIGS / "shapes_cnn.yaml"), *TINY_SHAPES, "--output", "runs", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = json.loads(proc.stdout)["run_dir"]
+    assert Path(run_dir).is_absolute() and Path(run_dir).parent == tmp_path / "runs" / "shapes-cnn"
