@@ -80,7 +80,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
         png = folder / f"confusion_matrix{suffix}.png"
         with writing(png, "; choose another --output"):
             report["confusion_matrix_png"] = Path(plot_confusion_matrix(np.array(report["confusion_matrix"]),
-                                                                       names, png))
+                                                                        names, png))
     return report
 
 
