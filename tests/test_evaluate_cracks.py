@@ -235,7 +235,7 @@ def test_compare_writes_no_png_unless_asked(run, tmp_path, monkeypatch):
     assert "curves: not drawn; add --output compare.png to draw them" in result.stdout
     asked = runner.invoke(app, ["compare", str(run), str(run), "--output", "both.png", "--json"])
     assert asked.exit_code == 0, asked.output
-    assert json.loads(asked.stdout)["plot"] == "both.png" and (tmp_path / "both.png").is_file()
+    assert json.loads(asked.stdout)["plot"] == str(tmp_path / "both.png") and (tmp_path / "both.png").is_file()
 
 
 # === 7. schema --output makes its folder ===

@@ -16,6 +16,19 @@ from cnncli.config.loading import load_config
 from cnncli.train.decisions import choose_threads, model_size, thread_warnings, threads_line
 
 
+def write_folder(root: Path, per_class: int, classes: tuple[str, ...]) -> Path:
+    """An image folder of small random grey PNGs: root/<class>/NN.png."""
+    import numpy as np
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.random.default_rng(c * 100 + i).integers(0, 256, (8, 6), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
 def _cnn(*args: str, cwd: Path = ROOT, **env) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     environ.update({"TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **env})
@@ -183,7 +196,6 @@ def test_every_path_in_a_json_document_is_absolute(tmp_path, monkeypatch, capsys
 # ---------------------------------------------------------------- cnn data
 
 def test_data_progress_goes_to_stderr_and_stdout_keeps_the_result(tmp_path):
-    from test_data_api import write_folder
     from typer.testing import CliRunner
 
     from cnncli.cli import app
@@ -234,8 +246,6 @@ def test_train_warns_of_a_class_the_split_left_out(tmp_path):
 
 @pytest.mark.parametrize("cache", ["memory", "none"])
 def test_resident_and_streamed_folders_warn_alike(tmp_path, cache):
-    from test_data_api import write_folder
-
     from cnncli.config.schema import DataConfig
     from cnncli.data import open_data
 
