@@ -16,14 +16,14 @@ from test_train import SMALL
 runner = CliRunner()
 
 
-def _train(where: Path, epochs: int, stop_after_first: bool) -> Path:
+def _train(where: Path, epochs: int, stop_after_first: bool, extra: str = "") -> Path:
     """A tiny run of `epochs`; with `stop_after_first`, Ctrl-C'd after epoch 1 (status interrupted)."""
     from cnncli.errors import Interrupted
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import Reporter
 
     config = where / "tiny.yaml"
-    config.write_text(SMALL.format(epochs=epochs, n=200))
+    config.write_text(SMALL.format(epochs=epochs, n=200).replace("train:\n", "train:\n" + extra))
 
     def ctrl_c(row: dict) -> None:
         raise KeyboardInterrupt
@@ -120,6 +120,23 @@ def test_more_epochs_continue_a_complete_run(complete_run, tmp_path):
     assert snapshot(run_dir) == before
 
 
+def test_a_run_early_stopping_ended_is_complete_and_cannot_train_longer(tmp_path):
+    # Epoch 1 improves on infinity; epoch 2 cannot improve by 100: stopped after epoch 2 of 4.
+    run_dir = _train(tmp_path, epochs=4, stop_after_first=False,
+                     extra="  early_stopping: {monitor: loss, patience: 0, min_delta: 100.0}\n")
+    assert history_epochs(run_dir) == [1, 2] and status(run_dir) == "complete"
+    before = snapshot(run_dir)
+    result = runner.invoke(app, ["train", "--resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (f"`{run_dir}` is already complete (early stopping ended it after epoch 2); "
+                             "nothing to do\n")
+    longer = runner.invoke(app, ["train", "--resume", str(run_dir), "--epochs", "6"])
+    assert one_error(longer) == (f"Error: `{run_dir}` is complete: early stopping ended it after epoch 2, so it "
+                                 f"cannot train longer; start a new run with cnn train {run_dir / 'config.yaml'} "
+                                 "--epochs N\n")
+    assert snapshot(run_dir) == before
+
+
 # ------------------------------------------------------------------ CONFIG and --resume together
 
 @pytest.mark.parametrize("config", ["nonexistent.yaml", "other.yaml"])
@@ -172,3 +189,16 @@ def test_a_set_that_breaks_the_checkpoint_is_named_and_the_run_left_as_it_was(in
                             "was 8, now 4\n"), message
     assert snapshot(run_dir) == before
     assert status(run_dir) == "interrupted"
+
+
+def test_epochs_may_change_between_checkpoint_and_resume(interrupted_run, tmp_path):
+    """How long a run trains is not in its checkpoint: train.epochs edited (or given with --epochs, which
+    config.yaml then records) resumes as asked."""
+    run_dir = copy_of(interrupted_run, tmp_path)
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("  epochs: 2\n", "  epochs: 3\n"))
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert history_epochs(run_dir) == [1, 2, 3] and status(run_dir) == "complete"
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    assert state["config"] == config.read_text()
