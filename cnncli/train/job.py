@@ -181,15 +181,16 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     previous = None  # where the interrupted run was logged to MLflow
     if run_dir == resume_dir and (run_dir / "run.json").exists():
         previous = rundir.read_json(run_dir / "run.json").get("tracking")
+    restoring = run_dir == resume_dir and state is not None  # run.json is rewritten once the checkpoint is restored
     try:
         session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch,
-                          resuming=run_dir == resume_dir and state is not None)
-        if run_dir == resume_dir and state is not None:  # config.yaml keeps saying how long the run trains
+                          resuming=restoring)
+        if restoring:  # config.yaml keeps saying how long the run trains
             session.config_update = lengthened(run_dir, cfg, state)
         if opts.tracker is not None and runtime.is_chief:
             opts.tracker.start(run_dir, previous)  # a resumed run continues the MLflow run it had
             session.tracker = opts.tracker
-            if run_dir != resume_dir:  # a resume writes run.json once its checkpoint is restored
+            if not restoring:
                 session.write_run_json()
         if opts.profile and runtime.is_chief:
             from cnncli.train.profile import StepProfile
