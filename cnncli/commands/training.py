@@ -16,9 +16,7 @@ def train(
     config: Optional[List[Path]] = typer.Argument(None, help="Config file (omit with --resume); several merge "
                                                              "left to right."),
     set_: Optional[List[str]] = SetOption,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place, with its "
-                                                                   "own config.yaml (so no CONFIG); a complete run "
-                                                                   "only with more --epochs."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are created."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
