@@ -110,7 +110,7 @@ def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
                 state = read_state(resume_dir)  # as committed, now that no other process can write it
             # Before the first write: a resume that cannot go on leaves the run exactly as it found it.
             check_config_unchanged(resume_dir, state)
-            done = finished(resume_dir, cfg, state, opts.epochs is not None)
+            done = finished(resume_dir, cfg, state, opts.epochs)
             if done is not None:
                 metrics = resume_dir / "metrics.json"
                 return TrainResult(resume_dir, rundir.read_json(metrics) if metrics.exists() else {},

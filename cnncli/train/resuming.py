@@ -88,16 +88,16 @@ def epochs_left(cfg: Config, state: dict) -> int:
     return phases[at].epochs - done + sum(p.epochs for p in phases[at + 1:])
 
 
-def finished(run_dir: Path, cfg: Config, state: dict | None, epochs_asked: bool) -> str | None:
+def finished(run_dir: Path, cfg: Config, state: dict | None, epochs: int | None) -> str | None:
     """The one line to answer when `run_dir` is complete and the resume asks for nothing more
-    (nothing in the run changes then); None when there is training to do."""
+    (nothing in the run changes then); None when there is training to do. `epochs`: --epochs."""
     info = run_dir / "run.json"
     if state is None or not info.exists() or rundir.read_json(info).get("status") != "complete":
         return None
     done = len(state["history"])
     trained = f"{done} epoch{'s' if done != 1 else ''}"
     if state.get("stopped"):
-        if epochs_asked:
+        if epochs is not None and epochs > done:
             raise CnnError(f"`{run_dir}` is complete: early stopping ended it after epoch {done}, so it cannot "
                            f"train longer; start a new run with cnn train {run_dir / 'config.yaml'} --epochs N")
         return f"`{run_dir}` is already complete (early stopping ended it after epoch {done}); nothing to do"
