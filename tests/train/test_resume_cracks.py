@@ -11,19 +11,19 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from test_train import SMALL
+from helpers import small_config
 
 runner = CliRunner()
 
 
-def _train(where: Path, epochs: int, stop_after_first: bool, extra: str = "") -> Path:
+def _train(where: Path, epochs: int, stop_after_first: bool, extra: dict | None = None) -> Path:
     """A tiny run of `epochs`; with `stop_after_first`, Ctrl-C'd after epoch 1 (status interrupted)."""
     from cnncli.errors import Interrupted
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import Reporter
 
     config = where / "tiny.yaml"
-    config.write_text(SMALL.format(epochs=epochs, n=200).replace("train:\n", "train:\n" + extra))
+    config.write_text(small_config({"train.epochs": epochs}, extra or {}))
 
     def ctrl_c(row: dict) -> None:
         raise KeyboardInterrupt
@@ -123,7 +123,7 @@ def test_more_epochs_continue_a_complete_run(complete_run, tmp_path):
 def test_a_run_early_stopping_ended_is_complete_and_cannot_train_longer(tmp_path):
     # Epoch 1 improves on infinity; epoch 2 cannot improve by 100: stopped after epoch 2 of 4.
     run_dir = _train(tmp_path, epochs=4, stop_after_first=False,
-                     extra="  early_stopping: {monitor: loss, patience: 0, min_delta: 100.0}\n")
+                     extra={"train.early_stopping": {"monitor": "loss", "patience": 0, "min_delta": 100.0}})
     assert history_epochs(run_dir) == [1, 2] and status(run_dir) == "complete"
     before = snapshot(run_dir)
     result = runner.invoke(app, ["train", "--resume", str(run_dir)])
@@ -143,7 +143,7 @@ def test_a_run_early_stopping_ended_is_complete_and_cannot_train_longer(tmp_path
 def test_a_config_given_with_resume_is_refused(interrupted_run, tmp_path, config):
     run_dir = copy_of(interrupted_run, tmp_path)
     if config == "other.yaml":
-        (tmp_path / config).write_text(SMALL.format(epochs=5, n=100))
+        (tmp_path / config).write_text(small_config({"train.epochs": 5}))
     before = snapshot(run_dir)
     result = runner.invoke(app, ["train", str(tmp_path / config), "--resume", str(run_dir)])
     assert one_error(result) == (
@@ -159,14 +159,14 @@ def test_an_edited_config_yaml_is_named_and_the_run_left_as_it_was(interrupted_r
     run_dir = copy_of(interrupted_run, tmp_path)
     config = run_dir / "config.yaml"
     text = config.read_text()
-    assert text.count("filters: 8\n") == 1
-    config.write_text(text.replace("filters: 8\n", "filters: 4\n"))
-    line = text[:text.index("filters: 8")].count("\n") + 1
+    assert text.count("filters: 4\n") == 1
+    config.write_text(text.replace("filters: 4\n", "filters: 2\n"))
+    line = text[:text.index("filters: 4")].count("\n") + 1
     before = snapshot(run_dir)
     result = runner.invoke(app, ["train", "--resume", str(run_dir)])
     assert one_error(result) == (
         f"Error: {config}:{line}: model.layers[0].filters: changed since the checkpoint of epoch 1 was written "
-        f"(was 8, now 4); that checkpoint fits only the config it was written with: put the value back to "
+        f"(was 4, now 2); that checkpoint fits only the config it was written with: put the value back to "
         f"resume, or start a new run with cnn train {config}\n")
     assert snapshot(run_dir) == before
     assert status(run_dir) == "interrupted"
@@ -181,12 +181,12 @@ def test_an_edited_config_yaml_is_named_and_the_run_left_as_it_was(interrupted_r
 def test_a_set_that_breaks_the_checkpoint_is_named_and_the_run_left_as_it_was(interrupted_run, tmp_path):
     run_dir = copy_of(interrupted_run, tmp_path)
     before = snapshot(run_dir)
-    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "model.layers[0].filters=4"])
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--set", "model.layers[0].filters=2"])
     message = one_error(result)
     assert message.startswith(f"Error: cannot restore the checkpoint `{run_dir / 'checkpoints' / 'epoch-0001'}` "
                               "that state.json names: "), message
     assert message.endswith("; the config differs from the one it was written with: model.layers[0].filters "
-                            "was 8, now 4\n"), message
+                            "was 4, now 2\n"), message
     assert snapshot(run_dir) == before
     assert status(run_dir) == "interrupted"
 
