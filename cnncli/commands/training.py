@@ -38,11 +38,11 @@ def train(
     """
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import make_reporter
+    from cnncli.train.resuming import check_sources
 
     config = (config if len(config) > 1 else config[0]) if config else None
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
-        if config is None and resume is None:
-            raise CnnError("give a config file, or --resume RUN_DIR")
+        check_sources(config, resume)
         from cnncli.tune.tracking import LiveRun, requested_by
 
         tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
@@ -51,6 +51,13 @@ def train(
         result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke, profile=profile, tracker=tracker), reporter)
+        if result.untrained is not None:  # a complete run, left as it was
+            if json_output:
+                emit_json({"run_dir": str(result.run_dir), "status": "complete", "trained": False,
+                           "message": result.untrained, "metrics": result.metrics})
+            else:
+                out.print(str(result.run_dir) if quiet else result.untrained, markup=False)
+            return
         reporter.train_end()
         if tracker is not None and tracker.run_id is not None:  # the chief's; other workers log nothing
             result.run["mlflow_run_id"] = tracker.run_id

@@ -1,4 +1,5 @@
-"""Key paths of a config (`model.layers[2].kernel_size`): parsed, written back, and found in the file."""
+"""Key paths of a config (`model.layers[2].kernel_size`): parsed, written back, found in the file, and
+the leaves where two configs differ (cnn compare; a resume against the config of its checkpoint)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,27 @@ def parse_path(text: str, strict: bool = False) -> KeyPath:
 def canonical_path(text: str) -> str:
     """A --set or search path as problems name it: `model.layers[0].filters`."""
     return format_path(parse_path(text, strict=True))
+
+
+def flatten(data, prefix: tuple = ()) -> dict[str, object]:
+    """{"model.layers[0].filters": 8, ...}: every leaf of a config under its --set path."""
+    if isinstance(data, dict) and data:
+        return {k: v for key, value in data.items() for k, v in flatten(value, prefix + (key,)).items()}
+    if isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
+        return {k: v for i, value in enumerate(data) for k, v in flatten(value, prefix + (i,)).items()}
+    return {format_path(prefix): data}
+
+
+MISSING = "(absent)"
+
+
+def differences(configs: list[dict]) -> dict[str, list]:
+    """The config keys whose values are not the same in every run, with each run's value."""
+    flat = [flatten(c) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    out = {}
+    for key in keys:
+        values = [f.get(key, MISSING) for f in flat]
+        if any(v != values[0] for v in values[1:]):
+            out[key] = values
+    return out

@@ -29,6 +29,7 @@ from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
+from cnncli.train.resuming import check_config_unchanged, check_sources, finished, lengthened
 
 
 @dataclass
@@ -56,11 +57,10 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
                        ("name", opts.name), ("runtime.device", opts.device)):
         if value is not None:
             cli.append(f"{key}={value}")
+    check_sources(opts.config, opts.resume)
     if opts.resume is not None:
         run_dir = rundir.find_run_dir(opts.resume)
         return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
-    if opts.config is None:
-        raise CnnError("give a config file, or --resume RUN_DIR")
     from cnncli.model.builder import raw_spec_problems
 
     return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
@@ -103,10 +103,20 @@ def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
         cfg, resume_dir, state = resolve_config(opts)
         from cnncli.train.cluster import process_role
 
-        if resume_dir is not None and process_role(cfg.runtime).is_chief:  # other workers only read it
-            held.enter_context(rundir.locked(resume_dir))
-            state = read_state(resume_dir)  # as committed, now that no other process can write it
-            rundir.reconcile(resume_dir, state)
+        chief = process_role(cfg.runtime).is_chief
+        if resume_dir is not None:
+            if chief:  # other workers only read it
+                held.enter_context(rundir.locked(resume_dir))
+                state = read_state(resume_dir)  # as committed, now that no other process can write it
+            # Before the first write: a resume that cannot go on leaves the run exactly as it found it.
+            check_config_unchanged(resume_dir, state)
+            done = finished(resume_dir, cfg, state, opts.epochs)
+            if done is not None:
+                metrics = resume_dir / "metrics.json"
+                return TrainResult(resume_dir, rundir.read_json(metrics) if metrics.exists() else {},
+                                   {"status": "complete"}, untrained=done)
+            if chief:
+                rundir.reconcile(resume_dir, state)
         return _run(opts, reporter, cfg, resume_dir, state, held)
 
 
@@ -173,12 +183,17 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     previous = None  # where the interrupted run was logged to MLflow
     if run_dir == resume_dir and (run_dir / "run.json").exists():
         previous = rundir.read_json(run_dir / "run.json").get("tracking")
+    restoring = run_dir == resume_dir and state is not None  # run.json is rewritten once the checkpoint is restored
     try:
-        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch)
+        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch,
+                          resuming=restoring)
+        if restoring:  # config.yaml keeps saying how long the run trains
+            session.config_update = lengthened(run_dir, cfg, state)
         if opts.tracker is not None and runtime.is_chief:
             opts.tracker.start(run_dir, previous)  # a resumed run continues the MLflow run it had
             session.tracker = opts.tracker
-            session.write_run_json()
+            if not restoring:
+                session.write_run_json()
         if opts.profile and runtime.is_chief:
             from cnncli.train.profile import StepProfile
 

@@ -11,3 +11,4 @@ class TrainResult:
     run_dir: Path
     metrics: dict
     run: dict  # run.json's phases and runtime
+    untrained: str | None = None  # --resume of a complete run that asked for nothing more: the line to show

@@ -104,8 +104,9 @@ def read_json(path: Path) -> dict:
         raise RunError(f"`{path}` cannot be read: {exc}") from None
 
 
-def write_history(path: Path, rows: list[dict]) -> None:
-    """history.csv: one row per epoch; columns in first-seen order."""
+def write_history(path: Path, rows: list[dict], only_if_changed: bool = False) -> None:
+    """history.csv: one row per epoch; columns in first-seen order. `only_if_changed` leaves a file
+    that already holds these rows alone (its time too: a resume that fails changes nothing)."""
     columns: list[str] = []
     for row in rows:
         for key in row:
@@ -116,7 +117,10 @@ def write_history(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _fmt(v) for k, v in row.items()})
-    fileio.write(path, buf.getvalue())
+    text = buf.getvalue()
+    if only_if_changed and Path(path).exists() and Path(path).read_text() == text:
+        return
+    fileio.write(path, text)
 
 
 def _fmt(value):
@@ -218,7 +222,7 @@ def reconcile(run_dir: Path, state: dict | None) -> None:
     prune_checkpoints(run_dir)  # a crash between state.json and the pruning left one too many
     trim_event_files(run_dir / "logs", kept)
     if history:
-        write_history(run_dir / "history.csv", history)
+        write_history(run_dir / "history.csv", history, only_if_changed=True)
     else:
         (run_dir / "history.csv").unlink(missing_ok=True)
 

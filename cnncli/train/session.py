@@ -2,7 +2,8 @@
 
 Every epoch ends with, in this order: history.csv, EarlyStopping's best weights
 (carry.py), a TensorFlow checkpoint (model and optimizer), and
-checkpoints/state.json naming that checkpoint and holding the callbacks' state. A
+checkpoints/state.json naming that checkpoint and holding the callbacks' state and
+the config.yaml text the checkpoint belongs to (resuming.py compares it). A
 crash between any two of these leaves state.json pointing at a complete,
 earlier checkpoint, which `--resume` restores; the epoch order is a function of
 (seed, epoch), so the resumed run repeats what the lost one would have done.
@@ -18,13 +19,14 @@ import numpy as np
 
 from cnncli import faults, fileio
 from cnncli.train import rundir
-from cnncli.errors import CnnError, DataError
+from cnncli.errors import CnnError, DataError, RunError
 from cnncli.train import carry
 from cnncli.train.ending import RunEnding
 from cnncli.train.loop import NonFiniteLoss, Trainer
 from cnncli.train.runinfo import RunRecord
 from cnncli.train.runtime import with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
+from cnncli.train.resuming import config_cause
 from cnncli.train.schedules import EpochSchedule
 
 
@@ -43,7 +45,8 @@ class Session(RunRecord, RunEnding):
     profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
     tracker = None  # a tracking.LiveRun (the chief's, when the run is logged to MLflow)
 
-    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
+    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None,
+                 resuming: bool = False):
         import keras
 
         from cnncli.model.builder import build_model
@@ -72,7 +75,11 @@ class Session(RunRecord, RunEnding):
         self.best: dict = {}
         self.started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.status = "running"
-        self.write_run_json()
+        # The config.yaml text each checkpoint is written with, kept beside it in state.json (resuming.py).
+        self.config_text = (run_dir / "config.yaml").read_text()
+        self.config_update: str | None = None  # config.yaml's new text, written once a resume has restored
+        if not resuming:  # a resume rewrites run.json only once its checkpoint is restored (_restore)
+            self.write_run_json()
 
     # ------------------------------------------------------------------ checks and records
     def _check_labels(self) -> None:
@@ -103,7 +110,7 @@ class Session(RunRecord, RunEnding):
             apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
             self.reporter.message(f"resuming after epoch {len(self.history)}")
             if state.get("stopped") or done_in_phase >= phases[start_phase].epochs:  # the phase ended: weights only
-                rundir.read_checkpoint(self._checkpoint(), self.run_dir / state["checkpoint"])
+                self._restore(self._checkpoint(), state)
                 self._end_phase_as_committed(state)
                 if state.get("stopped"):
                     self.model.stop_training = True
@@ -126,7 +133,7 @@ class Session(RunRecord, RunEnding):
         optimizer, rate_groups, metrics = self._compile(phase, overrides)
         checkpoint = self._checkpoint(optimizer)
         if state is not None:
-            rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
+            self._restore(checkpoint, state)
         trainer = self._trainer(optimizer, metrics)
         callbacks = self._callbacks(schedule)
         record = self._phase_record(phase, optimizer, rate_groups)
@@ -246,6 +253,22 @@ class Session(RunRecord, RunEnding):
             kwargs["optimizer"] = optimizer
         return tf.train.Checkpoint(**kwargs)
 
+    def _restore(self, checkpoint, state: dict) -> None:
+        """Load the checkpoint state.json names; only then does the resumed run write: config.yaml's
+        new epoch count (--epochs), then run.json. A checkpoint that does not fit leaves the run untouched,
+        and the error names the config key that changed since it was written."""
+        try:
+            rundir.read_checkpoint(checkpoint, self.run_dir / state["checkpoint"])
+        except RunError as exc:
+            cause = config_cause(state, self.cfg)
+            if cause:
+                raise RunError(f"{exc}; {cause}") from None
+            raise
+        if self.config_update is not None and self.config_update != self.config_text:
+            fileio.write(self.run_dir / "config.yaml", self.config_update)
+            self.config_text = self.config_update
+        self.write_run_json()
+
     def _rate_groups(self, phase) -> list:
         """Per-block rate multipliers of a phase with `layer_lr_decay` (after apply_trainable), else []."""
         from cnncli.train.phases import backbone_of
@@ -299,7 +322,8 @@ class Session(RunRecord, RunEnding):
         faults.point("checkpoint_written")
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
-                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False))}
+                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False)),
+                 "config": self.config_text}
         fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)

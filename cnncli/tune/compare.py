@@ -15,7 +15,7 @@ import yaml
 from cnncli.errors import RunError
 from cnncli import fileio
 from cnncli.train import rundir
-from cnncli.config.yamlio import format_path
+from cnncli.config.keypaths import differences, flatten  # noqa: F401  flatten: tests import it from here
 
 CURVES_SIZE = (11.0, 4.5)  # inches: two panels with a legend of a dozen runs
 
@@ -65,30 +65,6 @@ def read_run(path: Path) -> RunFigures:
                     "images_per_second": round(examples / seconds, 1) if seconds else None,
                     "parameters": info.get("total_params")})
     return RunFigures(path, config, history, figures)
-
-
-def flatten(data, prefix: tuple = ()) -> dict[str, object]:
-    """{"model.layers[0].filters": 8, ...}: every leaf of a config under its --set path."""
-    if isinstance(data, dict) and data:
-        return {k: v for key, value in data.items() for k, v in flatten(value, prefix + (key,)).items()}
-    if isinstance(data, list) and data and any(isinstance(v, (dict, list)) for v in data):
-        return {k: v for i, value in enumerate(data) for k, v in flatten(value, prefix + (i,)).items()}
-    return {format_path(prefix): data}
-
-
-MISSING = "(absent)"
-
-
-def differences(configs: list[dict]) -> dict[str, list]:
-    """The config keys whose values are not the same in every run, with each run's value."""
-    flat = [flatten(c) for c in configs]
-    keys = list(dict.fromkeys(k for f in flat for k in f))
-    out = {}
-    for key in keys:
-        values = [f.get(key, MISSING) for f in flat]
-        if any(v != values[0] for v in values[1:]):
-            out[key] = values
-    return out
 
 
 def compare(paths: list[Path], output: Path | None) -> dict:

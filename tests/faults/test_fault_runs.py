@@ -87,6 +87,8 @@ def test_a_damaged_run_directory_is_a_clear_error_on_resume(cnn, reference, tmp_
 
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))  # a complete run is left alone
     state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
     for part in run_dir.glob(state["checkpoint"] + ".*"):
         part.unlink()
