@@ -145,7 +145,7 @@ class Session(RunRecord, RunEnding):
     # === A phase's pieces ===
     def _compile(self, phase, overrides: dict) -> tuple:
         """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model compiled."""
-        from cnncli.config.vocabulary import make_metric, make_optimizer
+        from cnncli.config.vocabulary import compile_args, make_metric, make_optimizer
 
         path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
         with self.strategy.scope():
@@ -159,7 +159,9 @@ class Session(RunRecord, RunEnding):
             optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, self.cfg.train.loss) for m in self.cfg.train.metrics]
-            self.model.compile(optimizer=optimizer, loss=self.loss_fn)  # lets Keras callbacks reach the optimizer
+            # Lets Keras callbacks reach the optimizer, and is what model.keras loads with (the steps use
+            # self.loss_fn, which takes class indices whatever the loss).
+            self.model.compile(optimizer=optimizer, **compile_args(self.cfg.train.loss, self.cfg.train.metrics))
         return optimizer, rate_groups, metrics
 
     def _trainer(self, optimizer, metrics) -> Trainer:
