@@ -28,12 +28,15 @@ class RunEnding:
 
             best = keras.models.load_model(self.run_dir / "checkpoints" / "best.keras", compile=False)
             self.model.set_weights(best.get_weights())
+        from cnncli.data.splits import predict_split
+
         metrics: dict = {}
         if self.history and any(k.startswith("val_") for k in self.history[-1]):
-            metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
+            # Measured again on the weights model.keras gets: EarlyStopping's restore_best_weights and
+            # checkpoint.save_best_only put back an earlier epoch than history.csv's last row.
+            metrics["val"] = self.score(*predict_split(lambda x: _predict(self.model, x), self.data.x_val,
+                                                       self.data.y_val))
         if len(self.data.x_test):
-            from cnncli.data.splits import predict_split
-
             probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
             metrics["test"] = classification_report(labels, probs, self.data.class_names)
         if self.runtime.is_chief:

@@ -1,0 +1,155 @@
+"""What a run leaves beside its model describes that model, and model.keras stands on its own.
+
+- model.keras loads compiled in plain Keras (keras.saving.load_model with its defaults) in a
+  process that never imports cnncli, whatever loss the config names.
+- metrics.json's `val` figures are those of the saved weights, also when EarlyStopping restores
+  the best epoch's weights or checkpoint.save_best_only keeps the best epoch.
+- data.on_corrupt: skip warns, counts and records run.json's data.skipped alike in every cache mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import ROOT, write_shapes_folder
+
+TINY_MODEL = [
+    {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
+    {"type": "GlobalAveragePooling2D"},
+    {"type": "Dense", "units": 3, "activation": "softmax"},
+]
+
+
+def _config(tmp_path: Path, **train) -> Path:
+    cfg = {"name": "modelfile", "seed": 3,
+           "data": {"dataset": "shapes", "validation_split": 0.2,
+                    "shapes": {"image_size": 16, "classes": ["x", "o", "square"], "train_examples": 240,
+                               "test_examples": 60}},
+           "model": {"layers": TINY_MODEL},
+           "train": {"epochs": 1, "batch_size": 32, **train}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(config: Path, tmp_path: Path, overrides: list[str] | None = None) -> Path:
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import Reporter
+
+    return run_training(TrainOptions(config=config, overrides=overrides or [], output=tmp_path / "runs"),
+                        Reporter()).run_dir
+
+
+# ---------------------------------------------------------------- model.keras in plain Keras
+
+# What a model loaded by plain Keras reports: run with no cnncli on the path and none imported.
+_PLAIN_KERAS = r"""
+import json, sys
+import numpy as np
+import keras
+
+out = []
+for path, x_path, y_path in json.loads(sys.argv[1]):
+    model = keras.saving.load_model(path)  # the defaults: compile=True, safe_mode=True
+    x, y = np.load(x_path), np.load(y_path)
+    probs = model.predict(x, verbose=0)
+    sparse = type(model.loss).__name__.startswith("Sparse")
+    labels = y if sparse else keras.utils.to_categorical(y, probs.shape[-1])
+    out.append({"probs": probs.tolist(), "loss": type(model.loss).__name__, "loss_config": model.loss.get_config(),
+                "evaluate": model.evaluate(x, labels, verbose=0, return_dict=True)})
+assert "cnncli" not in sys.modules, sorted(m for m in sys.modules if m.startswith("cnncli"))
+print(json.dumps(out))
+"""
+
+LOSSES = {
+    "sparse_by_name": ("sparse_categorical_crossentropy", "SparseCategoricalCrossentropy", {}),
+    "categorical_on_class_indices": ("categorical_crossentropy", "CategoricalCrossentropy", {}),
+    "mapping_with_arguments": ({"type": "CategoricalCrossentropy", "label_smoothing": 0.1},
+                               "CategoricalCrossentropy", {"label_smoothing": 0.1}),
+    "sparse_mapping": ({"type": "SparseCategoricalCrossentropy", "from_logits": False},
+                       "SparseCategoricalCrossentropy", {"from_logits": False}),
+}
+
+
+def _plain_keras(jobs: list[tuple[str, str, str]], cwd: Path) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _PLAIN_KERAS, json.dumps(jobs)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_run_model_loads_compiled_in_plain_keras(tmp_path):
+    """Every kind of train.loss: model.keras loads with keras.saving.load_model's defaults, predicts as
+    the run's model does, and evaluates with the configured loss (labels in the form that loss takes)."""
+    from cnncli.config.vocabulary import make_loss
+    from cnncli.deploy.runs import open_run
+    from cnncli.model.predict_loop import keras_predict
+
+    jobs, expected = [], []
+    for key, (loss, cls_name, args) in LOSSES.items():
+        folder = tmp_path / key
+        folder.mkdir()
+        run_dir = _train(_config(folder, loss=loss, metrics=["accuracy"]), folder)
+        run = open_run(run_dir)
+        data = run.load_data()
+        x, y = np.asarray(data.x_test[:40]), np.asarray(data.y_test[:40])
+        probs = keras_predict(run.load_model(), x)
+        np.save(folder / "x.npy", x)
+        np.save(folder / "y.npy", y)
+        jobs.append((str(run_dir / "model.keras"), str(folder / "x.npy"), str(folder / "y.npy")))
+        expected.append((key, cls_name, args, probs, float(np.mean(make_loss(run.cfg.train.loss)(y, probs))),
+                         float(np.mean(probs.argmax(-1) == y))))
+    for got, (key, cls_name, args, probs, loss_value, accuracy) in zip(_plain_keras(jobs, tmp_path), expected):
+        np.testing.assert_allclose(np.array(got["probs"]), probs, atol=1e-5, err_msg=key)
+        assert got["loss"] == cls_name, key
+        assert {k: got["loss_config"][k] for k in args} == args, key
+        assert got["evaluate"]["loss"] == pytest.approx(loss_value, rel=1e-4, abs=1e-5), key
+        assert got["evaluate"]["accuracy"] == pytest.approx(accuracy, abs=1e-6), key
+
+
+# ---------------------------------------------------------------- metrics.json describes model.keras
+
+def _val_of_saved_model(run_dir: Path) -> dict:
+    """Loss and accuracy of model.keras on the run's validation split, computed afresh."""
+    from cnncli.config.vocabulary import make_loss
+    from cnncli.deploy.runs import open_run
+    from cnncli.model.predict_loop import keras_predict
+
+    run = open_run(run_dir)
+    data = run.load_data()
+    probs = keras_predict(run.load_model(), np.asarray(data.x_val))
+    return {"loss": float(np.mean(make_loss(run.cfg.train.loss)(data.y_val, probs))),
+            "accuracy": float(np.mean(probs.argmax(-1) == data.y_val))}
+
+
+# A rate high enough that validation loss goes up and down between the 5 epochs.
+UNSTEADY = ["train.epochs=5", "train.optimizer.type=SGD", "train.optimizer.learning_rate=0.8"]
+
+
+@pytest.mark.parametrize("keeps_best", [
+    "train.early_stopping={monitor: val_loss, patience: 5, restore_best_weights: true}",
+    "train.checkpoint={monitor: val_loss, save_best_only: true}",
+], ids=["restore_best_weights", "save_best_only"])
+def test_val_metrics_are_those_of_the_saved_weights(tmp_path, keeps_best):
+    import csv
+
+    run_dir = _train(_config(tmp_path, metrics=["accuracy"]), tmp_path, UNSTEADY + [keeps_best])
+    rows = list(csv.DictReader((run_dir / "history.csv").open()))
+    losses = [float(r["val_loss"]) for r in rows]
+    best = int(np.argmin(losses))
+    assert best != len(rows) - 1, f"the last epoch was the best ({losses}): the test shows nothing"
+    val = json.loads((run_dir / "metrics.json").read_text())["val"]
+    assert val["loss"] == pytest.approx(losses[best], rel=1e-5)
+    assert val["accuracy"] == pytest.approx(float(rows[best]["val_accuracy"]), abs=1e-6)
+    fresh = _val_of_saved_model(run_dir)
+    assert val["loss"] == pytest.approx(fresh["loss"], rel=1e-4)
+    assert val["accuracy"] == pytest.approx(fresh["accuracy"], abs=1e-6)
