@@ -153,3 +153,44 @@ def test_val_metrics_are_those_of_the_saved_weights(tmp_path, keeps_best):
     fresh = _val_of_saved_model(run_dir)
     assert val["loss"] == pytest.approx(fresh["loss"], rel=1e-4)
     assert val["accuracy"] == pytest.approx(fresh["accuracy"], abs=1e-6)
+
+
+# ---------------------------------------------------------------- on_corrupt: skip in every cache mode
+
+@pytest.fixture(scope="module")
+def corrupt_folder(tmp_path_factory):
+    """The shapes as PNGs, two training files and one test file of which are garbage bytes."""
+    root = write_shapes_folder(tmp_path_factory.mktemp("corrupt") / "folder", seed=5, train=48, test=15)
+    bad = [sorted((root / "train" / "x").iterdir())[0], sorted((root / "train" / "o").iterdir())[1],
+           sorted((root / "test" / "square").iterdir())[0]]
+    for path in bad:
+        path.write_bytes(b"not a picture " * 20)
+    return root, sorted(str(p) for p in bad)
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk", "none", "auto"])
+def test_skipped_images_are_warned_counted_and_recorded_alike(tmp_path, corrupt_folder, cache, capsys):
+    from cnncli.config.schema import DataConfig
+    from cnncli.data import SOURCES
+    from cnncli.data.pipeline import split_listing
+
+    root, bad = corrupt_folder
+    data_cfg = {"dataset": "image_folder", "path": str(root), "validation_split": 0.25, "on_corrupt": "skip",
+                "cache": cache, "cache_dir": str(tmp_path / "cache")}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"name": "skip", "seed": 3, "data": data_cfg, "model": {"layers": TINY_MODEL},
+                                      "train": {"epochs": 1, "batch_size": 16}}))
+    # The files each split is given (as streamed), less the unreadable ones.
+    listed = split_listing(SOURCES.get("image_folder").files(DataConfig(**data_cfg)), DataConfig(**data_cfg), 3)
+    expected = {split: len(set(s.files) - set(bad)) for split, s in listed.items()}
+    assert sum(len(s.files) for s in listed.values()) - sum(expected.values()) == len(bad)
+
+    run_dir = _train(config, tmp_path)
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "unreadable" in line] == [
+        f"warning: skipped 3 unreadable image(s): {', '.join(bad)}"]
+    data = json.loads((run_dir / "run.json").read_text())["data"]
+    assert data["skipped"] == bad
+    assert {split: data[split] for split in expected} == expected
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert int(np.sum(metrics["test"]["confusion_matrix"])) == expected["test"]

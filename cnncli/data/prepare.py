@@ -110,10 +110,14 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
     picks = {"train": keep_train[train], "val": keep_train[val], "test": keep_test}
     source_of = {"train": "train", "val": "train", "test": "test"}
-    arrays, out_boxes, out_paths = {}, {}, {}
+    arrays, out_boxes, out_paths, skipped = {}, {}, {}, []
     old = splits.x_train.shape[1:3]
     target = converted_shape(splits.x_train.shape[1:], cfg)
     for split, index in picks.items():
+        if splits.unreadable and splits.unreadable[source_of[split]]:  # chosen, then left out as a stream would
+            bad = np.isin(index, splits.unreadable[source_of[split]])
+            skipped += [splits.paths[source_of[split]][i] for i in index[bad]]
+            index = index[~bad]
         x = getattr(splits, f"x_{source_of[split]}")[index]
         y = getattr(splits, f"y_{source_of[split]}")[index]
         x = convert(x, *target)
@@ -122,6 +126,11 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
             out_boxes[split] = _scale_boxes(boxes[source_of[split]][index], old, target[:2])
         if splits.paths is not None:
             out_paths[split] = [splits.paths[source_of[split]][i] for i in index]
+    warnings = list(splits.warnings)
+    if skipped:
+        from cnncli.data.image_folder import skipped_warning
+
+        warnings.append(skipped_warning(skipped))
     return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
-                   source=splits.source, warnings=list(splits.warnings), bboxes=out_boxes or None,
-                   paths=out_paths or None)
+                   source=splits.source, warnings=warnings, bboxes=out_boxes or None,
+                   paths=out_paths or None, skipped=sorted(skipped))

@@ -39,6 +39,7 @@ class RunEnding:
         if len(self.data.x_test):
             probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
             metrics["test"] = classification_report(labels, probs, self.data.class_names)
+        self._warn_skipped()
         if self.runtime.is_chief:
             rundir.save_model(self.model, self.run_dir / "model.keras")
             faults.point("model_saved")
@@ -57,6 +58,16 @@ class RunEnding:
         if self.profile is not None:
             run["profile"] = self.profile.summary
         return TrainResult(self.run_dir, metrics, run)
+
+    def _warn_skipped(self) -> None:
+        """Streamed splits meet their unreadable files only as they read them: by now every split has been
+        read, so they are listed here as resident data lists them when it is loaded (data.on_corrupt: skip)."""
+        from cnncli.data.image_folder import skipped_warning
+        from cnncli.data.splits import skipped
+
+        bad = skipped(self.data.x_train, self.data.x_val, self.data.x_test)
+        if bad and self.runtime.is_chief:
+            self.reporter.warning(skipped_warning(bad))
 
     def _check_reload(self, metrics: dict) -> None:
         """--smoke: the saved model.keras must load and predict what the trained model does."""
