@@ -194,3 +194,84 @@ def test_skipped_images_are_warned_counted_and_recorded_alike(tmp_path, corrupt_
     assert {split: data[split] for split in expected} == expected
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert int(np.sum(metrics["test"]["confusion_matrix"])) == expected["test"]
+
+
+# ---------------------------------------------------------------- a backbone's scaling is Keras's own
+
+_PLAIN_PREDICT = r"""
+import json, sys
+import numpy as np
+import keras
+
+out = {}
+for key, path, x_path in json.loads(sys.argv[1]):
+    out[key] = keras.saving.load_model(path).predict(np.load(x_path), verbose=0).tolist()
+assert "cnncli" not in sys.modules, sorted(m for m in sys.modules if m.startswith("cnncli"))
+print(json.dumps(out))
+"""
+
+# One keras.applications family per preprocess_input mode (caffe, tf, torch, none), small ones where possible.
+BACKBONE_PER_MODE = {"caffe": ("VGG16", {}), "tf": ("MobileNet", {"alpha": 0.25}),
+                     "torch": ("DenseNet121", {}), "none": ("EfficientNetB0", {})}
+
+
+def test_backbone_models_scale_as_preprocess_input_and_load_in_plain_keras(tmp_path):
+    import importlib
+
+    import keras
+
+    from cnncli.config.loading import config_from_dict
+    from cnncli.config.vocabulary import BACKBONES
+    from cnncli.model.builder import build_model
+    from cnncli.model.preprocessing import backbone_mode
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    jobs, expected = [], {}
+    for mode, (name, args) in BACKBONE_PER_MODE.items():
+        assert backbone_mode(name) == mode
+        cfg = config_from_dict({"name": "bb", "model": {
+            "input_shape": [32, 32, 3], "backbone": {"name": name, "weights": None, **args},
+            "layers": [{"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 3, "activation": "softmax"}]}})
+        model = build_model(cfg, (32, 32, 3))
+        base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        # Keras's own pipeline with the same weights: preprocess_input, then the application as Keras builds it
+        # (whose first convolution takes BGR in caffe mode).
+        reference = keras.models.clone_model(base)
+        weights = base.get_weights()
+        if mode == "caffe":
+            first = next(i for i, w in enumerate(weights) if w.ndim == 4)
+            weights[first] = weights[first][:, :, ::-1, :]
+        reference.set_weights(weights)
+        family = importlib.import_module(BACKBONES.get(name).__module__)
+        ours = np.asarray(base(model.get_layer("preprocess")(x)))
+        theirs = np.asarray(reference(family.preprocess_input(x.copy())))
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * float(np.abs(theirs).max()), err_msg=name)
+        model.save(tmp_path / f"{mode}.keras")
+        jobs.append((mode, str(tmp_path / f"{mode}.keras"), str(tmp_path / "x.npy")))
+        expected[mode] = np.asarray(model(x))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _PLAIN_PREDICT, json.dumps(jobs)], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    for mode, probs in expected.items():
+        np.testing.assert_allclose(np.array(got[mode]), probs, atol=1e-5, err_msg=mode)
+
+
+def test_smoke_check_names_the_classes_keras_cannot_find_alone(tmp_path):
+    """--smoke's reload runs where cnncli's classes are registered, so it reads model.keras's config instead."""
+    import keras
+
+    from cnncli.model.preprocessing import ImagenetPreprocess
+    from cnncli.train.ending import _foreign_classes
+
+    inputs = keras.Input((8, 8, 3))
+    old = keras.Model(inputs, ImagenetPreprocess("caffe")(inputs))
+    old.save(tmp_path / "old.keras")
+    assert _foreign_classes(tmp_path / "old.keras") == ["cnncli.model.preprocessing.ImagenetPreprocess"]
+    plain = keras.Model(inputs, keras.layers.Rescaling(1.0, offset=[-1.0, -2.0, -3.0])(inputs))
+    plain.compile(optimizer="adam", loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    plain.save(tmp_path / "plain.keras")
+    assert _foreign_classes(tmp_path / "plain.keras") == []

@@ -70,15 +70,17 @@ class RunEnding:
             self.reporter.warning(skipped_warning(bad))
 
     def _check_reload(self, metrics: dict) -> None:
-        """--smoke: the saved model.keras must load and predict what the trained model does."""
+        """--smoke: the saved model.keras must load, with plain Keras's classes only, and predict what the
+        trained model does."""
         import keras
-
-        import cnncli.model.preprocessing  # noqa: F401  registers the custom layer
 
         from cnncli.data.splits import head
 
+        foreign = _foreign_classes(self.run_dir / "model.keras")
+        if foreign:
+            raise CnnError(f"smoke check: model.keras needs classes outside Keras to load: {', '.join(foreign)}")
         x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
-        reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
+        reloaded = keras.models.load_model(self.run_dir / "model.keras")
         diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
         if not diff <= 1e-5:
             raise CnnError(f"smoke check: model.keras reloaded with different predictions (max difference {diff:.3g})")
@@ -94,6 +96,28 @@ class RunEnding:
             with fileio.writing(self.run_dir / "confusion_matrix.png"):
                 plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
                                       self.run_dir / "confusion_matrix.png")
+
+
+def _foreign_classes(path) -> list[str]:
+    """Classes model.keras names (layers, loss, metrics, optimizer) that Keras cannot find by itself: in
+    this process cnncli's own are registered, so loading alone would not tell."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    found, stack = set(), [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            module = node.get("module")
+            if isinstance(module, str) and "class_name" in node and module != "builtins" \
+                    and not (module == "keras" or module.startswith("keras.")):
+                found.add(f"{module}.{node['class_name']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return sorted(found)
 
 
 def _predict(model, x: np.ndarray) -> np.ndarray:
