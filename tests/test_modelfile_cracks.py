@@ -277,3 +277,23 @@ def test_smoke_check_names_the_classes_keras_cannot_find_alone(tmp_path):
                   metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     plain.save(tmp_path / "plain.keras")
     assert _foreign_classes(tmp_path / "plain.keras") == []
+
+
+def test_a_caffe_backbone_run_started_before_rgb_scaling_is_not_resumed(tmp_path):
+    """Its checkpoints hold a first convolution trained on BGR, which the model built now does not feed."""
+    from cnncli.config.loading import config_from_dict
+    from cnncli.errors import CnnError
+    from cnncli.train.session import INPUT_SCALING, _check_scaling
+
+    def cfg(name):
+        return config_from_dict({"name": "bb", "model": {"input_shape": [32, 32, 3],
+                                                         "backbone": {"name": name, "weights": None},
+                                                         "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 3}]}})
+
+    with pytest.raises(CnnError, match=r"`runs/bb/1` was started by an older cnncli, whose VGG16 took its input in "
+                                       r"BGR order; .* start it again with cnn train runs/bb/1/config.yaml"):
+        _check_scaling(cfg("VGG16"), {"phase": 0}, Path("runs/bb/1"))
+    _check_scaling(cfg("VGG16"), {"input_scaling": INPUT_SCALING}, Path("runs/bb/1"))
+    _check_scaling(cfg("MobileNet"), {"phase": 0}, Path("runs/bb/1"))  # tf mode: the same arithmetic as before
+    run_dir = _train(_config(tmp_path), tmp_path)
+    assert json.loads((run_dir / "checkpoints" / "state.json").read_text())["input_scaling"] == INPUT_SCALING

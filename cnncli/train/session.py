@@ -96,6 +96,7 @@ class Session(RunRecord, RunEnding):
         phases = plan_phases(self.cfg)
         start_phase, done_in_phase = 0, 0
         if state is not None:
+            _check_scaling(self.cfg, state, self.run_dir)
             self.history = state["history"]
             self.phase_records = state.get("phases", [])
             self.best = state.get("best", {})
@@ -301,7 +302,8 @@ class Session(RunRecord, RunEnding):
         faults.point("checkpoint_written")
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
-                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False))}
+                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False)),
+                 "input_scaling": INPUT_SCALING}
         fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)
@@ -348,6 +350,26 @@ class Session(RunRecord, RunEnding):
                        f"(learning rate {lr:.3g}); training stopped and {last}. "
                        f"Try a lower learning rate, e.g. {lower}: {how}")
 
+
+
+# Which input scaling the checkpoints were trained behind: 2 = Keras's own layers, a caffe-mode backbone's
+# first convolution taking RGB (model/preprocessing.py); before, ImagenetPreprocess fed it BGR.
+INPUT_SCALING = 2
+
+
+def _check_scaling(cfg, state: dict, run_dir: Path) -> None:
+    """A run started before the scaling changed: its caffe-mode backbone learned BGR, which the model
+    built now no longer feeds it, so resuming would silently train and report a different model."""
+    from cnncli.config.vocabulary import BACKBONES
+    from cnncli.model.preprocessing import backbone_mode
+
+    backbone = cfg.model.backbone
+    if state.get("input_scaling", 1) >= INPUT_SCALING or backbone is None or backbone.name is None:
+        return
+    if backbone_mode(BACKBONES.canonical(backbone.name)) == "caffe":
+        raise CnnError(f"`{run_dir}` was started by an older cnncli, whose {backbone.name} took its input in BGR "
+                       "order; this version feeds RGB, so the run cannot be resumed: start it again with "
+                       f"cnn train {run_dir / 'config.yaml'}")
 
 
 def history_columns(cfg) -> list[str]:
