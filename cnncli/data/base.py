@@ -79,6 +79,19 @@ class Source:
     files: Optional[Callable[..., object]] = None  # (cfg) -> pipeline.FileListing, for sources that can stream
 
 
+SHOWN = 5  # paths listed in one message before "…"
+
+
+def listing(paths: list, shown: int = SHOWN) -> str:
+    text = ", ".join(str(p) for p in paths[:shown])
+    return text + (f", … ({len(paths)} in all)" if len(paths) > shown else "")
+
+
+def skipped_warning(names: list[str]) -> str:
+    """The warning for pictures left out under data.on_corrupt: skip, read into memory or streamed."""
+    return f"skipped {len(names)} unreadable image(s): {listing(sorted(names))}"
+
+
 def digit_names(k: int) -> list[str]:
     return [str(i) for i in range(k)]
 

@@ -26,13 +26,12 @@ import numpy as np
 
 from cnncli import images
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import DatasetInfo, Source, Splits
+from cnncli.data.base import DatasetInfo, Source, Splits, listing as _listing
 from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError
 from cnncli.images import EXTENSIONS, CorruptImage
 
 TEST_FRACTION = 0.2  # share of each class held out when there is no test folder
-SHOWN = 5  # paths listed in one message before "…"
 
 
 @dataclass
@@ -43,11 +42,6 @@ class Scan:
     class_names: list[str]
     files: dict[str, list[tuple[Path, int]]]  # "train"/"test" -> (path, label), sorted
     warnings: list[str] = field(default_factory=list)
-
-
-def _listing(paths: list, shown: int = SHOWN) -> str:
-    text = ", ".join(str(p) for p in paths[:shown])
-    return text + (f", … ({len(paths)} in all)" if len(paths) > shown else "")
 
 
 def _walk(folder: Path, root: Path, follow: bool, outside: list[Path], seen: set[Path]) -> list[Path]:
@@ -233,11 +227,6 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
     return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=names,
                   unreadable=unreadable)
-
-
-def skipped_warning(names: list[str]) -> str:
-    """The warning for pictures left out under data.on_corrupt: skip, read into memory or streamed."""
-    return f"skipped {len(names)} unreadable image(s): {_listing(sorted(names))}"
 
 
 def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:

@@ -16,7 +16,7 @@ import numpy as np
 from cnncli import images
 from cnncli.images import with_channels as to_channels
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import Dataset, Splits, as_images
+from cnncli.data.base import Dataset, Splits, as_images, skipped_warning
 from cnncli.errors import DataError
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
@@ -128,8 +128,6 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
             out_paths[split] = [splits.paths[source_of[split]][i] for i in index]
     warnings = list(splits.warnings)
     if skipped:
-        from cnncli.data.image_folder import skipped_warning
-
         warnings.append(skipped_warning(skipped))
     return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
                    source=splits.source, warnings=warnings, bboxes=out_boxes or None,

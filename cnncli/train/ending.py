@@ -62,7 +62,7 @@ class RunEnding:
     def _warn_skipped(self) -> None:
         """Streamed splits meet their unreadable files only as they read them: by now every split has been
         read, so they are listed here as resident data lists them when it is loaded (data.on_corrupt: skip)."""
-        from cnncli.data.image_folder import skipped_warning
+        from cnncli.data.base import skipped_warning
         from cnncli.data.splits import skipped
 
         bad = skipped(self.data.x_train, self.data.x_val, self.data.x_test)
