@@ -367,6 +367,30 @@ def make_loss(loss) -> ClassIndexLoss:
     return ClassIndexLoss(loss)
 
 
+def compile_args(loss, metrics: list[str]) -> dict[str, Any]:
+    """`model.compile`'s loss and metrics as Keras's own classes, so that model.keras loads compiled
+    in plain Keras (`keras.saving.load_model`), with nothing of cnncli imported.
+
+    The training step feeds class indices through `ClassIndexLoss`, which Keras cannot rebuild; a
+    Keras user feeds labels in the form the loss class itself takes: class indices for the sparse
+    losses, one-hot vectors for the others (`keras.utils.to_categorical`). The metrics follow.
+    """
+    import keras
+
+    name, args = loss_spec(loss)
+    cls = LOSSES.get(name)
+    one_hot = cls.__name__ not in _INDEX_LOSSES
+    compiled = []
+    for metric in metrics:
+        if one_hot and metric in ("accuracy", "acc"):
+            compiled.append(keras.metrics.CategoricalAccuracy(name="accuracy"))
+        elif one_hot and metric in ("top_5_accuracy", "top5", "top_k_accuracy"):
+            compiled.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top_5_accuracy"))
+        else:
+            compiled.append(make_metric(metric, loss))
+    return {"loss": cls(**args), "metrics": compiled}
+
+
 def make_metric(name: str, loss: Any = None):
     """A metric by name; `accuracy` compares class indices, the form of every label cnncli feeds."""
     import keras

@@ -33,6 +33,7 @@ class Dataset:
     bboxes: Optional[dict[str, np.ndarray]] = None  # shapes only: split -> (N, 4) top, left, bottom, right
     paths: Optional[dict[str, list[str]]] = None  # image_folder only: split -> the file of each example
     cache: Optional[dict] = None  # resident or streamed, and why (residency.choose_cache), for run.json
+    skipped: list[str] = field(default_factory=list)  # resident: files left out as unreadable (on_corrupt: skip)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -65,6 +66,7 @@ class Splits:
     warnings: list[str] = field(default_factory=list)
     bboxes: Optional[dict[str, np.ndarray]] = None  # "train"/"test" -> (N, 4)
     paths: Optional[dict[str, list[str]]] = None  # "train"/"test" -> file of each example (image folders)
+    unreadable: Optional[dict[str, list[int]]] = None  # "train"/"test" -> positions left out (on_corrupt: skip)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,19 @@ class Source:
     describe: Callable[..., DatasetInfo]  # (cfg: DataConfig) -> DatasetInfo, before conversion
     summary: str  # one line for `list_datasets` style listings
     files: Optional[Callable[..., object]] = None  # (cfg) -> pipeline.FileListing, for sources that can stream
+
+
+SHOWN = 5  # paths listed in one message before "…"
+
+
+def listing(paths: list, shown: int = SHOWN) -> str:
+    text = ", ".join(str(p) for p in paths[:shown])
+    return text + (f", … ({len(paths)} in all)" if len(paths) > shown else "")
+
+
+def skipped_warning(names: list[str]) -> str:
+    """The warning for pictures left out under data.on_corrupt: skip, read into memory or streamed."""
+    return f"skipped {len(names)} unreadable image(s): {listing(sorted(names))}"
 
 
 def digit_names(k: int) -> list[str]:

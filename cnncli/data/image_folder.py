@@ -26,13 +26,12 @@ import numpy as np
 
 from cnncli import images
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import DatasetInfo, Source, Splits
+from cnncli.data.base import DatasetInfo, Source, Splits, listing as _listing
 from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError
 from cnncli.images import EXTENSIONS, CorruptImage
 
 TEST_FRACTION = 0.2  # share of each class held out when there is no test folder
-SHOWN = 5  # paths listed in one message before "…"
 
 
 @dataclass
@@ -43,11 +42,6 @@ class Scan:
     class_names: list[str]
     files: dict[str, list[tuple[Path, int]]]  # "train"/"test" -> (path, label), sorted
     warnings: list[str] = field(default_factory=list)
-
-
-def _listing(paths: list, shown: int = SHOWN) -> str:
-    text = ", ".join(str(p) for p in paths[:shown])
-    return text + (f", … ({len(paths)} in all)" if len(paths) > shown else "")
 
 
 def _walk(folder: Path, root: Path, follow: bool, outside: list[Path], seen: set[Path]) -> list[Path]:
@@ -184,28 +178,35 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
     Every picture is read in `mode` and brought to data.image_size, else to
     the first readable picture's size. `dataset: records` decodes through here
     too, so a packed folder gives the arrays the folder gives.
+
+    An unreadable picture keeps its place (zeros, listed in `Splits.unreadable`) until
+    `prepare` has chosen the limit and the validation split: the splits are then those a
+    stream of the same files gets, which leaves the unreadable out only as it meets them.
     """
     size = tuple(cfg.image_size) if cfg.image_size else None
     channels = 3 if mode == "rgb" else 1
     bad: list[tuple[str, str]] = []
     resized = 0
-    arrays, kept = {}, {}
+    arrays, names, unreadable = {}, {}, {}
     for split in ("train", "test"):
-        pictures, labels, kept[split] = [], [], []
+        pictures, labels, names[split], unreadable[split] = [], [], [], []
         for name, label, pixels, reason in _read_each(items[split], mode):
             if pixels is None:
                 bad.append((name, reason))
-                continue
-            if size is None:
-                size = pixels.shape[:2]  # the first readable image sets the size
-            if pixels.shape[:2] != size:
-                pixels = images.resize(pixels, size)  # as read_image(path, mode, size) would
-                resized += 1
+                unreadable[split].append(len(pictures))
+            else:
+                if size is None:
+                    size = pixels.shape[:2]  # the first readable image sets the size
+                if pixels.shape[:2] != size:
+                    pixels = images.resize(pixels, size)  # as read_image(path, mode, size) would
+                    resized += 1
             pictures.append(pixels)
             labels.append(label)
-            kept[split].append(name)
-        shape = (0, *(size or (1, 1)), channels)
-        arrays[split] = (np.stack(pictures) if pictures else np.zeros(shape, np.uint8), np.array(labels, np.int64))
+            names[split].append(name)
+        blank = np.zeros((*(size or (1, 1)), channels), np.uint8)
+        pictures = [blank if p is None else p for p in pictures]
+        arrays[split] = (np.stack(pictures) if pictures else np.zeros((0, *blank.shape), np.uint8),
+                         np.array(labels, np.int64))
     warnings = list(warnings)
     bad.sort()
     if bad and cfg.on_corrupt == "error":
@@ -213,18 +214,19 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
         more = f" (and {len(bad) - 1} more: {_listing([n for n, _ in bad[1:]])})" if len(bad) > 1 else ""
         raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, "
                         "or set data.on_corrupt: skip")
-    if bad:
-        warnings.append(f"skipped {len(bad)} unreadable image(s): {_listing([n for n, _ in bad])}")
     if resized and not cfg.image_size:
         warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
                         "resized; set data.image_size to choose the size")
-    counts = np.bincount(arrays["train"][1], minlength=len(class_names))
+    readable = np.ones(len(arrays["train"][1]), bool)
+    readable[unreadable["train"]] = False
+    counts = np.bincount(arrays["train"][1][readable], minlength=len(class_names))
     lost = [name for name, count in zip(class_names, counts) if count == 0]
     if lost:
         raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=kept)
+    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=names,
+                  unreadable=unreadable)
 
 
 def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:

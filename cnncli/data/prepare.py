@@ -16,7 +16,7 @@ import numpy as np
 from cnncli import images
 from cnncli.images import with_channels as to_channels
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import Dataset, Splits, as_images
+from cnncli.data.base import Dataset, Splits, as_images, skipped_warning
 from cnncli.errors import DataError
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
@@ -150,10 +150,14 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     split_warnings = training_class_warnings(splits.y_train[picks["train"]], splits.y_train,
                                              list(splits.class_names), cfg)
     source_of = {"train": "train", "val": "train", "test": "test"}
-    arrays, out_boxes, out_paths = {}, {}, {}
+    arrays, out_boxes, out_paths, skipped = {}, {}, {}, []
     old = splits.x_train.shape[1:3]
     target = converted_shape(splits.x_train.shape[1:], cfg)
     for split, index in picks.items():
+        if splits.unreadable and splits.unreadable[source_of[split]]:  # chosen, then left out as a stream would
+            bad = np.isin(index, splits.unreadable[source_of[split]])
+            skipped += [splits.paths[source_of[split]][i] for i in index[bad]]
+            index = index[~bad]
         x = getattr(splits, f"x_{source_of[split]}")[index]
         y = getattr(splits, f"y_{source_of[split]}")[index]
         x = convert(x, *target)
@@ -162,6 +166,9 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
             out_boxes[split] = _scale_boxes(boxes[source_of[split]][index], old, target[:2])
         if splits.paths is not None:
             out_paths[split] = [splits.paths[source_of[split]][i] for i in index]
+    warnings = [*splits.warnings, *split_warnings]
+    if skipped:
+        warnings.append(skipped_warning(skipped))
     return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
-                   source=splits.source, warnings=[*splits.warnings, *split_warnings], bboxes=out_boxes or None,
-                   paths=out_paths or None)
+                   source=splits.source, warnings=warnings, bboxes=out_boxes or None,
+                   paths=out_paths or None, skipped=sorted(skipped))

@@ -71,5 +71,14 @@ def skipped(*splits) -> list[str]:
     return sorted(bad)
 
 
+def readable_count(x) -> int:
+    """The examples a split gives: all of an array; a stream's less the files it could not read so far."""
+    if not is_streamed(x):
+        return len(x)
+    files = getattr(x, "files", None)  # a FileSplit's slices share its record of unreadable files
+    bad = x.health.bad
+    return len(x) - (sum(f in bad for f in files) if files is not None else len(bad))
+
+
 def files_opened(x) -> int | None:
     return len(x.health.opened) if is_streamed(x) else None

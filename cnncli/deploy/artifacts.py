@@ -177,7 +177,7 @@ def load_runner(kind: str, path: Path) -> tuple[Callable[[np.ndarray], np.ndarra
 def _keras_runner(path: Path):
     import keras
 
-    import cnncli.model.preprocessing  # noqa: F401  registers the custom layer for loading
+    import cnncli.model.preprocessing  # noqa: F401  registers ImagenetPreprocess, in models saved by older runs
 
     try:
         model = keras.models.load_model(path, compile=False)

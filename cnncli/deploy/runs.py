@@ -39,7 +39,7 @@ class Run:
     def load_model(self):
         import keras
 
-        import cnncli.model.preprocessing  # noqa: F401  registers the custom layer for loading
+        import cnncli.model.preprocessing  # noqa: F401  registers ImagenetPreprocess, in models saved by older runs
 
         path = self.model_path()
         try:

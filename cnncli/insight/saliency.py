@@ -201,7 +201,7 @@ def filter_tiles(model, layer) -> Filters:
     if cin == 3:
         caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in all_layers(model))
         if caffe and layer is conv_layers(model)[0]:
-            kernel = kernel[:, :, ::-1, :]  # caffe preprocessing fed the first conv BGR; show RGB
+            kernel = kernel[:, :, ::-1, :]  # an older run: its first conv took BGR; show RGB
         n = min(cout, MAX_FILTERS)
         tiles = kernel[..., :n].transpose(3, 0, 1, 2)
         return Filters(layer.name, kernel.shape, tiles, math.ceil(math.sqrt(n)), n, 3, "rgb")

@@ -8,8 +8,8 @@ the same rules are stated up front and reported as ConfigErrors at
 
 A `from_run` backbone is the earlier model's own graph, cut after one of its
 top-level layers and wrapped as one nested model named `from_run`. It starts at
-raw pixels, because every cnncli model scales its own input (Rescaling or
-ImagenetPreprocess), so the new model adds no scaling in front of it.
+raw pixels, because every cnncli model scales its own input (a Rescaling layer,
+or ImagenetPreprocess in older runs), so the new model adds no scaling in front of it.
 """
 
 from __future__ import annotations

@@ -266,7 +266,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     """
     import keras
 
-    from cnncli.model.preprocessing import ImagenetPreprocess, backbone_mode
+    from cnncli.model.preprocessing import backbone_mode, input_scaling
 
     if not specs_checked:
         check_model_specs(cfg)
@@ -274,8 +274,9 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
         x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
     elif cfg.model.backbone is not None:
-        x = ImagenetPreprocess(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), name="preprocess")(inputs)
-        x = build_backbone(cfg, input_shape, load_weights)(x)
+        base = build_backbone(cfg, input_shape, load_weights)
+        x = input_scaling(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), base)(inputs)
+        x = base(x)
     else:
         x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     outputs = {"input": x}

@@ -4,6 +4,10 @@ Every model cnncli builds takes raw pixel values (0..255) and scales them
 itself: plain models with `Rescaling(1/255)`, backbones with the scaling their
 ImageNet weights were trained with (keras.applications' `preprocess_input`
 modes). A SavedModel or .tflite therefore needs no separate preprocessing.
+
+The scaling is made of Keras's own layers, so that model.keras loads in plain
+Keras with nothing of cnncli imported. `ImagenetPreprocess`, the layer models
+saved before that used, stays registered so that their runs still load here.
 """
 
 from __future__ import annotations
@@ -27,6 +31,30 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 
 def backbone_mode(name: str) -> str:
     return BACKBONE_MODES.get(name, "none")
+
+
+def input_scaling(mode: str, backbone, name: str = "preprocess") -> keras.layers.Layer:
+    """The `preprocess_input` arithmetic of `mode` as one of Keras's own layers, in front of `backbone`.
+
+    caffe's RGB -> BGR swap is no per-channel scale, so it moves into the backbone instead:
+    the input channels of its first convolution are reversed (conv(flip(x) - mean_bgr, K) equals
+    conv(x - mean_rgb, flip(K))), and the layer subtracts the mean in RGB order.
+    """
+    if mode == "caffe":
+        first = next(layer for layer in _layers(backbone) if isinstance(layer, keras.layers.Conv2D))
+        first.kernel.assign(ops.flip(first.kernel, axis=2))
+        return keras.layers.Rescaling(1.0, offset=[-m for m in reversed(_CAFFE_MEAN_BGR)], name=name)
+    if mode == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
+    if mode == "torch":
+        return keras.layers.Rescaling([1.0 / (255.0 * s) for s in _TORCH_STD],
+                                      offset=[-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD)], name=name)
+    return keras.layers.Identity(name=name)
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield from _layers(layer) if isinstance(layer, keras.Model) else (layer,)
 
 
 @keras.saving.register_keras_serializable(package="cnncli")

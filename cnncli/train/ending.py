@@ -28,14 +28,18 @@ class RunEnding:
 
             best = keras.models.load_model(self.run_dir / "checkpoints" / "best.keras", compile=False)
             self.model.set_weights(best.get_weights())
+        from cnncli.data.splits import predict_split
+
         metrics: dict = {}
         if self.history and any(k.startswith("val_") for k in self.history[-1]):
-            metrics["val"] = {k[4:]: v for k, v in self.history[-1].items() if k.startswith("val_")}
+            # Measured again on the weights model.keras gets: EarlyStopping's restore_best_weights and
+            # checkpoint.save_best_only put back an earlier epoch than history.csv's last row.
+            metrics["val"] = self.score(*predict_split(lambda x: _predict(self.model, x), self.data.x_val,
+                                                       self.data.y_val))
         if len(self.data.x_test):
-            from cnncli.data.splits import predict_split
-
             probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
             metrics["test"] = classification_report(labels, probs, self.data.class_names)
+        self._warn_skipped()
         if self.runtime.is_chief:
             rundir.save_model(self.model, self.run_dir / "model.keras")
             faults.point("model_saved")
@@ -55,16 +59,28 @@ class RunEnding:
             run["profile"] = self.profile.summary
         return TrainResult(self.run_dir, metrics, run)
 
-    def _check_reload(self, metrics: dict) -> None:
-        """--smoke: the saved model.keras must load and predict what the trained model does."""
-        import keras
+    def _warn_skipped(self) -> None:
+        """Streamed splits meet their unreadable files only as they read them: by now every split has been
+        read, so they are listed here as resident data lists them when it is loaded (data.on_corrupt: skip)."""
+        from cnncli.data.base import skipped_warning
+        from cnncli.data.splits import skipped
 
-        import cnncli.model.preprocessing  # noqa: F401  registers the custom layer
+        bad = skipped(self.data.x_train, self.data.x_val, self.data.x_test)
+        if bad and self.runtime.is_chief:
+            self.reporter.warning(skipped_warning(bad))
+
+    def _check_reload(self, metrics: dict) -> None:
+        """--smoke: the saved model.keras must load, with plain Keras's classes only, and predict what the
+        trained model does."""
+        import keras
 
         from cnncli.data.splits import head
 
+        foreign = _foreign_classes(self.run_dir / "model.keras")
+        if foreign:
+            raise CnnError(f"smoke check: model.keras needs classes outside Keras to load: {', '.join(foreign)}")
         x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)
-        reloaded = keras.models.load_model(self.run_dir / "model.keras", compile=False)
+        reloaded = keras.models.load_model(self.run_dir / "model.keras")
         diff = float(np.max(np.abs(_predict(reloaded, x) - _predict(self.model, x))))
         if not diff <= 1e-5:
             raise CnnError(f"smoke check: model.keras reloaded with different predictions (max difference {diff:.3g})")
@@ -80,6 +96,28 @@ class RunEnding:
             with fileio.writing(self.run_dir / "confusion_matrix.png"):
                 plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
                                       self.run_dir / "confusion_matrix.png")
+
+
+def _foreign_classes(path) -> list[str]:
+    """Classes model.keras names (layers, loss, metrics, optimizer) that Keras cannot find by itself: in
+    this process cnncli's own are registered, so loading alone would not tell."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read("config.json"))
+    found, stack = set(), [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            module = node.get("module")
+            if isinstance(module, str) and "class_name" in node and module != "builtins" \
+                    and not (module == "keras" or module.startswith("keras.")):
+                found.add(f"{module}.{node['class_name']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return sorted(found)
 
 
 def _predict(model, x: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from cnncli import __version__, compat, fileio
+from cnncli.data.splits import readable_count
 from cnncli.errors import CnnError
 
 
@@ -30,8 +31,9 @@ class RunRecord:
             "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                          "python": platform.python_version(), "numpy": np.__version__},
             "host": platform.node(), "runtime": self.runtime.as_json(),
-            "data": {"source": self.data.source, "train": len(self.data.x_train), "val": len(self.data.x_val),
-                     "test": len(self.data.x_test), **_stream_record(self.data)},
+            "data": {"source": self.data.source, **{split: readable_count(getattr(self.data, f"x_{split}"))
+                                                     for split in ("train", "val", "test")},
+                     **_stream_record(self.data)},
             "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
             "total_params": int(self.model.count_params()), "trainable_params": trainable,
             "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
@@ -54,14 +56,18 @@ class RunRecord:
 
 
 def _stream_record(data) -> dict:
-    """How the data was fed (resident or streamed, and why), files skipped and read, for run.json."""
+    """How the data was fed (resident or streamed, and why), files skipped and read, for run.json.
+
+    `skipped` is the same list whichever the cache mode: read into memory, the files found unreadable
+    then; streamed, those met so far (all of them once the run has read its test split).
+    """
     from cnncli.data.splits import files_opened, skipped
 
     if not data.cache:
         return {}
     record = {"cache": data.cache}
     splits = (data.x_train, data.x_val, data.x_test)
+    record["skipped"] = sorted(set(data.skipped) | set(skipped(*splits)))
     if data.cache["mode"] != "memory":
-        record["skipped"] = skipped(*splits)
         record["files_opened"] = files_opened(data.x_train)  # this worker's share, under several workers
     return record

@@ -103,6 +103,7 @@ class Session(RunRecord, RunEnding):
         phases = plan_phases(self.cfg)
         start_phase, done_in_phase = 0, 0
         if state is not None:
+            _check_scaling(self.cfg, state, self.run_dir)
             self.history = state["history"]
             self.phase_records = state.get("phases", [])
             self.best = state.get("best", {})
@@ -152,7 +153,7 @@ class Session(RunRecord, RunEnding):
     # === A phase's pieces ===
     def _compile(self, phase, overrides: dict) -> tuple:
         """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model compiled."""
-        from cnncli.config.vocabulary import make_metric, make_optimizer
+        from cnncli.config.vocabulary import compile_args, make_metric, make_optimizer
 
         path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
         with self.strategy.scope():
@@ -166,7 +167,9 @@ class Session(RunRecord, RunEnding):
             optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, self.cfg.train.loss) for m in self.cfg.train.metrics]
-            self.model.compile(optimizer=optimizer, loss=self.loss_fn)  # lets Keras callbacks reach the optimizer
+            # Lets Keras callbacks reach the optimizer, and is what model.keras loads with (the steps use
+            # self.loss_fn, which takes class indices whatever the loss).
+            self.model.compile(optimizer=optimizer, **compile_args(self.cfg.train.loss, self.cfg.train.metrics))
         return optimizer, rate_groups, metrics
 
     def _trainer(self, optimizer, metrics) -> Trainer:
@@ -323,7 +326,8 @@ class Session(RunRecord, RunEnding):
         state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
                  "history": self.history, "phases": self.phase_records, "best": self.best,
                  "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False)),
-                 "config": self.config_text}
+                 "config": self.config_text,
+                 "input_scaling": INPUT_SCALING}
         fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)
@@ -370,6 +374,26 @@ class Session(RunRecord, RunEnding):
                        f"(learning rate {lr:.3g}); training stopped and {last}. "
                        f"Try a lower learning rate, e.g. {lower}: {how}")
 
+
+
+# Which input scaling the checkpoints were trained behind: 2 = Keras's own layers, a caffe-mode backbone's
+# first convolution taking RGB (model/preprocessing.py); before, ImagenetPreprocess fed it BGR.
+INPUT_SCALING = 2
+
+
+def _check_scaling(cfg, state: dict, run_dir: Path) -> None:
+    """A run started before the scaling changed: its caffe-mode backbone learned BGR, which the model
+    built now no longer feeds it, so resuming would silently train and report a different model."""
+    from cnncli.config.vocabulary import BACKBONES
+    from cnncli.model.preprocessing import backbone_mode
+
+    backbone = cfg.model.backbone
+    if state.get("input_scaling", 1) >= INPUT_SCALING or backbone is None or backbone.name is None:
+        return
+    if backbone_mode(BACKBONES.canonical(backbone.name)) == "caffe":
+        raise CnnError(f"`{run_dir}` was started by an older cnncli, whose {backbone.name} took its input in BGR "
+                       "order; this version feeds RGB, so the run cannot be resumed: start it again with "
+                       f"cnn train {run_dir / 'config.yaml'}")
 
 
 def history_columns(cfg) -> list[str]:
