@@ -156,6 +156,22 @@ def _drain(listener: socket.socket) -> None:
         conn.close()
 
 
+def take_back_sigterm() -> None:
+    """Give SIGTERM back to Python once MultiWorkerMirroredStrategy has started.
+
+    TensorFlow's coordination service installs its own SIGTERM handler (tsl's SigtermNotifier, for
+    preemption checkpoints, which cnncli does not use); SIGTERM then does nothing at all and a worker
+    can only be killed. Installed again, Python's handler (train/job.py's _StopSignal) stops the run at
+    the next chunk boundary, resumable, exit 130, as on one machine.
+    """
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)  # what Python last installed; None if not Python's
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def configure_heartbeats(tf, timeout: float) -> None:
     """TensorFlow's coordination service, as MultiWorkerMirroredStrategy would set it up, with our timeouts.
 

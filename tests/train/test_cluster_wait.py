@@ -1,5 +1,6 @@
 """A multi-worker run whose other worker never comes: `cnn train` says whom it waits for, gives up
-after runtime.cluster_timeout with one Error line, and stops on SIGTERM or Ctrl-C while it waits.
+after runtime.cluster_timeout with one Error line, and stops on SIGTERM or Ctrl-C while it waits;
+and once the cluster trains, SIGTERM still stops a worker (TensorFlow takes the signal for itself).
 
 Every run is a subprocess bounded by a timeout (TensorFlow's own wait for the cluster has none), on
 127.0.0.1, with the missing worker's port free: nothing listens there.
@@ -60,13 +61,13 @@ def _tf_config(ports: list[int], index: int = 0) -> str:
                        "task": {"type": "worker", "index": index}})
 
 
-def _start(tmp_path, ports: list[int], *sets: str) -> subprocess.Popen:
+def _start(tmp_path, ports: list[int], *sets: str, index: int = 0, **env) -> subprocess.Popen:
     (tmp_path / "lonely.yaml").write_text(CONFIG)
     args = [sys.executable, "-m", "cnncli", "train", str(tmp_path / "lonely.yaml"), "--output", str(tmp_path / "runs")]
     for s in sets:
         args += ["--set", s]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(TF_CONFIG=_tf_config(ports)), cwd=ROOT)
+                            env=_env(TF_CONFIG=_tf_config(ports, index), **env), cwd=ROOT)
 
 
 def test_gives_up_after_cluster_timeout_naming_the_missing_worker(tmp_path):
@@ -117,3 +118,22 @@ def test_the_wait_ends_when_every_peer_listens(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", _tf_config([own, peer]))
     with socket.create_server(("127.0.0.1", peer)):  # the other worker is up
         cluster.wait_for_cluster(5)  # returns at once, without a message or an error
+
+
+def test_sigterm_stops_a_worker_of_a_training_cluster(tmp_path):
+    """TensorFlow's coordination service takes SIGTERM for its preemption notices, after which the signal did
+    nothing; now worker 0 stops resumable (exit 130) and worker 1 says it lost worker 0."""
+    ports = free_ports(2)
+    procs = [_start(tmp_path, ports, "train.epochs=3", index=0, CNNCLI_FAULT="history_written:term"),
+             _start(tmp_path, ports, "train.epochs=3", index=1)]
+    try:
+        results = [proc.communicate(timeout=2 * TIMEOUT) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    (_, err0), (_, err1) = results
+    assert procs[0].returncode == 130, err0[-2000:]
+    assert "Error: stopped; the run is resumable from its last completed epoch: cnn train --resume " in err0
+    assert procs[1].returncode == 1, err1[-2000:]
+    assert "Error: lost worker 0 (" in err1
