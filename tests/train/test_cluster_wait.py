@@ -18,10 +18,10 @@ import sys
 import threading
 
 import pytest
+from helpers import ROOT
 
 from cnncli.errors import CnnError
 from cnncli.train import cluster
-from helpers import ROOT
 
 TIMEOUT = 120  # seconds per run: a hang fails the test instead of the suite
 
