@@ -8,6 +8,7 @@ Everything below the CLI raises a `CnnError` subclass for mistakes in input
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 
 
@@ -112,10 +113,35 @@ def describe(value) -> str:
 
 
 def closest(name: str, choices, n: int = 1) -> list[str]:
-    """The valid names nearest to a mistyped one, case-insensitively."""
-    lowered = {str(c).lower(): str(c) for c in choices}
-    hits = difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)
-    return [lowered[h] for h in hits]
+    """The valid names nearest to a mistyped one, case-insensitively. A name of several words first looks
+    for the names that hold all of them, in any order and each nearly spelled: `crossentropy_sparse`
+    finds `sparse_categorical_crossentropy`, not the closer string `binary_crossentropy`."""
+    typed, words, snake = str(name).lower(), _words(name), _is_snake(name)
+    found = []
+    # Ties go to the name written as the typed one is (snake_case or CamelCase), then, as difflib's
+    # get_close_matches does, to the last in alphabetical order (DepthwiseConv2D before DepthwiseConv1D).
+    for choice in sorted({str(c) for c in choices}, key=str.lower, reverse=True):
+        score = difflib.SequenceMatcher(None, typed, choice.lower()).ratio()
+        holds_all = len(words) > 1 and all(_has_word(_words(choice), w) for w in words)
+        if holds_all:  # sparse_categorical_crossentropy and SparseCategoricalCrossentropy, say: the words decide
+            score = difflib.SequenceMatcher(None, "".join(sorted(words)), "".join(sorted(_words(choice)))).ratio()
+        if holds_all or score >= 0.6:  # difflib.get_close_matches's cutoff
+            found.append((not holds_all, -score, _is_snake(choice) != snake, choice))
+    found.sort(key=lambda row: row[:3])  # stable: equal rows keep the reverse alphabetical order
+    return [choice for *_, choice in found[:n]]
+
+
+def _is_snake(name) -> bool:
+    return "_" in str(name) or str(name).islower()
+
+
+def _words(name) -> set[str]:
+    """`SparseCategoricalCrossentropy`, `sparse_categorical_crossentropy` -> {sparse, categorical, crossentropy}."""
+    return {w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", str(name))}
+
+
+def _has_word(words: set[str], word: str) -> bool:
+    return any(difflib.SequenceMatcher(None, word, w).ratio() >= 0.8 for w in words)
 
 
 def did_you_mean(name: str, choices) -> str:

@@ -148,7 +148,7 @@ def test_a_loss_that_compares_vectors_gets_one_hot_labels():
     ("train.optimizer.learning_rate=fast", "train.optimizer.learning_rate: expected a number, got 'fast'"),
     ("train.optimizer={type: SGD, nesterov: maybe}", "train.optimizer.nesterov: expected true or false, got 'maybe'"),
     ("train.optimizer={type: Adam, learning_rate: -0.1}",
-     "train.optimizer.learning_rate: must be greater than 0, got -0.1"),
+     "train.optimizer.learning_rate: must be at least 0, got -0.1"),
     ("model.layers[0].filters='32'", "model.layers[0].filters: expected an integer, got '32'"),
     ("model.layers[0].kernel_size=[3, x]", "model.layers[0].kernel_size: expected an integer or a list of integers"),
     ("model.layers[0].use_bias=1", "model.layers[0].use_bias: expected true or false, got 1"),

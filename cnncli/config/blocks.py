@@ -70,6 +70,7 @@ class _Scope:
     group: tuple | None = None
     depth: int = 0
     names: dict = field(default_factory=dict)  # local name -> _Layer (or "input")
+    unset: dict = field(default_factory=dict)  # a parameter without default the use left out -> its complaint
 
 
 class _Expander:
@@ -79,6 +80,7 @@ class _Expander:
         self.out: list[_Layer] = []
         self.problems: list[Problem] = []
         self.uses: dict[str, int] = {}
+        self.told: set = set()  # (use path, parameter): a missing parameter is reported once, not per copy
 
     # ------------------------------------------------------------ helpers
 
@@ -103,6 +105,7 @@ class _Expander:
 
     def expand_list(self, items: list, scope: _Scope) -> Any:
         """Expand one list of layer items; return its output (a _Layer or "input")."""
+        written = items
         items = [(i, _substitute(item, scope.params, self, scope.source + (i,), scope.via))
                  for i, item in enumerate(items)]
         kept = []
@@ -111,7 +114,9 @@ class _Expander:
                 self.problem("a layer is a mapping with a `type`", scope.source + (i,), scope.via)
                 continue
             when = item.pop("when", True)
-            if not isinstance(when, bool):
+            # A parameter the use left out is needed only by a layer that stays (or by a `when:` itself).
+            unset = self.require(scope, _param_names(written[i] if when is not False else written[i].get("when")))
+            if not isinstance(when, bool) and not unset & _param_names(written[i].get("when")):
                 self.problem(f"`when` must be true or false, got {when!r}", scope.source + (i, "when"), scope.via)
             kept.append((i, item, when is not False))
         side = _side_branches([(i, item) for i, item, _ in kept])
@@ -164,6 +169,16 @@ class _Expander:
         self.problem(f"`{ref}` is not a layer named earlier{did_you_mean(ref, known)}", path, scope.via)
         return scope.input
 
+    def require(self, scope: _Scope, names: set) -> set:
+        """Report the parameters among `names` that the use left out; return them."""
+        unset = names & set(scope.unset)
+        for name in sorted(unset):
+            message, path, via = scope.unset[name]
+            if (path, name) not in self.told:
+                self.told.add((path, name))
+                self.problem(message, path, via)
+        return unset
+
     def plain_layer(self, item: dict, refs: list, scope: _Scope, path: KeyPath) -> _Layer:
         if len(self.out) >= MAX_LAYERS:  # stop now: nested repeats multiply
             raise ConfigError([Problem(f"the blocks expand to more than {MAX_LAYERS:,} layers; check `repeat`",
@@ -206,9 +221,10 @@ class _Expander:
                 valid = ", ".join(params) or "none"
                 self.problem(f"block `{block_name}` has no parameter `{key}`{did_you_mean(key, params)}; "
                              f"its parameters: {valid}", path + (key,), scope.via)
-        missing = [k for k, default in params.items() if default is None and k not in args]
-        for key in missing:
-            self.problem(f"block `{block_name}` needs `{key}` (its parameter has no default)", path, scope.via)
+        # Needed only where a layer that stays uses it: the first inverted block of MobileNetV2 has no
+        # expansion layer (`when: false`), so it needs no expansion factor.
+        unset = {k: (f"block `{block_name}` needs `{k}` (its parameter has no default)", path, scope.via)
+                 for k, default in params.items() if default is None and k not in args}
         repeat = item.get("repeat", None)
         if repeat is not None and (not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1):
             self.problem(f"`repeat` must be a whole number ≥ 1, got {repeat!r}", path + ("repeat",), scope.via)
@@ -239,7 +255,8 @@ class _Expander:
             if scope.via:
                 via += f", {scope.via}"
             prefix = f"{scope.prefix}{use}_{copy}_" if repeat is not None else f"{scope.prefix}{use}_"
-            inner = _Scope(block_path + ("layers",), prefix, copy_params, current, via, group, scope.depth + 1)
+            inner = _Scope(block_path + ("layers",), prefix, copy_params, current, via, group, scope.depth + 1,
+                           unset=unset)
             current = self.expand_list(block["layers"], inner)
             if repeat is not None:
                 scope.names[f"{use}_{copy}"] = current
@@ -310,6 +327,15 @@ def _substitute(value: Any, params: dict, expander: _Expander, path: KeyPath, vi
     if whole:
         return params[whole.group(1) or whole.group(2)]
     return _PARAM.sub(lambda m: str(params[m.group(1) or m.group(2)]), value)
+
+
+def _param_names(value: Any) -> set[str]:
+    """The parameters a layer item (as written in its block) refers to, `${name}` or `$name`."""
+    if isinstance(value, dict):
+        return {n for v in value.values() for n in _param_names(v)}
+    if isinstance(value, list):
+        return {n for v in value for n in _param_names(v)}
+    return {a or b for a, b in _PARAM.findall(value)} if isinstance(value, str) else set()
 
 
 def _side_branches(items: list[tuple[int, dict]]) -> set[int]:

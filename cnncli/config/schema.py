@@ -246,6 +246,7 @@ class RuntimeConfig(Strict):
     intra_op_threads: Optional[int] = Field(None, ge=0)
     inter_op_threads: Optional[int] = Field(None, ge=0)
     collective_timeout: float = Field(30.0, gt=0)  # multi_worker: seconds without a heartbeat before a peer is lost
+    cluster_timeout: float = Field(300.0, gt=0)  # multi_worker: seconds to wait at the start for the other workers
 
 
 class Distribution(Strict):

@@ -116,9 +116,14 @@ _INT_ARGS = {"filters", "units", "groups", "depth_multiplier", "num_heads", "key
              "input_dim", "decay_steps", "first_decay_steps", "patience", "cooldown", "height", "width",
              "gradient_accumulation_steps", "ema_overwrite_frequency", "warmup_steps"}
 _INTS_ARGS = {"kernel_size", "strides", "pool_size", "dilation_rate", "size"}  # an integer or a list of them
+# Sizes, counts and steps: Keras refuses 0 (most when the layer is made, strides and sides at its first call).
 _POSITIVE_ARGS = _INTS_ARGS | {"filters", "units", "groups", "depth_multiplier", "num_heads", "key_dim", "value_dim",
                                 "output_dim", "input_dim", "decay_steps", "first_decay_steps", "height", "width",
-                                "gradient_accumulation_steps", "learning_rate", "initial_learning_rate", "epsilon"}
+                                "gradient_accumulation_steps"}
+# Keras takes 0 here: a schedule warming up from 0 (CosineDecay's own example: initial_learning_rate 0,
+# warmup_target 0.003), a rate of 0 that holds weights still, an epsilon of 0.
+# A negative value is never meant (a negative rate climbs the loss).
+_NON_NEGATIVE_ARGS = {"learning_rate", "initial_learning_rate", "epsilon"}
 _NUMBER_ARGS = {"rate", "learning_rate", "initial_learning_rate", "decay_rate", "momentum", "epsilon", "alpha",
                 "beta_1", "beta_2", "rho", "min_lr", "min_delta", "l1", "l2", "stddev", "weight_decay",
                 "clipnorm", "clipvalue", "global_clipnorm", "negative_slope", "max_value", "end_learning_rate",
@@ -163,6 +168,8 @@ def _value_problems(key: str, value: Any, default: Any, path: str) -> list[Probl
     numbers = value if isinstance(value, list) else [value]
     if key in _POSITIVE_ARGS and any(v <= 0 for v in numbers):
         return [Problem(f"must be greater than 0, {got}", path)]
+    if key in _NON_NEGATIVE_ARGS and value < 0:
+        return [Problem(f"must be at least 0, {got}", path)]
     if key in _FRACTION_ARGS and not 0 <= value < 1:
         return [Problem(f"must be at least 0 and below 1, {got}", path)]
     return []

@@ -3,9 +3,13 @@ the other workers, and a lost worker turned into one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import sys
+import time
 from dataclasses import dataclass
 
 from cnncli.config.schema import RuntimeConfig
@@ -34,6 +38,13 @@ SINGLE = ClusterRole("worker", 0, 1, True)
 def cluster_role(raw: str | None) -> ClusterRole:
     """Parse TF_CONFIG. The chief is the `chief` task, or worker 0 when the cluster names no chief
     (TensorFlow's own rule, as in MultiWorkerMirroredStrategy's checkpointing guide)."""
+    task_type, index, members = _read_tf_config(raw)
+    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not members["chief"])
+    return ClusterRole(task_type, index, len(members["chief"]) + len(members["worker"]), is_chief)
+
+
+def _read_tf_config(raw: str | None) -> tuple[str, int, dict[str, list[str]]]:
+    """This task's type and index, and the addresses of the tasks that train, by type."""
     if not raw:
         raise CnnError("runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
                        "see README, 'Scaling out', for the cluster and task it must name")
@@ -54,13 +65,111 @@ def cluster_role(raw: str | None) -> ClusterRole:
                        f"`{task_type}` address(es)")
     if len(members["chief"]) > 1:
         raise CnnError("TF_CONFIG lists more than one `chief`; name one, or none (then worker 0 is the chief)")
-    is_chief = task_type == "chief" or (task_type == "worker" and index == 0 and not members["chief"])
-    return ClusterRole(task_type, index, len(members["chief"]) + len(members["worker"]), is_chief)
+    return task_type, index, members
 
 
 def process_role(cfg: RuntimeConfig) -> ClusterRole:
     """Whether this process writes the run directory; knowable before TensorFlow starts."""
     return cluster_role(os.environ.get("TF_CONFIG")) if cfg.distribute == "multi_worker" else SINGLE
+
+
+_PROBE_EVERY = 0.25  # seconds between two rounds of connection attempts; signals are handled in between
+_CONNECT_TIMEOUT = 1.0  # seconds one connection attempt may take (an address that drops packets)
+
+
+def wait_for_cluster(timeout: float) -> None:
+    """Wait, in Python, until every other task of TF_CONFIG's cluster accepts connections at its address.
+
+    TensorFlow waits for the cluster in C++ (enable_collective_ops), where it prints nothing, has no
+    deadline and never returns to Python, so SIGTERM and Ctrl-C are ignored until every task has come.
+    Here the wait is a loop of plain connection attempts: it names whom it waits for, gives up after
+    runtime.cluster_timeout, and stops on a signal between two attempts. Meanwhile this task listens at
+    its own port, so that the others' loops see it before TensorFlow's server starts there.
+    """
+    task_type, index, members = _read_tf_config(os.environ.get("TF_CONFIG"))
+    peers = [(f"{job} {i}", address) for job in ("chief", "worker") for i, address in enumerate(members[job])
+             if (job, i) != (task_type, index)]
+    for name, address in peers:
+        _host_port(name, address)  # a malformed address fails before any wait
+    with _listening(f"{task_type} {index}", members[task_type][index]) as listener:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            peers = [(name, address) for name, address in peers if not _answers(address)]
+            if not peers:
+                return
+            missing = ", ".join(f"{name} at {address}" for name, address in peers)
+            if time.monotonic() >= deadline:
+                raise CnnError(f"{missing} did not answer within {timeout:g} s (runtime.cluster_timeout); start "
+                               "`cnn train` there with the same config and its own TF_CONFIG task, or correct "
+                               "TF_CONFIG's cluster addresses")
+            if not told:
+                print(f"waiting for {missing} (up to {timeout:g} s, runtime.cluster_timeout)",
+                      file=sys.stderr, flush=True)
+                told = True
+            _drain(listener)
+            time.sleep(_PROBE_EVERY)
+
+
+def _host_port(name: str, address: str) -> tuple[str, int]:
+    host, _, port = str(address).rpartition(":")
+    if not host or not port.isdigit():
+        raise CnnError(f"TF_CONFIG's address of {name}, `{address}`, is not host:port")
+    return host.strip("[]"), int(port)  # [::1]:2222 is an IPv6 host
+
+
+def _answers(address: str) -> bool:
+    try:
+        with socket.create_connection(_host_port("", address), timeout=_CONNECT_TIMEOUT):
+            return True
+    except OSError:  # refused, unreachable, unknown host, timed out: not there yet
+        return False
+
+
+@contextlib.contextmanager
+def _listening(name: str, address: str):
+    """A listening socket at this task's port (every interface, as TensorFlow's server binds), closed before
+    TensorFlow starts its own server there."""
+    _, port = _host_port(name, address)
+    try:
+        if socket.has_dualstack_ipv6():
+            listener = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            listener = socket.create_server(("", port))
+    except OSError as exc:
+        raise CnnError(f"this task ({name}) cannot listen at {address}, its address in TF_CONFIG "
+                       f"({exc.strerror or exc}); another process holds port {port}?") from None
+    listener.setblocking(False)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def _drain(listener: socket.socket) -> None:
+    """Close the connections the other tasks' probes made, so the accept queue never fills."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # nothing waiting (BlockingIOError), or any other failure: nothing to close
+            return
+        conn.close()
+
+
+def take_back_sigterm() -> None:
+    """Give SIGTERM back to Python once MultiWorkerMirroredStrategy has started.
+
+    TensorFlow's coordination service installs its own SIGTERM handler (tsl's SigtermNotifier, for
+    preemption checkpoints, which cnncli does not use); SIGTERM then does nothing at all and a worker
+    can only be killed. Installed again, Python's handler (train/job.py's _StopSignal) stops the run at
+    the next chunk boundary, resumable, exit 130, as on one machine.
+    """
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)  # what Python last installed; None if not Python's
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def configure_heartbeats(tf, timeout: float) -> None:

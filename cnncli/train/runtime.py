@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.train.cluster import configure_heartbeats, quiet_native_errors, cluster_role
+from cnncli.train.cluster import (cluster_role, configure_heartbeats, quiet_native_errors, take_back_sigterm,
+                                  wait_for_cluster)
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu
 
 
@@ -148,10 +149,12 @@ def _strategy(tf, cfg: RuntimeConfig, gpus, tpu_name):
         return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops), True, 0, 1
     if cfg.distribute == "multi_worker":
         role = cluster_role(os.environ.get("TF_CONFIG"))
+        wait_for_cluster(cfg.cluster_timeout)  # before TensorFlow's own wait, which no signal interrupts
         quiet_native_errors()
         configure_heartbeats(tf, cfg.collective_timeout)
         # Reads TF_CONFIG itself; all-reduce over gRPC between hosts (NCCL within a host's GPUs).
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        take_back_sigterm()
         return strategy, role.is_chief, role.index, role.num_workers
     # TPU: wired through the same loop; not exercised on this project's CI machines.
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_name or "")
