@@ -33,6 +33,22 @@ def check_model_specs(cfg: Config) -> None:
     _raise_with_lines(cfg, problems)
 
 
+def check_layer_args(cfg: Config) -> None:
+    """The layers' names and arguments checked without starting TensorFlow, for `cnn train` to run
+    before anything reads them (the step-cost estimate that sets the thread pools).
+
+    On a problem it raises what `check_model` (and so `cnn validate`) raises: every problem of
+    the file at once; that starts TensorFlow, which no longer matters as the run ends there.
+    """
+    problems = check_layer_specs(cfg.model.layers, "model.layers")
+    problems += check_layer_specs(cfg.data.augment, "data.augment")
+    if cfg.model.backbone is not None:
+        problems += _backbone_problems(cfg.model.backbone)
+    if problems:
+        check_model(cfg)
+        raise cfg.locate(problems)  # check_model raises these itself; kept so that no path goes on
+
+
 def _backbone_problems(spec) -> list[Problem]:
     if spec.name is None:  # from_run: checked when the earlier model is read (cnncli.model.backbones)
         return []

@@ -122,6 +122,11 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     # The run's precision is Keras's global dtype policy while it builds its model; a caller that goes on
     # in this process (a sweep, a test, a notebook) gets its own policy back, however the run ends.
     held.callback(keras.config.set_dtype_policy, keras.config.dtype_policy())
+    from cnncli.model.builder import check_layer_args
+
+    # The step-cost estimate below reads the layers' arguments: they are checked first, so a value of the
+    # wrong kind gets the line `cnn validate` gives it rather than a traceback from the estimate.
+    check_layer_args(cfg)
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small_model(cfg), step_macs(cfg))
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
