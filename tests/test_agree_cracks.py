@@ -68,6 +68,83 @@ def no_run_dirs(tmp_path: Path) -> bool:
     return not list((tmp_path / "runs").glob("*/*")) if (tmp_path / "runs").exists() else True
 
 
+# ---------------------------------------------------------------- output activation and loss
+
+DENSE = "    - {type: Dense, units: 3}\n"  # line 11: no activation, so logits
+SOFTMAX = "    - {type: Dense, units: 3, activation: softmax}\n"
+SIGMOID = "    - {type: Dense, units: 3, activation: sigmoid}\n"
+LOGITS_LOSS = "  loss: {type: SparseCategoricalCrossentropy, from_logits: true}\n"  # line 15
+
+DISAGREE = {
+    "logits into a plain loss name": (
+        DENSE, "",
+        ":11: model.layers[2]: sparse_categorical_crossentropy reads the model's output as probabilities "
+        "(from_logits: false), but the last layer `dense` outputs logits (no activation), so training stalls near "
+        "chance; add `activation: softmax` to that layer, or write the loss as "
+        "{type: SparseCategoricalCrossentropy, from_logits: true}\n"),
+    "logits into from_logits false": (
+        DENSE, "  loss: {type: CategoricalCrossentropy, from_logits: false}\n",
+        ":15: train.loss.from_logits: CategoricalCrossentropy reads the model's output as probabilities "
+        "(from_logits: false), but the last layer `dense` (model.layers[2], line 11) outputs logits"),
+    "softmax into from_logits true": (
+        SOFTMAX, LOGITS_LOSS,
+        ":15: train.loss.from_logits: SparseCategoricalCrossentropy with from_logits: true applies softmax to the "
+        "model's output itself, but the last layer `dense` (model.layers[2], line 11) already applies `softmax`, "
+        "so the output is squashed twice"),
+    "a Softmax layer after Dense into from_logits true": (
+        DENSE + "    - {type: Softmax}\n", LOGITS_LOSS,
+        ":16: train.loss.from_logits: SparseCategoricalCrossentropy with from_logits: true applies softmax to the "
+        "model's output itself, but the last layer `softmax` (model.layers[3], line 12) already applies `softmax`"),
+    "sigmoid into a categorical loss": (
+        SIGMOID, "  loss: categorical_crossentropy\n",
+        ":15: train.loss: categorical_crossentropy reads the model's output as one probability distribution over "
+        "the 3 classes, but the last layer `dense` (model.layers[2], line 11) applies `sigmoid`"),
+    "logits into a binary loss": (
+        DENSE, "  loss: binary_crossentropy\n",
+        ":15: train.loss: binary_crossentropy reads the model's output as probabilities (from_logits: false), but "
+        "the last layer `dense` (model.layers[2], line 11) outputs logits (no activation), so training stalls near "
+        "chance; add `activation: sigmoid` to that layer"),
+}
+
+
+@pytest.mark.parametrize("case", list(DISAGREE))
+def test_validate_refuses_an_output_activation_the_loss_disagrees_with(tmp_path, case):
+    last, loss, expected = DISAGREE[case]
+    path = config(tmp_path, last, loss)
+    assert error_of(cli("validate", path)).startswith(f"Error: {path}{expected}")
+
+
+@pytest.mark.parametrize("last, loss", [
+    (DENSE, LOGITS_LOSS),  # logits, and a loss told so
+    (DENSE + "    - {type: Activation, activation: softmax}\n    - {type: Dropout, rate: 0.1}\n", ""),
+    (SIGMOID, "  loss: binary_crossentropy\n"),  # one-vs-rest on one-hot labels
+    (SOFTMAX, "  loss: mse\n"),  # no from_logits to disagree with
+])
+def test_validate_accepts_an_output_the_loss_reads_as_it_is(tmp_path, last, loss):
+    result = cli("validate", config(tmp_path, last, loss))
+    assert result.exit_code == 0, result.output
+
+
+def test_train_refuses_logits_into_a_probability_loss_before_any_run_directory(tmp_path):
+    path = config(tmp_path, DENSE)
+    assert error_of(train(tmp_path, path)) == f"Error: {path}{DISAGREE['logits into a plain loss name'][2]}"
+    assert no_run_dirs(tmp_path)
+
+
+def test_summary_warns_that_train_would_refuse_the_disagreement(tmp_path):
+    result = cli("summary", config(tmp_path, SOFTMAX, LOGITS_LOSS), "--json")
+    assert result.exit_code == 0, result.output
+    [warning] = json.loads(result.stdout)["warnings"]
+    assert warning.startswith("train.loss.from_logits: SparseCategoricalCrossentropy with from_logits: true")
+    assert warning.endswith("`cnn train` would refuse it")
+
+
+def test_units_other_than_the_classes_are_refused_already(tmp_path):
+    path = config(tmp_path, "    - {type: Dense, units: 4, activation: softmax}\n")
+    assert error_of(cli("validate", path)).startswith(
+        f"Error: {path}:11: model.layers[2].units: the model outputs 4 values but shapes has 3 classes")
+
+
 # ---------------------------------------------------------------- nothing reads a value before it is checked
 
 @pytest.mark.parametrize("command", ["validate", "train"])
