@@ -110,6 +110,12 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
             if classifier:  # validate: train would refuse it
                 raise
             warnings.append(exc.problems[0].message)
+    from cnncli.train.augment import augmentation_problems
+
+    problems = augmentation_problems(cfg, plan.shape)
+    if problems and classifier:  # validate: train would refuse it
+        raise cfg.locate(problems)
+    warnings += [f"{p.path}: {p.message}; `cnn train` would refuse it" for p in problems]
     shown = ", ".join(map(str, path)) if isinstance(path, list) else str(path)
     return SummaryResult(shown, plan.shape, summary, warnings, phases, cfg._groups)
 

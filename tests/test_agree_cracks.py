@@ -145,6 +145,60 @@ def test_units_other_than_the_classes_are_refused_already(tmp_path):
         f"Error: {path}:11: model.layers[2].units: the model outputs 4 values but shapes has 3 classes")
 
 
+# ---------------------------------------------------------------- augmentation under every precision
+
+def test_cutmix_trains_under_mixed_bfloat16(tmp_path):
+    path = config(tmp_path, augment="  augment: [{type: CutMix}]\n", runtime="runtime: {precision: mixed_bfloat16}\n")
+    assert cli("validate", path).exit_code == 0
+    result = train(tmp_path, path)
+    assert result.exit_code == 0, result.output
+
+
+def test_every_augmentation_layer_runs_under_every_precision_auto_may_choose():
+    """The layers run in float32 before the model: the policy a run gets does not reach them."""
+    from cnncli.config.loading import config_from_dict
+    from cnncli.config.vocabulary import list_augmentations
+    from cnncli.train.augment import AUTO_PRECISIONS, augmentation_problems
+
+    needs = {"factor": 0.2, "height_factor": 0.1, "width_factor": 0.1, "height": 8, "width": 8, "max_number": 1}
+    own = {"RandomPosterization": {"factor": [1, 8]}}  # bits kept: an integer range
+    names = list_augmentations()
+    assert {"CutMix", "MixUp", "RandomFlip", "Equalization", "RandAugment"} <= set(names)
+    specs = [{"type": name, **own.get(name, {k: v for k, v in needs.items() if k in required_args(name)})}
+             for name in names]
+    for spec in specs:
+        cfg = config_from_dict({"model": {"input_shape": [8, 8, 3], "layers": [{"type": "Flatten"}]},
+                                "data": {"augment": [spec]}})
+        for precision in AUTO_PRECISIONS:
+            assert augmentation_problems(cfg, (8, 8, 3), (precision,)) == [], (spec, precision)
+    assert keras.config.dtype_policy().name == "float32"  # the trial leaves the global policy as it was
+
+
+@pytest.mark.parametrize("augment, expected", [
+    ("{type: RandomHue, factor: 0.2}",
+     ":7: data.augment[0]: RandomHue cannot run on 8×8×1 images: input must have 3 channels but input only has "
+     "1 channels; `data.color_mode: rgb` gives the images 3 channels\n"),
+    ("{type: RandomCrop, height: 6, width: 6}",
+     ":7: data.augment[0]: RandomCrop turns the 8×8×1 training images into 6×6×1, but the model takes 8×8×1"),
+])
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_an_augmentation_that_cannot_run_on_these_images_is_refused_by_validate_and_train(
+        tmp_path, command, augment, expected):
+    path = config(tmp_path, augment=f"  augment: [{augment}]\n")
+    result = cli("validate", path) if command == "validate" else train(tmp_path, path)
+    assert error_of(result).startswith(f"Error: {path}{expected}")
+    assert no_run_dirs(tmp_path)
+
+
+def required_args(name: str) -> list[str]:
+    import inspect
+
+    from cnncli.config.vocabulary import LAYERS
+
+    return [p.name for p in inspect.signature(LAYERS.get(name).__init__).parameters.values()
+            if p.default is p.empty and p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 # ---------------------------------------------------------------- nothing reads a value before it is checked
 
 @pytest.mark.parametrize("command", ["validate", "train"])

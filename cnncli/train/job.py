@@ -142,6 +142,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
         # before the seed: the trial build draws initial weights.)
         check_model(cfg)
+        from cnncli.train.augment import check_augmentation
+
+        check_augmentation(cfg, runtime.precision)
         if runtime.is_chief:
             rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import tensorflow as tf
