@@ -99,10 +99,11 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
         except ConfigError as exc:
             warnings.append(f"{exc.problems[0].message}; `cnn train` would refuse it")
         if len(model.outputs[0].shape) == 2 and not _loss_has_problems(cfg):
+            from cnncli.model.builder import layer_names
             from cnncli.model.output_loss import loss_output_problems
 
             warnings += [f"{p.path}: {p.message}; `cnn train` would refuse it"
-                         for p in loss_output_problems(cfg, model)]
+                         for p in loss_output_problems(cfg, model, layer_names(cfg.model.layers))]
     if plan.num_classes is not None and len(model.outputs[0].shape) == 2:
         try:
             check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)

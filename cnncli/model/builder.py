@@ -376,7 +376,7 @@ def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = Tr
         if classifier and check_loss and not any(p.path.startswith("train.loss") for p in problems):
             from cnncli.model.output_loss import loss_output_problems
 
-            problems += loss_output_problems(cfg, model)
+            problems += loss_output_problems(cfg, model, layer_names(cfg.model.layers))
     _raise_with_lines(cfg, sorted(problems, key=lambda p: p.line or 0))
     return model
 

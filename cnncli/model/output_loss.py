@@ -30,8 +30,11 @@ _LOGITS = {"linear", "log_softmax"}  # activations whose outputs are logits (sof
 _PROBABILITIES = {"softmax", "sigmoid", "hard_sigmoid"}
 
 
-def loss_output_problems(cfg: Config, model) -> list[Problem]:
-    """The disagreement between `train.loss`'s `from_logits` and the model's last activation, if any."""
+def loss_output_problems(cfg: Config, model, names: list[str]) -> list[Problem]:
+    """The disagreement between `train.loss`'s `from_logits` and the model's last activation, if any.
+
+    `names`: the names of `model.layers` in the model (cnncli.model.builder.layer_names).
+    """
     from cnncli.config.vocabulary import LOSSES, loss_spec
 
     name, args = loss_spec(cfg.train.loss)
@@ -40,7 +43,7 @@ def loss_output_problems(cfg: Config, model) -> list[Problem]:
     if "from_logits" not in params:
         return []  # mse, hinge, ...: no flag to disagree with
     from_logits = bool(args.get("from_logits", params["from_logits"].default))
-    found = _last_activation(cfg, model)
+    found = _last_activation(cfg, model, names)
     if found is None:
         return []  # a layer whose outputs cnncli cannot tell (a normalization, a merge): no claim
     activation, what, path = found
@@ -76,17 +79,14 @@ def loss_output_problems(cfg: Config, model) -> list[Problem]:
     return [Problem(message, where)]
 
 
-def _last_activation(cfg: Config, model) -> tuple[str, str, str] | None:
+def _last_activation(cfg: Config, model, names: list[str]) -> tuple[str, str, str] | None:
     """(activation name, "the last layer `x` (model.layers[i], line n)", its key path) of the model's output.
 
     None when the output's last activation cannot be told from the layers.
     """
     import keras
 
-    from cnncli.model.builder import layer_names
-
     specs = cfg.model.layers
-    names = layer_names(specs)
     i = len(specs) - 1
     while i >= 0 and _same_values(specs[i].type):
         inputs = specs[i].inputs
