@@ -185,6 +185,12 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+def is_image_augmentation(cls: type) -> bool:
+    """Whether a keras.layers class is one of Keras's image preprocessing and augmentation layers
+    (RandomFlip ... CutMix, MixUp, RandAugment): they live together in keras.src.layers.preprocessing."""
+    return ".image_preprocessing." in getattr(cls, "__module__", "")
+
+
 def file_utils():
     """keras.src.utils.file_utils (whose get_file keras.applications calls), or None."""
     if not usable("weights_hint"):

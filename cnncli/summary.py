@@ -98,6 +98,12 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
             check_output(cfg, model.outputs[0], model.layers[-1].name if cfg.model.layers else None)
         except ConfigError as exc:
             warnings.append(f"{exc.problems[0].message}; `cnn train` would refuse it")
+        if len(model.outputs[0].shape) == 2 and not _loss_has_problems(cfg):
+            from cnncli.model.builder import layer_names
+            from cnncli.model.output_loss import loss_output_problems
+
+            warnings += [f"{p.path}: {p.message}; `cnn train` would refuse it"
+                         for p in loss_output_problems(cfg, model, layer_names(cfg.model.layers))]
     if plan.num_classes is not None and len(model.outputs[0].shape) == 2:
         try:
             check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
@@ -105,8 +111,20 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
             if classifier:  # validate: train would refuse it
                 raise
             warnings.append(exc.problems[0].message)
+    from cnncli.train.augment import augmentation_problems
+
+    problems = augmentation_problems(cfg, plan.shape)
+    if problems and classifier:  # validate: train would refuse it
+        raise cfg.locate(problems)
+    warnings += [f"{p.path}: {p.message}; `cnn train` would refuse it" for p in problems]
     shown = ", ".join(map(str, path)) if isinstance(path, list) else str(path)
     return SummaryResult(shown, plan.shape, summary, warnings, phases, cfg._groups)
+
+
+def _loss_has_problems(cfg) -> bool:
+    from cnncli.config.vocabulary import loss_problems
+
+    return bool(loss_problems(cfg.train.loss))
 
 
 def _double_scaling(cfg) -> list[str]:

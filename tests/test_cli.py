@@ -26,7 +26,7 @@ model:
   layers:
     - {type: Conv2D, filters: 4, kernel_size: 3, strides: 2}
     - {type: Flatten}
-    - {type: Dense, units: 2}
+    - {type: Dense, units: 2, activation: softmax}
 """
 
 

@@ -66,6 +66,11 @@ def list_layers() -> list[str]:
     return LAYERS.names()
 
 
+def list_augmentations() -> list[str]:
+    """The image preprocessing and augmentation layers, the ones `data.augment` is for."""
+    return [n for n in LAYERS.names() if compat.is_image_augmentation(LAYERS.get(n))]
+
+
 def list_optimizers() -> list[str]:
     return OPTIMIZERS.names()
 

@@ -33,6 +33,22 @@ def check_model_specs(cfg: Config) -> None:
     _raise_with_lines(cfg, problems)
 
 
+def check_layer_args(cfg: Config) -> None:
+    """The layers' names and arguments checked without starting TensorFlow, for `cnn train` to run
+    before anything reads them (the step-cost estimate that sets the thread pools).
+
+    On a problem it raises what `check_model` (and so `cnn validate`) raises: every problem of
+    the file at once; that starts TensorFlow, which no longer matters as the run ends there.
+    """
+    problems = check_layer_specs(cfg.model.layers, "model.layers")
+    problems += check_layer_specs(cfg.data.augment, "data.augment")
+    if cfg.model.backbone is not None:
+        problems += _backbone_problems(cfg.model.backbone)
+    if problems:
+        check_model(cfg)
+        raise cfg.locate(problems)  # check_model raises these itself; kept so that no path goes on
+
+
 def _backbone_problems(spec) -> list[Problem]:
     if spec.name is None:  # from_run: checked when the earlier model is read (cnncli.model.backbones)
         return []
@@ -101,7 +117,7 @@ def _raw_shape_problems(data: Any) -> list[Problem]:
         return []
     try:
         plan = plan_input(cfg)
-        model = build_checked(cfg, plan.shape)
+        model = build_checked(cfg, plan.shape, check_loss=False)  # the loss is in `train`, which failed
         if plan.num_classes is not None:
             check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
     except ConfigError as exc:
@@ -338,12 +354,13 @@ def check_classes(cfg: Config, outputs: int, num_classes: int, source: str | Non
     raise ConfigError.single(message, file=cfg._file)
 
 
-def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True):
+def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True, check_loss: bool = True):
     """The model built without weights after every name and argument check, all problems reported together.
 
     Problems in the training vocabulary (optimizer, schedule, loss) do not stop the
     build, so shapes are checked too; broken layer specs do, as the build needs them.
-    `classifier=False` accepts any output shape (a summary of a feature extractor).
+    `classifier=False` accepts any output shape (a summary of a feature extractor); a classifier's
+    output must also be what the loss reads it as (probabilities or logits), unless not `check_loss`.
     """
     try:
         check_model_specs(cfg)
@@ -356,6 +373,11 @@ def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = Tr
         model = build_model(cfg, input_shape, load_weights=False, specs_checked=True, classifier=classifier)
     except ConfigError as exc:
         problems += _as_config_error(cfg, exc).problems
+    else:
+        if classifier and check_loss and not any(p.path.startswith("train.loss") for p in problems):
+            from cnncli.model.output_loss import loss_output_problems
+
+            problems += loss_output_problems(cfg, model, layer_names(cfg.model.layers))
     _raise_with_lines(cfg, sorted(problems, key=lambda p: p.line or 0))
     return model
 

@@ -307,7 +307,7 @@ def step_macs(cfg) -> int | None:
     """Forward multiply-adds of one replica's training step, from the config (None: not known)."""
     try:
         macs = model_macs(cfg)
-    except (TypeError, ValueError, ArithmeticError):  # values validation refuses next, with their lines
+    except (TypeError, ValueError, ArithmeticError, LookupError):  # an estimate: unknown rather than a traceback
         macs = None
     if macs is None:
         return None

@@ -132,6 +132,11 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     # The run's precision is Keras's global dtype policy while it builds its model; a caller that goes on
     # in this process (a sweep, a test, a notebook) gets its own policy back, however the run ends.
     held.callback(keras.config.set_dtype_policy, keras.config.dtype_policy())
+    from cnncli.model.builder import check_layer_args
+
+    # The step-cost estimate below reads the layers' arguments: they are checked first, so a value of the
+    # wrong kind gets the line `cnn validate` gives it rather than a traceback from the estimate.
+    check_layer_args(cfg)
     small, size_reason = model_size(cfg)
     runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
     if cfg.search is not None:
@@ -149,6 +154,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
         # before the seed: the trial build draws initial weights.)
         check_model(cfg)
+        from cnncli.train.augment import check_augmentation
+
+        check_augmentation(cfg, runtime.precision)
         if runtime.is_chief:
             rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import tensorflow as tf

@@ -47,10 +47,9 @@ class Session(RunRecord, RunEnding):
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None,
                  resuming: bool = False):
-        import keras
-
         from cnncli.model.builder import build_model
-        from cnncli.config.vocabulary import make_layer, make_loss
+        from cnncli.config.vocabulary import make_loss
+        from cnncli.train.augment import build_augmentation
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
         self.smoke = smoke
@@ -59,14 +58,7 @@ class Session(RunRecord, RunEnding):
         mixed = runtime.precision.startswith("mixed")
         with self.strategy.scope():
             self.model = build_model(cfg, plan.shape, output_dtype="float32" if mixed else None)
-            self.augment = None
-            if cfg.data.augment:
-                from cnncli.model.builder import layer_names
-
-                names = layer_names(cfg.data.augment)
-                self.augment = keras.Sequential(
-                    [make_layer(s, f"augment_{n}", f"data.augment[{i}]", **_seed_for(s, cfg.seed + i))
-                     for i, (s, n) in enumerate(zip(cfg.data.augment, names))], name="augment")
+            self.augment = build_augmentation(cfg)  # float32 on the raw pixels, whatever the precision
         self.loss_fn = make_loss(cfg.train.loss)  # takes the class indices the data holds, whatever the loss
         self._check_labels()
         check_phases(self.model, cfg)
@@ -408,14 +400,6 @@ def history_columns(cfg) -> list[str]:
 def _current_lr(optimizer) -> float:
     return float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
                  else optimizer.learning_rate)
-
-
-def _seed_for(spec, seed: int) -> dict:
-    """Random augmentation layers follow the run's seed unless the config sets their own."""
-    from cnncli.config.vocabulary import LAYERS, accepted_args
-
-    takes_seed = "seed" in accepted_args(LAYERS.get(spec.type))
-    return {"seed": seed} if takes_seed and "seed" not in spec.args else {}
 
 
 def _live(reporter) -> bool:

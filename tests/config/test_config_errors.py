@@ -207,7 +207,7 @@ def test_layer_errors_are_reported_together(tmp_path):
 
 def test_validate_reports_each_file(tmp_path):
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
-    good.write_text(OK_MODEL)
+    good.write_text(OK_MODEL.replace("units: 2}", "units: 2, activation: softmax}"))
     bad.write_text("train:\n  epochs: ten\n" + OK_MODEL)
     result = invoke(["validate", good, bad])
     assert result.exit_code == 1
@@ -301,7 +301,7 @@ def test_apply_overrides_errors_are_config_errors():
 def test_validate_print_outputs_a_config_that_revalidates(tmp_path):
     path = tmp_path / "orig.yaml"
     path.write_text("seed: 3\n" + OK_MODEL.replace("{type: Flatten}", "{type: Conv2D, filters: 4, kernel_size: 3}")
-                    .replace("units: 2}", "units: 2}\n    - {type: Flatten}\n    - {type: Dense, units: 3}"))
+                    .replace("units: 2}", "units: 2}\n    - {type: Flatten}\n    - {type: Dense, units: 3, activation: softmax}"))
     first = invoke(["validate", "--print", path, "--set", "train.epochs=3", "--set", "name=resolved"])
     assert first.exit_code == 0, first.stderr
     header, _, printed = first.stdout.partition("\n")

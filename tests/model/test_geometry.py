@@ -217,7 +217,7 @@ def test_merge_takes_the_larger_receptive_field(tmp_path):
 # ---------------------------------------------------------------- tiling warnings
 
 def test_stride_that_does_not_tile_warns(tmp_path):
-    layers = [conv(2, 3, strides=3, name="c1"), {"type": "Flatten"}, {"type": "Dense", "units": 2}]
+    layers = [conv(2, 3, strides=3, name="c1"), {"type": "Flatten"}, {"type": "Dense", "units": 2, "activation": "softmax"}]
     doc = summary_json(write_config(tmp_path, "tile", [7, 7, 1], layers))
     [warning] = doc["warnings"]
     assert warning.startswith("c1: ")
@@ -227,7 +227,7 @@ def test_stride_that_does_not_tile_warns(tmp_path):
 
 def test_pool_window_that_does_not_tile_warns(tmp_path):
     layers = [{"type": "MaxPooling2D", "pool_size": 2, "name": "p"}, {"type": "Flatten"},
-              {"type": "Dense", "units": 2}]
+              {"type": "Dense", "units": 2, "activation": "softmax"}]
     [warning] = summary_json(write_config(tmp_path, "pool", [5, 5, 1], layers))["warnings"]
     assert warning.startswith("p: ") and "2×2 window" in warning and "(5−2)/2+1 is not an integer" in warning
 
@@ -235,7 +235,7 @@ def test_pool_window_that_does_not_tile_warns(tmp_path):
 @pytest.mark.parametrize("layer", [conv(2, 3, strides=2), conv(2, 3, strides=3, padding="same")],
                          ids=["tiles-exactly", "same-padding"])
 def test_no_warning_when_the_window_fits(tmp_path, layer):
-    layers = [layer, {"type": "Flatten"}, {"type": "Dense", "units": 2}]
+    layers = [layer, {"type": "Flatten"}, {"type": "Dense", "units": 2, "activation": "softmax"}]
     assert summary_json(write_config(tmp_path, "fits", [7, 7, 1], layers))["warnings"] == []
 
 
