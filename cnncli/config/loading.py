@@ -245,6 +245,26 @@ class Override(str):
         return self
 
 
+def _parse_override(item: str, option: str = "--set") -> tuple[Override, KeyPath, str]:
+    """(the override, its key path, its value's text), or a UsageError saying how it is malformed."""
+    item = item if isinstance(item, Override) else Override(item, option=option)
+    key, sep, raw = item.partition("=")
+    try:
+        if not sep:
+            raise ValueError("expected KEY.PATH=VALUE, e.g. train.epochs=3")
+        if not key.strip():
+            raise ValueError("the key path is empty; expected KEY.PATH=VALUE, e.g. train.epochs=3")
+        return item, parse_path(key.strip(), strict=True), raw
+    except ValueError as exc:
+        raise UsageError(f"`{item}`: {exc}", item.option) from None
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """A UsageError for the first malformed override, before a command opens anything."""
+    for item in overrides:
+        _parse_override(item)
+
+
 def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str = "--set") -> None:
     """Apply `key.path=value` overrides in place; values are YAML scalars. `option` is the command-line
     option that gave them (cnn evaluate's are `--data`), unless an override is an `Override` that says.
@@ -254,16 +274,7 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str =
     command line, not at the file.
     """
     for item in overrides:
-        item = item if isinstance(item, Override) else Override(item, option=option)
-        key, sep, raw = item.partition("=")
-        try:
-            if not sep:
-                raise ValueError("expected KEY.PATH=VALUE, e.g. train.epochs=3")
-            if not key.strip():
-                raise ValueError("the key path is empty; expected KEY.PATH=VALUE, e.g. train.epochs=3")
-            path = parse_path(key.strip(), strict=True)
-        except ValueError as exc:
-            raise UsageError(f"`{item}`: {exc}", item.option) from None
+        item, path, raw = _parse_override(item, option)
         here = Line(0, given=item.given)  # line 0: from the command line
 
         def misfit(message: str) -> ConfigError:

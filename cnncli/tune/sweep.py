@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
-from cnncli.errors import CnnError, ConfigError, Interrupted
+from cnncli.errors import CnnError, ConfigError, Interrupted, UsageError
 from cnncli.train import rundir
 from cnncli.tune import space
 from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
@@ -114,8 +114,8 @@ def open_storage(url: str):
     try:
         shown = make_url(url).render_as_string(hide_password=True)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise CnnError(f"--storage `{url}` is not a database URL; use one like sqlite:///study.db or "
-                       "postgresql://user:password@host/database") from None
+        raise UsageError(f"`{url}` is not a database URL; use one like sqlite:///study.db or "
+                         "postgresql://user:password@host/database", "--storage") from None
     try:
         return _storage_with_tables(url)
     except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
