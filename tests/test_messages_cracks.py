@@ -250,3 +250,13 @@ def test_ctrl_c_from_outside_while_the_data_loads(config, tmp_path):
     assert err.splitlines() == ["Error: stopped while loading the data, before training started; "
                                 "nothing was written"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_sampled_search_value_is_named_as_sampled_not_as_a_set(config):
+    from cnncli.config.loading import load_config
+    from cnncli.errors import ConfigError
+    from cnncli.tune.space import as_overrides
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, as_overrides({"train.batch_size": 3.5}))
+    assert str(caught.value).startswith("search.params sampled train.batch_size=3.5: train.batch_size: ")
