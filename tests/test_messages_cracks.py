@@ -200,6 +200,7 @@ def test_an_unreadable_image_is_an_error_like_a_missing_one(tmp_path, monkeypatc
     (["init", "{tmp}/new.yaml", "--template", "lenett"], "Invalid value for '--template': unknown template `lenett`"),
     (["init", "{tmp}/new.yaml", "--data", "photos"], "Invalid value for '--data': takes KIND:DIR"),
     (["train"], "give a config file, or --resume RUN_DIR"),
+    (["train", "{config}", "--resume", "{tmp}"], "give a config file or --resume RUN_DIR, not both"),
     (["train", "{config}", "--device", "xpu"], "Invalid value for '--device': `xpu` is not a device (did you mean "
                                                "`gpu`?)"),
     (["train", "{config}", "--set", "train.epochs"], "Invalid value for '--set': `train.epochs`: expected "

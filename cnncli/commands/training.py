@@ -47,6 +47,9 @@ def train(
 
         if config is None and resume is None:
             raise UsageError("give a config file, or --resume RUN_DIR")
+        if config is not None and resume is not None:  # the config would be ignored: the run keeps its own
+            raise UsageError("give a config file or --resume RUN_DIR, not both; a resumed run goes on with its own "
+                             "config.yaml (change a value with --set)")
         if device is not None and device not in DEVICES:
             raise UsageError(f"`{device}` is not a device{did_you_mean(device, DEVICES)}; choose one of: "
                              f"{', '.join(DEVICES)}", "--device")
