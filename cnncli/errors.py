@@ -3,7 +3,7 @@
 Everything below the CLI raises a `CnnError` subclass for mistakes in input
 (configs, data, paths, command options); the CLI prints `str(error)` after
 "Error: " and exits 1. A `UsageError` (a command line that no file could make
-right) is shown as Click shows its own, with the usage line, and exits 2.
+right) is shown as Typer shows its own, with the usage line, and exits 2.
 Anything else escaping is a bug and keeps its traceback.
 """
 
@@ -109,13 +109,13 @@ class RunError(CnnError):
 
 class UsageError(CnnError):
     """A malformed command line: an option's value that no file, config or run could make right
-    (`--split bogus`, `--set a..b=1`). Exit 2, shown as Click shows its own usage errors."""
+    (`--split bogus`, `--set a..b=1`). Exit 2, shown as Typer shows its own usage errors."""
 
     exit_code = 2
 
     def __init__(self, message: str, option: str | None = None):
         super().__init__(message)
-        self.option = option  # `--split`, named by Click's "Invalid value for '--split'"
+        self.option = option  # `--split`, named by Typer's "Invalid value for '--split'"
 
 
 class Interrupted(CnnError):

@@ -2,7 +2,7 @@
 
 Each command's docstring is its --help. Library code raises CnnError; `handled`
 turns it into one "Error: …" line on stderr and exit 1 (130 for an interrupt).
-Exit 2 means the command line itself is malformed: Click's own usage errors, and
+Exit 2 means the command line itself is malformed: Typer's own usage errors, and
 `UsageError` (an option's value no file could make right), shown the same way.
 TensorFlow is imported inside the commands that need it, so `cnn --help`
 stays instant.
@@ -60,7 +60,7 @@ def quiet_tensorflow() -> None:
 
 @contextlib.contextmanager
 def handled(json_output: bool = False) -> Iterator[None]:
-    """Turn library errors into the CLI's contract: one Error line and exit 1; a UsageError as Click's own
+    """Turn library errors into the CLI's contract: one Error line and exit 1; a UsageError as Typer's own
     usage errors, exit 2; Ctrl-C exit 130, saying what it stopped.
 
     A command imports its modules inside this block, so an interrupt while TensorFlow loads is reported too.
