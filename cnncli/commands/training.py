@@ -118,7 +118,7 @@ def evaluate(
         if split not in ("test", "val", "train"):
             raise UsageError(f"`{split}` is not a split; choose test, val or train", "--split")
         set_ = [Override(item, option="--data") for item in set_ or []]
-        check_overrides(set_)
+        check_overrides([item for item in set_ if "=" in item])  # one without `=` gets evaluate's own hint
         report = evaluate_run(run_dir, split, set_ or [], top_k, errors, figures=output,
                               confusion_png=not json_output)
         if json_output:
