@@ -95,7 +95,7 @@ def evaluate(
     errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
                                          help="Also list and draw the N highest-loss images (default 16) "
                                               "and the most confused pairs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", readable=False,
                                           help="Where the pictures go (default: RUN_DIR for its own data, "
                                                "RUN_DIR/evaluations/<data>/ for --data)."),
     json_output: bool = JsonOption,
