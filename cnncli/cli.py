@@ -3,7 +3,8 @@
 Each command's docstring is its --help; the modules under cnncli/commands/ hold
 them by area, and importing them here registers them in the order `cnn --help`
 lists them. Library code raises CnnError; `commands.common.handled` turns it
-into one "Error: …" line on stderr and exit 1 (130 for an interrupt).
+into one "Error: …" line on stderr and exit 1 (130 for an interrupt); exit 2 is
+a malformed command line, shown as Typer shows its own usage errors.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ import importlib
 import os
 import sys
 
-import typer
+from cnncli import faults
 
-from cnncli.commands.common import JsonOption, app, emit_json, handled, out
+try:  # Ctrl-C while cnn starts (its imports take a moment) is one line and exit 130, not a traceback
+    faults.point("cli_start")
+    import typer
 
-# Registered in the order `cnn --help` lists them.
-from cnncli.commands import models  # noqa: E402, F401  isort: skip
-from cnncli.commands import training  # noqa: E402, F401  isort: skip
-from cnncli.commands import data  # noqa: E402, F401  isort: skip
-from cnncli.commands import explain  # noqa: E402, F401  isort: skip
-from cnncli.commands import configs  # noqa: E402, F401  isort: skip
-from cnncli.commands import experiments  # noqa: E402, F401  isort: skip
-from cnncli.errors import CnnError  # noqa: E402  isort: skip
+    from cnncli.commands.common import JsonOption, app, emit_json, handled, out
+
+    # Registered in the order `cnn --help` lists them.
+    from cnncli.commands import models  # noqa: E402, F401  isort: skip
+    from cnncli.commands import training  # noqa: E402, F401  isort: skip
+    from cnncli.commands import data  # noqa: E402, F401  isort: skip
+    from cnncli.commands import explain  # noqa: E402, F401  isort: skip
+    from cnncli.commands import configs  # noqa: E402, F401  isort: skip
+    from cnncli.commands import experiments  # noqa: E402, F401  isort: skip
+    from cnncli.errors import UsageError  # noqa: E402  isort: skip
+except KeyboardInterrupt:
+    print("Interrupted while cnn was starting; nothing was written.", file=sys.stderr)
+    sys.exit(130)
 
 LISTS = {  # what `cnn list` can show: name -> (module, function)
     "layers": ("cnncli.config.vocabulary", "list_layers"),
@@ -50,7 +58,8 @@ def list_names(
         if what not in LISTS:
             from cnncli.errors import did_you_mean
 
-            raise CnnError(f"cannot list `{what}`{did_you_mean(what, LISTS)}; choose one of: {', '.join(LISTS)}")
+            raise UsageError(f"cannot list `{what}`{did_you_mean(what, LISTS)}; choose one of: {', '.join(LISTS)}",
+                             "WHAT")
         module, function = LISTS[what]
         names = getattr(importlib.import_module(module), function)()
         if json_output:

@@ -2,7 +2,9 @@
 
 Everything below the CLI raises a `CnnError` subclass for mistakes in input
 (configs, data, paths, command options); the CLI prints `str(error)` after
-"Error: " and exits 1. Anything else escaping is a bug and keeps its traceback.
+"Error: " and exits 1. A `UsageError` (a command line that no file could make
+right) is shown as Typer shows its own, with the usage line, and exits 2.
+Anything else escaping is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ class Problem:
     def where(self, file: str | None) -> str:
         parts = []
         file = getattr(self.line, "file", None) or file  # a value set in another file of an `extends` chain
-        if file:
+        given = getattr(self.line, "given", None)  # a value from the command line: the option as typed
+        if given:
+            parts.append(given)
+        elif file:
             parts.append(f"{file}:{self.line}" if self.line else file)
         if self.shown_path():
             parts.append(self.shown_path())
@@ -56,17 +61,20 @@ class Line(int):
 
     `via` says how a value got into the model when it came from a `model.blocks`
     definition (e.g. "in block `basic`, copy 2 of model.layers[3] at line 12").
+    `given` is the option that set the value on the command line (`--set data.limit=abc`),
+    shown instead of the file; such a line is 0.
     Being an int, it travels through every line map and comparison unchanged.
     """
 
     file: str | None = None
     via: str | None = None
     moved: tuple[str, str] | None = None  # errors at the first path are shown at the second
+    given: str | None = None
 
     def __new__(cls, line: int, file: str | None = None, via: str | None = None,
-                moved: tuple[str, str] | None = None) -> "Line":
+                moved: tuple[str, str] | None = None, given: str | None = None) -> "Line":
         self = super().__new__(cls, line)
-        self.file, self.via, self.moved = file, via, moved
+        self.file, self.via, self.moved, self.given = file, via, moved, given
         return self
 
 
@@ -98,6 +106,17 @@ class DataError(CnnError):
 
 class RunError(CnnError):
     """A run directory that is missing, incomplete or not ours."""
+
+
+class UsageError(CnnError):
+    """A malformed command line: an option's value that no file, config or run could make right
+    (`--split bogus`, `--set a..b=1`). Exit 2, shown as Typer shows its own usage errors."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option  # `--split`, named by Typer's "Invalid value for '--split'"
 
 
 class Interrupted(CnnError):

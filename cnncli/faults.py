@@ -15,6 +15,10 @@ it, the tests set `CNNCLI_FAULT` and the process stops itself exactly there:
 
 Points (grep for `faults.point` to see them in place):
 
+    cli_start              `cnn` has started; not even its command-line parser is imported
+    tensorflow_import      a command is about to import TensorFlow
+    data_load              `cnn train` is about to load the data; no run directory yet
+
     run_dir_created        the run directory exists, nothing is in it yet
     config_written         config.yaml is in place, nothing trained
     epoch_trained          an epoch's steps are done, nothing of it is saved

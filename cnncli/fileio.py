@@ -214,3 +214,36 @@ def locked(folder: Path, busy: str | None = None):
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+SIGNATURES = (  # a file's first bytes -> what it is, for messages about a file that is not what its name says
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (the legacy Keras .h5 format)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"%PDF", "a PDF document"),
+)
+
+
+def looks_like(path: Path) -> str:
+    """What a file looks like from its first bytes: `an empty file`, `a PNG image`, `a text file starting
+    `hello``, `binary data`."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        return f"a file that cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "an empty file"
+    for magic, kind in SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    if head[4:8] == b"TFL3":
+        return "a TensorFlow Lite model (name it .tflite)"
+    text = head.decode("utf-8", errors="replace")
+    if "\x00" in text or "\ufffd" in text[:-3]:  # the last character may be cut in two by the 512 bytes
+        return "binary data"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"a text file starting `{first[:40]}`" if first else "a text file of blank lines"

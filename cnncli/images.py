@@ -106,6 +106,8 @@ def _reason(exc: BaseException) -> str:
         return "no such file"
     if isinstance(exc, IsADirectoryError):
         return "it is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
     if isinstance(exc, UnidentifiedImageError):
         return "cannot identify image file: not a format Pillow reads (png, jpg, bmp, gif, tiff, webp, ...)"
     return str(exc) or type(exc).__name__

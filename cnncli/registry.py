@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Generic, Iterable, TypeVar
 
-from cnncli.errors import CnnError, did_you_mean
+from cnncli.errors import CnnError, UsageError, did_you_mean
 
 T = TypeVar("T")
 
@@ -51,9 +51,13 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         return self.canonical(name) is not None
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, option: str | None = None) -> T:
+        """The entry for `name`; an unknown one is a config's mistake, or with `option` (the command-line
+        option the name came from, e.g. `--format`) a usage error."""
         real = self.canonical(name)
         if real is None:
+            if option:
+                raise UsageError(self.unknown_message(name), option)
             raise UnknownName(self.unknown_message(name))
         return self._table()[real]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, UsageError
 
 
 @dataclass
@@ -147,8 +147,13 @@ def _double_scaling(cfg) -> list[str]:
 
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
+    if Path(path).is_dir():  # a folder given without any config in it (config_files keeps it to say so)
+        message = "a folder with no config files (*.yaml, *.yml) in it"
+        return ValidateResult(str(path), False, error=f"{path}: {message}", problems=[(str(path), None, message)])
     try:
         result = summarize_config(path, overrides, classifier=True)
+    except UsageError:  # a malformed --set is the command line's fault, the same for every file
+        raise
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
     from cnncli.errors import ConfigError
@@ -176,6 +181,8 @@ def _problems(exc: CnnError, file: str) -> list[tuple]:
     for p in exc.problems:
         where = getattr(p.line, "file", None) or exc.file or file
         text = f"{p.shown_path()}: {p.full_message()}" if p.path else p.full_message()
+        given = getattr(p.line, "given", None)  # set on the command line: the file has no line for it
+        text = f"{given}: {text}" if given else text
         out.append((where, int(p.line) if p.line else None, text))
     return out
 

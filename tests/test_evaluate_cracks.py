@@ -173,7 +173,6 @@ def test_a_read_only_run_is_refused_before_any_work_and_output_writes_elsewhere(
 # === 4. --data mistakes name --data ===
 
 @pytest.mark.parametrize("value, message", [
-    ("/nonexistent", "--data `/nonexistent`: expected KEY.PATH=VALUE, e.g. --data data.path=/nonexistent"),
     ("data.path=/nonexistent", "--data `data.path=/nonexistent`: dataset `shapes` takes no path (its images are "
                                "drawn from the seed); to evaluate on files, also give --data "
                                "data.dataset=image_folder (or idx, npz, records)"),
@@ -182,12 +181,19 @@ def test_a_read_only_run_is_refused_before_any_work_and_output_writes_elsewhere(
     ("model.layers[0].filters=8", "--data `model.layers[0].filters=8`: --data changes the data (data.* keys, or "
                                   "seed); the model is model.keras as trained, so `model.layers[0].filters` "
                                   "would change nothing"),
-    ("data[0]=1", "bad --data `data[0]=1`: no list item data[0]"),
+    ("data[0]=1", "--data data[0]=1: no list item data[0]"),
 ])
 def test_data_mistakes_are_one_line_naming_data(run, value, message):
     result = runner.invoke(app, ["evaluate", str(run), "--data", value])
     assert result.exit_code == 1
     assert result.stderr == f"Error: {message}\n"
+
+
+def test_data_without_a_value_is_a_usage_error_with_a_hint(run):  # a malformed command line: exit 2
+    result = runner.invoke(app, ["evaluate", str(run), "--data", "/nonexistent"])
+    assert result.exit_code == 2
+    assert ("Invalid value for '--data': `/nonexistent`: expected KEY.PATH=VALUE, e.g. --data "
+            "data.path=/nonexistent") in " ".join(result.stderr.replace("│", " ").split())
 
 
 def test_shapes_settings_on_a_folder_are_refused(run, tmp_path):

@@ -165,7 +165,7 @@ def test_a_hostile_override_on_the_command_line_is_refused(tmp_path):
     path.write_text(MODEL)
     result = invoke(["train", path, "--set", f"name=!!python/object/apply:os.system ['touch {tmp_path}/pwned']",
                      "-o", tmp_path / "runs", "-q"])
-    assert_one_error(result, ["Error: bad --set `name=!!python/object/apply:os.system", "is not allowed"])
+    assert_one_error(result, ["Error: --set name=!!python/object/apply:os.system", "is not allowed"])
     assert not (tmp_path / "pwned").exists()
 
 

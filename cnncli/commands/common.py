@@ -2,6 +2,8 @@
 
 Each command's docstring is its --help. Library code raises CnnError; `handled`
 turns it into one "Error: …" line on stderr and exit 1 (130 for an interrupt).
+Exit 2 means the command line itself is malformed: Typer's own usage errors, and
+`UsageError` (an option's value no file could make right), shown the same way.
 TensorFlow is imported inside the commands that need it, so `cnn --help`
 stays instant.
 """
@@ -17,8 +19,8 @@ from typing import Iterator
 import typer
 from rich.console import Console
 
-from cnncli import __version__
-from cnncli.errors import CnnError
+from cnncli import __version__, faults
+from cnncli.errors import CnnError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train, inspect, evaluate and export CNN image classifiers from YAML configs.",
@@ -41,6 +43,7 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if _state["debug"] or "tensorflow" in sys.modules:
         return
+    faults.point("tensorflow_import")
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -57,20 +60,43 @@ def quiet_tensorflow() -> None:
 
 @contextlib.contextmanager
 def handled(json_output: bool = False) -> Iterator[None]:
-    """Turn library errors into the CLI's contract: one Error line, exit code."""
-    quiet_tensorflow()
-    if json_output:
-        keras_logs_off_stdout()
+    """Turn library errors into the CLI's contract: one Error line and exit 1; a UsageError as Typer's own
+    usage errors, exit 2; Ctrl-C exit 130, saying what it stopped.
+
+    A command imports its modules inside this block, so an interrupt while TensorFlow loads is reported too.
+    """
+    try:
+        quiet_tensorflow()
+        if json_output:
+            keras_logs_off_stdout()
+    except KeyboardInterrupt:
+        raise interrupted("while loading TensorFlow") from None
     try:
         yield
+    except UsageError as exc:
+        if _state["debug"]:
+            raise
+        raise usage_error(str(exc), exc.option) from None
     except CnnError as exc:
         if _state["debug"]:
             raise
         print(f"Error: {exc}", file=sys.stderr)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        raise typer.Exit(130) from None
+        raise interrupted() from None
+
+
+def usage_error(message: str, option: str | None = None) -> typer.BadParameter:
+    """A malformed command line, shown with the command's usage line as Typer shows its own (exit 2);
+    Typer attaches the command's context to it on the way out."""
+    return typer.BadParameter(message, param_hint=f"'{option}'" if option else None)
+
+
+def interrupted(when: str | None = None) -> typer.Exit:
+    """Ctrl-C: one line on stderr (what was stopped, and that nothing was written when it was before any
+    work), exit 130. Stops during training say more: they raise errors.Interrupted, a CnnError."""
+    print(f"Interrupted {when}; nothing was written." if when else "Interrupted.", file=sys.stderr)
+    return typer.Exit(130)
 
 
 def keras_logs_off_stdout() -> None:

@@ -13,7 +13,7 @@ from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handle
 
 @app.command("config")
 def config_(
-    configs: List[Path] = typer.Argument(..., help="Config files, merged left to right."),
+    configs: List[Path] = typer.Argument(..., readable=False, help="Config files, merged left to right."),
     set_: Optional[List[str]] = SetOption,
     json_output: bool = JsonOption,
 ) -> None:
@@ -23,9 +23,9 @@ def config_(
 
     Example: cnn config base.yaml fashion.yaml --set train.epochs=3
     """
-    from cnncli.config.loading import load_config
-
     with handled(json_output):
+        from cnncli.config.loading import load_config
+
         cfg = load_config(configs if len(configs) > 1 else configs[0], set_ or [])
         if json_output:
             emit_json(cfg.to_dict())
@@ -35,7 +35,8 @@ def config_(
 
 @app.command()
 def schema(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+                                          help="Write to FILE instead of stdout."),
 ) -> None:
     """Write the JSON Schema (2020-12) of a config, for editors and CI.
 
@@ -43,9 +44,9 @@ def schema(
 
     Example: cnn schema --output cnncli.schema.json
     """
-    from cnncli.config.schema_export import schema_text
-
     with handled():
+        from cnncli.config.schema_export import schema_text
+
         text = schema_text()
         if output is None:
             sys.stdout.write(text)
@@ -60,7 +61,7 @@ def schema(
 
 @app.command()
 def init(
-    path: Path = typer.Argument(Path("config.yaml"), help="The config file to write."),
+    path: Path = typer.Argument(Path("config.yaml"), readable=False, help="The config file to write."),
     template: str = typer.Option("lenet", "--template", "-t", help="A template: see `cnn list templates`."),
     data: Optional[str] = typer.Option(None, "--data", metavar="KIND:DIR",
                                        help="Fill classes, image size and colour mode from data, "
@@ -71,8 +72,8 @@ def init(
 
     Example: cnn init flowers.yaml --template vgg16-transfer --data image_folder:photos/
     """
-    from cnncli.templates import init_config
-
     with handled():
+        from cnncli.templates import init_config
+
         init_config(path, template, data, force)
         out.print(f"wrote {path} (template {template}); next: cnn summary {path}", markup=False)

@@ -26,10 +26,10 @@ def data_pack(
 
     Example: cnn data pack photos/ --output photos-records --shards 8
     """
-    from cnncli.data.catalogue import progress_display, resolve
-    from cnncli.data.pack import pack
-
     with handled(json_output):
+        from cnncli.data.catalogue import progress_display, resolve
+        from cnncli.data.pack import pack
+
         cfg = resolve(source, set_ or [])
         with progress_display("packing", show=not json_output) as progress:
             result = pack(cfg.data, output, shards, progress, seed=cfg.seed or 0)
@@ -58,10 +58,10 @@ def data_inspect(
 
     Example: cnn data inspect photos/ --json
     """
-    from cnncli.data.catalogue import progress_display, resolve
-    from cnncli.data.inspection import inspect_source, print_report
-
     with handled(json_output):
+        from cnncli.data.catalogue import progress_display, resolve
+        from cnncli.data.inspection import inspect_source, print_report
+
         cfg = resolve(source, set_ or [])
         with progress_display("reading", show=not json_output) as progress:
             report = inspect_source(cfg.data, progress, seed=cfg.seed or 0)

@@ -14,14 +14,14 @@ from cnncli.errors import CnnError
 
 @app.command()
 def tune(
-    config: Path = typer.Argument(..., help="Config file with a `search:` section."),
+    config: Path = typer.Argument(..., readable=False, help="Config file with a `search:` section."),
     set_: Optional[List[str]] = SetOption,
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
     storage: Optional[str] = typer.Option(None, "--storage",
                                           help="Optuna storage URL shared by several processes or machines, "
                                                "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db)."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="The sweep directory; rerunning with it continues the study "
                                                "(default sweeps/<name>/<timestamp>)."),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
@@ -35,11 +35,11 @@ def tune(
 
     Example: cnn tune configs/shapes_cnn.yaml --trials 16 --output sweeps/shapes
     """
-    from cnncli.tune.progress import SweepDisplay
-    from cnncli.tune.report import best_trial, nothing_finished, trial_rows
-    from cnncli.tune.sweep import TuneOptions, run_sweep
-
     with handled(json_output):
+        from cnncli.tune.progress import SweepDisplay
+        from cnncli.tune.report import best_trial, nothing_finished, trial_rows
+        from cnncli.tune.sweep import TuneOptions, run_sweep
+
         opts = TuneOptions(config=config, overrides=set_ or [], trials=trials, storage=storage, study=study,
                            output=output, mlflow=mlflow)
         display = SweepDisplay(out)
@@ -78,8 +78,8 @@ def tune(
 @app.command()
 def compare(
     runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
-                                      help="Run directories, or sweep directories (all their trials)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PNG",
+                                      readable=False, help="Run directories, or sweep directories (all their trials)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PNG", readable=False,
                                           help="Draw the runs' curves, overlaid, into this PNG."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -89,10 +89,10 @@ def compare(
 
     Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
     """
-    from cnncli.tune.compare import compare as compare_runs
-    from cnncli.tune.compare import cell, short_labels
-
     with handled(json_output):
+        from cnncli.tune.compare import compare as compare_runs
+        from cnncli.tune.compare import cell, short_labels
+
         report = compare_runs(runs, output)
         if json_output:
             emit_json(report)

@@ -8,15 +8,15 @@ from typing import List, Optional
 import typer
 
 from cnncli.commands.common import JsonOption, app, emit_json, err, handled, out
-from cnncli.errors import CnnError
+from cnncli.errors import UsageError
 
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., metavar="RUN_DIR",
+    model: Path = typer.Argument(..., metavar="RUN_DIR", readable=False,
                                  help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel directory."),
     images: List[Path] = typer.Argument(..., metavar="IMAGE...",
-                                        help="Image files (png, jpg, bmp, gif), or folders of them."),
+                                        readable=False, help="Image files (png, jpg, bmp, gif), or folders of them."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -28,9 +28,9 @@ def predict(
 
     Example: cnn predict runs/shapes-cnn/20260101-120000 figure.png --top-k 3
     """
-    from cnncli.deploy.predict import predict_files, predictions_table
-
     with handled(json_output):
+        from cnncli.deploy.predict import predict_files, predictions_table
+
         result = predict_files(model, images, top_k)
         for warning in result.warnings:
             err.print(f"[yellow]warning[/]: {warning}")
@@ -42,15 +42,15 @@ def predict(
 
 @app.command()
 def saliency(
-    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
-    image: Path = typer.Argument(..., help="An image file: png, jpg, bmp, gif."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
+    image: Path = typer.Argument(..., readable=False, help="An image file: png, jpg, bmp, gif."),
     class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (default: the predicted one)."),
     method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad | gradcam"),
     samples: int = typer.Option(25, "--samples", min=1, help="smoothgrad: noisy copies averaged."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the noise."),
     layer: Optional[str] = typer.Option(None, "--layer",
                                         help="gradcam: a layer with a feature map (default: the last convolution)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -62,11 +62,11 @@ def saliency(
 
     Example: cnn saliency runs/shapes-cnn/20260101-120000 figure.png --method gradcam --output gradcam.png
     """
-    from cnncli.insight.saliency import draw_saliency, explain_image
-
     with handled(json_output):
+        from cnncli.insight.saliency import draw_saliency, explain_image
+
         if layer and method != "gradcam":
-            raise CnnError("--layer is for --method gradcam")
+            raise UsageError("is for --method gradcam only", "--layer")
         result = explain_image(run_dir, image, class_, method, samples, seed, layer)
         path = draw_saliency(run_dir, image, result, output)
         cam = result.gradcam.summary() if result.gradcam is not None else None
@@ -83,13 +83,13 @@ def saliency(
 
 @app.command()
 def activations(
-    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
-    image: Path = typer.Argument(..., help="An image file: png, jpg, bmp, gif."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
+    image: Path = typer.Argument(..., readable=False, help="An image file: png, jpg, bmp, gif."),
     layer: Optional[List[str]] = typer.Option(None, "--layer",
                                               help="A layer with a feature map (repeatable; default: every "
                                                    "convolution, in order)."),
     max_channels: int = typer.Option(64, "--max", min=1, help="At most this many channels per layer."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -100,9 +100,9 @@ def activations(
 
     Example: cnn activations runs/shapes-cnn/20260101-120000 figure.png --layer conv2d --max 16
     """
-    from cnncli.insight.maps import draw_activations
-
     with handled(json_output):
+        from cnncli.insight.maps import draw_activations
+
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
         rows = [{"layer": m.layer, "output": Path(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
                  "tiles": m.tiles} for m, p in zip(maps, paths)]
@@ -116,9 +116,9 @@ def activations(
 
 @app.command()
 def filters(
-    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     layer: Optional[str] = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="PNG path (default RUN_DIR/filters_<layer>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -126,9 +126,9 @@ def filters(
 
     Example: cnn filters runs/shapes-cnn/20260101-120000 --layer conv2d --output filters.png
     """
-    from cnncli.insight.saliency import draw_filters
-
     with handled(json_output):
+        from cnncli.insight.saliency import draw_filters
+
         result, path = draw_filters(run_dir, layer, output)
         if json_output:
             emit_json({"output": Path(path), "layer": result.layer, "kernel_shape": list(result.kernel_shape),

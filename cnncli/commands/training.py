@@ -8,16 +8,19 @@ from typing import List, Optional
 import typer
 
 from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
-from cnncli.errors import CnnError
+from cnncli.errors import UsageError, did_you_mean
 
 
 @app.command()
 def train(
-    config: Optional[List[Path]] = typer.Argument(None, help="Config file (omit with --resume); several merge "
-                                                             "left to right."),
+    config: Optional[List[Path]] = typer.Argument(None, readable=False,
+                                                help="Config file (omit with --resume); several merge "
+                                                     "left to right."),
     set_: Optional[List[str]] = SetOption,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
-    output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are created."),
+    resume: Optional[Path] = typer.Option(None, "--resume", readable=False,
+                                          help="Continue an interrupted run in place."),
+    output: Path = typer.Option(Path("runs"), "--output", "-o", readable=False,
+                                help="Where run directories are created."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
@@ -36,13 +39,17 @@ def train(
 
     Example: cnn train configs/shapes_cnn.yaml --epochs 3
     """
-    from cnncli.train.job import TrainOptions, run_training
-    from cnncli.train.progress import make_reporter
-    from cnncli.train.resuming import check_sources
-
     config = (config if len(config) > 1 else config[0]) if config else None
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
+        from cnncli.config.schema import DEVICES
+        from cnncli.train.job import TrainOptions, run_training
+        from cnncli.train.progress import make_reporter
+        from cnncli.train.resuming import check_sources
+
         check_sources(config, resume)
+        if device is not None and device not in DEVICES:
+            raise UsageError(f"`{device}` is not a device{did_you_mean(device, DEVICES)}; choose one of: "
+                             f"{', '.join(DEVICES)}", "--device")
         from cnncli.tune.tracking import LiveRun, requested_by
 
         tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
@@ -85,7 +92,7 @@ def train(
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     split: str = typer.Option("test", "--split", help="test | val | train"),
     set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
                                              help="Evaluate on other data, e.g. --data data.dataset=image_folder "
@@ -94,7 +101,7 @@ def evaluate(
     errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
                                          help="Also list and draw the N highest-loss images (default 16) "
                                               "and the most confused pairs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", readable=False,
                                           help="Where the pictures go (default: RUN_DIR for its own data, "
                                                "RUN_DIR/evaluations/<data>/ for --data)."),
     json_output: bool = JsonOption,
@@ -109,12 +116,15 @@ def evaluate(
 
     Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
-    from cnncli.insight.terminal import print_evaluation
-    from cnncli.insight.evaluation import evaluate_run
-
     with handled(json_output):
+        from cnncli.config.loading import Override, check_overrides
+        from cnncli.insight.terminal import print_evaluation
+        from cnncli.insight.evaluation import evaluate_run
+
         if split not in ("test", "val", "train"):
-            raise CnnError(f"--split must be test, val or train, got `{split}`")
+            raise UsageError(f"`{split}` is not a split; choose test, val or train", "--split")
+        set_ = [Override(item, option="--data") for item in set_ or []]
+        check_overrides([item for item in set_ if "=" in item])  # one without `=` gets evaluate's own hint
         report = evaluate_run(run_dir, split, set_ or [], top_k, errors, figures=output,
                               confusion_png=not json_output)
         if json_output:
@@ -136,8 +146,9 @@ def _write_report(run_dir: Path) -> Path:
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML path (default RUN_DIR/report.html)."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+                                          help="HTML path (default RUN_DIR/report.html)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
@@ -146,9 +157,9 @@ def report(
 
     Example: cnn report runs/shapes-cnn/20260101-120000 --output report.html
     """
-    from cnncli.insight.html_report import write_report
-
     with handled(json_output):
+        from cnncli.insight.html_report import write_report
+
         path = write_report(run_dir, output)
         if json_output:
             emit_json({"output": Path(path), "bytes": path.stat().st_size})
@@ -158,9 +169,9 @@ def report(
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
+    run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
     force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
@@ -177,9 +188,9 @@ def export(
 
     Example: cnn export runs/mnist-lenet/20260101-120000 --format tflite --quantize int8 --output model_int8.tflite
     """
-    from cnncli.deploy.export import describe_check, export_run
-
     with handled(json_output):
+        from cnncli.deploy.export import describe_check, export_run
+
         result = export_run(run_dir, format_, output, quantize, force=force)
         if json_output:
             emit_json(result.as_json())

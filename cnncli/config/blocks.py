@@ -94,11 +94,13 @@ class _Expander:
         found = self.lines.get(probe)
         if found is None or via is None:
             return found
-        return Line(found, getattr(found, "file", None), via)
+        return Line(found, getattr(found, "file", None), via, given=getattr(found, "given", None))
 
     def where(self, path: KeyPath) -> str:
         line = self.line(path)
-        file = getattr(line, "file", None)
+        file, given = getattr(line, "file", None), getattr(line, "given", None)
+        if given:
+            return f"{format_path(path)} ({given})"
         return f"{format_path(path)} at {file}:{line}" if file else f"{format_path(path)} (line {line})"
 
     # ------------------------------------------------------------ expansion
@@ -436,4 +438,5 @@ def expand_blocks(data: Any, lines: dict) -> dict[str, tuple]:
 def _relined(line: int, via: str | None, moved: tuple[str, str] | None) -> int:
     if via is None and moved is None:
         return line
-    return Line(line, getattr(line, "file", None), via or getattr(line, "via", None), moved)
+    return Line(line, getattr(line, "file", None), via or getattr(line, "via", None), moved,
+                getattr(line, "given", None))

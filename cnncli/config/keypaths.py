@@ -9,22 +9,29 @@ from cnncli.config.yamlio import KeyPath, format_path
 
 
 def nearest_line(lines: dict, path: KeyPath) -> int | None:
+    """The line of `path`, or of the nearest key above it that the file has; None when not even its
+    first key is there (a missing section has no line, and the root's would name the file's first key)."""
     path = tuple(path)
+    if not path:
+        return lines.get(())
     while path:
         if path in lines:
             return lines[path]
         path = path[:-1]
-    return lines.get(())
+    return None
 
 
 def parse_path(text: str, strict: bool = False) -> KeyPath:
     """"model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size").
 
-    `strict` (for --set) refuses a `[...]` that is not an index; otherwise, as for the
-    paths of problems, it stays part of the key (a config may hold any key, `[` included).
+    `strict` (for --set) refuses a `[...]` that is not an index and an empty part (`model..x`);
+    otherwise, as for the paths of problems, it stays part of the key (a config may hold any key,
+    `[` included).
     """
     out: list[Any] = []
     for part in text.split("."):
+        if strict and not part:
+            raise ValueError(f"the key path `{text}` has an empty part (two dots in a row, or a dot at an end)")
         while "[" in part:
             head, _, rest = part.partition("[")
             index, _, tail = rest.partition("]")

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ValidationError
 
 from cnncli.config.schema import FILE_DATASETS, Config
-from cnncli.errors import ConfigError, Problem, describe, did_you_mean
+from cnncli.errors import ConfigError, Line, Problem, UsageError, describe, did_you_mean
 from cnncli.config.keypaths import nearest_line, parse_path
 from cnncli.config.yamlio import KeyPath, format_path, parse_yaml
 
@@ -232,40 +232,81 @@ def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
     return sorted(problems + extra, key=lambda p: p.line or 0)
 
 
+class Override(str):
+    """A `key.path=value` override that knows how the user gave it: `--set a=b` unless told otherwise
+    (`--data a=b`, `--epochs 3`, a sampled search value). Problems with its value name that, not the file."""
+
+    given: str
+    option: str
+
+    def __new__(cls, text: str, given: str | None = None, option: str = "--set") -> "Override":
+        self = super().__new__(cls, text)
+        self.option, self.given = option, given or f"{option} {text}"
+        return self
+
+
+def _parse_override(item: str, option: str = "--set") -> tuple[Override, KeyPath, str]:
+    """(the override, its key path, its value's text), or a UsageError saying how it is malformed."""
+    item = item if isinstance(item, Override) else Override(item, option=option)
+    key, sep, raw = item.partition("=")
+    try:
+        if not sep:
+            raise ValueError("expected KEY.PATH=VALUE, e.g. train.epochs=3")
+        if not key.strip():
+            raise ValueError("the key path is empty; expected KEY.PATH=VALUE, e.g. train.epochs=3")
+        return item, parse_path(key.strip(), strict=True), raw
+    except ValueError as exc:
+        raise UsageError(f"`{item}`: {exc}", item.option) from None
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """A UsageError for the first malformed override, before a command opens anything."""
+    for item in overrides:
+        _parse_override(item)
+
+
 def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str = "--set") -> None:
     """Apply `key.path=value` overrides in place; values are YAML scalars. `option` is the command-line
-    option that gave them (cnn evaluate's are `--data`), for the messages."""
+    option that gave them (cnn evaluate's are `--data`), unless an override is an `Override` that says.
+
+    A malformed override is a UsageError (exit 2); one that does not fit the config is a ConfigError.
+    Each value's line is a `Line(0)` that names the override, so problems with it point at the
+    command line, not at the file.
+    """
     for item in overrides:
-        key, sep, raw = item.partition("=")
+        item, path, raw = _parse_override(item, option)
+        here = Line(0, given=item.given)  # line 0: from the command line
+
+        def misfit(message: str) -> ConfigError:
+            return ConfigError.single(message, line=here)
+
         try:
-            path = parse_path(key.strip(), strict=True)
-            if not sep or not path:
-                raise ValueError("expected key.path=value")
             value, _ = parse_yaml(raw)
-        except (ValueError, ConfigError) as exc:
-            raise ConfigError.single(f"bad {option} `{item}`: {exc}") from None
+        except ConfigError as exc:  # the value as a config file's would be refused (bad YAML, a python tag)
+            raise misfit(str(exc)) from None
+
         node = data
         for i, step in enumerate(path[:-1]):
             nxt = path[i + 1]
             if isinstance(step, int):
                 if not isinstance(node, list) or not -len(node) <= step < len(node):
-                    raise ConfigError.single(f"bad {option} `{item}`: no list item {format_path(path[:i + 1])}")
+                    raise misfit(f"no list item {format_path(path[:i + 1])}")
                 node = node[step]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError.single(f"bad {option} `{item}`: {format_path(path[:i])} is not a mapping")
+                raise misfit(f"{format_path(path[:i])} is not a mapping")
             if node.get(step) is None:
                 node[step] = [] if isinstance(nxt, int) else {}
-                lines[path[:i + 1]] = 0  # created by the override: errors below it point at --set, not line 1
+                lines[path[:i + 1]] = here  # created by the override: errors below it point at it, not line 1
             node = node[step]
         last = path[-1]
         if isinstance(last, int):
             if not isinstance(node, list) or not -len(node) <= last < len(node):
-                raise ConfigError.single(f"bad {option} `{item}`: no list item {format_path(path)}")
+                raise misfit(f"no list item {format_path(path)}")
         elif not isinstance(node, dict):
-            raise ConfigError.single(f"bad {option} `{item}`: {format_path(path[:-1])} is not a mapping")
+            raise misfit(f"{format_path(path[:-1])} is not a mapping")
         node[last] = value
-        lines[path] = 0  # line 0 marks "from the command line"
+        lines[path] = here
 
 
 def load_config(path: str | Path | list, overrides: list[str] | None = None,

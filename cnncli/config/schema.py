@@ -12,6 +12,7 @@ is imported; this module stays import-light so `cnn --help` is instant.
 from __future__ import annotations
 
 import re
+import typing
 from typing import Any, Literal, Optional, Union
 
 import yaml
@@ -247,6 +248,9 @@ class RuntimeConfig(Strict):
     inter_op_threads: Optional[int] = Field(None, ge=0)
     collective_timeout: float = Field(30.0, gt=0)  # multi_worker: seconds without a heartbeat before a peer is lost
     cluster_timeout: float = Field(300.0, gt=0)  # multi_worker: seconds to wait at the start for the other workers
+
+
+DEVICES = typing.get_args(RuntimeConfig.model_fields["device"].annotation)  # what `cnn train --device` takes
 
 
 class Distribution(Strict):

@@ -175,14 +175,9 @@ def load_runner(kind: str, path: Path) -> tuple[Callable[[np.ndarray], np.ndarra
 
 
 def _keras_runner(path: Path):
-    import keras
+    from cnncli.model.preprocessing import load_model
 
-    import cnncli.model.preprocessing  # noqa: F401  registers ImagenetPreprocess, in models saved by older runs
-
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise RunError(f"`{path}` cannot be loaded: {str(exc).splitlines()[0]}") from None
+    model = load_model(path)
     return _keras_call(model), tuple(int(d) for d in model.input_shape[1:])
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from cnncli import __version__, faults, fileio
 from cnncli.deploy.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
 from cnncli.model.predict_loop import keras_predict
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, UsageError
 from cnncli.deploy.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
                                  describe_check, quiet, reference_note)
 from cnncli.registry import Registry
@@ -179,8 +179,8 @@ def resolve_output(run_dir: Path, fmt: Format, quantize: str | None, output: str
     if fmt.suffix and not output.suffix:  # `--output exports`: a directory to create
         return output / name
     if fmt.suffix and output.suffix.lower() != fmt.suffix:
-        raise CnnError(f"--output `{output}`: a {fmt.name} export is a `{fmt.suffix}` file; "
-                       f"give a path ending in {fmt.suffix}, or a directory")
+        raise UsageError(f"`{output}`: a {fmt.name} export is a `{fmt.suffix}` file; "
+                         f"give a path ending in {fmt.suffix}, or a directory", "--output")
     if not fmt.suffix and output.exists() and not output.is_dir():
         raise CnnError(f"--output `{output}` is a file; a SavedModel is a directory")
     return output
@@ -223,11 +223,11 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
     An artefact already at the path is replaced only with `force`."""
     from cnncli.deploy.runs import open_run
 
-    format_ = FORMATS.get(fmt)
+    format_ = FORMATS.get(fmt, "--format")
     if quantize is not None:
         if format_.name != "tflite":
-            raise CnnError(f"--quantize applies to --format tflite only, not `{format_.name}`")
-        quantize = QUANTIZATIONS.get(quantize).name
+            raise UsageError(f"applies to --format tflite only, not `{format_.name}`", "--quantize")
+        quantize = QUANTIZATIONS.get(quantize, "--quantize").name
     _require(format_)
     run = open_run(run_dir)
     run.model_path()  # no model yet: say so before loading data or writing anything

@@ -37,15 +37,9 @@ class Run:
         return path
 
     def load_model(self):
-        import keras
+        from cnncli.model.preprocessing import load_model
 
-        import cnncli.model.preprocessing  # noqa: F401  registers ImagenetPreprocess, in models saved by older runs
-
-        path = self.model_path()
-        try:
-            return keras.models.load_model(path, compile=False)
-        except Exception as exc:  # a damaged zip or foreign file: say which
-            raise RunError(f"`{path}` cannot be loaded: {str(exc).splitlines()[0]}") from None
+        return load_model(self.model_path())
 
     def data_config(self, overrides: list[str] | None = None, option: str = "--data") -> Config:
         """The run's config with `key.path=value` overrides (given as `option`) applied and validated."""

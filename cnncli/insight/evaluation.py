@@ -16,7 +16,7 @@ import numpy as np
 
 from cnncli.config.schema import Config
 from cnncli.deploy.runs import Run, open_run
-from cnncli.errors import CnnError, DataError, RunError
+from cnncli.errors import CnnError, DataError, RunError, UsageError
 from cnncli.model.predict_loop import keras_predict
 
 EVALUATIONS = "evaluations"  # RUN/evaluations/<data>/: the pictures of other data
@@ -93,7 +93,7 @@ def data_config(run: Run, overrides: list[str]) -> Config:
         key = key.strip()
         if not sep:
             example = "photos/" if item.startswith(("data", "seed")) else item  # a bare path: the user's folder
-            raise CnnError(f"--data `{item}`: expected KEY.PATH=VALUE, e.g. --data data.path={example}")
+            raise UsageError(f"`{item}`: expected KEY.PATH=VALUE, e.g. --data data.path={example}", "--data")
         if key not in ("data", "seed") and not key.startswith(("data.", "data[")):
             raise CnnError(f"--data `{item}`: --data changes the data (data.* keys, or seed); the model is "
                            f"model.keras as trained, so `{key}` would change nothing")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import CnnError, did_you_mean
+from cnncli.errors import CnnError, UsageError, did_you_mean
 from cnncli.model.geometry import all_layers
 from cnncli.registry import Registry
 
@@ -124,7 +124,7 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     from cnncli.deploy.runs import open_run
 
     if method not in METHODS:
-        raise CnnError(METHODS.unknown_message(method))
+        raise UsageError(METHODS.unknown_message(method), "--method")
     picture = read_image(image_path)
     run = open_run(run_dir)
     model = float32_model(run.load_model())
@@ -242,7 +242,7 @@ def default_saliency_path(run_dir: Path, image: Path, result: Saliency) -> Path:
 
 def _check_png(path: Path) -> None:
     if path.suffix.lower() != ".png":
-        raise CnnError(f"--output `{path}`: pictures are written as PNG; give a path ending in .png")
+        raise UsageError(f"`{path}`: pictures are written as PNG; give a path ending in .png", "--output")
     probe = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("/"))
     if not probe.is_dir():
         raise CnnError(f"cannot write `{path}`: `{probe}` is a file, not a directory; choose another --output")

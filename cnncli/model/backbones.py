@@ -113,17 +113,14 @@ def _run_status(run_dir: Path) -> str | None:
 
 def load_source_model(cfg: Config):
     """The earlier run's whole model, in the current dtype policy."""
-    import keras
-
-    import cnncli.model.preprocessing  # noqa: F401  registers ImagenetPreprocess for loading
-    from cnncli.config.vocabulary import keras_message
+    from cnncli.errors import RunError
+    from cnncli.model.preprocessing import load_model
 
     _, model_file = source_run(cfg)
     try:
-        model = keras.models.load_model(model_file, compile=False)
-    except Exception as exc:  # a damaged zip, a foreign file
-        raise cfg.error(f"`{model_file}` cannot be loaded: {keras_message(exc)}",
-                        ("model", "backbone", "from_run")) from None
+        model = load_model(model_file)
+    except RunError as exc:  # a damaged zip, a foreign file
+        raise cfg.error(str(exc), ("model", "backbone", "from_run")) from None
     return _in_current_policy(model)
 
 

@@ -310,7 +310,8 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         outputs[name] = x
     if classifier:
         check_output(cfg, x, names[-1] if names else None)
-    return keras.Model(inputs, x, name=cfg.name or "model")
+    # Keras refuses a `/` in a model's name; a run name may hold one (its directory is sanitised apart)
+    return keras.Model(inputs, x, name=(cfg.name or "model").replace("/", "-"))
 
 
 def check_output(cfg: Config, x, last_name: str | None) -> None:

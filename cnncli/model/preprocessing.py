@@ -12,8 +12,14 @@ saved before that used, stays registered so that their runs still load here.
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import keras
 from keras import ops
+
+from cnncli.errors import RunError
+from cnncli.fileio import looks_like
 
 # keras.applications.imagenet_utils modes, per backbone family; "none" means the
 # application scales its inputs itself (EfficientNet, ConvNeXt, MobileNetV3).
@@ -87,3 +93,20 @@ class ImagenetPreprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def load_model(path: str | Path):
+    """A .keras file as a keras.Model (not compiled), with this module's layer registered.
+
+    A RunError says why not: Keras calls a file that is not a zip archive "not found", even when it is
+    there, so such a file is described by what it looks like instead.
+    """
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise RunError(f"`{path}` is not a Keras model file: a .keras model is a zip archive, and this is "
+                       f"{looks_like(path)}")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # a damaged zip, a zip of something else
+        from cnncli.config.vocabulary import keras_message
+
+        raise RunError(f"`{path}` cannot be loaded: {keras_message(exc)}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from cnncli.errors import CnnError, did_you_mean
+from cnncli.errors import CnnError, UsageError, did_you_mean
 
 # What a template needs of the data regardless of the folder: VGG16 was trained on 224×224 colour images.
 PRESETS: dict[str, dict] = {
@@ -44,7 +44,8 @@ def list_templates() -> list[str]:
 def template_text(name: str) -> str:
     names = list_templates()
     if name not in names:
-        raise CnnError(f"unknown template `{name}`{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
+        raise UsageError(f"unknown template `{name}`{did_you_mean(name, names)}; choose one of: {', '.join(names)}",
+                         "--template")
     return resources.files(__package__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 
@@ -52,7 +53,7 @@ def inspect_data(spec: str, config_path: Path) -> DataFacts:
     """`image_folder:DIR` → the classes, image size and colour mode found there."""
     kind, sep, folder = spec.partition(":")
     if not sep or kind not in DATA_KINDS or not folder:
-        raise CnnError(f"--data takes KIND:DIR with KIND one of {', '.join(DATA_KINDS)}, got `{spec}`")
+        raise UsageError(f"takes KIND:DIR with KIND one of {', '.join(DATA_KINDS)}, got `{spec}`", "--data")
     from cnncli.config.schema import DataConfig
     from cnncli.data import describe
 

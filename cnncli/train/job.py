@@ -9,6 +9,7 @@ metrics and plots. `--resume` re-enters this at the last completed epoch.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -24,8 +25,8 @@ import numpy as np
 from cnncli import faults, fileio
 from cnncli.train import rundir
 from cnncli.config.schema import Config
-from cnncli.config.loading import load_config
-from cnncli.errors import CnnError, DataError, Interrupted
+from cnncli.config.loading import Override, load_config
+from cnncli.errors import CnnError, DataError, Interrupted, UsageError
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
@@ -53,10 +54,12 @@ class TrainOptions:
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
     """The config to run; for --resume, the run's own resolved config and saved state."""
     cli = list(opts.overrides)
-    for key, value in (("train.epochs", opts.epochs), ("train.batch_size", opts.batch_size),
-                       ("name", opts.name), ("runtime.device", opts.device)):
-        if value is not None:
-            cli.append(f"{key}={value}")
+    for key, value, option in (("train.epochs", opts.epochs, "--epochs"),
+                               ("train.batch_size", opts.batch_size, "--batch-size"),
+                               ("name", opts.name, "--name"), ("runtime.device", opts.device, "--device")):
+        if value is not None:  # a problem with it names the option as typed; a name stays text (`a: b`, `007`)
+            text = json.dumps(value) if key == "name" else value
+            cli.append(Override(f"{key}={text}", given=f"{option} {value}", option=option))
     check_sources(opts.config, opts.resume)
     if opts.resume is not None:
         run_dir = rundir.find_run_dir(opts.resume)
@@ -97,10 +100,20 @@ class _StopSignal:
         return False
 
 
+@contextlib.contextmanager
+def _before_training(doing: str):
+    """Ctrl-C (or SIGTERM) before the run directory exists: say what stopped, and that nothing was written."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped while {doing}, before training started; nothing was written") from None
+
+
 def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
     rundir.no_world_writes()
     with _StopSignal(), contextlib.ExitStack() as held:
-        cfg, resume_dir, state = resolve_config(opts)
+        with _before_training("reading the config"):
+            cfg, resume_dir, state = resolve_config(opts)
         from cnncli.train.cluster import process_role
 
         chief = process_role(cfg.runtime).is_chief
@@ -137,8 +150,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     # The step-cost estimate below reads the layers' arguments: they are checked first, so a value of the
     # wrong kind gets the line `cnn validate` gives it rather than a traceback from the estimate.
     check_layer_args(cfg)
-    small, size_reason = model_size(cfg)
-    runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
+    with _before_training("setting up the devices"):
+        small, size_reason = model_size(cfg)
+        runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
     reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
@@ -153,10 +167,14 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
         # before the seed: the trial build draws initial weights.)
-        check_model(cfg)
-        from cnncli.train.augment import check_augmentation
+    from cnncli.model.builder import check_layer_args
 
-        check_augmentation(cfg, runtime.precision)
+    # The step-cost estimate below reads the layers' arguments: they are checked first, so a value of the
+    # wrong kind gets the line `cnn validate` gives it rather than a traceback from the estimate.
+    check_layer_args(cfg)
+    with _before_training("setting up the devices"):
+        small, size_reason = model_size(cfg)
+        runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
         if runtime.is_chief:
             rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import tensorflow as tf
@@ -165,7 +183,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    data, plan = _load_data(cfg, opts.smoke, reporter, runtime, opts.load_resident)
+    with _before_training("loading the data"):
+        data, plan = _load_data(cfg, opts.smoke, reporter, runtime, opts.load_resident)
     shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
@@ -277,6 +296,7 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_
     from cnncli.data import cache_streams, convert_images, open_data
     from cnncli.model.inputs import plan_input
 
+    faults.point("data_load")
     plan = plan_input(cfg)
     for note in plan.notes:
         reporter.message(f"note: {note}")

@@ -17,7 +17,7 @@ import yaml
 
 from cnncli.config.keypaths import MISSING, differences, nearest_line, parse_path
 from cnncli.config.schema import Config
-from cnncli.errors import CnnError, ConfigError, describe
+from cnncli.errors import CnnError, ConfigError, UsageError, describe
 from cnncli.train import rundir
 
 # How long a run trains is not in its checkpoint: these keys may change between a checkpoint and its resume
@@ -28,10 +28,10 @@ _LENGTH = re.compile(r"train\.epochs|train\.phases\[\d+\]\.epochs")
 def check_sources(config, resume: Path | None) -> None:
     """A new run from CONFIG, or a resume of RUN with its own config: exactly one of the two."""
     if config is None and resume is None:
-        raise CnnError("give a config file, or --resume RUN_DIR")
+        raise UsageError("give a config file, or --resume RUN_DIR")
     if config is not None and resume is not None:
         given = ", ".join(f"`{c}`" for c in config) if isinstance(config, (list, tuple)) else f"`{config}`"
-        raise CnnError(f"--resume continues `{resume}` with the config it was trained with "
+        raise UsageError(f"--resume continues `{resume}` with the config it was trained with "
                        f"({Path(resume) / 'config.yaml'}), so a CONFIG ({given}) cannot apply; give one or the "
                        "other (change a setting of the resumed run with --set KEY.PATH=VALUE or --epochs N)")
 

@@ -10,7 +10,7 @@ import yaml
 
 from cnncli.config.schema import Config, Distribution, SearchSpec
 from cnncli.config.keypaths import canonical_path
-from cnncli.config.loading import load_config
+from cnncli.config.loading import Override, load_config
 from cnncli.errors import ConfigError, Problem, did_you_mean
 
 
@@ -113,9 +113,13 @@ def search_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
 
 
 def as_overrides(values: dict[str, Any]) -> list[str]:
-    """`path=value` strings for TrainOptions.overrides, values written as YAML flow scalars."""
-    return [f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
-            for path, value in values.items()]
+    """`path=value` strings for TrainOptions.overrides, values written as YAML flow scalars; a problem with
+    one names the sampled value, not a --set the user never typed."""
+    out = []
+    for path, value in values.items():
+        text = f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+        out.append(Override(text, given=f"search.params sampled {text}"))
+    return out
 
 
 def direction(spec: SearchSpec) -> str:

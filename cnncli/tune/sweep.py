@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
-from cnncli.errors import CnnError, ConfigError, Interrupted
+from cnncli.errors import CnnError, ConfigError, Interrupted, UsageError
 from cnncli.train import rundir
 from cnncli.tune import space, tracking
 from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
@@ -62,8 +62,10 @@ def open_sweep(opts: TuneOptions) -> Sweep:
 
     cfg = load_config(opts.config, opts.overrides, spec_check=raw_spec_problems)
     if cfg.search is None:
-        raise cfg.error("has no `search:` section; add `search: {params: {train.optimizer.learning_rate: "
-                        "{loguniform: [0.0001, 0.01]}}}` (see README, Experiments)", ("search",))
+        # the file as a whole: a missing section has no line, and the root's would point at its first key
+        raise ConfigError.single("the config has no `search:` section, which cnn tune searches; add one, e.g. "
+                                 "`search: {params: {train.optimizer.learning_rate: {loguniform: [0.0001, 0.01]}}}` "
+                                 "(see README, Experiments)", file=cfg._file)
     problems = space.search_problems(cfg, opts.config, opts.overrides)
     if problems:
         raise ConfigError(problems, cfg._file)
@@ -131,8 +133,8 @@ def open_storage(url: str):
     try:
         shown = make_url(url).render_as_string(hide_password=True)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise CnnError(f"--storage `{url}` is not a database URL; use one like sqlite:///study.db or "
-                       "postgresql://user:password@host/database") from None
+        raise UsageError(f"`{url}` is not a database URL; use one like sqlite:///study.db or "
+                         "postgresql://user:password@host/database", "--storage") from None
     try:
         return _storage_with_tables(url)
     except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError

@@ -8,6 +8,7 @@ overrides (`apply_overrides`) and `cnn validate --print`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -142,9 +143,10 @@ def test_missing_file(tmp_path, command):
     assert_error(invoke([command, path]), [f"Error: {path}: no such file"])
 
 
-@pytest.mark.parametrize("command", ["validate", "summary"])
-def test_directory(tmp_path, command):
-    assert_error(invoke([command, tmp_path]), [f"Error: {tmp_path}: is a directory, expected a YAML file"])
+@pytest.mark.parametrize("command, message", [("validate", "a folder with no config files (*.yaml, *.yml) in it"),
+                                               ("summary", "is a directory, expected a YAML file")])
+def test_directory(tmp_path, command, message):  # validate takes folders of configs; summary one file
+    assert_error(invoke([command, tmp_path]), [f"Error: {tmp_path}: {message}"])
 
 
 @pytest.mark.parametrize("command", ["validate", "summary"])
@@ -228,18 +230,28 @@ def test_validate_json_reports_errors_in_the_document(tmp_path):
 # ---------------------------------------------------------------- --set on the command line
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epochs", "bad --set `train.epochs`: expected key.path=value"),
-    ("=3", "bad --set `=3`: expected key.path=value"),
-    ("model.layers[x].units=3", "bad --set `model.layers[x].units=3`: `[x]` is not a list index"),
-    ("model.layers[9].units=3", "bad --set `model.layers[9].units=3`: no list item model.layers[9]"),
-    ("model.layers[0].type.x=3", "bad --set `model.layers[0].type.x=3`: model.layers[0].type is not a mapping"),
-    ("model.input_shape.h=3", "bad --set `model.input_shape.h=3`: model.input_shape is not a mapping"),
-    ("train.epochs=[1", "bad --set `train.epochs=[1`: invalid YAML: "),
+    ("model.layers[9].units=3", "--set model.layers[9].units=3: no list item model.layers[9]"),
+    ("model.layers[0].type.x=3", "--set model.layers[0].type.x=3: model.layers[0].type is not a mapping"),
+    ("model.input_shape.h=3", "--set model.input_shape.h=3: model.input_shape is not a mapping"),
+    ("train.epochs=[1", "--set train.epochs=[1: invalid YAML: "),
+])
+def test_set_that_does_not_fit_the_config(tmp_path, override, message):
+    path = tmp_path / "ok.yaml"
+    path.write_text(OK_MODEL)
+    assert_error(invoke(["summary", path, "--set", override]), [f"Error: {message}"])
+
+
+@pytest.mark.parametrize("override, message", [  # a malformed command line: a usage error, exit 2
+    ("train.epochs", "`train.epochs`: expected KEY.PATH=VALUE"),
+    ("=3", "`=3`: the key path is empty"),
+    ("model.layers[x].units=3", "`model.layers[x].units=3`: `[x]` is not a list index"),
 ])
 def test_bad_set_syntax(tmp_path, override, message):
     path = tmp_path / "ok.yaml"
     path.write_text(OK_MODEL)
-    assert_error(invoke(["summary", path, "--set", override]), [f"Error: {message}"])
+    result = invoke(["summary", path, "--set", override])
+    assert result.exit_code == 2, result.stderr
+    assert f"Invalid value for '--set': {message}" in " ".join(re.sub("[│╭╮╰╯─]", " ", result.stderr).split())
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -250,8 +262,8 @@ def test_bad_set_syntax(tmp_path, override, message):
 def test_set_value_is_validated_like_the_file(tmp_path, override, fragment):
     path = tmp_path / "ok.yaml"
     path.write_text(OK_MODEL)
-    # No line number: the value came from the command line, not from the file.
-    assert_error(invoke(["validate", path, "--set", override]), [f"Error: {path}: {fragment}"])
+    # Named by the option, not the file: the value came from the command line.
+    assert_error(invoke(["validate", path, "--set", override]), [f"Error: --set {override}: {fragment}"])
 
 
 def base_data() -> dict:
@@ -292,7 +304,7 @@ def test_apply_overrides_in_order_and_validates():
 
 
 def test_apply_overrides_errors_are_config_errors():
-    with pytest.raises(ConfigError, match=r"bad --set `model.layers\[5\].units=1`: no list item model.layers\[5\]"):
+    with pytest.raises(ConfigError, match=r"--set model.layers\[5\].units=1: no list item model.layers\[5\]"):
         apply_overrides(base_data(), ["model.layers[5].units=1"], {})
 
 

@@ -78,9 +78,10 @@ def test_init_refuses_to_overwrite_and_bad_arguments(tmp_path):
     result = runner.invoke(app, ["init", str(path)])
     assert result.exit_code == 1 and "already exists" in result.stderr and path.read_text() == "seed: 1\n"
     result = runner.invoke(app, ["init", str(tmp_path / "b.yaml"), "--template", "lenett"])
-    assert result.exit_code == 1 and "unknown template `lenett` (did you mean `lenet`?)" in result.stderr
+    flat = " ".join(result.stderr.replace("│", " ").split())
+    assert result.exit_code == 2 and "unknown template `lenett` (did you mean `lenet`?)" in flat
     result = runner.invoke(app, ["init", str(tmp_path / "c.yaml"), "--data", "folder:x"])
-    assert result.exit_code == 1 and "--data takes KIND:DIR" in result.stderr
+    assert result.exit_code == 2 and "Invalid value for '--data': takes KIND:DIR" in result.stderr
 
 
 def test_built_wheel_contains_every_template_and_the_schema(tmp_path):

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import trained_runs as tr
 from cnncli.cli import app
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, UsageError
 from cnncli.deploy.export import FORMATS, QUANTIZATIONS, Criterion, export_run, list_formats, resolve_output
 
 runner = CliRunner()
@@ -94,7 +94,7 @@ def test_unknown_format_lists_formats_and_suggests():
 
 
 def test_quantize_is_for_tflite_only_and_named():
-    with pytest.raises(CnnError, match="--quantize applies to --format tflite only, not `onnx`"):
+    with pytest.raises(UsageError, match="applies to --format tflite only, not `onnx`"):
         export_run("/nonexistent", "onnx", quantize="int8")
     with pytest.raises(CnnError, match=r"unknown quantization `int4` \(did you mean `int8`\?\); valid: float16, int8"):
         export_run("/nonexistent", "tflite", quantize="int4")

@@ -169,7 +169,7 @@ def test_a_config_without_search_is_refused(tmp_path):
     config.write_text(small_config(SWEPT))
     result = runner.invoke(app, ["tune", str(config), "--output", str(tmp_path / "sweep")])
     assert result.exit_code == 1
-    assert "has no `search:` section" in result.stderr
+    assert result.stderr.startswith(f"Error: {config}: the config has no `search:` section")
 
 
 def test_the_trial_table_grows_as_trials_finish():
@@ -287,8 +287,15 @@ def test_a_trial_asked_for_beyond_the_count_by_another_machine_is_ended_unrun(tm
     assert next_trial(sweep) is None  # the first still runs: nothing more to ask for
 
 
+def test_a_storage_that_is_no_url_is_a_usage_error(tmp_path):
+    config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}")
+    result = runner.invoke(app, ["tune", str(config), "--storage", "nonsense", "--output", str(tmp_path / "sweep")])
+    assert result.exit_code == 2
+    assert "Invalid value for '--storage': `nonsense` is not a database URL" in " ".join(result.stderr.split())
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize("url, fragment", [
-    ("nonsense", "--storage `nonsense` is not a database URL; use one like sqlite:///study.db"),
     ("postgresql+pg8000://ann:s3cret@localhost/sweeps", "--storage `postgresql+pg8000://ann:***@localhost/sweeps` "
      "needs the database driver `pg8000`, which is not installed: pip install \"pg8000\""),
     ("sqlite:////no/such/folder/study.db", "--storage `sqlite:////no/such/folder/study.db`: cannot open the "
