@@ -21,6 +21,7 @@ from cnncli.commands import models  # noqa: E402, F401  isort: skip
 from cnncli.commands import training  # noqa: E402, F401  isort: skip
 from cnncli.commands import data  # noqa: E402, F401  isort: skip
 from cnncli.commands import explain  # noqa: E402, F401  isort: skip
+from cnncli.commands import serving  # noqa: E402, F401  isort: skip
 from cnncli.commands import configs  # noqa: E402, F401  isort: skip
 from cnncli.commands import experiments  # noqa: E402, F401  isort: skip
 from cnncli.errors import CnnError  # noqa: E402  isort: skip
