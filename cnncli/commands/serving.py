@@ -24,12 +24,13 @@ def serve(
     max_body: int = typer.Option(DEFAULT_MAX_BODY, "--max-body", min=1, help="Largest request body, in bytes."),
     api_key: str | None = typer.Option(None, "--api-key", envvar="CNN_SERVE_API_KEY", show_envvar=True,
                                           help="Require this key (Authorization: Bearer KEY) on every route "
-                                               "but /healthz."),
+                                               "but /healthz and the page at /."),
 ) -> None:
     """Serve a trained model over HTTP until SIGTERM or Ctrl-C.
 
     Routes: POST /v1/models/NAME:predict and GET /v1/models/NAME(/metadata), as TF Serving's REST API;
-    POST /predict (image files, top-k classes); GET /healthz; GET /metrics (Prometheus).
+    POST /predict (image files, top-k classes); GET /healthz; GET /metrics (Prometheus);
+    GET / (a page to try the model in a browser).
     NAME is the run's name, or default.
 
     Needs the extra: pip install "cnncli\\[serve]".

@@ -6,6 +6,7 @@ Routes (TF Serving's REST API, so its clients work unchanged, plus a few of our 
     GET  /v1/models/NAME            model status, as TF Serving answers it
     GET  /v1/models/NAME/metadata   input shape, class names and the signature
     POST /predict?k=5               multipart image files -> top-k classes, as `cnn predict --json`
+    GET  /                          a page to try the model: drop a picture, see the top-k as bars
     GET  /healthz                   liveness, never behind the API key
     GET  /metrics                   Prometheus text: requests, errors, latency, batch sizes
 
@@ -20,6 +21,7 @@ of every route: the API key, the body limit, and the metrics. Errors are JSON
 # imported inside build_app so the module imports without the extra) when they are declared.
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +31,11 @@ from cnncli.deploy.serve_guard import DEFAULT_MAX_BODY, Guard, error
 from cnncli.deploy.serve_inputs import MAX_PIXELS, RequestError, instances_to_pixels, read_picture
 from cnncli.deploy.serve_metrics import CONTENT_TYPE, Metrics
 from cnncli.images import model_view
+
+PAGE = Path(__file__).with_name("serve_page.html")  # GET /: drop a picture, see the top-k as bars
+# the page may talk to this server only: no scripts, styles or images from anywhere else
+PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; "
+               "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 @dataclass
@@ -50,7 +57,7 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
     """The FastAPI app serving `model`."""
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import PlainTextResponse
+    from fastapi.responses import HTMLResponse, PlainTextResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
     from starlette.exceptions import HTTPException
@@ -114,6 +121,10 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
         probs = await probabilities(np.stack(pictures))
         return {"predictions": [{"image": name, "predictions": top_k(p, model.class_names, min(k, len(p)))}
                                 for (name, _), p in zip(files, probs, strict=True)]}
+
+    @app.get("/")
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/healthz")
     async def healthz():
@@ -206,7 +217,6 @@ def open_socket(host: str, port: int):
 def serve(model_path, options: ServeOptions, say=print, warn=print) -> None:
     """Serve the model at `model_path` (run directory or export) until SIGTERM or Ctrl-C."""
     import signal
-    from pathlib import Path
 
     from cnncli.deploy.artifacts import open_predictor
     from cnncli.errors import CnnError

@@ -14,7 +14,9 @@ from cnncli.deploy.serve_metrics import Metrics
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024  # bytes: a few phone photos, or ~16 raw 224×224 RGB arrays as JSON
 PREDICT_ROUTES = ("/v1/models/{name}:predict", "/predict")  # counted in cnn_serve_requests_in_flight
-OPEN_PATHS = ("/healthz",)  # answered without the API key: load balancers probe it
+# answered without the API key: load balancers probe /healthz; the page at / is static, and what it
+# shows of the model it fetches with the key its user types
+OPEN_PATHS = ("/healthz", "/")
 
 
 def error(status: int, message: str, headers: dict | None = None):

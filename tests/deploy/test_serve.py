@@ -253,6 +253,31 @@ def test_bad_query_and_route_get_json_errors(server, pictures):
     assert status == 404 and answer["error"].startswith("no such route")
 
 
+def test_page_is_self_contained(server):
+    with urllib.request.urlopen(server.url + "/", timeout=REQUEST_TIMEOUT) as response:
+        page, headers = response.read().decode(), response.headers
+    assert response.status == 200 and headers["content-type"].startswith("text/html")
+    assert "default-src 'none'; connect-src 'self'" in headers["content-security-policy"]
+    assert not re.search(r"https?:|//[\w.-]+\.\w", page)  # nothing fetched from outside this server
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)  # no files besides the page itself
+    assert '"v1/models/default/metadata"' in page and "`predict?k=${" in page  # relative: works behind a prefix
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page  # phones
+
+
+def test_page_loads_the_models_metadata_in_a_browser(server):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium to load the page in")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", server.url + "/"], capture_output=True, text=True, timeout=REQUEST_TIMEOUT)
+    # the script ran under the page's Content-Security-Policy and fetched the metadata from this server
+    assert '<h1 id="title">tiny</h1>' in dom.stdout, dom.stdout + dom.stderr
+    assert "2 classes; the model takes 16×16×1 pixels" in dom.stdout
+    assert '<div id="error" role="alert"></div>' in dom.stdout
+
+
 # ---------------------------------------------------------------- the API key, and SIGTERM draining
 
 @pytest.fixture(scope="module")
@@ -262,8 +287,10 @@ def guarded(request, tmp_path_factory, run_dir) -> Server:
                  env={"CNN_SERVE_API_KEY": "s3cret", "CNNCLI_FAULT": "serve_batch:slow"})
 
 
-def test_api_key_guards_every_route_but_healthz(guarded):
+def test_api_key_guards_every_route_but_healthz_and_the_page(guarded):
     assert guarded.call("GET", "/healthz") == (200, {"status": "ok", "model": "tiny"})
+    status, page = guarded.call("GET", "/")  # static; it asks its user for the key
+    assert status == 200 and "API key" in page
     refusal = {"error": "missing or wrong API key: send the header `Authorization: Bearer KEY` or `X-API-Key: KEY`"}
     for method, path in (("GET", "/metrics"), ("GET", "/v1/models/tiny"), ("GET", "/v1/models/tiny/metadata"),
                          ("POST", "/v1/models/tiny:predict"), ("POST", "/predict"), ("GET", "/nowhere")):
