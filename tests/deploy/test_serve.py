@@ -389,3 +389,19 @@ def test_a_taken_port_is_one_error_line():
         port = taken.getsockname()[1]
         with pytest.raises(CnnError, match=rf"^cannot listen on 127\.0\.0\.1:{port} \(--host, --port\): "):
             open_socket("127.0.0.1", port)
+
+
+def test_slow_fault_sleeps_at_its_point_then_goes_on(monkeypatch):
+    from cnncli import faults
+
+    slept = []
+    monkeypatch.setenv(faults.ENV, "serve_batch:slow")
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    faults.reset()
+    try:
+        faults.point("serve_batch")
+        faults.point("serve_batch")  # only the first arrival, as for every action
+    finally:
+        monkeypatch.delenv(faults.ENV)
+        faults.reset()
+    assert slept == [faults.SLOW_SECONDS]
