@@ -40,7 +40,7 @@ PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' blob:; st
 
 @dataclass
 class ServedModel:
-    """What the routes need to know of the model; `submit` is the micro-batcher's."""
+    """What the routes need to know of the model; its batches go through `batcher`."""
 
     name: str
     kind: str

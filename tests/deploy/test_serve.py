@@ -211,8 +211,6 @@ BAD_FILES = {
     "truncated": ("cut.png", lambda good: good[: len(good) // 2], 400, "cut.png: cannot read image ("),
     "decompression bomb": ("bomb.png", lambda good: _bomb(), 413,
                            "bomb.png: 8000×8000 = 64,000,000 pixels is over the budget of 40,000,000 pixels"),
-    "body over --max-body": ("huge.png", lambda good: b"\0" * (MAX_BODY + 1), 413,
-                             "is over the limit of 2,000,000 bytes (cnn serve --max-body)"),
 }
 
 BAD_JSON = {
@@ -232,6 +230,43 @@ def test_bad_file_gets_its_status_and_the_server_goes_on(server, pictures, case)
     name, make, status, fragment = BAD_FILES[case]
     got, answer = server.post_files("/predict", [(name, make(pictures[0].read_bytes()))])
     assert got == status and fragment in answer["error"], answer
+    assert server.post_files("/predict", [(pictures[0].name, pictures[0].read_bytes())])[0] == 200
+
+
+def raw_request(server: Server, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """Status and JSON of a request written by hand: a client told 413 before its body is sent stops sending."""
+    import socket
+
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as connection:
+        connection.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < _length(reply):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    header, _, content = reply.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(content[:_length(reply)])
+
+
+def _length(reply: bytes) -> int:
+    found = re.search(rb"(?i)content-length: *(\d+)", reply.partition(b"\r\n\r\n")[0])
+    return int(found.group(1)) if found else 1 << 30
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_max_body_gets_413_and_the_server_goes_on(server, pictures, chunked):
+    message = "is over the limit of 2,000,000 bytes (cnn serve --max-body)"
+    if chunked:  # no Content-Length: refused while it arrives
+        size = MAX_BODY + 1
+        body = f"{size:x}\r\n".encode() + b"\0" * size + b"\r\n0\r\n\r\n"
+        status, answer = raw_request(server, "POST /predict HTTP/1.1\nHost: test\nTransfer-Encoding: chunked\n"
+                                             "Content-Type: multipart/form-data; boundary=x\n", body)
+    else:  # refused from the header, before a byte of the body is read
+        status, answer = raw_request(server, f"POST /predict HTTP/1.1\nHost: test\nContent-Length: {MAX_BODY + 1}\n"
+                                             "Content-Type: multipart/form-data; boundary=x\n")
+    assert status == 413 and message in answer["error"], answer
     assert server.post_files("/predict", [(pictures[0].name, pictures[0].read_bytes())])[0] == 200
 
 
@@ -405,3 +440,19 @@ def test_slow_fault_sleeps_at_its_point_then_goes_on(monkeypatch):
         monkeypatch.delenv(faults.ENV)
         faults.reset()
     assert slept == [faults.SLOW_SECONDS]
+
+
+def test_an_export_is_served_under_its_file_name(request, tmp_path_factory, run_dir, pictures):
+    from cnncli.deploy.export import export_run
+
+    exported = export_run(run_dir, "keras", tmp_path_factory.mktemp("export")).path
+    server = start(request, tmp_path_factory, exported)
+    status, meta = server.call("GET", "/v1/models/model/metadata")
+    assert status == 200 and meta["kind"] == "keras" and meta["class_names"] == ["x", "o"]  # from export.json
+    status, answer = server.post_files("/predict?k=2", [(p.name, p.read_bytes()) for p in pictures])
+    assert status == 200, answer
+    for got, want in zip(answer["predictions"], cnn_predict(run_dir, pictures, 2), strict=True):
+        np.testing.assert_allclose([p["probability"] for p in got["predictions"]],
+                                   [p["probability"] for p in want["predictions"]], atol=1e-6)
+    server.stop()
+    assert server.process.returncode == 0
