@@ -29,8 +29,8 @@ def serve(
     """Serve a trained model over HTTP until SIGTERM or Ctrl-C.
 
     Routes: POST /v1/models/NAME:predict and GET /v1/models/NAME(/metadata), as TF Serving's REST API;
-    POST /predict (image files, top-k classes); GET /healthz; GET /metrics (Prometheus);
-    GET / (a page to try the model in a browser).
+    POST /predict (image files, top-k classes; ?explain=gradcam adds Grad-CAM overlays);
+    GET /healthz; GET /metrics (Prometheus); GET / (a page to try the model in a browser).
     NAME is the run's name, or default.
 
     Needs the extra: pip install "cnncli\\[serve]".
@@ -39,8 +39,9 @@ def serve(
     """
     from cnncli.deploy.serve import ServeOptions
     from cnncli.deploy.serve import serve as run_server
+    from cnncli.insight.overlays import gradcam_overlays
 
     with handled():
         options = ServeOptions(host, port, max_batch, max_wait_ms, max_body, api_key)
         run_server(model, options, say=lambda line: err.print(line, markup=False),
-                   warn=lambda line: err.print(f"[yellow]warning[/]: {line}"))
+                   warn=lambda line: err.print(f"[yellow]warning[/]: {line}"), explainer=gradcam_overlays)

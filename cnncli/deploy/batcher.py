@@ -43,6 +43,12 @@ class MicroBatcher:
         self._queue.put((images, future))
         return future
 
+    def call(self, fn: Callable[[], object]) -> Future:
+        """A future of `fn()`, run alone on the model's thread (Grad-CAM needs the model too)."""
+        future: Future = Future()
+        self._queue.put((fn, future))
+        return future
+
     def close(self, timeout: float | None = None) -> None:
         """Let the requests already submitted finish, then end the worker."""
         self._queue.put(_STOP)
@@ -57,6 +63,9 @@ class MicroBatcher:
             pending = None
             if first is _STOP:
                 return
+            if callable(first[0]):
+                self._call(*first)
+                continue
             batch, size = [first], len(first[0])
             deadline = time.monotonic() + self.max_wait_s
             while size < self.max_batch:
@@ -64,12 +73,20 @@ class MicroBatcher:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if item is _STOP or size + len(item[0]) > self.max_batch:
+                if item is _STOP or callable(item[0]) or size + len(item[0]) > self.max_batch:
                     pending = item  # next batch's first, or the stop after this batch
                     break
                 batch.append(item)
                 size += len(item[0])
             self._run(batch)
+
+    def _call(self, fn, future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:
+            future.set_exception(exc)
 
     def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         batch = [(x, f) for x, f in batch if f.set_running_or_notify_cancel()]

@@ -6,6 +6,7 @@ Routes (TF Serving's REST API, so its clients work unchanged, plus a few of our 
     GET  /v1/models/NAME            model status, as TF Serving answers it
     GET  /v1/models/NAME/metadata   input shape, class names and the signature
     POST /predict?k=5               multipart image files -> top-k classes, as `cnn predict --json`
+                                    (&explain=gradcam: and Grad-CAM of the top class over each, as a PNG)
     GET  /                          a page to try the model: drop a picture, see the top-k as bars
     GET  /healthz                   liveness, never behind the API key
     GET  /metrics                   Prometheus text: requests, errors, latency, batch sizes
@@ -20,6 +21,8 @@ of every route: the API key, the body limit, and the metrics. Errors are JSON
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations (Request,
 # imported inside build_app so the module imports without the extra) when they are declared.
 import asyncio
+import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ from cnncli.images import model_view
 
 PAGE = Path(__file__).with_name("serve_page.html")  # GET /: drop a picture, see the top-k as bars
 # the page may talk to this server only: no scripts, styles or images from anywhere else
-PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' blob:; style-src 'unsafe-inline'; "
+PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
                "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
@@ -49,6 +52,8 @@ class ServedModel:
     batcher: MicroBatcher
     metrics: Metrics
     max_pixels: int = MAX_PIXELS
+    explain: Callable[[np.ndarray, list[int]], list[bytes]] | None = None  # Grad-CAM PNGs, on the model's thread
+    no_explain: str = "this server was started without Grad-CAM"  # why explain is None
 
 
 # ---------------------------------------------------------------- the app
@@ -109,7 +114,11 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
         return metadata_of(model)
 
     @app.post("/predict")
-    async def predict(request: Request, k: int = Query(DEFAULT_TOP_K, ge=1)):
+    async def predict(request: Request, k: int = Query(DEFAULT_TOP_K, ge=1), explain: str | None = None):
+        if explain not in (None, "gradcam"):
+            raise RequestError(400, f"explain must be gradcam, got `{explain}`")
+        if explain and model.explain is None:
+            raise RequestError(400, f"explain=gradcam is not available: {model.no_explain}")
         form = await request.form()
         files = [(value.filename or key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
         if not files:
@@ -119,8 +128,14 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
             data = await upload.read()
             pictures.append(await run_in_threadpool(read_picture, data, name, view, model.max_pixels))
         probs = await probabilities(np.stack(pictures))
-        return {"predictions": [{"image": name, "predictions": top_k(p, model.class_names, min(k, len(p)))}
-                                for (name, _), p in zip(files, probs, strict=True)]}
+        rows = [{"image": name, "predictions": top_k(p, model.class_names, min(k, len(p)))}
+                for (name, _), p in zip(files, probs, strict=True)]
+        if explain and (draw := model.explain):  # of the most probable class, on the model's thread
+            classes = [int(np.argmax(p)) for p in probs]
+            job = model.batcher.call(lambda: draw(np.stack(pictures), classes))
+            for row, png in zip(rows, await asyncio.wrap_future(job), strict=True):
+                row["gradcam"] = "data:image/png;base64," + base64.b64encode(png).decode()
+        return {"predictions": rows}
 
     @app.get("/")
     async def page():
@@ -214,8 +229,12 @@ def open_socket(host: str, port: int):
         raise CnnError(f"cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}") from None
 
 
-def serve(model_path, options: ServeOptions, say=print, warn=print) -> None:
-    """Serve the model at `model_path` (run directory or export) until SIGTERM or Ctrl-C."""
+def serve(model_path, options: ServeOptions, say=print, warn=print, explainer=None) -> None:
+    """Serve the model at `model_path` (run directory or export) until SIGTERM or Ctrl-C.
+
+    `explainer(keras_model)` gives the Grad-CAM function of POST /predict?explain=gradcam
+    (it lives in cnncli.insight, a floor above this one, so the command hands it in).
+    """
     import signal
 
     from cnncli.deploy.artifacts import open_predictor
@@ -237,6 +256,7 @@ def serve(model_path, options: ServeOptions, say=print, warn=print) -> None:
     metrics = Metrics()
     batcher = MicroBatcher(predictor.predict, options.max_batch, options.max_wait_ms / 1000, metrics.batch)
     model = ServedModel(name, predictor.kind, predictor.class_names, predictor.input_shape, batcher, metrics)
+    model.explain, model.no_explain = explain_of(predictor, explainer)
     app = build_app(model, options.max_body, options.api_key or None)
     host, port = sock.getsockname()[:2]
     if exposed := exposure_warning(options.host, port, options.api_key):
@@ -265,3 +285,18 @@ def model_name(predictor, path) -> str:
 
         return open_run(path).cfg.name or "default"
     return path.name if path.is_dir() else path.stem
+
+
+def explain_of(predictor, explainer) -> tuple[Callable | None, str]:
+    """(Grad-CAM function, "") for a Keras model with a convolution, else (None, why not)."""
+    from cnncli.errors import CnnError
+
+    if explainer is None:
+        return None, "this server was started without Grad-CAM"
+    if predictor.model is None:
+        return None, (f"Grad-CAM needs the Keras model (a run directory or a .keras file); "
+                      f"this server runs a {predictor.kind} model")
+    try:
+        return explainer(predictor.model), ""
+    except CnnError as exc:
+        return None, str(exc)

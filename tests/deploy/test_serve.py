@@ -195,6 +195,23 @@ def test_metrics_count_what_was_sent(server, pictures):
     assert after['cnn_serve_batch_images_bucket{le="+Inf"}'] == after["cnn_serve_batch_images_count"]
 
 
+def test_gradcam_overlays_come_with_the_same_predictions(server, pictures):
+    import io
+
+    files = [(p.name, p.read_bytes()) for p in pictures[:2]]
+    status, plain = server.post_files("/predict?k=2", files)
+    assert status == 200 and all("gradcam" not in row for row in plain["predictions"])
+    status, explained = server.post_files("/predict?k=2&explain=gradcam", files)
+    assert status == 200, explained
+    for row, without in zip(explained["predictions"], plain["predictions"], strict=True):
+        assert row["predictions"] == without["predictions"]
+        head, _, data = row["gradcam"].partition(",")
+        assert head == "data:image/png;base64"
+        overlay = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert overlay.mode == "RGB" and overlay.size == (224, 224)  # 16×16 scaled 14 times, pixels kept square
+    assert server.post_files("/predict?explain=lime", files) == (400, {"error": "explain must be gradcam, got `lime`"})
+
+
 # ---------------------------------------------------------------- bad input: a JSON error, and the server goes on
 
 def _bomb() -> bytes:
@@ -456,3 +473,33 @@ def test_an_export_is_served_under_its_file_name(request, tmp_path_factory, run_
                                    [p["probability"] for p in want["predictions"]], atol=1e-6)
     server.stop()
     assert server.process.returncode == 0
+
+
+def test_gradcam_is_refused_with_a_reason_where_there_is_no_keras_model():
+    from types import SimpleNamespace
+
+    from cnncli.deploy.serve import explain_of
+    from cnncli.errors import CnnError
+
+    assert explain_of(SimpleNamespace(model=object(), kind="run"), None) == (
+        None, "this server was started without Grad-CAM")
+    assert explain_of(SimpleNamespace(model=None, kind="tflite"), lambda m: m) == (
+        None, "Grad-CAM needs the Keras model (a run directory or a .keras file); this server runs a tflite model")
+
+    def no_conv(model):
+        raise CnnError("model `m` has no convolution with a spatial output")
+
+    assert explain_of(SimpleNamespace(model=object(), kind="run"), no_conv) == (
+        None, "model `m` has no convolution with a spatial output")
+
+
+def test_micro_batcher_runs_a_call_alone_on_the_model_thread():
+    from cnncli.deploy.batcher import MicroBatcher
+
+    batcher = MicroBatcher(lambda x: np.zeros((len(x), 2), np.float32), max_batch=8, max_wait_s=0.001)
+    first = batcher.submit(np.zeros((1, 2, 2, 1), np.float32))
+    name = batcher.call(lambda: threading.current_thread().name)
+    last = batcher.submit(np.zeros((2, 2, 2, 1), np.float32))
+    assert name.result(REQUEST_TIMEOUT) == "cnn-serve-model"
+    assert first.result(REQUEST_TIMEOUT).shape == (1, 2) and last.result(REQUEST_TIMEOUT).shape == (2, 2)
+    batcher.close(REQUEST_TIMEOUT)
