@@ -316,18 +316,29 @@ def test_page_is_self_contained(server):
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page  # phones
 
 
-def test_page_loads_the_models_metadata_in_a_browser(server):
-    import shutil
+def test_page_in_a_browser_shows_the_top_k_and_grad_cam(server, run_dir, pictures):
+    from chromium_pipe import Browser, find_chromium
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
+    if find_chromium() is None:
         pytest.skip("no Chromium to load the page in")
-    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", server.url + "/"], capture_output=True, text=True, timeout=REQUEST_TIMEOUT)
-    # the script ran under the page's Content-Security-Policy and fetched the metadata from this server
-    assert '<h1 id="title">tiny</h1>' in dom.stdout, dom.stdout + dom.stderr
-    assert "2 classes; the model takes 16×16×1 pixels" in dom.stdout
-    assert '<div id="error" role="alert"></div>' in dom.stdout
+    browser = Browser(find_chromium(), timeout=REQUEST_TIMEOUT)
+    try:
+        browser.open(server.url + "/")
+        # the script runs under the page's Content-Security-Policy and fetches the metadata from this server
+        assert browser.wait_for("document.getElementById('about').textContent.includes('classes') && "
+                                "document.getElementById('about').textContent") == (
+            "2 classes; the model takes 16×16×1 pixels (any picture is brought to that size)")
+        assert browser.js("document.getElementById('title').textContent") == "tiny"
+        browser.choose_file("#file", pictures[1])
+        bars = browser.wait_for("Array.from(document.querySelectorAll('#result .row'), row => "
+                                "Array.from(row.querySelectorAll('.label span'), s => s.textContent))")
+        (row,) = cnn_predict(run_dir, pictures[1:2], 5)
+        assert bars == [[p["class"], f"{100 * p['probability']:.1f}%"] for p in row["predictions"]]
+        browser.js("document.getElementById('cam').click()")  # asks again, with explain=gradcam
+        assert browser.wait_for("document.getElementById('overlay').naturalWidth") == 224
+        assert browser.js("document.getElementById('error').textContent") == ""
+    finally:
+        browser.close()
 
 
 # ---------------------------------------------------------------- the API key, and SIGTERM draining
