@@ -363,6 +363,24 @@ def test_api_key_guards_every_route_but_healthz_and_the_page(guarded):
     assert guarded.call("GET", "/v1/models/tiny", headers={"X-API-Key": "s3cret"})[0] == 200
 
 
+def test_page_asks_for_the_key_and_sends_it(guarded):
+    from chromium_pipe import Browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium to load the page in")
+    browser = Browser(find_chromium(), timeout=REQUEST_TIMEOUT)
+    try:
+        browser.open(guarded.url + "/")
+        assert browser.wait_for("document.getElementById('keybox').style.display") == "block"
+        assert browser.js("document.getElementById('error').textContent").startswith("missing or wrong API key")
+        browser.js("const key = document.getElementById('key'); key.value = 's3cret';"
+                   "key.dispatchEvent(new Event('change'))")
+        assert browser.wait_for("document.getElementById('title').textContent === 'tiny'")
+        assert browser.js("document.getElementById('error').textContent") == ""
+    finally:
+        browser.close()
+
+
 def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(guarded, pictures):
     key = {"X-API-Key": "s3cret"}
     answers = []
