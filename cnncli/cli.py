@@ -26,6 +26,7 @@ try:  # Ctrl-C while cnn starts (its imports take a moment) is one line and exit
     from cnncli.commands import training  # noqa: E402, F401  isort: skip
     from cnncli.commands import data  # noqa: E402, F401  isort: skip
     from cnncli.commands import explain  # noqa: E402, F401  isort: skip
+    from cnncli.commands import serving  # noqa: E402, F401  isort: skip
     from cnncli.commands import configs  # noqa: E402, F401  isort: skip
     from cnncli.commands import experiments  # noqa: E402, F401  isort: skip
     from cnncli.errors import UsageError  # noqa: E402  isort: skip

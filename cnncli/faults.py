@@ -12,6 +12,7 @@ it, the tests set `CNNCLI_FAULT` and the process stops itself exactly there:
     int     SIGINT, as Ctrl-C
     stop    SIGSTOP: frozen until SIGCONT, so a test can change the world meanwhile (fill the disk)
     enospc  raise OSError(ENOSPC) at the point: a disk that has just filled up
+    slow    sleep SLOW_SECONDS there, then go on: a request still in flight when the test acts
 
 Points (grep for `faults.point` to see them in place):
 
@@ -33,6 +34,7 @@ Points (grep for `faults.point` to see them in place):
     swapped:<name>         a folder (a SavedModel) has been swapped in; the old one not yet removed
     write:<file name>      a file's complete temporary copy is on disk, not yet renamed over
                            the file (history.csv, state.json, run.json, model.keras, ...)
+    serve_batch            `cnn serve`: a batch of requests is about to run through the model
 
 Unset, as in every real run, `point()` is a function call and one dictionary lookup.
 """
@@ -45,7 +47,8 @@ import signal
 import time
 
 ENV = "CNNCLI_FAULT"
-ACTIONS = ("kill", "term", "int", "stop", "enospc")
+ACTIONS = ("kill", "term", "int", "stop", "enospc", "slow")
+SLOW_SECONDS = 3  # long enough for a test to send a signal while the request waits
 
 _plan: dict[str, tuple[int, str]] | None = None  # point -> (n-th arrival, action); None until first read
 _seen: dict[str, int] = {}
@@ -74,6 +77,9 @@ def point(name: str) -> None:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "slow":
+        time.sleep(SLOW_SECONDS)
+        return
     signals = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT, "stop": signal.SIGSTOP}
     os.kill(os.getpid(), signals[action])
     if action != "stop":

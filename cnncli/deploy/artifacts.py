@@ -38,6 +38,7 @@ class Predictor:
     input_shape: tuple[int, int, int]
     run: Callable[[np.ndarray], np.ndarray]  # one float32 batch -> (n, K) probabilities
     warnings: list[str] = field(default_factory=list)
+    model: object = None  # the keras.Model of a run or a .keras file (Grad-CAM needs its layers); else None
 
     def predict(self, x) -> np.ndarray:
         """float32 (N, K) probabilities of uint8 or float (N, H, W, C) images, in batches."""
@@ -182,7 +183,11 @@ def _keras_runner(path: Path):
 
 
 def _keras_call(model):
-    return lambda x: np.asarray(model(x, training=False), np.float32)
+    def call(x):
+        return np.asarray(model(x, training=False), np.float32)
+
+    call.model = model  # open_predictor hands it on for Grad-CAM
+    return call
 
 
 def _saved_model_runner(path: Path):
@@ -287,7 +292,7 @@ def open_predictor(path: str | Path) -> Predictor:
         model = run.load_model()
         k = int(model.outputs[0].shape[-1])
         names = run.class_names if len(run.class_names) == k else [str(i) for i in range(k)]
-        return Predictor("run", path, names, tuple(run.input_shape), _keras_call(model))
+        return Predictor("run", path, names, tuple(run.input_shape), _keras_call(model), model=model)
     fn, shape = load_runner(kind, path)
     info = read_export_info(path)
     warnings = []
@@ -297,4 +302,4 @@ def open_predictor(path: str | Path) -> Predictor:
         k = fn(np.zeros((1, *shape), np.float32)).shape[-1]
         names = [str(i) for i in range(k)]
         warnings.append(f"no entry for `{path.name}` in {export_json_path(path)}: classes are shown as indices")
-    return Predictor(kind, path, names, shape, fn, warnings)
+    return Predictor(kind, path, names, shape, fn, warnings, getattr(fn, "model", None))
