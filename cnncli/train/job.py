@@ -26,7 +26,7 @@ from cnncli import faults, fileio
 from cnncli.train import rundir
 from cnncli.config.schema import Config
 from cnncli.config.loading import Override, load_config
-from cnncli.errors import CnnError, DataError, Interrupted, UsageError
+from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
@@ -167,14 +167,8 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
         # before the seed: the trial build draws initial weights.)
-    from cnncli.model.builder import check_layer_args
-
-    # The step-cost estimate below reads the layers' arguments: they are checked first, so a value of the
-    # wrong kind gets the line `cnn validate` gives it rather than a traceback from the estimate.
-    check_layer_args(cfg)
-    with _before_training("setting up the devices"):
-        small, size_reason = model_size(cfg)
-        runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
+        with _before_training("checking the model"):
+            check_model(cfg)
         if runtime.is_chief:
             rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import tensorflow as tf
