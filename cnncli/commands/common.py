@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import typer
 from rich.console import Console

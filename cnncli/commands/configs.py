@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,8 +12,8 @@ from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handle
 
 @app.command("config")
 def config_(
-    configs: List[Path] = typer.Argument(..., help="Config files, merged left to right."),
-    set_: Optional[List[str]] = SetOption,
+    configs: list[Path] = typer.Argument(..., help="Config files, merged left to right."),
+    set_: list[str] | None = SetOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Print the single resolved config: extends followed, files merged, blocks expanded, defaults filled.
@@ -35,7 +34,7 @@ def config_(
 
 @app.command()
 def schema(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout."),
 ) -> None:
     """Write the JSON Schema (2020-12) of a config, for editors and CI.
 
@@ -62,7 +61,7 @@ def schema(
 def init(
     path: Path = typer.Argument(Path("config.yaml"), help="The config file to write."),
     template: str = typer.Option("lenet", "--template", "-t", help="A template: see `cnn list templates`."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="KIND:DIR",
+    data: str | None = typer.Option(None, "--data", metavar="KIND:DIR",
                                        help="Fill classes, image size and colour mode from data, "
                                             "e.g. image_folder:photos/."),
     force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -15,16 +14,16 @@ from cnncli.errors import CnnError
 @app.command()
 def tune(
     config: Path = typer.Argument(..., help="Config file with a `search:` section."),
-    set_: Optional[List[str]] = SetOption,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
-    storage: Optional[str] = typer.Option(None, "--storage",
+    set_: list[str] | None = SetOption,
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
+    storage: str | None = typer.Option(None, "--storage",
                                           help="Optuna storage URL shared by several processes or machines, "
                                                "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    study: str | None = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    output: Path | None = typer.Option(None, "--output", "-o",
                                           help="The sweep directory; rerunning with it continues the study "
                                                "(default sweeps/<name>/<timestamp>)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+    mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
                                          help="Log each trial as a child run to this MLflow tracking URI."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -65,7 +64,7 @@ def tune(
 
 @app.command()
 def compare(
-    runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
+    runs: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
                                       help="Run directories, or sweep directories (all their trials)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PNG",
                                           help="Draw the runs' curves, overlaid, into this PNG."),
@@ -77,8 +76,8 @@ def compare(
 
     Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
     """
-    from cnncli.tune.compare import compare as compare_runs
     from cnncli.tune.compare import cell, short_labels
+    from cnncli.tune.compare import compare as compare_runs
 
     with handled(json_output):
         report = compare_runs(runs, output)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -15,7 +14,7 @@ from cnncli.errors import CnnError
 def predict(
     model: Path = typer.Argument(..., metavar="RUN_DIR",
                                  help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel directory."),
-    images: List[Path] = typer.Argument(..., metavar="IMAGE...",
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...",
                                         help="Image files (png, jpg, bmp, gif), or folders of them."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
     json_output: bool = JsonOption,
@@ -44,13 +43,13 @@ def predict(
 def saliency(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     image: Path = typer.Argument(..., help="An image file: png, jpg, bmp, gif."),
-    class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (default: the predicted one)."),
+    class_: str | None = typer.Option(None, "--class", help="Class name or index (default: the predicted one)."),
     method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad | gradcam"),
     samples: int = typer.Option(25, "--samples", min=1, help="smoothgrad: noisy copies averaged."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the noise."),
-    layer: Optional[str] = typer.Option(None, "--layer",
+    layer: str | None = typer.Option(None, "--layer",
                                         help="gradcam: a layer with a feature map (default: the last convolution)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Path | None = typer.Option(None, "--output", "-o",
                                           help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -85,11 +84,11 @@ def saliency(
 def activations(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     image: Path = typer.Argument(..., help="An image file: png, jpg, bmp, gif."),
-    layer: Optional[List[str]] = typer.Option(None, "--layer",
+    layer: list[str] | None = typer.Option(None, "--layer",
                                               help="A layer with a feature map (repeatable; default: every "
                                                    "convolution, in order)."),
     max_channels: int = typer.Option(64, "--max", min=1, help="At most this many channels per layer."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Path | None = typer.Option(None, "--output", "-o",
                                           help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -117,8 +116,8 @@ def activations(
 @app.command()
 def filters(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    layer: str | None = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
+    output: Path | None = typer.Option(None, "--output", "-o",
                                           help="PNG path (default RUN_DIR/filters_<layer>.png)."),
     json_output: bool = JsonOption,
 ) -> None:

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
-from cnncli.commands.common import (JsonOption, SetOption, app, emit_json, err, handled, keras_logs_off_stdout,
-                                    out, quiet_tensorflow)
+from cnncli.commands.common import (
+    JsonOption,
+    SetOption,
+    app,
+    emit_json,
+    err,
+    handled,
+    keras_logs_off_stdout,
+    out,
+    quiet_tensorflow,
+)
 
 
 @app.command()
 def validate(
-    configs: List[Path] = typer.Argument(..., help="Config files to check, or folders of them."),
-    set_: Optional[List[str]] = SetOption,
+    configs: list[Path] = typer.Argument(..., help="Config files to check, or folders of them."),
+    set_: list[str] | None = SetOption,
     print_config: bool = typer.Option(False, "--print", help="Print each resolved config as YAML."),
     format_: str = typer.Option("text", "--format", help="text | github (::error annotations for pull requests)"),
     json_output: bool = JsonOption,
@@ -55,8 +63,8 @@ def validate(
 
 @app.command()
 def summary(
-    config: List[Path] = typer.Argument(..., help="Config file; several are merged left to right."),
-    set_: Optional[List[str]] = SetOption,
+    config: list[Path] = typer.Argument(..., help="Config file; several are merged left to right."),
+    set_: list[str] | None = SetOption,
     expand: bool = typer.Option(False, "--expand", help="One row per layer, also inside blocks."),
     json_output: bool = JsonOption,
 ) -> None:

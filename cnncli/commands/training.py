@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -13,22 +12,22 @@ from cnncli.errors import CnnError
 
 @app.command()
 def train(
-    config: Optional[List[Path]] = typer.Argument(None, help="Config file (omit with --resume); several merge "
+    config: list[Path] | None = typer.Argument(None, help="Config file (omit with --resume); several merge "
                                                              "left to right."),
-    set_: Optional[List[str]] = SetOption,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
+    set_: list[str] | None = SetOption,
+    resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run in place."),
     output: Path = typer.Option(Path("runs"), "--output", "-o", help="Where run directories are created."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
+    name: str | None = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
     profile: int = typer.Option(0, "--profile", min=0, metavar="STEPS",
                                 help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
                                      "and print the top ops and the share of a step spent waiting for input."),
     report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+    mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
                                          help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -78,14 +77,14 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     split: str = typer.Option("test", "--split", help="test | val | train"),
-    set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
+    set_: list[str] | None = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
                                              help="Evaluate on other data, e.g. --data data.dataset=image_folder "
                                                   "--data data.path=photos/ (classes are matched by name)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
-    errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
+    top_k: int | None = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
+    errors: int | None = typer.Option(None, "--errors", min=1, metavar="[N]",
                                          help="Also list and draw the N highest-loss images (default 16) "
                                               "and the most confused pairs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR",
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="DIR",
                                           help="Where the pictures go (default: RUN_DIR for its own data, "
                                                "RUN_DIR/evaluations/<data>/ for --data)."),
     json_output: bool = JsonOption,
@@ -100,8 +99,8 @@ def evaluate(
 
     Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
-    from cnncli.insight.terminal import print_evaluation
     from cnncli.insight.evaluation import evaluate_run
+    from cnncli.insight.terminal import print_evaluation
 
     with handled(json_output):
         if split not in ("test", "val", "train"):
@@ -128,7 +127,7 @@ def _write_report(run_dir: Path) -> Path:
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML path (default RUN_DIR/report.html)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="HTML path (default RUN_DIR/report.html)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
@@ -151,9 +150,9 @@ def report(
 def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Path | None = typer.Option(None, "--output", "-o",
                                           help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
+    quantize: str | None = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
     force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,
 ) -> None:
