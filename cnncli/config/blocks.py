@@ -33,8 +33,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnncli.errors import ConfigError, Line, Problem, did_you_mean
 from cnncli.config.yamlio import KeyPath, format_path
+from cnncli.errors import ConfigError, Line, Problem, did_you_mean
 
 BLOCK_KEYS = ("params", "layers", "output")  # what a block definition holds
 USE_KEYS = ("type", "name", "inputs", "repeat", "trainable")  # keys of a use that are not the block's params

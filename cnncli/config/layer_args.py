@@ -14,7 +14,8 @@ import functools
 import inspect
 import re
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from cnncli.errors import Problem, did_you_mean
 
@@ -25,7 +26,7 @@ _REGULARIZERS = {"l1": "L1", "l2": "L2", "l1l2": "L1L2", "l1_l2": "L1L2", "ortho
 _REGULARIZER_ARGS = {"L1": ("l1",), "L2": ("l2",), "L1L2": ("l1", "l2"), "OrthogonalRegularizer": ("factor", "mode")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kwargs_names(cls: type) -> tuple[str, ...]:
     """Argument names a class's own constructor reads from **kwargs (not its base classes')."""
     init = cls.__dict__.get("__init__")

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from cnncli.config.schema import FILE_DATASETS, Config
-from cnncli.errors import ConfigError, Problem, describe, did_you_mean
 from cnncli.config.keypaths import nearest_line, parse_path
+from cnncli.config.schema import FILE_DATASETS, Config
 from cnncli.config.yamlio import KeyPath, format_path, parse_yaml
-
+from cnncli.errors import ConfigError, Problem, describe, did_you_mean
 
 # ---------------------------------------------------------------- cross-field checks
 
@@ -273,8 +273,7 @@ def load_config(path: str | Path | list, overrides: list[str] | None = None,
     """Read, override and validate a config file, or several merged left to right (`spec_check`: see
     `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
     the tree (cnncli/compose.py, cnncli/blocks.py)."""
-    from cnncli.config import blocks
-    from cnncli.config import compose
+    from cnncli.config import blocks, compose
 
     data, lines, shown = compose.read_config_files(path)
     if overrides:

@@ -13,9 +13,14 @@ import re
 from typing import Any
 
 from cnncli import compat
+from cnncli.config.layer_args import (
+    is_regularizer_arg,
+    keras_arguments,
+    kwargs_names,
+    quiet_legacy_names,
+    regularizer_problems,
+)
 from cnncli.errors import ConfigError, Problem, closest, did_you_mean
-from cnncli.config.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
-                               regularizer_problems)
 from cnncli.registry import Registry, UnknownName, normalize
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
