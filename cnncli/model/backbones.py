@@ -15,8 +15,8 @@ ImagenetPreprocess), so the new model adds no scaling in front of it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cnncli.config.schema import Config
 from cnncli.errors import did_you_mean

@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from cnncli.config.schema import Config
+from cnncli.config.vocabulary import (
+    BACKBONES,
+    check_args,
+    check_layer_spec,
+    check_layer_specs,
+    keras_message,
+    make_layer,
+    resolve,
+    snake,
+)
 from cnncli.errors import ConfigError, Problem
-from cnncli.config.vocabulary import (BACKBONES, check_args, check_layer_spec, check_layer_specs, keras_message, make_layer,
-                           resolve, snake)
 
 INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
 
@@ -86,8 +95,8 @@ def _raw_shape_problems(data: Any) -> list[Problem]:
     """
     from pydantic import ValidationError
 
-    from cnncli.config.schema import Config
     from cnncli.config.loading import CROSS_CHECKS
+    from cnncli.config.schema import Config
     from cnncli.errors import CnnError
     from cnncli.model.inputs import plan_input
 

@@ -26,8 +26,8 @@ def plan_input(cfg: Config) -> InputPlan:
     backbone = cfg.model.backbone
     if backbone is not None and backbone.from_run is not None and cfg.model.input_shape is None:
         # The earlier model's input is fixed (its Flatten/Dense sizes depend on it): the data is converted to it.
-        from cnncli.model.backbones import source_input_shape
         from cnncli.data import describe
+        from cnncli.model.backbones import source_input_shape
 
         shape = source_input_shape(cfg)
         info = describe(cfg.data)

@@ -7,7 +7,7 @@ and every caller gets float32 (N, K) back, an empty (0, K) for no images.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
