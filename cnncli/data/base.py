@@ -9,8 +9,8 @@ normalises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -30,9 +30,9 @@ class Dataset:
     class_names: list[str]
     source: str  # where the data came from, for run.json and messages
     warnings: list[str] = field(default_factory=list)  # e.g. skipped corrupt images
-    bboxes: Optional[dict[str, np.ndarray]] = None  # shapes only: split -> (N, 4) top, left, bottom, right
-    paths: Optional[dict[str, list[str]]] = None  # image_folder only: split -> the file of each example
-    cache: Optional[dict] = None  # resident or streamed, and why (residency.choose_cache), for run.json
+    bboxes: dict[str, np.ndarray] | None = None  # shapes only: split -> (N, 4) top, left, bottom, right
+    paths: dict[str, list[str]] | None = None  # image_folder only: split -> the file of each example
+    cache: dict | None = None  # resident or streamed, and why (residency.choose_cache), for run.json
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -63,8 +63,8 @@ class Splits:
     class_names: list[str]
     source: str
     warnings: list[str] = field(default_factory=list)
-    bboxes: Optional[dict[str, np.ndarray]] = None  # "train"/"test" -> (N, 4)
-    paths: Optional[dict[str, list[str]]] = None  # "train"/"test" -> file of each example (image folders)
+    bboxes: dict[str, np.ndarray] | None = None  # "train"/"test" -> (N, 4)
+    paths: dict[str, list[str]] | None = None  # "train"/"test" -> file of each example (image folders)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Source:
     load: Callable[..., Splits]  # (cfg: DataConfig, seed: int) -> Splits
     describe: Callable[..., DatasetInfo]  # (cfg: DataConfig) -> DatasetInfo, before conversion
     summary: str  # one line for `list_datasets` style listings
-    files: Optional[Callable[..., object]] = None  # (cfg) -> pipeline.FileListing, for sources that can stream
+    files: Callable[..., object] | None = None  # (cfg) -> pipeline.FileListing, for sources that can stream
 
 
 def digit_names(k: int) -> list[str]:

@@ -14,10 +14,10 @@ import contextlib
 import io
 import itertools
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class Catalogue:
 
 # ---------------------------------------------------------------- sources
 
-def resolve(source: str | Path, overrides: Optional[list[str]] = None) -> Config:
+def resolve(source: str | Path, overrides: list[str] | None = None) -> Config:
     """The config a command-line SOURCE means: an image folder, a records folder or a config file.
 
     Only its `data` section and `seed` (which generated sources such as shapes use) matter here.
@@ -181,7 +181,7 @@ def look(picture: Picture) -> Looked:
     return Looked(data, tuple(int(d) for d in pixels.shape), header.mode)
 
 
-def looked(pictures: Iterable[Picture], progress: Optional[Callable[[int], None]] = None
+def looked(pictures: Iterable[Picture], progress: Callable[[int], None] | None = None
            ) -> Iterable[tuple[Picture, Looked]]:
     """(picture, what decoding found) in the given order, decoded on every core, CHUNK in memory at a time."""
     pictures = iter(pictures)
@@ -193,7 +193,7 @@ def looked(pictures: Iterable[Picture], progress: Optional[Callable[[int], None]
             yield from zip(chunk, results)
 
 
-def counter(progress: Optional[Progress], total: int) -> Optional[Callable[[int], None]]:
+def counter(progress: Progress | None, total: int) -> Callable[[int], None] | None:
     """A step(n) callback reporting (done, total) to `progress`."""
     if progress is None:
         return None

@@ -10,7 +10,7 @@ finds a truncated file; array sources (shapes, mnist, npz, ...) are loaded.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def _sizes(shapes: list[tuple[int, ...]]) -> dict:
             "distinct": distinct if len(distinct) <= DISTINCT_SHOWN else None}
 
 
-def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None]] = None, seed: int = 0) -> dict:
+def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None = None, seed: int = 0) -> dict:
     """Counts, sizes, modes and unreadable files of the source `cfg` names, as a JSON-ready dict."""
     found = catalogue.catalogue(cfg, seed)
     names = found.class_names

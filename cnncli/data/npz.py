@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import (DatasetInfo, Source, Splits, as_images, as_labels, check_pair, digit_names,
-                              num_classes_of)
+from cnncli.data.base import DatasetInfo, Source, Splits, as_images, as_labels, check_pair, digit_names, num_classes_of
 from cnncli.errors import DataError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")

@@ -20,9 +20,9 @@ import datetime
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class PackResult:
 
 # ---------------------------------------------------------------- writing
 
-def shard_count(requested: Optional[int], count: int, size_hint: int) -> int:
+def shard_count(requested: int | None, count: int, size_hint: int) -> int:
     """Shards for a split: as requested (at most one per picture), else one per ~100 MB."""
     if count == 0:
         return 0
@@ -93,7 +93,7 @@ def _shape_summary(shapes: dict[str, dict[int, tuple[int, int, int]]]) -> dict:
 
 
 def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
-                 step: Optional[Callable[[int], None]]) -> tuple[np.ndarray, dict, list]:
+                 step: Callable[[int], None] | None) -> tuple[np.ndarray, dict, list]:
     """Decode and write one split, spread over n shards in a seeded order.
 
     Returns pictures per class, records per shard, {source position: shape} and the skipped (name, reason).
@@ -122,7 +122,7 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     return per_class, per_shard, shapes, skipped
 
 
-def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: Optional[Progress] = None,
+def pack(cfg: DataConfig, output: str, shards: int | None = None, progress: Progress | None = None,
          seed: int = 0) -> PackResult:
     """Write the source `cfg` names into records shards under `output`; index.json last."""
     if shards is not None and shards < 1:
@@ -134,8 +134,8 @@ def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: O
         return _pack(found, cfg, output, shards, counter(progress, sum(len(p) for p in found.splits.values())), seed)
 
 
-def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: Optional[int],
-          step: Optional[Callable[[int], None]], seed: int) -> PackResult:
+def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: int | None,
+          step: Callable[[int], None] | None, seed: int) -> PackResult:
     written: list[tuple[str, str]] = []  # (temporary, final), removed again unless the pack completes
     skipped: list[tuple[str, str]] = []
     entries, shapes = {}, {}
@@ -160,7 +160,7 @@ def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: Optional[int],
         index = {"format": records.FORMAT, "version": records.VERSION, "class_names": found.class_names,
                  "splits": entries, **_shape_summary(shapes),
                  "made": {"source": found.source, "dataset": found.dataset,
-                          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                          "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                           "cnncli": __version__, "seed": seed, "shards": shards}}
         _publish(written, output, index)
         written = []

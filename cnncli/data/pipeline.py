@@ -31,10 +31,10 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -99,22 +99,22 @@ class FileSplit(StreamedImages):
     read: Reader
     on_corrupt: str = "error"
     cache: str = "none"  # "none" | "disk"
-    cache_root: Optional[Path] = None
-    share_sizes: Optional[tuple[int, ...]] = None  # every worker's share of the training split, when sharded
+    cache_root: Path | None = None
+    share_sizes: tuple[int, ...] | None = None  # every worker's share of the training split, when sharded
     health: _Health = field(default_factory=_Health)
-    _images: Optional["_CacheFile"] = field(default=None, repr=False)  # the disk cache, once opened
-    _cached_bad: Optional[np.ndarray] = field(default=None, repr=False)  # bool (N,): unreadable when cached
+    _images: _CacheFile | None = field(default=None, repr=False)  # the disk cache, once opened
+    _cached_bad: np.ndarray | None = field(default=None, repr=False)  # bool (N,): unreadable when cached
 
     # -------------------------------------------------------------- array-like surface
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index) -> "FileSplit":
+    def __getitem__(self, index) -> FileSplit:
         """A sub-split (slice or index array); pixels are read only when asked for."""
         picks = np.arange(len(self.files))[index]
         return self._subset(np.atleast_1d(picks))
 
-    def _subset(self, picks: np.ndarray) -> "FileSplit":
+    def _subset(self, picks: np.ndarray) -> FileSplit:
         """Taken before any cache is opened (shards, --smoke) or for a few images: reads go to the files."""
         return replace(self, files=[self.files[i] for i in picks], labels=self.labels[picks], share_sizes=None,
                        _images=None, _cached_bad=None)
@@ -133,11 +133,11 @@ class FileSplit(StreamedImages):
         x = self.to_array()
         return x if dtype is None else x.astype(dtype)
 
-    def with_shape(self, shape) -> "FileSplit":
+    def with_shape(self, shape) -> FileSplit:
         """The same files read at another (h, w, c): a model whose input differs from the data's size."""
         return replace(self, image_shape=tuple(int(d) for d in shape), _images=None, _cached_bad=None)
 
-    def shard(self, worker: int, workers: int) -> "FileSplit":
+    def shard(self, worker: int, workers: int) -> FileSplit:
         """This worker's files: every `workers`-th from `worker` on, so shares are disjoint and fixed."""
         shares = tuple(len(range(w, len(self.files), workers)) for w in range(workers))
         sub = self._subset(np.arange(worker, len(self.files), workers))

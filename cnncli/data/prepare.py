@@ -9,15 +9,15 @@ picture is treated there exactly as in training.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from cnncli import images
-from cnncli.images import with_channels as to_channels
 from cnncli.config.schema import DataConfig
 from cnncli.data.base import Dataset, Splits, as_images
 from cnncli.errors import DataError
+from cnncli.images import with_channels as to_channels
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
 CHANNELS = {"grayscale": 1, "rgb": 3}

@@ -16,8 +16,8 @@ a pack is already one sequential read per shard.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -40,21 +40,21 @@ class RecordSplit(StreamedImages):
     read: Callable
     on_corrupt: str = "error"
     cache: str = "none"
-    cache_root: Optional[object] = None
-    share_sizes: Optional[tuple[int, ...]] = None
+    cache_root: object | None = None
+    share_sizes: tuple[int, ...] | None = None
     health: _Health = field(default_factory=_Health)
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def __getitem__(self, index) -> "RecordSplit":
+    def __getitem__(self, index) -> RecordSplit:
         members = self.members[index]
         return replace(self, members=members, labels=self.labels[index], share_sizes=None)
 
-    def with_shape(self, shape) -> "RecordSplit":
+    def with_shape(self, shape) -> RecordSplit:
         return replace(self, image_shape=tuple(int(d) for d in shape))
 
-    def shard(self, worker: int, workers: int) -> "RecordSplit":
+    def shard(self, worker: int, workers: int) -> RecordSplit:
         if len(self.shards) < workers:
             raise DataError(f"{self.shards[0].rsplit('/', 1)[0]}: {len(self.shards)} training shard(s) cannot be "
                             f"shared by {workers} workers (each reads whole shards); re-pack with "

@@ -44,8 +44,8 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cnncli.config.schema import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits

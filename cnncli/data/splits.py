@@ -3,7 +3,7 @@ record_stream.RecordSplit): labelled batches in split order, predictions over it
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
