@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import RunError
 from cnncli import fileio
+from cnncli.errors import RunError
 
 # The attributes each callback keeps between epochs (Keras 3.13-3.15 names; see their on_train_begin).
 CARRIED = {"EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),

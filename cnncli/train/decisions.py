@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 
 
-
 @dataclass(frozen=True)
 class CpuInfo:
     """What `auto` decides from: the CPU's model, its ISA flags, its cores, and any cap put on oneDNN."""

@@ -10,8 +10,8 @@ import os
 import numpy as np
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
 from cnncli.errors import CnnError
+from cnncli.train import rundir
 from cnncli.train.cluster import WORKER_DIR_ENV
 
 
@@ -60,7 +60,6 @@ class RunEnding:
         import keras
 
         import cnncli.model.preprocessing  # noqa: F401  registers the custom layer
-
         from cnncli.data.splits import head
 
         x = head(self.data.x_test if len(self.data.x_test) else self.data.x_train, 8)

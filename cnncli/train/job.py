@@ -15,20 +15,20 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
-from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
+from cnncli.config.schema import Config
 from cnncli.errors import CnnError, DataError, Interrupted
+from cnncli.train import rundir
+from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
-from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 
 
 @dataclass

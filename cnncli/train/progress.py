@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-
 _SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s", "val_accuracy": "val_acc",
           "accuracy": "acc", "waiting_for_data": "wait"}  # table headers that fit an 80-column terminal
 

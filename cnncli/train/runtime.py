@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.train.cluster import configure_heartbeats, quiet_native_errors, cluster_role
+from cnncli.train.cluster import cluster_role, configure_heartbeats, quiet_native_errors
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu
-
 
 # The public names (tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside).
 STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default", "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",

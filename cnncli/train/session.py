@@ -17,14 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
 from cnncli.errors import CnnError, DataError
-from cnncli.train import carry
+from cnncli.train import carry, rundir
 from cnncli.train.ending import RunEnding
 from cnncli.train.loop import NonFiniteLoss, Trainer
+from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.runinfo import RunRecord
 from cnncli.train.runtime import with_loss_scaling
-from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.schedules import EpochSchedule
 
 
@@ -46,8 +45,8 @@ class Session(RunRecord, RunEnding):
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
 
-        from cnncli.model.builder import build_model
         from cnncli.config.vocabulary import make_layer, make_loss
+        from cnncli.model.builder import build_model
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
         self.smoke = smoke
