@@ -73,11 +73,9 @@ def _summary_table(model) -> tuple[str, dict]:
 def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
     """Grad-CAM beside the gradient map for the first test image of each class."""
     from cnncli.deploy.artifacts import float32_model
-    from cnncli.insight.saliency import logits_model, saliency_map
-    from cnncli.insight.maps import grad_cams
+    from cnncli.insight.maps import conv_layers, grad_cams
     from cnncli.insight.pictures import plot_gradcam
-
-    from cnncli.insight.maps import conv_layers
+    from cnncli.insight.saliency import logits_model, saliency_map
 
     if not conv_layers(model):
         return []  # an MLP: no feature map to weight
@@ -95,9 +93,9 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of one run's page."""
-    from cnncli.plots import plot_confusion_matrix, plot_curves
     from cnncli.deploy.runs import open_run
     from cnncli.insight.evaluation import evaluate_run
+    from cnncli.plots import plot_confusion_matrix, plot_curves
     from cnncli.train import rundir
 
     run = open_run(run_dir)
@@ -164,7 +162,8 @@ def _mistakes_table(report: dict) -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the page to `output` (default RUN_DIR/report.html), atomically; returns its path."""
-    from cnncli.fileio import write as atomic_write, writing
+    from cnncli.fileio import write as atomic_write
+    from cnncli.fileio import writing
     from cnncli.train.rundir import find_run_dir
 
     path = Path(output) if output else find_run_dir(run_dir) / "report.html"

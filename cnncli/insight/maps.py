@@ -251,10 +251,10 @@ def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_cha
     from pathlib import Path
 
     from cnncli.deploy.artifacts import float32_model
+    from cnncli.deploy.runs import open_run
     from cnncli.fileio import writing
     from cnncli.images import read_for_model
     from cnncli.insight.pictures import plot_feature_grid
-    from cnncli.deploy.runs import open_run
 
     run = open_run(run_dir)
     model = float32_model(run.load_model())

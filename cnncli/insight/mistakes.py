@@ -59,8 +59,8 @@ def caption(entry: dict) -> str:
 def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "",
          columns: int | None = None) -> dict:
     """errors<suffix>.png (the gallery) and confused_pairs<suffix>.png (a row per pair); returns their paths."""
-    from cnncli.insight.pictures import plot_gallery
     from cnncli.fileio import writing
+    from cnncli.insight.pictures import plot_gallery
 
     written = {}
     path = folder / f"errors{suffix}.png"

@@ -120,8 +120,8 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
                   layer: str | None = None) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
     from cnncli.deploy.artifacts import float32_model
-    from cnncli.images import conform, model_view, read_image
     from cnncli.deploy.runs import open_run
+    from cnncli.images import conform, model_view, read_image
 
     if method not in METHODS:
         raise CnnError(METHODS.unknown_message(method))
@@ -216,8 +216,8 @@ def filter_tiles(model, layer) -> Filters:
 
 def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path | None) -> tuple[Filters, Path]:
     """Draw a run's conv filters; the picture goes to --output or RUN_DIR/filters_<layer>.png."""
-    from cnncli.plots import plot_image_grid, plot_kernel_mosaic
     from cnncli.deploy.runs import open_run
+    from cnncli.plots import plot_image_grid, plot_kernel_mosaic
 
     run = open_run(run_dir)
     model = run.load_model()
