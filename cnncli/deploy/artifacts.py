@@ -13,16 +13,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from cnncli import fileio
-from cnncli.model.predict_loop import in_batches
 from cnncli.errors import CnnError, RunError
 from cnncli.model.geometry import all_layers
+from cnncli.model.predict_loop import in_batches
 
 EXPORT_JSON = "export.json"
 EXTRA_HINT = "pip install 'cnncli[export]'"

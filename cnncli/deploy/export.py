@@ -16,18 +16,28 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from cnncli import __version__, faults, fileio
 from cnncli.deploy.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
-from cnncli.model.predict_loop import keras_predict
+from cnncli.deploy.export_check import (
+    CHECK_EXAMPLES,
+    FLOAT,
+    FLOAT16,
+    INT8,
+    Criterion,
+    check_images,
+    compare,
+    describe_check,
+    quiet,
+    reference_note,
+)
 from cnncli.errors import CnnError
-from cnncli.deploy.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
-                                 describe_check, quiet, reference_note)
+from cnncli.model.predict_loop import keras_predict
 from cnncli.registry import Registry
 
 REPRESENTATIVE_EXAMPLES = 200  # training images int8 calibration sees; TFLite's guide suggests 100-500

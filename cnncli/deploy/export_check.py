@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.deploy.artifacts import load_runner, native_stderr_silenced, trained_precision
-from cnncli.model.predict_loop import in_batches, keras_predict
 from cnncli.errors import DataError
+from cnncli.model.predict_loop import in_batches, keras_predict
 
 CHECK_EXAMPLES = 1000  # images compared per export: agreement resolves 0.1%, so 98% vs 97% is visible
 BATCH_UINT8 = 256  # the uint8 signature is the same graph behind a cast: one batch proves it

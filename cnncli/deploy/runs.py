@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
+from cnncli.config.schema import Config
 from cnncli.errors import RunError
 from cnncli.train import rundir
 
