@@ -12,10 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from cnncli.errors import RunError
 from cnncli import fileio
-from cnncli.train import rundir
 from cnncli.config.yamlio import format_path
+from cnncli.errors import RunError
+from cnncli.train import rundir
 
 CURVES_SIZE = (11.0, 4.5)  # inches: two panels with a legend of a dozen runs
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
-from cnncli.config.schema import Config, Distribution, SearchSpec
 from cnncli.config.keypaths import canonical_path
 from cnncli.config.loading import load_config
+from cnncli.config.schema import Config, Distribution, SearchSpec
 from cnncli.errors import ConfigError, Problem, did_you_mean
 
 

@@ -18,13 +18,21 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
+from cnncli.config.schema import Config
 from cnncli.errors import CnnError, ConfigError, Interrupted
 from cnncli.train import rundir
 from cnncli.tune import space
-from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
-                               next_trial, retry_once, sweep_lock)
+from cnncli.tune.study import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    SQLITE_TIMEOUT,
+    Heartbeat,
+    hold,
+    next_trial,
+    retry_once,
+    sweep_lock,
+)
 
 
 class MetricMissing(CnnError):

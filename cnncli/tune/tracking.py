@@ -212,7 +212,7 @@ class SweepTracker:
         self.where, self.parent = where, parent
 
     @classmethod
-    def open(cls, sweep, uri_option: str | None) -> "SweepTracker":
+    def open(cls, sweep, uri_option: str | None) -> SweepTracker:
         from cnncli.tune.study import sweep_lock
 
         where = target(sweep.cfg.tracking, uri_option)
