@@ -63,7 +63,7 @@ class Line(int):
     moved: tuple[str, str] | None = None  # errors at the first path are shown at the second
 
     def __new__(cls, line: int, file: str | None = None, via: str | None = None,
-                moved: tuple[str, str] | None = None) -> "Line":
+                moved: tuple[str, str] | None = None) -> Line:
         self = super().__new__(cls, line)
         self.file, self.via, self.moved = file, via, moved
         return self
@@ -87,7 +87,7 @@ class ConfigError(CnnError):
 
     @classmethod
     def single(cls, message: str, path: str = "", line: int | None = None,
-               file: str | None = None) -> "ConfigError":
+               file: str | None = None) -> ConfigError:
         return cls([Problem(message, path, line)], file)
 
 

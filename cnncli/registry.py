@@ -8,7 +8,8 @@ and suggests the nearest.
 from __future__ import annotations
 
 import re
-from typing import Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from cnncli.errors import CnnError, did_you_mean
 

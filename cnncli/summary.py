@@ -79,9 +79,9 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
     A model whose output is not (batch, classes) cannot train: an error with `classifier`
     (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
     """
-    from cnncli.model.builder import build_checked, check_classes, check_output, raw_spec_problems
-    from cnncli.errors import ConfigError
     from cnncli.config.loading import load_config
+    from cnncli.errors import ConfigError
+    from cnncli.model.builder import build_checked, check_classes, check_output, raw_spec_problems
     from cnncli.model.geometry import summarize
     from cnncli.model.inputs import plan_input
     from cnncli.train.phases import check_phases, phase_params
@@ -111,8 +111,8 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
 
 def _double_scaling(cfg) -> list[str]:
     """A Rescaling in model.layers when the model already scales its input: pixels scaled twice."""
-    from cnncli.errors import Problem
     from cnncli.config.yamlio import format_path
+    from cnncli.errors import Problem
 
     first = "the backbone's preprocessing" if cfg.model.backbone is not None else "Rescaling(1/255)"
     out = []
@@ -133,8 +133,8 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
         result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
-    from cnncli.errors import ConfigError
     from cnncli.config.loading import load_config
+    from cnncli.errors import ConfigError
 
     cfg = load_config(path, overrides)
     if cfg.search is not None:  # what `cnn tune` would refuse before its first trial

@@ -94,7 +94,8 @@ def init_config(path: Path, template: str, data: str | None = None, force: bool 
         raise CnnError(f"{path} already exists; choose another path (or --force to replace a file)")
     facts = inspect_data(data, path) if data else None
     text = render(template, path.stem.replace("_", "-"), facts, str(SCHEMA_FILE))
-    from cnncli.fileio import write as atomic_write, writing
+    from cnncli.fileio import write as atomic_write
+    from cnncli.fileio import writing
 
     with writing(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
