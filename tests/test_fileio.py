@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
 from cnncli.errors import CnnError
+from cnncli.train import rundir
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cnncli.config.loading import load_config, validate_data
-from cnncli.errors import CnnError
 from cnncli.config.yamlio import parse_yaml
+from cnncli.errors import CnnError
 
 settings.register_profile("default-run", max_examples=150, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

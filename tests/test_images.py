@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnncli import images
-from cnncli.deploy.artifacts import Predictor
 from cnncli.config.schema import DataConfig
 from cnncli.data import load
+from cnncli.deploy.artifacts import Predictor
+from cnncli.deploy.predict import predict_files
 from cnncli.errors import DataError
 from cnncli.images import CorruptImage, Probe, probe, read_image
-from cnncli.deploy.predict import predict_files
 
 ORIENTATION = 0x0112
 RNG = np.random.default_rng(7)

@@ -8,7 +8,6 @@ overrides (`apply_overrides`) and `cnn validate --print`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

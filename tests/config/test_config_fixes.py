@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli.model.builder import build_model
 from cnncli.cli import app
 from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
+from cnncli.model.builder import build_model
 
 runner = CliRunner()
 

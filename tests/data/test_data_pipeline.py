@@ -7,8 +7,8 @@ import pytest
 
 from cnncli.config.schema import DataConfig
 from cnncli.data.pipeline import FileSplit
-from cnncli.data.residency import choose_cache
 from cnncli.data.record_stream import RecordSplit
+from cnncli.data.residency import choose_cache
 from cnncli.errors import DataError
 
 

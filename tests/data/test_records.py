@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_api import write_folder, write_image
+from test_data_api import write_folder
 from test_images import jpeg_rotated, png_16bit, png_palette, png_rgba
 from typer.testing import CliRunner
 

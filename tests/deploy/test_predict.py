@@ -11,13 +11,13 @@ import json
 
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
 from cnncli.cli import app
-from cnncli.errors import DataError
 from cnncli.deploy.predict import read_image, top_k
+from cnncli.errors import DataError
 
 runner = CliRunner()
 

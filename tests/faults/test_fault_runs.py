@@ -7,10 +7,8 @@ import re
 import signal
 
 import pytest
-
 from conftest import EPOCHS, TINY
-from harness import (check_complete, check_intact, history_epochs, history_rows, only_run_dir, run_dirs,
-                     world_writable)
+from harness import check_complete, check_intact, history_epochs, history_rows, only_run_dir, run_dirs, world_writable
 
 # Epoch 1 trains at 0.01; from epoch 2 the rate is 0.01 * 1e30: the weights overflow float32 within a few steps.
 DIVERGING = TINY.replace("  optimizer: {type: Adam, learning_rate: 0.01}\n",

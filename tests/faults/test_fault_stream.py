@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import EPOCHS
 from harness import check_complete, history_rows, only_run_dir
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for helpers
 

@@ -12,16 +12,16 @@ import json
 import keras
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
-from cnncli.deploy.artifacts import float32_model
 from cnncli.cli import app
 from cnncli.data import shapes
+from cnncli.deploy.artifacts import float32_model
 from cnncli.errors import CnnError
-from cnncli.insight.saliency import (filter_tiles, find_conv_layer, list_methods, logits_model, saliency_map)
-from cnncli.plots import SALIENCY_SIZE, DPI
+from cnncli.insight.saliency import filter_tiles, find_conv_layer, list_methods, logits_model, saliency_map
+from cnncli.plots import DPI, SALIENCY_SIZE
 
 runner = CliRunner()
 FIGURES = ["x", "o", "square", "triangle", "plus"]  # not `line`: its box hugs a 2-px stroke (see below)

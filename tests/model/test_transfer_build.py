@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.config.loading import config_from_dict
-from cnncli.errors import ConfigError
 from cnncli.config.vocabulary import BACKBONES, list_backbones
+from cnncli.errors import ConfigError
 
 runner = CliRunner()
 VGG16_BLOCK5 = 7_079_424  # 3 × (3·3·512·512 + 512)
@@ -117,8 +117,8 @@ def test_include_top_with_imagenet_at_wrong_size_is_a_config_error(tmp_path):
     doc = vgg_config(include_top=True, weights="imagenet")
     doc["model"]["layers"] = []
     path = write(tmp_path, doc)
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import load_config
+    from cnncli.model.builder import build_model
 
     with pytest.raises(ConfigError, match=r"model\.input_shape: model\.backbone VGG16: When setting "
                                           r"`include_top=True` and loading `imagenet` weights"):
@@ -208,8 +208,8 @@ def test_summary_counts_trainable_and_frozen_parameters_per_phase(tmp_path):
 # ---------------------------------------------------------------- weights: PATH
 
 def _build(doc: dict, tmp_path: Path, name: str):
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import load_config
+    from cnncli.model.builder import build_model
 
     return build_model(load_config(write(tmp_path, doc, name)), (32, 32, 3))
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import write_shapes_folder
 from test_distributed import assert_same_weights, multi_worker
 

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from cnncli.config.loading import load_config
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.config.loading import load_config
 from cnncli.train.cluster import ClusterRole, cluster_role, process_role
-from cnncli.train.decisions import (choose_precision, choose_threads, default_threads, model_macs, read_cpu, small_model,
-                                    step_macs)
+from cnncli.train.decisions import (
+    choose_precision,
+    choose_threads,
+    default_threads,
+    model_macs,
+    read_cpu,
+    small_model,
+    step_macs,
+)
 from cnncli.train.runtime import mirrored_devices, setup_runtime, with_loss_scaling
 
 ROOT = Path(__file__).resolve().parents[2]

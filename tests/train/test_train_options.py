@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_train import small_text
 from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.config.vocabulary import SCHEDULES, list_schedules
-from test_train import small_text
 
 runner = CliRunner()
 

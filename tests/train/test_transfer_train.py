@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from helpers import ROOT, need_fashion_mnist
 
 VGG16_BLOCK5 = 7_079_424
@@ -318,9 +317,9 @@ def test_resume_in_the_middle_of_a_phase_matches_the_uninterrupted_run(fine_tune
 
 
 def test_from_run_errors(source_run, tmp_path):
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import config_from_dict
     from cnncli.errors import ConfigError
+    from cnncli.model.builder import build_model
 
     def build(backbone: dict, input_shape=(28, 28, 1)):
         cfg = config_from_dict({"model": {"input_shape": list(input_shape), "backbone": backbone,
