@@ -149,6 +149,6 @@ def test_special_numbers_in_the_schema_are_config_errors(value):
                          ("limit", "data")):
         data = {"model": {"input_shape": [8, 8, 1], "layers": [{"type": "Dense", "units": 2}]},
                 section: {key: value}}
-        result = _answers(lambda: validate_data(data, {}, "x.yaml"))
+        result = _answers(lambda data=data: validate_data(data, {}, "x.yaml"))
         if isinstance(value, float) and not math.isfinite(value):
             assert isinstance(result, CnnError), (key, value)
