@@ -48,14 +48,14 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnncli.errors import DataError
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+Source = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # the files image folders and `cnn predict DIR` take
 COLOR_MODES = ("grayscale", "rgb")

@@ -185,7 +185,7 @@ def find_conv_layer(model, name: str | None):
     if name in by_name:
         return by_name[name]
     listed = ", ".join(by_name)
-    other = next((l for l in all_layers(model) if l.name == name), None)
+    other = next((each for each in all_layers(model) if each.name == name), None)
     if other is not None:
         raise CnnError(f"layer `{name}` is a {type(other).__name__}, not a convolution; "
                        f"convolution layers: {listed}")
@@ -199,7 +199,7 @@ def filter_tiles(model, layer) -> Filters:
     kernel = np.asarray(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel, np.float32)
     kh, kw, cin, cout = kernel.shape
     if cin == 3:
-        caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in all_layers(model))
+        caffe = any(isinstance(each, ImagenetPreprocess) and each.mode == "caffe" for each in all_layers(model))
         if caffe and layer is conv_layers(model)[0]:
             kernel = kernel[:, :, ::-1, :]  # caffe preprocessing fed the first conv BGR; show RGB
         n = min(cout, MAX_FILTERS)
