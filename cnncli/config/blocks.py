@@ -264,7 +264,7 @@ class _Expander:
                 if isinstance(ref, _Layer) and ref.name is None:  # referred to: it needs a name
                     ref.name = _unique(_snake(str(ref.spec.get("type", "layer"))), taken)
         specs = []
-        for layer, write_inputs in zip(self.out, written):
+        for layer, write_inputs in zip(self.out, written, strict=True):
             spec = {"type": layer.spec.get("type")}
             if layer.name is not None:
                 spec["name"] = layer.name

@@ -151,7 +151,7 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems = [_problem_from_pydantic(e) for e in exc.errors()]
-        for p, e in zip(problems, exc.errors()):
+        for p, e in zip(problems, exc.errors(), strict=True):
             p.line = nearest_line(lines, tuple(x for x in e["loc"] if isinstance(x, (str, int))))
         raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file) from None
     problems = [p for check in CROSS_CHECKS for p in check(cfg)]

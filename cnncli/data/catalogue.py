@@ -190,7 +190,7 @@ def looked(pictures: Iterable[Picture], progress: Callable[[int], None] | None =
             results = list(pool.map(look, chunk))
             if progress:
                 progress(len(chunk))
-            yield from zip(chunk, results)
+            yield from zip(chunk, results, strict=True)
 
 
 def counter(progress: Progress | None, total: int) -> Callable[[int], None] | None:

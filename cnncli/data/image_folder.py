@@ -219,7 +219,7 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
         warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
                         "resized; set data.image_size to choose the size")
     counts = np.bincount(arrays["train"][1], minlength=len(class_names))
-    lost = [name for name, count in zip(class_names, counts) if count == 0]
+    lost = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
     if lost:
         raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")

@@ -56,7 +56,7 @@ def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None 
                 per_class[picture.label] += 1
                 shapes.append(result.shape)
                 modes[result.mode] += 1
-        splits[split] = {"count": int(per_class.sum()), "per_class": dict(zip(names, per_class.tolist()))}
+        splits[split] = {"count": int(per_class.sum()), "per_class": dict(zip(names, per_class.tolist(), strict=True))}
     report = {"source": found.source, "dataset": found.dataset, "class_names": names, "splits": splits,
               "sizes": _sizes(shapes), "modes": dict(sorted(modes.items())), "unreadable": unreadable,
               "warnings": found.warnings}

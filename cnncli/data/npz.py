@@ -109,7 +109,7 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
             raise DataError(f"{path}: x_train: expected images shaped (N, H, W) or (N, H, W, C) "
                             f"with C 1 or 3, got {shape}; store channels last (NHWC)")
         labels = [_read(archive, path, f"y_{s}") for s in ("train", "test")]
-        for split, y in zip(("train", "test"), labels):
+        for split, y in zip(("train", "test"), labels, strict=True):
             as_labels(y, f"{path}: y_{split}")  # the same complaints as load
         names = _class_names(archive, path, _num_classes(labels))
     input_shape = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)

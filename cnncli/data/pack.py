@@ -107,7 +107,7 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     writers = [tf.io.TFRecordWriter(t) for t in temps]
     try:
         kept = 0
-        for position, (picture, result) in zip(order, looked([pictures[i] for i in order], step)):
+        for position, (picture, result) in zip(order, looked([pictures[i] for i in order], step), strict=True):
             if result.error:
                 skipped.append((picture.shown, result.error))
                 continue
@@ -145,7 +145,7 @@ def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: int | None,
             n = shard_count(shards, len(pictures), found.size_hint.get(split, 0))
             names = [records.shard_name(split, k, n) for k in range(n)]
             temps = [_temporary(records.join(output, name)) for name in names]
-            written += [(t, records.join(output, name)) for t, name in zip(temps, names)]
+            written += [(t, records.join(output, name)) for t, name in zip(temps, names, strict=True)]
             per_class, per_shard, shapes[split], bad = _write_split(pictures, n, temps, len(found.class_names), step)
             skipped += bad
             entries[split] = {"count": int(per_class.sum()), "per_class": per_class.tolist(), "shards": names,

@@ -247,8 +247,8 @@ class FileSplit(StreamedImages):
         done = 0
         # PIL decodes and numpy resizes without the GIL, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for chunk, results in zip(chunks, pool.map(lambda c: [self.read_one(i) for i in c], chunks)):
-                for index, (pixels, ok) in zip(chunk, results):
+            for chunk, results in zip(chunks, pool.map(lambda c: [self.read_one(i) for i in c], chunks), strict=True):
+                for index, (pixels, ok) in zip(chunk, results, strict=True):
                     images.write(np.ascontiguousarray(pixels, np.uint8).tobytes())
                     if not ok:
                         bad[str(index)] = self.health.bad[self.files[index]]

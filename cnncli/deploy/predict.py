@@ -49,7 +49,7 @@ def predict_files(model: str | Path, images: list[str | Path], k: int = DEFAULT_
     x = np.stack([conform(picture, *view) for picture in pictures])
     probs = predictor.predict(x)
     rows = [{"image": str(path), "predictions": top_k(p, predictor.class_names, min(k, len(p)))}
-            for path, p in zip(images, probs)]
+            for path, p in zip(images, probs, strict=True)]
     return PredictResult(str(model), predictor.kind, rows, list(predictor.warnings))
 
 

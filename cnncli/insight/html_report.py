@@ -84,7 +84,7 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
     probs = np.asarray(model(x[firsts].astype(np.float32), training=False), np.float32)
     predicted = [int(k) for k in probs.argmax(axis=1)]
     paths = []
-    for i, p, k, cam in zip(firsts, probs, predicted, grad_cams(scores, x[firsts], predicted)):
+    for i, p, k, cam in zip(firsts, probs, predicted, grad_cams(scores, x[firsts], predicted), strict=True):
         gradient = saliency_map(scores, x[i], k)
         title = f"test image {i}: {names[int(y[i])]}, predicted {names[k]} ({p[k]:.2f}) · at {cam.layer}"
         paths.append(plot_gradcam(x[i], gradient, cam.heatmap, folder / f"gradcam_{i}.png", title))

@@ -146,7 +146,7 @@ def probe_model(model, targets: list):
         if id(layer) in probes:
             probe, inner = probes[id(layer)]
             outs = probe(args[0], **kwargs)
-            found.update({id(t): out for t, out in zip(inner, outs[1:])})
+            found.update({id(t): out for t, out in zip(inner, outs[1:], strict=True)})
             return outs[0]
         out = layer(*args, **kwargs)
         if id(layer) in direct:
@@ -234,7 +234,7 @@ def feature_maps(model, image: np.ndarray, layers: list, max_channels: int = MAX
         raise CnnError(f"--max must be at least 1, got {max_channels}")
     outs = probe_model(model, layers)(np.asarray(image, np.float32)[None], training=False)[1:]
     result = []
-    for layer, out in zip(layers, outs):
+    for layer, out in zip(layers, outs, strict=True):
         fmap = np.asarray(out, np.float32)[0]
         shown = fmap[..., :max_channels]
         result.append(FeatureMap(layer.name, shown, int(fmap.shape[-1]),

@@ -88,8 +88,8 @@ def plot_gallery(images, captions: list[str], path, title: str, columns: int = G
 
     With row titles, `images` and `captions` are lists of rows (one list per title).
     """
-    rows = [list(zip(images, captions))] if row_titles is None else \
-        [list(zip(imgs, caps)) for imgs, caps in zip(images, captions)]
+    rows = [list(zip(images, captions, strict=True))] if row_titles is None else \
+        [list(zip(imgs, caps, strict=True)) for imgs, caps in zip(images, captions, strict=True)]
     lines = []  # (row title or None, items)
     for r, items in enumerate(rows):
         for start in range(0, max(len(items), 1), columns):
@@ -100,7 +100,7 @@ def plot_gallery(images, captions: list[str], path, title: str, columns: int = G
     fig = Figure(figsize=(cols * GALLERY_CELL, len(lines) * (GALLERY_CELL + 0.3) + 0.4), dpi=DPI,
                  layout="constrained")
     axes = fig.subplots(len(lines), cols, squeeze=False)
-    for (label, items), line in zip(lines, axes):
+    for (label, items), line in zip(lines, axes, strict=True):
         for j, ax in enumerate(line):
             ax.set_xticks([])
             ax.set_yticks([])

@@ -64,7 +64,7 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
     table.add_column("Class", justify="left")
     for col in ("Precision", "Recall", "F1", "Support"):
         table.add_column(col, justify="right")
-    for name, row in zip(names, report["per_class"]):
+    for name, row in zip(names, report["per_class"], strict=True):
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       f"{row['support']:,}")
     console.print(table)
@@ -76,7 +76,7 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
         matrix.add_column("true \\ pred", justify="left", no_wrap=True)
         for i, name in enumerate(names):
             matrix.add_column(str(i) if compact else name, justify="right", overflow="ellipsis")
-        for t, (name, row) in enumerate(zip(names, cm)):
+        for t, (name, row) in enumerate(zip(names, cm, strict=True)):
             cells = [f"[bold green]{c:,}[/]" if t == p else (f"[red]{c:,}[/]" if c else "[dim]0[/]")
                      for p, c in enumerate(row)]
             matrix.add_row(f"{t} {name}" if compact else name, *cells)

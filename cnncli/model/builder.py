@@ -290,7 +290,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     outputs = {"input": x}
     specs = cfg.model.layers
     names = layer_names(specs)
-    for i, (spec, name) in enumerate(zip(specs, names)):
+    for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
         path = f"model.layers[{i}]"
         extra = {"dtype": output_dtype} if output_dtype and i == len(specs) - 1 else {}
         try:

@@ -136,7 +136,7 @@ def _tiling_warning(layer, in_shape, window) -> list[str]:
         return []
     ke = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     strides = (sh, sw)
-    lost = [name for name, size, k, s in zip(("row", "column"), in_shape[1:3], ke, strides)
+    lost = [name for name, size, k, s in zip(("row", "column"), in_shape[1:3], ke, strides, strict=True)
             if size >= k and (size - k) % s != 0]
     if not lost:
         return []

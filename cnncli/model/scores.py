@@ -90,7 +90,7 @@ def most_confused(cm: np.ndarray, class_names: list[str], limit: int = MOST_CONF
     cm = np.asarray(cm)
     true_idx, pred_idx = np.nonzero(cm)
     pairs = [(int(cm[t, q]), str(class_names[t]), str(class_names[q]))
-             for t, q in zip(true_idx, pred_idx) if t != q]
+             for t, q in zip(true_idx, pred_idx, strict=True) if t != q]
     pairs.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [{"true": t, "predicted": q, "count": c} for c, t, q in pairs[:limit]]
 

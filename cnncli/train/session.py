@@ -62,7 +62,7 @@ class Session(RunRecord, RunEnding):
                 names = layer_names(cfg.data.augment)
                 self.augment = keras.Sequential(
                     [make_layer(s, f"augment_{n}", f"data.augment[{i}]", **_seed_for(s, cfg.seed + i))
-                     for i, (s, n) in enumerate(zip(cfg.data.augment, names))], name="augment")
+                     for i, (s, n) in enumerate(zip(cfg.data.augment, names, strict=True))], name="augment")
         self.loss_fn = make_loss(cfg.train.loss)  # takes the class indices the data holds, whatever the loss
         self._check_labels()
         check_phases(self.model, cfg)

@@ -109,11 +109,11 @@ def plot_overlay(runs: list[RunFigures], path: Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     labels = short_labels([r.path for r in runs])
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_title(metric)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        for i, (run, label) in enumerate(zip(runs, labels)):
+        for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
             color = f"C{i % 10}"
             epochs = [row.get("epoch", j + 1) for j, row in enumerate(run.history)]
             for key, style in ((metric, "-"), (f"val_{metric}", "--")):
