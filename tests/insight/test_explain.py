@@ -74,7 +74,7 @@ def test_float32_copy_of_a_mixed_precision_model():
     copy = float32_model(model)
     assert model.layers[2].dtype_policy.name == "mixed_bfloat16"
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
-    for a, b in zip(model.get_weights(), copy.get_weights()):
+    for a, b in zip(model.get_weights(), copy.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(1).uniform(0, 255, (4, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(model(x), np.float32), atol=0.02)

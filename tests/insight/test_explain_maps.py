@@ -200,7 +200,7 @@ def test_activations_one_grid_per_conv_with_a_tile_per_channel(tmp_path):
     assert [(r["layer"], r["channels"], r["tiles"], r["shape"]) for r in rows] == [
         ("conv2d", 16, 16, [32, 32]), ("conv2d_1", 32, 32, [16, 16]), ("conv2d_2", 64, 64, [8, 8])]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["conv2d.png", "conv2d_1.png", "conv2d_2.png"]
-    for r, side in zip(rows, (4, 6, 8)):  # square grids: 1.3 in per tile at 100 dpi, 0.4 in of title
+    for r, side in zip(rows, (4, 6, 8), strict=True):  # square grids: 1.3 in per tile at 100 dpi, 0.4 in of title
         with Image.open(r["output"]) as png:
             assert png.size == (side * 130, side * 130 + 40)
 

@@ -226,7 +226,7 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
     model = _build(vgg_config(weights=str(path)), tmp_path, "with_file.yaml")
     loaded = model.get_layer("vgg16").get_weights()
     assert len(loaded) == len(donor.get_weights())
-    for got, want in zip(loaded, donor.get_weights()):
+    for got, want in zip(loaded, donor.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     fresh = _build(vgg_config(), tmp_path, "without_file.yaml").get_layer("vgg16").get_weights()
     assert not np.array_equal(fresh[0], loaded[0])  # weights: null would not have given these
@@ -312,7 +312,7 @@ def test_a_reused_model_computes_in_the_current_dtype_policy(tmp_path):
     finally:
         keras.config.set_dtype_policy(before)
     assert {layer.dtype_policy.name for layer in reused.layers} == {"float32"}
-    for a, b in zip(reused.get_weights(), source.get_weights()):
+    for a, b in zip(reused.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -140,7 +140,7 @@ def weights(model_path: Path) -> list[np.ndarray]:
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert len(wa) == len(wb)
-    for x, y in zip(wa, wb):
+    for x, y in zip(wa, wb, strict=True):
         np.testing.assert_array_equal(x, y)  # all-reduce hands every worker the same sums: bit for bit
 
 
@@ -222,7 +222,7 @@ def test_multi_worker_resume_after_both_workers_died(work, cluster):
     assert_same_weights(run_dir / "model.keras", Path(worker["run_dir"]) / "model.keras")
     # The epoch order is a function of (seed, epoch) and the checkpoint holds the optimizer's state.
     uninterrupted = Path(cluster["chief"]["run_dir"]) / "model.keras"
-    for x, y in zip(weights(run_dir / "model.keras"), weights(uninterrupted)):
+    for x, y in zip(weights(run_dir / "model.keras"), weights(uninterrupted), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 

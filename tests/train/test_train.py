@@ -178,7 +178,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert (run_dir / "history.csv").read_text() == (ref_dir / "history.csv").read_text()
     ours = keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
     theirs = keras.models.load_model(ref_dir / "model.keras", compile=False).get_weights()
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -78,7 +78,7 @@ def layer_weights(model, prefix: str = "") -> dict[str, list[np.ndarray]]:
 
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 # ---------------------------------------------------------------- VGG16: head, then block5
@@ -127,7 +127,7 @@ def test_head_then_block5(tmp_path, vgg_initial, snapshots):
     assert not same(after_head["dense"], after_block5["dense"])  # the head trains in both phases
     for name, values in initial.items():  # phase 2: block5 moves, blocks 1–4 do not
         if name.startswith("vgg16/block5"):
-            assert all(not np.array_equal(a, b) for a, b in zip(after_block5[name], values)), name
+            assert all(not np.array_equal(a, b) for a, b in zip(after_block5[name], values, strict=True)), name
         else:
             assert same(after_block5[name], values), name
 
@@ -194,8 +194,8 @@ def test_layer_lr_decay_scales_each_blocks_step(optimizer, float32_policy):
     trainer = Trainer(model, opt, loss_fn, [], tf.distribute.get_strategy(), batch_size=16, seed=0)
     trainer.set_data(x, y)
     trainer.train_epoch(0)  # one batch: one step
-    factor = dict(zip((id(v) for v in variables), multipliers_for(variables, groups)))
-    for v, g, w0 in zip(variables, grads, before):
+    factor = dict(zip((id(v) for v in variables), multipliers_for(variables, groups), strict=True))
+    for v, g, w0 in zip(variables, grads, before, strict=True):
         step = w0 - np.array(v)
         if optimizer == "SGD":  # exact up to float32 rounding of the weights themselves
             np.testing.assert_allclose(step, rate * factor[id(v)] * g, rtol=1e-4, atol=1e-7)
@@ -310,7 +310,7 @@ def test_resume_in_the_middle_of_a_phase_matches_the_uninterrupted_run(fine_tune
     assert (run_dir / "history.csv").read_text() == (reference.run_dir / "history.csv").read_text()
     ours = keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
     theirs = keras.models.load_model(reference.run_dir / "model.keras", compile=False).get_weights()
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
     phases = json.loads((run_dir / "run.json").read_text())["phases"]
     assert [p["epochs"] for p in phases] == [1, 2]
@@ -397,7 +397,7 @@ def test_batch_norm_stays_in_inference_mode_unless_the_whole_base_trains(tmp_pat
             assert same(snapshots[epoch][f"from_run/{bn}"], start[bn]), (epoch, bn)
     assert not same(snapshots[2]["from_run/block2_conv"], start["block2_conv"])  # while its conv trains
     for bn in ("block1_bn", "block2_bn"):  # `all`: statistics and γ, β move
-        assert all(not np.array_equal(a, b) for a, b in zip(snapshots[3][f"from_run/{bn}"], start[bn])), bn
+        assert all(not np.array_equal(a, b) for a, b in zip(snapshots[3][f"from_run/{bn}"], start[bn], strict=True)), bn
 
 
 def _keras_load(run_dir: Path):
