@@ -13,7 +13,8 @@ from cnncli.errors import CnnError
 @app.command()
 def predict(
     model: Path = typer.Argument(..., metavar="RUN_DIR",
-                                 help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel directory."),
+                                 help="A run directory, an exported .keras/.tflite/.onnx file "
+                                      "or a SavedModel directory."),
     images: list[Path] = typer.Argument(..., metavar="IMAGE...",
                                         help="Image files (png, jpg, bmp, gif), or folders of them."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),

@@ -151,7 +151,7 @@ def export(
     run_dir: Path = typer.Argument(..., help="A run directory written by cnn train."),
     format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
     output: Path | None = typer.Option(None, "--output", "-o",
-                                          help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
+                                 help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
     quantize: str | None = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
     force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,

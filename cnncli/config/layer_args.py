@@ -20,7 +20,8 @@ from typing import Any
 from cnncli.errors import Problem, did_you_mean
 
 # `kwargs.pop("alpha", ...)`, `if "alpha" in kwargs`, `kwargs.get("alpha")` in a constructor's source.
-_KWARGS_READ = re.compile(r"""kwargs\.pop\(\s*["'](\w+)["']|["'](\w+)["']\s+in\s+kwargs|kwargs\.get\(\s*["'](\w+)["']""")
+_KWARGS_READ = re.compile(r"""kwargs\.pop\(\s*["'](\w+)["']|["'](\w+)["']\s+in\s+kwargs|"""
+                          r"""kwargs\.get\(\s*["'](\w+)["']""")
 _REGULARIZERS = {"l1": "L1", "l2": "L2", "l1l2": "L1L2", "l1_l2": "L1L2", "orthogonal": "OrthogonalRegularizer",
                  "orthogonalregularizer": "OrthogonalRegularizer"}
 _REGULARIZER_ARGS = {"L1": ("l1",), "L2": ("l2",), "L1L2": ("l1", "l2"), "OrthogonalRegularizer": ("factor", "mode")}

@@ -55,6 +55,7 @@ def choose_cache(requested: str, budget: int | None, train_bytes: int, total_byt
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free >= total_bytes * DISK_HEADROOM:
-        return "disk", f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); caching decoded images in {root}"
+        return "disk", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); "
+                        f"caching decoded images in {root}")
     return "none", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}) and {root} has only "
                     f"{human_bytes(free)} free for a cache; decoding every epoch")

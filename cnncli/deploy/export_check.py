@@ -107,7 +107,8 @@ def describe_check(check: dict) -> str:
     if "error" in check:
         return check["error"]
     text = (f"max |Δp| {check['max_abs_diff']:.2e}, mean {check['mean_abs_diff']:.2e}, top class agrees on "
-            f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images".replace("  ", " "))
+            f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images"
+            .replace("  ", " "))
     return f"{text} (required: {check['criterion']})"
 
 

@@ -278,5 +278,6 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_
         raise DataError("the training split is empty (check data.limit and data.validation_split)")
     cache_streams(data, reporter.first_pass)
     reporter.message(f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
-                     f"{len(data.x_test):,} test, {data.num_classes} classes, loaded in {time.perf_counter() - t0:.1f}s")
+                     f"{len(data.x_test):,} test, {data.num_classes} classes, "
+                     f"loaded in {time.perf_counter() - t0:.1f}s")
     return data, plan

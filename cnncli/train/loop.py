@@ -18,9 +18,10 @@ say whether the input or the model is the bottleneck.
 
 Updates: Adam and SGD get TensorFlow's fused kernels (fused.py), one pass over
 the weights instead of Keras 3's eight; with large dense layers that was half
-of a step. Dropout masks come from 16 random bits per unit (dropout.py). The loss is checked every step: one replica's NaN stops all of them
-at the same step, which under multi-worker training it must, or the others
-would wait forever in the next all-reduce.
+of a step. Dropout masks come from 16 random bits per unit (dropout.py). The
+loss is checked every step: one replica's NaN stops all of them at the same
+step, which under multi-worker training it must, or the others would wait
+forever in the next all-reduce.
 """
 
 from __future__ import annotations

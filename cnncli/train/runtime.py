@@ -15,7 +15,8 @@ from cnncli.train.cluster import cluster_role, configure_heartbeats, quiet_nativ
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu
 
 # The public names (tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside).
-STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default", "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
+STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default",
+                  "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
                   "MirroredStrategy": "MirroredStrategy", "TPUStrategy": "TPUStrategy"}
 
 
@@ -128,7 +129,8 @@ def check_global_batch(batch_size: int, replicas: int) -> None:
     """train.batch_size is the global batch: every replica takes an equal share of each step."""
     if batch_size % replicas:
         raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
-                       f"replicas; use a multiple of {replicas}, e.g. {max(replicas, batch_size // replicas * replicas)}")
+                       f"replicas; use a multiple of {replicas}, "
+                       f"e.g. {max(replicas, batch_size // replicas * replicas)}")
 
 
 def mirrored_devices(num_gpus: int, logical_cpus: list[str]) -> tuple[list[str], bool]:

@@ -143,7 +143,7 @@ class Session(RunRecord, RunEnding):
 
     # === A phase's pieces ===
     def _compile(self, phase, overrides: dict) -> tuple:
-        """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model compiled."""
+        """The phase's optimizer (per-block rates and loss scaling wrapped in), built; metrics; the model compiled."""
         from cnncli.config.vocabulary import make_metric, make_optimizer
 
         path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
