@@ -236,7 +236,8 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
 def test_weights_file_errors(tmp_path):
     import keras
 
-    with pytest.raises(ConfigError, match=r"model\.backbone\.weights: weights file `.*nope\.weights\.h5` does not exist"):
+    with pytest.raises(ConfigError,
+                       match=r"model\.backbone\.weights: weights file `.*nope\.weights\.h5` does not exist"):
         _build(vgg_config(weights=str(tmp_path / "nope.weights.h5")), tmp_path, "a.yaml")
     odd = tmp_path / "weights.bin"
     odd.write_bytes(b"x")
@@ -330,7 +331,8 @@ def test_every_application_builds_at_its_minimum_size_with_phases(name, tmp_path
     doc = {"name": "every", "model": {"input_shape": [low, low, 3],
                                       "backbone": {"name": name, "weights": None, "pooling": "avg"},
                                       "layers": [{"type": "Dense", "units": 2, "activation": "softmax"}]},
-           "train": {"phases": [{"epochs": 1}, {"epochs": 1, "trainable": [last_block]}, {"epochs": 1, "trainable": "all"}]}}
+           "train": {"phases": [{"epochs": 1}, {"epochs": 1, "trainable": [last_block]},
+                                {"epochs": 1, "trainable": "all"}]}}
     result = runner.invoke(app, ["summary", "--json", str(write(tmp_path, doc))])
     assert result.exit_code == 0, result.output
     phases = json.loads(result.stdout)["phases"]

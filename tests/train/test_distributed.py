@@ -391,7 +391,8 @@ def test_collective_timeout_sets_the_heartbeat_timeout():
         cluster.configure_heartbeats(tf, RuntimeConfig(collective_timeout=7.5).collective_timeout)
         config = context.context().coordination_service
         print(json.dumps({"heartbeat": config.heartbeat_timeout_in_ms, "barrier": config.shutdown_barrier_timeout_in_ms,
-                          "leader": config.service_leader, "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],
+                          "leader": config.service_leader,
+                          "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],
                           "default": RuntimeConfig().collective_timeout}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, env=_env(),

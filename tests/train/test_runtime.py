@@ -113,7 +113,7 @@ SAPPHIRE_RAPIDS = """processor	: 0
 vendor_id	: GenuineIntel
 model name	: Intel(R) Xeon(R) Platinum 8488C
 flags		: fpu sse sse2 sse4_1 sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
-"""
+"""  # noqa: E501 (a recorded /proc/cpuinfo line: wrapping it would change the input)
 ICE_LAKE = """model name	: Intel(R) Xeon(R) Platinum 8375C
 flags		: sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni
 """

@@ -102,7 +102,8 @@ def test_head_then_block5(tmp_path, vgg_initial, snapshots):
         "data": {"dataset": "image_folder", "path": str(write_photos(tmp_path / "photos")),
                  "validation_split": 0},
         "model": {"backbone": {"name": "VGG16", "weights": str(weights_file)},
-                  "layers": [{"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 2, "activation": "softmax"}]},
+                  "layers": [{"type": "GlobalAveragePooling2D"},
+                             {"type": "Dense", "units": 2, "activation": "softmax"}]},
         "train": {"batch_size": 10, "optimizer": {"type": "SGD", "learning_rate": 0.01, "momentum": 0.9},
                   "phases": [{"epochs": 1, "trainable": "head"},
                              {"epochs": 1, "trainable": ["block5"], "learning_rate": 0.001}]},
@@ -117,7 +118,8 @@ def test_head_then_block5(tmp_path, vgg_initial, snapshots):
     for record, rate in ((first, 0.01), (second, 0.001)):
         assert record["epochs"] == 1 and record["optimizer"] == "SGD"
         assert record["learning_rates"] == [pytest.approx(rate)]
-        assert record["train_seconds"] > 0 and record["examples_per_second"] > 0 and record["examples"] == run["data"]["train"]
+        assert record["train_seconds"] > 0 and record["examples_per_second"] > 0
+        assert record["examples"] == run["data"]["train"]
     with open(result.run_dir / "history.csv", newline="") as f:
         assert [(r["epoch"], r["phase"]) for r in csv.DictReader(f)] == [("1", "1"), ("2", "2")]
 
@@ -263,7 +265,8 @@ def test_from_run_takes_the_layers_before_the_classifier(source_run, fine_tuned,
                                                      "block2_pool", "fc_flatten", "fc_dense"]
     # block1 never trained: it is the source's, bit for bit, at every epoch
     for epoch in (1, 2, 3):
-        assert same(taken[epoch]["from_run/block1_conv"], [np.array(w) for w in source.get_layer("block1_conv").weights])
+        assert same(taken[epoch]["from_run/block1_conv"],
+                    [np.array(w) for w in source.get_layer("block1_conv").weights])
     # phase 1 (head only) leaves block2 and fc as they were; phase 2 moves them
     for name in ("block2_conv", "fc_dense"):
         original = [np.array(w) for w in source.get_layer(name).weights]
