@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from cnncli.config.keypaths import nearest_line, parse_path
 from cnncli.config.schema import FILE_DATASETS, Config
@@ -111,7 +112,7 @@ def _pydantic_step(part: Any) -> bool:
     return not (isinstance(part, str) and (re.fullmatch(r"[\w-]+\[.*\]", part) or part.startswith("function-")))
 
 
-def _problem_from_pydantic(err: dict) -> Problem:
+def _problem_from_pydantic(err: ErrorDetails) -> Problem:
     kind = err["type"]
     raw = tuple(err["loc"])
     if kind == "extra_forbidden" and raw:  # the last step is the user's unknown key, whatever it looks like
