@@ -48,7 +48,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -89,7 +89,7 @@ class Probe(NamedTuple):
 
 # ---------------------------------------------------------------- opening
 
-def _unwrap(source: Source):
+def _unwrap(source: Any) -> Any:
     """tf.numpy_function hands a scalar string over as a 0-d object array."""
     return source.item() if isinstance(source, np.ndarray) else source
 
@@ -142,8 +142,8 @@ def _on_white(pixels: np.ndarray) -> np.ndarray:
 def _grey_to_uint8(image: Image.Image) -> np.ndarray:
     """Bilevel, 8-bit, 16-bit and float grey to uint8 (H, W)."""
     if image.mode in SIXTEEN_BIT_MODES:
-        x = np.clip(np.asarray(image, np.int64), 0, 65535)
-        return ((x * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, 257 -> 1: scaled, not clipped
+        wide = np.clip(np.asarray(image, np.int64), 0, 65535)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, 257 -> 1: scaled, not clipped
     if image.mode == "F":
         x = np.nan_to_num(np.asarray(image, np.float64))
         if x.size and x.min() >= 0 and x.max() <= 1:
@@ -201,7 +201,7 @@ def resize(pixels: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if pixels.shape[:2] == (height, width):
         return pixels
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    out = np.asarray(image.resize((width, height), Image.BILINEAR), np.uint8)
+    out = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.uint8)
     return out if out.ndim == 3 else out[..., None]
 
 

@@ -13,6 +13,7 @@ colour mode and size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -71,12 +72,14 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
             f"dataset `{cfg.dataset}` is read into memory whole"
         data.cache = {"mode": "memory", "why": why}
         return data
+    splits: dict[str, Any]  # split -> a FileSplit or a RecordSplit, which Dataset holds in place of arrays
     if cfg.dataset == "records":
         from cnncli.data.record_stream import record_splits
 
         image_shape = tuple(int(d) for d in (shape or describe(cfg).input_shape))
         splits, class_names, where, warnings = (*record_splits(cfg, seed, image_shape), [])
     else:
+        assert source.files is not None  # a source without files was read whole above
         listing = source.files(cfg)
         splits = pipeline.split_listing(listing, cfg, seed)
         class_names, where, warnings = listing.class_names, listing.source, listing.warnings
@@ -84,6 +87,7 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
     root = residency.cache_root(cfg.cache_dir)
+    assert not isinstance(cfg.memory_budget, str)  # the schema's validator turned "4GB" into bytes
     mode, why = residency.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
                                       sum(len(s) for s in splits.values()) * image_bytes, root)
     if mode == "memory":
@@ -115,4 +119,5 @@ def cache_streams(data: Dataset, progress=None) -> None:
         x = getattr(data, f"x_{split}")
         if isinstance(x, pipeline.FileSplit) and x.cache == "disk" and len(x):
             report = (lambda d, t, s, name=split: progress(name, d, t, s)) if progress else None
+            assert data.cache is not None  # open_data records how every streamed dataset is cached
             data.cache.setdefault("folders", {})[split] = x.open_cache(report)

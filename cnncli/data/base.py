@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.data.pipeline import FileListing
 
 
 @dataclass
@@ -74,7 +78,7 @@ class Source:
     load: Callable[..., Splits]  # (cfg: DataConfig, seed: int) -> Splits
     describe: Callable[..., DatasetInfo]  # (cfg: DataConfig) -> DatasetInfo, before conversion
     summary: str  # one line for `list_datasets` style listings
-    files: Callable[..., object] | None = None  # (cfg) -> pipeline.FileListing, for sources that can stream
+    files: Callable[..., FileListing] | None = None  # (cfg) -> pipeline.FileListing, for sources that can stream
 
 
 def digit_names(k: int) -> list[str]:

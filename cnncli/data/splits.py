@@ -25,7 +25,7 @@ def raise_if_failed(x) -> None:
                     "replace or delete it, or set data.on_corrupt: skip")
 
 
-def labelled_batches(x, y: np.ndarray, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def labelled_batches(x, y: np.ndarray | None, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(uint8 images, labels) in split order, resident or streamed; unreadable files are left out."""
     if is_streamed(x):
         for images, labels in x.batches(np.arange(len(x)), batch_size).as_numpy_iterator():
