@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cnncli.config.schema import Config
 from cnncli.config.vocabulary import (
@@ -26,6 +26,9 @@ from cnncli.config.vocabulary import (
     snake,
 )
 from cnncli.errors import ConfigError, Problem
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
 
@@ -127,7 +130,8 @@ def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -
     from cnncli.config.schema import LossSpec, OptimizerSpec, ScheduleSpec
     from cnncli.config.vocabulary import loss_problems, optimizer_problems, schedule_problems
 
-    specs = [(optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
+    specs: list[tuple[Any, type[BaseModel], Callable[..., list[Problem]], str]] = [
+        (optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
              (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
     specs += [(p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
               for i, p in enumerate(phases if isinstance(phases, list) else []) if isinstance(p, dict)]
@@ -186,10 +190,12 @@ def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool =
     from cnncli.model import backbones
 
     spec = cfg.model.backbone
+    assert spec is not None  # callers build a backbone only when the config has one
     if spec.from_run is not None:
         base = backbones.build_from_run(cfg, input_shape)
         base.trainable = spec.trainable
         return base
+    assert spec.name is not None  # the schema asks for `name` or `from_run`
     fn = BACKBONES.get(spec.name)
     backbones.check_application_input(cfg, fn.__name__, input_shape)
     weights = spec.weights if load_weights else None
@@ -225,6 +231,7 @@ class _WeightsHint:
         self.was_corrupt = False  # a file was there but failed Keras's checksum
 
     def message(self) -> str:
+        assert self.missing is not None  # asked only once a missing file was seen
         fname, cache = self.missing
         found = (" (a file of that name was there but did not match its published checksum, an incomplete "
                  "download?, and Keras removed it)" if self.was_corrupt else "")
@@ -283,6 +290,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
         x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
     elif cfg.model.backbone is not None:
+        assert cfg.model.backbone.name is not None  # the schema asks for `name` or `from_run`
         x = ImagenetPreprocess(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), name="preprocess")(inputs)
         x = build_backbone(cfg, input_shape, load_weights)(x)
     else:

@@ -171,6 +171,7 @@ def _walk(model, states: dict[int, _State], rows: list[LayerRow], warnings: list
             state = _merge(in_states) if len(in_states) > 1 else (in_states[0] if in_states else input_state)
             window = _window(layer)
             if window and state.rf is not None:
+                assert state.jump is not None  # a spatial state has both
                 (kh, kw), (sh, sw), _, (dh, dw) = window
                 rf = (state.rf[0] + (dh * (kh - 1)) * state.jump[0], state.rf[1] + (dw * (kw - 1)) * state.jump[1])
                 state = _State(rf, (state.jump[0] * sh, state.jump[1] * sw))
@@ -195,11 +196,11 @@ def _nested_macs(model) -> int:
 
 
 def _merge(states: list[_State]) -> _State:
-    spatial = [s for s in states if s.rf is not None]
+    spatial = [(s.rf, s.jump) for s in states if s.rf is not None and s.jump is not None]
     if not spatial:
         return _State(None, None)
-    rf = (max(s.rf[0] for s in spatial), max(s.rf[1] for s in spatial))
-    jump = (max(s.jump[0] for s in spatial), max(s.jump[1] for s in spatial))
+    rf = (max(r[0] for r, _ in spatial), max(r[1] for r, _ in spatial))
+    jump = (max(j[0] for _, j in spatial), max(j[1] for _, j in spatial))
     return _State(rf, jump)
 
 

@@ -9,6 +9,8 @@ without TensorFlow; the caller runs `model.predict` and passes the result here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cnncli.errors import DataError
@@ -47,7 +49,7 @@ def classification_report(y_true, probs, class_names: list[str], top_k: int | No
     recall = _safe_divide(true_pos, support)
     f1 = _safe_divide(2 * precision * recall, precision + recall)
 
-    report = {
+    report: dict[str, Any] = {
         "examples": int(n),
         "loss": loss,
         "accuracy": float(true_pos.sum() / n),
