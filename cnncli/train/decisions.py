@@ -60,7 +60,8 @@ def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ=None)
                 cpuinfo = f.read()
         except OSError:
             cpuinfo = ""
-    model, flags = "unknown", frozenset()
+    model = "unknown"
+    flags: frozenset[str] = frozenset()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name" and model == "unknown":
@@ -229,9 +230,10 @@ def model_macs(cfg) -> int | None:
     """Forward multiply-adds per example of a plain stack of layers, from the config alone
     (before TensorFlow starts: its thread pools cannot change afterwards); None when the
     config does not tell (a backbone, a graph of layers, a layer type not known here)."""
-    shape = _input_shape(cfg)
-    if cfg.model.backbone is not None or shape is None:
+    found = _input_shape(cfg)
+    if cfg.model.backbone is not None or found is None:
         return None
+    shape: tuple[int, ...] = found
     macs = 0
     for spec in cfg.model.layers:
         kind, args = spec.type, spec.args

@@ -10,7 +10,7 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 _SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s", "val_accuracy": "val_acc",
@@ -89,7 +89,7 @@ class RichReporter(PlainReporter):
         self.console = console or Console(highlight=False)
         self.table_rows: list[dict] = []
         self.progress: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
 
     def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
         self.progress = Progress(TextColumn(f"epoch {epoch}/{total_epochs}"), BarColumn(), MofNCompleteColumn(),
@@ -100,7 +100,7 @@ class RichReporter(PlainReporter):
         self._t0 = time.perf_counter()
 
     def chunk(self, steps_done: int, steps: int, logs: dict, seconds: float, examples: int) -> None:
-        if self.progress is not None:
+        if self.progress is not None and self.task is not None:
             rate = examples / seconds if seconds > 0 else 0.0
             self.progress.update(self.task, completed=steps_done, info=f"{rate:,.0f} img/s  {_logs_text(logs)}")
 

@@ -9,15 +9,36 @@ from __future__ import annotations
 import contextlib
 import platform
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncli import __version__, compat, fileio
 from cnncli.errors import CnnError
 
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config
+    from cnncli.data.base import Dataset
+    from cnncli.train.runtime import Runtime
+    from cnncli.tune.tracking import LiveRun
+
 
 class RunRecord:
     """The part of a Session that keeps run.json (it reads the session's cfg, model, data and records)."""
+
+    # Set by Session (session.py), which mixes this in.
+    cfg: Config
+    model: Any  # a keras.Model
+    run_dir: Path
+    runtime: Runtime
+    data: Dataset
+    status: str
+    started: str
+    phase_records: list[dict]
+    best: dict
+    smoke: bool
+    tracker: LiveRun | None
 
     def write_run_json(self) -> None:
         import keras
