@@ -96,10 +96,10 @@ def _unwrap(source: Any) -> Any:
 
 def _open(source: Source) -> Image.Image:
     """A lazily decoded Pillow image; `source` is a path or the encoded bytes."""
-    source = _unwrap(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(bytes(source)))
-    return Image.open(source)
+    given = _unwrap(source)
+    if isinstance(given, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(given)))
+    return Image.open(given)
 
 
 def _reason(exc: BaseException) -> str:

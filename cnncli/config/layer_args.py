@@ -85,5 +85,6 @@ def keras_arguments(args: dict[str, Any]) -> dict[str, Any]:
             import keras
 
             kind = _regularizer_kind(value)
+            assert kind is not None  # regularizer_problems refused the config before
             out[key] = getattr(keras.regularizers, kind)(**{k: v for k, v in value.items() if k != "type"})
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
+from typing import Any, cast
 
 from cnncli import compat
 from cnncli.config.layer_args import (
@@ -80,7 +80,7 @@ def list_backbones() -> list[str]:
 
 
 def _parameters(target: Any) -> list[inspect.Parameter]:
-    fn = target.__init__ if isinstance(target, type) else target
+    fn = cast(Any, target).__init__ if isinstance(target, type) else target  # the class's own __init__
     return [p for p in inspect.signature(fn).parameters.values()
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 

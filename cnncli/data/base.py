@@ -40,7 +40,8 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self.x_train.shape[1:])
+        height, width, channels = (int(d) for d in self.x_train.shape[1:])
+        return height, width, channels
 
     @property
     def num_classes(self) -> int:

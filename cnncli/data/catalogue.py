@@ -14,7 +14,7 @@ import contextlib
 import io
 import itertools
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +50,7 @@ class Catalogue:
     source: str  # what was packed, for index.json and messages
     dataset: str
     class_names: list[str]
-    splits: dict[str, list[Picture] | RecordPictures]  # a pack is read lazily, shard by shard
+    splits: Mapping[str, list[Picture] | RecordPictures]  # a pack is read lazily, shard by shard
     size_hint: dict[str, int]  # approximate encoded bytes per split, for the default shard count
     warnings: list[str] = field(default_factory=list)
 
@@ -136,7 +136,8 @@ def _arrays(cfg: DataConfig, seed: int) -> Catalogue:
     if cfg.dataset not in SOURCES:
         raise DataError(SOURCES.unknown_message(cfg.dataset))
     found = SOURCES.get(cfg.dataset).load(cfg, seed)
-    splits, hint = {}, {}
+    splits: dict[str, list[Picture]] = {}
+    hint: dict[str, int] = {}
     for split in records.SPLITS:
         x, y = getattr(found, f"x_{split}"), getattr(found, f"y_{split}")
         splits[split] = [Picture(f"{split}/{i}", int(y[i]), (lambda i=i, x=x: _png(x[i])),
@@ -178,7 +179,8 @@ def look(picture: Picture) -> Looked:
         pixels = images.read_image(data, name=name)
     except images.CorruptImage as exc:
         return Looked(data, error=exc.reason)
-    return Looked(data, tuple(int(d) for d in pixels.shape), header.mode)
+    height, width, channels = (int(d) for d in pixels.shape)
+    return Looked(data, (height, width, channels), header.mode)
 
 
 def looked(pictures: Iterable[Picture], progress: Callable[[int], None] | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +104,8 @@ def scan(cfg: DataConfig) -> Scan:
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; data.path must be a folder with one sub-folder per class")
-    real_root, follow, outside = root.resolve(), cfg.follow_symlinks, []
+    real_root, follow = root.resolve(), cfg.follow_symlinks
+    outside: list[Path] = []
     split_layout = (root / "train").is_dir()
     train_root = root / "train" if split_layout else root
     classes = _class_dirs(train_root, real_root, follow, outside)
@@ -177,7 +178,7 @@ def _read_each(items: Iterable[tuple[str, images.Source, int]], mode: str):
         yield from pool.map(read, items)
 
 
-def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
+def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
                   where: str, cfg: DataConfig, mode: str, warnings: list[str]) -> Splits:
     """Pictures (name, path or encoded bytes, label) per split -> Splits, applying data.on_corrupt.
 
@@ -189,7 +190,8 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
     channels = 3 if mode == "rgb" else 1
     bad: list[tuple[str, str]] = []
     resized = 0
-    arrays, kept = {}, {}
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    kept: dict[str, list[str]] = {}
     for split in ("train", "test"):
         pictures, labels, kept[split] = [], [], []
         for name, label, pixels, reason in _read_each(items[split], mode):

@@ -76,6 +76,9 @@ class StreamedImages:
 
     image_shape: tuple[int, int, int]
 
+    def __len__(self) -> int:
+        raise NotImplementedError  # each kind of split counts its own images
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return (len(self), *self.image_shape)
@@ -135,7 +138,8 @@ class FileSplit(StreamedImages):
 
     def with_shape(self, shape) -> FileSplit:
         """The same files read at another (h, w, c): a model whose input differs from the data's size."""
-        return replace(self, image_shape=tuple(int(d) for d in shape), _images=None, _cached_bad=None)
+        height, width, channels = (int(d) for d in shape)
+        return replace(self, image_shape=(height, width, channels), _images=None, _cached_bad=None)
 
     def shard(self, worker: int, workers: int) -> FileSplit:
         """This worker's files: every `workers`-th from `worker` on, so shares are disjoint and fixed."""
@@ -149,6 +153,7 @@ class FileSplit(StreamedImages):
         """Pixels of file `index` and whether it could be read (zeros and False otherwise)."""
         index = int(index)
         if self._images is not None:
+            assert self._cached_bad is not None  # opened together with the cache
             return self._images.rows([index])[0], not bool(self._cached_bad[index])
         path = self.files[index]
         if path in self.health.bad:
@@ -173,6 +178,7 @@ class FileSplit(StreamedImages):
 
         order = np.asarray(order, np.int64)
         if self._images is not None:  # cached: the unreadable are known, and a batch is one gather
+            assert self._cached_bad is not None  # opened together with the cache
             order = order[~self._cached_bad[order]]
             if count is not None:
                 order = np.resize(order, count * batch_size) if len(order) else order
@@ -213,6 +219,7 @@ class FileSplit(StreamedImages):
 
     def open_cache(self, progress: Progress | None = None) -> dict:
         """Use the disk cache for these files, writing it first if it is missing, stale or half-written."""
+        assert self.cache_root is not None  # open_data sets it on every streamed split
         folder = self.cache_root / self.cache_key()
         built = False
         if not (folder / COMMIT_MARKER).exists():
@@ -321,7 +328,7 @@ def split_listing(listing: FileListing, cfg, seed: int) -> dict[str, FileSplit]:
 
     def make(pairs: list[tuple[str, int]]) -> FileSplit:
         return FileSplit([str(p) for p, _ in pairs], np.array([label for _, label in pairs], np.int64),
-                         tuple(listing.image_shape), listing.read, cfg.on_corrupt, "none", None)
+                         (*listing.image_shape,), listing.read, cfg.on_corrupt, "none", None)
 
     train_all, test_all = listing.files["train"], listing.files["test"]
     keep_train = limit_indices(len(train_all), cfg.limit)

@@ -52,7 +52,8 @@ class RecordSplit(StreamedImages):
         return replace(self, members=members, labels=self.labels[index], share_sizes=None)
 
     def with_shape(self, shape) -> RecordSplit:
-        return replace(self, image_shape=tuple(int(d) for d in shape))
+        height, width, channels = (int(d) for d in shape)
+        return replace(self, image_shape=(height, width, channels))
 
     def shard(self, worker: int, workers: int) -> RecordSplit:
         if len(self.shards) < workers:

@@ -32,6 +32,7 @@ def labelled_batches(x, y: np.ndarray | None, batch_size: int = 256) -> Iterator
             yield images, labels.astype(np.int64)
         raise_if_failed(x)
         return
+    assert y is not None  # resident images come with their labels
     for i in range(0, len(x), batch_size):
         yield x[i:i + batch_size], y[i:i + batch_size]
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -82,13 +83,13 @@ def plot_feature_grid(maps, means: list[float], path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_gallery(images, captions: list[str], path, title: str, columns: int = GALLERY_COLUMNS,
+def plot_gallery(images, captions: list[str] | list[list[str]], path, title: str, columns: int = GALLERY_COLUMNS,
                  row_titles: list[str] | None = None) -> Path:
     """Images with a caption each, `columns` to a row; `row_titles` (one per row) start a new row each.
 
     With row titles, `images` and `captions` are lists of rows (one list per title).
     """
-    rows = [list(zip(images, captions, strict=True))] if row_titles is None else \
+    rows: list[list[tuple[Any, Any]]] = [list(zip(images, captions, strict=True))] if row_titles is None else \
         [list(zip(imgs, caps, strict=True)) for imgs, caps in zip(images, captions, strict=True)]
     lines = []  # (row title or None, items)
     for r, items in enumerate(rows):

@@ -85,6 +85,7 @@ def load_weights_file(cfg: Config, model, path: str) -> None:
 
 def source_run(cfg: Config) -> tuple[Path, Path]:
     """(run directory, its model.keras) of `model.backbone.from_run`, or a ConfigError saying what is wrong."""
+    assert cfg.model.backbone is not None and cfg.model.backbone.from_run is not None  # asked for from_run only
     raw = cfg.model.backbone.from_run
     key = ("model", "backbone", "from_run")
     run_dir = Path(raw).expanduser()
@@ -179,7 +180,8 @@ def source_input_shape(cfg: Config) -> tuple[int, int, int]:
         shape = None
     if not shape:  # an older or foreign run.json: ask the model itself
         shape = load_source_model(cfg).inputs[0].shape[1:]
-    return tuple(int(d) for d in shape)
+    height, width, channels = (int(d) for d in shape)
+    return height, width, channels
 
 
 def build_from_run(cfg: Config, input_shape: Sequence[int]):
@@ -187,6 +189,7 @@ def build_from_run(cfg: Config, input_shape: Sequence[int]):
     import keras
 
     spec = cfg.model.backbone
+    assert spec is not None  # built only for a config with a from_run backbone
     source = load_source_model(cfg)
     expected = tuple(int(d) for d in source.inputs[0].shape[1:])
     if tuple(input_shape) != expected:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Set
 from dataclasses import dataclass
 
 
@@ -18,7 +19,7 @@ class CpuInfo:
     """What `auto` decides from: the CPU's model, its ISA flags, its cores, and any cap put on oneDNN."""
 
     model: str
-    flags: frozenset
+    flags: frozenset[str]
     cores: int
     onednn_cap: str | None = None  # ONEDNN_MAX_CPU_ISA, e.g. AVX2: oneDNN then runs no wider kernels
 
@@ -81,7 +82,7 @@ def _usable_cores() -> int:
 
 
 def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability=None,
-                     flags: set[str] | None = None, cap: str | None = None) -> tuple[str, str]:
+                     flags: Set[str] | None = None, cap: str | None = None) -> tuple[str, str]:
     """The compute precision for `auto`, with the reason it was chosen.
 
     On a CPU it follows the kernels oneDNN will actually run: the CPU's flags

@@ -29,6 +29,7 @@ base rate, outside update_step, so it is not scaled per block.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cnncli import compat
 
@@ -87,8 +88,8 @@ def layerwise(optimizer, variables, multipliers: tuple[float, ...]):
     The copy is built on `variables`, so the multipliers line up with the
     optimizer's own variable indices.
     """
-    base = type(optimizer)
-    cls = _CLASSES.get(base)
+    base: Any = type(optimizer)  # a keras.optimizers.Optimizer subclass
+    cls: Any = _CLASSES.get(base)
     if cls is None:
         cls = type(base.__name__, (base,), {"update_step": _scaled_update_step, "__doc__": base.__doc__})
         # Serialised (model.keras's compile config) as the Keras class it extends; the factors

@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,9 @@ class Trainer:
         self.fused_kernel = use_fused_update(optimizer)  # same arithmetic, one pass over the weights
         with strategy.scope():
             self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._x = self._y = self._stream = None
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        self._stream: Any = None  # a streamed split (FileSplit or RecordSplit), when the data is streamed
         self._chunk_fn = tf.function(self._resident_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self._dist_chunk_fn = tf.function(self._distributed_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self.timed = time_input  # tf.timestamp is refused under op determinism

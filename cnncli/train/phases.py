@@ -103,8 +103,8 @@ def check_phases(model, cfg: Config) -> None:
                     f"no layer of {backbone.name} starts with `{prefix}`{did_you_mean(prefix, blocks)}; "
                     f"its blocks: {', '.join(blocks)}", f"train.phases[{i}].trainable[{j}]"))
     if not problems:
-        for i, phase in enumerate(plan_phases(cfg)):
-            apply_trainable(model, cfg, phase.trainable)
+        for i, planned in enumerate(plan_phases(cfg)):
+            apply_trainable(model, cfg, planned.trainable)
             if not model.trainable_weights:  # e.g. include_top with no model.layers, and `trainable: head`
                 problems.append(Problem("this phase trains no weights: the backbone is frozen and there is no "
                                         "head with weights (model.layers)", f"train.phases[{i}].trainable"))

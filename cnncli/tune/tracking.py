@@ -216,6 +216,7 @@ class SweepTracker:
         from cnncli.tune.study import sweep_lock
 
         where = target(sweep.cfg.tracking, uri_option)
+        assert where is not None  # opened only for a sweep that is tracked
         mlflow = client(where[0])
         with sweep_lock(sweep.dir), mlflow_errors(where[0]):
             parent = sweep.study.user_attrs.get("mlflow_parent_run")
