@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -104,7 +105,7 @@ def activations(
 
     with handled(json_output):
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
-        rows = [{"layer": m.layer, "output": str(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
+        rows: list[dict[str, Any]] = [{"layer": m.layer, "output": str(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
                  "tiles": m.tiles} for m, p in zip(maps, paths, strict=True)]
         if json_output:
             emit_json({"image": str(image), "layers": rows})

@@ -11,6 +11,7 @@ shape, Pillow mode, or why the picture cannot be read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import os
@@ -80,6 +81,10 @@ def resolve(source: str | Path, overrides: list[str] | None = None) -> Config:
     return config_from_dict(raw, "source")
 
 
+def _png_of(x: np.ndarray, i: int) -> bytes:
+    return _png(x[i])
+
+
 def _png(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -140,7 +145,7 @@ def _arrays(cfg: DataConfig, seed: int) -> Catalogue:
     hint: dict[str, int] = {}
     for split in records.SPLITS:
         x, y = getattr(found, f"x_{split}"), getattr(found, f"y_{split}")
-        splits[split] = [Picture(f"{split}/{i}", int(y[i]), (lambda i=i, x=x: _png(x[i])),
+        splits[split] = [Picture(f"{split}/{i}", int(y[i]), functools.partial(_png_of, x, i),
                                  f"{found.source} {split}/{i}") for i in range(len(x))]
         hint[split] = int(x.nbytes)
     return Catalogue(found.source, cfg.dataset, list(found.class_names), splits, hint, list(found.warnings))

@@ -218,6 +218,7 @@ def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]],
     if bad:
         warnings.append(f"skipped {len(bad)} unreadable image(s): {_listing([n for n, _ in bad])}")
     if resized and not cfg.image_size:
+        assert size is not None  # the first readable image set it
         warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
                         "resized; set data.image_size to choose the size")
     counts = np.bincount(arrays["train"][1], minlength=len(class_names))

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Predictor:
     kind: str  # run | keras | saved_model | tflite | onnx
     path: Path
     class_names: list[str]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (h, w, c) for images; a model of Dense layers may take (h, w)
     run: Callable[[np.ndarray], np.ndarray]  # one float32 batch -> (n, K) probabilities
     warnings: list[str] = field(default_factory=list)
 
@@ -137,7 +138,7 @@ def record_export(artifact: Path, record: dict) -> Path:
     """
     path = export_json_path(artifact)
     with fileio.locked(path.parent):
-        doc = {"artifacts": {}}
+        doc: dict[str, Any] = {"artifacts": {}}
         if path.exists():
             try:
                 doc = json.loads(path.read_text())
@@ -207,7 +208,7 @@ def _saved_model_runner(path: Path):
         probs = out["probabilities"] if "probabilities" in out else next(iter(out.values()))
         return probs.numpy()
 
-    run.module = loaded  # keep the loaded object (and its variables) alive with the function
+    run.__dict__["module"] = loaded  # keep the loaded object (and its variables) alive with the function
     return run, tuple(int(d) for d in spec.shape[1:])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import tempfile
+from collections.abc import Set
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ def _img(path: Path | str | None, alt: str) -> str:
     return f'<img src="{png_uri(Path(path))}" alt="{html.escape(alt)}">'
 
 
-def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+def _table(headers: list[str], rows: list[list], numeric: Set[int] = frozenset()) -> str:
     """A scrollable table; columns whose index is in `numeric` are right-aligned."""
     def cell(tag: str, i: int, value) -> str:
         return f"<{tag}{' class=n' if i in numeric else ''}>{html.escape(str(value))}</{tag}>"

@@ -17,6 +17,7 @@ the same objects, nothing is copied.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ def probe_model(model, targets: list):
     import keras
 
     direct = {id(t) for t in targets if any(t is layer for layer in model.layers)}
-    nested = {}  # id(sub-model) -> (sub-model, its targets)
+    nested: dict[int, tuple[Any, list]] = {}  # id(sub-model) -> (sub-model, its targets)
     for target in targets:
         if id(target) in direct:
             continue
@@ -164,7 +165,7 @@ def probe_model(model, targets: list):
 class GradCam:
     heatmap: np.ndarray  # float32 (H, W) in [0, 1], upsampled to the image
     layer: str
-    feature_shape: tuple[int, int, int]  # the layer's (h, w, channels)
+    feature_shape: tuple[int, ...]  # the layer's (h, w, channels)
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""

@@ -15,12 +15,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.errors import CnnError, did_you_mean
 from cnncli.model.geometry import all_layers
 from cnncli.registry import Registry
+
+if TYPE_CHECKING:
+    from cnncli.insight.maps import GradCam
 
 SMOOTHGRAD_SAMPLES = 25  # Smilkov et al. find the map stops improving beyond ~50; 25 is most of the gain
 SMOOTHGRAD_SIGMA = 0.15  # noise std as a share of the pixel range; the paper's 10-20% sweet spot
@@ -77,7 +81,7 @@ class Saliency:
     predicted: str  # the model's top class
     method: str
     score: str  # "logit" or "output"
-    gradcam: object = None  # cnncli.insight.maps.GradCam when method is gradcam
+    gradcam: GradCam | None = None  # when method is gradcam
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""
@@ -133,10 +137,12 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     names = run.class_names if len(run.class_names) == len(probs) else [str(i) for i in range(len(probs))]
     index = int(probs.argmax()) if class_name is None else class_index(class_name, names)
     scores, score = logits_model(model)
-    saliency = saliency_map(scores, image, index, METHODS.canonical(method), samples=samples, seed=seed)
-    cam = _gradcam(scores, image, index, layer) if METHODS.canonical(method) == "gradcam" else None
+    kind = METHODS.canonical(method)
+    assert kind is not None  # checked against METHODS above
+    saliency = saliency_map(scores, image, index, kind, samples=samples, seed=seed)
+    cam = _gradcam(scores, image, index, layer) if kind == "gradcam" else None
     return Saliency(image, saliency, index, names[index], float(probs[index]), names[int(probs.argmax())],
-                    METHODS.canonical(method), score, cam)
+                    kind, score, cam)
 
 
 def _gradcam(scores, image, index: int, layer: str | None):

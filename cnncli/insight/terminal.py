@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -15,8 +17,10 @@ def print_summary(console: Console, result, expand: bool = False) -> None:
     """The layer table; the layers of each block use share one row unless `expand`."""
     s = result.summary
     table = Table(title=f"{s.name}  ·  input {_shape([None, *result.input_shape])}", title_justify="left")
-    for col, justify in (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
-                         ("Params", "right"), ("Receptive field", "right"), ("MACs", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
+        ("Params", "right"), ("Receptive field", "right"), ("MACs", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     for row in result.rows(expand):
         rf = "—" if row.receptive_field is None else f"{row.receptive_field[0]}×{row.receptive_field[1]}"
@@ -34,8 +38,10 @@ def print_summary(console: Console, result, expand: bool = False) -> None:
 def print_phases(console: Console, phases: list[dict]) -> None:
     """What each training phase trains: `head`, `all` or the listed backbone blocks (plus the head)."""
     table = Table(title="Training phases", title_justify="left")
-    for col, justify in (("Phase", "right"), ("Epochs", "right"), ("Trains", "left"),
-                         ("Trainable params", "right"), ("Frozen params", "right"), ("Learning rate", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("Phase", "right"), ("Epochs", "right"), ("Trains", "left"),
+        ("Trainable params", "right"), ("Frozen params", "right"), ("Learning rate", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     for p in phases:
         trains = p["trainable"] if isinstance(p["trainable"], str) else "head + " + ", ".join(p["trainable"])

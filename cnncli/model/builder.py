@@ -291,7 +291,9 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
     elif cfg.model.backbone is not None:
         assert cfg.model.backbone.name is not None  # the schema asks for `name` or `from_run`
-        x = ImagenetPreprocess(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), name="preprocess")(inputs)
+        known = BACKBONES.canonical(cfg.model.backbone.name)
+        assert known is not None  # check_model_specs refused an unknown backbone
+        x = ImagenetPreprocess(backbone_mode(known), name="preprocess")(inputs)
         x = build_backbone(cfg, input_shape, load_weights)(x)
     else:
         x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)

@@ -14,7 +14,7 @@ from cnncli.config.schema import Config
 
 @dataclass
 class InputPlan:
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # (h, w, c) for images; a model of Dense layers may take (h, w)
     num_classes: int | None  # None when not known without reading the data
     class_names: list[str] | None
     notes: list[str] = field(default_factory=list)
@@ -43,7 +43,7 @@ def plan_input(cfg: Config) -> InputPlan:
         info = describe(cfg.data)
         if info.input_shape[-1] == 1:
             cfg.data.color_mode = "rgb"
-            notes.append(f"{cfg.model.backbone.name} expects 3 colour channels; "
+            notes.append(f"{backbone.name} expects 3 colour channels; "
                          "the grayscale images are converted to RGB (set data.color_mode to choose)")
     if cfg.model.input_shape:  # stated: no need to look at the data (it may not exist yet)
         return InputPlan(tuple(cfg.model.input_shape), None, None, notes)

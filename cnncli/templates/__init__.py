@@ -58,7 +58,7 @@ def inspect_data(spec: str, config_path: Path) -> DataFacts:
 
     info = describe(DataConfig(dataset=kind, path=folder))
     relative = os.path.relpath(os.path.abspath(folder), os.path.abspath(config_path.parent))
-    return DataFacts(relative, info.class_names, tuple(info.input_shape[:2]),
+    return DataFacts(relative, info.class_names, (info.input_shape[0], info.input_shape[1]),
                      "rgb" if info.input_shape[2] == 3 else "grayscale")
 
 

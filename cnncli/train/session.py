@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -163,6 +164,7 @@ class Session(RunRecord, RunEnding):
 
     def _trainer(self, optimizer, metrics) -> Trainer:
         cfg = self.cfg
+        assert cfg.seed is not None  # the job chose and recorded one before the session started
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
@@ -206,7 +208,7 @@ class Session(RunRecord, RunEnding):
         except NonFiniteLoss as exc:
             self._non_finite(index + 1, exc.step, optimizer)
         faults.point("epoch_trained")
-        row = {"epoch": index + 1}
+        row: dict[str, Any] = {"epoch": index + 1}
         if self.cfg.train.phases:
             row["phase"] = phase.index + 1
         row.update(result.logs)
