@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnncli.errors import CnnError
+
+if TYPE_CHECKING:
+    from cnncli.model.geometry import Summary
 
 
 @dataclass
 class SummaryResult:
     file: str
     input_shape: tuple
-    summary: object  # geometry.Summary
+    summary: Summary
     warnings: list[str] = field(default_factory=list)
     phases: list[dict] = field(default_factory=list)  # per training phase: trainable / frozen parameters
     groups: dict = field(default_factory=dict)  # layer name -> (block use, "basic ×3"), from model.blocks
@@ -142,8 +146,8 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
 
         problems = search_problems(cfg, path, overrides)
         if problems:
-            exc = ConfigError(problems, cfg._file)
-            return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
+            refused = ConfigError(problems, cfg._file)
+            return ValidateResult(str(path), False, error=str(refused), problems=_problems(refused, str(path)))
     return ValidateResult(str(path), True, total_params=result.summary.total_params,
                           input_shape=result.input_shape, warnings=result.warnings, config_yaml=cfg.to_yaml())
 

@@ -105,8 +105,9 @@ def activations(
 
     with handled(json_output):
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
-        rows: list[dict[str, Any]] = [{"layer": m.layer, "output": str(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
-                 "tiles": m.tiles} for m, p in zip(maps, paths, strict=True)]
+        rows: list[dict[str, Any]] = [
+            {"layer": m.layer, "output": str(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
+             "tiles": m.tiles} for m, p in zip(maps, paths, strict=True)]
         if json_output:
             emit_json({"image": str(image), "layers": rows})
         else:

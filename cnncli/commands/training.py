@@ -38,20 +38,21 @@ def train(
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import make_reporter
 
-    config = (config if len(config) > 1 else config[0]) if config else None
+    given = (config if len(config) > 1 else config[0]) if config else None
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
-        if config is None and resume is None:
+        if given is None and resume is None:
             raise CnnError("give a config file, or --resume RUN_DIR")
         from cnncli.tune.tracking import LiveRun, requested_by
 
-        tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
+        tracked = requested_by(given or (resume / "config.yaml" if resume else None), mlflow)
         tracker = LiveRun(tracked) if tracked is not None else None
         reporter = make_reporter(quiet, json_output)
-        result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
+        result = run_training(TrainOptions(config=given, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke, profile=profile, tracker=tracker), reporter)
         reporter.train_end()
-        if tracker is not None and tracker.run_id is not None:  # the chief's; other workers log nothing
+        # the chief's; other workers log nothing
+        if tracked is not None and tracker is not None and tracker.run_id is not None:
             result.run["mlflow_run_id"] = tracker.run_id
             reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): run {tracker.run_id}")
         page = _write_report(result.run_dir) if report else None

@@ -36,7 +36,10 @@ def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None 
     names = found.class_names
     total = sum(len(p) for p in found.splits.values())
     step = catalogue.counter(progress, total)
-    splits, shapes, modes, unreadable = {}, [], Counter(), []
+    splits: dict[str, dict] = {}
+    shapes: list[tuple[int, ...]] = []
+    modes: Counter[str] = Counter()
+    unreadable: list[dict] = []
     arrays = found.dataset not in ("image_folder", "records")
     for split in records.SPLITS:
         per_class = np.zeros(len(names), np.int64)
@@ -54,6 +57,7 @@ def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None 
                                        "class": names[picture.label], "reason": result.error})
                     continue
                 per_class[picture.label] += 1
+                assert result.shape is not None  # a picture read without error has its shape
                 shapes.append(result.shape)
                 modes[result.mode] += 1
         splits[split] = {"count": int(per_class.sum()), "per_class": dict(zip(names, per_class.tolist(), strict=True))}
@@ -68,7 +72,8 @@ def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None 
 def _array_shape(cfg: DataConfig) -> tuple[int, int, int]:
     from cnncli.data import SOURCES
 
-    return tuple(SOURCES.get(cfg.dataset).describe(cfg).input_shape)
+    height, width, channels = SOURCES.get(cfg.dataset).describe(cfg).input_shape
+    return height, width, channels
 
 
 def print_report(console, report: dict) -> None:

@@ -92,8 +92,9 @@ def _shape_summary(shapes: dict[str, dict[int, tuple[int, int, int]]]) -> dict:
     return {"image_shape": [*first, channels] if uniform else None, "first_size": list(first), "channels": channels}
 
 
-def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
-                 step: Callable[[int], None] | None) -> tuple[np.ndarray, dict, list]:
+def _write_split(pictures: list[Picture] | RecordPictures, n: int, temps: list[str], k: int,
+                 step: Callable[[int], None] | None
+                 ) -> tuple[np.ndarray, list[int], dict[int, tuple[int, int, int]], list[tuple[str, str]]]:
     """Decode and write one split, spread over n shards in a seeded order.
 
     Returns pictures per class, records per shard, {source position: shape} and the skipped (name, reason).
@@ -103,7 +104,9 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     if isinstance(pictures, RecordPictures):  # re-sharding a pack: its pictures in the source's order
         pictures = pictures.in_order()
     order = np.random.default_rng(PACK_SEED).permutation(len(pictures))
-    per_class, per_shard, shapes, skipped = np.zeros(k, np.int64), [0] * n, {}, []
+    per_class, per_shard = np.zeros(k, np.int64), [0] * n
+    shapes: dict[int, tuple[int, int, int]] = {}
+    skipped: list[tuple[str, str]] = []
     writers = [tf.io.TFRecordWriter(t) for t in temps]
     try:
         kept = 0
@@ -114,6 +117,7 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
             writers[kept % n].write(records.example(result.data, picture.label, int(position), picture.name))
             per_shard[kept % n] += 1
             per_class[picture.label] += 1
+            assert result.shape is not None  # a picture read without error has its shape
             shapes[int(position)] = result.shape
             kept += 1
     finally:
@@ -138,7 +142,8 @@ def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: int | None,
           step: Callable[[int], None] | None, seed: int) -> PackResult:
     written: list[tuple[str, str]] = []  # (temporary, final), removed again unless the pack completes
     skipped: list[tuple[str, str]] = []
-    entries, shapes = {}, {}
+    entries: dict[str, dict] = {}
+    shapes: dict[str, dict[int, tuple[int, int, int]]] = {}
     try:
         for split in records.SPLITS:
             pictures = found.splits[split]

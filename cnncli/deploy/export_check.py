@@ -96,7 +96,8 @@ def _check_uint8_signature(path: Path, x: np.ndarray, probs: np.ndarray) -> dict
 
 def reference_note(trained, model, x: np.ndarray, reference: np.ndarray) -> dict:
     """What 'model.keras' means in the check; for mixed-precision runs, how far bfloat16 was from float32."""
-    note: dict[str, Any] = {"model": "model.keras", "trained_precision": trained_precision(trained), "computed_in": "float32"}
+    note: dict[str, Any] = {"model": "model.keras", "trained_precision": trained_precision(trained),
+                            "computed_in": "float32"}
     if model is not trained:
         as_trained = keras_predict(trained, x)
         note["as_trained_max_abs_diff"] = float(np.abs(as_trained.astype(np.float64) - reference).max())

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,10 +31,13 @@ from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, pub
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 
+if TYPE_CHECKING:
+    from cnncli.tune.tracking import LiveRun
+
 
 @dataclass
 class TrainOptions:
-    config: Path | None = None
+    config: Path | list[Path] | None = None  # several files merge left to right
     resume: Path | None = None
     overrides: list[str] = field(default_factory=list)
     output: Path = Path("runs")
@@ -45,7 +49,7 @@ class TrainOptions:
     profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
     run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
     on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
-    tracker: object | None = None  # a tracking.LiveRun: the chief logs the run to MLflow as it trains
+    tracker: LiveRun | None = None  # the chief logs the run to MLflow as it trains
     load_resident: Callable | None = None  # reads resident data in place of cnncli.data.load (a sweep's memo)
 
 
@@ -256,10 +260,12 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_
     for note in plan.notes:
         reporter.message(f"note: {note}")
     t0 = time.perf_counter()
+    assert cfg.seed is not None  # chosen and recorded when the config was read
     data = open_data(cfg.data, cfg.seed, plan.shape, runtime.worker_index if runtime else 0,
                      runtime.num_workers if runtime else 1, load_resident)
     for warning in data.warnings:
         reporter.warning(warning)
+    assert data.cache is not None  # open_data records how the data is held
     streamed = data.cache["mode"] != "memory"
     reporter.message(f"data {'streamed from the files' if streamed else 'resident in memory'}"
                      f"{' through a disk cache' if data.cache['mode'] == 'disk' else ''}: {data.cache['why']}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,10 @@ from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.runinfo import RunRecord
 from cnncli.train.runtime import with_loss_scaling
 from cnncli.train.schedules import EpochSchedule
+
+if TYPE_CHECKING:
+    from cnncli.train.profile import StepProfile
+    from cnncli.tune.tracking import LiveRun
 
 
 class StopRun(Exception):
@@ -40,8 +44,8 @@ class Session(RunRecord, RunEnding):
     """Builds the model and trains its phases epoch by epoch; run.json (runinfo.py) and the end of the run
     (ending.py: test metrics, model.keras, plots) are its other two roles."""
 
-    profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
-    tracker = None  # a tracking.LiveRun (the chief's, when the run is logged to MLflow)
+    profile: StepProfile | None = None  # cnn train --profile: traces steps of the first epoch trained
+    tracker: LiveRun | None = None  # the chief's, when the run is logged to MLflow
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -28,20 +28,23 @@ def suggest(trial, params: dict[str, Distribution]) -> dict[str, Any]:
             values[path] = trial.suggest_float(path, *dist.uniform, step=dist.step)
         elif dist.int_ is not None:
             values[path] = trial.suggest_int(path, *dist.int_, step=int(dist.step or 1))
-        elif all(_scalar(c) for c in dist.choice):
-            values[path] = trial.suggest_categorical(path, dist.choice)
-        else:  # Optuna stores only scalars: lists (kernel sizes) go through their JSON text
-            values[path] = json.loads(trial.suggest_categorical(path, [json.dumps(c) for c in dist.choice]))
+        else:
+            assert dist.choice is not None  # the schema lets a distribution be one of the four kinds only
+            if all(_scalar(c) for c in dist.choice):
+                values[path] = trial.suggest_categorical(path, dist.choice)
+            else:  # Optuna stores only scalars: lists (kernel sizes) go through their JSON text
+                values[path] = json.loads(trial.suggest_categorical(path, [json.dumps(c) for c in dist.choice]))
     return values
 
 
 def grid(params: dict[str, Distribution]) -> dict[str, list]:
     """The grid sampler's search space: every choice, every int on its step."""
-    space = {}
+    space: dict[str, list] = {}
     for path, dist in params.items():
         if dist.int_ is not None:
             space[path] = list(range(dist.int_[0], dist.int_[1] + 1, int(dist.step or 1)))
         else:
+            assert dist.choice is not None  # the grid sampler takes choices and ints only (checked before)
             space[path] = [c if _scalar(c) else json.dumps(c) for c in dist.choice]
     return space
 
@@ -52,10 +55,12 @@ def probes(dist: Distribution) -> list[Any]:
     if dist.choice is not None:
         return list(dist.choice)
     if dist.int_ is not None:
-        low, high = dist.int_
+        first, last = dist.int_
         step = int(dist.step or 1)
-        return [low, low + (high - low) // step * step]
-    low, high = dist.loguniform or dist.uniform
+        return [first, first + (last - first) // step * step]
+    bounds = dist.loguniform or dist.uniform
+    assert bounds is not None  # the schema lets a distribution be one of the four kinds only
+    low, high = bounds
     if dist.step:
         return [float(low), float(low + (high - low) // dist.step * dist.step)]
     if dist.loguniform:
@@ -72,6 +77,7 @@ def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     kernel too large for the image) is left to fail its trial."""
     from cnncli.model.builder import check_model_specs, raw_spec_problems
 
+    assert cfg.search is not None  # asked only of a config with a search section
     problems = []
     for key, dist in cfg.search.params.items():
         target = canonical_path(key)
@@ -96,6 +102,7 @@ def search_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     from cnncli.train.session import history_columns
 
     problems = value_problems(cfg, config, overrides)
+    assert cfg.search is not None  # asked only of a config with a search section
     metric, line = cfg.search.metric, cfg.line_of(("search", "metric"))
     columns = history_columns(cfg)
     if metric.startswith("val_") and cfg.data.validation_split == 0:
@@ -113,7 +120,7 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
             for path, value in values.items()]
 
 
-def direction(spec: SearchSpec) -> str:
+def direction(spec: SearchSpec) -> Literal["minimize", "maximize"]:
     if spec.direction:
         return spec.direction
     return "minimize" if "loss" in spec.metric or "error" in spec.metric else "maximize"

@@ -17,6 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnncli.config.loading import load_config
 from cnncli.config.schema import Config
@@ -33,6 +34,9 @@ from cnncli.tune.study import (
     retry_once,
     sweep_lock,
 )
+
+if TYPE_CHECKING:
+    from optuna.study import Study
 
 
 class MetricMissing(CnnError):
@@ -57,7 +61,7 @@ class Sweep:
     dir: Path
     cfg: Config
     opts: TuneOptions
-    study: object
+    study: Study
     n_trials: int
     metric: str
     owner: Path  # this process's lock file; free once it exits, however it exits
@@ -176,6 +180,7 @@ def run_trial(sweep: Sweep, trial, reporter=None, tracker=None, load_resident=No
 
     t0 = time.perf_counter()
     run_dir = sweep.dir / "trials" / f"{trial.number:04d}"
+    assert sweep.cfg.search is not None  # a sweep's config has a search section
     params = space.suggest(trial, sweep.cfg.search.params)
     overrides = [*sweep.opts.overrides, *space.as_overrides(params), "search=null"]
     beat = Heartbeat(sweep.study, trial)
@@ -301,6 +306,7 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
 
         tracker = SweepTracker.open(sweep, opts.mlflow)
     started = time.monotonic()
+    assert sweep.cfg.search is not None  # a sweep's config has a search section
     timeout = sweep.cfg.search.timeout
     try:
         shared = SharedData()
@@ -312,6 +318,7 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
                 live = tracker.trial_run(trial.number) if tracker is not None else None
                 outcome = run_trial(sweep, trial, reporter, live, shared)
                 if tracker is not None:
+                    assert live is not None  # opened above for a tracked sweep
                     tracker.log_trial(outcome, live)
                 with sweep_lock(sweep.dir):
                     report.write_tables(sweep)
