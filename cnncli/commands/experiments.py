@@ -66,7 +66,7 @@ def tune(
 def compare(
     runs: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
                                       help="Run directories, or sweep directories (all their trials)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PNG",
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="PNG",
                                           help="Draw the runs' curves, overlaid, into this PNG."),
     json_output: bool = JsonOption,
 ) -> None:
