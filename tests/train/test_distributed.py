@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import small_config
 
 ROOT = Path(__file__).resolve().parents[2]

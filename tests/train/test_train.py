@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-import helpers
 from cnncli.cli import app
 
 TRAINED = {  # three classes, enough examples to learn them in a few epochs; deterministic, so runs repeat

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 
 runner = CliRunner()
 
