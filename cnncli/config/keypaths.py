@@ -8,6 +8,7 @@ from cnncli.config.yamlio import KeyPath, format_path
 
 
 def nearest_line(lines: dict, path: KeyPath) -> int | None:
+    """The line of `path`, or of its nearest parent that has one; None when none does."""
     path = tuple(path)
     while path:
         if path in lines:

@@ -50,6 +50,7 @@ def quiet_legacy_names(cls: type, args: dict[str, Any]) -> Iterator[None]:
 
 
 def is_regularizer_arg(key: str) -> bool:
+    """Whether a layer argument named `key` takes a regularizer."""
     return key.endswith("_regularizer")
 
 

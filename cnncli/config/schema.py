@@ -42,6 +42,7 @@ class WithArgs(BaseModel):
 
     @property
     def args(self) -> dict[str, Any]:
+        """The Keras arguments: every key besides `type` (and `name`, `inputs`)."""
         return dict(self.model_extra or {})
 
 
@@ -83,6 +84,7 @@ class BackboneSpec(BaseModel):
 
     @property
     def args(self) -> dict[str, Any]:
+        """The extra keys, passed on to the application's constructor."""
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
@@ -315,6 +317,7 @@ class Config(Strict):
     _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.config.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
+        """The line `path` was written on in the config file, or None."""
         return nearest_line(self._lines, path)
 
     def error(self, message: str, path: KeyPath | str) -> ConfigError:
@@ -330,9 +333,11 @@ class Config(Strict):
         return ConfigError(problems, file or self._file)
 
     def to_yaml(self) -> str:
+        """The config as YAML, optional sections left out."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def to_dict(self) -> dict:
+        """The config as plain data, optional sections left out when unset."""
         data = self.model_dump(mode="json", by_alias=True)
         for key in ("search", "tracking"):  # optional sections: absent rather than null
             if data.get(key) is None:
@@ -352,4 +357,5 @@ class Config(Strict):
 
     @property
     def total_epochs(self) -> int:
+        """Epochs over all training phases."""
         return sum(p.epochs for p in self.train.phases) if self.train.phases else self.train.epochs

@@ -212,4 +212,5 @@ def build_schema() -> dict:
 
 
 def schema_text() -> str:
+    """The JSON Schema of a config file, as the text written to cnncli/schema/."""
     return json.dumps(build_schema(), indent=1, sort_keys=False) + "\n"
