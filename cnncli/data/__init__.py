@@ -12,7 +12,7 @@ colour mode and size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,7 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     return prepare(_source(cfg).load(cfg, seed), cfg, seed)
 
 
-def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: int = 1,
+def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, worker: int = 0, workers: int = 1,
               load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> Dataset:
     """Resident arrays, or streamed file splits, as data.cache (and for `auto`, the memory budget) decide.
 
@@ -76,14 +76,16 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     if cfg.dataset == "records":
         from cnncli.data.record_stream import record_splits
 
-        image_shape = tuple(int(d) for d in (shape or describe(cfg).input_shape))
+        height, width, channels = (int(d) for d in (shape or describe(cfg).input_shape))
+        image_shape = (height, width, channels)
         splits, class_names, where, warnings = (*record_splits(cfg, seed, image_shape), [])
     else:
         assert source.files is not None  # a source without files was read whole above
-        listing = source.files(cfg)
+        listing: pipeline.FileListing = source.files(cfg)
         splits = pipeline.split_listing(listing, cfg, seed)
         class_names, where, warnings = listing.class_names, listing.source, listing.warnings
-        image_shape = tuple(int(d) for d in (shape or listing.image_shape))
+        height, width, channels = (int(d) for d in (shape or listing.image_shape))
+        image_shape = (height, width, channels)
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
     root = residency.cache_root(cfg.cache_dir)
@@ -110,7 +112,7 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     return data
 
 
-def cache_streams(data: Dataset, progress=None) -> None:
+def cache_streams(data: Dataset, progress: Callable[[str, int, int, float], None] | None = None) -> None:
     """Open (writing if needed) the disk cache of every streamed split with `cache: disk`.
 
     `progress(split, done, total, seconds)` is called during a first pass.

@@ -15,7 +15,7 @@ import functools
 import io
 import itertools
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +214,7 @@ def counter(progress: Progress | None, total: int) -> Callable[[int], None] | No
 
 
 @contextlib.contextmanager
-def progress_display(label: str, show: bool = True):
+def progress_display(label: str, show: bool = True) -> Iterator[Progress | None]:
     """A (done, total) callback drawing a Rich bar on a terminal, else a plain line every 10% (stdout, as training)."""
     import sys
 

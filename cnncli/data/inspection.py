@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.config.schema import DataConfig
 from cnncli.data import catalogue, records
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DISTINCT_SHOWN = 10  # list every size when there are at most this many
 
@@ -76,7 +80,7 @@ def _array_shape(cfg: DataConfig) -> tuple[int, int, int]:
     return height, width, channels
 
 
-def print_report(console, report: dict) -> None:
+def print_report(console: Console, report: dict) -> None:
     """The report as a table of counts and a few lines, for a terminal."""
     from rich.table import Table
 

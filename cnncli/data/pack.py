@@ -44,6 +44,7 @@ class PackResult:
     warnings: list[str]
 
     def as_json(self) -> dict:
+        """What `cnn data pack --json` prints."""
         return {"output": self.output, "index": self.index,
                 "skipped": [{"path": n, "reason": r} for n, r in self.skipped], "warnings": self.warnings}
 

@@ -31,15 +31,19 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncli import faults
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import DataConfig
 
 CACHE_VERSION = 1  # bumped when the cache layout changes, so old caches are rebuilt, never misread
 COMMIT_MARKER = "done.json"  # written last: its absence marks a cache whose writer died
@@ -81,14 +85,17 @@ class StreamedImages:
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
+        """(N, height, width, channels), as an image array's."""
         return (len(self), *self.image_shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """uint8, as an image array's."""
         return np.dtype(np.uint8)
 
     @property
     def color_mode(self) -> str:
+        """rgb or grayscale, from the channels."""
         return "rgb" if self.image_shape[2] == 3 else "grayscale"
 
 
@@ -129,14 +136,15 @@ class FileSplit(StreamedImages):
         x, _ = collect(self, 256)
         return x
 
-    def astype(self, dtype) -> np.ndarray:
+    def astype(self, dtype: Any) -> np.ndarray:
+        """Every image, read into an array of `dtype`."""
         return self.to_array().astype(dtype)
 
     def __array__(self, dtype=None, copy=None):
         x = self.to_array()
         return x if dtype is None else x.astype(dtype)
 
-    def with_shape(self, shape) -> FileSplit:
+    def with_shape(self, shape: Sequence[int]) -> FileSplit:
         """The same files read at another (h, w, c): a model whose input differs from the data's size."""
         height, width, channels = (int(d) for d in shape)
         return replace(self, image_shape=(height, width, channels), _images=None, _cached_bad=None)
@@ -167,7 +175,7 @@ class FileSplit(StreamedImages):
         self.health.opened.add(path)
         return pixels, True
 
-    def batches(self, order: np.ndarray, batch_size: int, count: int | None = None):
+    def batches(self, order: np.ndarray, batch_size: int, count: int | None = None) -> Any:
         """tf.data batches of (uint8 images, int32 labels) in `order`, unreadable files left out.
 
         With `count`, exactly that many whole batches, wrapping around to the start of `order`
@@ -290,7 +298,7 @@ class _CacheFile:
         return out
 
 
-def readable_batches(ds, batch_size: int, count: int | None):
+def readable_batches(ds: Any, batch_size: int, count: int | None) -> Any:
     """(pixels, label, ok) elements -> prefetched batches of the readable ones; `count` whole batches
     (wrapping around) when given, else every element once."""
     ds = ds.filter(_readable).map(_without_flag)
@@ -322,7 +330,7 @@ def _reason(exc: DataError, path: str) -> str:
     return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
-def split_listing(listing: FileListing, cfg, seed: int) -> dict[str, FileSplit]:
+def split_listing(listing: FileListing, cfg: DataConfig, seed: int) -> dict[str, FileSplit]:
     """train / val / test FileSplits: `limit` and the validation split chosen exactly as for resident data."""
     from cnncli.data.prepare import limit_indices, validation_indices
 

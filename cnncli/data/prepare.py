@@ -10,6 +10,7 @@ picture is treated there exactly as in training.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ def convert(x: np.ndarray, height: int, width: int, channels: int) -> np.ndarray
     return resize(to_channels(x, channels), (height, width))
 
 
-def convert_images(x, input_shape: Sequence[int]) -> np.ndarray:
+def convert_images(x: Any, input_shape: Sequence[int]) -> np.ndarray:
     """Arbitrary images to a model's (height, width, channels): uint8 (N, h, w, c).
 
     `x` is one array (N, H, W) or (N, H, W, C), or a list of (H, W) or
