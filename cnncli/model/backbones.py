@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cnncli.config.schema import Config
 from cnncli.errors import did_you_mean
@@ -33,6 +34,7 @@ _DROPOUTS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3
 
 
 def min_input_size(application: str) -> int:
+    """The smallest input side keras.applications accepts for `application`."""
     return MIN_INPUT_SIZE.get(application, DEFAULT_MIN_INPUT_SIZE)
 
 
@@ -58,6 +60,7 @@ def check_application_input(cfg: Config, application: str, input_shape: Sequence
 
 
 def check_weights_file(cfg: Config, path: str) -> None:
+    """A ConfigError at model.backbone.weights unless `path` is a file."""
     key = ("model", "backbone", "weights")
     if not Path(path).is_file():
         raise cfg.error(f"weights file `{path}` does not exist (looked in {Path(path).resolve().parent}); "
@@ -67,7 +70,7 @@ def check_weights_file(cfg: Config, path: str) -> None:
                         f"{', '.join(WEIGHTS_SUFFIXES)}", key)
 
 
-def load_weights_file(cfg: Config, model, path: str) -> None:
+def load_weights_file(cfg: Config, model: Any, path: str) -> None:
     """Load a weights file into a freshly built application, with the error at `weights`."""
     from cnncli.config.vocabulary import keras_message
 
@@ -112,7 +115,7 @@ def _run_status(run_dir: Path) -> str | None:
         return None
 
 
-def load_source_model(cfg: Config):
+def load_source_model(cfg: Config) -> Any:
     """The earlier run's whole model, in the current dtype policy."""
     import keras
 
@@ -159,7 +162,7 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def default_cut(model) -> str:
+def default_cut(model: Any) -> str:
     """The last layer kept by default: the one before the last Dense (the classifier), skipping
     the Dropout in front of it, which would otherwise keep dropping features of a frozen base."""
     names = [layer.name for layer in model.layers]
@@ -184,7 +187,7 @@ def source_input_shape(cfg: Config) -> tuple[int, int, int]:
     return height, width, channels
 
 
-def build_from_run(cfg: Config, input_shape: Sequence[int]):
+def build_from_run(cfg: Config, input_shape: Sequence[int]) -> Any:
     """The earlier model's layers up to `layers_until` (default: before its classifier), as one model."""
     import keras
 

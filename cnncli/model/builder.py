@@ -30,6 +30,8 @@ from cnncli.errors import ConfigError, Problem
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from cnncli.config.schema import LayerSpec
+
 INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
 
 
@@ -162,7 +164,7 @@ def _as_config_error(cfg: Config, exc: ConfigError) -> ConfigError:
     return cfg.locate(exc.problems, exc.file)
 
 
-def layer_names(specs) -> list[str]:
+def layer_names(specs: Sequence[LayerSpec]) -> list[str]:
     """Stable names: the spec's `name`, else Keras's snake_case name with a per-model counter."""
     counts: dict[str, int] = {}
     taken = {s.name for s in specs if s.name}
@@ -185,7 +187,7 @@ def layer_names(specs) -> list[str]:
     return names
 
 
-def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True):
+def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True) -> Any:
     """The base model of `model.backbone`: a keras.applications model, or layers of an earlier run."""
     from cnncli.model import backbones
 
@@ -273,7 +275,7 @@ def _offline_weights_hint(backbone: str):
 
 
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True):
+                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True) -> Any:
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -315,7 +317,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     return keras.Model(inputs, x, name=cfg.name or "model")
 
 
-def check_output(cfg: Config, x, last_name: str | None) -> None:
+def check_output(cfg: Config, x: Any, last_name: str | None) -> None:
     """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
     if len(x.shape) == 2:
         return
@@ -356,7 +358,7 @@ def check_classes(cfg: Config, outputs: int, num_classes: int, source: str | Non
     raise ConfigError.single(message, file=cfg._file)
 
 
-def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True):
+def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True) -> Any:
     """The model built without weights after every name and argument check, all problems reported together.
 
     Problems in the training vocabulary (optimizer, schedule, loss) do not stop the

@@ -28,6 +28,7 @@ class LayerRow:
     macs: int
 
     def as_json(self) -> dict[str, Any]:
+        """The row as plain data, for --json."""
         data = asdict(self)
         return data
 
@@ -43,13 +44,16 @@ class Summary:
 
     @property
     def size_mb(self) -> float:
+        """The weights' size in MB as float32."""
         return self.total_params * 4 / 1e6  # float32 weights
 
     @property
     def total_macs(self) -> int:
+        """Multiply-adds of one forward pass over all layers."""
         return sum(r.macs for r in self.layers)
 
     def as_json(self) -> dict[str, Any]:
+        """The summary as plain data, for --json."""
         return {"name": self.name, "total_params": self.total_params, "trainable_params": self.trainable_params,
                 "non_trainable_params": self.non_trainable_params, "size_mb": round(self.size_mb, 3),
                 "total_macs": self.total_macs, "layers": [r.as_json() for r in self.layers],
@@ -89,7 +93,7 @@ _ENDS_SPATIAL = ("Flatten", "Dense", "GlobalAveragePooling2D", "GlobalMaxPooling
                  "GlobalMaxPool2D", "Reshape", "Dropout_")  # Dropout keeps whatever it gets
 
 
-def all_layers(model):
+def all_layers(model: Any) -> Any:
     """Every layer of `model`, depth first, the layers of nested models (a backbone) after the model itself."""
     for layer in getattr(model, "layers", []):
         yield layer
@@ -204,7 +208,7 @@ def _merge(states: list[_State]) -> _State:
     return _State(rf, jump)
 
 
-def summarize(model) -> Summary:
+def summarize(model: Any) -> Summary:
     """Per-layer geometry and totals for a built functional model."""
     rows: list[LayerRow] = []
     warnings: list[str] = []

@@ -20,7 +20,8 @@ DEFAULT_TOP_K = 5  # the classic ImageNet "top-5"; only reported when there are 
 MOST_CONFUSED = 5  # how many off-diagonal pairs are worth reading in a terminal
 
 
-def classification_report(y_true, probs, class_names: list[str], top_k: int | None = None) -> dict:
+def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: list[str],
+                          top_k: int | None = None) -> dict:
     """Metrics of a classifier on N examples with K classes.
 
     `y_true` holds N integer labels in [0, K); `probs` is (N, K), one row of class
