@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class CpuInfo:
         return min(native, cap, key=ISA_LEVELS.index)
 
     def as_json(self) -> dict:
+        """The CPU as run.json records it."""
         return {"model": self.model, "cores": self.cores, "isa": self.isa, "onednn_max_cpu_isa": self.onednn_cap}
 
 
@@ -53,7 +58,7 @@ _ONEDNN_CAPS = {"SSE41": "sse4", "AVX": "sse4", "AVX2": "avx2", "AVX2_VNNI": "av
                 "AVX512_CORE_AMX_FP16": "amx", "AVX10_1_512_AMX": "amx", "AVX10_1_512_AMX_FP16": "amx", "ALL": "amx"}
 
 
-def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ=None) -> CpuInfo:
+def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ: Mapping[str, str] | None = None) -> CpuInfo:
     """This machine's CPU (or the one `cpuinfo`, the text of a /proc/cpuinfo, describes)."""
     if cpuinfo is None:
         try:
@@ -81,7 +86,7 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability=None,
+def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability: tuple[int, int] | None = None,
                      flags: Set[str] | None = None, cap: str | None = None) -> tuple[str, str]:
     """The compute precision for `auto`, with the reason it was chosen.
 
@@ -92,11 +97,12 @@ def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_ca
     if requested != "auto":
         return requested, "set in the config"
     if device == "gpu":
-        major = (gpu_capability or (0, 0))[0]
+        capability = gpu_capability or (0, 0)
+        major = capability[0]
         if major >= 8:
-            return "mixed_bfloat16", f"GPU compute capability {gpu_capability[0]}.{gpu_capability[1]} supports bfloat16"
+            return "mixed_bfloat16", f"GPU compute capability {capability[0]}.{capability[1]} supports bfloat16"
         if major >= 7:
-            return "mixed_float16", (f"GPU compute capability {gpu_capability[0]}.{gpu_capability[1]}: "
+            return "mixed_float16", (f"GPU compute capability {capability[0]}.{capability[1]}: "
                                      "float16 tensor cores, with loss scaling")
         return "float32", "GPU without fast half precision"
     if device == "tpu":
@@ -116,7 +122,7 @@ SMALL_SIDE = 64  # pixels: course-size images
 SMALL_CORES = 4  # the one-thread-per-op default is measured on 2 cores; beyond 4 it is not assumed
 
 
-def small_model(cfg) -> bool:
+def small_model(cfg: Config) -> bool:
     """A course-size model (no pretrained backbone, images of at most 64 px a side), known from the config alone.
 
     Its ops (a 3×3 convolution over a batch of 32 28×28 images) are too small to
@@ -124,6 +130,7 @@ def small_model(cfg) -> bool:
     """
     if cfg.model.backbone is not None:
         return False
+    side: int | None
     if cfg.model.input_shape:
         side = max(cfg.model.input_shape[:2])
     elif cfg.data.image_size:
@@ -227,7 +234,7 @@ def _window_out(size: int, k: int, stride: int, padding: str, dilation: int = 1)
     return (size - dilation * (k - 1) - 1) // stride + 1
 
 
-def model_macs(cfg) -> int | None:
+def model_macs(cfg: Config) -> int | None:
     """Forward multiply-adds per example of a plain stack of layers, from the config alone
     (before TensorFlow starts: its thread pools cannot change afterwards); None when the
     config does not tell (a backbone, a graph of layers, a layer type not known here)."""
@@ -273,7 +280,7 @@ def model_macs(cfg) -> int | None:
     return macs
 
 
-def step_macs(cfg) -> int | None:
+def step_macs(cfg: Config) -> int | None:
     """Forward multiply-adds of one replica's training step, from the config (None: not known)."""
     try:
         macs = model_macs(cfg)

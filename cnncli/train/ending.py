@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from cnncli.data.base import Dataset
     from cnncli.train.profile import StepProfile
     from cnncli.train.result import TrainResult
+    from cnncli.train.runinfo import RunTracker
     from cnncli.train.runtime import Runtime
-    from cnncli.tune.tracking import LiveRun
 
 
 class RunEnding:
@@ -39,7 +39,7 @@ class RunEnding:
     phase_records: list[dict]
     status: str
     smoke: bool
-    tracker: LiveRun | None
+    tracker: RunTracker | None
     profile: StepProfile | None
     write_run_json: Callable[[], None]
 

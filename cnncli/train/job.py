@@ -32,7 +32,7 @@ from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 
 if TYPE_CHECKING:
-    from cnncli.tune.tracking import LiveRun
+    from cnncli.train.runinfo import RunTracker
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TrainOptions:
     profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
     run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
     on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
-    tracker: LiveRun | None = None  # the chief logs the run to MLflow as it trains
+    tracker: RunTracker | None = None  # the chief logs the run to MLflow as it trains
     load_resident: Callable | None = None  # reads resident data in place of cnncli.data.load (a sweep's memo)
 
 
@@ -102,6 +102,7 @@ class _StopSignal:
 
 
 def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
+    """Train as `opts` asks (a new run, or --resume) and return what the run wrote."""
     rundir.no_world_writes()
     with _StopSignal(), contextlib.ExitStack() as held:
         cfg, resume_dir, state = resolve_config(opts)

@@ -52,7 +52,7 @@ class EpochResult:
     waiting: float | None = None  # of `seconds`, spent waiting for input batches; None when not timed
 
 
-def epoch_permutation(n: int, seed: int, epoch: int):
+def epoch_permutation(n: int, seed: int, epoch: int) -> Any:
     """The order of examples in `epoch`: a function of (seed, epoch) only, so a resumed run repeats it."""
     import tensorflow as tf
 
@@ -182,7 +182,7 @@ class Trainer:
         return done, finite, waiting
 
     # ------------------------------------------------------------------ epochs
-    def set_data(self, x, y: np.ndarray) -> None:
+    def set_data(self, x: Any, y: np.ndarray) -> None:
         """Keep the training split resident (uint8 stays uint8: 4× less memory than float32),
         or, for a streamed split, keep it to ask for batches each epoch."""
         from cnncli.data.splits import is_streamed
@@ -198,6 +198,7 @@ class Trainer:
         self._n = int(x.shape[0])
 
     def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch over the data set with set_data."""
         shares = self._stream.share_sizes if self._stream is not None else None
         if shares:  # each worker streams its own share: the smallest sets the steps every worker takes
             return max(1, min(shares) // (self.batch_size // len(shares)))
@@ -291,6 +292,7 @@ class Trainer:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def results(self) -> dict:
+        """The loss and metrics accumulated since they were last reset."""
         logs = {"loss": float(self.loss_tracker.result())}
         for metric in self.metrics:
             logs[metric.name] = float(metric.result())
@@ -308,11 +310,12 @@ class Trainer:
         return out.concat()
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's probabilities for resident images `x`, in batches."""
         if len(x) == 0:
             return np.zeros((0, int(self.model.outputs[0].shape[-1])), np.float32)
         return self._predict_fn(self.tf.convert_to_tensor(x), self.tf.constant(batch_size)).numpy()
 
-    def predict_split(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_split(self, x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, labels) over a resident or streamed split; a stream leaves unreadable files out."""
         from cnncli.data.splits import is_streamed, predict_split
 

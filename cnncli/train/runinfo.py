@@ -10,7 +10,7 @@ import contextlib
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -21,7 +21,24 @@ if TYPE_CHECKING:
     from cnncli.config.schema import Config
     from cnncli.data.base import Dataset
     from cnncli.train.runtime import Runtime
-    from cnncli.tune.tracking import LiveRun
+
+
+class RunTracker(Protocol):
+    """What a run needs of the MLflow run it is logged to (tune/tracking.py's LiveRun is one)."""
+
+    run_id: str | None
+
+    def record(self) -> dict:
+        """What run.json records of the tracking."""
+
+    def start(self, run_dir: Path, previous: dict | None = None) -> None:
+        """Start the MLflow run, or reopen `previous`'s."""
+
+    def epoch(self, row: dict) -> None:
+        """Log an epoch's metrics."""
+
+    def end(self, run_dir: Path, status: str) -> None:
+        """Log what the run wrote and end the MLflow run with `status`."""
 
 
 class RunRecord:
@@ -38,9 +55,10 @@ class RunRecord:
     phase_records: list[dict]
     best: dict
     smoke: bool
-    tracker: LiveRun | None
+    tracker: RunTracker | None
 
     def write_run_json(self) -> None:
+        """Write run.json: what ran, on what, with which data, and how far it got."""
         import keras
         import tensorflow as tf
 
@@ -61,6 +79,7 @@ class RunRecord:
         })
 
     def mark(self, status: str) -> None:
+        """Record `status` in run.json (on the chief) and end the MLflow run with it."""
         self.status = status
         if self.runtime.is_chief:
             self.write_run_json()

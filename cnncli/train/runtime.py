@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
@@ -35,6 +36,7 @@ class Runtime:
     cpu: dict = field(default_factory=dict)  # model, cores, the ISA oneDNN runs
 
     def as_json(self) -> dict:
+        """The runtime as run.json records it."""
         return {"device": self.device, "devices": self.devices, "precision": self.precision,
                 "precision_reason": self.precision_reason, "replicas": self.num_replicas,
                 "workers": self.num_workers, "worker_index": self.worker_index,
@@ -42,7 +44,7 @@ class Runtime:
                 "threads": self.threads, "cpu": self.cpu}
 
 
-def with_loss_scaling(optimizer, precision: str):
+def with_loss_scaling(optimizer: Any, precision: str) -> Any:
     """float16 gradients underflow without loss scaling (Keras's mixed-precision guide);
     bfloat16 has float32's exponent range and needs none."""
     if precision != "mixed_float16":
@@ -60,7 +62,8 @@ def _gpu_capability(tf, gpus) -> tuple[int, int] | None:
         return None
 
 
-def configure_gpus(tf, gpus) -> None:
+def configure_gpus(tf: Any, gpus: list) -> None:
+    """Let every GPU take memory as it needs it rather than all at once."""
     for gpu in gpus:
         # Take memory as needed, not the whole card up front: other jobs (and the
         # other replicas' processes) may share it.

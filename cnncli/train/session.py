@@ -28,8 +28,9 @@ from cnncli.train.runtime import with_loss_scaling
 from cnncli.train.schedules import EpochSchedule
 
 if TYPE_CHECKING:
+    from cnncli.config.schema import Config
     from cnncli.train.profile import StepProfile
-    from cnncli.tune.tracking import LiveRun
+    from cnncli.train.runinfo import RunTracker
 
 
 class StopRun(Exception):
@@ -45,7 +46,7 @@ class Session(RunRecord, RunEnding):
     (ending.py: test metrics, model.keras, plots) are its other two roles."""
 
     profile: StepProfile | None = None  # cnn train --profile: traces steps of the first epoch trained
-    tracker: LiveRun | None = None  # the chief's, when the run is logged to MLflow
+    tracker: RunTracker | None = None  # the chief's, when the run is logged to MLflow
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None):
         import keras
@@ -97,6 +98,7 @@ class Session(RunRecord, RunEnding):
 
     # ------------------------------------------------------------------ training
     def train(self, state: dict | None) -> None:
+        """Train every phase from `state` (a resumed run's checkpoint state) or from the start."""
         phases = plan_phases(self.cfg)
         start_phase, done_in_phase = 0, 0
         if state is not None:
@@ -353,7 +355,7 @@ class Session(RunRecord, RunEnding):
 
 
 
-def history_columns(cfg) -> list[str]:
+def history_columns(cfg: Config) -> list[str]:
     """The measurement columns of `cfg`'s history.csv, in order, as `Session` writes its rows (a test trains
     and compares): the loss and metrics, the same on the validation split when there is one, the rate."""
     from cnncli.config.vocabulary import make_metric
