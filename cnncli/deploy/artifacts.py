@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,14 @@ class Predictor:
     run: Callable[[np.ndarray], np.ndarray]  # one float32 batch -> (n, K) probabilities
     warnings: list[str] = field(default_factory=list)
 
-    def predict(self, x) -> np.ndarray:
+    def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, K) probabilities of uint8 or float (N, H, W, C) images, in batches."""
         return in_batches(self.run, x, len(self.class_names))
 
 
 # ---------------------------------------------------------------- float32 copies
 
-def float32_model(model):
+def float32_model(model: Any) -> Any:
     """`model` computing in float32: itself if it already does, else a copy with the same weights.
 
     Runs trained under mixed_bfloat16 (the CPU default on machines with AMX) keep
@@ -70,7 +70,7 @@ def float32_model(model):
     return copy
 
 
-def trained_precision(model) -> str:
+def trained_precision(model: Any) -> str:
     """The dtype policy most layers computed in when the model was trained (`float32`, `mixed_bfloat16`, …)."""
     names = [_policy_name(layer) for layer in all_layers(model)]
     return max(set(names), key=names.count) if names else "float32"
@@ -95,7 +95,7 @@ def _force_float32(node):
 
 
 @contextlib.contextmanager
-def native_stderr_silenced():
+def native_stderr_silenced() -> Iterator[None]:
     """Hide what C++ runtimes write straight to file descriptor 2 (LiteRT's "Created XNNPACK delegate",
     the converter's quantization summary); Python exceptions still carry their messages."""
     import sys
@@ -114,6 +114,7 @@ def native_stderr_silenced():
 # ---------------------------------------------------------------- export.json
 
 def export_json_path(artifact: Path) -> Path:
+    """The export.json beside an exported artefact."""
     return Path(artifact).parent / EXPORT_JSON
 
 
@@ -212,7 +213,7 @@ def _saved_model_runner(path: Path):
     return run, tuple(int(d) for d in spec.shape[1:])
 
 
-def tflite_interpreter(path: Path):
+def tflite_interpreter(path: Path) -> Any:
     """A LiteRT interpreter: ai-edge-litert when installed, else TensorFlow's own copy."""
     try:
         from ai_edge_litert.interpreter import Interpreter

@@ -93,6 +93,7 @@ class ExportResult:
     export_json: Path
 
     def as_json(self) -> dict:
+        """What `cnn export --json` prints."""
         return {"path": str(self.path), "format": self.format, "quantize": self.quantize,
                 "size_bytes": self.size_bytes, "check": self.check, "export_json": str(self.export_json)}
 

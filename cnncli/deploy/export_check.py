@@ -13,6 +13,7 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class Criterion:
     min_agreement: float | None = None  # share of images whose top class must agree
 
     def describe(self) -> str:
+        """The bounds in words, e.g. `max |Δp| ≤ 0.0001`."""
         parts = []
         if self.max_abs_diff is not None:
             parts.append(f"max |Δp| ≤ {self.max_abs_diff:g}")
@@ -43,6 +45,7 @@ class Criterion:
         return " and ".join(parts)
 
     def passed(self, max_abs_diff: float, agreement: float) -> bool:
+        """Whether the measured difference and agreement are within the bounds."""
         return ((self.max_abs_diff is None or max_abs_diff <= self.max_abs_diff)
                 and (self.min_agreement is None or agreement >= self.min_agreement))
 
@@ -52,7 +55,7 @@ FLOAT16 = Criterion(max_abs_diff=1e-2)  # weights rounded to 11 significant bits
 INT8 = Criterion(min_agreement=0.98)  # 8-bit activations move probabilities; the decision must hold
 
 
-def check_images(data, examples: int = CHECK_EXAMPLES) -> tuple[np.ndarray, str]:
+def check_images(data: Any, examples: int = CHECK_EXAMPLES) -> tuple[np.ndarray, str]:
     """Up to `examples` real images as float32: the test split, else validation, else training."""
     for split in ("test", "val", "train"):
         x = getattr(data, f"x_{split}")
@@ -94,7 +97,7 @@ def _check_uint8_signature(path: Path, x: np.ndarray, probs: np.ndarray) -> dict
     return extra
 
 
-def reference_note(trained, model, x: np.ndarray, reference: np.ndarray) -> dict:
+def reference_note(trained: Any, model: Any, x: np.ndarray, reference: np.ndarray) -> dict:
     """What 'model.keras' means in the check; for mixed-precision runs, how far bfloat16 was from float32."""
     note: dict[str, Any] = {"model": "model.keras", "trained_precision": trained_precision(trained),
                             "computed_in": "float32"}
@@ -115,7 +118,7 @@ def describe_check(check: dict) -> str:
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet() -> Iterator[None]:
     """Converters and loaders print progress and deprecation notes to stdout; --json owns stdout."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
         warnings.simplefilter("ignore")

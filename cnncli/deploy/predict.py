@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.errors import CnnError
 from cnncli.images import EXTENSIONS, conform, model_view, read_image  # noqa: F401  (read_image: callers import it from here)
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DEFAULT_TOP_K = 5  # as keras.applications' decode_predictions
 
@@ -28,6 +32,7 @@ class PredictResult:
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> list[dict]:
+        """What `cnn predict --json` prints: one row per image."""
         return self.rows
 
 
@@ -70,7 +75,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def predictions_table(result: PredictResult):
+def predictions_table(result: PredictResult) -> Table:
     """A Rich table: one row per (image, rank)."""
     from rich.table import Table
 
