@@ -39,6 +39,7 @@ pre{background:#fff;border:1px solid #ddd;padding:8px;overflow-x:auto;font-size:
 
 
 def png_uri(path: Path) -> str:
+    """The PNG at `path` as a data: URI, so the page needs no other file."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 

@@ -54,6 +54,7 @@ def pair_examples(y: np.ndarray, probs: np.ndarray, names: list[str], pairs: lis
 
 
 def caption(entry: dict) -> str:
+    """`true → predicted (probability)` under a mistake's picture."""
     return f"{entry['true']} → {entry['predicted']} ({entry['probability']:.2f})"
 
 

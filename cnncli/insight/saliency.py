@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,12 +41,13 @@ METHODS: Registry[str] = Registry("saliency method", {
 
 
 def list_methods() -> list[str]:
+    """Saliency methods `cnn explain --method` takes."""
     return METHODS.names()
 
 
 # ---------------------------------------------------------------- logits
 
-def logits_model(model):
+def logits_model(model: Any) -> Any:
     """(model returning pre-activation scores, "logit") — or (model, "output") when there is nothing to strip.
 
     Handles a last layer with its own activation (Dense(..., activation="softmax"))
@@ -90,7 +91,7 @@ class Saliency:
         return float(self.saliency[top:bottom, left:right].sum()) / total if total > 0 else 0.0
 
 
-def gradients(model, x: np.ndarray, class_index: int) -> np.ndarray:
+def gradients(model: Any, x: np.ndarray, class_index: int) -> np.ndarray:
     """d model(x)[:, class_index] / d x for a float32 batch (N, H, W, C)."""
     import tensorflow as tf
 
@@ -101,7 +102,7 @@ def gradients(model, x: np.ndarray, class_index: int) -> np.ndarray:
     return tape.gradient(score, x).numpy()  # the images are independent, so one sum's gradient is each one's
 
 
-def saliency_map(model, image: np.ndarray, class_index: int, method: str = "gradient",
+def saliency_map(model: Any, image: np.ndarray, class_index: int, method: str = "gradient",
                  samples: int = SMOOTHGRAD_SAMPLES, sigma: float = SMOOTHGRAD_SIGMA, seed: int = 0) -> np.ndarray:
     """float32 (H, W) saliency of one raw-pixel image (H, W, C) for `class_index` under a logits model."""
     method = METHODS.canonical(method) or method
@@ -174,14 +175,15 @@ class Filters:
     mode: str  # "rgb" | "channels"
 
 
-def conv_layers(model) -> list:
+def conv_layers(model: Any) -> list:
     """Every Conv2D in the model, nested backbones included, in graph order."""
     import keras
 
     return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
 
 
-def find_conv_layer(model, name: str | None):
+def find_conv_layer(model: Any, name: str | None) -> Any:
+    """The Conv2D layer called `name` (default: the first), or a CnnError listing the model's convolutions."""
     convs = conv_layers(model)
     if not convs:
         raise CnnError(f"model `{model.name}` has no Conv2D layer, so no filters to draw")
@@ -198,7 +200,7 @@ def find_conv_layer(model, name: str | None):
     raise CnnError(f"no layer named `{name}`{did_you_mean(name, by_name)}; convolution layers: {listed}")
 
 
-def filter_tiles(model, layer) -> Filters:
+def filter_tiles(model: Any, layer: Any) -> Filters:
     """A conv layer's kernels as picture tiles: RGB kernels when it sees 3 channels, else one grey tile per channel."""
     from cnncli.model.preprocessing import ImagenetPreprocess
 
@@ -242,6 +244,7 @@ def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path
 
 
 def default_saliency_path(run_dir: Path, image: Path, result: Saliency) -> Path:
+    """RUN_DIR/saliency/<image>_<class>_<method>.png, where a saliency map goes by default."""
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in result.class_name)
     return Path(run_dir) / "saliency" / f"{Path(image).stem}_{safe}_{result.method}.png"
 
@@ -264,6 +267,7 @@ def _writing(path: Path):
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:
+    """Draw `result` to `output` (default: under the run directory) and return the PNG's path."""
     from cnncli.insight.pictures import plot_gradcam
     from cnncli.plots import plot_saliency
 

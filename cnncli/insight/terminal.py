@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,7 +13,7 @@ def _shape(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def print_summary(console: Console, result, expand: bool = False) -> None:
+def print_summary(console: Console, result: Any, expand: bool = False) -> None:
     """The layer table; the layers of each block use share one row unless `expand`."""
     s = result.summary
     table = Table(title=f"{s.name}  ·  input {_shape([None, *result.input_shape])}", title_justify="left")
