@@ -9,6 +9,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,6 +29,7 @@ class RunFigures:
     figures: dict  # name -> value, in the order they are shown
 
     def as_json(self) -> dict:
+        """What `cnn compare --json` prints for one run."""
         return {"run_dir": str(self.path), **self.figures}
 
 
@@ -48,6 +50,7 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def read_run(path: Path) -> RunFigures:
+    """The figures of the run directory at `path`: its config, history and metrics."""
     info = rundir.read_json(path / "run.json")
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     history = rundir.read_history(path / "history.csv")
@@ -67,7 +70,7 @@ def read_run(path: Path) -> RunFigures:
     return RunFigures(path, config, history, figures)
 
 
-def flatten(data, prefix: tuple = ()) -> dict[str, object]:
+def flatten(data: Any, prefix: tuple = ()) -> dict[str, object]:
     """{"model.layers[0].filters": 8, ...}: every leaf of a config under its --set path."""
     if isinstance(data, dict) and data:
         return {k: v for key, value in data.items() for k, v in flatten(value, prefix + (key,)).items()}
@@ -92,6 +95,7 @@ def differences(configs: list[dict]) -> dict[str, list]:
 
 
 def compare(paths: list[Path], output: Path | None) -> dict:
+    """Compare the runs (and sweeps' trials) at `paths`; draw their curves to `output` if given."""
     runs = [read_run(p) for p in expand(paths)]
     report = {"runs": [r.as_json() for r in runs], "differences": differences([r.config for r in runs])}
     if output is not None:
@@ -148,7 +152,7 @@ def _number(value) -> float:
         return math.nan
 
 
-def cell(value) -> str:
+def cell(value: Any) -> str:
     """A value as a table shows it: floats to four significant digits, whole thousands as `11,832` (never
     `1.18e+04`), so that a learning rate of 3e-05 does not read 0.0000 either."""
     if isinstance(value, float):

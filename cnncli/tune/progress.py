@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from cnncli.tune.compare import cell
+
+if TYPE_CHECKING:
+    from cnncli.tune.sweep import TrialOutcome
 
 
 def _value(v) -> str:
@@ -35,7 +39,8 @@ class SweepDisplay:
             self._live.stop()
         return False
 
-    def trial(self, outcome) -> None:
+    def trial(self, outcome: TrialOutcome) -> None:
+        """Show a finished trial."""
         self.rows.append(outcome)
         self.metric = outcome.metric
         if self._live is not None:

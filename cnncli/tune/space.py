@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -18,7 +19,7 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def suggest(trial, params: dict[str, Distribution]) -> dict[str, Any]:
+def suggest(trial: Any, params: dict[str, Distribution]) -> dict[str, Any]:
     """One value per searched path, drawn through `trial` (an enqueued retry gets its earlier values)."""
     values = {}
     for path, dist in params.items():
@@ -70,7 +71,7 @@ def probes(dist: Distribution) -> list[Any]:
     return [float(low), inside if inside != int(inside) else inside + 1e-3 * (high - low), float(high)]
 
 
-def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
+def value_problems(cfg: Config, config: str | Path | list[str | Path], overrides: list[str]) -> list[Problem]:
     """Searched keys whose distribution draws values the key refuses (a float for `filters`, a word for
     `batch_size`): every such trial would fail the same way, so the sweep stops before the first. Each
     value is tried alone in the config as written; a value refused only beside other sampled values (a
@@ -96,7 +97,7 @@ def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     return problems
 
 
-def search_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
+def search_problems(cfg: Config, config: str | Path | list[str | Path], overrides: list[str]) -> list[Problem]:
     """What would fail every trial alike, found before the first (`cnn tune` and `cnn validate`): values a
     searched key refuses, and a metric the history will not have."""
     from cnncli.train.session import history_columns
@@ -121,12 +122,13 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
 
 
 def direction(spec: SearchSpec) -> Literal["minimize", "maximize"]:
+    """minimize or maximize the metric: search.direction, else minimize losses and errors."""
     if spec.direction:
         return spec.direction
     return "minimize" if "loss" in spec.metric or "error" in spec.metric else "maximize"
 
 
-def make_sampler(spec: SearchSpec, seed: int | None):
+def make_sampler(spec: SearchSpec, seed: int | None) -> Any:
     """The sampler named in `spec`. Random and TPE are seeded afresh for each trial from `seed` and the
     trial's number; the grid keeps `seed`, which orders its points the same in every process, and each
     process takes a point no other has taken."""
@@ -177,7 +179,8 @@ def _per_trial_seed(optuna):
     return PerTrialSeed
 
 
-def make_pruner(spec: SearchSpec, epochs: int):
+def make_pruner(spec: SearchSpec, epochs: int) -> Any:
+    """The Optuna pruner search.pruner names."""
     import optuna
 
     if spec.pruner == "none":

@@ -15,9 +15,10 @@ import secrets
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cnncli.config.loading import load_config
 from cnncli.config.schema import Config
@@ -37,6 +38,11 @@ from cnncli.tune.study import (
 
 if TYPE_CHECKING:
     from optuna.study import Study
+
+    from cnncli.config.schema import DataConfig
+    from cnncli.data.base import Dataset
+    from cnncli.train.progress import Reporter
+    from cnncli.tune.tracking import LiveRun
 
 
 class MetricMissing(CnnError):
@@ -116,7 +122,7 @@ DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql
 CREATION_ATTEMPTS = 3
 
 
-def open_storage(url: str):
+def open_storage(url: str) -> Any:
     """Optuna's RDBStorage for `url`, or a CnnError naming the URL (password hidden) and what to do."""
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
@@ -170,7 +176,8 @@ class TrialOutcome:
     metric: str = "value"
 
 
-def run_trial(sweep: Sweep, trial, reporter=None, tracker=None, load_resident=None) -> TrialOutcome:
+def run_trial(sweep: Sweep, trial: Any, reporter: Reporter | None = None, tracker: LiveRun | None = None,
+              load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> TrialOutcome:
     """Train one trial as an ordinary run and tell the study how it ended (`tracker`: its MLflow LiveRun)."""
     from optuna.trial import TrialState
 
@@ -293,7 +300,8 @@ def _expected_retracing():
         logger.removeFilter(note)
 
 
-def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) -> Sweep:
+def run_sweep(opts: TuneOptions, on_trial: Callable[[TrialOutcome], None] | None = None,
+              reporter: Reporter | None = None, on_start: Callable[[Sweep], None] | None = None) -> Sweep:
     """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
     from cnncli.tune import report
 
