@@ -8,7 +8,9 @@ Everything below the CLI raises a `CnnError` subclass for mistakes in input
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class CnnError(Exception):
@@ -26,6 +28,7 @@ class Problem:
     line: int | None = None  # 1-based line in the YAML file
 
     def where(self, file: str | None) -> str:
+        """`file:line: key.path` of the problem, as far as it is known."""
         parts = []
         file = getattr(self.line, "file", None) or file  # a value set in another file of an `extends` chain
         if file:
@@ -42,10 +45,12 @@ class Problem:
         return self.path
 
     def full_message(self) -> str:
+        """The message, with the block use a layer came from when it did."""
         via = getattr(self.line, "via", None)  # a layer expanded from a block: which use expanded it
         return f"{self.message} ({via})" if via else self.message
 
     def render(self, file: str | None) -> str:
+        """The problem as one line: where, then what."""
         where = self.where(file)
         return f"{where}: {self.full_message()}" if where else self.full_message()
 
@@ -64,6 +69,7 @@ class Line(int):
 
     def __new__(cls, line: int, file: str | None = None, via: str | None = None,
                 moved: tuple[str, str] | None = None) -> Line:
+        """Line `line`, with where it came from."""
         self = super().__new__(cls, line)
         self.file, self.via, self.moved = file, via, moved
         return self
@@ -88,6 +94,7 @@ class ConfigError(CnnError):
     @classmethod
     def single(cls, message: str, path: str = "", line: int | None = None,
                file: str | None = None) -> ConfigError:
+        """A ConfigError with one problem."""
         return cls([Problem(message, path, line)], file)
 
 
@@ -105,20 +112,20 @@ class Interrupted(CnnError):
     exit_code = 130
 
 
-def describe(value) -> str:
+def describe(value: Any) -> str:
     """A value as an error message quotes it: its repr, cut at 40 characters."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def closest(name: str, choices, n: int = 1) -> list[str]:
+def closest(name: str, choices: Iterable[str], n: int = 1) -> list[str]:
     """The valid names nearest to a mistyped one, case-insensitively."""
     lowered = {str(c).lower(): str(c) for c in choices}
     hits = difflib.get_close_matches(str(name).lower(), list(lowered), n=n, cutoff=0.6)
     return [lowered[h] for h in hits]
 
 
-def did_you_mean(name: str, choices) -> str:
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean `x`?)' or '' when nothing is close."""
     hits = closest(name, choices)
     return f" (did you mean `{hits[0]}`?)" if hits else ""

@@ -22,6 +22,7 @@ class SummaryResult:
     groups: dict = field(default_factory=dict)  # layer name -> (block use, "basic ×3"), from model.blocks
 
     def as_json(self) -> dict:
+        """What `cnn summary --json` prints."""
         data = self.summary.as_json()
         data["input_shape"] = [None, *self.input_shape]
         data["phases"] = self.phases
@@ -71,6 +72,7 @@ class ValidateResult:
     config_yaml: str = ""
 
     def as_json(self) -> dict:
+        """What `cnn validate --json` prints for one file."""
         return {"file": self.file, "ok": self.ok, "error": self.error or None,
                 "problems": [{"file": f, "line": line, "message": m} for f, line, m in self.problems],
                 "total_params": self.total_params, "input_shape": list(self.input_shape),
@@ -133,6 +135,7 @@ def _double_scaling(cfg) -> list[str]:
 
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
+    """Check one config file as `cnn validate` does: the schema, the Keras names, the model and the search."""
     try:
         result = summarize_config(path, overrides, classifier=True)
     except CnnError as exc:

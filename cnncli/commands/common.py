@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -80,7 +81,8 @@ def keras_logs_off_stdout() -> None:
     keras.utils.disable_interactive_logging()
 
 
-def emit_json(data) -> None:
+def emit_json(data: Any) -> None:
+    """Print `data` as indented JSON on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 

@@ -38,10 +38,12 @@ class DataFacts:
 
 
 def list_templates() -> list[str]:
+    """Templates `cnn init` can write."""
     return sorted(p.name[:-5] for p in resources.files(__package__).iterdir() if p.name.endswith(".yaml"))
 
 
 def template_text(name: str) -> str:
+    """The YAML text of template `name`, or a CnnError listing the templates."""
     names = list_templates()
     if name not in names:
         raise CnnError(f"unknown template `{name}`{did_you_mean(name, names)}; choose one of: {', '.join(names)}")
