@@ -1,4 +1,4 @@
-"""Public functions in cnncli/ are typed: every parameter and the return annotated.
+"""Public functions in cnncli/ are typed (every parameter and the return) and say what they do on their first line.
 
 A module-level function or a public class's method whose name does not start
 with `_` is public. Ruff checks that each has a docstring (D102, D103); ruff's
@@ -53,6 +53,16 @@ def _findings() -> list[str]:
 
 def test_public_functions_are_annotated():
     assert _findings() == []
+
+
+def test_public_docstrings_start_with_their_summary():
+    blank = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name, function in _public_functions(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            doc = ast.get_docstring(function, clean=False)
+            if doc is not None and not doc.split("\n")[0].strip():
+                blank.append(f"{path.relative_to(PACKAGE.parent)}:{function.lineno} {name}")
+    assert blank == []
 
 
 @pytest.mark.parametrize("source, expected", [
