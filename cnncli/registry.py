@@ -44,7 +44,7 @@ class Registry(Generic[T]):
         return sorted(self._table(), key=str.lower)
 
     def canonical(self, name: str) -> str | None:
-        """The table's spelling of `name` (matched ignoring case and underscores), or None."""
+        """The table's spelling of `name` (matched ignoring case, underscores, hyphens and spaces), or None."""
         key = normalize(name)
         for real in self._table():
             if normalize(real) == key:
