@@ -41,7 +41,7 @@ def history_epochs(run_dir: Path) -> list[int]:
 def history_difference(a: Path, b: Path) -> float:
     """Largest |difference| between two runs' history.csv values (loss, accuracy, val_*, learning_rate)."""
     with open(a / "history.csv", newline="") as fa, open(b / "history.csv", newline="") as fb:
-        rows = list(zip(csv.DictReader(fa), csv.DictReader(fb)))
+        rows = list(zip(csv.DictReader(fa), csv.DictReader(fb), strict=True))
     return max((abs(float(ra[k]) - float(rb[k])) for ra, rb in rows for k in ra if k != "epoch"), default=0.0)
 
 

@@ -271,7 +271,8 @@ def read_cnncli_run(run_dir: Path) -> dict:
     seconds = seconds or [float(r["seconds"]) for r in rows]  # older runs kept them in history.csv
     return {"epoch_seconds": seconds, "examples_per_epoch": run["data"]["train"],
             "test_accuracy": metrics["test"]["accuracy"], "precision": run["runtime"]["precision"],
-            "run_json_examples_per_second": run["phases"][0]["examples_per_second"], "threads": run["runtime"]["threads"]}
+            "run_json_examples_per_second": run["phases"][0]["examples_per_second"],
+            "threads": run["runtime"]["threads"]}
 
 
 # ---------------------------------------------------------------- the parent
@@ -373,7 +374,8 @@ def print_table(report: dict) -> None:
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores; flags: {' '.join(cpu['flags'])}; oneDNN runs {cpu['isa']}"
           + (f" (capped by ONEDNN_MAX_CPU_ISA={cpu['onednn_max_cpu_isa']})" if cpu["onednn_max_cpu_isa"] else ""))
     print(f"float32 matmul peak ({report['matmul']['size']}², every core, best of "
-          f"{' '.join(f'{g:.0f}' for g in report['matmul']['measurements'])}): {report['matmul']['gflops']:.1f} GFLOP/s")
+          f"{' '.join(f'{g:.0f}' for g in report['matmul']['measurements'])}): "
+          f"{report['matmul']['gflops']:.1f} GFLOP/s")
     head = (f"{'model':8} {'batch':>5} {'MFLOP/img':>9} | {'side':22} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>7} "
             f"{'test acc':>8} {'MB':>5} | {'cnncli ÷':>8}")
     print(head)
@@ -388,7 +390,8 @@ def print_table(report: dict) -> None:
             lead = f"{r['model']:8} {r['batch_size']:>5} {mflop:>9.2f}" if i == 0 else " " * 24
             label = f"cnncli {side['precision']}" if label == "cnncli" else label
             print(f"{lead} | {label:22} {side['images_per_second']:>8,.0f} {side['gflops']:>8.1f} "
-                  f"{100 * side['fraction_of_peak']:>6.1f}% {side['test_accuracy']:>8.4f} {side['peak_rss_mb']:>5.0f} | "
+                  f"{100 * side['fraction_of_peak']:>6.1f}% {side['test_accuracy']:>8.4f} "
+                  f"{side['peak_rss_mb']:>5.0f} | "
                   + (f"{ratio:>7.2f}×" if ratio else ""))
     print("images/s over epochs 2..N (steps only); GFLOP/s = images/s × training FLOPs per image; peak RSS of "
           "each process; same data, model, optimizer, batch and epochs on every side; each side's fastest run "
@@ -470,7 +473,8 @@ def main(argv=None) -> int:
         for side in (row["plain"], row["torch"], row["cnncli"]):
             if side is not None:
                 side["fraction_of_peak"] = round(side["gflops"] / peak["gflops"], 3)
-    report = {"mode": mode, "rounds": args.rounds, "cpu": cpu_description(), "emulated_avx2": args.emulate_avx2, "matmul": peak,
+    report = {"mode": mode, "rounds": args.rounds, "cpu": cpu_description(), "emulated_avx2": args.emulate_avx2,
+              "matmul": peak,
               "load_average": {"before": load_before, "after": os.getloadavg()},
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows}
     if args.out:

@@ -84,7 +84,8 @@ def compare(source_run: Path, folder: Path, output: Path, seed: int, head_epochs
     """Test accuracy of transfer and scratch on `folder`, same epochs, batch size, optimizer and seed."""
     import yaml
 
-    common = [f"seed={seed}", "deterministic=true", "data.dataset=image_folder", f"data.path={folder}", "data.validation_split=0",
+    common = [f"seed={seed}", "deterministic=true", "data.dataset=image_folder", f"data.path={folder}",
+              "data.validation_split=0",
               f"model.layers[-1].units={len(TOPS)}", "runtime.precision=float32"]
     transfer_cfg = REPO / "configs" / "from_run" / "fashion_transfer.yaml"
     started = time.perf_counter()

@@ -95,6 +95,7 @@ def _number(text: str) -> bool:
 
 
 def main() -> None:
+    """Run the `cnn` command line: the entry point the package installs."""
     os.umask(os.umask(0o022) | 0o022)  # nothing cnn creates (runs, exports, plots) is group- or world-writable
     app(args=fill_optional_values(sys.argv[1:]))
 

@@ -40,6 +40,7 @@ import importlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 _found: dict[str, bool] | None = None  # internal -> usable; None until check()
 _used: dict[str, object] = {}  # speed-up -> what it used in this process (a kernel name, True)
@@ -98,6 +99,7 @@ def check() -> dict[str, bool]:
 
 
 def usable(name: str) -> bool:
+    """Whether the Keras internal `name` was found and may be used."""
     return check()[name]
 
 
@@ -123,14 +125,14 @@ def report() -> dict:
 
 # ---------------------------------------------------------------- the internals, each behind a function
 
-def dropout_backend():
+def dropout_backend() -> Any:
     """Keras's TensorFlow random module (its dropout and seed helpers), or None."""
     if not usable("fast_dropout"):
         return None
     return importlib.import_module("keras.src.backend.tensorflow.random")
 
 
-def xspace(data: bytes):
+def xspace(data: bytes) -> Any:
     """A profiler trace (`.xplane.pb`) parsed into TensorFlow's XSpace message, or None."""
     if not usable("xplane"):
         return None
@@ -139,7 +141,7 @@ def xspace(data: bytes):
     return space
 
 
-def variable_index(optimizer, variable) -> int:
+def variable_index(optimizer: Any, variable: Any) -> int:
     """The index of `variable` among those `optimizer` was built on."""
     if usable("variable_index"):
         return optimizer._get_variable_index(variable)
@@ -153,7 +155,7 @@ def _path(variable) -> str:
     return path
 
 
-def optimizer_slots(optimizer, kind: str) -> list | None:
+def optimizer_slots(optimizer: Any, kind: str) -> list | None:
     """Adam's first and second moments (`kind` "adam") or SGD's momentum (`kind` "sgd"), or None when
     this Keras keeps them elsewhere."""
     names = ("_momentums", "_velocities") if kind == "adam" else ("momentums",)
@@ -161,7 +163,7 @@ def optimizer_slots(optimizer, kind: str) -> list | None:
     return None if any(s is None for s in slots) else slots
 
 
-def inbound_tensors(layer) -> list:
+def inbound_tensors(layer: Any) -> list:
     """The tensors `layer` was first called on in its functional model."""
     import keras
 
@@ -223,7 +225,7 @@ def cache_dir(subdir: str, home: str | None = None) -> Path:
 
 # ---------------------------------------------------------------- multi-worker coordination
 
-def configure_heartbeats(cluster_spec, timeout: float) -> bool:
+def configure_heartbeats(cluster_spec: Any, timeout: float) -> bool:
     """Set up TensorFlow's coordination service as MultiWorkerMirroredStrategy would, with our heartbeat
     and shutdown timeouts (seconds); False (TensorFlow's defaults stay) where the internals moved."""
     if not usable("coordination"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class CnnError(Exception):
@@ -29,6 +30,7 @@ class Problem:
     line: int | None = None  # 1-based line in the YAML file
 
     def where(self, file: str | None) -> str:
+        """`file:line: key.path` of the problem, as far as it is known."""
         parts = []
         file = getattr(self.line, "file", None) or file  # a value set in another file of an `extends` chain
         given = getattr(self.line, "given", None)  # a value from the command line: the option as typed
@@ -48,10 +50,12 @@ class Problem:
         return self.path
 
     def full_message(self) -> str:
+        """The message, with the block use a layer came from when it did."""
         via = getattr(self.line, "via", None)  # a layer expanded from a block: which use expanded it
         return f"{self.message} ({via})" if via else self.message
 
     def render(self, file: str | None) -> str:
+        """The problem as one line: where, then what."""
         where = self.where(file)
         return f"{where}: {self.full_message()}" if where else self.full_message()
 
@@ -96,7 +100,8 @@ class ConfigError(CnnError):
 
     @classmethod
     def single(cls, message: str, path: str = "", line: int | None = None,
-               file: str | None = None) -> "ConfigError":
+               file: str | None = None) -> ConfigError:
+        """A ConfigError with one problem."""
         return cls([Problem(message, path, line)], file)
 
 
@@ -125,7 +130,7 @@ class Interrupted(CnnError):
     exit_code = 130
 
 
-def describe(value) -> str:
+def describe(value: Any) -> str:
     """A value as an error message quotes it: its repr, cut at 40 characters."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -163,7 +168,7 @@ def _has_word(words: set[str], word: str) -> bool:
     return any(difflib.SequenceMatcher(None, word, w).ratio() >= 0.8 for w in words)
 
 
-def did_you_mean(name: str, choices) -> str:
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean `x`?)' or '' when nothing is close."""
     hits = closest(name, choices)
     return f" (did you mean `{hits[0]}`?)" if hits else ""

@@ -22,7 +22,9 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cnncli import faults
 from cnncli.errors import CnnError, RunError
@@ -72,7 +74,7 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def replacing(path: Path, suffix: str = ""):
+def replacing(path: Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path for a writer that wants a path (model.save, savefig, an exporter); when
     the block ends normally, that file or folder replaces `path` in one step. On any failure (an
     interrupt too) the temporary copy is removed and `path` is untouched; an OSError becomes a
@@ -100,7 +102,8 @@ def write(path: Path, data: bytes | str) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
-def write_json(path: Path, data) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON to `path`, atomically."""
     write(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
@@ -130,7 +133,7 @@ def unwritable(folder: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def writing(path: Path, hint: str = ""):
+def writing(path: Path, hint: str = "") -> Iterator[None]:
     """Turn a failure to write `path` (disk full, read-only, gone) into one error line naming it."""
     try:
         yield
@@ -183,6 +186,7 @@ def remove(path: Path) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
+    """Make the folder's entries (a rename into it) durable."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -191,12 +195,13 @@ def fsync_dir(folder: Path) -> None:
 
 
 def fsync_file(path: Path) -> None:
+    """Make the file's bytes durable."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
-def locked(folder: Path, busy: str | None = None):
+def locked(folder: Path, busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive flock on `folder` for the block.
 
     `busy=None` waits for the holder; otherwise a folder another process holds

@@ -47,14 +47,15 @@ from __future__ import annotations
 
 import io
 import os
-from typing import NamedTuple, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnncli.errors import DataError
 
-Source = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
+Source = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")  # the files image folders and `cnn predict DIR` take
 COLOR_MODES = ("grayscale", "rgb")
@@ -88,17 +89,17 @@ class Probe(NamedTuple):
 
 # ---------------------------------------------------------------- opening
 
-def _unwrap(source: Source):
+def _unwrap(source: Any) -> Any:
     """tf.numpy_function hands a scalar string over as a 0-d object array."""
     return source.item() if isinstance(source, np.ndarray) else source
 
 
 def _open(source: Source) -> Image.Image:
     """A lazily decoded Pillow image; `source` is a path or the encoded bytes."""
-    source = _unwrap(source)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(bytes(source)))
-    return Image.open(source)
+    given = _unwrap(source)
+    if isinstance(given, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(given)))
+    return Image.open(given)
 
 
 def _reason(exc: BaseException) -> str:
@@ -143,8 +144,8 @@ def _on_white(pixels: np.ndarray) -> np.ndarray:
 def _grey_to_uint8(image: Image.Image) -> np.ndarray:
     """Bilevel, 8-bit, 16-bit and float grey to uint8 (H, W)."""
     if image.mode in SIXTEEN_BIT_MODES:
-        x = np.clip(np.asarray(image, np.int64), 0, 65535)
-        return ((x * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, 257 -> 1: scaled, not clipped
+        wide = np.clip(np.asarray(image, np.int64), 0, 65535)
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)  # 65535 -> 255, 257 -> 1: scaled, not clipped
     if image.mode == "F":
         x = np.nan_to_num(np.asarray(image, np.float64))
         if x.size and x.min() >= 0 and x.max() <= 1:
@@ -202,7 +203,7 @@ def resize(pixels: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if pixels.shape[:2] == (height, width):
         return pixels
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    out = np.asarray(image.resize((width, height), Image.BILINEAR), np.uint8)
+    out = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), np.uint8)
     return out if out.ndim == 3 else out[..., None]
 
 

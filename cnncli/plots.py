@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -31,7 +32,7 @@ MOSAIC_MARGIN = (1.0, 0.8)  # inches around a mosaic for the axis labels and tic
 NOT_METRICS = {"epoch", "loss", "learning_rate", "lr"}  # history columns that are not a metric
 
 
-def plot_curves(history: list[dict], path) -> Path:
+def plot_curves(history: list[dict], path: str | Path) -> Path:
     """Loss and accuracy (or the first metric) per epoch, train and validation, as a PNG.
 
     `history` rows look like `{"epoch": 1, "loss": .., "accuracy": .., "val_loss": ..,
@@ -74,7 +75,7 @@ def plot_curves(history: list[dict], path) -> Path:
     return _save(fig, path)
 
 
-def plot_confusion_matrix(cm, class_names: list[str], path, normalize: bool = True) -> Path:
+def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str | Path, normalize: bool = True) -> Path:
     """Heat map of a confusion matrix (rows = true class, columns = predicted) as a PNG.
 
     With `normalize`, colours show each row as shares of its true class (so rare
@@ -118,7 +119,7 @@ def cm_figure_side(k: int) -> float:
     return min(max(CM_MIN_SIDE, CM_INCH_PER_CLASS * k + 2.0), CM_MAX_SIDE)
 
 
-def plot_image_grid(images, path, titles: list[str] | None = None, cmap: str = "gray",
+def plot_image_grid(images: Any, path: str | Path, titles: list[str] | None = None, cmap: str = "gray",
                     ncols: int | None = None) -> Path:
     """A grid of images (N, H, W, C) as a PNG, each stretched to its own [0, 1] range.
 
@@ -155,7 +156,7 @@ def plot_image_grid(images, path, titles: list[str] | None = None, cmap: str = "
     return _save(fig, path)
 
 
-def plot_saliency(image, saliency, path, title: str | None = None) -> Path:
+def plot_saliency(image: np.ndarray, saliency: np.ndarray, path: str | Path, title: str | None = None) -> Path:
     """An image, its saliency heat map and the two overlaid, side by side, as a 900×340 PNG.
 
     `image` is uint8 (H, W, 1 | 3) or (H, W); `saliency` is (H, W), non-negative.
@@ -187,7 +188,7 @@ def plot_saliency(image, saliency, path, title: str | None = None) -> Path:
     return _save(fig, path)
 
 
-def plot_kernel_mosaic(kernels, path, title: str | None = None) -> Path:
+def plot_kernel_mosaic(kernels: np.ndarray, path: str | Path, title: str | None = None) -> Path:
     """Kernels (rows, cols, kh, kw) as one grey mosaic, each kernel stretched to its own range.
 
     Rows are filters and columns input channels. One image with one-pixel gaps

@@ -8,7 +8,8 @@ and suggests the nearest.
 from __future__ import annotations
 
 import re
-from typing import Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 from cnncli.errors import CnnError, UsageError, did_you_mean
 
@@ -39,9 +40,11 @@ class Registry(Generic[T]):
         return self._entries
 
     def names(self) -> list[str]:
+        """Every name in the table, sorted case-insensitively."""
         return sorted(self._table(), key=str.lower)
 
     def canonical(self, name: str) -> str | None:
+        """The table's spelling of `name` (matched ignoring case, underscores, hyphens and spaces), or None."""
         key = normalize(name)
         for real in self._table():
             if normalize(real) == key:
@@ -62,14 +65,17 @@ class Registry(Generic[T]):
         return self._table()[real]
 
     def unknown_message(self, name: str, show: int = 12) -> str:
+        """`unknown <kind> name`, the closest match and the first `show` valid names."""
         names = self.names()
         hint = did_you_mean(name, names)
         listed = ", ".join(names[:show]) + (f", … ({len(names)} in all)" if len(names) > show else "")
         return f"unknown {self.kind} `{name}`{hint}; valid: {listed}"
 
     def register(self, name: str, value: T) -> T:
+        """Add `value` under `name` and return it."""
         self._table()[name] = value
         return value
 
     def items(self) -> Iterable[tuple[str, T]]:
+        """(name, entry) pairs, sorted by name."""
         return sorted(self._table().items(), key=lambda kv: kv[0].lower())

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cnncli.errors import CnnError, UsageError
+
+if TYPE_CHECKING:
+    from cnncli.model.geometry import Summary
 
 
 @dataclass
 class SummaryResult:
     file: str
     input_shape: tuple
-    summary: object  # geometry.Summary
+    summary: Summary
     warnings: list[str] = field(default_factory=list)
     phases: list[dict] = field(default_factory=list)  # per training phase: trainable / frozen parameters
     groups: dict = field(default_factory=dict)  # layer name -> (block use, "basic ×3"), from model.blocks
 
     def as_json(self) -> dict:
+        """What `cnn summary --json` prints."""
         data = self.summary.as_json()
         data["input_shape"] = [None, *self.input_shape]
         data["phases"] = self.phases
@@ -67,6 +72,7 @@ class ValidateResult:
     config_yaml: str = ""
 
     def as_json(self) -> dict:
+        """What `cnn validate --json` prints for one file."""
         return {"file": self.file, "ok": self.ok, "error": self.error or None,
                 "problems": [{"file": f, "line": line, "message": m} for f, line, m in self.problems],
                 "total_params": self.total_params, "input_shape": list(self.input_shape),
@@ -79,9 +85,9 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
     A model whose output is not (batch, classes) cannot train: an error with `classifier`
     (validate), a warning otherwise (a summary may describe a stack of convolutions alone).
     """
-    from cnncli.model.builder import build_checked, check_classes, check_output, raw_spec_problems
-    from cnncli.errors import ConfigError
     from cnncli.config.loading import load_config
+    from cnncli.errors import ConfigError
+    from cnncli.model.builder import build_checked, check_classes, check_output, raw_spec_problems
     from cnncli.model.geometry import summarize
     from cnncli.model.inputs import plan_input
     from cnncli.train.phases import check_phases, phase_params
@@ -129,8 +135,8 @@ def _loss_has_problems(cfg) -> bool:
 
 def _double_scaling(cfg) -> list[str]:
     """A Rescaling in model.layers when the model already scales its input: pixels scaled twice."""
-    from cnncli.errors import Problem
     from cnncli.config.yamlio import format_path
+    from cnncli.errors import Problem
 
     first = "the backbone's preprocessing" if cfg.model.backbone is not None else "Rescaling(1/255)"
     out = []
@@ -156,8 +162,8 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
         raise
     except CnnError as exc:
         return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
-    from cnncli.errors import ConfigError
     from cnncli.config.loading import load_config
+    from cnncli.errors import ConfigError
 
     cfg = load_config(path, overrides)
     if cfg.search is not None:  # what `cnn tune` would refuse before its first trial
@@ -165,8 +171,8 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
 
         problems = search_problems(cfg, path, overrides)
         if problems:
-            exc = ConfigError(problems, cfg._file)
-            return ValidateResult(str(path), False, error=str(exc), problems=_problems(exc, str(path)))
+            refused = ConfigError(problems, cfg._file)
+            return ValidateResult(str(path), False, error=str(refused), problems=_problems(refused, str(path)))
     return ValidateResult(str(path), True, total_params=result.summary.total_params,
                           input_shape=result.input_shape, warnings=result.warnings, config_yaml=cfg.to_yaml())
 

@@ -35,7 +35,7 @@ def write_shapes_folder(root: Path, seed: int, train: int, test: int) -> Path:
                            shapes=ShapesSpec(image_size=16, classes=["x", "o", "square"], train_examples=train,
                                              test_examples=test)), seed=seed)
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        for i, (image, label) in enumerate(zip(x, y)):
+        for i, (image, label) in enumerate(zip(x, y, strict=True)):
             target = root / split / data.class_names[label]
             target.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image[..., 0]).save(target / f"{i:04d}.png")

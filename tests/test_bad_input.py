@@ -40,7 +40,7 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
     return path
 
 
-def cli(*args) -> "object":
+def cli(*args) -> object:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output

@@ -8,11 +8,11 @@ import types
 
 import numpy as np
 import pytest
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli import compat
 from cnncli.cli import app
-from helpers import small_config
 
 TINY = small_config({  # a Dropout layer: its RNG state is what the compat checks look at
     "seed": 3, "data.validation_split": None,

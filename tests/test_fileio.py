@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
 from cnncli.errors import CnnError
+from cnncli.train import rundir
 
 
 @pytest.fixture
@@ -91,7 +91,8 @@ def test_crash_clean_up_finds_plot_and_model_temporaries(tmp_path):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     leftovers = [fileio.temp_path(run_dir / "curves.png", ".png"), fileio.temp_path(run_dir / "model.keras", ".keras"),
-                 fileio.temp_path(run_dir / "run.json"), fileio.temp_path(run_dir / "checkpoints" / "best.keras", ".keras")]
+                 fileio.temp_path(run_dir / "run.json"),
+                 fileio.temp_path(run_dir / "checkpoints" / "best.keras", ".keras")]
     for path in leftovers:
         path.write_bytes(b"partial")
     (run_dir / "curves.png").write_bytes(b"whole")

@@ -237,7 +237,8 @@ def idx_folder(root: Path, n_train: int = 12, n_test: int = 4, side: int = 6) ->
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = struct.pack(">IIII", 0x803, n, side, side) + bytes(range(256)) * (n * side * side // 256 + 1)
         (root / f"{prefix}-images-idx3-ubyte").write_bytes(images[:16 + n * side * side])
-        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + bytes(i % 2 for i in range(n)))
+        labels = struct.pack(">II", 0x801, n) + bytes(i % 2 for i in range(n))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(labels)
     return root
 
 

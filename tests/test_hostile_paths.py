@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from cnncli import fileio
-from cnncli.train import rundir
 from cnncli.config.schema import DataConfig
 from cnncli.data.image_folder import scan
+from cnncli.train import rundir
 
 
 def png(path: Path) -> Path:

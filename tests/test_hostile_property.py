@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cnncli.config.loading import load_config, validate_data
-from cnncli.errors import CnnError
 from cnncli.config.yamlio import parse_yaml
+from cnncli.errors import CnnError
 
 settings.register_profile("default-run", max_examples=150, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -149,6 +149,6 @@ def test_special_numbers_in_the_schema_are_config_errors(value):
                          ("limit", "data")):
         data = {"model": {"input_shape": [8, 8, 1], "layers": [{"type": "Dense", "units": 2}]},
                 section: {key: value}}
-        result = _answers(lambda: validate_data(data, {}, "x.yaml"))
+        result = _answers(lambda data=data: validate_data(data, {}, "x.yaml"))
         if isinstance(value, float) and not math.isfinite(value):
             assert isinstance(result, CnnError), (key, value)

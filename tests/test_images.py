@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnncli import images
-from cnncli.deploy.artifacts import Predictor
 from cnncli.config.schema import DataConfig
 from cnncli.data import load
+from cnncli.deploy.artifacts import Predictor
+from cnncli.deploy.predict import predict_files
 from cnncli.errors import DataError
 from cnncli.images import CorruptImage, Probe, probe, read_image
-from cnncli.deploy.predict import predict_files
 
 ORIENTATION = 0x0112
 RNG = np.random.default_rng(7)
@@ -257,5 +257,5 @@ def test_a_split_converted_for_training_equals_each_picture_conformed_for_predic
 
     split = np.random.default_rng(seed).integers(0, 256, (3, height, width, channels), dtype=np.uint8)
     converted = convert(split, *size, 1 if mode == "grayscale" else 3)
-    for picture, trained_on in zip(split, converted):
+    for picture, trained_on in zip(split, converted, strict=True):
         assert np.array_equal(trained_on, images.conform(picture, mode, size))

@@ -13,10 +13,9 @@ from rich.console import Console
 
 from cnncli import plots
 from cnncli.errors import DataError
-from cnncli.model.scores import classification_report
-from cnncli.plots import (cm_figure_side, normalize_per_image, plot_confusion_matrix, plot_curves,
-                          plot_image_grid)
 from cnncli.insight.terminal import print_evaluation
+from cnncli.model.scores import classification_report
+from cnncli.plots import cm_figure_side, normalize_per_image, plot_confusion_matrix, plot_curves, plot_image_grid
 
 HISTORY = [
     {"epoch": 1, "loss": 1.2, "accuracy": 0.55, "val_loss": 1.0, "val_accuracy": 0.60, "learning_rate": 1e-3},

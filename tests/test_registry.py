@@ -12,8 +12,16 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.config.schema import DATASETS, LayerSpec
-from cnncli.config.vocabulary import (BACKBONES, LAYERS, OPTIMIZERS, check_layer_specs, list_backbones, list_layers,
-                           list_optimizers, snake)
+from cnncli.config.vocabulary import (
+    BACKBONES,
+    LAYERS,
+    OPTIMIZERS,
+    check_layer_specs,
+    list_backbones,
+    list_layers,
+    list_optimizers,
+    snake,
+)
 from cnncli.registry import Registry, UnknownName
 
 LAYER_NAMES = list_layers()

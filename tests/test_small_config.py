@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import yaml
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 
 
 def test_the_small_config_validates_and_ends_in_one_unit_per_class(tmp_path):

@@ -51,18 +51,18 @@ def _train(config: str, overrides: list[str], epochs: int, name: str) -> Path:
     return result.run_dir
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fashion_run() -> Path:
     _need_fashion_mnist()
     return _train("mnist_lenet.yaml", FASHION_OVERRIDES, FASHION_EPOCHS, "fashion-lenet")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shapes_run() -> Path:
     return _train("shapes_cnn.yaml", SHAPES_OVERRIDES, SHAPES_EPOCHS, "shapes")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fashion_export(fmt: str, quantize: str | None = None):
     """cnncli.deploy.export.ExportResult of the Fashion run, into a directory of its own."""
     from cnncli.deploy.export import export_run
@@ -70,7 +70,7 @@ def fashion_export(fmt: str, quantize: str | None = None):
     return export_run(fashion_run(), fmt, _TMP / "exports", quantize=quantize)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fashion_test_images(n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """The first n test images (uint8, (n, 28, 28, 1)) and labels of the Fashion run's data."""
     from cnncli.deploy.runs import open_run
@@ -79,7 +79,7 @@ def fashion_test_images(n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     return data.x_test[:n], data.y_test[:n]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fashion_keras_probabilities(n: int = 1000) -> np.ndarray:
     """model.keras loaded by plain Keras (no cnncli) on the first n test images."""
     import keras

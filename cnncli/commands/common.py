@@ -14,7 +14,8 @@ import contextlib
 import json
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 from rich.console import Console

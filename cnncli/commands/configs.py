@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -63,7 +62,7 @@ def schema(
 def init(
     path: Path = typer.Argument(Path("config.yaml"), readable=False, help="The config file to write."),
     template: str = typer.Option("lenet", "--template", "-t", help="A template: see `cnn list templates`."),
-    data: Optional[str] = typer.Option(None, "--data", metavar="KIND:DIR",
+    data: str | None = typer.Option(None, "--data", metavar="KIND:DIR",
                                        help="Fill classes, image size and colour mode from data, "
                                             "e.g. image_folder:photos/."),
     force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),

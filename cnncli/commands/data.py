@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import typer
 
 from cnncli.commands.common import JsonOption, SetOption, app, emit_json, err, handled, out
@@ -17,9 +15,9 @@ def data_pack(
     source: str = typer.Argument(..., metavar="SOURCE",
                                  help="An image folder, a folder written by cnn data pack, or a config file."),
     output: str = typer.Option(..., "--output", "-o", help="The new folder (local, or gs://... etc.)."),
-    shards: Optional[int] = typer.Option(None, "--shards", min=1,
+    shards: int | None = typer.Option(None, "--shards", min=1,
                                          help="Shards per split (default: one per ~100 MB)."),
-    set_: Optional[List[str]] = SetOption,
+    set_: list[str] | None = SetOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Write a dataset into TFRecord shards of encoded pictures plus index.json, for `dataset: records`.
@@ -51,7 +49,7 @@ def data_pack(
 def data_inspect(
     source: str = typer.Argument(..., metavar="PATH_OR_CONFIG",
                                  help="An image folder, a folder written by cnn data pack, or a config file."),
-    set_: Optional[List[str]] = SetOption,
+    set_: list[str] | None = SetOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Count pictures per class and split; show sizes, modes and every unreadable file.

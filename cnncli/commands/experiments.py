@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -24,7 +23,7 @@ def tune(
     output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="The sweep directory; rerunning with it continues the study "
                                                "(default sweeps/<name>/<timestamp>)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+    mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
                                          help="Log each trial as a child run to this MLflow tracking URI."),
     json_output: bool = JsonOption,
 ) -> None:

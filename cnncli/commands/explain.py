@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any
 
 import typer
 
@@ -48,7 +48,7 @@ def saliency(
     method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad | gradcam"),
     samples: int = typer.Option(25, "--samples", min=1, help="smoothgrad: noisy copies averaged."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the noise."),
-    layer: Optional[str] = typer.Option(None, "--layer",
+    layer: str | None = typer.Option(None, "--layer",
                                         help="gradcam: a layer with a feature map (default: the last convolution)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
                                           help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -31,7 +30,7 @@ def train(
                                 help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
                                      "and print the top ops and the share of a step spent waiting for input."),
     report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI",
+    mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
                                          help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -52,10 +51,10 @@ def train(
                              f"{', '.join(DEVICES)}", "--device")
         from cnncli.tune.tracking import LiveRun, requested_by
 
-        tracked = requested_by(config or (resume / "config.yaml" if resume else None), mlflow)
+        tracked = requested_by(given or (resume / "config.yaml" if resume else None), mlflow)
         tracker = LiveRun(tracked) if tracked is not None else None
         reporter = make_reporter(quiet, json_output)
-        result = run_training(TrainOptions(config=config, resume=resume, overrides=set_ or [], output=output,
+        result = run_training(TrainOptions(config=given, resume=resume, overrides=set_ or [], output=output,
                                            name=name, epochs=epochs, batch_size=batch_size, device=device,
                                            smoke=smoke, profile=profile, tracker=tracker), reporter)
         if result.untrained is not None:  # a complete run, left as it was
@@ -66,7 +65,8 @@ def train(
                 out.print(str(result.run_dir) if quiet else result.untrained, markup=False)
             return
         reporter.train_end()
-        if tracker is not None and tracker.run_id is not None:  # the chief's; other workers log nothing
+        # the chief's; other workers log nothing
+        if tracked is not None and tracker is not None and tracker.run_id is not None:
             result.run["mlflow_run_id"] = tracker.run_id
             reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): run {tracker.run_id}")
         page = _write_report(result.run_dir) if report else None
@@ -94,11 +94,11 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     split: str = typer.Option("test", "--split", help="test | val | train"),
-    set_: Optional[List[str]] = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
+    set_: list[str] | None = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
                                              help="Evaluate on other data, e.g. --data data.dataset=image_folder "
                                                   "--data data.path=photos/ (classes are matched by name)."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
-    errors: Optional[int] = typer.Option(None, "--errors", min=1, metavar="[N]",
+    top_k: int | None = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
+    errors: int | None = typer.Option(None, "--errors", min=1, metavar="[N]",
                                          help="Also list and draw the N highest-loss images (default 16) "
                                               "and the most confused pairs."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", readable=False,

@@ -33,8 +33,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cnncli.errors import ConfigError, Line, Problem, did_you_mean
 from cnncli.config.yamlio import KeyPath, format_path
+from cnncli.errors import ConfigError, Line, Problem, did_you_mean
 
 BLOCK_KEYS = ("params", "layers", "output")  # what a block definition holds
 USE_KEYS = ("type", "name", "inputs", "repeat", "trainable")  # keys of a use that are not the block's params
@@ -283,7 +283,7 @@ class _Expander:
                 if isinstance(ref, _Layer) and ref.name is None:  # referred to: it needs a name
                     ref.name = _unique(_snake(str(ref.spec.get("type", "layer"))), taken)
         specs = []
-        for layer, write_inputs in zip(self.out, written):
+        for layer, write_inputs in zip(self.out, written, strict=True):
             spec = {"type": layer.spec.get("type")}
             if layer.name is not None:
                 spec["name"] = layer.name

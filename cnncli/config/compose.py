@@ -16,11 +16,12 @@ directory stores) means the same from anywhere.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from cnncli.errors import ConfigError, Line
 from cnncli.config.yamlio import KeyPath, read_yaml_file
+from cnncli.errors import ConfigError, Line
 
 EXTENDS = "extends"
 MAX_CHAIN = 32  # files in one extends chain; a longer one is a mistake, not a design

@@ -14,18 +14,20 @@ import functools
 import inspect
 import re
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from cnncli.errors import Problem, did_you_mean
 
 # `kwargs.pop("alpha", ...)`, `if "alpha" in kwargs`, `kwargs.get("alpha")` in a constructor's source.
-_KWARGS_READ = re.compile(r"""kwargs\.pop\(\s*["'](\w+)["']|["'](\w+)["']\s+in\s+kwargs|kwargs\.get\(\s*["'](\w+)["']""")
+_KWARGS_READ = re.compile(r"""kwargs\.pop\(\s*["'](\w+)["']|["'](\w+)["']\s+in\s+kwargs|"""
+                          r"""kwargs\.get\(\s*["'](\w+)["']""")
 _REGULARIZERS = {"l1": "L1", "l2": "L2", "l1l2": "L1L2", "l1_l2": "L1L2", "orthogonal": "OrthogonalRegularizer",
                  "orthogonalregularizer": "OrthogonalRegularizer"}
 _REGULARIZER_ARGS = {"L1": ("l1",), "L2": ("l2",), "L1L2": ("l1", "l2"), "OrthogonalRegularizer": ("factor", "mode")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kwargs_names(cls: type) -> tuple[str, ...]:
     """Argument names a class's own constructor reads from **kwargs (not its base classes')."""
     init = cls.__dict__.get("__init__")
@@ -48,6 +50,7 @@ def quiet_legacy_names(cls: type, args: dict[str, Any]) -> Iterator[None]:
 
 
 def is_regularizer_arg(key: str) -> bool:
+    """Whether a layer argument named `key` takes a regularizer."""
     return key.endswith("_regularizer")
 
 
@@ -83,5 +86,6 @@ def keras_arguments(args: dict[str, Any]) -> dict[str, Any]:
             import keras
 
             kind = _regularizer_kind(value)
+            assert kind is not None  # regularizer_problems refused the config before
             out[key] = getattr(keras.regularizers, kind)(**{k: v for k, v in value.items() if k != "type"})
     return out

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from cnncli.config.schema import FILE_DATASETS, Config
 from cnncli.errors import ConfigError, Line, Problem, UsageError, describe, did_you_mean
 from cnncli.config.keypaths import nearest_line, parse_path
+from cnncli.config.schema import FILE_DATASETS, Config
 from cnncli.config.yamlio import KeyPath, format_path, parse_yaml
-
+from cnncli.errors import ConfigError, Problem, describe, did_you_mean
 
 # ---------------------------------------------------------------- cross-field checks
 
@@ -111,7 +114,7 @@ def _pydantic_step(part: Any) -> bool:
     return not (isinstance(part, str) and (re.fullmatch(r"[\w-]+\[.*\]", part) or part.startswith("function-")))
 
 
-def _problem_from_pydantic(err: dict) -> Problem:
+def _problem_from_pydantic(err: ErrorDetails) -> Problem:
     kind = err["type"]
     raw = tuple(err["loc"])
     if kind == "extra_forbidden" and raw:  # the last step is the user's unknown key, whatever it looks like
@@ -151,7 +154,7 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems = [_problem_from_pydantic(e) for e in exc.errors()]
-        for p, e in zip(problems, exc.errors()):
+        for p, e in zip(problems, exc.errors(), strict=True):
             p.line = nearest_line(lines, tuple(x for x in e["loc"] if isinstance(x, (str, int))))
         raise ConfigError(_with_spec_problems(problems, data, lines, spec_check), file) from None
     problems = [p for check in CROSS_CHECKS for p in check(cfg)]
@@ -314,8 +317,7 @@ def load_config(path: str | Path | list, overrides: list[str] | None = None,
     """Read, override and validate a config file, or several merged left to right (`spec_check`: see
     `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
     the tree (cnncli/compose.py, cnncli/blocks.py)."""
-    from cnncli.config import blocks
-    from cnncli.config import compose
+    from cnncli.config import blocks, compose
 
     data, lines, shown = compose.read_config_files(path)
     if overrides:

@@ -18,9 +18,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cnncli.errors import ConfigError, Problem, describe, did_you_mean
 from cnncli.config.keypaths import nearest_line, parse_path
 from cnncli.config.yamlio import KeyPath, format_path
+from cnncli.errors import ConfigError, Problem, describe, did_you_mean
 
 DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
             "records")  # records: TFRecord shards written by `cnn data pack`
@@ -43,12 +43,13 @@ class WithArgs(BaseModel):
 
     @property
     def args(self) -> dict[str, Any]:
+        """The Keras arguments: every key besides `type` (and `name`, `inputs`)."""
         return dict(self.model_extra or {})
 
 
 class LayerSpec(WithArgs):
-    name: Optional[str] = None  # stable name; other layers refer to it in `inputs`
-    inputs: Optional[list[str]] = None  # named layers feeding this one (graph models)
+    name: str | None = None  # stable name; other layers refer to it in `inputs`
+    inputs: list[str] | None = None  # named layers feeding this one (graph models)
 
 
 class OptimizerSpec(WithArgs):
@@ -74,20 +75,21 @@ class BackboneSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: Optional[str] = None  # a keras.applications model, e.g. VGG16
-    from_run: Optional[str] = None  # a cnncli run directory whose model.keras provides the layers
-    layers_until: Optional[str] = None  # from_run: the last layer kept (a top-level layer name of that model)
-    weights: Optional[str] = "imagenet"  # imagenet | null | path to a weights file (name only)
+    name: str | None = None  # a keras.applications model, e.g. VGG16
+    from_run: str | None = None  # a cnncli run directory whose model.keras provides the layers
+    layers_until: str | None = None  # from_run: the last layer kept (a top-level layer name of that model)
+    weights: str | None = "imagenet"  # imagenet | null | path to a weights file (name only)
     trainable: bool = False  # frozen base is the first step of transfer learning
     include_top: bool = False  # the YAML `layers` become the head
-    pooling: Optional[Literal["avg", "max"]] = None  # global pooling of the base's last feature map
+    pooling: Literal["avg", "max"] | None = None  # global pooling of the base's last feature map
 
     @property
     def args(self) -> dict[str, Any]:
+        """The extra keys, passed on to the application's constructor."""
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
-    def _one_source(self) -> "BackboneSpec":
+    def _one_source(self) -> BackboneSpec:
         if (self.name is None) == (self.from_run is None):
             raise ValueError("give exactly one of `name` (a keras.applications model, e.g. VGG16) "
                              "or `from_run` (a run directory of a model you trained)")
@@ -125,12 +127,12 @@ class ShapesSpec(Strict):
 
 class DataConfig(Strict):
     dataset: str = "shapes"
-    path: Optional[str] = None  # folder or file for idx / npz / image_folder; offline copy of a Keras dataset
+    path: str | None = None  # folder or file for idx / npz / image_folder; offline copy of a Keras dataset
     validation_split: float = Field(0.1, ge=0, lt=1)  # carved from the training split, deterministically
-    image_size: Optional[tuple[int, int]] = None  # resize to [height, width]
-    color_mode: Optional[Literal["grayscale", "rgb"]] = None
+    image_size: tuple[int, int] | None = None  # resize to [height, width]
+    color_mode: Literal["grayscale", "rgb"] | None = None
     augment: list[LayerSpec] = Field(default_factory=list)  # Keras preprocessing layers, training only
-    limit: Optional[int] = Field(None, ge=1)  # cap on examples per split, for quick runs
+    limit: int | None = Field(None, ge=1)  # cap on examples per split, for quick runs
     shapes: ShapesSpec = Field(default_factory=ShapesSpec)
     on_corrupt: Literal["error", "skip"] = "error"  # a corrupt image stops the run unless told to skip
     follow_symlinks: bool = False  # image_folder links leaving the folder are not followed by default
@@ -139,8 +141,8 @@ class DataConfig(Strict):
     # decoded images written once; `none` decodes every epoch; `auto` keeps data resident when the decoded
     # training split fits data.memory_budget and streams with a disk cache otherwise.
     cache: Literal["auto", "memory", "disk", "none"] = "auto"  # resident, streamed with a decoded cache, or not
-    cache_dir: Optional[str] = None  # the disk cache; default $XDG_CACHE_HOME/cnncli or ~/.cache/cnncli
-    memory_budget: Optional[Union[int, str]] = None  # bytes, or "512MB", "4GB"; default 25% of available RAM
+    cache_dir: str | None = None  # the disk cache; default $XDG_CACHE_HOME/cnncli or ~/.cache/cnncli
+    memory_budget: int | str | None = None  # bytes, or "512MB", "4GB"; default 25% of available RAM
 
     @field_validator("dataset")
     @classmethod
@@ -172,8 +174,8 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    input_shape: Optional[list[int]] = None  # [h, w, channels]; inferred from the data when omitted
-    backbone: Optional[BackboneSpec] = None
+    input_shape: list[int] | None = None  # [h, w, channels]; inferred from the data when omitted
+    backbone: BackboneSpec | None = None
     layers: list[LayerSpec] = Field(default_factory=list)
 
     @field_validator("input_shape")
@@ -207,22 +209,22 @@ class Phase(Strict):
     """One stage of transfer learning."""
 
     epochs: int = Field(ge=1)
-    trainable: Union[Literal["head", "all"], list[str]] = "head"  # or backbone layer-name prefixes
-    optimizer: Optional[OptimizerSpec] = None  # default: train.optimizer
-    learning_rate: Optional[float] = Field(None, gt=0)
-    layer_lr_decay: Optional[float] = Field(None, gt=0, le=1)  # rate multiplier per earlier block
+    trainable: Literal["head", "all"] | list[str] = "head"  # or backbone layer-name prefixes
+    optimizer: OptimizerSpec | None = None  # default: train.optimizer
+    learning_rate: float | None = Field(None, gt=0)
+    layer_lr_decay: float | None = Field(None, gt=0, le=1)  # rate multiplier per earlier block
 
 
 class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)  # global: split across replicas
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    lr_schedule: Optional[ScheduleSpec] = None
-    loss: Union[str, LossSpec] = "sparse_categorical_crossentropy"  # a name, or a mapping with arguments
+    lr_schedule: ScheduleSpec | None = None
+    loss: str | LossSpec = "sparse_categorical_crossentropy"  # a name, or a mapping with arguments
     metrics: list[str] = Field(default_factory=lambda: ["accuracy"])
-    early_stopping: Optional[EarlyStopping] = None
+    early_stopping: EarlyStopping | None = None
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
-    phases: Optional[list[Phase]] = Field(None, min_length=1)
+    phases: list[Phase] | None = Field(None, min_length=1)
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -240,12 +242,12 @@ class TrainConfig(Strict):
 class RuntimeConfig(Strict):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
-    distribute: Optional[Literal["mirrored", "multi_worker", "tpu"]] = None
-    cpu_devices: Optional[int] = Field(None, ge=1, le=64)  # logical CPU devices, for mirrored runs without GPUs
+    distribute: Literal["mirrored", "multi_worker", "tpu"] | None = None
+    cpu_devices: int | None = Field(None, ge=1, le=64)  # logical CPU devices, for mirrored runs without GPUs
     jit_compile: bool = False  # XLA: slower on CPU, opt-in for GPU
-    steps_per_execution: Optional[int] = Field(None, ge=1)  # None: a whole epoch per tf.function call
-    intra_op_threads: Optional[int] = Field(None, ge=0)
-    inter_op_threads: Optional[int] = Field(None, ge=0)
+    steps_per_execution: int | None = Field(None, ge=1)  # None: a whole epoch per tf.function call
+    intra_op_threads: int | None = Field(None, ge=0)
+    inter_op_threads: int | None = Field(None, ge=0)
     collective_timeout: float = Field(30.0, gt=0)  # multi_worker: seconds without a heartbeat before a peer is lost
     cluster_timeout: float = Field(300.0, gt=0)  # multi_worker: seconds to wait at the start for the other workers
 
@@ -256,14 +258,14 @@ DEVICES = typing.get_args(RuntimeConfig.model_fields["device"].annotation)  # wh
 class Distribution(Strict):
     """One searched value of `search.params`: exactly one of the four kinds (Optuna's suggest_*)."""
 
-    loguniform: Optional[tuple[float, float]] = None  # [low, high], sampled on a log scale: rates, decays
-    uniform: Optional[tuple[float, float]] = None  # [low, high]
-    int_: Optional[tuple[int, int]] = Field(None, alias="int")  # [low, high], both included
-    choice: Optional[list[Any]] = Field(None, min_length=1)  # any YAML values, lists included
-    step: Optional[float] = Field(None, gt=0)  # int and uniform only: the grid the values lie on
+    loguniform: tuple[float, float] | None = None  # [low, high], sampled on a log scale: rates, decays
+    uniform: tuple[float, float] | None = None  # [low, high]
+    int_: tuple[int, int] | None = Field(None, alias="int")  # [low, high], both included
+    choice: list[Any] | None = Field(None, min_length=1)  # any YAML values, lists included
+    step: float | None = Field(None, gt=0)  # int and uniform only: the grid the values lie on
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Distribution":
+    def _one_kind(self) -> Distribution:
         kinds = [k for k in ("loguniform", "uniform", "int_", "choice") if getattr(self, k) is not None]
         if len(kinds) != 1:
             raise ValueError("give exactly one of `loguniform: [lo, hi]`, `uniform: [lo, hi]`, "
@@ -286,10 +288,10 @@ class SearchSpec(Strict):
     params: dict[str, Distribution] = Field(min_length=1)  # config path (as for --set) -> distribution
     trials: int = Field(20, ge=1)  # finished (complete, pruned or failed) trials the study runs to
     metric: str = "val_accuracy"  # a history.csv column, read at every epoch (pruning) and at the end
-    direction: Optional[Literal["maximize", "minimize"]] = None  # default: minimize losses, maximize the rest
+    direction: Literal["maximize", "minimize"] | None = None  # default: minimize losses, maximize the rest
     sampler: Literal["tpe", "random", "grid"] = "tpe"  # how trials pick values; grid needs choice or int params
     pruner: Literal["median", "hyperband", "none"] = "median"  # stops a trial early when its metric lags
-    timeout: Optional[float] = Field(None, gt=0)  # seconds; no new trial starts after it
+    timeout: float | None = Field(None, gt=0)  # seconds; no new trial starts after it
 
 
 class MlflowSpec(Strict):
@@ -300,26 +302,27 @@ class MlflowSpec(Strict):
 class TrackingSpec(Strict):
     """Experiment tracking; needs the optional extra: pip install 'cnncli[mlflow]'."""
 
-    mlflow: Optional[MlflowSpec] = None  # {uri, experiment}: log runs and sweeps to MLflow
+    mlflow: MlflowSpec | None = None  # {uri, experiment}: log runs and sweeps to MLflow
 
 
 class Config(Strict):
-    name: Optional[str] = None  # run name; defaults to the config file's stem
-    seed: Optional[int] = Field(None, ge=0, lt=2**32)  # None: chosen at random and recorded
+    name: str | None = None  # run name; defaults to the config file's stem
+    seed: int | None = Field(None, ge=0, lt=2**32)  # None: chosen at random and recorded
     deterministic: bool = False  # TF op determinism: identical histories for one seed
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    search: Optional[SearchSpec] = None  # hyperparameter sweep, run by `cnn tune`
-    tracking: Optional[TrackingSpec] = None  # log runs to MLflow
+    search: SearchSpec | None = None  # hyperparameter sweep, run by `cnn tune`
+    tracking: TrackingSpec | None = None  # log runs to MLflow
 
     # Filled in by load_config: where each key came from, for later errors.
-    _file: Optional[str] = None
+    _file: str | None = None
     _lines: dict = {}
     _groups: dict = {}  # expanded layer name -> (block use, label) it came from (cnncli.config.blocks), for the summary
 
     def line_of(self, path: KeyPath) -> int | None:
+        """The line `path` was written on in the config file, or None."""
         return nearest_line(self._lines, path)
 
     def error(self, message: str, path: KeyPath | str) -> ConfigError:
@@ -335,9 +338,11 @@ class Config(Strict):
         return ConfigError(problems, file or self._file)
 
     def to_yaml(self) -> str:
+        """The config as YAML, optional sections left out."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def to_dict(self) -> dict:
+        """The config as plain data, optional sections left out when unset."""
         data = self.model_dump(mode="json", by_alias=True)
         for key in ("search", "tracking"):  # optional sections: absent rather than null
             if data.get(key) is None:
@@ -357,4 +362,5 @@ class Config(Strict):
 
     @property
     def total_epochs(self) -> int:
+        """Epochs over all training phases."""
         return sum(p.epochs for p in self.train.phases) if self.train.phases else self.train.epochs

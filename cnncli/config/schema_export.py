@@ -18,7 +18,7 @@ import inspect
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "cnncli.schema.json"  # package data, beside the wings
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
@@ -119,7 +119,7 @@ def _layer_definition(name: str, cls: type, aliases: list[str]) -> dict:
     from cnncli.config.layer_args import kwargs_names
     from cnncli.config.vocabulary import _BASE_LAYER_ARGS, accepted_args
 
-    signature = inspect.signature(cls.__init__).parameters
+    signature = inspect.signature(cast(Any, cls).__init__).parameters  # the class's own __init__
     properties: dict[str, Any] = {
         "type": {"enum": aliases, "description": f"keras.layers.{name}"},
         "name": {"type": "string", "description": "stable name; other layers refer to it in `inputs`"},
@@ -212,4 +212,5 @@ def build_schema() -> dict:
 
 
 def schema_text() -> str:
+    """The JSON Schema of a config file, as the text written to cnncli/schema/."""
     return json.dumps(build_schema(), indent=1, sort_keys=False) + "\n"

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from cnncli import compat
+from cnncli.config.layer_args import (
+    is_regularizer_arg,
+    keras_arguments,
+    kwargs_names,
+    quiet_legacy_names,
+    regularizer_problems,
+)
 from cnncli.errors import ConfigError, Problem, closest, did_you_mean
-from cnncli.config.layer_args import (is_regularizer_arg, keras_arguments, kwargs_names, quiet_legacy_names,
-                               regularizer_problems)
 from cnncli.registry import Registry, UnknownName, normalize
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config, LayerSpec, LossSpec, OptimizerSpec, ScheduleSpec
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
 _EXCLUDED_LAYERS = {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "Layer",
@@ -63,6 +72,7 @@ BACKBONES: Registry[Any] = Registry("backbone", loader=_keras_applications)
 
 
 def list_layers() -> list[str]:
+    """Keras layer types a config may name."""
     return LAYERS.names()
 
 
@@ -72,15 +82,17 @@ def list_augmentations() -> list[str]:
 
 
 def list_optimizers() -> list[str]:
+    """Keras optimizers a config may name."""
     return OPTIMIZERS.names()
 
 
 def list_backbones() -> list[str]:
+    """keras.applications backbones a config may name."""
     return BACKBONES.names()
 
 
 def _parameters(target: Any) -> list[inspect.Parameter]:
-    fn = target.__init__ if isinstance(target, type) else target
+    fn = cast(Any, target).__init__ if isinstance(target, type) else target  # the class's own __init__
     return [p for p in inspect.signature(fn).parameters.values()
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
@@ -216,18 +228,19 @@ _KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")  # what Keras 
 
 
 def resolve(registry: Registry, name: str, path: str) -> tuple[Any, list[Problem]]:
+    """The entry `name` of `registry`, or None with the problem at `path`."""
     try:
         return registry.get(name), []
     except UnknownName as exc:
         return None, [Problem(str(exc), path)]
 
 
-def check_layer_specs(specs, base_path: str) -> list[Problem]:
+def check_layer_specs(specs: Sequence[LayerSpec], base_path: str) -> list[Problem]:
     """Problems in a list of layer specs: unknown types, unknown arguments."""
     return [p for i, spec in enumerate(specs) for p in check_layer_spec(spec, f"{base_path}[{i}]")]
 
 
-def check_layer_spec(spec, path: str) -> list[Problem]:
+def check_layer_spec(spec: LayerSpec, path: str) -> list[Problem]:
     """Problems in one layer spec at `path` (e.g. "model.layers[2]")."""
     refused = [n for n in _REFUSED if normalize(n) == normalize(spec.type)]
     if refused:
@@ -241,7 +254,7 @@ def check_layer_spec(spec, path: str) -> list[Problem]:
     return problems
 
 
-def make_layer(spec, name: str, path: str, **overrides):
+def make_layer(spec: LayerSpec, name: str, path: str, **overrides: Any) -> Any:
     """Construct the Keras layer for a spec whose arguments were already checked."""
     cls = LAYERS.get(spec.type)
     try:
@@ -257,7 +270,8 @@ def make_layer(spec, name: str, path: str, **overrides):
         raise ConfigError([Problem(f"{cls.__name__}: {message}", where)]) from None
 
 
-def make_optimizer(spec, path: str = "train.optimizer", **overrides):
+def make_optimizer(spec: OptimizerSpec, path: str = "train.optimizer", **overrides: Any) -> Any:
+    """A Keras optimizer built from `spec` (`overrides` replace its arguments), or a ConfigError."""
     cls, problems = resolve(OPTIMIZERS, spec.type, f"{path}.type")
     if not problems:
         problems = check_args(spec.args, cls, cls.__name__, path)
@@ -311,6 +325,7 @@ _SCHEDULE_KEYS = ("every",)  # ours: whether decay_steps / boundaries count epoc
 
 
 def list_schedules() -> list[str]:
+    """Learning-rate schedules a config may name."""
     return [n for n in SCHEDULES.names() if not n[0].isupper()]
 
 
@@ -334,12 +349,13 @@ _INDEX_LOSSES = ("SparseCategoricalCrossentropy", "CategoricalGeneralizedCrossEn
 LOSSES: Registry[type] = Registry("loss", loader=_keras_losses)
 
 
-def loss_spec(loss) -> tuple[str, dict[str, Any]]:
+def loss_spec(loss: str | LossSpec) -> tuple[str, dict[str, Any]]:
     """`train.loss` as (type, arguments): a name, or a mapping with `type` and the class's arguments."""
     return (loss, {}) if isinstance(loss, str) else (loss.type, loss.args)
 
 
-def loss_problems(loss, path: str = "train.loss") -> list[Problem]:
+def loss_problems(loss: str | LossSpec, path: str = "train.loss") -> list[Problem]:
+    """Problems with `train.loss`: an unknown name or arguments the loss does not take."""
     name, args = loss_spec(loss)
     cls = LOSSES.get(name) if name in LOSSES else None
     if cls is None:
@@ -366,7 +382,8 @@ class ClassIndexLoss:
         self.one_hot = cls.__name__ not in _INDEX_LOSSES
         self.__name__ = self.name = snake(cls.__name__)
 
-    def __call__(self, y_true, y_pred):
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        """Per-example losses of class-index labels `y_true` against probabilities `y_pred`."""
         from keras import ops
 
         if self.one_hot:
@@ -375,7 +392,8 @@ class ClassIndexLoss:
         return self.loss(y_true, y_pred)
 
 
-def make_loss(loss) -> ClassIndexLoss:
+def make_loss(loss: str | LossSpec) -> ClassIndexLoss:
+    """The loss `train.loss` names, taking class indices whatever the loss."""
     return ClassIndexLoss(loss)
 
 
@@ -415,12 +433,14 @@ def make_metric(name: str, loss: Any = None):
     return metric if isinstance(metric, keras.metrics.Metric) else keras.metrics.MeanMetricWrapper(metric, name=name)
 
 
-def optimizer_problems(spec, path: str) -> list[Problem]:
+def optimizer_problems(spec: OptimizerSpec, path: str) -> list[Problem]:
+    """Problems with an optimizer spec: its name, its arguments, and whether Keras builds it."""
     cls, found = resolve(OPTIMIZERS, spec.type, f"{path}.type")
     return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
 
 
-def schedule_problems(spec, path: str = "train.lr_schedule") -> list[Problem]:
+def schedule_problems(spec: ScheduleSpec, path: str = "train.lr_schedule") -> list[Problem]:
+    """Problems with a learning-rate schedule spec: its name, its arguments, and whether Keras builds it."""
     cls, found = resolve(SCHEDULES, spec.type, f"{path}.type")
     return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
 
@@ -434,7 +454,7 @@ def _construct(cls, args: dict, path: str) -> list[Problem]:
     return []
 
 
-def check_train_specs(cfg) -> list[Problem]:
+def check_train_specs(cfg: Config) -> list[Problem]:
     """Unknown optimizers, schedules, losses and metrics, with their arguments."""
     problems: list[Problem] = []
     opt_specs = [("train.optimizer", cfg.train.optimizer)]
@@ -453,9 +473,9 @@ def check_train_specs(cfg) -> list[Problem]:
             problems.append(Problem(f"unknown metric `{name}`; e.g. accuracy, top_5_accuracy, auc",
                                     f"train.metrics[{i}]"))
     monitors = names + [f"val_{n}" for n in names]
-    for path, spec in (("train.early_stopping.monitor", cfg.train.early_stopping),
-                       ("train.checkpoint.monitor", cfg.train.checkpoint)):
-        if spec is not None and spec.monitor not in monitors:
-            problems.append(Problem(f"cannot monitor `{spec.monitor}`{did_you_mean(spec.monitor, monitors)}; "
+    for path, watcher in (("train.early_stopping.monitor", cfg.train.early_stopping),
+                          ("train.checkpoint.monitor", cfg.train.checkpoint)):
+        if watcher is not None and watcher.monitor not in monitors:
+            problems.append(Problem(f"cannot monitor `{watcher.monitor}`{did_you_mean(watcher.monitor, monitors)}; "
                                     f"the run logs: {', '.join(monitors)}", path))
     return problems

@@ -12,7 +12,8 @@ colour mode and size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     return prepare(_source(cfg).load(cfg, seed), cfg, seed)
 
 
-def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: int = 1,
+def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, worker: int = 0, workers: int = 1,
               load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> Dataset:
     """Resident arrays, or streamed file splits, as data.cache (and for `auto`, the memory budget) decide.
 
@@ -71,13 +72,16 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
             f"dataset `{cfg.dataset}` is read into memory whole"
         data.cache = {"mode": "memory", "why": why}
         return data
+    splits: dict[str, Any]  # split -> a FileSplit or a RecordSplit, which Dataset holds in place of arrays
     if cfg.dataset == "records":
         from cnncli.data.record_stream import record_splits
 
-        image_shape = tuple(int(d) for d in (shape or describe(cfg).input_shape))
+        height, width, channels = (int(d) for d in (shape or describe(cfg).input_shape))
+        image_shape = (height, width, channels)
         splits, class_names, where, warnings = (*record_splits(cfg, seed, image_shape), [])
     else:
-        listing = source.files(cfg)
+        assert source.files is not None  # a source without files was read whole above
+        listing: pipeline.FileListing = source.files(cfg)
         splits = pipeline.split_listing(listing, cfg, seed)
         class_names, where, warnings = listing.class_names, listing.source, listing.warnings
         # Before the workers take their shares: the split as configured (a pack's labels are known only when read).
@@ -88,6 +92,7 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
     root = residency.cache_root(cfg.cache_dir)
+    assert not isinstance(cfg.memory_budget, str)  # the schema's validator turned "4GB" into bytes
     mode, why = residency.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
                                       sum(len(s) for s in splits.values()) * image_bytes, root)
     if mode == "memory":
@@ -110,7 +115,7 @@ def open_data(cfg: DataConfig, seed: int, shape=None, worker: int = 0, workers: 
     return data
 
 
-def cache_streams(data: Dataset, progress=None) -> None:
+def cache_streams(data: Dataset, progress: Callable[[str, int, int, float], None] | None = None) -> None:
     """Open (writing if needed) the disk cache of every streamed split with `cache: disk`.
 
     `progress(split, done, total, seconds)` is called during a first pass.
@@ -119,4 +124,5 @@ def cache_streams(data: Dataset, progress=None) -> None:
         x = getattr(data, f"x_{split}")
         if isinstance(x, pipeline.FileSplit) and x.cache == "disk" and len(x):
             report = (lambda d, t, s, name=split: progress(name, d, t, s)) if progress else None
+            assert data.cache is not None  # open_data records how every streamed dataset is cached
             data.cache.setdefault("folders", {})[split] = x.open_cache(report)

@@ -9,8 +9,9 @@ normalises.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -37,10 +38,13 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(int(d) for d in self.x_train.shape[1:])
+        """(height, width, channels) of every image."""
+        height, width, channels = (int(d) for d in self.x_train.shape[1:])
+        return height, width, channels
 
     @property
     def num_classes(self) -> int:
+        """How many classes there are."""
         return len(self.class_names)
 
 
@@ -76,7 +80,7 @@ class Source:
     load: Callable[..., Splits]  # (cfg: DataConfig, seed: int) -> Splits
     describe: Callable[..., DatasetInfo]  # (cfg: DataConfig) -> DatasetInfo, before conversion
     summary: str  # one line for `list_datasets` style listings
-    files: Optional[Callable[..., object]] = None  # (cfg) -> pipeline.FileListing, for sources that can stream
+    files: Callable[..., Any] | None = None  # (cfg) -> pipeline.FileListing, for sources that can stream
 
 
 SHOWN = 5  # paths listed in one message before "…"
@@ -93,6 +97,7 @@ def skipped_warning(names: list[str]) -> str:
 
 
 def digit_names(k: int) -> list[str]:
+    """Class names for classes named by their index: '0', '1', ..."""
     return [str(i) for i in range(k)]
 
 
@@ -148,6 +153,7 @@ def as_labels(y: np.ndarray, where: str) -> np.ndarray:
 
 
 def check_pair(x: np.ndarray, y: np.ndarray, where: str, split: str) -> None:
+    """A DataError unless `x` and `y` hold as many images as labels."""
     if len(x) != len(y):
         raise DataError(f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
                         "they must match one to one")

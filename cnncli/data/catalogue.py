@@ -11,13 +11,14 @@ shape, Pillow mode, or why the picture cannot be read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -50,14 +51,14 @@ class Catalogue:
     source: str  # what was packed, for index.json and messages
     dataset: str
     class_names: list[str]
-    splits: dict[str, list[Picture] | RecordPictures]  # a pack is read lazily, shard by shard
+    splits: Mapping[str, list[Picture] | RecordPictures]  # a pack is read lazily, shard by shard
     size_hint: dict[str, int]  # approximate encoded bytes per split, for the default shard count
     warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- sources
 
-def resolve(source: str | Path, overrides: Optional[list[str]] = None) -> Config:
+def resolve(source: str | Path, overrides: list[str] | None = None) -> Config:
     """The config a command-line SOURCE means: an image folder, a records folder or a config file.
 
     Only its `data` section and `seed` (which generated sources such as shapes use) matter here.
@@ -78,6 +79,10 @@ def resolve(source: str | Path, overrides: Optional[list[str]] = None) -> Config
     raw = {"data": data, "model": PLACEHOLDER_MODEL}
     apply_overrides(raw, overrides or [], {})
     return config_from_dict(raw, "source")
+
+
+def _png_of(x: np.ndarray, i: int) -> bytes:
+    return _png(x[i])
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -136,10 +141,11 @@ def _arrays(cfg: DataConfig, seed: int) -> Catalogue:
     if cfg.dataset not in SOURCES:
         raise DataError(SOURCES.unknown_message(cfg.dataset))
     found = SOURCES.get(cfg.dataset).load(cfg, seed)
-    splits, hint = {}, {}
+    splits: dict[str, list[Picture]] = {}
+    hint: dict[str, int] = {}
     for split in records.SPLITS:
         x, y = getattr(found, f"x_{split}"), getattr(found, f"y_{split}")
-        splits[split] = [Picture(f"{split}/{i}", int(y[i]), (lambda i=i, x=x: _png(x[i])),
+        splits[split] = [Picture(f"{split}/{i}", int(y[i]), functools.partial(_png_of, x, i),
                                  f"{found.source} {split}/{i}") for i in range(len(x))]
         hint[split] = int(x.nbytes)
     return Catalogue(found.source, cfg.dataset, list(found.class_names), splits, hint, list(found.warnings))
@@ -178,10 +184,11 @@ def look(picture: Picture) -> Looked:
         pixels = images.read_image(data, name=name)
     except images.CorruptImage as exc:
         return Looked(data, error=exc.reason)
-    return Looked(data, tuple(int(d) for d in pixels.shape), header.mode)
+    height, width, channels = (int(d) for d in pixels.shape)
+    return Looked(data, (height, width, channels), header.mode)
 
 
-def looked(pictures: Iterable[Picture], progress: Optional[Callable[[int], None]] = None
+def looked(pictures: Iterable[Picture], progress: Callable[[int], None] | None = None
            ) -> Iterable[tuple[Picture, Looked]]:
     """(picture, what decoding found) in the given order, decoded on every core, CHUNK in memory at a time."""
     pictures = iter(pictures)
@@ -190,10 +197,10 @@ def looked(pictures: Iterable[Picture], progress: Optional[Callable[[int], None]
             results = list(pool.map(look, chunk))
             if progress:
                 progress(len(chunk))
-            yield from zip(chunk, results)
+            yield from zip(chunk, results, strict=True)
 
 
-def counter(progress: Optional[Progress], total: int) -> Optional[Callable[[int], None]]:
+def counter(progress: Progress | None, total: int) -> Callable[[int], None] | None:
     """A step(n) callback reporting (done, total) to `progress`."""
     if progress is None:
         return None

@@ -100,7 +100,8 @@ def read_folder(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
         y = as_labels(read_idx(labels_path, LABELS_MAGIC), str(labels_path))
         check_pair(x, y, f"{images_path} and {labels_path.name}", "train" if prefix == "train" else "test")
         arrays += [x, y]
-    return tuple(arrays)
+    x_train, y_train, x_test, y_test = arrays
+    return x_train, y_train, x_test, y_test
 
 
 def describe_folder(folder: Path) -> tuple[tuple[int, int, int], int]:

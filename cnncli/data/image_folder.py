@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -98,7 +98,8 @@ def scan(cfg: DataConfig) -> Scan:
     root = Path(cfg.path).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; data.path must be a folder with one sub-folder per class")
-    real_root, follow, outside = root.resolve(), cfg.follow_symlinks, []
+    real_root, follow = root.resolve(), cfg.follow_symlinks
+    outside: list[Path] = []
     split_layout = (root / "train").is_dir()
     train_root = root / "train" if split_layout else root
     classes = _class_dirs(train_root, real_root, follow, outside)
@@ -171,7 +172,7 @@ def _read_each(items: Iterable[tuple[str, images.Source, int]], mode: str):
         yield from pool.map(read, items)
 
 
-def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
+def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
                   where: str, cfg: DataConfig, mode: str, warnings: list[str]) -> Splits:
     """Pictures (name, path or encoded bytes, label) per split -> Splits, applying data.on_corrupt.
 
@@ -215,6 +216,7 @@ def decode_splits(items: dict[str, Iterable[tuple[str, images.Source, int]]], cl
         raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, "
                         "or set data.on_corrupt: skip")
     if resized and not cfg.image_size:
+        assert size is not None  # the first readable image set it
         warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
                         "resized; set data.image_size to choose the size")
     readable = np.ones(len(arrays["train"][1]), bool)

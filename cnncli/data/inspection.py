@@ -10,12 +10,16 @@ finds a truncated file; array sources (shapes, mnist, npz, ...) are loaded.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.config.schema import DataConfig
 from cnncli.data import catalogue, records
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DISTINCT_SHOWN = 10  # list every size when there are at most this many
 
@@ -30,13 +34,16 @@ def _sizes(shapes: list[tuple[int, ...]]) -> dict:
             "distinct": distinct if len(distinct) <= DISTINCT_SHOWN else None}
 
 
-def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None]] = None, seed: int = 0) -> dict:
+def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None = None, seed: int = 0) -> dict:
     """Counts, sizes, modes and unreadable files of the source `cfg` names, as a JSON-ready dict."""
     found = catalogue.catalogue(cfg, seed)
     names = found.class_names
     total = sum(len(p) for p in found.splits.values())
     step = catalogue.counter(progress, total)
-    splits, shapes, modes, unreadable = {}, [], Counter(), []
+    splits: dict[str, dict] = {}
+    shapes: list[tuple[int, ...]] = []
+    modes: Counter[str] = Counter()
+    unreadable: list[dict] = []
     arrays = found.dataset not in ("image_folder", "records")
     for split in records.SPLITS:
         per_class = np.zeros(len(names), np.int64)
@@ -54,9 +61,10 @@ def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None
                                        "class": names[picture.label], "reason": result.error})
                     continue
                 per_class[picture.label] += 1
+                assert result.shape is not None  # a picture read without error has its shape
                 shapes.append(result.shape)
                 modes[result.mode] += 1
-        splits[split] = {"count": int(per_class.sum()), "per_class": dict(zip(names, per_class.tolist()))}
+        splits[split] = {"count": int(per_class.sum()), "per_class": dict(zip(names, per_class.tolist(), strict=True))}
     report = {"source": found.source, "dataset": found.dataset, "class_names": names, "splits": splits,
               "sizes": _sizes(shapes), "modes": dict(sorted(modes.items())), "unreadable": unreadable,
               "warnings": found.warnings}
@@ -68,10 +76,11 @@ def inspect_source(cfg: DataConfig, progress: Optional[Callable[[int, int], None
 def _array_shape(cfg: DataConfig) -> tuple[int, int, int]:
     from cnncli.data import SOURCES
 
-    return tuple(SOURCES.get(cfg.dataset).describe(cfg).input_shape)
+    height, width, channels = SOURCES.get(cfg.dataset).describe(cfg).input_shape
+    return height, width, channels
 
 
-def print_report(console, report: dict) -> None:
+def print_report(console: Console, report: dict) -> None:
     """The report as a table of counts and a few lines, for a terminal."""
     from rich.table import Table
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import (DatasetInfo, Source, Splits, as_images, as_labels, check_pair, digit_names,
-                              num_classes_of)
+from cnncli.data.base import DatasetInfo, Source, Splits, as_images, as_labels, check_pair, digit_names, num_classes_of
 from cnncli.errors import DataError
 
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
@@ -110,7 +109,7 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
             raise DataError(f"{path}: x_train: expected images shaped (N, H, W) or (N, H, W, C) "
                             f"with C 1 or 3, got {shape}; store channels last (NHWC)")
         labels = [_read(archive, path, f"y_{s}") for s in ("train", "test")]
-        for split, y in zip(("train", "test"), labels):
+        for split, y in zip(("train", "test"), labels, strict=True):
             as_labels(y, f"{path}: y_{split}")  # the same complaints as load
         names = _class_names(archive, path, _num_classes(labels))
     input_shape = (shape[1], shape[2], shape[3] if len(shape) == 4 else 1)

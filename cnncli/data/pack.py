@@ -20,9 +20,9 @@ import datetime
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class PackResult:
 
 # ---------------------------------------------------------------- writing
 
-def shard_count(requested: Optional[int], count: int, size_hint: int) -> int:
+def shard_count(requested: int | None, count: int, size_hint: int) -> int:
     """Shards for a split: as requested (at most one per picture), else one per ~100 MB."""
     if count == 0:
         return 0
@@ -93,8 +93,9 @@ def _shape_summary(shapes: dict[str, dict[int, tuple[int, int, int]]]) -> dict:
     return {"image_shape": [*first, channels] if uniform else None, "first_size": list(first), "channels": channels}
 
 
-def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
-                 step: Optional[Callable[[int], None]]) -> tuple[np.ndarray, dict, list]:
+def _write_split(pictures: list[Picture] | RecordPictures, n: int, temps: list[str], k: int,
+                 step: Callable[[int], None] | None
+                 ) -> tuple[np.ndarray, list[int], dict[int, tuple[int, int, int]], list[tuple[str, str]]]:
     """Decode and write one split, spread over n shards in a seeded order.
 
     Returns pictures per class, records per shard, {source position: shape} and the skipped (name, reason).
@@ -104,17 +105,20 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     if isinstance(pictures, RecordPictures):  # re-sharding a pack: its pictures in the source's order
         pictures = pictures.in_order()
     order = np.random.default_rng(PACK_SEED).permutation(len(pictures))
-    per_class, per_shard, shapes, skipped = np.zeros(k, np.int64), [0] * n, {}, []
+    per_class, per_shard = np.zeros(k, np.int64), [0] * n
+    shapes: dict[int, tuple[int, int, int]] = {}
+    skipped: list[tuple[str, str]] = []
     writers = [tf.io.TFRecordWriter(t) for t in temps]
     try:
         kept = 0
-        for position, (picture, result) in zip(order, looked([pictures[i] for i in order], step)):
+        for position, (picture, result) in zip(order, looked([pictures[i] for i in order], step), strict=True):
             if result.error:
                 skipped.append((picture.shown, result.error))
                 continue
             writers[kept % n].write(records.example(result.data, picture.label, int(position), picture.name))
             per_shard[kept % n] += 1
             per_class[picture.label] += 1
+            assert result.shape is not None  # a picture read without error has its shape
             shapes[int(position)] = result.shape
             kept += 1
     finally:
@@ -123,7 +127,7 @@ def _write_split(pictures: list[Picture], n: int, temps: list[str], k: int,
     return per_class, per_shard, shapes, skipped
 
 
-def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: Optional[Progress] = None,
+def pack(cfg: DataConfig, output: str, shards: int | None = None, progress: Progress | None = None,
          seed: int = 0) -> PackResult:
     """Write the source `cfg` names into records shards under `output`; index.json last."""
     if shards is not None and shards < 1:
@@ -135,18 +139,19 @@ def pack(cfg: DataConfig, output: str, shards: Optional[int] = None, progress: O
         return _pack(found, cfg, output, shards, counter(progress, sum(len(p) for p in found.splits.values())), seed)
 
 
-def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: Optional[int],
-          step: Optional[Callable[[int], None]], seed: int) -> PackResult:
+def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: int | None,
+          step: Callable[[int], None] | None, seed: int) -> PackResult:
     written: list[tuple[str, str]] = []  # (temporary, final), removed again unless the pack completes
     skipped: list[tuple[str, str]] = []
-    entries, shapes = {}, {}
+    entries: dict[str, dict] = {}
+    shapes: dict[str, dict[int, tuple[int, int, int]]] = {}
     try:
         for split in records.SPLITS:
             pictures = found.splits[split]
             n = shard_count(shards, len(pictures), found.size_hint.get(split, 0))
             names = [records.shard_name(split, k, n) for k in range(n)]
             temps = [_temporary(records.join(output, name)) for name in names]
-            written += [(t, records.join(output, name)) for t, name in zip(temps, names)]
+            written += [(t, records.join(output, name)) for t, name in zip(temps, names, strict=True)]
             per_class, per_shard, shapes[split], bad = _write_split(pictures, n, temps, len(found.class_names), step)
             skipped += bad
             entries[split] = {"count": int(per_class.sum()), "per_class": per_class.tolist(), "shards": names,
@@ -161,7 +166,7 @@ def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: Optional[int],
         index = {"format": records.FORMAT, "version": records.VERSION, "class_names": found.class_names,
                  "splits": entries, **_shape_summary(shapes),
                  "made": {"source": found.source, "dataset": found.dataset,
-                          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                          "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                           "cnncli": __version__, "seed": seed, "shards": shards}}
         _publish(written, output, index)
         written = []

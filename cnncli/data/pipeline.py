@@ -31,15 +31,19 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncli import faults
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import DataConfig
 
 CACHE_VERSION = 1  # bumped when the cache layout changes, so old caches are rebuilt, never misread
 COMMIT_MARKER = "done.json"  # written last: its absence marks a cache whose writer died
@@ -76,16 +80,22 @@ class StreamedImages:
 
     image_shape: tuple[int, int, int]
 
+    def __len__(self) -> int:
+        raise NotImplementedError  # each kind of split counts its own images
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
+        """(N, height, width, channels), as an image array's."""
         return (len(self), *self.image_shape)
 
     @property
-    def dtype(self):
+    def dtype(self) -> np.dtype:
+        """uint8, as an image array's."""
         return np.dtype(np.uint8)
 
     @property
     def color_mode(self) -> str:
+        """rgb or grayscale, from the channels."""
         return "rgb" if self.image_shape[2] == 3 else "grayscale"
 
 
@@ -99,22 +109,22 @@ class FileSplit(StreamedImages):
     read: Reader
     on_corrupt: str = "error"
     cache: str = "none"  # "none" | "disk"
-    cache_root: Optional[Path] = None
-    share_sizes: Optional[tuple[int, ...]] = None  # every worker's share of the training split, when sharded
+    cache_root: Path | None = None
+    share_sizes: tuple[int, ...] | None = None  # every worker's share of the training split, when sharded
     health: _Health = field(default_factory=_Health)
-    _images: Optional["_CacheFile"] = field(default=None, repr=False)  # the disk cache, once opened
-    _cached_bad: Optional[np.ndarray] = field(default=None, repr=False)  # bool (N,): unreadable when cached
+    _images: _CacheFile | None = field(default=None, repr=False)  # the disk cache, once opened
+    _cached_bad: np.ndarray | None = field(default=None, repr=False)  # bool (N,): unreadable when cached
 
     # -------------------------------------------------------------- array-like surface
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index) -> "FileSplit":
+    def __getitem__(self, index) -> FileSplit:
         """A sub-split (slice or index array); pixels are read only when asked for."""
         picks = np.arange(len(self.files))[index]
         return self._subset(np.atleast_1d(picks))
 
-    def _subset(self, picks: np.ndarray) -> "FileSplit":
+    def _subset(self, picks: np.ndarray) -> FileSplit:
         """Taken before any cache is opened (shards, --smoke) or for a few images: reads go to the files."""
         return replace(self, files=[self.files[i] for i in picks], labels=self.labels[picks], share_sizes=None,
                        _images=None, _cached_bad=None)
@@ -126,18 +136,20 @@ class FileSplit(StreamedImages):
         x, _ = collect(self, 256)
         return x
 
-    def astype(self, dtype) -> np.ndarray:
+    def astype(self, dtype: Any) -> np.ndarray:
+        """Every image, read into an array of `dtype`."""
         return self.to_array().astype(dtype)
 
     def __array__(self, dtype=None, copy=None):
         x = self.to_array()
         return x if dtype is None else x.astype(dtype)
 
-    def with_shape(self, shape) -> "FileSplit":
+    def with_shape(self, shape: Sequence[int]) -> FileSplit:
         """The same files read at another (h, w, c): a model whose input differs from the data's size."""
-        return replace(self, image_shape=tuple(int(d) for d in shape), _images=None, _cached_bad=None)
+        height, width, channels = (int(d) for d in shape)
+        return replace(self, image_shape=(height, width, channels), _images=None, _cached_bad=None)
 
-    def shard(self, worker: int, workers: int) -> "FileSplit":
+    def shard(self, worker: int, workers: int) -> FileSplit:
         """This worker's files: every `workers`-th from `worker` on, so shares are disjoint and fixed."""
         shares = tuple(len(range(w, len(self.files), workers)) for w in range(workers))
         sub = self._subset(np.arange(worker, len(self.files), workers))
@@ -149,6 +161,7 @@ class FileSplit(StreamedImages):
         """Pixels of file `index` and whether it could be read (zeros and False otherwise)."""
         index = int(index)
         if self._images is not None:
+            assert self._cached_bad is not None  # opened together with the cache
             return self._images.rows([index])[0], not bool(self._cached_bad[index])
         path = self.files[index]
         if path in self.health.bad:
@@ -162,7 +175,7 @@ class FileSplit(StreamedImages):
         self.health.opened.add(path)
         return pixels, True
 
-    def batches(self, order: np.ndarray, batch_size: int, count: int | None = None):
+    def batches(self, order: np.ndarray, batch_size: int, count: int | None = None) -> Any:
         """tf.data batches of (uint8 images, int32 labels) in `order`, unreadable files left out.
 
         With `count`, exactly that many whole batches, wrapping around to the start of `order`
@@ -173,6 +186,7 @@ class FileSplit(StreamedImages):
 
         order = np.asarray(order, np.int64)
         if self._images is not None:  # cached: the unreadable are known, and a batch is one gather
+            assert self._cached_bad is not None  # opened together with the cache
             order = order[~self._cached_bad[order]]
             if count is not None:
                 order = np.resize(order, count * batch_size) if len(order) else order
@@ -213,6 +227,7 @@ class FileSplit(StreamedImages):
 
     def open_cache(self, progress: Progress | None = None) -> dict:
         """Use the disk cache for these files, writing it first if it is missing, stale or half-written."""
+        assert self.cache_root is not None  # open_data sets it on every streamed split
         folder = self.cache_root / self.cache_key()
         built = False
         if not (folder / COMMIT_MARKER).exists():
@@ -247,8 +262,8 @@ class FileSplit(StreamedImages):
         done = 0
         # PIL decodes and numpy resizes without the GIL, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for chunk, results in zip(chunks, pool.map(lambda c: [self.read_one(i) for i in c], chunks)):
-                for index, (pixels, ok) in zip(chunk, results):
+            for chunk, results in zip(chunks, pool.map(lambda c: [self.read_one(i) for i in c], chunks), strict=True):
+                for index, (pixels, ok) in zip(chunk, results, strict=True):
                     images.write(np.ascontiguousarray(pixels, np.uint8).tobytes())
                     if not ok:
                         bad[str(index)] = self.health.bad[self.files[index]]
@@ -283,7 +298,7 @@ class _CacheFile:
         return out
 
 
-def readable_batches(ds, batch_size: int, count: int | None):
+def readable_batches(ds: Any, batch_size: int, count: int | None) -> Any:
     """(pixels, label, ok) elements -> prefetched batches of the readable ones; `count` whole batches
     (wrapping around) when given, else every element once."""
     ds = ds.filter(_readable).map(_without_flag)
@@ -315,13 +330,13 @@ def _reason(exc: DataError, path: str) -> str:
     return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
-def split_listing(listing: FileListing, cfg, seed: int) -> dict[str, FileSplit]:
+def split_listing(listing: FileListing, cfg: DataConfig, seed: int) -> dict[str, FileSplit]:
     """train / val / test FileSplits: `limit` and the validation split chosen exactly as for resident data."""
     from cnncli.data.prepare import limit_indices, validation_indices
 
     def make(pairs: list[tuple[str, int]]) -> FileSplit:
         return FileSplit([str(p) for p, _ in pairs], np.array([label for _, label in pairs], np.int64),
-                         tuple(listing.image_shape), listing.read, cfg.on_corrupt, "none", None)
+                         (*listing.image_shape,), listing.read, cfg.on_corrupt, "none", None)
 
     train_all, test_all = listing.files["train"], listing.files["test"]
     keep_train = limit_indices(len(train_all), cfg.limit)

@@ -9,15 +9,16 @@ picture is treated there exactly as in training.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from cnncli import images
-from cnncli.images import with_channels as to_channels
 from cnncli.config.schema import DataConfig
 from cnncli.data.base import Dataset, Splits, as_images, skipped_warning
 from cnncli.errors import DataError
+from cnncli.images import with_channels as to_channels
 
 LIMIT_SEED = 0  # limit's subset must not depend on the run seed: runs stay comparable
 CHANNELS = {"grayscale": 1, "rgb": 3}
@@ -42,7 +43,7 @@ def convert(x: np.ndarray, height: int, width: int, channels: int) -> np.ndarray
     return resize(to_channels(x, channels), (height, width))
 
 
-def convert_images(x, input_shape: Sequence[int]) -> np.ndarray:
+def convert_images(x: Any, input_shape: Sequence[int]) -> np.ndarray:
     """Arbitrary images to a model's (height, width, channels): uint8 (N, h, w, c).
 
     `x` is one array (N, H, W) or (N, H, W, C), or a list of (H, W) or

@@ -16,14 +16,18 @@ a pack is already one sequential read per shard.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncli.data import records
 from cnncli.data.pipeline import StreamedImages, _Health, readable_batches
 from cnncli.errors import DataError
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import DataConfig
 
 SHUFFLE_BUFFER = 2048  # records mixed across the shards being read; a few MB of encoded pictures
 CYCLE = 4  # shards read at once by one worker
@@ -40,21 +44,24 @@ class RecordSplit(StreamedImages):
     read: Callable
     on_corrupt: str = "error"
     cache: str = "none"
-    cache_root: Optional[object] = None
-    share_sizes: Optional[tuple[int, ...]] = None
+    cache_root: object | None = None
+    share_sizes: tuple[int, ...] | None = None
     health: _Health = field(default_factory=_Health)
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def __getitem__(self, index) -> "RecordSplit":
+    def __getitem__(self, index) -> RecordSplit:
         members = self.members[index]
         return replace(self, members=members, labels=self.labels[index], share_sizes=None)
 
-    def with_shape(self, shape) -> "RecordSplit":
-        return replace(self, image_shape=tuple(int(d) for d in shape))
+    def with_shape(self, shape: Sequence[int]) -> RecordSplit:
+        """The same pictures decoded at another (h, w, c)."""
+        height, width, channels = (int(d) for d in shape)
+        return replace(self, image_shape=(height, width, channels))
 
-    def shard(self, worker: int, workers: int) -> "RecordSplit":
+    def shard(self, worker: int, workers: int) -> RecordSplit:
+        """This worker's whole shards of the split, or a DataError when there are fewer shards than workers."""
         if len(self.shards) < workers:
             raise DataError(f"{self.shards[0].rsplit('/', 1)[0]}: {len(self.shards)} training shard(s) cannot be "
                             f"shared by {workers} workers (each reads whole shards); re-pack with "
@@ -73,7 +80,7 @@ class RecordSplit(StreamedImages):
                 self.health.bad.setdefault(name.decode(), str(exc).split(": ", 1)[-1])
             return np.zeros(self.image_shape, np.uint8), label, False
 
-    def batches(self, order: np.ndarray, batch_size: int, count: int | None = None):
+    def batches(self, order: np.ndarray, batch_size: int, count: int | None = None) -> Any:
         """Batches in an order drawn from `order` (the epoch's permutation): shard order and shuffle seed.
 
         `order` in ascending order (evaluation) reads the shards as packed, unshuffled.
@@ -116,7 +123,8 @@ def _parse(record):
     return example["image"], example["label"], example["index"], example["name"]
 
 
-def record_splits(cfg, seed: int, image_shape) -> tuple[dict[str, RecordSplit], list[str], str]:
+def record_splits(cfg: DataConfig, seed: int, image_shape: tuple[int, int, int]
+                  ) -> tuple[dict[str, RecordSplit], list[str], str]:
     """train / val / test RecordSplits of the pack at data.path, carved as resident data is."""
     from cnncli.data.prepare import limit_indices, validation_indices
     from cnncli.images import read_image
@@ -130,7 +138,7 @@ def record_splits(cfg, seed: int, image_shape) -> tuple[dict[str, RecordSplit], 
         per_class = entry.get("per_class") or [entry["count"]]
         labels = np.repeat(np.arange(len(per_class)), per_class)[:len(members)]
         return RecordSplit(records.shard_files(root, name), list(entry.get("shard_counts") or []), members,
-                           int(entry["count"]), np.resize(labels, len(members)), tuple(image_shape), read_image,
+                           int(entry["count"]), np.resize(labels, len(members)), (*image_shape,), read_image,
                            cfg.on_corrupt)
 
     n_train = int(index["splits"]["train"]["count"])

@@ -44,8 +44,9 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from cnncli.config.schema import DataConfig
 from cnncli.data.base import DatasetInfo, Source, Splits
@@ -66,10 +67,11 @@ def join(root: str, name: str) -> str:
 
 
 def shard_name(split: str, k: int, n: int) -> str:
+    """The file name of shard k of n of a split."""
     return f"{split}-{k:05d}-of-{n:05d}{SUFFIX}"
 
 
-def gfile():
+def gfile() -> Any:
     """tf.io.gfile: local paths and every URL scheme TensorFlow has a file system for."""
     import tensorflow as tf
 
@@ -77,7 +79,7 @@ def gfile():
 
 
 @contextlib.contextmanager
-def storage(path: str, doing: str):
+def storage(path: str, doing: str) -> Iterator[None]:
     """A file-system failure (permission, network, a full disk) as one DataError naming `path`."""
     import tensorflow as tf
 
@@ -100,7 +102,7 @@ def _root(cfg_or_path) -> str:
     return text if "://" in text else str(Path(text).expanduser())
 
 
-def read_index(path) -> dict:
+def read_index(path: DataConfig | str | Path) -> dict:
     """index.json of a records folder, checked; DataError naming the file otherwise."""
     root = _root(path)
     files = gfile()
@@ -144,7 +146,7 @@ def _index_problem(index) -> str | None:
     return None
 
 
-def shard_files(path, split: str) -> list[str]:
+def shard_files(path: DataConfig | str | Path, split: str) -> list[str]:
     """Full paths of a split's shards, in order; DataError when a listed shard is missing."""
     root = _root(path)
     index = read_index(root)
@@ -162,7 +164,8 @@ def shard_files(path, split: str) -> list[str]:
 
 # ---------------------------------------------------------------- records
 
-def features():
+def features() -> dict[str, Any]:
+    """The tf.train.Example features a record holds."""
     import tensorflow as tf
 
     return {"image": tf.io.FixedLenFeature([], tf.string),
@@ -171,7 +174,7 @@ def features():
             "name": tf.io.FixedLenFeature([], tf.string, default_value="")}
 
 
-def parse(record, with_name: bool = False):
+def parse(record: Any, with_name: bool = False) -> tuple:
     """A serialized Example -> (encoded image bytes, int64 label) [, name]; usable inside Dataset.map."""
     import tensorflow as tf
 
@@ -202,7 +205,7 @@ def _fields(record: bytes) -> tuple[int, str, bytes, int]:
     return index, name, feature["image"].bytes_list.value[0], int(feature["label"].int64_list.value[0])
 
 
-def read_records(path, split: str) -> Iterator[tuple[str, int, str, bytes, int]]:
+def read_records(path: str | Path, split: str) -> Iterator[tuple[str, int, str, bytes, int]]:
     """(shard file, index, name, encoded bytes, label) of every record of a split, shard by shard."""
     import tensorflow as tf
     from google.protobuf.message import DecodeError

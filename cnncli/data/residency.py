@@ -24,6 +24,7 @@ def available_memory() -> int:
 
 
 def human_bytes(n: float) -> str:
+    """`n` bytes in B, KB, MB or GB, for messages."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -32,6 +33,7 @@ def human_bytes(n: float) -> str:
 
 
 def cache_root(cache_dir: str | None) -> Path:
+    """The folder decoded-image caches go in: data.cache_dir, else $XDG_CACHE_HOME or ~/.cache."""
     if cache_dir:
         return Path(cache_dir).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -55,6 +57,7 @@ def choose_cache(requested: str, budget: int | None, train_bytes: int, total_byt
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free >= total_bytes * DISK_HEADROOM:
-        return "disk", f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); caching decoded images in {root}"
+        return "disk", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); "
+                        f"caching decoded images in {root}")
     return "none", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}) and {root} has only "
                     f"{human_bytes(free)} free for a cache; decoding every epoch")

@@ -151,7 +151,7 @@ def _coverage_all(figures: np.ndarray, p: dict, part: np.ndarray, size: int) -> 
 
 def _bboxes(cov: np.ndarray) -> np.ndarray:
     """(n, 4) top, left, bottom, right of the covered pixels; bottom and right are exclusive."""
-    rows, cols = cov.any(2), cov.any(1)  # (n, size) each
+    rows, cols = np.asarray(cov.any(2)), np.asarray(cov.any(1))  # (n, size) each
     size = cov.shape[1]
     top, left = rows.argmax(1), cols.argmax(1)
     bottom, right = size - rows[:, ::-1].argmax(1), size - cols[:, ::-1].argmax(1)
@@ -186,7 +186,8 @@ def render(figure: str, rng: np.random.Generator, size: int = 32,
     if figure not in FIGURES:
         raise ValueError(f"unknown figure {figure!r}; expected one of {', '.join(FIGURES)}")
     image, boxes = _draw(np.array([figure]), rng, size, noise)
-    return image[0], tuple(int(v) for v in boxes[0])
+    top, left, bottom, right = (int(v) for v in boxes[0])
+    return image[0], (top, left, bottom, right)
 
 
 def generate(spec: ShapesSpec, n: int, seed: int,

@@ -13,16 +13,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
 from cnncli import fileio
-from cnncli.model.predict_loop import in_batches
 from cnncli.errors import CnnError, RunError
 from cnncli.model.geometry import all_layers
+from cnncli.model.predict_loop import in_batches
 
 EXPORT_JSON = "export.json"
 EXTRA_HINT = "pip install 'cnncli[export]'"
@@ -35,19 +36,19 @@ class Predictor:
     kind: str  # run | keras | saved_model | tflite | onnx
     path: Path
     class_names: list[str]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]  # (h, w, c) for images; a model of Dense layers may take (h, w)
     run: Callable[[np.ndarray], np.ndarray]  # one float32 batch -> (n, K) probabilities
     warnings: list[str] = field(default_factory=list)
     model: object = None  # the keras.Model of a run or a .keras file (Grad-CAM needs its layers); else None
 
-    def predict(self, x) -> np.ndarray:
+    def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 (N, K) probabilities of uint8 or float (N, H, W, C) images, in batches."""
         return in_batches(self.run, x, len(self.class_names))
 
 
 # ---------------------------------------------------------------- float32 copies
 
-def float32_model(model):
+def float32_model(model: Any) -> Any:
     """`model` computing in float32: itself if it already does, else a copy with the same weights.
 
     Runs trained under mixed_bfloat16 (the CPU default on machines with AMX) keep
@@ -70,7 +71,7 @@ def float32_model(model):
     return copy
 
 
-def trained_precision(model) -> str:
+def trained_precision(model: Any) -> str:
     """The dtype policy most layers computed in when the model was trained (`float32`, `mixed_bfloat16`, …)."""
     names = [_policy_name(layer) for layer in all_layers(model)]
     return max(set(names), key=names.count) if names else "float32"
@@ -95,7 +96,7 @@ def _force_float32(node):
 
 
 @contextlib.contextmanager
-def native_stderr_silenced():
+def native_stderr_silenced() -> Iterator[None]:
     """Hide what C++ runtimes write straight to file descriptor 2 (LiteRT's "Created XNNPACK delegate",
     the converter's quantization summary); Python exceptions still carry their messages."""
     import sys
@@ -114,6 +115,7 @@ def native_stderr_silenced():
 # ---------------------------------------------------------------- export.json
 
 def export_json_path(artifact: Path) -> Path:
+    """The export.json beside an exported artefact."""
     return Path(artifact).parent / EXPORT_JSON
 
 
@@ -138,7 +140,7 @@ def record_export(artifact: Path, record: dict) -> Path:
     """
     path = export_json_path(artifact)
     with fileio.locked(path.parent):
-        doc = {"artifacts": {}}
+        doc: dict[str, Any] = {"artifacts": {}}
         if path.exists():
             try:
                 doc = json.loads(path.read_text())
@@ -207,11 +209,11 @@ def _saved_model_runner(path: Path):
         probs = out["probabilities"] if "probabilities" in out else next(iter(out.values()))
         return probs.numpy()
 
-    run.module = loaded  # keep the loaded object (and its variables) alive with the function
+    run.__dict__["module"] = loaded  # keep the loaded object (and its variables) alive with the function
     return run, tuple(int(d) for d in spec.shape[1:])
 
 
-def tflite_interpreter(path: Path):
+def tflite_interpreter(path: Path) -> Any:
     """A LiteRT interpreter: ai-edge-litert when installed, else TensorFlow's own copy."""
     try:
         from ai_edge_litert.interpreter import Interpreter

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from cnncli.errors import CnnError, UsageError
 from cnncli.deploy.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
                                  describe_check, quiet, reference_note)
 from cnncli.registry import Registry
+
+if TYPE_CHECKING:
+    from cnncli.deploy.runs import Run
 
 REPRESENTATIVE_EXAMPLES = 200  # training images int8 calibration sees; TFLite's guide suggests 100-500
 REPRESENTATIVE_SEED = 0  # calibration images are the same on every export of a run
@@ -63,7 +67,7 @@ QUANTIZATIONS: Registry[Quantization] = Registry("quantization", {
 
 @dataclass
 class _Context:
-    run: object  # cnncli.deploy.runs.Run
+    run: Run
     quantize: str | None
     representative: np.ndarray | None  # float32 training images for int8 calibration
 
@@ -124,6 +128,7 @@ def _write_tflite(model, path: Path, ctx: _Context) -> None:
         options = {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {"supported_types": [tf.float16]}}
     elif ctx.quantize == "int8":
         x = ctx.representative
+        assert x is not None  # int8 calibration images are read before the conversion
         options = {"optimizations": [tf.lite.Optimize.DEFAULT],
                    "representative_dataset": lambda: ([x[i:i + 1]] for i in range(len(x))),
                    # int8 kernels first; float kernels only for ops that have no int8 version
@@ -287,7 +292,7 @@ def _representative(data) -> np.ndarray:
 
 
 def _input_spec(run, fmt: Format) -> dict:
-    spec = {"name": "image", "shape": [None, *run.input_shape], "dtype": "float32", "range": [0, 255],
+    spec: dict[str, Any] = {"name": "image", "shape": [None, *run.input_shape], "dtype": "float32", "range": [0, 255],
             "layout": "NHWC", "preprocessing": "none: raw pixels; scaling is inside the model"}
     if fmt.name == "saved_model":
         spec["signatures"] = {"serving_default": "float32", "serving_uint8": "uint8"}

@@ -13,14 +13,16 @@ import contextlib
 import io
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cnncli.deploy.artifacts import load_runner, native_stderr_silenced, trained_precision
-from cnncli.model.predict_loop import in_batches, keras_predict
 from cnncli.errors import DataError
+from cnncli.model.predict_loop import in_batches, keras_predict
 
 CHECK_EXAMPLES = 1000  # images compared per export: agreement resolves 0.1%, so 98% vs 97% is visible
 BATCH_UINT8 = 256  # the uint8 signature is the same graph behind a cast: one batch proves it
@@ -34,6 +36,7 @@ class Criterion:
     min_agreement: float | None = None  # share of images whose top class must agree
 
     def describe(self) -> str:
+        """The bounds in words, e.g. `max |Δp| ≤ 0.0001`."""
         parts = []
         if self.max_abs_diff is not None:
             parts.append(f"max |Δp| ≤ {self.max_abs_diff:g}")
@@ -42,6 +45,7 @@ class Criterion:
         return " and ".join(parts)
 
     def passed(self, max_abs_diff: float, agreement: float) -> bool:
+        """Whether the measured difference and agreement are within the bounds."""
         return ((self.max_abs_diff is None or max_abs_diff <= self.max_abs_diff)
                 and (self.min_agreement is None or agreement >= self.min_agreement))
 
@@ -51,7 +55,7 @@ FLOAT16 = Criterion(max_abs_diff=1e-2)  # weights rounded to 11 significant bits
 INT8 = Criterion(min_agreement=0.98)  # 8-bit activations move probabilities; the decision must hold
 
 
-def check_images(data, examples: int = CHECK_EXAMPLES) -> tuple[np.ndarray, str]:
+def check_images(data: Any, examples: int = CHECK_EXAMPLES) -> tuple[np.ndarray, str]:
     """Up to `examples` real images as float32: the test split, else validation, else training."""
     for split in ("test", "val", "train"):
         x = getattr(data, f"x_{split}")
@@ -88,14 +92,15 @@ def _check_uint8_signature(path: Path, x: np.ndarray, probs: np.ndarray) -> dict
     same = float(np.abs(out["probabilities"].numpy() - probs[:BATCH_UINT8]).max())
     index_ok = bool(np.array_equal(out["class_index"].numpy(), probs[:BATCH_UINT8].argmax(1)))
     extra = {"uint8_signature_max_abs_diff": same, "class_index_matches": index_ok}
-    if same > FLOAT.max_abs_diff or not index_ok:
+    if (FLOAT.max_abs_diff is not None and same > FLOAT.max_abs_diff) or not index_ok:
         extra["passed"] = False
     return extra
 
 
-def reference_note(trained, model, x: np.ndarray, reference: np.ndarray) -> dict:
+def reference_note(trained: Any, model: Any, x: np.ndarray, reference: np.ndarray) -> dict:
     """What 'model.keras' means in the check; for mixed-precision runs, how far bfloat16 was from float32."""
-    note = {"model": "model.keras", "trained_precision": trained_precision(trained), "computed_in": "float32"}
+    note: dict[str, Any] = {"model": "model.keras", "trained_precision": trained_precision(trained),
+                            "computed_in": "float32"}
     if model is not trained:
         as_trained = keras_predict(trained, x)
         note["as_trained_max_abs_diff"] = float(np.abs(as_trained.astype(np.float64) - reference).max())
@@ -107,12 +112,13 @@ def describe_check(check: dict) -> str:
     if "error" in check:
         return check["error"]
     text = (f"max |Δp| {check['max_abs_diff']:.2e}, mean {check['mean_abs_diff']:.2e}, top class agrees on "
-            f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images".replace("  ", " "))
+            f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images"
+            .replace("  ", " "))
     return f"{text} (required: {check['criterion']})"
 
 
 @contextlib.contextmanager
-def quiet():
+def quiet() -> Iterator[None]:
     """Converters and loaders print progress and deprecation notes to stdout; --json owns stdout."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), native_stderr_silenced():
         warnings.simplefilter("ignore")

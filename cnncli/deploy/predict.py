@@ -8,13 +8,18 @@ opens: a run directory, or an exported .keras, SavedModel, .tflite or .onnx.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cnncli.errors import CnnError
 from cnncli.images import EXTENSIONS, conform, model_view, read_image  # noqa: F401  (read_image: callers import it from here)
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 DEFAULT_TOP_K = 5  # as keras.applications' decode_predictions
 
@@ -27,6 +32,7 @@ class PredictResult:
     warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> list[dict]:
+        """What `cnn predict --json` prints: one row per image."""
         return self.rows
 
 
@@ -36,24 +42,24 @@ def top_k(probs: np.ndarray, class_names: list[str], k: int) -> list[dict]:
     return [{"class": class_names[i], "probability": float(probs[i])} for i in order]
 
 
-def predict_files(model: str | Path, images: list[str | Path], k: int = DEFAULT_TOP_K) -> PredictResult:
+def predict_files(model: str | Path, images: Sequence[str | Path], k: int = DEFAULT_TOP_K) -> PredictResult:
     """Top-k predictions of `model` (run directory or exported artefact) for each image file."""
     from cnncli.deploy.artifacts import open_predictor
 
     if k < 1:
         raise CnnError(f"--top-k must be at least 1, got {k}")
-    images = image_files(images)
-    pictures = [read_image(path) for path in images]  # every unreadable file fails before the model loads
+    files = image_files(images)
+    pictures = [read_image(path) for path in files]  # every unreadable file fails before the model loads
     predictor = open_predictor(model)
     view = model_view(predictor.input_shape)
     x = np.stack([conform(picture, *view) for picture in pictures])
     probs = predictor.predict(x)
     rows = [{"image": str(path), "predictions": top_k(p, predictor.class_names, min(k, len(p)))}
-            for path, p in zip(images, probs)]
+            for path, p in zip(files, probs, strict=True)]
     return PredictResult(str(model), predictor.kind, rows, list(predictor.warnings))
 
 
-def image_files(paths: list[str | Path]) -> list[Path]:
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
     """The files given, with each folder replaced by the pictures in it and below it, in name order."""
     files = []
     for path in map(Path, paths):
@@ -69,7 +75,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def predictions_table(result: PredictResult):
+def predictions_table(result: PredictResult) -> Table:
     """A Rich table: one row per (image, rank)."""
     from rich.table import Table
 

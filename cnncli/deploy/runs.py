@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
+from cnncli.config.schema import Config
 from cnncli.errors import RunError
 from cnncli.train import rundir
 
@@ -22,13 +23,16 @@ class Run:
 
     @property
     def class_names(self) -> list[str]:
+        """The class names run.json recorded."""
         return list(self.info.get("class_names") or [])
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """The model's input (h, w, c), as run.json recorded it."""
         return tuple(self.info["input_shape"])
 
     def model_path(self) -> Path:
+        """The run's model.keras, or a RunError when the run has not written it yet."""
         path = self.path / "model.keras"
         if not path.exists():
             status = self.info.get("status", "unknown")
@@ -45,7 +49,7 @@ class Run:
         """The run's config with `key.path=value` overrides (given as `option`) applied and validated."""
         return load_config(self.path / "config.yaml", overrides, option=option) if overrides else self.cfg
 
-    def load_data(self, overrides: list[str] | None = None, cfg: Config | None = None):
+    def load_data(self, overrides: list[str] | None = None, cfg: Config | None = None) -> Any:
         """The run's data (same seed, so the same splits), or that of `cfg` (see data_config), converted
         to the model's input.
 
@@ -67,6 +71,7 @@ class Run:
 
 
 def open_run(path: str | Path) -> Run:
+    """The run directory at `path` (or the one a sweep trial points to), read back."""
     run_dir = rundir.find_run_dir(path)
     cfg = load_config(run_dir / "config.yaml")
     info = rundir.read_json(run_dir / "run.json")

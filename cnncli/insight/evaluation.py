@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
         paths = (data.paths or {}).get(split)
         report["errors"] = mistakes.worst(y, probs, names, errors, paths)
         report["most_confused"] = mistakes.pair_examples(y, probs, names, report["most_confused"], paths)
-        pictures = _Pictures(x) if is_streamed(x) else x  # a streamed split reads only the images shown
+        pictures: Any = _Pictures(x) if is_streamed(x) else x  # a streamed split reads only the images shown
         report.update(mistakes.draw(pictures, report["errors"], report["most_confused"], folder, suffix, columns))
     if confusion_png:
         from cnncli.fileio import writing

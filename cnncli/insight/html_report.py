@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import tempfile
+from collections.abc import Set
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ pre{background:#fff;border:1px solid #ddd;padding:8px;overflow-x:auto;font-size:
 
 
 def png_uri(path: Path) -> str:
+    """The PNG at `path` as a data: URI, so the page needs no other file."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
@@ -48,7 +50,7 @@ def _img(path: Path | str | None, alt: str) -> str:
     return f'<img src="{png_uri(Path(path))}" alt="{html.escape(alt)}">'
 
 
-def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+def _table(headers: list[str], rows: list[list], numeric: Set[int] = frozenset()) -> str:
     """A scrollable table; columns whose index is in `numeric` are right-aligned."""
     def cell(tag: str, i: int, value) -> str:
         return f"<{tag}{' class=n' if i in numeric else ''}>{html.escape(str(value))}</{tag}>"
@@ -74,11 +76,9 @@ def _summary_table(model) -> tuple[str, dict]:
 def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
     """Grad-CAM beside the gradient map for the first test image of each class."""
     from cnncli.deploy.artifacts import float32_model
-    from cnncli.insight.saliency import logits_model, saliency_map
-    from cnncli.insight.maps import grad_cams
+    from cnncli.insight.maps import conv_layers, grad_cams
     from cnncli.insight.pictures import plot_gradcam
-
-    from cnncli.insight.maps import conv_layers
+    from cnncli.insight.saliency import logits_model, saliency_map
 
     if not conv_layers(model):
         return []  # an MLP: no feature map to weight
@@ -87,7 +87,7 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
     probs = np.asarray(model(x[firsts].astype(np.float32), training=False), np.float32)
     predicted = [int(k) for k in probs.argmax(axis=1)]
     paths = []
-    for i, p, k, cam in zip(firsts, probs, predicted, grad_cams(scores, x[firsts], predicted)):
+    for i, p, k, cam in zip(firsts, probs, predicted, grad_cams(scores, x[firsts], predicted), strict=True):
         gradient = saliency_map(scores, x[i], k)
         title = f"test image {i}: {names[int(y[i])]}, predicted {names[k]} ({p[k]:.2f}) · at {cam.layer}"
         paths.append(plot_gradcam(x[i], gradient, cam.heatmap, folder / f"gradcam_{i}.png", title))
@@ -96,9 +96,9 @@ def _gradcam_pictures(model, x, y, names, folder: Path) -> list[Path]:
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of one run's page."""
-    from cnncli.plots import plot_confusion_matrix, plot_curves
     from cnncli.deploy.runs import open_run
     from cnncli.insight.evaluation import evaluate_run
+    from cnncli.plots import plot_confusion_matrix, plot_curves
     from cnncli.train import rundir
 
     run = open_run(run_dir)
@@ -165,7 +165,8 @@ def _mistakes_table(report: dict) -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the page to `output` (default RUN_DIR/report.html), atomically; returns its path."""
-    from cnncli.fileio import write as atomic_write, writing
+    from cnncli.fileio import write as atomic_write
+    from cnncli.fileio import writing
     from cnncli.train.rundir import find_run_dir
 
     path = Path(output) if output else find_run_dir(run_dir) / "report.html"

@@ -17,6 +17,8 @@ the same objects, nothing is copied.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,12 +58,12 @@ def _is_spatial(layer) -> bool:
     return shape is not None and not isinstance(shape, (list, tuple)) and len(shape.shape) == 4
 
 
-def spatial_layers(model) -> list:
+def spatial_layers(model: Any) -> list:
     """The layers whose output is a (batch, H, W, C) feature map, nested models included, in graph order."""
     return [layer for layer in _walk(model) if _is_spatial(layer)]
 
 
-def conv_layers(model) -> list:
+def conv_layers(model: Any) -> list:
     """The convolutions (any kind: plain, depthwise, separable, transposed) with a feature map, nested included."""
     return [layer for layer in spatial_layers(model) if _is_conv(layer)]
 
@@ -92,7 +94,7 @@ def _history_names(node):
             yield from _history_names(value)
 
 
-def last_conv(model):
+def last_conv(model: Any) -> Any:
     """The default Grad-CAM layer: the deepest convolution of the backbone if there is one, else of the model."""
     nested = [layer for layer in model.layers if _is_model(layer) and conv_layers(layer)]
     if nested:
@@ -107,7 +109,7 @@ def last_conv(model):
     return max(convs, key=lambda layer: (depth.get(layer.name, 0), order[id(layer)]))
 
 
-def find_spatial_layer(model, name: str):
+def find_spatial_layer(model: Any, name: str) -> Any:
     """The layer called `name` if it has a feature map, else a CnnError listing the ones that do."""
     drawable = spatial_layers(model)
     listed = ", ".join(layer.name for layer in drawable)
@@ -125,12 +127,12 @@ def find_spatial_layer(model, name: str):
 
 # ---------------------------------------------------------------- a model that also returns inner outputs
 
-def probe_model(model, targets: list):
+def probe_model(model: Any, targets: list) -> Any:
     """keras.Model: the inputs of `model` -> [model's output, *outputs of `targets`], nested targets included."""
     import keras
 
     direct = {id(t) for t in targets if any(t is layer for layer in model.layers)}
-    nested = {}  # id(sub-model) -> (sub-model, its targets)
+    nested: dict[int, tuple[Any, list]] = {}  # id(sub-model) -> (sub-model, its targets)
     for target in targets:
         if id(target) in direct:
             continue
@@ -146,7 +148,7 @@ def probe_model(model, targets: list):
         if id(layer) in probes:
             probe, inner = probes[id(layer)]
             outs = probe(args[0], **kwargs)
-            found.update({id(t): out for t, out in zip(inner, outs[1:])})
+            found.update({id(t): out for t, out in zip(inner, outs[1:], strict=True)})
             return outs[0]
         out = layer(*args, **kwargs)
         if id(layer) in direct:
@@ -164,7 +166,7 @@ def probe_model(model, targets: list):
 class GradCam:
     heatmap: np.ndarray  # float32 (H, W) in [0, 1], upsampled to the image
     layer: str
-    feature_shape: tuple[int, int, int]  # the layer's (h, w, channels)
+    feature_shape: tuple[int, ...]  # the layer's (h, w, channels)
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""
@@ -185,12 +187,12 @@ class GradCam:
                 "quadrants": {k: round(float(v.sum()) / total, 4) for k, v in parts.items()}}
 
 
-def grad_cam(scores_model, image: np.ndarray, class_index: int, layer=None) -> GradCam:
+def grad_cam(scores_model: Any, image: np.ndarray, class_index: int, layer: Any = None) -> GradCam:
     """Grad-CAM of one raw-pixel image (H, W, C) for `class_index` under a logits model, at `layer`."""
     return grad_cams(scores_model, np.asarray(image)[None], [class_index], layer)[0]
 
 
-def grad_cams(scores_model, images: np.ndarray, classes: list[int], layer=None) -> list[GradCam]:
+def grad_cams(scores_model: Any, images: np.ndarray, classes: list[int], layer: Any = None) -> list[GradCam]:
     """Grad-CAM of a batch of raw-pixel images (N, H, W, C), image i for class classes[i], in one pass."""
     import tensorflow as tf
 
@@ -225,16 +227,17 @@ class FeatureMap:
 
     @property
     def tiles(self) -> int:
+        """How many channels the grid shows."""
         return self.maps.shape[-1]
 
 
-def feature_maps(model, image: np.ndarray, layers: list, max_channels: int = MAX_CHANNELS) -> list[FeatureMap]:
+def feature_maps(model: Any, image: np.ndarray, layers: list, max_channels: int = MAX_CHANNELS) -> list[FeatureMap]:
     """Each layer's output for one raw-pixel image (H, W, C), its first `max_channels` channels."""
     if max_channels < 1:
         raise CnnError(f"--max must be at least 1, got {max_channels}")
     outs = probe_model(model, layers)(np.asarray(image, np.float32)[None], training=False)[1:]
     result = []
-    for layer, out in zip(layers, outs):
+    for layer, out in zip(layers, outs, strict=True):
         fmap = np.asarray(out, np.float32)[0]
         shown = fmap[..., :max_channels]
         result.append(FeatureMap(layer.name, shown, int(fmap.shape[-1]),
@@ -242,8 +245,9 @@ def feature_maps(model, image: np.ndarray, layers: list, max_channels: int = MAX
     return result
 
 
-def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_channels: int = MAX_CHANNELS,
-                     output=None) -> tuple[list[FeatureMap], list]:
+def draw_activations(run_dir: str | Path, image_path: str | Path, layer_names: list[str] | None,
+                     max_channels: int = MAX_CHANNELS, output: str | Path | None = None
+                     ) -> tuple[list[FeatureMap], list]:
     """One PNG grid per layer (default: the convolutions in order) of one image's feature maps.
 
     The PNGs go to `output` (a directory) or RUN_DIR/activations/<image stem>/, named <layer>.png.
@@ -251,10 +255,10 @@ def draw_activations(run_dir, image_path, layer_names: list[str] | None, max_cha
     from pathlib import Path
 
     from cnncli.deploy.artifacts import float32_model
+    from cnncli.deploy.runs import open_run
     from cnncli.fileio import writing
     from cnncli.images import read_for_model
     from cnncli.insight.pictures import plot_feature_grid
-    from cnncli.deploy.runs import open_run
 
     run = open_run(run_dir)
     model = float32_model(run.load_model())

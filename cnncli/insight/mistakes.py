@@ -9,6 +9,7 @@ mislabelled file can be found and fixed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def worst(y: np.ndarray, probs: np.ndarray, names: list[str], n: int, paths: lis
 
 def _entry(i: int, y, probs, names, losses, paths) -> dict:
     predicted = int(np.argmax(probs[i]))
-    entry = {"index": i}
+    entry: dict[str, Any] = {"index": i}
     if paths is not None:
         entry["path"] = paths[i]
     entry.update({"true": names[int(y[i])], "predicted": names[predicted],
@@ -53,14 +54,15 @@ def pair_examples(y: np.ndarray, probs: np.ndarray, names: list[str], pairs: lis
 
 
 def caption(entry: dict) -> str:
+    """`true → predicted (probability)` under a mistake's picture."""
     return f"{entry['true']} → {entry['predicted']} ({entry['probability']:.2f})"
 
 
 def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "",
          columns: int | None = None) -> dict:
     """errors<suffix>.png (the gallery) and confused_pairs<suffix>.png (a row per pair); returns their paths."""
-    from cnncli.insight.pictures import plot_gallery
     from cnncli.fileio import writing
+    from cnncli.insight.pictures import GALLERY_COLUMNS, plot_gallery
 
     written = {}
     path = folder / f"errors{suffix}.png"
@@ -68,7 +70,7 @@ def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suf
         written["errors_png"] = Path(plot_gallery([x[e["index"]] for e in errors], [caption(e) for e in errors],
                                                  path, f"the {len(errors)} highest-loss images: "
                                                        "true → predicted (probability)",
-                                                 **({"columns": columns} if columns else {})))
+                                                 columns=columns or GALLERY_COLUMNS))
     shown = [p for p in pairs if p["examples"]]
     if shown:
         path = folder / f"confused_pairs{suffix}.png"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -29,7 +30,8 @@ def _shown(image: np.ndarray) -> tuple[np.ndarray, dict]:
     return img, (dict(cmap="gray", vmin=0, vmax=255) if img.ndim == 2 else {})
 
 
-def plot_gradcam(image, gradient, heatmap, path, title: str | None = None) -> Path:
+def plot_gradcam(image: np.ndarray, gradient: np.ndarray, heatmap: np.ndarray, path: str | Path,
+                 title: str | None = None) -> Path:
     """The image, its gradient map and its Grad-CAM drawn over it, side by side (900×340 px)."""
     img, grey = _shown(image)
     grad = np.asarray(gradient, np.float64)
@@ -60,7 +62,7 @@ def feature_grid_shape(tiles: int) -> tuple[int, int]:
     return math.ceil(tiles / cols), cols
 
 
-def plot_feature_grid(maps, means: list[float], path, title: str) -> Path:
+def plot_feature_grid(maps: np.ndarray, means: list[float], path: str | Path, title: str) -> Path:
     """One tile per channel of (h, w, n) maps, each stretched to its own range, labelled `#i μ=mean`."""
     x = np.asarray(maps, np.float64)
     if x.ndim != 3 or x.shape[-1] == 0:
@@ -82,14 +84,14 @@ def plot_feature_grid(maps, means: list[float], path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_gallery(images, captions: list[str], path, title: str, columns: int = GALLERY_COLUMNS,
-                 row_titles: list[str] | None = None) -> Path:
+def plot_gallery(images: Any, captions: list[str] | list[list[str]], path: str | Path, title: str,
+                 columns: int = GALLERY_COLUMNS, row_titles: list[str] | None = None) -> Path:
     """Images with a caption each, `columns` to a row; `row_titles` (one per row) start a new row each.
 
     With row titles, `images` and `captions` are lists of rows (one list per title).
     """
-    rows = [list(zip(images, captions))] if row_titles is None else \
-        [list(zip(imgs, caps)) for imgs, caps in zip(images, captions)]
+    rows: list[list[tuple[Any, Any]]] = [list(zip(images, captions, strict=True))] if row_titles is None else \
+        [list(zip(imgs, caps, strict=True)) for imgs, caps in zip(images, captions, strict=True)]
     lines = []  # (row title or None, items)
     for r, items in enumerate(rows):
         for start in range(0, max(len(items), 1), columns):
@@ -100,7 +102,7 @@ def plot_gallery(images, captions: list[str], path, title: str, columns: int = G
     fig = Figure(figsize=(cols * GALLERY_CELL, len(lines) * (GALLERY_CELL + 0.3) + 0.4), dpi=DPI,
                  layout="constrained")
     axes = fig.subplots(len(lines), cols, squeeze=False)
-    for (label, items), line in zip(lines, axes):
+    for (label, items), line in zip(lines, axes, strict=True):
         for j, ax in enumerate(line):
             ax.set_xticks([])
             ax.set_yticks([])

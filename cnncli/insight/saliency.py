@@ -15,12 +15,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncli.errors import CnnError, UsageError, did_you_mean
 from cnncli.model.geometry import all_layers
 from cnncli.registry import Registry
+
+if TYPE_CHECKING:
+    from cnncli.insight.maps import GradCam
 
 SMOOTHGRAD_SAMPLES = 25  # Smilkov et al. find the map stops improving beyond ~50; 25 is most of the gain
 SMOOTHGRAD_SIGMA = 0.15  # noise std as a share of the pixel range; the paper's 10-20% sweet spot
@@ -37,12 +41,13 @@ METHODS: Registry[str] = Registry("saliency method", {
 
 
 def list_methods() -> list[str]:
+    """Saliency methods `cnn explain --method` takes."""
     return METHODS.names()
 
 
 # ---------------------------------------------------------------- logits
 
-def logits_model(model):
+def logits_model(model: Any) -> Any:
     """(model returning pre-activation scores, "logit") — or (model, "output") when there is nothing to strip.
 
     Handles a last layer with its own activation (Dense(..., activation="softmax"))
@@ -77,7 +82,7 @@ class Saliency:
     predicted: str  # the model's top class
     method: str
     score: str  # "logit" or "output"
-    gradcam: object = None  # cnncli.insight.maps.GradCam when method is gradcam
+    gradcam: GradCam | None = None  # when method is gradcam
 
     def mass_inside(self, box: tuple[int, int, int, int]) -> float:
         """Share of the map's total inside (top, left, bottom, right), bottom/right exclusive."""
@@ -86,7 +91,7 @@ class Saliency:
         return float(self.saliency[top:bottom, left:right].sum()) / total if total > 0 else 0.0
 
 
-def gradients(model, x: np.ndarray, class_index: int) -> np.ndarray:
+def gradients(model: Any, x: np.ndarray, class_index: int) -> np.ndarray:
     """d model(x)[:, class_index] / d x for a float32 batch (N, H, W, C)."""
     import tensorflow as tf
 
@@ -97,7 +102,7 @@ def gradients(model, x: np.ndarray, class_index: int) -> np.ndarray:
     return tape.gradient(score, x).numpy()  # the images are independent, so one sum's gradient is each one's
 
 
-def saliency_map(model, image: np.ndarray, class_index: int, method: str = "gradient",
+def saliency_map(model: Any, image: np.ndarray, class_index: int, method: str = "gradient",
                  samples: int = SMOOTHGRAD_SAMPLES, sigma: float = SMOOTHGRAD_SIGMA, seed: int = 0) -> np.ndarray:
     """float32 (H, W) saliency of one raw-pixel image (H, W, C) for `class_index` under a logits model."""
     method = METHODS.canonical(method) or method
@@ -120,8 +125,8 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
                   layer: str | None = None) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
     from cnncli.deploy.artifacts import float32_model
-    from cnncli.images import conform, model_view, read_image
     from cnncli.deploy.runs import open_run
+    from cnncli.images import conform, model_view, read_image
 
     if method not in METHODS:
         raise UsageError(METHODS.unknown_message(method), "--method")
@@ -133,10 +138,12 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     names = run.class_names if len(run.class_names) == len(probs) else [str(i) for i in range(len(probs))]
     index = int(probs.argmax()) if class_name is None else class_index(class_name, names)
     scores, score = logits_model(model)
-    saliency = saliency_map(scores, image, index, METHODS.canonical(method), samples=samples, seed=seed)
-    cam = _gradcam(scores, image, index, layer) if METHODS.canonical(method) == "gradcam" else None
+    kind = METHODS.canonical(method)
+    assert kind is not None  # checked against METHODS above
+    saliency = saliency_map(scores, image, index, kind, samples=samples, seed=seed)
+    cam = _gradcam(scores, image, index, layer) if kind == "gradcam" else None
     return Saliency(image, saliency, index, names[index], float(probs[index]), names[int(probs.argmax())],
-                    METHODS.canonical(method), score, cam)
+                    kind, score, cam)
 
 
 def _gradcam(scores, image, index: int, layer: str | None):
@@ -168,14 +175,15 @@ class Filters:
     mode: str  # "rgb" | "channels"
 
 
-def conv_layers(model) -> list:
+def conv_layers(model: Any) -> list:
     """Every Conv2D in the model, nested backbones included, in graph order."""
     import keras
 
     return [layer for layer in all_layers(model) if isinstance(layer, keras.layers.Conv2D)]
 
 
-def find_conv_layer(model, name: str | None):
+def find_conv_layer(model: Any, name: str | None) -> Any:
+    """The Conv2D layer called `name` (default: the first), or a CnnError listing the model's convolutions."""
     convs = conv_layers(model)
     if not convs:
         raise CnnError(f"model `{model.name}` has no Conv2D layer, so no filters to draw")
@@ -185,21 +193,21 @@ def find_conv_layer(model, name: str | None):
     if name in by_name:
         return by_name[name]
     listed = ", ".join(by_name)
-    other = next((l for l in all_layers(model) if l.name == name), None)
+    other = next((each for each in all_layers(model) if each.name == name), None)
     if other is not None:
         raise CnnError(f"layer `{name}` is a {type(other).__name__}, not a convolution; "
                        f"convolution layers: {listed}")
     raise CnnError(f"no layer named `{name}`{did_you_mean(name, by_name)}; convolution layers: {listed}")
 
 
-def filter_tiles(model, layer) -> Filters:
+def filter_tiles(model: Any, layer: Any) -> Filters:
     """A conv layer's kernels as picture tiles: RGB kernels when it sees 3 channels, else one grey tile per channel."""
     from cnncli.model.preprocessing import ImagenetPreprocess
 
     kernel = np.asarray(layer.kernel.numpy() if hasattr(layer.kernel, "numpy") else layer.kernel, np.float32)
     kh, kw, cin, cout = kernel.shape
     if cin == 3:
-        caffe = any(isinstance(l, ImagenetPreprocess) and l.mode == "caffe" for l in all_layers(model))
+        caffe = any(isinstance(each, ImagenetPreprocess) and each.mode == "caffe" for each in all_layers(model))
         if caffe and layer is conv_layers(model)[0]:
             kernel = kernel[:, :, ::-1, :]  # an older run: its first conv took BGR; show RGB
         n = min(cout, MAX_FILTERS)
@@ -216,8 +224,8 @@ def filter_tiles(model, layer) -> Filters:
 
 def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path | None) -> tuple[Filters, Path]:
     """Draw a run's conv filters; the picture goes to --output or RUN_DIR/filters_<layer>.png."""
-    from cnncli.plots import plot_image_grid, plot_kernel_mosaic
     from cnncli.deploy.runs import open_run
+    from cnncli.plots import plot_image_grid, plot_kernel_mosaic
 
     run = open_run(run_dir)
     model = run.load_model()
@@ -236,6 +244,7 @@ def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path
 
 
 def default_saliency_path(run_dir: Path, image: Path, result: Saliency) -> Path:
+    """RUN_DIR/saliency/<image>_<class>_<method>.png, where a saliency map goes by default."""
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in result.class_name)
     return Path(run_dir) / "saliency" / f"{Path(image).stem}_{safe}_{result.method}.png"
 
@@ -258,6 +267,7 @@ def _writing(path: Path):
 
 
 def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, output: str | Path | None) -> Path:
+    """Draw `result` to `output` (default: under the run directory) and return the PNG's path."""
     from cnncli.insight.pictures import plot_gradcam
     from cnncli.plots import plot_saliency
 

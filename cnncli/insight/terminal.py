@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -13,12 +15,14 @@ def _shape(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def print_summary(console: Console, result, expand: bool = False) -> None:
+def print_summary(console: Console, result: Any, expand: bool = False) -> None:
     """The layer table; the layers of each block use share one row unless `expand`."""
     s = result.summary
     table = Table(title=f"{s.name}  ·  input {_shape([None, *result.input_shape])}", title_justify="left")
-    for col, justify in (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
-                         ("Params", "right"), ("Receptive field", "right"), ("MACs", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
+        ("Params", "right"), ("Receptive field", "right"), ("MACs", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     for row in result.rows(expand):
         rf = "—" if row.receptive_field is None else f"{row.receptive_field[0]}×{row.receptive_field[1]}"
@@ -36,8 +40,10 @@ def print_summary(console: Console, result, expand: bool = False) -> None:
 def print_phases(console: Console, phases: list[dict]) -> None:
     """What each training phase trains: `head`, `all` or the listed backbone blocks (plus the head)."""
     table = Table(title="Training phases", title_justify="left")
-    for col, justify in (("Phase", "right"), ("Epochs", "right"), ("Trains", "left"),
-                         ("Trainable params", "right"), ("Frozen params", "right"), ("Learning rate", "right")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("Phase", "right"), ("Epochs", "right"), ("Trains", "left"),
+        ("Trainable params", "right"), ("Frozen params", "right"), ("Learning rate", "right"))
+    for col, justify in columns:
         table.add_column(col, justify=justify)
     for p in phases:
         trains = p["trainable"] if isinstance(p["trainable"], str) else "head + " + ", ".join(p["trainable"])
@@ -66,7 +72,7 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
     table.add_column("Class", justify="left")
     for col in ("Precision", "Recall", "F1", "Support"):
         table.add_column(col, justify="right")
-    for name, row in zip(names, report["per_class"]):
+    for name, row in zip(names, report["per_class"], strict=True):
         table.add_row(name, f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
                       f"{row['support']:,}")
     console.print(table)
@@ -78,7 +84,7 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
         matrix.add_column("true \\ pred", justify="left", no_wrap=True)
         for i, name in enumerate(names):
             matrix.add_column(str(i) if compact else name, justify="right", overflow="ellipsis")
-        for t, (name, row) in enumerate(zip(names, cm)):
+        for t, (name, row) in enumerate(zip(names, cm, strict=True)):
             cells = [f"[bold green]{c:,}[/]" if t == p else (f"[red]{c:,}[/]" if c else "[dim]0[/]")
                      for p, c in enumerate(row)]
             matrix.add_row(f"{t} {name}" if compact else name, *cells)

@@ -15,8 +15,9 @@ or ImagenetPreprocess in older runs), so the new model adds no scaling in front 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from cnncli.config.schema import Config
 from cnncli.errors import did_you_mean
@@ -33,6 +34,7 @@ _DROPOUTS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3
 
 
 def min_input_size(application: str) -> int:
+    """The smallest input side keras.applications accepts for `application`."""
     return MIN_INPUT_SIZE.get(application, DEFAULT_MIN_INPUT_SIZE)
 
 
@@ -58,6 +60,7 @@ def check_application_input(cfg: Config, application: str, input_shape: Sequence
 
 
 def check_weights_file(cfg: Config, path: str) -> None:
+    """A ConfigError at model.backbone.weights unless `path` is a file."""
     key = ("model", "backbone", "weights")
     if not Path(path).is_file():
         raise cfg.error(f"weights file `{path}` does not exist (looked in {Path(path).resolve().parent}); "
@@ -67,7 +70,7 @@ def check_weights_file(cfg: Config, path: str) -> None:
                         f"{', '.join(WEIGHTS_SUFFIXES)}", key)
 
 
-def load_weights_file(cfg: Config, model, path: str) -> None:
+def load_weights_file(cfg: Config, model: Any, path: str) -> None:
     """Load a weights file into a freshly built application, with the error at `weights`."""
     from cnncli.config.vocabulary import keras_message
 
@@ -85,6 +88,7 @@ def load_weights_file(cfg: Config, model, path: str) -> None:
 
 def source_run(cfg: Config) -> tuple[Path, Path]:
     """(run directory, its model.keras) of `model.backbone.from_run`, or a ConfigError saying what is wrong."""
+    assert cfg.model.backbone is not None and cfg.model.backbone.from_run is not None  # asked for from_run only
     raw = cfg.model.backbone.from_run
     key = ("model", "backbone", "from_run")
     run_dir = Path(raw).expanduser()
@@ -111,7 +115,7 @@ def _run_status(run_dir: Path) -> str | None:
         return None
 
 
-def load_source_model(cfg: Config):
+def load_source_model(cfg: Config) -> Any:
     """The earlier run's whole model, in the current dtype policy."""
     from cnncli.errors import RunError
     from cnncli.model.preprocessing import load_model
@@ -155,7 +159,7 @@ def _all_layers(model):
             yield from _all_layers(layer)
 
 
-def default_cut(model) -> str:
+def default_cut(model: Any) -> str:
     """The last layer kept by default: the one before the last Dense (the classifier), skipping
     the Dropout in front of it, which would otherwise keep dropping features of a frozen base."""
     names = [layer.name for layer in model.layers]
@@ -176,14 +180,16 @@ def source_input_shape(cfg: Config) -> tuple[int, int, int]:
         shape = None
     if not shape:  # an older or foreign run.json: ask the model itself
         shape = load_source_model(cfg).inputs[0].shape[1:]
-    return tuple(int(d) for d in shape)
+    height, width, channels = (int(d) for d in shape)
+    return height, width, channels
 
 
-def build_from_run(cfg: Config, input_shape: Sequence[int]):
+def build_from_run(cfg: Config, input_shape: Sequence[int]) -> Any:
     """The earlier model's layers up to `layers_until` (default: before its classifier), as one model."""
     import keras
 
     spec = cfg.model.backbone
+    assert spec is not None  # built only for a config with a from_run backbone
     source = load_source_model(cfg)
     expected = tuple(int(d) for d in source.inputs[0].shape[1:])
     if tuple(input_shape) != expected:

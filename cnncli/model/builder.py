@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cnncli.config.schema import Config
+from cnncli.config.vocabulary import (
+    BACKBONES,
+    check_args,
+    check_layer_spec,
+    check_layer_specs,
+    keras_message,
+    make_layer,
+    resolve,
+    snake,
+)
 from cnncli.errors import ConfigError, Problem
-from cnncli.config.vocabulary import (BACKBONES, check_args, check_layer_spec, check_layer_specs, keras_message, make_layer,
-                           resolve, snake)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from cnncli.config.schema import LayerSpec
 
 INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
 
@@ -102,8 +116,8 @@ def _raw_shape_problems(data: Any) -> list[Problem]:
     """
     from pydantic import ValidationError
 
-    from cnncli.config.schema import Config
     from cnncli.config.loading import CROSS_CHECKS
+    from cnncli.config.schema import Config
     from cnncli.errors import CnnError
     from cnncli.model.inputs import plan_input
 
@@ -134,7 +148,8 @@ def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -
     from cnncli.config.schema import LossSpec, OptimizerSpec, ScheduleSpec
     from cnncli.config.vocabulary import loss_problems, optimizer_problems, schedule_problems
 
-    specs = [(optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
+    specs: list[tuple[Any, type[BaseModel], Callable[..., list[Problem]], str]] = [
+        (optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
              (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
     specs += [(p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
               for i, p in enumerate(phases if isinstance(phases, list) else []) if isinstance(p, dict)]
@@ -165,7 +180,7 @@ def _as_config_error(cfg: Config, exc: ConfigError) -> ConfigError:
     return cfg.locate(exc.problems, exc.file)
 
 
-def layer_names(specs) -> list[str]:
+def layer_names(specs: Sequence[LayerSpec]) -> list[str]:
     """Stable names: the spec's `name`, else Keras's snake_case name with a per-model counter."""
     counts: dict[str, int] = {}
     taken = {s.name for s in specs if s.name}
@@ -188,15 +203,17 @@ def layer_names(specs) -> list[str]:
     return names
 
 
-def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True):
+def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True) -> Any:
     """The base model of `model.backbone`: a keras.applications model, or layers of an earlier run."""
     from cnncli.model import backbones
 
     spec = cfg.model.backbone
+    assert spec is not None  # callers build a backbone only when the config has one
     if spec.from_run is not None:
         base = backbones.build_from_run(cfg, input_shape)
         base.trainable = spec.trainable
         return base
+    assert spec.name is not None  # the schema asks for `name` or `from_run`
     fn = BACKBONES.get(spec.name)
     backbones.check_application_input(cfg, fn.__name__, input_shape)
     weights = spec.weights if load_weights else None
@@ -232,6 +249,7 @@ class _WeightsHint:
         self.was_corrupt = False  # a file was there but failed Keras's checksum
 
     def message(self) -> str:
+        assert self.missing is not None  # asked only once a missing file was seen
         fname, cache = self.missing
         found = (" (a file of that name was there but did not match its published checksum, an incomplete "
                  "download?, and Keras removed it)" if self.was_corrupt else "")
@@ -273,7 +291,7 @@ def _offline_weights_hint(backbone: str):
 
 
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True):
+                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True) -> Any:
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -298,7 +316,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     outputs = {"input": x}
     specs = cfg.model.layers
     names = layer_names(specs)
-    for i, (spec, name) in enumerate(zip(specs, names)):
+    for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
         path = f"model.layers[{i}]"
         extra = {"dtype": output_dtype} if output_dtype and i == len(specs) - 1 else {}
         try:
@@ -314,7 +332,7 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
     return keras.Model(inputs, x, name=(cfg.name or "model").replace("/", "-"))
 
 
-def check_output(cfg: Config, x, last_name: str | None) -> None:
+def check_output(cfg: Config, x: Any, last_name: str | None) -> None:
     """A classifier's output is (batch, classes); anything else would fail only in the first training step."""
     if len(x.shape) == 2:
         return

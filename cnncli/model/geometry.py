@@ -28,6 +28,7 @@ class LayerRow:
     macs: int
 
     def as_json(self) -> dict[str, Any]:
+        """The row as plain data, for --json."""
         data = asdict(self)
         return data
 
@@ -43,13 +44,16 @@ class Summary:
 
     @property
     def size_mb(self) -> float:
+        """The weights' size in MB as float32."""
         return self.total_params * 4 / 1e6  # float32 weights
 
     @property
     def total_macs(self) -> int:
+        """Multiply-adds of one forward pass over all layers."""
         return sum(r.macs for r in self.layers)
 
     def as_json(self) -> dict[str, Any]:
+        """The summary as plain data, for --json."""
         return {"name": self.name, "total_params": self.total_params, "trainable_params": self.trainable_params,
                 "non_trainable_params": self.non_trainable_params, "size_mb": round(self.size_mb, 3),
                 "total_macs": self.total_macs, "layers": [r.as_json() for r in self.layers],
@@ -89,7 +93,7 @@ _ENDS_SPATIAL = ("Flatten", "Dense", "GlobalAveragePooling2D", "GlobalMaxPooling
                  "GlobalMaxPool2D", "Reshape", "Dropout_")  # Dropout keeps whatever it gets
 
 
-def all_layers(model):
+def all_layers(model: Any) -> Any:
     """Every layer of `model`, depth first, the layers of nested models (a backbone) after the model itself."""
     for layer in getattr(model, "layers", []):
         yield layer
@@ -136,7 +140,7 @@ def _tiling_warning(layer, in_shape, window) -> list[str]:
         return []
     ke = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     strides = (sh, sw)
-    lost = [name for name, size, k, s in zip(("row", "column"), in_shape[1:3], ke, strides)
+    lost = [name for name, size, k, s in zip(("row", "column"), in_shape[1:3], ke, strides, strict=True)
             if size >= k and (size - k) % s != 0]
     if not lost:
         return []
@@ -171,6 +175,7 @@ def _walk(model, states: dict[int, _State], rows: list[LayerRow], warnings: list
             state = _merge(in_states) if len(in_states) > 1 else (in_states[0] if in_states else input_state)
             window = _window(layer)
             if window and state.rf is not None:
+                assert state.jump is not None  # a spatial state has both
                 (kh, kw), (sh, sw), _, (dh, dw) = window
                 rf = (state.rf[0] + (dh * (kh - 1)) * state.jump[0], state.rf[1] + (dw * (kw - 1)) * state.jump[1])
                 state = _State(rf, (state.jump[0] * sh, state.jump[1] * sw))
@@ -195,15 +200,15 @@ def _nested_macs(model) -> int:
 
 
 def _merge(states: list[_State]) -> _State:
-    spatial = [s for s in states if s.rf is not None]
+    spatial = [(s.rf, s.jump) for s in states if s.rf is not None and s.jump is not None]
     if not spatial:
         return _State(None, None)
-    rf = (max(s.rf[0] for s in spatial), max(s.rf[1] for s in spatial))
-    jump = (max(s.jump[0] for s in spatial), max(s.jump[1] for s in spatial))
+    rf = (max(r[0] for r, _ in spatial), max(r[1] for r, _ in spatial))
+    jump = (max(j[0] for _, j in spatial), max(j[1] for _, j in spatial))
     return _State(rf, jump)
 
 
-def summarize(model) -> Summary:
+def summarize(model: Any) -> Summary:
     """Per-layer geometry and totals for a built functional model."""
     rows: list[LayerRow] = []
     warnings: list[str] = []

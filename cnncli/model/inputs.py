@@ -14,7 +14,7 @@ from cnncli.config.schema import Config
 
 @dataclass
 class InputPlan:
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]  # (h, w, c) for images; a model of Dense layers may take (h, w)
     num_classes: int | None  # None when not known without reading the data
     class_names: list[str] | None
     notes: list[str] = field(default_factory=list)
@@ -26,8 +26,8 @@ def plan_input(cfg: Config) -> InputPlan:
     backbone = cfg.model.backbone
     if backbone is not None and backbone.from_run is not None and cfg.model.input_shape is None:
         # The earlier model's input is fixed (its Flatten/Dense sizes depend on it): the data is converted to it.
-        from cnncli.model.backbones import source_input_shape
         from cnncli.data import describe
+        from cnncli.model.backbones import source_input_shape
 
         shape = source_input_shape(cfg)
         info = describe(cfg.data)
@@ -43,7 +43,7 @@ def plan_input(cfg: Config) -> InputPlan:
         info = describe(cfg.data)
         if info.input_shape[-1] == 1:
             cfg.data.color_mode = "rgb"
-            notes.append(f"{cfg.model.backbone.name} expects 3 colour channels; "
+            notes.append(f"{backbone.name} expects 3 colour channels; "
                          "the grayscale images are converted to RGB (set data.color_mode to choose)")
     if cfg.model.input_shape:  # stated: no need to look at the data (it may not exist yet)
         return InputPlan(tuple(cfg.model.input_shape), None, None, notes)

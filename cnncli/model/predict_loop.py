@@ -7,14 +7,15 @@ and every caller gets float32 (N, K) back, an empty (0, K) for no images.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 BATCH = 256  # images per call: bounded memory for any dataset size, few calls
 
 
-def in_batches(run: Callable[[np.ndarray], object], x, classes: int, batch_size: int = BATCH) -> np.ndarray:
+def in_batches(run: Callable[[np.ndarray], object], x: Any, classes: int, batch_size: int = BATCH) -> np.ndarray:
     """`run` (one float32 batch -> (n, K) probabilities) over the images `x`, as float32 (N, K)."""
     x = np.asarray(x)
     if len(x) == 0:
@@ -23,6 +24,6 @@ def in_batches(run: Callable[[np.ndarray], object], x, classes: int, batch_size:
                            for i in range(0, len(x), batch_size)])
 
 
-def keras_predict(model, x, batch_size: int = BATCH) -> np.ndarray:
+def keras_predict(model: Any, x: Any, batch_size: int = BATCH) -> np.ndarray:
     """A Keras model's probabilities for `x` (inference mode: no dropout, BatchNorm's moving statistics)."""
     return in_batches(lambda batch: model(batch, training=False), x, int(model.outputs[0].shape[-1]), batch_size)

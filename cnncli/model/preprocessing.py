@@ -36,6 +36,7 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 
 
 def backbone_mode(name: str) -> str:
+    """The ImageNet preprocessing (caffe, tf, torch or none) `name`'s weights were trained with."""
     return BACKBONE_MODES.get(name, "none")
 
 
@@ -77,7 +78,8 @@ class ImagenetPreprocess(keras.layers.Layer):
             raise ValueError(f"mode must be caffe, tf, torch or none, got {mode!r}")
         self.mode = mode
 
-    def call(self, x):
+    def call(self, x: Any) -> Any:
+        """Raw 0..255 pixels to what the backbone's weights expect."""
         if self.mode == "caffe":  # RGB -> BGR, then subtract the ImageNet mean
             return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=x.dtype)
         if self.mode == "tf":  # scale to [-1, 1]
@@ -88,10 +90,12 @@ class ImagenetPreprocess(keras.layers.Layer):
             return (x / 255.0 - mean) / std
         return x
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        """The input's shape: preprocessing keeps it."""
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
+        """The layer's config, with its mode, for saving."""
         return {**super().get_config(), "mode": self.mode}
 
 

@@ -9,6 +9,8 @@ without TensorFlow; the caller runs `model.predict` and passes the result here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from cnncli.errors import DataError
@@ -18,7 +20,8 @@ DEFAULT_TOP_K = 5  # the classic ImageNet "top-5"; only reported when there are 
 MOST_CONFUSED = 5  # how many off-diagonal pairs are worth reading in a terminal
 
 
-def classification_report(y_true, probs, class_names: list[str], top_k: int | None = None) -> dict:
+def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: list[str],
+                          top_k: int | None = None) -> dict:
     """Metrics of a classifier on N examples with K classes.
 
     `y_true` holds N integer labels in [0, K); `probs` is (N, K), one row of class
@@ -47,7 +50,7 @@ def classification_report(y_true, probs, class_names: list[str], top_k: int | No
     recall = _safe_divide(true_pos, support)
     f1 = _safe_divide(2 * precision * recall, precision + recall)
 
-    report = {
+    report: dict[str, Any] = {
         "examples": int(n),
         "loss": loss,
         "accuracy": float(true_pos.sum() / n),
@@ -90,7 +93,7 @@ def most_confused(cm: np.ndarray, class_names: list[str], limit: int = MOST_CONF
     cm = np.asarray(cm)
     true_idx, pred_idx = np.nonzero(cm)
     pairs = [(int(cm[t, q]), str(class_names[t]), str(class_names[q]))
-             for t, q in zip(true_idx, pred_idx) if t != q]
+             for t, q in zip(true_idx, pred_idx, strict=True) if t != q]
     pairs.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [{"true": t, "predicted": q, "count": c} for c, t, q in pairs[:limit]]
 

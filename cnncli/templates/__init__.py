@@ -38,10 +38,12 @@ class DataFacts:
 
 
 def list_templates() -> list[str]:
+    """Templates `cnn init` can write."""
     return sorted(p.name[:-5] for p in resources.files(__package__).iterdir() if p.name.endswith(".yaml"))
 
 
 def template_text(name: str) -> str:
+    """The YAML text of template `name`, or a CnnError listing the templates."""
     names = list_templates()
     if name not in names:
         raise UsageError(f"unknown template `{name}`{did_you_mean(name, names)}; choose one of: {', '.join(names)}",
@@ -59,7 +61,7 @@ def inspect_data(spec: str, config_path: Path) -> DataFacts:
 
     info = describe(DataConfig(dataset=kind, path=folder))
     relative = os.path.relpath(os.path.abspath(folder), os.path.abspath(config_path.parent))
-    return DataFacts(relative, info.class_names, tuple(info.input_shape[:2]),
+    return DataFacts(relative, info.class_names, (info.input_shape[0], info.input_shape[1]),
                      "rgb" if info.input_shape[2] == 3 else "grayscale")
 
 
@@ -95,7 +97,8 @@ def init_config(path: Path, template: str, data: str | None = None, force: bool 
         raise CnnError(f"{path} already exists; choose another path (or --force to replace a file)")
     facts = inspect_data(data, path) if data else None
     text = render(template, path.stem.replace("_", "-"), facts, str(SCHEMA_FILE))
-    from cnncli.fileio import write as atomic_write, writing
+    from cnncli.fileio import write as atomic_write
+    from cnncli.fileio import writing
 
     with writing(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.errors import RunError
 from cnncli import fileio
+from cnncli.errors import RunError
 
 # The attributes each callback keeps between epochs (Keras 3.13-3.15 names; see their on_train_begin).
 CARRIED = {"EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
@@ -50,12 +50,15 @@ class ResumableCallbacks:
                 callback.best_weights = read_best_weights(checkpoint)
 
     def on_epoch_begin(self, epoch: int) -> None:
+        """Pass the epoch's start on to the carried callbacks."""
         self.callbacks.on_epoch_begin(epoch)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        """Pass the epoch's end and its logs on to the carried callbacks."""
         self.callbacks.on_epoch_end(epoch, logs)
 
     def on_train_end(self) -> None:
+        """Pass the end of training on to the carried callbacks."""
         self.callbacks.on_train_end()
 
     def state(self) -> dict:
@@ -69,6 +72,7 @@ class ResumableCallbacks:
         return out
 
     def best_weights(self) -> list | None:
+        """The weights EarlyStopping kept as the best so far, if any."""
         es = self.carried.get("EarlyStopping")
         return getattr(es, "best_weights", None) if es is not None else None
 
@@ -83,12 +87,14 @@ def saved_state(state: dict | None) -> dict:
 
 
 def write_best_weights(prefix: Path, weights: list) -> None:
+    """Save EarlyStopping's best weights beside the checkpoint at `prefix`."""
     buffer = io.BytesIO()
     np.savez(buffer, *weights)
     fileio.write(Path(f"{prefix}{BEST_WEIGHTS}"), buffer.getvalue())
 
 
 def read_best_weights(prefix: Path | None) -> list:
+    """The best weights saved beside the checkpoint at `prefix`."""
     path = Path(f"{prefix}{BEST_WEIGHTS}")
     try:
         with np.load(path) as saved:

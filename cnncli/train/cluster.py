@@ -11,6 +11,8 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
@@ -207,7 +209,7 @@ def quiet_native_errors() -> None:
 _RUN_DIR_KEY = "cnncli/run_dir"
 
 
-def publish_run_dir(run_dir) -> None:
+def publish_run_dir(run_dir: str | Path) -> None:
     """The chief tells the other workers where the run directory is (the coordination service's key-value
     store), so that they print the directory that exists and, should a worker be lost, the one to resume."""
     from cnncli import compat
@@ -227,7 +229,7 @@ _UNHEALTHY = re.compile(r"unhealthy \(([^)]*)\):\s*/job:(\w+)/replica:\d+/task:(
 _TASK = re.compile(r"/job:(\w+)/(?:replica:\d+/)?task:(\d+)")
 
 
-def lost_worker(exc: Exception, run_dir) -> CnnError | None:
+def lost_worker(exc: Exception, run_dir: str | Path | None) -> CnnError | None:
     """The one-line error for a TensorFlow error that says another task of the cluster is gone, else None."""
     role = cluster_role(os.environ.get("TF_CONFIG"))
     message = getattr(exc, "message", None) or str(exc)

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config
 
 
 @dataclass(frozen=True)
@@ -19,7 +23,7 @@ class CpuInfo:
     """What `auto` decides from: the CPU's model, its ISA flags, its cores, and any cap put on oneDNN."""
 
     model: str
-    flags: frozenset
+    flags: frozenset[str]
     cores: int
     onednn_cap: str | None = None  # ONEDNN_MAX_CPU_ISA, e.g. AVX2: oneDNN then runs no wider kernels
 
@@ -41,6 +45,7 @@ class CpuInfo:
         return min(native, cap, key=ISA_LEVELS.index)
 
     def as_json(self) -> dict:
+        """The CPU as run.json records it."""
         return {"model": self.model, "cores": self.cores, "isa": self.isa, "onednn_max_cpu_isa": self.onednn_cap}
 
 
@@ -53,7 +58,7 @@ _ONEDNN_CAPS = {"SSE41": "sse4", "AVX": "sse4", "AVX2": "avx2", "AVX2_VNNI": "av
                 "AVX512_CORE_AMX_FP16": "amx", "AVX10_1_512_AMX": "amx", "AVX10_1_512_AMX_FP16": "amx", "ALL": "amx"}
 
 
-def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ=None) -> CpuInfo:
+def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ: Mapping[str, str] | None = None) -> CpuInfo:
     """This machine's CPU (or the one `cpuinfo`, the text of a /proc/cpuinfo, describes)."""
     if cpuinfo is None:
         try:
@@ -61,7 +66,8 @@ def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ=None)
                 cpuinfo = f.read()
         except OSError:
             cpuinfo = ""
-    model, flags = "unknown", frozenset()
+    model = "unknown"
+    flags: frozenset[str] = frozenset()
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name" and model == "unknown":
@@ -80,8 +86,8 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability=None,
-                     flags: set[str] | None = None, cap: str | None = None) -> tuple[str, str]:
+def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability: tuple[int, int] | None = None,
+                     flags: Set[str] | None = None, cap: str | None = None) -> tuple[str, str]:
     """The compute precision for `auto`, with the reason it was chosen.
 
     On a CPU it follows the kernels oneDNN will actually run: the CPU's flags
@@ -91,11 +97,12 @@ def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_ca
     if requested != "auto":
         return requested, "set in the config"
     if device == "gpu":
-        major = (gpu_capability or (0, 0))[0]
+        capability = gpu_capability or (0, 0)
+        major = capability[0]
         if major >= 8:
-            return "mixed_bfloat16", f"GPU compute capability {gpu_capability[0]}.{gpu_capability[1]} supports bfloat16"
+            return "mixed_bfloat16", f"GPU compute capability {capability[0]}.{capability[1]} supports bfloat16"
         if major >= 7:
-            return "mixed_float16", (f"GPU compute capability {gpu_capability[0]}.{gpu_capability[1]}: "
+            return "mixed_float16", (f"GPU compute capability {capability[0]}.{capability[1]}: "
                                      "float16 tensor cores, with loss scaling")
         return "float32", "GPU without fast half precision"
     if device == "tpu":
@@ -258,13 +265,14 @@ def _window_out(size: int, k: int, stride: int, padding: str, dilation: int = 1)
     return (size - dilation * (k - 1) - 1) // stride + 1
 
 
-def model_macs(cfg) -> int | None:
+def model_macs(cfg: Config) -> int | None:
     """Forward multiply-adds per example of a plain stack of layers, from the config alone
     (before TensorFlow starts: its thread pools cannot change afterwards); None when the
     config does not tell (a backbone, a graph of layers, a layer type not known here)."""
-    shape = _input_shape(cfg)
-    if cfg.model.backbone is not None or shape is None:
+    found = _input_shape(cfg)
+    if cfg.model.backbone is not None or found is None:
         return None
+    shape: tuple[int, ...] = found
     macs = 0
     for spec in cfg.model.layers:
         kind, args = spec.type, spec.args
@@ -303,7 +311,7 @@ def model_macs(cfg) -> int | None:
     return macs
 
 
-def step_macs(cfg) -> int | None:
+def step_macs(cfg: Config) -> int | None:
     """Forward multiply-adds of one replica's training step, from the config (None: not known)."""
     try:
         macs = model_macs(cfg)

@@ -19,6 +19,7 @@ remains a function of its seed. If Keras's backend module changes shape
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 from cnncli import compat
 
@@ -47,7 +48,7 @@ def _dropout(module, keras_dropout):
 
 
 @contextlib.contextmanager
-def patched():
+def patched() -> Iterator[None]:
     """While a training step is traced, Keras's Dropout layers draw their masks here."""
     module = compat.dropout_backend()
     if module is None:  # this Keras moved its dropout: its own runs

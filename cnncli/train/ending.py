@@ -6,19 +6,45 @@ Only the chief writes; another worker keeps its model only under $CNNCLI_WORKER_
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
 from cnncli.errors import CnnError
+from cnncli.train import rundir
 from cnncli.train.cluster import WORKER_DIR_ENV
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config
+    from cnncli.data.base import Dataset
+    from cnncli.train.profile import StepProfile
+    from cnncli.train.result import TrainResult
+    from cnncli.train.runinfo import RunTracker
+    from cnncli.train.runtime import Runtime
 
 
 class RunEnding:
     """The part of a Session that finishes a trained run (it reads the session's model, data and history)."""
 
-    def finish(self):
+    # Set by Session (session.py), which mixes this in beside RunRecord (runinfo.py).
+    cfg: Config
+    model: Any  # a keras.Model
+    run_dir: Path
+    runtime: Runtime
+    data: Dataset
+    history: list[dict]
+    phase_records: list[dict]
+    status: str
+    smoke: bool
+    tracker: RunTracker | None
+    profile: StepProfile | None
+    write_run_json: Callable[[], None]
+
+    def finish(self) -> TrainResult:
+        """Best weights back, test metrics, then (on the chief) model.keras, metrics.json and the plots."""
         from cnncli.model.scores import classification_report
         from cnncli.train.result import TrainResult
 

@@ -19,6 +19,7 @@ and checkpoints are Keras's, so a saved model loads without cnncli.
 from __future__ import annotations
 
 import types
+from typing import Any
 
 from cnncli import compat
 
@@ -75,7 +76,7 @@ def _fusable(optimizer) -> tuple | None:
     return None
 
 
-def use_fused_update(optimizer) -> str | None:
+def use_fused_update(optimizer: Any) -> str | None:
     """Give `optimizer` (or the one a LossScaleOptimizer wraps) a fused update; the kernel's name, or None."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     found = _fusable(inner)

@@ -16,9 +16,10 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from cnncli.train import rundir
 from cnncli.config.schema import Config
 from cnncli.config.loading import Override, load_config
 from cnncli.errors import CnnError, DataError, Interrupted
+from cnncli.train import rundir
+from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
 from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
@@ -35,7 +38,7 @@ from cnncli.train.resuming import check_config_unchanged, check_sources, finishe
 
 @dataclass
 class TrainOptions:
-    config: Path | None = None
+    config: Path | list[Path] | None = None  # several files merge left to right
     resume: Path | None = None
     overrides: list[str] = field(default_factory=list)
     output: Path = Path("runs")
@@ -47,7 +50,7 @@ class TrainOptions:
     profile: int = 0  # steps to trace with TensorFlow's profiler (0: none)
     run_dir: Path | None = None  # exactly this new directory instead of output/<name>/<timestamp> (sweep trials)
     on_epoch: Callable[[dict], None] | None = None  # called with each committed history row; may raise StopRun
-    tracker: object | None = None  # a tracking.LiveRun: the chief logs the run to MLflow as it trains
+    tracker: RunTracker | None = None  # the chief logs the run to MLflow as it trains
     load_resident: Callable | None = None  # reads resident data in place of cnncli.data.load (a sweep's memo)
 
 
@@ -110,6 +113,7 @@ def _before_training(doing: str):
 
 
 def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
+    """Train as `opts` asks (a new run, or --resume) and return what the run wrote."""
     rundir.no_world_writes()
     with _StopSignal(), contextlib.ExitStack() as held:
         with _before_training("reading the config"):
@@ -295,10 +299,12 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_
     for note in plan.notes:
         reporter.message(f"note: {note}")
     t0 = time.perf_counter()
+    assert cfg.seed is not None  # chosen and recorded when the config was read
     data = open_data(cfg.data, cfg.seed, plan.shape, runtime.worker_index if runtime else 0,
                      runtime.num_workers if runtime else 1, load_resident)
     for warning in data.warnings:
         reporter.warning(warning)
+    assert data.cache is not None  # open_data records how the data is held
     streamed = data.cache["mode"] != "memory"
     reporter.message(f"data {'streamed from the files' if streamed else 'resident in memory'}"
                      f"{' through a disk cache' if data.cache['mode'] == 'disk' else ''}: {data.cache['why']}")
@@ -317,5 +323,6 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_
         raise DataError("the training split is empty (check data.limit and data.validation_split)")
     cache_streams(data, reporter.first_pass)
     reporter.message(f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
-                     f"{len(data.x_test):,} test, {data.num_classes} classes, loaded in {time.perf_counter() - t0:.1f}s")
+                     f"{len(data.x_test):,} test, {data.num_classes} classes, "
+                     f"loaded in {time.perf_counter() - t0:.1f}s")
     return data, plan

@@ -28,7 +28,9 @@ base rate, outside update_step, so it is not scaled per block.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cnncli import compat
 
@@ -45,6 +47,7 @@ class RateGroup:
     variables: list
 
     def as_json(self, base_rate: float | None) -> dict:
+        """The group as run.json records it, with its rate when the base rate is known."""
         params = int(sum(_size(v) for v in self.variables))
         out = {"group": self.name, "multiplier": round(self.multiplier, 12), "trainable_params": params}
         if base_rate is not None:  # 7 digits: what a float32 rate holds, without 0.0010000000474974513
@@ -57,7 +60,7 @@ def block_name(layer_name: str) -> str:
     return layer_name.split("_", 1)[0]
 
 
-def rate_groups(model, backbone, decay: float) -> list[RateGroup]:
+def rate_groups(model: Any, backbone: Any, decay: float) -> list[RateGroup]:
     """The trainable variables in blocks, earliest first, the head last, with their rate multipliers."""
     blocks: dict[str, list] = {}
     in_backbone: set[int] = set()
@@ -72,7 +75,7 @@ def rate_groups(model, backbone, decay: float) -> list[RateGroup]:
     return [RateGroup(name, float(decay) ** (last - i), variables) for i, (name, variables) in enumerate(named)]
 
 
-def multipliers_for(variables, groups: list[RateGroup]) -> tuple[float, ...]:
+def multipliers_for(variables: Sequence[Any], groups: list[RateGroup]) -> tuple[float, ...]:
     """One multiplier per variable of `variables` (the list the optimizer is built with)."""
     by_id = {id(v): g.multiplier for g in groups for v in g.variables}
     return tuple(by_id.get(id(v), 1.0) for v in variables)
@@ -81,14 +84,14 @@ def multipliers_for(variables, groups: list[RateGroup]) -> tuple[float, ...]:
 _CLASSES: dict[type, type] = {}
 
 
-def layerwise(optimizer, variables, multipliers: tuple[float, ...]):
+def layerwise(optimizer: Any, variables: Sequence[Any], multipliers: tuple[float, ...]) -> Any:
     """A copy of `optimizer` (same class and config) that scales the rate of variables[i] by multipliers[i].
 
     The copy is built on `variables`, so the multipliers line up with the
     optimizer's own variable indices.
     """
-    base = type(optimizer)
-    cls = _CLASSES.get(base)
+    base: Any = type(optimizer)  # a keras.optimizers.Optimizer subclass
+    cls: Any = _CLASSES.get(base)
     if cls is None:
         cls = type(base.__name__, (base,), {"update_step": _scaled_update_step, "__doc__": base.__doc__})
         # Serialised (model.keras's compile config) as the Keras class it extends; the factors

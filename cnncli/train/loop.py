@@ -18,17 +18,19 @@ say whether the input or the model is the bottleneck.
 
 Updates: Adam and SGD get TensorFlow's fused kernels (fused.py), one pass over
 the weights instead of Keras 3's eight; with large dense layers that was half
-of a step. Dropout masks come from 16 random bits per unit (dropout.py). The loss is checked every step: one replica's NaN stops all of them
-at the same step, which under multi-worker training it must, or the others
-would wait forever in the next all-reduce.
+of a step. Dropout masks come from 16 random bits per unit (dropout.py). The
+loss is checked every step: one replica's NaN stops all of them at the same
+step, which under multi-worker training it must, or the others would wait
+forever in the next all-reduce.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +52,7 @@ class EpochResult:
     waiting: float | None = None  # of `seconds`, spent waiting for input batches; None when not timed
 
 
-def epoch_permutation(n: int, seed: int, epoch: int):
+def epoch_permutation(n: int, seed: int, epoch: int) -> Any:
     """The order of examples in `epoch`: a function of (seed, epoch) only, so a resumed run repeats it."""
     import tensorflow as tf
 
@@ -83,7 +85,9 @@ class Trainer:
         self.fused_kernel = use_fused_update(optimizer)  # same arithmetic, one pass over the weights
         with strategy.scope():
             self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._x = self._y = self._stream = None
+        self._x: np.ndarray | None = None
+        self._y: np.ndarray | None = None
+        self._stream: Any = None  # a streamed split (FileSplit or RecordSplit), when the data is streamed
         self._chunk_fn = tf.function(self._resident_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self._dist_chunk_fn = tf.function(self._distributed_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self.timed = time_input  # tf.timestamp is refused under op determinism
@@ -178,7 +182,7 @@ class Trainer:
         return done, finite, waiting
 
     # ------------------------------------------------------------------ epochs
-    def set_data(self, x, y: np.ndarray) -> None:
+    def set_data(self, x: Any, y: np.ndarray) -> None:
         """Keep the training split resident (uint8 stays uint8: 4× less memory than float32),
         or, for a streamed split, keep it to ask for batches each epoch."""
         from cnncli.data.splits import is_streamed
@@ -194,6 +198,7 @@ class Trainer:
         self._n = int(x.shape[0])
 
     def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch over the data set with set_data."""
         shares = self._stream.share_sizes if self._stream is not None else None
         if shares:  # each worker streams its own share: the smallest sets the steps every worker takes
             return max(1, min(shares) // (self.batch_size // len(shares)))
@@ -287,6 +292,7 @@ class Trainer:
         return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
 
     def results(self) -> dict:
+        """The loss and metrics accumulated since they were last reset."""
         logs = {"loss": float(self.loss_tracker.result())}
         for metric in self.metrics:
             logs[metric.name] = float(metric.result())
@@ -304,11 +310,12 @@ class Trainer:
         return out.concat()
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The model's probabilities for resident images `x`, in batches."""
         if len(x) == 0:
             return np.zeros((0, int(self.model.outputs[0].shape[-1])), np.float32)
         return self._predict_fn(self.tf.convert_to_tensor(x), self.tf.constant(batch_size)).numpy()
 
-    def predict_split(self, x, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_split(self, x: Any, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, labels) over a resident or streamed split; a stream leaves unreadable files out."""
         from cnncli.data.splits import is_streamed, predict_split
 

@@ -11,6 +11,7 @@ see cnncli.train.layer_rates).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from cnncli.config.schema import Config, OptimizerSpec
 from cnncli.errors import did_you_mean
@@ -28,6 +29,7 @@ class PhasePlan:
 
 
 def plan_phases(cfg: Config) -> list[PhasePlan]:
+    """The training phases: `train.phases`, or one phase of `train.epochs` when there are none."""
     if not cfg.train.phases:
         trainable = "all" if cfg.model.backbone is None or cfg.model.backbone.trainable else "head"
         return [PhasePlan(0, cfg.train.epochs, trainable, cfg.train.optimizer, None)]
@@ -36,7 +38,7 @@ def plan_phases(cfg: Config) -> list[PhasePlan]:
             for i, p in enumerate(cfg.train.phases)]
 
 
-def backbone_of(model, cfg: Config):
+def backbone_of(model: Any, cfg: Config) -> Any:
     """The nested keras.applications model, if the config has one."""
     if cfg.model.backbone is None:
         return None
@@ -46,7 +48,7 @@ def backbone_of(model, cfg: Config):
     return None
 
 
-def apply_trainable(model, cfg: Config, trainable: str | list[str]) -> None:
+def apply_trainable(model: Any, cfg: Config, trainable: str | list[str]) -> None:
     """Set layer.trainable for a phase: `head` freezes the whole backbone, `all` unfreezes it,
     prefixes unfreeze the top-level backbone layers whose names start with one of them.
     BatchNormalization in a frozen or partly frozen backbone stays frozen, so it keeps running
@@ -76,11 +78,11 @@ def _set_trainable(layer, value: bool) -> None:
         inner.trainable = value
 
 
-def check_phases(model, cfg: Config) -> None:
+def check_phases(model: Any, cfg: Config) -> None:
     """Phase settings that need the built model: every prefix in `trainable` names some backbone
     layer, and `layer_lr_decay` goes with an optimizer whose step is proportional to its rate."""
-    from cnncli.errors import Problem
     from cnncli.config.vocabulary import OPTIMIZERS
+    from cnncli.errors import Problem
     from cnncli.train.layer_rates import NOT_PROPORTIONAL, block_name
 
     backbone = backbone_of(model, cfg)
@@ -103,8 +105,8 @@ def check_phases(model, cfg: Config) -> None:
                     f"no layer of {backbone.name} starts with `{prefix}`{did_you_mean(prefix, blocks)}; "
                     f"its blocks: {', '.join(blocks)}", f"train.phases[{i}].trainable[{j}]"))
     if not problems:
-        for i, phase in enumerate(plan_phases(cfg)):
-            apply_trainable(model, cfg, phase.trainable)
+        for i, planned in enumerate(plan_phases(cfg)):
+            apply_trainable(model, cfg, planned.trainable)
             if not model.trainable_weights:  # e.g. include_top with no model.layers, and `trainable: head`
                 problems.append(Problem("this phase trains no weights: the backbone is frozen and there is no "
                                         "head with weights (model.layers)", f"train.phases[{i}].trainable"))
@@ -113,7 +115,7 @@ def check_phases(model, cfg: Config) -> None:
         raise cfg.locate(problems)
 
 
-def phase_params(model, cfg: Config) -> list[dict]:
+def phase_params(model: Any, cfg: Config) -> list[dict]:
     """Trainable and frozen parameter counts of each phase, for `cnn summary` (leaves the model in phase 0's state)."""
     phases = plan_phases(cfg)
     rows = []

@@ -17,6 +17,10 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cnncli.train.loop import Trainer
 
 from cnncli.fileio import absolute
 
@@ -34,7 +38,7 @@ class StepProfile:
     logdir: Path
     summary: dict = field(default_factory=dict)  # filled once the trace is read
 
-    def attach(self, trainer) -> None:
+    def attach(self, trainer: Trainer) -> None:
         """Profile steps 2..N+1 of the trainer's next epoch (step 1 builds the graph).
 
         The epoch's first calls become 1 step, then N, then the usual chunks;
@@ -74,7 +78,8 @@ class StepProfile:
                     profile._stop(0, 0.0, summarize_trace=False)
                 state.update(tracing=False, epoch=False)
 
-        trainer._chunk_sizes, trainer.train_epoch = sizes, epoch
+        patched: Any = trainer  # this trainer's own train_epoch is replaced, on purpose
+        patched._chunk_sizes, patched.train_epoch = sizes, epoch
 
     def _start(self) -> None:
         import tensorflow as tf
@@ -99,6 +104,7 @@ def _split(steps: int, per_call: int) -> list[int]:
 
 
 def latest_trace(logdir: Path) -> Path:
+    """The newest TensorFlow profiler trace under `logdir`, or a CnnError when there is none."""
     traces = sorted(Path(logdir).glob("plugins/profile/*/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
     if not traces:
         from cnncli.errors import CnnError
@@ -137,6 +143,7 @@ def op_times(trace: Path) -> dict[str, dict] | None:
 
 
 def is_input_op(op_name: str, op_type: str) -> bool:
+    """Whether a traced op belongs to the input pipeline rather than the step."""
     if op_type in ITERATOR_OPS:
         return True
     scope = op_name.rsplit("/", 2)
@@ -144,6 +151,7 @@ def is_input_op(op_name: str, op_type: str) -> bool:
 
 
 def summarize(trace: Path, steps: int, seconds: float) -> dict:
+    """Where the traced steps' time went (compute, input, idle), for run.json."""
     ops = op_times(trace)
     wall_ms = seconds * 1000
     if ops is None:

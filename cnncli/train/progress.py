@@ -10,9 +10,8 @@ import sys
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
-
 
 _SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s", "val_accuracy": "val_acc",
           "accuracy": "acc", "waiting_for_data": "wait"}  # table headers that fit an 80-column terminal
@@ -43,6 +42,7 @@ class Reporter:
     """Silent base: --quiet and --json use it as is."""
 
     def message(self, text: str) -> None:
+        """Show one line of information."""
         pass
 
     def warning(self, text: str) -> None:
@@ -50,6 +50,7 @@ class Reporter:
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
     def train_begin(self, total_epochs: int, steps: int) -> None:
+        """Training starts: `total_epochs` of `steps` steps each."""
         pass
 
     def first_pass(self, split: str, done: int, total: int, seconds: float) -> None:
@@ -57,15 +58,19 @@ class Reporter:
         pass
 
     def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
+        """An epoch starts."""
         pass
 
     def chunk(self, steps_done: int, steps: int, logs: dict, seconds: float, examples: int) -> None:
+        """Some steps of the epoch are done."""
         pass
 
     def epoch_end(self, row: dict) -> None:
+        """An epoch is done; `row` is its line of history.csv."""
         pass
 
     def train_end(self) -> None:
+        """Training is done."""
         pass
 
 
@@ -76,14 +81,17 @@ class PlainReporter(Reporter):
         self.console = Console(file=stream or sys.stdout, highlight=False, soft_wrap=True)
 
     def message(self, text: str) -> None:
+        """Print one line of information."""
         self.console.print(text)
 
     def first_pass(self, split: str, done: int, total: int, seconds: float) -> None:
+        """Print how far decoding a split into its disk cache has got."""
         rate = done / seconds if seconds > 0 else 0.0
         eta = f", {(total - done) / rate:.0f}s left" if rate and done < total else ""
         self.console.print(f"caching {split}: {done:,}/{total:,} images decoded, {rate:,.0f} img/s{eta}")
 
     def epoch_end(self, row: dict) -> None:
+        """Print the epoch's line: metrics, learning rate, speed and time."""
         lr = f"  lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
         self.console.print(f"epoch {row['epoch']:>3}  {_logs_text(row)}{lr}  "
                            f"{row['examples_per_second']:,.0f} img/s  {row['seconds']:.1f}s{_bottleneck(row)}")
@@ -96,9 +104,10 @@ class RichReporter(PlainReporter):
         self.console = console or Console(highlight=False)
         self.table_rows: list[dict] = []
         self.progress: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
 
     def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
+        """Start the epoch's progress bar."""
         self.progress = Progress(TextColumn(f"epoch {epoch}/{total_epochs}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                                  console=self.console, transient=True)
@@ -107,11 +116,13 @@ class RichReporter(PlainReporter):
         self._t0 = time.perf_counter()
 
     def chunk(self, steps_done: int, steps: int, logs: dict, seconds: float, examples: int) -> None:
-        if self.progress is not None:
+        """Move the bar on, with the speed and the running metrics."""
+        if self.progress is not None and self.task is not None:
             rate = examples / seconds if seconds > 0 else 0.0
             self.progress.update(self.task, completed=steps_done, info=f"{rate:,.0f} img/s  {_logs_text(logs)}")
 
     def epoch_end(self, row: dict) -> None:
+        """Close the bar and keep the epoch's row for the table."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
@@ -119,6 +130,7 @@ class RichReporter(PlainReporter):
         self.table_rows.append(row)
 
     def train_end(self) -> None:
+        """Print the table of finished epochs."""
         if not self.table_rows:
             return
         keys = [k for k in self.table_rows[0] if k not in ("phase",)]
@@ -132,6 +144,7 @@ class RichReporter(PlainReporter):
 
 
 def make_reporter(quiet: bool, json_output: bool) -> Reporter:
+    """The reporter for this output: silent for --quiet and --json, live bars on a terminal, lines otherwise."""
     if quiet or json_output:
         return Reporter()
     if sys.stdout.isatty():

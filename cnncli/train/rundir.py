@@ -16,7 +16,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cnncli import fileio
 from cnncli.errors import CnnError, RunError
@@ -65,7 +67,7 @@ def _safe_name(name: str) -> str:
     return cleaned[:100]
 
 
-def write_checkpoint(checkpoint, prefix: Path) -> None:
+def write_checkpoint(checkpoint: Any, prefix: Path) -> None:
     """tf.train.Checkpoint.write, with TensorFlow's I/O errors (e.g. ResourceExhausted: disk full) as CnnError."""
     import tensorflow as tf
 
@@ -83,7 +85,7 @@ def write_checkpoint(checkpoint, prefix: Path) -> None:
             raise
 
 
-def read_checkpoint(checkpoint, prefix: Path) -> None:
+def read_checkpoint(checkpoint: Any, prefix: Path) -> None:
     """Restore from `prefix` (named by state.json); a missing or damaged checkpoint is a RunError."""
     import tensorflow as tf
 
@@ -96,6 +98,7 @@ def read_checkpoint(checkpoint, prefix: Path) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A run's JSON file, or a RunError saying it is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -128,6 +131,7 @@ def _fmt(value):
 
 
 def read_history(path: Path) -> list[dict]:
+    """The rows of history.csv as dicts of numbers; none when the file does not exist."""
     if not Path(path).exists():
         return []
     with open(path, newline="") as f:
@@ -143,13 +147,14 @@ def _parse(text: str):
     return text
 
 
-def save_model(model, path: Path) -> None:
+def save_model(model: Any, path: Path) -> None:
     """model.keras via a temporary file in the same directory, then rename."""
     with fileio.replacing(path, ".keras") as tmp:
         model.save(tmp)
 
 
 def find_run_dir(path: str | Path) -> Path:
+    """The run directory `path` names, or a RunError saying why it is not one."""
     path = Path(path)
     if not path.is_dir():
         raise RunError(f"`{path}` is not a directory; give a run directory such as runs/<name>/<timestamp>")
@@ -180,7 +185,7 @@ def no_world_writes() -> None:
 
 
 @contextlib.contextmanager
-def locked(run_dir: Path):
+def locked(run_dir: Path) -> Iterator[None]:
     """Hold checkpoints/ exclusively, so that two processes never train one run at once.
 
     flock is released by the kernel when the process dies, kill -9 included: a

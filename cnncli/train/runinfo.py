@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import platform
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -16,11 +18,48 @@ from cnncli import __version__, compat, fileio
 from cnncli.data.splits import readable_count
 from cnncli.errors import CnnError
 
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config
+    from cnncli.data.base import Dataset
+    from cnncli.train.runtime import Runtime
+
+
+class RunTracker(Protocol):
+    """What a run needs of the MLflow run it is logged to (tune/tracking.py's LiveRun is one)."""
+
+    run_id: str | None
+
+    def record(self) -> dict:
+        """What run.json records of the tracking."""
+
+    def start(self, run_dir: Path, previous: dict | None = None) -> None:
+        """Start the MLflow run, or reopen `previous`'s."""
+
+    def epoch(self, row: dict) -> None:
+        """Log an epoch's metrics."""
+
+    def end(self, run_dir: Path, status: str) -> None:
+        """Log what the run wrote and end the MLflow run with `status`."""
+
 
 class RunRecord:
     """The part of a Session that keeps run.json (it reads the session's cfg, model, data and records)."""
 
+    # Set by Session (session.py), which mixes this in.
+    cfg: Config
+    model: Any  # a keras.Model
+    run_dir: Path
+    runtime: Runtime
+    data: Dataset
+    status: str
+    started: str
+    phase_records: list[dict]
+    best: dict
+    smoke: bool
+    tracker: RunTracker | None
+
     def write_run_json(self) -> None:
+        """Write run.json: what ran, on what, with which data, and how far it got."""
         import keras
         import tensorflow as tf
 
@@ -42,6 +81,7 @@ class RunRecord:
         })
 
     def mark(self, status: str) -> None:
+        """Record `status` in run.json (on the chief) and end the MLflow run with it."""
         self.status = status
         if self.runtime.is_chief:
             self.write_run_json()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
@@ -15,9 +16,9 @@ from cnncli.train.cluster import (cluster_role, configure_heartbeats, quiet_nati
                                   wait_for_cluster)
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu
 
-
 # The public names (tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside).
-STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default", "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
+STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default",
+                  "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
                   "MirroredStrategy": "MirroredStrategy", "TPUStrategy": "TPUStrategy"}
 
 
@@ -36,6 +37,7 @@ class Runtime:
     cpu: dict = field(default_factory=dict)  # model, cores, the ISA oneDNN runs
 
     def as_json(self) -> dict:
+        """The runtime as run.json records it."""
         return {"device": self.device, "devices": self.devices, "precision": self.precision,
                 "precision_reason": self.precision_reason, "replicas": self.num_replicas,
                 "workers": self.num_workers, "worker_index": self.worker_index,
@@ -43,7 +45,7 @@ class Runtime:
                 "threads": self.threads, "cpu": self.cpu}
 
 
-def with_loss_scaling(optimizer, precision: str):
+def with_loss_scaling(optimizer: Any, precision: str) -> Any:
     """float16 gradients underflow without loss scaling (Keras's mixed-precision guide);
     bfloat16 has float32's exponent range and needs none."""
     if precision != "mixed_float16":
@@ -61,7 +63,8 @@ def _gpu_capability(tf, gpus) -> tuple[int, int] | None:
         return None
 
 
-def configure_gpus(tf, gpus) -> None:
+def configure_gpus(tf: Any, gpus: list) -> None:
+    """Let every GPU take memory as it needs it rather than all at once."""
     for gpu in gpus:
         # Take memory as needed, not the whole card up front: other jobs (and the
         # other replicas' processes) may share it.
@@ -129,7 +132,8 @@ def check_global_batch(batch_size: int, replicas: int) -> None:
     """train.batch_size is the global batch: every replica takes an equal share of each step."""
     if batch_size % replicas:
         raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
-                       f"replicas; use a multiple of {replicas}, e.g. {max(replicas, batch_size // replicas * replicas)}")
+                       f"replicas; use a multiple of {replicas}, "
+                       f"e.g. {max(replicas, batch_size // replicas * replicas)}")
 
 
 def mirrored_devices(num_gpus: int, logical_cpus: list[str]) -> tuple[list[str], bool]:

@@ -30,6 +30,7 @@ class EpochSchedule:
             self.step_schedule = cls(**spec.args)
 
     def rate(self, epoch_index: int) -> float | None:
+        """The learning rate for epoch `epoch_index` (from 0), or None without a schedule."""
         if self._fn is None:
             return None
         import numpy as np

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,11 +24,17 @@ from cnncli.errors import CnnError, DataError, RunError
 from cnncli.train import carry
 from cnncli.train.ending import RunEnding
 from cnncli.train.loop import NonFiniteLoss, Trainer
+from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.runinfo import RunRecord
 from cnncli.train.runtime import with_loss_scaling
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
 from cnncli.train.resuming import config_cause
 from cnncli.train.schedules import EpochSchedule
+
+if TYPE_CHECKING:
+    from cnncli.config.schema import Config
+    from cnncli.train.profile import StepProfile
+    from cnncli.train.runinfo import RunTracker
 
 
 class StopRun(Exception):
@@ -42,8 +49,8 @@ class Session(RunRecord, RunEnding):
     """Builds the model and trains its phases epoch by epoch; run.json (runinfo.py) and the end of the run
     (ending.py: test metrics, model.keras, plots) are its other two roles."""
 
-    profile = None  # a StepProfile (cnn train --profile): traces steps of the first epoch trained
-    tracker = None  # a tracking.LiveRun (the chief's, when the run is logged to MLflow)
+    profile: StepProfile | None = None  # cnn train --profile: traces steps of the first epoch trained
+    tracker: RunTracker | None = None  # the chief's, when the run is logged to MLflow
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None,
                  resuming: bool = False):
@@ -92,6 +99,7 @@ class Session(RunRecord, RunEnding):
 
     # ------------------------------------------------------------------ training
     def train(self, state: dict | None) -> None:
+        """Train every phase from `state` (a resumed run's checkpoint state) or from the start."""
         phases = plan_phases(self.cfg)
         start_phase, done_in_phase = 0, 0
         if state is not None:
@@ -166,6 +174,7 @@ class Session(RunRecord, RunEnding):
 
     def _trainer(self, optimizer, metrics) -> Trainer:
         cfg = self.cfg
+        assert cfg.seed is not None  # the job chose and recorded one before the session started
         trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
                           cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
                           steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
@@ -209,7 +218,7 @@ class Session(RunRecord, RunEnding):
         except NonFiniteLoss as exc:
             self._non_finite(index + 1, exc.step, optimizer)
         faults.point("epoch_trained")
-        row = {"epoch": index + 1}
+        row: dict[str, Any] = {"epoch": index + 1}
         if self.cfg.train.phases:
             row["phase"] = phase.index + 1
         row.update(result.logs)

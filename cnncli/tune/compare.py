@@ -9,10 +9,10 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from cnncli.errors import RunError
 from cnncli import fileio
 from cnncli.train import rundir
 from cnncli.config.keypaths import differences, flatten  # noqa: F401  flatten: tests import it from here
@@ -48,6 +48,7 @@ def expand(paths: list[Path]) -> list[Path]:
 
 
 def read_run(path: Path) -> RunFigures:
+    """The figures of the run directory at `path`: its config, history and metrics."""
     info = rundir.read_json(path / "run.json")
     config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     history = rundir.read_history(path / "history.csv")
@@ -68,6 +69,7 @@ def read_run(path: Path) -> RunFigures:
 
 
 def compare(paths: list[Path], output: Path | None) -> dict:
+    """Compare the runs (and sweeps' trials) at `paths`; draw their curves to `output` if given."""
     runs = [read_run(p) for p in expand(paths)]
     report = {"runs": [r.as_json() for r in runs], "differences": differences([r.config for r in runs])}
     if output is not None:
@@ -85,11 +87,11 @@ def plot_overlay(runs: list[RunFigures], path: Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
     labels = short_labels([r.path for r in runs])
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_title(metric)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-        for i, (run, label) in enumerate(zip(runs, labels)):
+        for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
             color = f"C{i % 10}"
             epochs = [row.get("epoch", j + 1) for j, row in enumerate(run.history)]
             for key, style in ((metric, "-"), (f"val_{metric}", "--")):
@@ -127,7 +129,7 @@ def _number(value) -> float:
         return math.nan
 
 
-def cell(value) -> str:
+def cell(value: Any) -> str:
     """A value as a table shows it: floats to four significant digits, whole thousands as `11,832` (never
     `1.18e+04`), so that a learning rate of 3e-05 does not read 0.0000 either; from a billion on, `1e+21`
     again (a diverging rate is not read as a 22-digit count)."""

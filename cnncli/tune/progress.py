@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.live import Live
@@ -10,6 +11,9 @@ from rich.table import Table
 
 from cnncli.train.progress import metric_text
 from cnncli.tune.compare import cell
+
+if TYPE_CHECKING:
+    from cnncli.tune.sweep import TrialOutcome
 
 
 def _value(v) -> str:
@@ -36,7 +40,8 @@ class SweepDisplay:
             self._live.stop()
         return False
 
-    def trial(self, outcome) -> None:
+    def trial(self, outcome: TrialOutcome) -> None:
+        """Show a finished trial."""
         self.rows.append(outcome)
         self.metric = outcome.metric
         if self._live is not None:

@@ -6,6 +6,7 @@ import csv
 import io
 import warnings
 from pathlib import Path
+from typing import Any
 
 from cnncli import fileio
 
@@ -16,11 +17,12 @@ PICTURES = {  # file name -> Optuna's matplotlib function, and what it needs to 
 }
 
 
-def trial_rows(sweep) -> list[dict]:
+def trial_rows(sweep: Any) -> list[dict]:
     """One row per trial: number, state, the parameters (one column per searched path), the metric's value,
     seconds (wall), training seconds (steps only), epochs, run directory (under the sweep directory of the
     machine named in host), message."""
     rows = []
+    assert sweep.cfg.search is not None  # a sweep's config has a search section
     names = list(sweep.cfg.search.params)
     for t in sweep.study.get_trials(deepcopy=False):
         state = t.state.name
@@ -42,7 +44,8 @@ def trial_rows(sweep) -> list[dict]:
     return rows
 
 
-def write_tables(sweep) -> None:
+def write_tables(sweep: Any) -> None:
+    """Write the sweep's trials.csv and trials.md."""
     rows = trial_rows(sweep)
     columns = list(dict.fromkeys(k for row in rows for k in row)) or ["number", "state", "value"]
     buf = io.StringIO()
@@ -58,7 +61,7 @@ def write_tables(sweep) -> None:
             fileio.write(sweep.dir / "best.yaml", text)
 
 
-def best_trial(sweep):
+def best_trial(sweep: Any) -> Any:
     """The best complete trial, or None before the first one."""
     try:
         return sweep.study.best_trial
@@ -66,7 +69,7 @@ def best_trial(sweep):
         return None
 
 
-def nothing_finished(sweep) -> str | None:
+def nothing_finished(sweep: Any) -> str | None:
     """Why a sweep whose every trial failed has no best trial (its first failure), or None."""
     trials = [t for t in sweep.study.get_trials(deepcopy=False) if "surplus" not in t.user_attrs]
     failed = [t for t in trials if t.state.name == "FAIL"]
@@ -77,12 +80,13 @@ def nothing_finished(sweep) -> str | None:
             f"{first.user_attrs.get('error', 'interrupted')} (all in {sweep.dir / 'trials.csv'})")
 
 
-def write_all(sweep) -> list[Path]:
+def write_all(sweep: Any) -> list[Path]:
+    """Write the sweep's tables and pictures; return the pictures' paths."""
     write_tables(sweep)
     return write_pictures(sweep)
 
 
-def write_pictures(sweep) -> list[Path]:
+def write_pictures(sweep: Any) -> list[Path]:
     """The pictures Optuna can draw from the trials so far; those it cannot yet are left out."""
     import matplotlib
 

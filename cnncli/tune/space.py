@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 
-from cnncli.config.schema import Config, Distribution, SearchSpec
 from cnncli.config.keypaths import canonical_path
 from cnncli.config.loading import Override, load_config
 from cnncli.errors import ConfigError, Problem, did_you_mean
@@ -18,7 +18,7 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def suggest(trial, params: dict[str, Distribution]) -> dict[str, Any]:
+def suggest(trial: Any, params: dict[str, Distribution]) -> dict[str, Any]:
     """One value per searched path, drawn through `trial` (an enqueued retry gets its earlier values)."""
     values = {}
     for path, dist in params.items():
@@ -28,20 +28,23 @@ def suggest(trial, params: dict[str, Distribution]) -> dict[str, Any]:
             values[path] = trial.suggest_float(path, *dist.uniform, step=dist.step)
         elif dist.int_ is not None:
             values[path] = trial.suggest_int(path, *dist.int_, step=int(dist.step or 1))
-        elif all(_scalar(c) for c in dist.choice):
-            values[path] = trial.suggest_categorical(path, dist.choice)
-        else:  # Optuna stores only scalars: lists (kernel sizes) go through their JSON text
-            values[path] = json.loads(trial.suggest_categorical(path, [json.dumps(c) for c in dist.choice]))
+        else:
+            assert dist.choice is not None  # the schema lets a distribution be one of the four kinds only
+            if all(_scalar(c) for c in dist.choice):
+                values[path] = trial.suggest_categorical(path, dist.choice)
+            else:  # Optuna stores only scalars: lists (kernel sizes) go through their JSON text
+                values[path] = json.loads(trial.suggest_categorical(path, [json.dumps(c) for c in dist.choice]))
     return values
 
 
 def grid(params: dict[str, Distribution]) -> dict[str, list]:
     """The grid sampler's search space: every choice, every int on its step."""
-    space = {}
+    space: dict[str, list] = {}
     for path, dist in params.items():
         if dist.int_ is not None:
             space[path] = list(range(dist.int_[0], dist.int_[1] + 1, int(dist.step or 1)))
         else:
+            assert dist.choice is not None  # the grid sampler takes choices and ints only (checked before)
             space[path] = [c if _scalar(c) else json.dumps(c) for c in dist.choice]
     return space
 
@@ -57,10 +60,12 @@ def probes(dist: Distribution) -> list[Any]:
     if dist.choice is not None:
         return list(dist.choice)
     if dist.int_ is not None:
-        low, high = dist.int_
+        first, last = dist.int_
         step = int(dist.step or 1)
-        return [low, low + (high - low) // step * step]
-    low, high = dist.loguniform or dist.uniform
+        return [first, first + (last - first) // step * step]
+    bounds = dist.loguniform or dist.uniform
+    assert bounds is not None  # the schema lets a distribution be one of the four kinds only
+    low, high = bounds
     if dist.step:
         return [float(low), float(low + (high - low) // dist.step * dist.step)]
     if dist.loguniform:
@@ -70,13 +75,14 @@ def probes(dist: Distribution) -> list[Any]:
     return [float(low), inside if inside != int(inside) else inside + 1e-3 * (high - low), float(high)]
 
 
-def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
+def value_problems(cfg: Config, config: str | Path | list[str | Path], overrides: list[str]) -> list[Problem]:
     """Searched keys whose distribution draws values the key refuses (a float for `filters`, a word for
     `batch_size`): every such trial would fail the same way, so the sweep stops before the first. Each
     value is tried alone in the config as written; a value refused only beside other sampled values (a
     kernel too large for the image) is left to fail its trial."""
     from cnncli.model.builder import check_model_specs, raw_spec_problems
 
+    assert cfg.search is not None  # asked only of a config with a search section
     problems = []
     for key, dist in cfg.search.params.items():
         target = canonical_path(key)
@@ -95,12 +101,13 @@ def value_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
     return problems
 
 
-def search_problems(cfg: Config, config, overrides: list[str]) -> list[Problem]:
+def search_problems(cfg: Config, config: str | Path | list[str | Path], overrides: list[str]) -> list[Problem]:
     """What would fail every trial alike, found before the first (`cnn tune` and `cnn validate`): values a
     searched key refuses, and a metric the history will not have."""
     from cnncli.train.session import history_columns
 
     problems = value_problems(cfg, config, overrides)
+    assert cfg.search is not None  # asked only of a config with a search section
     metric, line = cfg.search.metric, cfg.line_of(("search", "metric"))
     columns = history_columns(cfg)
     if metric.startswith("val_") and cfg.data.validation_split == 0:
@@ -122,13 +129,14 @@ def as_overrides(values: dict[str, Any]) -> list[str]:
     return out
 
 
-def direction(spec: SearchSpec) -> str:
+def direction(spec: SearchSpec) -> Literal["minimize", "maximize"]:
+    """minimize or maximize the metric: search.direction, else minimize losses and errors."""
     if spec.direction:
         return spec.direction
     return "minimize" if "loss" in spec.metric or "error" in spec.metric else "maximize"
 
 
-def make_sampler(spec: SearchSpec, seed: int | None):
+def make_sampler(spec: SearchSpec, seed: int | None) -> Any:
     """The sampler named in `spec`. Random and TPE are seeded afresh for each trial from `seed` and the
     trial's number; the grid keeps `seed`, which orders its points the same in every process, and each
     process takes a point no other has taken."""
@@ -179,7 +187,8 @@ def _per_trial_seed(optuna):
     return PerTrialSeed
 
 
-def make_pruner(spec: SearchSpec, epochs: int):
+def make_pruner(spec: SearchSpec, epochs: int) -> Any:
+    """The Optuna pruner search.pruner names."""
     import optuna
 
     if spec.pruner == "none":

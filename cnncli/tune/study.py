@@ -15,7 +15,9 @@ import fcntl
 import os
 import platform
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HEARTBEAT_SECONDS = 30  # other machines' dead trials are failed after GRACE_SECONDS without a beat
 GRACE_SECONDS = 120
@@ -26,13 +28,14 @@ _held: list = []  # open descriptors of this process's owner locks; the kernel d
 
 
 def hold(path: Path) -> None:
+    """Take an exclusive lock on `path` and keep it until this process exits."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)
     _held.append(fd)
 
 
 @contextlib.contextmanager
-def sweep_lock(sweep_dir: Path):
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
     """The sweep directory's one lock: asking for a trial and counting trials happen under it."""
     fd = os.open(Path(sweep_dir) / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -42,13 +45,13 @@ def sweep_lock(sweep_dir: Path):
         os.close(fd)
 
 
-def retry_once(study, trial) -> None:
+def retry_once(study: Any, trial: Any) -> None:
     """A trial failed for its process's death (not its values) runs again, once, with the same values."""
     if "retry_of" not in trial.user_attrs and trial.params:
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
 
 
-def counted(trial) -> bool:
+def counted(trial: Any) -> bool:
     """Finished trials that count towards the requested number: not those that died mid-way."""
     from optuna.trial import TrialState
 
@@ -71,7 +74,7 @@ def _owner_alive(trial, sweep_dir: Path) -> bool | None:
     return False
 
 
-def reap(sweep) -> None:
+def reap(sweep: Any) -> None:
     """Fail (and retry once) the RUNNING trials whose process has died."""
     import optuna
     from optuna.trial import TrialState
@@ -85,7 +88,7 @@ def reap(sweep) -> None:
                 (sweep.dir / ".workers" / trial.user_attrs["owner"]).unlink()
 
 
-def next_trial(sweep):
+def next_trial(sweep: Any) -> Any:
     """A new trial, or None when the finished and running ones already make the requested number."""
     from optuna.trial import TrialState
 
@@ -96,7 +99,8 @@ def next_trial(sweep):
         if taken >= sweep.n_trials:
             return None
         trial = sweep.study.ask()
-        sweep.study._storage.record_heartbeat(trial._trial_id)  # from its first moment, as Study.optimize does
+        storage: Any = sweep.study._storage  # an RDBStorage: it keeps heartbeats, which BaseStorage does not declare
+        storage.record_heartbeat(trial._trial_id)  # from its first moment, as Study.optimize does
         trial.set_user_attr("owner", sweep.owner.name)
         trial.set_user_attr("host", platform.node())
         trial.set_user_attr("run_dir", f"trials/{trial.number:04d}")

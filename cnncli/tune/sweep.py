@@ -15,10 +15,11 @@ import secrets
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cnncli.config.schema import Config
 from cnncli.config.loading import load_config
 from cnncli.errors import CnnError, ConfigError, Interrupted, UsageError
 from cnncli.train import rundir
@@ -49,7 +50,7 @@ class Sweep:
     dir: Path
     cfg: Config
     opts: TuneOptions
-    study: object
+    study: Study
     n_trials: int
     metric: str
     owner: Path  # this process's lock file; free once it exits, however it exits
@@ -125,7 +126,7 @@ DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql
 CREATION_ATTEMPTS = 3
 
 
-def open_storage(url: str):
+def open_storage(url: str) -> Any:
     """Optuna's RDBStorage for `url`, or a CnnError naming the URL (password hidden) and what to do."""
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
@@ -179,7 +180,8 @@ class TrialOutcome:
     metric: str = "value"
 
 
-def run_trial(sweep: Sweep, trial, reporter=None, tracker=None, load_resident=None) -> TrialOutcome:
+def run_trial(sweep: Sweep, trial: Any, reporter: Reporter | None = None, tracker: LiveRun | None = None,
+              load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> TrialOutcome:
     """Train one trial as an ordinary run and tell the study how it ended (`tracker`: its MLflow LiveRun)."""
     from optuna.trial import TrialState
 
@@ -189,6 +191,7 @@ def run_trial(sweep: Sweep, trial, reporter=None, tracker=None, load_resident=No
 
     t0 = time.perf_counter()
     run_dir = sweep.dir / "trials" / f"{trial.number:04d}"
+    assert sweep.cfg.search is not None  # a sweep's config has a search section
     params = space.suggest(trial, sweep.cfg.search.params)
     overrides = [*sweep.opts.overrides, *space.as_overrides(params), "search=null"]
     beat = Heartbeat(sweep.study, trial)
@@ -301,7 +304,8 @@ def _expected_retracing():
         logger.removeFilter(note)
 
 
-def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) -> Sweep:
+def run_sweep(opts: TuneOptions, on_trial: Callable[[TrialOutcome], None] | None = None,
+              reporter: Reporter | None = None, on_start: Callable[[Sweep], None] | None = None) -> Sweep:
     """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
     from cnncli.tune import report
 
@@ -314,6 +318,7 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
 
         tracker = SweepTracker.open(sweep, opts.mlflow)
     started = time.monotonic()
+    assert sweep.cfg.search is not None  # a sweep's config has a search section
     timeout = sweep.cfg.search.timeout
     try:
         shared = SharedData()
@@ -325,6 +330,7 @@ def run_sweep(opts: TuneOptions, on_trial=None, reporter=None, on_start=None) ->
                 live = tracker.trial_run(trial.number) if tracker is not None else None
                 outcome = run_trial(sweep, trial, reporter, live, shared)
                 if tracker is not None:
+                    assert live is not None  # opened above for a tracked sweep
                     tracker.log_trial(outcome, live)
                 with sweep_lock(sweep.dir):
                     report.write_tables(sweep)

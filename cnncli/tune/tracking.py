@@ -12,19 +12,24 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cnncli.errors import CnnError
 from cnncli.train import rundir
 
+if TYPE_CHECKING:
+    from cnncli.config.schema import TrackingSpec
+
 STATUS = {"complete": "FINISHED", "pruned": "KILLED", "interrupted": "KILLED", "failed": "FAILED"}
 NOT_METRICS = ("epoch", "phase")  # history columns that are positions, not measurements
 BATCH = 100  # MLflow's limit of params per log_batch call (metrics: 1000)
 
 
-def client(uri: str):
+def client(uri: str) -> Any:
     """An MlflowClient for `uri`, or a CnnError naming the extra when MLflow is not installed."""
     try:
         from mlflow.tracking import MlflowClient
@@ -68,7 +73,7 @@ def _check_server(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_errors(uri: str):
+def mlflow_errors(uri: str) -> Iterator[None]:
     """MLflow's own failures (an unreachable server, a bad URI) as one error line naming the URI."""
     from mlflow.exceptions import MlflowException
 
@@ -78,7 +83,7 @@ def mlflow_errors(uri: str):
         raise CnnError(f"MLflow at `{uri}`: {str(exc).strip().splitlines()[0]}") from None
 
 
-def target(tracking, uri_option: str | None) -> tuple[str, str] | None:
+def target(tracking: TrackingSpec | None, uri_option: str | None) -> tuple[str, str] | None:
     """(tracking URI, experiment) from --mlflow or the config's `tracking.mlflow`; None when not tracking."""
     spec = tracking.mlflow if tracking is not None else None
     if uri_option:
@@ -86,7 +91,7 @@ def target(tracking, uri_option: str | None) -> tuple[str, str] | None:
     return (spec.uri, spec.experiment) if spec else None
 
 
-def requested_by(config_path, uri_option: str | None) -> tuple[str, str] | None:
+def requested_by(config_path: str | Path | list[Path] | None, uri_option: str | None) -> tuple[str, str] | None:
     """Before a run starts: where it will be logged, with MLflow's presence checked now rather than after training.
 
     The config is only peeked at here; the job validates it in full (a broken
@@ -116,7 +121,8 @@ def requested_by(config_path, uri_option: str | None) -> tuple[str, str] | None:
     return where
 
 
-def experiment_id(mlflow, name: str) -> str:
+def experiment_id(mlflow: Any, name: str) -> str:
+    """The id of MLflow experiment `name`, created if it does not exist."""
     found = mlflow.get_experiment_by_name(name)
     return found.experiment_id if found is not None else mlflow.create_experiment(name)
 
@@ -126,7 +132,8 @@ def param_key(path: str) -> str:
     return path.replace("[", ".").replace("]", "")
 
 
-def flatten(data, prefix: str = "") -> dict[str, str]:
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config data as `a.b.c: value` text pairs, MLflow's params."""
     if isinstance(data, dict):
         return {k: v for key, value in data.items()
                 for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()}
@@ -156,6 +163,7 @@ class LiveRun:
         return {"mlflow": {"uri": self.where[0], "experiment": self.where[1], "run_id": self.run_id}}
 
     def start(self, run_dir: Path, previous: dict | None = None) -> None:
+        """Start (or, for a resumed run, reopen) the MLflow run and log the config's values."""
         from mlflow.entities import Param
 
         run_dir = Path(run_dir)
@@ -177,10 +185,12 @@ class LiveRun:
                 self.mlflow.log_batch(self.run_id, params=params[i:i + BATCH])
 
     def epoch(self, row: dict) -> None:
+        """Log an epoch's metrics; a failed call is made up for at the end."""
         with contextlib.suppress(Exception):  # end() logs what a failed call missed
             self.mlflow.log_batch(self.run_id, metrics=_metrics([row]))
 
     def end(self, run_dir: Path, status: str) -> None:
+        """Log the whole history, the metrics and the artefacts, and end the MLflow run with `status`."""
         run_dir = Path(run_dir)
         with mlflow_errors(self.where[0]):
             history = rundir.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
@@ -212,10 +222,12 @@ class SweepTracker:
         self.where, self.parent = where, parent
 
     @classmethod
-    def open(cls, sweep, uri_option: str | None) -> "SweepTracker":
+    def open(cls, sweep: Any, uri_option: str | None) -> SweepTracker:
+        """The tracker of `sweep`'s parent MLflow run, created by the first process that needs it."""
         from cnncli.tune.study import sweep_lock
 
         where = target(sweep.cfg.tracking, uri_option)
+        assert where is not None  # opened only for a sweep that is tracked
         mlflow = client(where[0])
         with sweep_lock(sweep.dir), mlflow_errors(where[0]):
             parent = sweep.study.user_attrs.get("mlflow_parent_run")
@@ -230,7 +242,7 @@ class SweepTracker:
         """The live run a trial's training logs to: a child of the sweep's run."""
         return LiveRun(self.where, self.parent, {"cnncli.trial": str(number)})
 
-    def log_trial(self, outcome, live: LiveRun) -> None:
+    def log_trial(self, outcome: Any, live: LiveRun) -> None:
         """The trial's state and message on its child run; a trial rejected before it trained gets a child run
         of its own with the sampled values and the reason."""
         from mlflow.entities import Param
@@ -249,7 +261,7 @@ class SweepTracker:
             mlflow.log_batch(run.info.run_id, params=[Param(param_key(k), str(v)) for k, v in outcome.params.items()])
             mlflow.set_terminated(run.info.run_id, "FAILED")
 
-    def finish(self, sweep) -> None:
+    def finish(self, sweep: Any) -> None:
         """Once the study holds its trials (whichever process ran the last one): the best trial's value and
         values on the sweep's run, its tables and pictures as artefacts, and the run ended FINISHED."""
         from cnncli.tune.report import PICTURES, best_trial

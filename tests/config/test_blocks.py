@@ -43,7 +43,8 @@ def test_repeat_expands_copies_with_per_copy_arguments_and_stable_names(tmp_path
     cfg = load_config(write(tmp_path, STAGE.replace("FILTERS", "16")))
     layers = cfg.model.layers
     convs = [layer for layer in layers if layer.name and layer.name.startswith("stage2_")]
-    assert [layer.name for layer in convs] == [f"stage2_{c}_{n}" for c in (1, 2, 3) for n in ("conv1", "re_lu", "conv2")]
+    assert [layer.name for layer in convs] == [f"stage2_{c}_{n}" for c in (1, 2, 3)
+                                               for n in ("conv1", "re_lu", "conv2")]
     assert [layer.args.get("strides") for layer in convs if layer.name.endswith("conv1")] == [2, 1, 1]
     assert {layer.args.get("filters") for layer in convs if layer.type == "Conv2D"} == {16}
     assert all(layer.inputs is None for layer in layers)  # a plain chain: nothing to wire by name
@@ -55,7 +56,8 @@ def test_error_inside_the_second_copy_names_the_block_line_and_the_use_line(tmp_
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 1
     line = result.stderr.strip()
-    assert line.startswith(f"Error: {path}:7: model.blocks.basic.layers[0].strides: must be greater than 0, got -1"), line
+    assert line.startswith(
+        f"Error: {path}:7: model.blocks.basic.layers[0].strides: must be greater than 0, got -1"), line
     assert line.endswith(f"(copy 2 of block `basic` used by model.layers[1] at {path}:12)"), line
 
 
@@ -106,8 +108,8 @@ def test_shortcut_side_branch_and_when(tmp_path):
     # copy 2: proj is left out, so proj_bn reads what proj would have read, the copy's input
     assert "s_2_proj" not in specs and specs["s_2_proj_bn"].inputs == ["s_1_add"]
     assert specs["s_2_add"].inputs == ["s_2_conv", "s_2_proj_bn"]
-    assert [(x.type, x.name, x.inputs) for x in cfg.model.layers[-3:-1]] == [("Add", "s_2_add", ["s_2_conv", "s_2_proj_bn"]),
-                                                                            ("Flatten", None, None)]
+    assert [(x.type, x.name, x.inputs) for x in cfg.model.layers[-3:-1]] == [
+        ("Add", "s_2_add", ["s_2_conv", "s_2_proj_bn"]), ("Flatten", None, None)]
     result = runner.invoke(app, ["summary", "--json", str(write(tmp_path, RESIDUAL))])
     assert result.exit_code == 0, result.stderr
     names = [row["name"] for row in json.loads(result.stdout)["layers"]]

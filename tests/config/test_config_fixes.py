@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cnncli.model.builder import build_model
 from cnncli.cli import app
 from cnncli.config.loading import load_config
 from cnncli.errors import ConfigError
+from cnncli.model.builder import build_model
 
 runner = CliRunner()
 
@@ -69,7 +69,8 @@ def test_regularizer_forms(tmp_path, written, kind, factors):
     ("{type: L5, l2: 0.1}", "unknown regularizer `L5`"),
 ])
 def test_bad_regularizers(tmp_path, written, fragment):
-    path = write(tmp_path, f"    - {{type: Flatten}}\n    - {{type: Dense, units: 10, kernel_regularizer: {written}}}\n",
+    path = write(tmp_path, "    - {type: Flatten}\n"
+                           f"    - {{type: Dense, units: 10, kernel_regularizer: {written}}}\n",
                  "  input_shape: [4, 4]\n")
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 1 and fragment in result.stderr and "c.yaml:5:" in result.stderr

@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 
 from cnncli.config.schema import DataConfig
-from cnncli.data import SOURCES, Dataset, DatasetInfo, convert_images, describe, list_datasets, load
-from cnncli.data import keras_datasets
+from cnncli.data import SOURCES, Dataset, DatasetInfo, convert_images, describe, keras_datasets, list_datasets, load
 from cnncli.data.prepare import limit_indices, resize, to_channels, validation_indices
 from cnncli.errors import DataError
 

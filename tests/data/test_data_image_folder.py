@@ -11,8 +11,8 @@ from test_data_api import write_folder, write_image
 
 from cnncli.config.schema import DataConfig
 from cnncli.data import describe, load
-from cnncli.images import read_image
 from cnncli.errors import DataError
+from cnncli.images import read_image
 
 
 def _cfg(root, **extra) -> DataConfig:

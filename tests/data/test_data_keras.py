@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_api import offline_keras, write_cifar, write_idx, write_npz  # noqa: F401 (fixture)
+from test_data_api import write_cifar, write_idx, write_npz
 
 from cnncli.config.schema import DataConfig
 from cnncli.data import describe, keras_datasets, load

@@ -7,8 +7,8 @@ import pytest
 
 from cnncli.config.schema import DataConfig
 from cnncli.data.pipeline import FileSplit
-from cnncli.data.residency import choose_cache
 from cnncli.data.record_stream import RecordSplit
+from cnncli.data.residency import choose_cache
 from cnncli.errors import DataError
 
 
@@ -25,7 +25,8 @@ def test_a_memory_budget_that_is_not_a_size_is_a_config_error():
 
 def test_auto_keeps_data_resident_while_it_fits(tmp_path):
     mode, why = choose_cache("auto", 2 << 20, 1 << 20, 3 << 20, tmp_path)
-    assert mode == "memory" and why == "decoded training split 1.0 MB fits the memory budget 2.0 MB (data.memory_budget)"
+    assert mode == "memory"
+    assert why == "decoded training split 1.0 MB fits the memory budget 2.0 MB (data.memory_budget)"
     mode, why = choose_cache("auto", 1 << 20, 2 << 20, 3 << 20, tmp_path)
     assert mode == "disk" and why.startswith("decoded training split 2.0 MB exceeds the memory budget 1.0 MB")
     assert choose_cache("none", None, 1, 1, tmp_path) == ("none", "data.cache is set in the config")

@@ -14,7 +14,7 @@ from cnncli.data import load, shapes
 def test_same_seed_same_bytes_other_seed_other_images():
     spec = ShapesSpec(image_size=20, train_examples=50)
     a, b, c = shapes.generate(spec, 50, 7), shapes.generate(spec, 50, 7), shapes.generate(spec, 50, 8)
-    for left, right in zip(a, b):
+    for left, right in zip(a, b, strict=True):
         assert left.tobytes() == right.tobytes()
     assert not np.array_equal(a[0], c[0])
     assert not np.array_equal(a[0], shapes.generate(spec, 50, 7, split=1)[0])  # test stream differs

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_data_api import write_folder, write_image
+from test_data_api import write_folder
 from test_images import jpeg_rotated, png_16bit, png_palette, png_rgba
 from typer.testing import CliRunner
 
@@ -284,7 +284,7 @@ def shapes_folder(root: Path, train: int = 480, test: int = 120) -> Path:
                          shapes={"image_size": 16, "train_examples": train, "test_examples": test,
                                  "classes": ["x", "o", "square"]}), seed=0)
     for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
-        for i, (pixels, label) in enumerate(zip(x, y)):
+        for i, (pixels, label) in enumerate(zip(x, y, strict=True)):
             write = root / split / ds.class_names[label]
             write.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels[..., 0]).save(write / f"{i:04d}.png")

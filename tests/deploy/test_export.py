@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trained_runs as tr
 from typer.testing import CliRunner
 
-import trained_runs as tr
 from cnncli.cli import app
 from cnncli.errors import CnnError, UsageError
 from cnncli.deploy.export import FORMATS, QUANTIZATIONS, Criterion, export_run, list_formats, resolve_output
+from cnncli.errors import CnnError
 
 runner = CliRunner()
 EXTRA = "pip install 'cnncli[export]'"

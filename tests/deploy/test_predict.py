@@ -11,13 +11,13 @@ import json
 
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
 from cnncli.cli import app
-from cnncli.errors import DataError
 from cnncli.deploy.predict import read_image, top_k
+from cnncli.errors import DataError
 
 runner = CliRunner()
 
@@ -127,7 +127,8 @@ def test_colour_image_is_converted_for_a_grayscale_model(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["saved_model", "tflite", "onnx", "keras"])
 def test_predict_with_exported_models_uses_export_json_class_names(tmp_path, fmt):
-    if fmt == "onnx" and (importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None):
+    if fmt == "onnx" and (importlib.util.find_spec("onnxruntime") is None
+                          or importlib.util.find_spec("tf2onnx") is None):
         pytest.skip("onnxruntime / tf2onnx not installed (pip install 'cnncli[export]')")
     artefact = tr.fashion_export(fmt).path
     x, _ = tr.fashion_test_images()
@@ -195,4 +196,5 @@ def test_a_folder_stands_for_its_pictures_below_it_in_name_order(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["predict", str(tr.fashion_run()), str(tmp_path / "empty")])
     assert result.exit_code == 1
-    assert result.stderr == f"Error: {tmp_path / 'empty'}: a folder with no pictures in it (.jpg, .jpeg, .png, .bmp, .gif)\n"
+    assert result.stderr == (f"Error: {tmp_path / 'empty'}: a folder with no pictures in it "
+                             "(.jpg, .jpeg, .png, .bmp, .gif)\n")

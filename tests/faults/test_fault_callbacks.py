@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY
 from harness import check_intact, history_epochs, only_run_dir, temporary_files, uninterrupted
 

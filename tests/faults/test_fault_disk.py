@@ -18,7 +18,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import EPOCHS
 from harness import check_complete, check_intact, history_rows, only_run_dir
 

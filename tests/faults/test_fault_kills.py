@@ -14,9 +14,8 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from conftest import EPOCHS
-from harness import check_complete, check_intact, history_epochs, history_rows, only_run_dir
+from harness import check_complete, check_intact, history_rows, only_run_dir
 
 MERGE = "tensorflow.python.ops.gen_io_ops:merge_v2_checkpoints"  # inside tf.train.Checkpoint.write
 

@@ -7,10 +7,8 @@ import re
 import signal
 
 import pytest
-
 from conftest import EPOCHS, TINY
-from harness import (check_complete, check_intact, history_epochs, history_rows, only_run_dir, run_dirs,
-                     world_writable)
+from harness import check_complete, check_intact, history_epochs, history_rows, only_run_dir, run_dirs, world_writable
 
 # Epoch 1 trains at 0.01; from epoch 2 the rate is 0.01 * 1e30: the weights overflow float32 within a few steps.
 DIVERGING = TINY.replace("  optimizer: {type: Adam, learning_rate: 0.01}\n",
@@ -47,7 +45,8 @@ def test_nan_loss_in_the_first_epoch_says_how_to_set_a_lower_rate(cnn, tiny, tmp
     done = cnn("train", tiny, "-o", tmp_path / "runs", "--set", "train.optimizer.type=SGD",
                "--set", "train.optimizer.learning_rate=1e30", "-q", cwd=tmp_path)
     assert done.code == 1, done
-    assert done.stderr == ("Error: the loss became NaN or infinite at epoch 1, step 2 (learning rate 1e+30); "  # step 1 computes a finite loss, then its update overflows
+    # step 1 computes a finite loss, then its update overflows
+    assert done.stderr == ("Error: the loss became NaN or infinite at epoch 1, step 2 (learning rate 1e+30); "
                            "training stopped and no epoch had completed. Try a lower learning rate, e.g. 1e+29: "
                            "--set train.optimizer.learning_rate=1e+29\n")
 

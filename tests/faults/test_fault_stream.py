@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import EPOCHS
 from harness import check_complete, history_rows, only_run_dir
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for helpers
 
@@ -91,7 +90,7 @@ def test_kill_in_epoch_2_of_a_streamed_run_then_resume_equals_an_uninterrupted_r
     check_complete(run_dir, EPOCHS)
     reference = only_run_dir(tmp_path / "whole")
     assert history_rows(run_dir) == history_rows(reference)
-    for ours, theirs in zip(weights(run_dir), weights(reference)):
+    for ours, theirs in zip(weights(run_dir), weights(reference), strict=True):
         np.testing.assert_array_equal(ours, theirs)
     data = run_json(run_dir)["data"]
     assert data["cache"]["mode"] == cache

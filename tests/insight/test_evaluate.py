@@ -47,7 +47,7 @@ def test_per_class_precision_recall_f1_by_hand(report):
         ("bird", 1 / 1, 1 / 2, 2 * 1 * 0.5 / 1.5, 2),  # f1 = 2/3
     ]
     assert [row["class"] for row in report["per_class"]] == NAMES
-    for row, (name, precision, recall, f1, support) in zip(report["per_class"], expected):
+    for row, (name, precision, recall, f1, support) in zip(report["per_class"], expected, strict=True):
         assert row == {"class": name, "precision": pytest.approx(precision),
                        "recall": pytest.approx(recall), "f1": pytest.approx(f1), "support": support}
     assert report["per_class"][1]["f1"] == pytest.approx(0.8)

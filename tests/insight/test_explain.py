@@ -12,16 +12,16 @@ import json
 import keras
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
-from cnncli.deploy.artifacts import float32_model
 from cnncli.cli import app
 from cnncli.data import shapes
+from cnncli.deploy.artifacts import float32_model
 from cnncli.errors import CnnError
-from cnncli.insight.saliency import (filter_tiles, find_conv_layer, list_methods, logits_model, saliency_map)
-from cnncli.plots import SALIENCY_SIZE, DPI
+from cnncli.insight.saliency import filter_tiles, find_conv_layer, list_methods, logits_model, saliency_map
+from cnncli.plots import DPI, SALIENCY_SIZE
 
 runner = CliRunner()
 FIGURES = ["x", "o", "square", "triangle", "plus"]  # not `line`: its box hugs a 2-px stroke (see below)
@@ -74,7 +74,7 @@ def test_float32_copy_of_a_mixed_precision_model():
     copy = float32_model(model)
     assert model.layers[2].dtype_policy.name == "mixed_bfloat16"
     assert {layer.dtype_policy.name for layer in copy.layers} == {"float32"}
-    for a, b in zip(model.get_weights(), copy.get_weights()):
+    for a, b in zip(model.get_weights(), copy.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     x = np.random.default_rng(1).uniform(0, 255, (4, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(copy(x)), np.asarray(model(x), np.float32), atol=0.02)

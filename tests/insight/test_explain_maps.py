@@ -13,10 +13,10 @@ import json
 import keras
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
 from cnncli.cli import app, fill_optional_values
 from cnncli.data import shapes
 from cnncli.insight.maps import grad_cam, last_conv, probe_model
@@ -51,8 +51,8 @@ def _figure_file(tmp_path, figure="square", rgb=False):
 @pytest.fixture(scope="module")
 def shapes_scores():
     from cnncli.deploy.artifacts import float32_model
-    from cnncli.insight.saliency import logits_model
     from cnncli.deploy.runs import open_run
+    from cnncli.insight.saliency import logits_model
 
     run = open_run(tr.shapes_run())
     return run, logits_model(float32_model(run.load_model()))[0]
@@ -130,9 +130,9 @@ def test_gradcam_on_graph_configs(tmp_path, config, classifier, layer, shape):
 
 def test_gradcam_on_a_backbone_uses_the_last_conv_of_the_base(tmp_path):
     """A keras.applications base is a nested model; built from its config (training it adds nothing here)."""
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import load_config
     from cnncli.insight.saliency import logits_model
+    from cnncli.model.builder import build_model
 
     config = tmp_path / "backbone.yaml"
     config.write_text(
@@ -200,7 +200,7 @@ def test_activations_one_grid_per_conv_with_a_tile_per_channel(tmp_path):
     assert [(r["layer"], r["channels"], r["tiles"], r["shape"]) for r in rows] == [
         ("conv2d", 16, 16, [32, 32]), ("conv2d_1", 32, 32, [16, 16]), ("conv2d_2", 64, 64, [8, 8])]
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["conv2d.png", "conv2d_1.png", "conv2d_2.png"]
-    for r, side in zip(rows, (4, 6, 8)):  # square grids: 1.3 in per tile at 100 dpi, 0.4 in of title
+    for r, side in zip(rows, (4, 6, 8), strict=True):  # square grids: 1.3 in per tile at 100 dpi, 0.4 in of title
         with Image.open(r["output"]) as png:
             assert png.size == (side * 130, side * 130 + 40)
 

@@ -7,10 +7,10 @@ import json
 import keras
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
 from cnncli.cli import app
 from cnncli.insight.mistakes import pair_examples, worst
 

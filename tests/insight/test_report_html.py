@@ -18,10 +18,10 @@ import subprocess
 
 import numpy as np
 import pytest
+import trained_runs as tr
 from PIL import Image
 from typer.testing import CliRunner
 
-import trained_runs as tr
 from cnncli.cli import app
 
 runner = CliRunner()
@@ -31,7 +31,7 @@ SECTIONS = ["Learning curves", "Per-class metrics", "Confusion matrix", "Worst m
             "Grad-CAM", "Model", "Config"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _page() -> tuple[str, str]:
     out = tr._TMP / "report" / "shapes.html"
     result = runner.invoke(app, ["report", str(tr.shapes_run()), "--output", str(out)])

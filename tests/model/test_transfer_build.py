@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.config.loading import config_from_dict
-from cnncli.errors import ConfigError
 from cnncli.config.vocabulary import BACKBONES, list_backbones
+from cnncli.errors import ConfigError
 
 runner = CliRunner()
 VGG16_BLOCK5 = 7_079_424  # 3 × (3·3·512·512 + 512)
@@ -117,8 +117,8 @@ def test_include_top_with_imagenet_at_wrong_size_is_a_config_error(tmp_path):
     doc = vgg_config(include_top=True, weights="imagenet")
     doc["model"]["layers"] = []
     path = write(tmp_path, doc)
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import load_config
+    from cnncli.model.builder import build_model
 
     with pytest.raises(ConfigError, match=r"model\.input_shape: model\.backbone VGG16: When setting "
                                           r"`include_top=True` and loading `imagenet` weights"):
@@ -208,8 +208,8 @@ def test_summary_counts_trainable_and_frozen_parameters_per_phase(tmp_path):
 # ---------------------------------------------------------------- weights: PATH
 
 def _build(doc: dict, tmp_path: Path, name: str):
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import load_config
+    from cnncli.model.builder import build_model
 
     return build_model(load_config(write(tmp_path, doc, name)), (32, 32, 3))
 
@@ -226,7 +226,7 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
     model = _build(vgg_config(weights=str(path)), tmp_path, "with_file.yaml")
     loaded = model.get_layer("vgg16").get_weights()
     assert len(loaded) == len(donor.get_weights())
-    for got, want in zip(loaded, donor.get_weights()):
+    for got, want in zip(loaded, donor.get_weights(), strict=True):
         np.testing.assert_array_equal(got, want)
     fresh = _build(vgg_config(), tmp_path, "without_file.yaml").get_layer("vgg16").get_weights()
     assert not np.array_equal(fresh[0], loaded[0])  # weights: null would not have given these
@@ -236,7 +236,8 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
 def test_weights_file_errors(tmp_path):
     import keras
 
-    with pytest.raises(ConfigError, match=r"model\.backbone\.weights: weights file `.*nope\.weights\.h5` does not exist"):
+    with pytest.raises(ConfigError,
+                       match=r"model\.backbone\.weights: weights file `.*nope\.weights\.h5` does not exist"):
         _build(vgg_config(weights=str(tmp_path / "nope.weights.h5")), tmp_path, "a.yaml")
     odd = tmp_path / "weights.bin"
     odd.write_bytes(b"x")
@@ -312,7 +313,7 @@ def test_a_reused_model_computes_in_the_current_dtype_policy(tmp_path):
     finally:
         keras.config.set_dtype_policy(before)
     assert {layer.dtype_policy.name for layer in reused.layers} == {"float32"}
-    for a, b in zip(reused.get_weights(), source.get_weights()):
+    for a, b in zip(reused.get_weights(), source.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -330,7 +331,8 @@ def test_every_application_builds_at_its_minimum_size_with_phases(name, tmp_path
     doc = {"name": "every", "model": {"input_shape": [low, low, 3],
                                       "backbone": {"name": name, "weights": None, "pooling": "avg"},
                                       "layers": [{"type": "Dense", "units": 2, "activation": "softmax"}]},
-           "train": {"phases": [{"epochs": 1}, {"epochs": 1, "trainable": [last_block]}, {"epochs": 1, "trainable": "all"}]}}
+           "train": {"phases": [{"epochs": 1}, {"epochs": 1, "trainable": [last_block]},
+                                {"epochs": 1, "trainable": "all"}]}}
     result = runner.invoke(app, ["summary", "--json", str(write(tmp_path, doc))])
     assert result.exit_code == 0, result.output
     phases = json.loads(result.stdout)["phases"]

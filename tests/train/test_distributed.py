@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import small_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +139,7 @@ def weights(model_path: Path) -> list[np.ndarray]:
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert len(wa) == len(wb)
-    for x, y in zip(wa, wb):
+    for x, y in zip(wa, wb, strict=True):
         np.testing.assert_array_equal(x, y)  # all-reduce hands every worker the same sums: bit for bit
 
 
@@ -222,7 +221,7 @@ def test_multi_worker_resume_after_both_workers_died(work, cluster):
     assert_same_weights(run_dir / "model.keras", Path(worker["run_dir"]) / "model.keras")
     # The epoch order is a function of (seed, epoch) and the checkpoint holds the optimizer's state.
     uninterrupted = Path(cluster["chief"]["run_dir"]) / "model.keras"
-    for x, y in zip(weights(run_dir / "model.keras"), weights(uninterrupted)):
+    for x, y in zip(weights(run_dir / "model.keras"), weights(uninterrupted), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
@@ -391,7 +390,8 @@ def test_collective_timeout_sets_the_heartbeat_timeout():
         cluster.configure_heartbeats(tf, RuntimeConfig(collective_timeout=7.5).collective_timeout)
         config = context.context().coordination_service
         print(json.dumps({"heartbeat": config.heartbeat_timeout_in_ms, "barrier": config.shutdown_barrier_timeout_in_ms,
-                          "leader": config.service_leader, "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],
+                          "leader": config.service_leader,
+                          "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],
                           "default": RuntimeConfig().collective_timeout}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, env=_env(),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import write_shapes_folder
 from test_distributed import assert_same_weights, multi_worker
 
@@ -61,7 +60,8 @@ def test_two_workers_each_stream_only_their_half_and_end_identical(work):
     files = sum(1 for _ in (work / "folder" / "train").rglob("*.png"))
     shares = [run["data"]["train"] for run in runs]
     assert sum(shares) == files - round(0.1 * files) and abs(shares[0] - shares[1]) <= 1  # validation is not shared
-    for run, share in zip(runs, shares):  # each opened files of its own half only; an epoch's whole batches
+    # each opened files of its own half only; an epoch's whole batches
+    for run, share in zip(runs, shares, strict=True):
         assert 8 * 16 <= run["data"]["files_opened"] <= share  # (8 steps of 16 per worker) may leave a few unread
     assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")
     history = np.genfromtxt(dirs[0] / "history.csv", delimiter=",", names=True)

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import CONFIGS, need_fashion_mnist
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import CONFIGS, need_fashion_mnist
 
 runner = CliRunner()
 

@@ -34,12 +34,14 @@ from cnncli.config.vocabulary import LAYERS, list_augmentations
 runner = CliRunner()
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                      HealthCheck.data_too_large])
-DEFAULT = settings(max_examples=24, derandomize=True, phases=[Phase.explicit, Phase.generate], **_COMMON)  # no shrinking: each example trains
+# no shrinking: each example trains
+DEFAULT = settings(max_examples=24, derandomize=True, phases=[Phase.explicit, Phase.generate], **_COMMON)
 LONG = settings(max_examples=300, **_COMMON)
 
 # ---------------------------------------------------------------- the vocabulary, good and bad values
 
-BAD = 0.04  # the chance of each choice being a bad value: about half the configs are valid, most others have one problem
+# the chance of each choice being a bad value: about half the configs are valid, most others have one problem
+BAD = 0.04
 
 
 def pick(good: list, bad: list = ()):

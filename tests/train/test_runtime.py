@@ -15,12 +15,19 @@ from pathlib import Path
 
 import pytest
 
+from cnncli.config.loading import load_config
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.config.loading import load_config
 from cnncli.train.cluster import ClusterRole, cluster_role, process_role
-from cnncli.train.decisions import (choose_precision, choose_threads, default_threads, model_macs, read_cpu, small_model,
-                                    step_macs)
+from cnncli.train.decisions import (
+    choose_precision,
+    choose_threads,
+    default_threads,
+    model_macs,
+    read_cpu,
+    small_model,
+    step_macs,
+)
 from cnncli.train.runtime import mirrored_devices, setup_runtime, with_loss_scaling
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +113,7 @@ SAPPHIRE_RAPIDS = """processor	: 0
 vendor_id	: GenuineIntel
 model name	: Intel(R) Xeon(R) Platinum 8488C
 flags		: fpu sse sse2 sse4_1 sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni avx512_bf16 avx512_fp16 amx_bf16 amx_tile amx_int8
-"""
+"""  # noqa: E501 (a recorded /proc/cpuinfo line: wrapping it would change the input)
 ICE_LAKE = """model name	: Intel(R) Xeon(R) Platinum 8375C
 flags		: sse4_2 avx fma avx2 avx512f avx512bw avx512_vnni
 """

@@ -60,7 +60,7 @@ def test_fused_steps_equal_keras_steps(name):
     keras_weights, keras_slots, _ = _train(make, fused=False)
     fused_weights, fused_slots, kernel = _train(make, fused=True)
     assert kernel == expected_kernel
-    for a, b in zip(keras_weights + keras_slots, fused_weights + fused_slots):
+    for a, b in zip(keras_weights + keras_slots, fused_weights + fused_slots, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-import helpers
 from cnncli.cli import app
 
 TRAINED = {  # three classes, enough examples to learn them in a few epochs; deterministic, so runs repeat
@@ -178,7 +178,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     assert (run_dir / "history.csv").read_text() == (ref_dir / "history.csv").read_text()
     ours = keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
     theirs = keras.models.load_model(ref_dir / "model.keras", compile=False).get_weights()
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

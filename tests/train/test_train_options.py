@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_train import small_text
 from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.config.vocabulary import SCHEDULES, list_schedules
-from test_train import small_text
 
 runner = CliRunner()
 
@@ -101,7 +101,8 @@ def test_unknown_augmentation_argument_is_reported_with_its_line(tmp_path):
     line = next(n for n, text in enumerate(config.read_text().splitlines(), 1) if "mdoe" in text)
     result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs")])
     assert result.exit_code == 1
-    assert f"c.yaml:{line}: data.augment[0].mdoe: RandomFlip takes no argument `mdoe` (did you mean `mode`?)" in result.stderr
+    assert (f"c.yaml:{line}: data.augment[0].mdoe: RandomFlip takes no argument `mdoe` (did you mean `mode`?)"
+            in result.stderr)
 
 
 def test_plain_progress_prints_one_line_per_epoch_when_not_a_terminal(tmp_path):

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from helpers import ROOT, need_fashion_mnist
 
 VGG16_BLOCK5 = 7_079_424
@@ -79,7 +78,7 @@ def layer_weights(model, prefix: str = "") -> dict[str, list[np.ndarray]]:
 
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 # ---------------------------------------------------------------- VGG16: head, then block5
@@ -103,7 +102,8 @@ def test_head_then_block5(tmp_path, vgg_initial, snapshots):
         "data": {"dataset": "image_folder", "path": str(write_photos(tmp_path / "photos")),
                  "validation_split": 0},
         "model": {"backbone": {"name": "VGG16", "weights": str(weights_file)},
-                  "layers": [{"type": "GlobalAveragePooling2D"}, {"type": "Dense", "units": 2, "activation": "softmax"}]},
+                  "layers": [{"type": "GlobalAveragePooling2D"},
+                             {"type": "Dense", "units": 2, "activation": "softmax"}]},
         "train": {"batch_size": 10, "optimizer": {"type": "SGD", "learning_rate": 0.01, "momentum": 0.9},
                   "phases": [{"epochs": 1, "trainable": "head"},
                              {"epochs": 1, "trainable": ["block5"], "learning_rate": 0.001}]},
@@ -118,7 +118,8 @@ def test_head_then_block5(tmp_path, vgg_initial, snapshots):
     for record, rate in ((first, 0.01), (second, 0.001)):
         assert record["epochs"] == 1 and record["optimizer"] == "SGD"
         assert record["learning_rates"] == [pytest.approx(rate)]
-        assert record["train_seconds"] > 0 and record["examples_per_second"] > 0 and record["examples"] == run["data"]["train"]
+        assert record["train_seconds"] > 0 and record["examples_per_second"] > 0
+        assert record["examples"] == run["data"]["train"]
     with open(result.run_dir / "history.csv", newline="") as f:
         assert [(r["epoch"], r["phase"]) for r in csv.DictReader(f)] == [("1", "1"), ("2", "2")]
 
@@ -128,7 +129,7 @@ def test_head_then_block5(tmp_path, vgg_initial, snapshots):
     assert not same(after_head["dense"], after_block5["dense"])  # the head trains in both phases
     for name, values in initial.items():  # phase 2: block5 moves, blocks 1–4 do not
         if name.startswith("vgg16/block5"):
-            assert all(not np.array_equal(a, b) for a, b in zip(after_block5[name], values)), name
+            assert all(not np.array_equal(a, b) for a, b in zip(after_block5[name], values, strict=True)), name
         else:
             assert same(after_block5[name], values), name
 
@@ -195,8 +196,8 @@ def test_layer_lr_decay_scales_each_blocks_step(optimizer, float32_policy):
     trainer = Trainer(model, opt, loss_fn, [], tf.distribute.get_strategy(), batch_size=16, seed=0)
     trainer.set_data(x, y)
     trainer.train_epoch(0)  # one batch: one step
-    factor = dict(zip((id(v) for v in variables), multipliers_for(variables, groups)))
-    for v, g, w0 in zip(variables, grads, before):
+    factor = dict(zip((id(v) for v in variables), multipliers_for(variables, groups), strict=True))
+    for v, g, w0 in zip(variables, grads, before, strict=True):
         step = w0 - np.array(v)
         if optimizer == "SGD":  # exact up to float32 rounding of the weights themselves
             np.testing.assert_allclose(step, rate * factor[id(v)] * g, rtol=1e-4, atol=1e-7)
@@ -264,7 +265,8 @@ def test_from_run_takes_the_layers_before_the_classifier(source_run, fine_tuned,
                                                      "block2_pool", "fc_flatten", "fc_dense"]
     # block1 never trained: it is the source's, bit for bit, at every epoch
     for epoch in (1, 2, 3):
-        assert same(taken[epoch]["from_run/block1_conv"], [np.array(w) for w in source.get_layer("block1_conv").weights])
+        assert same(taken[epoch]["from_run/block1_conv"],
+                    [np.array(w) for w in source.get_layer("block1_conv").weights])
     # phase 1 (head only) leaves block2 and fc as they were; phase 2 moves them
     for name in ("block2_conv", "fc_dense"):
         original = [np.array(w) for w in source.get_layer(name).weights]
@@ -311,16 +313,16 @@ def test_resume_in_the_middle_of_a_phase_matches_the_uninterrupted_run(fine_tune
     assert (run_dir / "history.csv").read_text() == (reference.run_dir / "history.csv").read_text()
     ours = keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
     theirs = keras.models.load_model(reference.run_dir / "model.keras", compile=False).get_weights()
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(a, b)
     phases = json.loads((run_dir / "run.json").read_text())["phases"]
     assert [p["epochs"] for p in phases] == [1, 2]
 
 
 def test_from_run_errors(source_run, tmp_path):
-    from cnncli.model.builder import build_model
     from cnncli.config.loading import config_from_dict
     from cnncli.errors import ConfigError
+    from cnncli.model.builder import build_model
 
     def build(backbone: dict, input_shape=(28, 28, 1)):
         cfg = config_from_dict({"model": {"input_shape": list(input_shape), "backbone": backbone,
@@ -398,7 +400,7 @@ def test_batch_norm_stays_in_inference_mode_unless_the_whole_base_trains(tmp_pat
             assert same(snapshots[epoch][f"from_run/{bn}"], start[bn]), (epoch, bn)
     assert not same(snapshots[2]["from_run/block2_conv"], start["block2_conv"])  # while its conv trains
     for bn in ("block1_bn", "block2_bn"):  # `all`: statistics and γ, β move
-        assert all(not np.array_equal(a, b) for a, b in zip(snapshots[3][f"from_run/{bn}"], start[bn])), bn
+        assert all(not np.array_equal(a, b) for a, b in zip(snapshots[3][f"from_run/{bn}"], start[bn], strict=True)), bn
 
 
 def _keras_load(run_dir: Path):

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import small_config
 from PIL import Image
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 from cnncli.tune.compare import differences, flatten
 
 runner = CliRunner()

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 
 runner = CliRunner()
 
@@ -94,9 +94,9 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_a_resumed_run_continues_its
     from mlflow.tracking import MlflowClient
 
     from cnncli.errors import Interrupted
-    from cnncli.tune.tracking import LiveRun
     from cnncli.train.job import TrainOptions, run_training
     from cnncli.train.progress import Reporter
+    from cnncli.tune.tracking import LiveRun
 
     uri = f"file:{tmp_path / 'mlruns'}"
     (tmp_path / "tiny.yaml").write_text(config({"deterministic": True}))

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 
 runner = CliRunner()
 
@@ -399,7 +399,8 @@ def test_the_history_columns_a_sweep_checks_against_are_those_training_writes(tm
     from cnncli.train.session import history_columns
 
     config = tiny_sweep(tmp_path, "    train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}")
-    config.write_text(config.read_text().replace("classes: [x, o, square]", "classes: [x, o, square, plus, line, triangle]")
+    config.write_text(config.read_text().replace("classes: [x, o, square]",
+                                                 "classes: [x, o, square, plus, line, triangle]")
                       .replace("units: 3,", "units: 6,"))
     sets = [extra.removeprefix("--set=")] if extra else []
     result = runner.invoke(app, ["train", str(config), "--output", str(tmp_path / "runs"), "--json",

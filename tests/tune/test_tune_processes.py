@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 
 if sys.platform != "linux":
     pytest.skip("kills `cnn` processes with signals: Linux only", allow_module_level=True)
