@@ -13,7 +13,7 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024  # as cnncli.deploy.serve_guard's, not impor
 
 @app.command()
 def serve(
-    model: Path = typer.Argument(..., metavar="RUN_DIR|EXPORT",
+    model: Path = typer.Argument(..., metavar="RUN_DIR|EXPORT", readable=False,
                                  help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on; 0 picks a free one."),

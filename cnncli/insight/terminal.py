@@ -110,4 +110,4 @@ def print_errors(console: Console, report: dict) -> None:
     console.print(table)
     for key, what in (("errors_png", "gallery"), ("confused_png", "confused pairs")):
         if key in report:
-            console.print(f"{what}: {escape(report[key])}")
+            console.print(f"{what}: {escape(str(report[key]))}")

@@ -171,8 +171,11 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         # Before the data and the run directory: a slow load, then an error that the config showed, is cruel.
         # (After setup_runtime: the checks create Keras metrics, which would fix the TF context too early;
         # before the seed: the trial build draws initial weights.)
+        from cnncli.train.augment import check_augmentation
+
         with _before_training("checking the model"):
             check_model(cfg)
+            check_augmentation(cfg, runtime.precision)
         if runtime.is_chief:
             rundir.check_output(opts.run_dir.parent if opts.run_dir else opts.output, cfg.name or "run")
     import tensorflow as tf

@@ -31,9 +31,9 @@ def check_sources(config, resume: Path | None) -> None:
         raise UsageError("give a config file, or --resume RUN_DIR")
     if config is not None and resume is not None:
         given = ", ".join(f"`{c}`" for c in config) if isinstance(config, (list, tuple)) else f"`{config}`"
-        raise UsageError(f"--resume continues `{resume}` with the config it was trained with "
-                       f"({Path(resume) / 'config.yaml'}), so a CONFIG ({given}) cannot apply; give one or the "
-                       "other (change a setting of the resumed run with --set KEY.PATH=VALUE or --epochs N)")
+        raise UsageError(f"give a config file or --resume RUN_DIR, not both: --resume continues `{resume}` with "
+                         f"its own config.yaml, so {given} cannot apply (change a setting of the resumed run with "
+                         "--set KEY.PATH=VALUE or --epochs N)")
 
 
 def changes(recorded: str, current: dict) -> list[tuple[str, object, object]]:

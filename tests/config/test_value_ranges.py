@@ -71,4 +71,4 @@ def test_negative_rates_and_zero_sizes_are_still_refused(tmp_path, setting, expe
     result = validate(tmp_path, setting)
     assert result.exit_code == 1
     assert [line for line in result.stderr.splitlines() if line.startswith("Error:")] == \
-        [f"Error: {tmp_path / 'c.yaml'}: {expected}"]
+        [f"Error: --set {setting}: {expected}"]  # the value came from --set, so that is where it is

@@ -31,7 +31,9 @@ def test_profile_writes_a_trace_and_prints_the_top_ops(tmp_path):
     assert "% of it waiting for input" in lines[head]
     assert lines[head + 1].split() == ["op", "ms/step", "share", "calls"]
     ops = op_times(traces[0])
-    assert any(name.startswith("_MklNativeConv2DBackpropFilter") for name in ops)  # the convolutions' gradients
+    # The convolutions' gradients, by whichever kernel this CPU gets: oneDNN's (_MklNativeConv2DBackpropFilter,
+    # where TensorFlow turns it on) or Eigen's (Conv2DBackpropFilter).
+    assert any(name.endswith("Conv2DBackpropFilter") for name in ops), sorted(ops)
     table = [line.split()[0] for line in lines[head + 2:head + 14] if not line.startswith("  (")]
     assert table[0] == max(ops, key=lambda name: ops[name]["ms"])[:36]
     run = json.loads(next(tmp_path.glob("shapes-cnn/*/run.json")).read_text())
