@@ -193,7 +193,7 @@ def is_image_augmentation(cls: type) -> bool:
     return ".image_preprocessing." in getattr(cls, "__module__", "")
 
 
-def file_utils():
+def file_utils() -> Any:
     """keras.src.utils.file_utils (whose get_file keras.applications calls), or None."""
     if not usable("weights_hint"):
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +77,8 @@ class Line(int):
     given: str | None = None
 
     def __new__(cls, line: int, file: str | None = None, via: str | None = None,
-                moved: tuple[str, str] | None = None, given: str | None = None) -> "Line":
+                moved: tuple[str, str] | None = None, given: str | None = None) -> Line:
+        """A line number, with the file, include and override it came from."""
         self = super().__new__(cls, line)
         self.file, self.via, self.moved, self.given = file, via, moved, given
         return self
@@ -136,7 +138,7 @@ def describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def closest(name: str, choices, n: int = 1) -> list[str]:
+def closest(name: str, choices: Any, n: int = 1) -> list[str]:
     """The valid names nearest to a mistyped one, case-insensitively. A name of several words first looks
     for the names that hold all of them, in any order and each nearly spelled: `crossentropy_sparse`
     finds `sparse_categorical_crossentropy`, not the closer string `binary_crossentropy`."""

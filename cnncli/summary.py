@@ -153,6 +153,7 @@ def _double_scaling(cfg) -> list[str]:
 
 
 def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
+    """Check one config file (with overrides) as `cnn validate` does, without raising."""
     if Path(path).is_dir():  # a folder given without any config in it (config_files keeps it to say so)
         message = "a folder with no config files (*.yaml, *.yml) in it"
         return ValidateResult(str(path), False, error=f"{path}: {message}", problems=[(str(path), None, message)])

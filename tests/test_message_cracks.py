@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import CONFIGS, ROOT
 
 from cnncli.config.loading import load_config

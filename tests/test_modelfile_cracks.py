@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from helpers import ROOT, write_shapes_folder
+from helpers import write_shapes_folder
 
 TINY_MODEL = [
     {"type": "Conv2D", "filters": 4, "kernel_size": 3, "activation": "relu"},
@@ -110,7 +109,8 @@ def test_run_model_loads_compiled_in_plain_keras(tmp_path):
         jobs.append((str(run_dir / "model.keras"), str(folder / "x.npy"), str(folder / "y.npy")))
         expected.append((key, cls_name, args, probs, float(np.mean(make_loss(run.cfg.train.loss)(y, probs))),
                          float(np.mean(probs.argmax(-1) == y))))
-    for got, (key, cls_name, args, probs, loss_value, accuracy) in zip(_plain_keras(jobs, tmp_path), expected):
+    plain = _plain_keras(jobs, tmp_path)
+    for got, (key, cls_name, args, probs, loss_value, accuracy) in zip(plain, expected, strict=True):
         np.testing.assert_allclose(np.array(got["probs"]), probs, atol=1e-5, err_msg=key)
         assert got["loss"] == cls_name, key
         assert {k: got["loss_config"][k] for k in args} == args, key
@@ -180,7 +180,8 @@ def test_skipped_images_are_warned_counted_and_recorded_alike(tmp_path, corrupt_
     data_cfg = {"dataset": "image_folder", "path": str(root), "validation_split": 0.25, "on_corrupt": "skip",
                 "cache": cache, "cache_dir": str(tmp_path / "cache")}
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"name": "skip", "seed": 3, "deterministic": True, "data": data_cfg, "model": {"layers": TINY_MODEL},
+    config.write_text(yaml.safe_dump({"name": "skip", "seed": 3, "deterministic": True, "data": data_cfg,
+                                      "model": {"layers": TINY_MODEL},
                                       "train": {"epochs": 1, "batch_size": 16}}))
     # The files each split is given (as streamed), less the unreadable ones.
     listed = split_listing(SOURCES.get("image_folder").files(DataConfig(**data_cfg)), DataConfig(**data_cfg), 3)
@@ -290,7 +291,8 @@ def test_a_caffe_backbone_run_started_before_rgb_scaling_is_not_resumed(tmp_path
     def cfg(name):
         return config_from_dict({"name": "bb", "model": {"input_shape": [32, 32, 3],
                                                          "backbone": {"name": name, "weights": None},
-                                                         "layers": [{"type": "Flatten"}, {"type": "Dense", "units": 3}]}})
+                                                         "layers": [{"type": "Flatten"},
+                                                                    {"type": "Dense", "units": 3}]}})
 
     with pytest.raises(CnnError, match=r"`runs/bb/1` was started by an older cnncli, whose VGG16 took its input in "
                                        r"BGR order; .* start it again with cnn train runs/bb/1/config.yaml"):

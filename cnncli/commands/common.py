@@ -107,7 +107,7 @@ def keras_logs_off_stdout() -> None:
     keras.utils.disable_interactive_logging()
 
 
-def emit_json(data) -> None:
+def emit_json(data: Any) -> None:
     """The one JSON document of --json; a Path in it is written absolute (fileio.absolute)."""
     from pathlib import Path
 

@@ -12,8 +12,8 @@ from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handle
 
 @app.command("config")
 def config_(
-    configs: List[Path] = typer.Argument(..., readable=False, help="Config files, merged left to right."),
-    set_: Optional[List[str]] = SetOption,
+    configs: list[Path] = typer.Argument(..., readable=False, help="Config files, merged left to right."),
+    set_: list[str] | None = SetOption,
     json_output: bool = JsonOption,
 ) -> None:
     """Print the single resolved config: extends followed, files merged, blocks expanded, defaults filled.
@@ -34,7 +34,7 @@ def config_(
 
 @app.command()
 def schema(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
                                           help="Write to FILE instead of stdout."),
 ) -> None:
     """Write the JSON Schema (2020-12) of a config, for editors and CI.

@@ -14,13 +14,13 @@ from cnncli.errors import CnnError
 @app.command()
 def tune(
     config: Path = typer.Argument(..., readable=False, help="Config file with a `search:` section."),
-    set_: Optional[List[str]] = SetOption,
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
-    storage: Optional[str] = typer.Option(None, "--storage",
+    set_: list[str] | None = SetOption,
+    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
+    storage: str | None = typer.Option(None, "--storage",
                                           help="Optuna storage URL shared by several processes or machines, "
                                                "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+    study: str | None = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
                                           help="The sweep directory; rerunning with it continues the study "
                                                "(default sweeps/<name>/<timestamp>)."),
     mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
@@ -59,9 +59,9 @@ def tune(
         if json_output:
             # trials.csv names run directories relative to the sweep directory (it moves with them);
             # the JSON names every path absolute, as every --json does.
-            trials = [{**row, "run_dir": sweep.dir / row["run_dir"] if row["run_dir"] else None}
-                      for row in trial_rows(sweep)]
-            emit_json({"sweep_dir": sweep.dir, "metric": sweep.metric, "trials": trials,
+            rows = [{**row, "run_dir": sweep.dir / row["run_dir"] if row["run_dir"] else None}
+                    for row in trial_rows(sweep)]
+            emit_json({"sweep_dir": sweep.dir, "metric": sweep.metric, "trials": rows,
                        "best": None if best is None else {"number": best.number, "value": best.value,
                                                           "params": best.params,
                                                           "run_dir": sweep.dir / best.user_attrs["run_dir"]}})
@@ -76,9 +76,9 @@ def tune(
 
 @app.command()
 def compare(
-    runs: List[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
+    runs: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
                                       readable=False, help="Run directories, or sweep directories (all their trials)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="PNG", readable=False,
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="PNG", readable=False,
                                           help="Draw the runs' curves, overlaid, into this PNG."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -89,8 +89,8 @@ def compare(
     Example: cnn compare runs/tiny/20260101-120000 runs/tiny/20260101-130000 --output compare.png
     """
     with handled(json_output):
-        from cnncli.tune.compare import compare as compare_runs
         from cnncli.tune.compare import cell, short_labels
+        from cnncli.tune.compare import compare as compare_runs
 
         report = compare_runs(runs, output)
         if json_output:

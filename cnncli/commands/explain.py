@@ -14,8 +14,9 @@ from cnncli.errors import UsageError
 @app.command()
 def predict(
     model: Path = typer.Argument(..., metavar="RUN_DIR", readable=False,
-                                 help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel directory."),
-    images: List[Path] = typer.Argument(..., metavar="IMAGE...",
+                                 help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel "
+                                      "directory."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGE...",
                                         readable=False, help="Image files (png, jpg, bmp, gif), or folders of them."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
     json_output: bool = JsonOption,
@@ -44,13 +45,13 @@ def predict(
 def saliency(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     image: Path = typer.Argument(..., readable=False, help="An image file: png, jpg, bmp, gif."),
-    class_: Optional[str] = typer.Option(None, "--class", help="Class name or index (default: the predicted one)."),
+    class_: str | None = typer.Option(None, "--class", help="Class name or index (default: the predicted one)."),
     method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad | gradcam"),
     samples: int = typer.Option(25, "--samples", min=1, help="smoothgrad: noisy copies averaged."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the noise."),
     layer: str | None = typer.Option(None, "--layer",
                                         help="gradcam: a layer with a feature map (default: the last convolution)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
                                           help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -85,11 +86,11 @@ def saliency(
 def activations(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     image: Path = typer.Argument(..., readable=False, help="An image file: png, jpg, bmp, gif."),
-    layer: Optional[List[str]] = typer.Option(None, "--layer",
+    layer: list[str] | None = typer.Option(None, "--layer",
                                               help="A layer with a feature map (repeatable; default: every "
                                                    "convolution, in order)."),
     max_channels: int = typer.Option(64, "--max", min=1, help="At most this many channels per layer."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
                                           help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -104,8 +105,9 @@ def activations(
         from cnncli.insight.maps import draw_activations
 
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
-        rows = [{"layer": m.layer, "output": Path(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
-                 "tiles": m.tiles} for m, p in zip(maps, paths)]
+        rows: list[dict[str, Any]] = [
+            {"layer": m.layer, "output": Path(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
+             "tiles": m.tiles} for m, p in zip(maps, paths, strict=True)]
         if json_output:
             emit_json({"image": str(image), "layers": rows})
         else:
@@ -117,8 +119,8 @@ def activations(
 @app.command()
 def filters(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+    layer: str | None = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
                                           help="PNG path (default RUN_DIR/filters_<layer>.png)."),
     json_output: bool = JsonOption,
 ) -> None:

@@ -13,8 +13,8 @@ from cnncli.errors import UsageError
 
 @app.command()
 def validate(
-    configs: List[Path] = typer.Argument(..., readable=False, help="Config files to check, or folders of them."),
-    set_: Optional[List[str]] = SetOption,
+    configs: list[Path] = typer.Argument(..., readable=False, help="Config files to check, or folders of them."),
+    set_: list[str] | None = SetOption,
     print_config: bool = typer.Option(False, "--print", help="Print each resolved config as YAML."),
     format_: str = typer.Option("text", "--format", help="text | github (::error annotations for pull requests)"),
     json_output: bool = JsonOption,
@@ -51,8 +51,8 @@ def validate(
 
 @app.command()
 def summary(
-    config: List[Path] = typer.Argument(..., readable=False, help="Config file; several are merged left to right."),
-    set_: Optional[List[str]] = SetOption,
+    config: list[Path] = typer.Argument(..., readable=False, help="Config file; several are merged left to right."),
+    set_: list[str] | None = SetOption,
     expand: bool = typer.Option(False, "--expand", help="One row per layer, also inside blocks."),
     json_output: bool = JsonOption,
 ) -> None:

@@ -12,18 +12,18 @@ from cnncli.errors import UsageError, did_you_mean
 
 @app.command()
 def train(
-    config: Optional[List[Path]] = typer.Argument(None, readable=False,
+    config: list[Path] | None = typer.Argument(None, readable=False,
                                                 help="Config file (omit with --resume); several merge "
                                                      "left to right."),
-    set_: Optional[List[str]] = SetOption,
-    resume: Optional[Path] = typer.Option(None, "--resume", readable=False,
+    set_: list[str] | None = SetOption,
+    resume: Path | None = typer.Option(None, "--resume", readable=False,
                                           help="Continue an interrupted run in place."),
     output: Path = typer.Option(Path("runs"), "--output", "-o", readable=False,
                                 help="Where run directories are created."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | gpu"),
+    name: str | None = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
     profile: int = typer.Option(0, "--profile", min=0, metavar="STEPS",
@@ -38,14 +38,14 @@ def train(
 
     Example: cnn train configs/shapes_cnn.yaml --epochs 3
     """
-    config = (config if len(config) > 1 else config[0]) if config else None
+    given = (config if len(config) > 1 else config[0]) if config else None
     with handled(json_output or quiet):  # --quiet too: Keras's "Downloading data from …" would precede the run dir
         from cnncli.config.schema import DEVICES
         from cnncli.train.job import TrainOptions, run_training
         from cnncli.train.progress import make_reporter
         from cnncli.train.resuming import check_sources
 
-        check_sources(config, resume)
+        check_sources(given, resume)
         if device is not None and device not in DEVICES:
             raise UsageError(f"`{device}` is not a device{did_you_mean(device, DEVICES)}; choose one of: "
                              f"{', '.join(DEVICES)}", "--device")
@@ -101,7 +101,7 @@ def evaluate(
     errors: int | None = typer.Option(None, "--errors", min=1, metavar="[N]",
                                          help="Also list and draw the N highest-loss images (default 16) "
                                               "and the most confused pairs."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", readable=False,
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="DIR", readable=False,
                                           help="Where the pictures go (default: RUN_DIR for its own data, "
                                                "RUN_DIR/evaluations/<data>/ for --data)."),
     json_output: bool = JsonOption,
@@ -118,8 +118,8 @@ def evaluate(
     """
     with handled(json_output):
         from cnncli.config.loading import Override, check_overrides
-        from cnncli.insight.terminal import print_evaluation
         from cnncli.insight.evaluation import evaluate_run
+        from cnncli.insight.terminal import print_evaluation
 
         if split not in ("test", "val", "train"):
             raise UsageError(f"`{split}` is not a split; choose test, val or train", "--split")
@@ -147,7 +147,7 @@ def _write_report(run_dir: Path) -> Path:
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
                                           help="HTML path (default RUN_DIR/report.html)."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -171,9 +171,9 @@ def report(
 def export(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", readable=False,
-                                          help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
+                                       help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
+    quantize: str | None = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
     force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,
 ) -> None:

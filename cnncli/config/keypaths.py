@@ -53,7 +53,7 @@ def canonical_path(text: str) -> str:
     return format_path(parse_path(text, strict=True))
 
 
-def flatten(data, prefix: tuple = ()) -> dict[str, object]:
+def flatten(data: Any, prefix: tuple = ()) -> dict[str, object]:
     """{"model.layers[0].filters": 8, ...}: every leaf of a config under its --set path."""
     if isinstance(data, dict) and data:
         return {k: v for key, value in data.items() for k, v in flatten(value, prefix + (key,)).items()}

@@ -12,12 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from cnncli.config.schema import FILE_DATASETS, Config
-from cnncli.errors import ConfigError, Line, Problem, UsageError, describe, did_you_mean
 from cnncli.config.keypaths import nearest_line, parse_path
 from cnncli.config.schema import FILE_DATASETS, Config
 from cnncli.config.yamlio import KeyPath, format_path, parse_yaml
-from cnncli.errors import ConfigError, Problem, describe, did_you_mean
+from cnncli.errors import ConfigError, Line, Problem, UsageError, describe, did_you_mean
 
 # ---------------------------------------------------------------- cross-field checks
 
@@ -242,7 +240,8 @@ class Override(str):
     given: str
     option: str
 
-    def __new__(cls, text: str, given: str | None = None, option: str = "--set") -> "Override":
+    def __new__(cls, text: str, given: str | None = None, option: str = "--set") -> Override:
+        """An override's text, with the option and words it was typed as."""
         self = super().__new__(cls, text)
         self.option, self.given = option, given or f"{option} {text}"
         return self
@@ -280,7 +279,7 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str =
         item, path, raw = _parse_override(item, option)
         here = Line(0, given=item.given)  # line 0: from the command line
 
-        def misfit(message: str) -> ConfigError:
+        def misfit(message: str, here=here) -> ConfigError:
             return ConfigError.single(message, line=here)
 
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import typing
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

@@ -88,8 +88,10 @@ _FALLBACK = {
     "RuntimeConfig.device": "auto | cpu | gpu",
     "RuntimeConfig.precision": "auto | float32 | mixed_bfloat16 | mixed_float16; auto picks by hardware",
     "RuntimeConfig.distribute": "null | mirrored (every local GPU) | multi_worker (TF_CONFIG) | tpu",
-    "RuntimeConfig.intra_op_threads": "threads inside one op (default: measured per machine size; 0: TensorFlow's own default)",
-    "RuntimeConfig.inter_op_threads": "ops run at once (default: measured per machine size; 0: TensorFlow's own default)",
+    "RuntimeConfig.intra_op_threads": "threads inside one op (default: measured per machine size; "
+                                      "0: TensorFlow's own default)",
+    "RuntimeConfig.inter_op_threads": "ops run at once (default: measured per machine size; "
+                                      "0: TensorFlow's own default)",
     "ShapesSpec.classes": "which figures: x, o, square, triangle, plus, line",
     "ShapesSpec.train_examples": "images generated for training",
     "ShapesSpec.test_examples": "images generated for testing",

@@ -397,7 +397,7 @@ def make_loss(loss: str | LossSpec) -> ClassIndexLoss:
     return ClassIndexLoss(loss)
 
 
-def compile_args(loss, metrics: list[str]) -> dict[str, Any]:
+def compile_args(loss: Any, metrics: list[str]) -> dict[str, Any]:
     """`model.compile`'s loss and metrics as Keras's own classes, so that model.keras loads compiled
     in plain Keras (`keras.saving.load_model`), with nothing of cnncli imported.
 
@@ -421,7 +421,7 @@ def compile_args(loss, metrics: list[str]) -> dict[str, Any]:
     return {"loss": cls(**args), "metrics": compiled}
 
 
-def make_metric(name: str, loss: Any = None):
+def make_metric(name: str, loss: Any = None) -> Any:
     """A metric by name; `accuracy` compares class indices, the form of every label cnncli feeds."""
     import keras
 

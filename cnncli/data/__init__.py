@@ -88,7 +88,8 @@ def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, wo
         warnings = [*warnings, *training_class_warnings(splits["train"].labels,
                                                         np.array([label for _, label in listing.files["train"]]),
                                                         list(class_names), cfg)]
-        image_shape = tuple(int(d) for d in (shape or listing.image_shape))
+        height, width, channels = (int(d) for d in (shape or listing.image_shape))
+        image_shape = (height, width, channels)
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
     root = residency.cache_root(cfg.cache_dir)

@@ -31,9 +31,9 @@ class Dataset:
     class_names: list[str]
     source: str  # where the data came from, for run.json and messages
     warnings: list[str] = field(default_factory=list)  # e.g. skipped corrupt images
-    bboxes: Optional[dict[str, np.ndarray]] = None  # shapes only: split -> (N, 4) top, left, bottom, right
-    paths: Optional[dict[str, list[str]]] = None  # image_folder only: split -> the file of each example
-    cache: Optional[dict] = None  # resident or streamed, and why (residency.choose_cache), for run.json
+    bboxes: dict[str, np.ndarray] | None = None  # shapes only: split -> (N, 4) top, left, bottom, right
+    paths: dict[str, list[str]] | None = None  # image_folder only: split -> the file of each example
+    cache: dict | None = None  # resident or streamed, and why (residency.choose_cache), for run.json
     skipped: list[str] = field(default_factory=list)  # resident: files left out as unreadable (on_corrupt: skip)
 
     @property
@@ -68,9 +68,9 @@ class Splits:
     class_names: list[str]
     source: str
     warnings: list[str] = field(default_factory=list)
-    bboxes: Optional[dict[str, np.ndarray]] = None  # "train"/"test" -> (N, 4)
-    paths: Optional[dict[str, list[str]]] = None  # "train"/"test" -> file of each example (image folders)
-    unreadable: Optional[dict[str, list[int]]] = None  # "train"/"test" -> positions left out (on_corrupt: skip)
+    bboxes: dict[str, np.ndarray] | None = None  # "train"/"test" -> (N, 4)
+    paths: dict[str, list[str]] | None = None  # "train"/"test" -> file of each example (image folders)
+    unreadable: dict[str, list[int]] | None = None  # "train"/"test" -> positions left out (on_corrupt: skip)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ SHOWN = 5  # paths listed in one message before "…"
 
 
 def listing(paths: list, shown: int = SHOWN) -> str:
+    """The first `shown` paths, comma-separated, with the total when there are more."""
     text = ", ".join(str(p) for p in paths[:shown])
     return text + (f", … ({len(paths)} in all)" if len(paths) > shown else "")
 

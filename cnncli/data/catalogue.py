@@ -15,10 +15,11 @@ import functools
 import io
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +215,7 @@ def counter(progress: Progress | None, total: int) -> Callable[[int], None] | No
 
 
 @contextlib.contextmanager
-def progress_display(label: str, show: bool = True):
+def progress_display(label: str, show: bool = True) -> Any:
     """A (done, total) callback drawing a Rich bar on a terminal, else a plain line every 10%.
 
     Both on stderr: stdout holds only the result, so `cnn data inspect DIR > counts.txt` (or piped into

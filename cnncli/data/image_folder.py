@@ -21,12 +21,14 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cnncli import images
 from cnncli.config.schema import DataConfig
-from cnncli.data.base import DatasetInfo, Source, Splits, listing as _listing
+from cnncli.data.base import DatasetInfo, Source, Splits
+from cnncli.data.base import listing as _listing
 from cnncli.data.pipeline import FileListing
 from cnncli.errors import DataError
 from cnncli.images import EXTENSIONS, CorruptImage
@@ -188,9 +190,13 @@ def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]],
     channels = 3 if mode == "rgb" else 1
     bad: list[tuple[str, str]] = []
     resized = 0
-    arrays, names, unreadable = {}, {}, {}
+    arrays: dict[str, Any] = {}
+    names: dict[str, Any] = {}
+    unreadable: dict[str, Any] = {}
     for split in ("train", "test"):
-        pictures, labels, names[split], unreadable[split] = [], [], [], []
+        pictures: list[Any] = []
+        labels: list[Any] = []
+        names[split], unreadable[split] = [], []
         for name, label, pixels, reason in _read_each(items[split], mode):
             if pixels is None:
                 bad.append((name, reason))
@@ -222,7 +228,7 @@ def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]],
     readable = np.ones(len(arrays["train"][1]), bool)
     readable[unreadable["train"]] = False
     counts = np.bincount(arrays["train"][1][readable], minlength=len(class_names))
-    lost = [name for name, count in zip(class_names, counts) if count == 0]
+    lost = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
     if lost:
         raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
                         "replace the unreadable files")

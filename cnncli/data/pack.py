@@ -45,6 +45,7 @@ class PackResult:
     warnings: list[str]
 
     def as_json(self) -> dict:
+        """The result as `--json` prints it."""
         return {"output": absolute(self.output), "index": self.index,
                 "skipped": [{"path": n, "reason": r} for n, r in self.skipped], "warnings": self.warnings}
 

@@ -155,8 +155,9 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     old = splits.x_train.shape[1:3]
     target = converted_shape(splits.x_train.shape[1:], cfg)
     for split, index in picks.items():
-        if splits.unreadable and splits.unreadable[source_of[split]]:  # chosen, then left out as a stream would
-            bad = np.isin(index, splits.unreadable[source_of[split]])
+        unreadable = (splits.unreadable or {}).get(source_of[split])
+        if unreadable and splits.paths is not None:  # chosen, then left out as a stream would
+            bad = np.isin(index, unreadable)
             skipped += [splits.paths[source_of[split]][i] for i in index[bad]]
             index = index[~bad]
         x = getattr(splits, f"x_{source_of[split]}")[index]

@@ -74,7 +74,7 @@ def skipped(*splits: Any) -> list[str]:
     return sorted(bad)
 
 
-def readable_count(x) -> int:
+def readable_count(x: Any) -> int:
     """The examples a split gives: all of an array; a stream's less the files it could not read so far."""
     if not is_streamed(x):
         return len(x)
@@ -83,5 +83,6 @@ def readable_count(x) -> int:
     return len(x) - (sum(f in bad for f in files) if files is not None else len(bad))
 
 
-def files_opened(x) -> int | None:
+def files_opened(x: Any) -> int | None:
+    """How many files a streamed split has opened so far; None for arrays in memory."""
     return len(x.health.opened) if is_streamed(x) else None

@@ -25,10 +25,20 @@ import numpy as np
 
 from cnncli import __version__, faults, fileio
 from cnncli.deploy.artifacts import EXTRA_HINT, export_json_path, float32_model, record_export
-from cnncli.model.predict_loop import keras_predict
+from cnncli.deploy.export_check import (
+    CHECK_EXAMPLES,
+    FLOAT,
+    FLOAT16,
+    INT8,
+    Criterion,
+    check_images,
+    compare,
+    describe_check,
+    quiet,
+    reference_note,
+)
 from cnncli.errors import CnnError, UsageError
-from cnncli.deploy.export_check import (CHECK_EXAMPLES, FLOAT, FLOAT16, INT8, Criterion, check_images, compare,
-                                 describe_check, quiet, reference_note)
+from cnncli.model.predict_loop import keras_predict
 from cnncli.registry import Registry
 
 if TYPE_CHECKING:
@@ -83,6 +93,7 @@ class ExportResult:
     export_json: Path
 
     def as_json(self) -> dict:
+        """The export as `--json` prints it."""
         return {"path": Path(self.path), "format": self.format, "quantize": self.quantize,
                 "size_bytes": self.size_bytes, "check": self.check, "export_json": Path(self.export_json)}
 

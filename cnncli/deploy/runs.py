@@ -40,7 +40,8 @@ class Run:
                            f"finish it with cnn train --resume {self.path}")
         return path
 
-    def load_model(self):
+    def load_model(self) -> Any:
+        """The run's model.keras as a keras.Model (not compiled); a RunError says why it cannot load."""
         from cnncli.model.preprocessing import load_model
 
         return load_model(self.model_path())

@@ -25,6 +25,7 @@ import base64
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class ServedModel:
     name: str
     kind: str
     class_names: list[str]
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     batcher: MicroBatcher
     metrics: Metrics
     max_pixels: int = MAX_PIXELS
@@ -58,7 +59,7 @@ class ServedModel:
 
 # ---------------------------------------------------------------- the app
 
-def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str | None = None):
+def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str | None = None) -> Any:
     """The FastAPI app serving `model`."""
     from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
@@ -198,6 +199,7 @@ def need_extra() -> None:
 
 
 def is_loopback(host: str) -> bool:
+    """Whether `host` listens only on this machine."""
     import ipaddress
 
     if host == "localhost":
@@ -216,7 +218,7 @@ def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
             "(set --api-key or CNN_SERVE_API_KEY)")
 
 
-def open_socket(host: str, port: int):
+def open_socket(host: str, port: int) -> Any:
     """The listening socket, bound here so a taken port is one Error line, not uvicorn's exit."""
     import socket
 
@@ -229,7 +231,8 @@ def open_socket(host: str, port: int):
         raise CnnError(f"cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}") from None
 
 
-def serve(model_path, options: ServeOptions, say=print, warn=print, explainer=None) -> None:
+def serve(model_path: Path, options: ServeOptions, say: Callable[[str], Any] = print,
+          warn: Callable[[str], Any] = print, explainer: Any = None) -> None:
     """Serve the model at `model_path` (run directory or export) until SIGTERM or Ctrl-C.
 
     `explainer(keras_model)` gives the Grad-CAM function of POST /predict?explain=gradcam
@@ -278,7 +281,7 @@ def serve(model_path, options: ServeOptions, say=print, warn=print, explainer=No
         sock.close()
 
 
-def model_name(predictor, path) -> str:
+def model_name(predictor: Any, path: Path) -> str:
     """The name clients put in /v1/models/NAME: the run's config name, or an export's file stem."""
     if predictor.kind == "run":
         from cnncli.deploy.runs import open_run
@@ -287,7 +290,7 @@ def model_name(predictor, path) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def explain_of(predictor, explainer) -> tuple[Callable | None, str]:
+def explain_of(predictor: Any, explainer: Any) -> tuple[Callable | None, str]:
     """(Grad-CAM function, "") for a Keras model with a convolution, else (None, why not)."""
     from cnncli.errors import CnnError
 

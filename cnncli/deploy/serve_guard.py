@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from typing import Any
 
 from cnncli.deploy.serve_metrics import Metrics
 
@@ -19,7 +20,8 @@ PREDICT_ROUTES = ("/v1/models/{name}:predict", "/predict")  # counted in cnn_ser
 OPEN_PATHS = ("/healthz", "/")
 
 
-def error(status: int, message: str, headers: dict | None = None):
+def error(status: int, message: str, headers: dict | None = None) -> Any:
+    """A JSON error response: `{"error": message}` with this status."""
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -42,6 +44,7 @@ class Guard:
         self.app, self.metrics, self.max_body, self.api_key = app, metrics, max_body, api_key
 
     async def __call__(self, scope, receive, send):
+        """Answer one ASGI call, counting and timing it."""
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         route, start, status = route_of(scope["path"]), time.perf_counter(), [500]

@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import math
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class RequestError(Exception):
         super().__init__(message)
 
 
-def read_picture(data: bytes, name: str, view: tuple[str, tuple[int, int]], max_pixels: int = MAX_PIXELS):
+def read_picture(data: bytes, name: str, view: tuple[str, tuple[int, int]], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """uint8 (H, W, C) pixels of encoded image bytes, as the model takes them (`view`: colour mode, size)."""
     try:
         height, width, _ = probe(data, name=name)
@@ -46,7 +47,7 @@ def read_picture(data: bytes, name: str, view: tuple[str, tuple[int, int]], max_
         raise RequestError(413 if "decompression bomb" in exc.reason else 400, str(exc)) from None
 
 
-def instances_to_pixels(body: bytes, input_shape: tuple[int, int, int], view) -> np.ndarray:
+def instances_to_pixels(body: bytes, input_shape: tuple[int, ...], view: Any) -> np.ndarray:
     """float32 (N, H, W, C) of a TF Serving predict request body: `{"instances": [...]}`.
 
     An instance is a pixel array of the model's shape, `{"b64": "<encoded image>"}`, or either of

@@ -21,10 +21,12 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
+        """Count one value in its bucket."""
         self.counts[bisect.bisect_left(self.buckets, value)] += 1
         self.sum += value
 
     def lines(self, name: str, labels: str = "") -> list[str]:
+        """The histogram's Prometheus text lines under `name`."""
         sep = "," if labels else ""
         out, total = [], 0
         for bound, count in zip([*map(_number, self.buckets), "+Inf"], self.counts, strict=True):
@@ -46,6 +48,7 @@ class Metrics:
         self.in_flight = 0
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
         with self._lock:
             key = (route, method, status)
             self.requests[key] = self.requests.get(key, 0) + 1
@@ -54,10 +57,12 @@ class Metrics:
             self.latency.setdefault(route, Histogram(LATENCY_BUCKETS)).observe(seconds)
 
     def batch(self, size: int) -> None:
+        """Count the size of one batch run."""
         with self._lock:
             self.batches.observe(size)
 
     def text(self) -> str:
+        """Every metric in Prometheus's text format."""
         with self._lock:
             lines = ["# HELP cnn_serve_requests_total HTTP requests answered, by route, method and status.",
                      "# TYPE cnn_serve_requests_total counter"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ ALPHA = 0.5  # the heat map's share of each pixel
 SMALLEST = 224  # pixels: a 28×28 model's map is scaled up (nearest) so a phone shows more than a speck
 
 
-def gradcam_overlays(model) -> Callable[[np.ndarray, list[int]], list[bytes]]:
+def gradcam_overlays(model: Any) -> Callable[[np.ndarray, list[int]], list[bytes]]:
     """(pictures uint8 (N, H, W, C), classes) -> a PNG of each picture with its Grad-CAM drawn over it.
 
     Raises CnnError when the model has no convolution to take Grad-CAM at.

@@ -309,7 +309,9 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
     elif cfg.model.backbone is not None:
         base = build_backbone(cfg, input_shape, load_weights)
-        x = input_scaling(backbone_mode(BACKBONES.canonical(cfg.model.backbone.name)), base)(inputs)
+        name = cfg.model.backbone.name
+        assert name is not None  # a backbone is named, or taken from a run (above)
+        x = input_scaling(backbone_mode(BACKBONES.canonical(name) or name), base)(inputs)
         x = base(x)
     else:
         x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
@@ -373,7 +375,7 @@ def check_classes(cfg: Config, outputs: int, num_classes: int, source: str | Non
     raise ConfigError.single(message, file=cfg._file)
 
 
-def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True, check_loss: bool = True):
+def build_checked(cfg: Config, input_shape: Sequence[int], classifier: bool = True, check_loss: bool = True) -> Any:
     """The model built without weights after every name and argument check, all problems reported together.
 
     Problems in the training vocabulary (optimizer, schedule, loss) do not stop the

@@ -19,6 +19,7 @@ where it shows probabilities: softmax in the model is the form cnncli expects).
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 from cnncli.config.schema import Config
 from cnncli.errors import Problem
@@ -30,7 +31,7 @@ _LOGITS = {"linear", "log_softmax"}  # activations whose outputs are logits (sof
 _PROBABILITIES = {"softmax", "sigmoid", "hard_sigmoid"}
 
 
-def loss_output_problems(cfg: Config, model, names: list[str]) -> list[Problem]:
+def loss_output_problems(cfg: Config, model: Any, names: list[str]) -> list[Problem]:
     """The disagreement between `train.loss`'s `from_logits` and the model's last activation, if any.
 
     `names`: the names of `model.layers` in the model (cnncli.model.builder.layer_names).
@@ -39,7 +40,7 @@ def loss_output_problems(cfg: Config, model, names: list[str]) -> list[Problem]:
 
     name, args = loss_spec(cfg.train.loss)
     cls = LOSSES.get(name)
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     if "from_logits" not in params:
         return []  # mse, hinge, ...: no flag to disagree with
     from_logits = bool(args.get("from_logits", params["from_logits"].default))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import ops
@@ -40,7 +41,7 @@ def backbone_mode(name: str) -> str:
     return BACKBONE_MODES.get(name, "none")
 
 
-def input_scaling(mode: str, backbone, name: str = "preprocess") -> keras.layers.Layer:
+def input_scaling(mode: str, backbone: Any, name: str = "preprocess") -> keras.layers.Layer:
     """The `preprocess_input` arithmetic of `mode` as one of Keras's own layers, in front of `backbone`.
 
     caffe's RGB -> BGR swap is no per-channel scale, so it moves into the backbone instead:
@@ -55,7 +56,7 @@ def input_scaling(mode: str, backbone, name: str = "preprocess") -> keras.layers
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
     if mode == "torch":
         return keras.layers.Rescaling([1.0 / (255.0 * s) for s in _TORCH_STD],
-                                      offset=[-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD)], name=name)
+                                      offset=[-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)], name=name)
     return keras.layers.Identity(name=name)
 
 
@@ -99,7 +100,7 @@ class ImagenetPreprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def load_model(path: str | Path):
+def load_model(path: str | Path) -> Any:
     """A .keras file as a keras.Model (not compiled), with this module's layer registered.
 
     A RunError says why not: Keras calls a file that is not a zip archive "not found", even when it is
@@ -107,7 +108,7 @@ def load_model(path: str | Path):
     """
     if Path(path).is_file() and not zipfile.is_zipfile(path):
         raise RunError(f"`{path}` is not a Keras model file: a .keras model is a zip archive, and this is "
-                       f"{looks_like(path)}")
+                       f"{looks_like(Path(path))}")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # a damaged zip, a zip of something else

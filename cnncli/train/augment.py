@@ -15,7 +15,7 @@ before any data is read.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from cnncli.config.schema import Config
 from cnncli.errors import ConfigError, Problem
@@ -32,6 +32,7 @@ class Augmentation:
         self.layers = layers
 
     def __call__(self, x, training: bool = True):
+        """Run the layers in order on a batch of images."""
         for layer in self.layers:
             x = layer(x, training=training)
         return x
@@ -52,7 +53,7 @@ def build_augmentation(cfg: Config, seed: int | None = None) -> Augmentation | N
     seed = cfg.seed if seed is None else seed
     names = layer_names(cfg.data.augment)
     layers = []
-    for i, (spec, name) in enumerate(zip(cfg.data.augment, names)):
+    for i, (spec, name) in enumerate(zip(cfg.data.augment, names, strict=True)):
         extra = _seed_for(spec, (seed or 0) + i)
         if "dtype" not in spec.args:
             extra["dtype"] = "float32"
@@ -120,10 +121,11 @@ def _trial(cfg: Config, shape: tuple, precision: str, say_precision: bool) -> li
     x = tf.constant(np.linspace(0, 255, TRIAL_BATCH * int(np.prod(shape)), dtype="float32").reshape(
         (TRIAL_BATCH, *shape)))
     changed = None  # the first layer that changes the image shape
+    assert augmentation is not None  # the config has augmentation layers
     for i, layer in enumerate(augmentation.layers):
         try:
             layer(x, training=True)  # eagerly first: Keras's own message, not tf.function's wrapping of it
-            traced = tf.function(lambda t: layer(t, training=True),
+            traced = tf.function(lambda t, layer=layer: layer(t, training=True),
                                  input_signature=[tf.TensorSpec((None, *x.shape[1:]), x.dtype)])
             x = traced(x)
         except Exception as exc:  # whatever Keras raises, it comes from this layer on these images
@@ -134,7 +136,7 @@ def _trial(cfg: Config, shape: tuple, precision: str, say_precision: bool) -> li
                             f"data.augment[{i}]")]
         if changed is None and tuple(x.shape[1:]) != shape:
             changed = i
-    if tuple(x.shape[1:]) != shape:
+    if tuple(x.shape[1:]) != shape and changed is not None:
         return [Problem(f"{cfg.data.augment[changed].type} turns the {_shown(shape)} training images into "
                         f"{_shown(x.shape[1:])}, but the model takes {_shown(shape)} (and evaluation does not "
                         "augment); augmentation must keep the image size: resize with data.image_size, or pad "

@@ -174,7 +174,7 @@ def take_back_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def configure_heartbeats(tf, timeout: float) -> None:
+def configure_heartbeats(tf: Any, timeout: float) -> None:
     """TensorFlow's coordination service, as MultiWorkerMirroredStrategy would set it up, with our timeouts.
 
     Every task sends heartbeats to the service (on the chief); a task silent for

@@ -122,7 +122,7 @@ SMALL_SIDE = 64  # pixels: course-size images
 SMALL_CORES = 4  # the one-thread-per-op default is measured on 2 cores; beyond 4 it is not assumed
 
 
-def small_model(cfg) -> bool:
+def small_model(cfg: Config) -> bool:
     """A course-size model (no backbone, images of at most 64 px a side), known from the config alone.
 
     Its ops (a 3×3 convolution over a batch of 32 28×28 images) are too small to
@@ -131,13 +131,14 @@ def small_model(cfg) -> bool:
     return model_size(cfg)[0]
 
 
-def model_size(cfg) -> tuple[bool, str]:
+def model_size(cfg: Config) -> tuple[bool, str]:
     """(small_model(cfg), what it was judged by), for the thread line when the step's cost is unknown."""
     backbone = cfg.model.backbone
     if backbone is not None:
         # A backbone's layers are not in the config: its cost, not its image size, decides.
         what = backbone.name or f"from_run {backbone.from_run}"
         return False, f"a backbone ({what}), taken as a large model"
+    side: int | None
     if cfg.model.input_shape:
         side = max(cfg.model.input_shape[:2])
     elif cfg.data.image_size:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from cnncli.config.schema import Config
     from cnncli.data.base import Dataset
     from cnncli.train.profile import StepProfile
+    from cnncli.train.progress import Reporter
     from cnncli.train.result import TrainResult
     from cnncli.train.runinfo import RunTracker
     from cnncli.train.runtime import Runtime
@@ -42,6 +43,8 @@ class RunEnding:
     tracker: RunTracker | None
     profile: StepProfile | None
     write_run_json: Callable[[], None]
+    reporter: Reporter
+    score: Callable[[np.ndarray, np.ndarray], dict]
 
     def finish(self) -> TrainResult:
         """Best weights back, test metrics, then (on the chief) model.keras, metrics.json and the plots."""

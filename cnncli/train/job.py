@@ -24,16 +24,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
-from cnncli.config.schema import Config
 from cnncli.config.loading import Override, load_config
+from cnncli.config.schema import Config
 from cnncli.errors import CnnError, DataError, Interrupted
 from cnncli.train import rundir
 from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 from cnncli.train.progress import Reporter
 from cnncli.train.result import TrainResult
-from cnncli.train.cluster import WORKER_DIR_ENV, chief_run_dir, lost_worker, publish_run_dir
 from cnncli.train.resuming import check_config_unchanged, check_sources, finished, lengthened
+
+if TYPE_CHECKING:
+    from cnncli.train.runinfo import RunTracker
 
 
 @dataclass
@@ -69,6 +70,7 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
         return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
     from cnncli.model.builder import raw_spec_problems
 
+    assert opts.config is not None  # check_sources: a config or --resume
     return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None
 
 
@@ -216,7 +218,7 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch,
                           resuming=restoring)
         if restoring:  # config.yaml keeps saying how long the run trains
-            session.config_update = lengthened(run_dir, cfg, state)
+            session.config_update = lengthened(run_dir, cfg, state or {})
         if opts.tracker is not None and runtime.is_chief:
             opts.tracker.start(run_dir, previous)  # a resumed run continues the MLflow run it had
             session.tracker = opts.tracker

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -25,7 +26,7 @@ from cnncli.train import rundir
 _LENGTH = re.compile(r"train\.epochs|train\.phases\[\d+\]\.epochs")
 
 
-def check_sources(config, resume: Path | None) -> None:
+def check_sources(config: Any, resume: Path | None) -> None:
     """A new run from CONFIG, or a resume of RUN with its own config: exactly one of the two."""
     if config is None and resume is None:
         raise UsageError("give a config file, or --resume RUN_DIR")
@@ -56,6 +57,7 @@ def check_config_unchanged(run_dir: Path, state: dict | None) -> None:
     if not found:  # comments, layout or epoch counts only
         return
     key, was, now = found[0]
+    assert state is not None  # it held the recorded config
     more = f"; {len(found) - 1} other key(s) changed too" if len(found) > 1 else ""
     raise ConfigError.single(
         f"changed since the checkpoint of epoch {len(state['history'])} was written (was {_shown(was)}, "

@@ -12,8 +12,13 @@ from typing import Any
 
 from cnncli.config.schema import RuntimeConfig
 from cnncli.errors import CnnError
-from cnncli.train.cluster import (cluster_role, configure_heartbeats, quiet_native_errors, take_back_sigterm,
-                                  wait_for_cluster)
+from cnncli.train.cluster import (
+    cluster_role,
+    configure_heartbeats,
+    quiet_native_errors,
+    take_back_sigterm,
+    wait_for_cluster,
+)
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu
 
 # The public names (tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside).

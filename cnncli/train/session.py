@@ -19,16 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnncli import faults, fileio
-from cnncli.train import rundir
 from cnncli.errors import CnnError, DataError, RunError
-from cnncli.train import carry
+from cnncli.train import carry, rundir
 from cnncli.train.ending import RunEnding
 from cnncli.train.loop import NonFiniteLoss, Trainer
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
+from cnncli.train.resuming import config_cause
 from cnncli.train.runinfo import RunRecord
 from cnncli.train.runtime import with_loss_scaling
-from cnncli.train.phases import apply_trainable, check_phases, plan_phases
-from cnncli.train.resuming import config_cause
 from cnncli.train.schedules import EpochSchedule
 
 if TYPE_CHECKING:
@@ -54,8 +52,8 @@ class Session(RunRecord, RunEnding):
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None,
                  resuming: bool = False):
-        from cnncli.model.builder import build_model
         from cnncli.config.vocabulary import make_loss
+        from cnncli.model.builder import build_model
         from cnncli.train.augment import build_augmentation
 
         self.cfg, self.runtime, self.data, self.run_dir, self.reporter = cfg, runtime, data, run_dir, reporter
@@ -152,7 +150,8 @@ class Session(RunRecord, RunEnding):
 
     # === A phase's pieces ===
     def _compile(self, phase, overrides: dict) -> tuple:
-        """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model compiled."""
+        """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model
+        compiled."""
         from cnncli.config.vocabulary import compile_args, make_metric, make_optimizer
 
         path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
@@ -389,15 +388,16 @@ def _check_scaling(cfg, state: dict, run_dir: Path) -> None:
     from cnncli.model.preprocessing import backbone_mode
 
     backbone = cfg.model.backbone
-    if state.get("input_scaling", 1) >= INPUT_SCALING or backbone is None or backbone.name is None:
+    name = backbone.name if backbone is not None else None
+    if state.get("input_scaling", 1) >= INPUT_SCALING or name is None:
         return
-    if backbone_mode(BACKBONES.canonical(backbone.name)) == "caffe":
+    if backbone_mode(BACKBONES.canonical(name) or name) == "caffe":
         raise CnnError(f"`{run_dir}` was started by an older cnncli, whose {backbone.name} took its input in BGR "
                        "order; this version feeds RGB, so the run cannot be resumed: start it again with "
                        f"cnn train {run_dir / 'config.yaml'}")
 
 
-def history_columns(cfg) -> list[str]:
+def history_columns(cfg: Config) -> list[str]:
     """The measurement columns of `cfg`'s history.csv, in order, as `Session` writes its rows (a test trains
     and compares): the loss and metrics, the same on the validation split when there is one, the rate."""
     from cnncli.config.vocabulary import make_metric

@@ -14,8 +14,9 @@ from typing import Any
 import yaml
 
 from cnncli import fileio
-from cnncli.train import rundir
 from cnncli.config.keypaths import differences, flatten  # noqa: F401  flatten: tests import it from here
+from cnncli.errors import RunError
+from cnncli.train import rundir
 
 CURVES_SIZE = (11.0, 4.5)  # inches: two panels with a legend of a dozen runs
 
@@ -28,6 +29,7 @@ class RunFigures:
     figures: dict  # name -> value, in the order they are shown
 
     def as_json(self) -> dict:
+        """The run as `--json` prints it."""
         return {"run_dir": Path(self.path), **self.figures}
 
 
@@ -71,7 +73,7 @@ def read_run(path: Path) -> RunFigures:
 def compare(paths: list[Path], output: Path | None) -> dict:
     """Compare the runs (and sweeps' trials) at `paths`; draw their curves to `output` if given."""
     runs = [read_run(p) for p in expand(paths)]
-    report = {"runs": [r.as_json() for r in runs], "differences": differences([r.config for r in runs])}
+    report: dict[str, Any] = {"runs": [r.as_json() for r in runs], "differences": differences([r.config for r in runs])}
     if output is not None:
         plot_overlay(runs, output)
         report["plot"] = Path(output)

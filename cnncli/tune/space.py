@@ -11,6 +11,7 @@ import yaml
 
 from cnncli.config.keypaths import canonical_path
 from cnncli.config.loading import Override, load_config
+from cnncli.config.schema import Config, Distribution, SearchSpec
 from cnncli.errors import ConfigError, Problem, did_you_mean
 
 
@@ -119,12 +120,13 @@ def search_problems(cfg: Config, config: str | Path | list[str | Path], override
     return problems
 
 
-def as_overrides(values: dict[str, Any]) -> list[str]:
+def as_overrides(values: dict[str, Any]) -> list[Override]:
     """`path=value` strings for TrainOptions.overrides, values written as YAML flow scalars; a problem with
     one names the sampled value, not a --set the user never typed."""
-    out = []
+    out: list[Override] = []
     for path, value in values.items():
-        text = f"{path}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+        dumped = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+        text = f"{path}={dumped}"
         out.append(Override(text, given=f"search.params sampled {text}"))
     return out
 

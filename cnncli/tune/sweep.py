@@ -21,11 +21,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnncli.config.loading import load_config
+from cnncli.config.schema import Config
 from cnncli.errors import CnnError, ConfigError, Interrupted, UsageError
 from cnncli.train import rundir
 from cnncli.tune import space, tracking
-from cnncli.tune.study import (GRACE_SECONDS, HEARTBEAT_SECONDS, SQLITE_TIMEOUT, Heartbeat, hold,
-                               next_trial, retry_once, sweep_lock)
+from cnncli.tune.study import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    SQLITE_TIMEOUT,
+    Heartbeat,
+    hold,
+    next_trial,
+    retry_once,
+    sweep_lock,
+)
+
+if TYPE_CHECKING:
+    from optuna.study import Study
+
+    from cnncli.config.schema import DataConfig
+    from cnncli.data.base import Dataset
+    from cnncli.train.progress import Reporter
+    from cnncli.tune.tracking import LiveRun
 
 
 class MetricMissing(CnnError):
@@ -110,10 +127,12 @@ def open_sweep(opts: TuneOptions) -> Sweep:
 def trial_budget(cfg: Config, trials_option: int | None) -> tuple[int, list[str]]:
     """The trials to run to, and why when that is fewer than asked: a grid has only so many points, and
     Optuna's GridSampler would run them again (with a warning per trial) rather than stop."""
-    asked = trials_option or cfg.search.trials
-    if cfg.search.sampler != "grid":
+    search = cfg.search
+    assert search is not None  # a sweep's config has a search section
+    asked = trials_option or search.trials
+    if search.sampler != "grid":
         return asked, []
-    points = space.grid_size(cfg.search.params)
+    points = space.grid_size(search.params)
     if asked <= points:
         return asked, []
     source = "--trials" if trials_option else "search.trials"

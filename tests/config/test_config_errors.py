@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -313,7 +312,8 @@ def test_apply_overrides_errors_are_config_errors():
 def test_validate_print_outputs_a_config_that_revalidates(tmp_path):
     path = tmp_path / "orig.yaml"
     path.write_text("seed: 3\n" + OK_MODEL.replace("{type: Flatten}", "{type: Conv2D, filters: 4, kernel_size: 3}")
-                    .replace("units: 2}", "units: 2}\n    - {type: Flatten}\n    - {type: Dense, units: 3, activation: softmax}"))
+                    .replace("units: 2}", "units: 2}\n    - {type: Flatten}\n"
+                                          "    - {type: Dense, units: 3, activation: softmax}"))
     first = invoke(["validate", "--print", path, "--set", "train.epochs=3", "--set", "name=resolved"])
     assert first.exit_code == 0, first.stderr
     header, _, printed = first.stdout.partition("\n")

@@ -19,9 +19,8 @@ import trained_runs as tr
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.errors import CnnError, UsageError
 from cnncli.deploy.export import FORMATS, QUANTIZATIONS, Criterion, export_run, list_formats, resolve_output
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, UsageError
 
 runner = CliRunner()
 EXTRA = "pip install 'cnncli[export]'"

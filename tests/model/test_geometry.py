@@ -217,7 +217,8 @@ def test_merge_takes_the_larger_receptive_field(tmp_path):
 # ---------------------------------------------------------------- tiling warnings
 
 def test_stride_that_does_not_tile_warns(tmp_path):
-    layers = [conv(2, 3, strides=3, name="c1"), {"type": "Flatten"}, {"type": "Dense", "units": 2, "activation": "softmax"}]
+    layers = [conv(2, 3, strides=3, name="c1"), {"type": "Flatten"},
+              {"type": "Dense", "units": 2, "activation": "softmax"}]
     doc = summary_json(write_config(tmp_path, "tile", [7, 7, 1], layers))
     [warning] = doc["warnings"]
     assert warning.startswith("c1: ")

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import small_config
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from helpers import small_config
 
 runner = CliRunner()
 
