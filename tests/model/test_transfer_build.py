@@ -225,8 +225,12 @@ def test_weights_file_is_loaded_into_the_backbone(tmp_path):
 
     model = _build(vgg_config(weights=str(path)), tmp_path, "with_file.yaml")
     loaded = model.get_layer("vgg16").get_weights()
-    assert len(loaded) == len(donor.get_weights())
-    for got, want in zip(loaded, donor.get_weights(), strict=True):
+    wanted = donor.get_weights()
+    assert len(loaded) == len(wanted)
+    # VGG16 takes caffe's BGR input: the swap from RGB is folded into the first convolution's kernel,
+    # whose input channels come reversed (cnncli.model.preprocessing.input_scaling).
+    wanted[0] = wanted[0][:, :, ::-1, :]
+    for got, want in zip(loaded, wanted, strict=True):
         np.testing.assert_array_equal(got, want)
     fresh = _build(vgg_config(), tmp_path, "without_file.yaml").get_layer("vgg16").get_weights()
     assert not np.array_equal(fresh[0], loaded[0])  # weights: null would not have given these
