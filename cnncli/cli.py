@@ -36,8 +36,8 @@ except KeyboardInterrupt:
 
 LISTS = {  # what `cnn list` can show: name -> (module, function)
     "layers": ("cnncli.config.vocabulary", "list_layers"),
-    "optimizers": ("cnncli.config.vocabulary", "list_optimizers"),
-    "schedules": ("cnncli.config.vocabulary", "list_schedules"),
+    "optimizers": ("cnncli.config.learning", "list_optimizers"),
+    "schedules": ("cnncli.config.learning", "list_schedules"),
     "backbones": ("cnncli.config.vocabulary", "list_backbones"),
     "datasets": ("cnncli.data", "list_datasets"),
     "formats": ("cnncli.deploy.export", "list_formats"),

@@ -128,7 +128,7 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
 
 
 def _loss_has_problems(cfg) -> bool:
-    from cnncli.config.vocabulary import loss_problems
+    from cnncli.config.learning import loss_problems
 
     return bool(loss_problems(cfg.train.loss))
 

@@ -120,7 +120,7 @@ def test_unknown_loss_lists_the_valid_ones_with_a_suggestion(tmp_path):
 def test_a_loss_that_compares_vectors_gets_one_hot_labels():
     import keras
 
-    from cnncli.config.vocabulary import make_loss
+    from cnncli.config.learning import make_loss
 
     y = np.array([2, 0])
     probs = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]], "float32")

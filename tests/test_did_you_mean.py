@@ -7,7 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.config.vocabulary import BACKBONES, LAYERS, LOSSES, SCHEDULES
+from cnncli.config.learning import LOSSES, SCHEDULES
+from cnncli.config.vocabulary import BACKBONES, LAYERS
 from cnncli.errors import closest
 from cnncli.registry import UnknownName
 

@@ -244,11 +244,8 @@ WHERE_THINGS_HAPPEN = {
         "make_layer",
         "check_layer_spec",
         "check_args",
-        "make_optimizer",
-        "make_loss",
-        "make_metric",
-        "SCHEDULES",
     ],
+    "cnncli/config/learning.py": ["make_optimizer", "make_loss", "make_metric", "SCHEDULES"],
     "cnncli/model/builder.py": ["build_model"],
     "cnncli/train/schedules.py": ["EpochSchedule"],
     "cnncli/train/loop.py": [

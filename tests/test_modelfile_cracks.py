@@ -91,7 +91,7 @@ def _plain_keras(jobs: list[tuple[str, str, str]], cwd: Path) -> list[dict]:
 def test_run_model_loads_compiled_in_plain_keras(tmp_path):
     """Every kind of train.loss: model.keras loads with keras.saving.load_model's defaults, predicts as
     the run's model does, and evaluates with the configured loss (labels in the form that loss takes)."""
-    from cnncli.config.vocabulary import make_loss
+    from cnncli.config.learning import make_loss
     from cnncli.deploy.runs import open_run
     from cnncli.model.predict_loop import keras_predict
 
@@ -122,7 +122,7 @@ def test_run_model_loads_compiled_in_plain_keras(tmp_path):
 
 def _val_of_saved_model(run_dir: Path) -> dict:
     """Loss and accuracy of model.keras on the run's validation split, computed afresh."""
-    from cnncli.config.vocabulary import make_loss
+    from cnncli.config.learning import make_loss
     from cnncli.deploy.runs import open_run
     from cnncli.model.predict_loop import keras_predict
 

@@ -11,17 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli.cli import app
+from cnncli.config.learning import OPTIMIZERS, list_optimizers
 from cnncli.config.schema import DATASETS, LayerSpec
-from cnncli.config.vocabulary import (
-    BACKBONES,
-    LAYERS,
-    OPTIMIZERS,
-    check_layer_specs,
-    list_backbones,
-    list_layers,
-    list_optimizers,
-    snake,
-)
+from cnncli.config.vocabulary import BACKBONES, LAYERS, check_layer_specs, list_backbones, list_layers, snake
 from cnncli.registry import Registry, UnknownName
 
 LAYER_NAMES = list_layers()

@@ -25,7 +25,7 @@ from cnncli.errors import ConfigError, Problem, closest, did_you_mean
 from cnncli.registry import Registry, UnknownName, normalize
 
 if TYPE_CHECKING:
-    from cnncli.config.schema import Config, LayerSpec, LossSpec, OptimizerSpec, ScheduleSpec
+    from cnncli.config.schema import LayerSpec
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
 _EXCLUDED_LAYERS = {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "Layer",
@@ -50,15 +50,6 @@ def _keras_layers() -> dict[str, type]:
     return out
 
 
-def _keras_optimizers() -> dict[str, type]:
-    import keras
-
-    return {n: getattr(keras.optimizers, n) for n in dir(keras.optimizers)
-            if isinstance(getattr(keras.optimizers, n), type)
-            and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)
-            and n not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")}
-
-
 def _keras_applications() -> dict[str, Any]:
     import keras
 
@@ -67,7 +58,6 @@ def _keras_applications() -> dict[str, Any]:
 
 
 LAYERS: Registry[type] = Registry("layer type", loader=_keras_layers)
-OPTIMIZERS: Registry[type] = Registry("optimizer", loader=_keras_optimizers)
 BACKBONES: Registry[Any] = Registry("backbone", loader=_keras_applications)
 
 
@@ -79,11 +69,6 @@ def list_layers() -> list[str]:
 def list_augmentations() -> list[str]:
     """The image preprocessing and augmentation layers, the ones `data.augment` is for."""
     return [n for n in LAYERS.names() if compat.is_image_augmentation(LAYERS.get(n))]
-
-
-def list_optimizers() -> list[str]:
-    """Keras optimizers a config may name."""
-    return OPTIMIZERS.names()
 
 
 def list_backbones() -> list[str]:
@@ -270,24 +255,6 @@ def make_layer(spec: LayerSpec, name: str, path: str, **overrides: Any) -> Any:
         raise ConfigError([Problem(f"{cls.__name__}: {message}", where)]) from None
 
 
-def make_optimizer(spec: OptimizerSpec, path: str = "train.optimizer", **overrides: Any) -> Any:
-    """A Keras optimizer built from `spec` (`overrides` replace its arguments), or a ConfigError."""
-    cls, problems = resolve(OPTIMIZERS, spec.type, f"{path}.type")
-    if not problems:
-        problems = check_args(spec.args, cls, cls.__name__, path)
-    if problems:
-        raise ConfigError(problems)
-    try:
-        return cls(**{**spec.args, **overrides})
-    except Exception as exc:  # as in make_layer: whatever the constructor raises comes from the arguments
-        raise ConfigError([Problem(f"{cls.__name__}: {_first_line(exc)}", path)]) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 def keras_message(exc: BaseException) -> str:
     """The sentence that explains a Keras error, without its wrapper and terminal colours.
 
@@ -304,178 +271,3 @@ def keras_message(exc: BaseException) -> str:
 def snake(name: str) -> str:
     """Keras's own default layer naming: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
     return compat.snake_case(name)
-
-
-# ---------------------------------------------------------------- training vocabulary
-
-def _keras_schedules() -> dict[str, Any]:
-    import keras
-
-    s = keras.optimizers.schedules
-    table = {"exponential": s.ExponentialDecay, "step": s.PiecewiseConstantDecay, "cosine": s.CosineDecay,
-             "cosine_restarts": s.CosineDecayRestarts, "inverse_time": s.InverseTimeDecay,
-             "polynomial": s.PolynomialDecay, "reduce_on_plateau": keras.callbacks.ReduceLROnPlateau}
-    for cls in list(table.values()):  # the Keras class names work too
-        table[cls.__name__] = cls
-    return table
-
-
-SCHEDULES: Registry[Any] = Registry("learning-rate schedule", loader=_keras_schedules)
-_SCHEDULE_KEYS = ("every",)  # ours: whether decay_steps / boundaries count epochs or steps
-
-
-def list_schedules() -> list[str]:
-    """Learning-rate schedules a config may name."""
-    return [n for n in SCHEDULES.names() if not n[0].isupper()]
-
-
-def _keras_losses() -> dict[str, type]:
-    import keras
-
-    table = {n: getattr(keras.losses, n) for n in dir(keras.losses)
-             if isinstance(getattr(keras.losses, n), type) and issubclass(getattr(keras.losses, n), keras.losses.Loss)
-             and n not in _NOT_CLASSIFICATION_LOSSES}
-    # The snake_case names (categorical_crossentropy) find the classes through `normalize`; the short ones:
-    table.update({alias: table[real] for alias, real in _LOSS_ALIASES.items()})
-    return table
-
-
-_NOT_CLASSIFICATION_LOSSES = ("Loss", "CTC", "Circle")  # sequences, metric learning: not image classifiers
-_LOSS_ALIASES = {"mse": "MeanSquaredError", "mae": "MeanAbsoluteError", "mape": "MeanAbsolutePercentageError",
-                 "msle": "MeanSquaredLogarithmicError", "kld": "KLDivergence"}
-# Losses that take the class index; every other loss compares the prediction with a one-hot vector.
-_INDEX_LOSSES = ("SparseCategoricalCrossentropy", "CategoricalGeneralizedCrossEntropy")
-
-LOSSES: Registry[type] = Registry("loss", loader=_keras_losses)
-
-
-def loss_spec(loss: str | LossSpec) -> tuple[str, dict[str, Any]]:
-    """`train.loss` as (type, arguments): a name, or a mapping with `type` and the class's arguments."""
-    return (loss, {}) if isinstance(loss, str) else (loss.type, loss.args)
-
-
-def loss_problems(loss: str | LossSpec, path: str = "train.loss") -> list[Problem]:
-    """Problems with `train.loss`: an unknown name or arguments the loss does not take."""
-    name, args = loss_spec(loss)
-    cls = LOSSES.get(name) if name in LOSSES else None
-    if cls is None:
-        snake_names = sorted({snake(c.__name__) for c in LOSSES._table().values()})
-        return [Problem(f"unknown loss `{name}`{did_you_mean(name, snake_names + LOSSES.names())}; "
-                        f"valid: {', '.join(snake_names)}", path if isinstance(loss, str) else f"{path}.type")]
-    if "reduction" in args:
-        return [Problem("the training step averages the loss of each example over the global batch; "
-                        "remove `reduction`", f"{path}.reduction")]
-    return (check_args(args, cls, cls.__name__, path, given=("name", "reduction"))
-            or _construct(cls, {**args, "reduction": None}, path))
-
-
-class ClassIndexLoss:
-    """A Keras loss fed the class indices the data holds: one-hot first for a loss that compares vectors.
-
-    Returns one value per example (the training step averages them over the global batch).
-    """
-
-    def __init__(self, loss):
-        name, args = loss_spec(loss)
-        cls = LOSSES.get(name)
-        self.loss = cls(**args, reduction=None)
-        self.one_hot = cls.__name__ not in _INDEX_LOSSES
-        self.__name__ = self.name = snake(cls.__name__)
-
-    def __call__(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-example losses of class-index labels `y_true` against probabilities `y_pred`."""
-        from keras import ops
-
-        if self.one_hot:
-            y_true = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), int(y_pred.shape[-1]),
-                                 dtype=y_pred.dtype)
-        return self.loss(y_true, y_pred)
-
-
-def make_loss(loss: str | LossSpec) -> ClassIndexLoss:
-    """The loss `train.loss` names, taking class indices whatever the loss."""
-    return ClassIndexLoss(loss)
-
-
-def compile_args(loss: Any, metrics: list[str]) -> dict[str, Any]:
-    """`model.compile`'s loss and metrics as Keras's own classes, so that model.keras loads compiled
-    in plain Keras (`keras.saving.load_model`), with nothing of cnncli imported.
-
-    The training step feeds class indices through `ClassIndexLoss`, which Keras cannot rebuild; a
-    Keras user feeds labels in the form the loss class itself takes: class indices for the sparse
-    losses, one-hot vectors for the others (`keras.utils.to_categorical`). The metrics follow.
-    """
-    import keras
-
-    name, args = loss_spec(loss)
-    cls = LOSSES.get(name)
-    one_hot = cls.__name__ not in _INDEX_LOSSES
-    compiled = []
-    for metric in metrics:
-        if one_hot and metric in ("accuracy", "acc"):
-            compiled.append(keras.metrics.CategoricalAccuracy(name="accuracy"))
-        elif one_hot and metric in ("top_5_accuracy", "top5", "top_k_accuracy"):
-            compiled.append(keras.metrics.TopKCategoricalAccuracy(k=5, name="top_5_accuracy"))
-        else:
-            compiled.append(make_metric(metric, loss))
-    return {"loss": cls(**args), "metrics": compiled}
-
-
-def make_metric(name: str, loss: Any = None) -> Any:
-    """A metric by name; `accuracy` compares class indices, the form of every label cnncli feeds."""
-    import keras
-
-    if name in ("accuracy", "acc"):
-        return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    if name in ("top_5_accuracy", "top5", "top_k_accuracy"):
-        return keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top_5_accuracy")
-    metric = keras.metrics.get(name)
-    return metric if isinstance(metric, keras.metrics.Metric) else keras.metrics.MeanMetricWrapper(metric, name=name)
-
-
-def optimizer_problems(spec: OptimizerSpec, path: str) -> list[Problem]:
-    """Problems with an optimizer spec: its name, its arguments, and whether Keras builds it."""
-    cls, found = resolve(OPTIMIZERS, spec.type, f"{path}.type")
-    return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
-
-
-def schedule_problems(spec: ScheduleSpec, path: str = "train.lr_schedule") -> list[Problem]:
-    """Problems with a learning-rate schedule spec: its name, its arguments, and whether Keras builds it."""
-    cls, found = resolve(SCHEDULES, spec.type, f"{path}.type")
-    return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
-
-
-def _construct(cls, args: dict, path: str) -> list[Problem]:
-    """What the constructor itself refuses in arguments that passed the signature checks."""
-    try:
-        cls(**args)
-    except Exception as exc:  # Keras raises ValueError mostly, TypeError for some: all come from the arguments
-        return [Problem(f"{cls.__name__}: {keras_message(exc)}", path)]
-    return []
-
-
-def check_train_specs(cfg: Config) -> list[Problem]:
-    """Unknown optimizers, schedules, losses and metrics, with their arguments."""
-    problems: list[Problem] = []
-    opt_specs = [("train.optimizer", cfg.train.optimizer)]
-    opt_specs += [(f"train.phases[{i}].optimizer", p.optimizer) for i, p in enumerate(cfg.train.phases or [])
-                  if p.optimizer is not None]
-    for path, spec in opt_specs:
-        problems += optimizer_problems(spec, path)
-    if cfg.train.lr_schedule is not None:
-        problems += schedule_problems(cfg.train.lr_schedule)
-    problems += loss_problems(cfg.train.loss)
-    names = ["loss"]
-    for i, name in enumerate(cfg.train.metrics):
-        try:
-            names.append(make_metric(name, cfg.train.loss).name)
-        except (ValueError, TypeError):
-            problems.append(Problem(f"unknown metric `{name}`; e.g. accuracy, top_5_accuracy, auc",
-                                    f"train.metrics[{i}]"))
-    monitors = names + [f"val_{n}" for n in names]
-    for path, watcher in (("train.early_stopping.monitor", cfg.train.early_stopping),
-                          ("train.checkpoint.monitor", cfg.train.checkpoint)):
-        if watcher is not None and watcher.monitor not in monitors:
-            problems.append(Problem(f"cannot monitor `{watcher.monitor}`{did_you_mean(watcher.monitor, monitors)}; "
-                                    f"the run logs: {', '.join(monitors)}", path))
-    return problems

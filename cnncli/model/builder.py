@@ -37,7 +37,7 @@ INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scale
 
 def check_model_specs(cfg: Config) -> None:
     """Every unknown Keras name or argument in the config (layers, optimizers, schedules), at once."""
-    from cnncli.config.vocabulary import check_train_specs
+    from cnncli.config.learning import check_train_specs
 
     problems = check_layer_specs(cfg.model.layers, "model.layers")
     problems += check_train_specs(cfg)
@@ -145,8 +145,8 @@ def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -
     """Optimizer, schedule and loss problems in `train` as written, for a file that failed the schema."""
     from pydantic import ValidationError
 
+    from cnncli.config.learning import loss_problems, optimizer_problems, schedule_problems
     from cnncli.config.schema import LossSpec, OptimizerSpec, ScheduleSpec
-    from cnncli.config.vocabulary import loss_problems, optimizer_problems, schedule_problems
 
     specs: list[tuple[Any, type[BaseModel], Callable[..., list[Problem]], str]] = [
         (optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),

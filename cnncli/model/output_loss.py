@@ -36,7 +36,7 @@ def loss_output_problems(cfg: Config, model: Any, names: list[str]) -> list[Prob
 
     `names`: the names of `model.layers` in the model (cnncli.model.builder.layer_names).
     """
-    from cnncli.config.vocabulary import LOSSES, loss_spec
+    from cnncli.config.learning import LOSSES, loss_spec
 
     name, args = loss_spec(cfg.train.loss)
     cls = LOSSES.get(name)

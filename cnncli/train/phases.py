@@ -81,7 +81,7 @@ def _set_trainable(layer, value: bool) -> None:
 def check_phases(model: Any, cfg: Config) -> None:
     """Phase settings that need the built model: every prefix in `trainable` names some backbone
     layer, and `layer_lr_decay` goes with an optimizer whose step is proportional to its rate."""
-    from cnncli.config.vocabulary import OPTIMIZERS
+    from cnncli.config.learning import OPTIMIZERS
     from cnncli.errors import Problem
     from cnncli.train.layer_rates import NOT_PROPORTIONAL, block_name
 

@@ -7,8 +7,8 @@ the schedule to the optimizer. `reduce_on_plateau` is Keras's callback.
 
 from __future__ import annotations
 
+from cnncli.config.learning import SCHEDULES
 from cnncli.config.schema import ScheduleSpec
-from cnncli.config.vocabulary import SCHEDULES
 
 
 class EpochSchedule:

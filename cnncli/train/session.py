@@ -52,7 +52,7 @@ class Session(RunRecord, RunEnding):
 
     def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None,
                  resuming: bool = False):
-        from cnncli.config.vocabulary import make_loss
+        from cnncli.config.learning import make_loss
         from cnncli.model.builder import build_model
         from cnncli.train.augment import build_augmentation
 
@@ -152,7 +152,7 @@ class Session(RunRecord, RunEnding):
     def _compile(self, phase, overrides: dict) -> tuple:
         """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model
         compiled."""
-        from cnncli.config.vocabulary import compile_args, make_metric, make_optimizer
+        from cnncli.config.learning import compile_args, make_metric, make_optimizer
 
         path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
         with self.strategy.scope():
@@ -304,7 +304,7 @@ class Session(RunRecord, RunEnding):
 
     def score(self, probs: np.ndarray, y: np.ndarray) -> dict:
         """Loss and the configured metrics on predicted probabilities."""
-        from cnncli.config.vocabulary import make_metric
+        from cnncli.config.learning import make_metric
 
         out = {"loss": float(np.mean(self.loss_fn(y, probs)))}
         for name in self.cfg.train.metrics:
@@ -400,7 +400,7 @@ def _check_scaling(cfg, state: dict, run_dir: Path) -> None:
 def history_columns(cfg: Config) -> list[str]:
     """The measurement columns of `cfg`'s history.csv, in order, as `Session` writes its rows (a test trains
     and compares): the loss and metrics, the same on the validation split when there is one, the rate."""
-    from cnncli.config.vocabulary import make_metric
+    from cnncli.config.learning import make_metric
 
     names = ["loss", *(make_metric(m, cfg.train.loss).name for m in cfg.train.metrics)]
     return [*names, *(f"val_{n}" for n in names if cfg.data.validation_split > 0), "learning_rate"]

@@ -14,7 +14,7 @@ from test_train import small_text
 from typer.testing import CliRunner
 
 from cnncli.cli import app
-from cnncli.config.vocabulary import SCHEDULES, list_schedules
+from cnncli.config.learning import SCHEDULES, list_schedules
 
 runner = CliRunner()
 
