@@ -87,9 +87,10 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
     """
     from cnncli.config.loading import load_config
     from cnncli.errors import ConfigError
-    from cnncli.model.builder import build_checked, check_classes, check_output, raw_spec_problems
+    from cnncli.model.builder import build_checked, check_classes, check_output
     from cnncli.model.geometry import summarize
     from cnncli.model.inputs import plan_input
+    from cnncli.model.raw_checks import raw_spec_problems
     from cnncli.train.phases import check_phases, phase_params
 
     cfg = load_config(path, overrides, spec_check=raw_spec_problems)

@@ -225,7 +225,7 @@ def test_moved_coordination_internals_leave_tensorflow_defaults(monkeypatch):
 def test_weights_hint_without_get_file_leaves_keras_alone(monkeypatch):
     from keras.src.utils import file_utils
 
-    from cnncli.model.builder import _offline_weights_hint
+    from cnncli.model.backbones import _offline_weights_hint
 
     real = file_utils.get_file
     monkeypatch.setitem(sys.modules, "keras.src.backend.config", types.ModuleType("moved"))

@@ -65,7 +65,7 @@ def test_any_text_parses_or_is_a_config_error(text):
 @settings.get_profile(PROFILE)
 @given(configs)
 def test_any_tree_validates_or_is_a_config_error(data):
-    from cnncli.model.builder import raw_spec_problems
+    from cnncli.model.raw_checks import raw_spec_problems
 
     _answers(lambda: validate_data(data, {}, "random.yaml", spec_check=raw_spec_problems))
 
@@ -73,7 +73,7 @@ def test_any_tree_validates_or_is_a_config_error(data):
 @settings.get_profile(PROFILE)
 @given(configs)
 def test_any_yaml_file_loads_or_is_a_config_error(tmp_path_factory, data):
-    from cnncli.model.builder import raw_spec_problems
+    from cnncli.model.raw_checks import raw_spec_problems
 
     path = tmp_path_factory.mktemp("cfg") / "random.yaml"
     try:
@@ -122,7 +122,8 @@ def _config(specs: list[dict]) -> dict:
 def test_any_layer_spec_builds_or_is_a_config_error(specs):
     """What `cnn validate`, `cnn summary` and `cnn train` do with a config's layers: schema, spec checks,
     the model, its geometry."""
-    from cnncli.model.builder import build_model, check_model_specs, raw_spec_problems
+    from cnncli.model.builder import build_model, check_model_specs
+    from cnncli.model.raw_checks import raw_spec_problems
 
     cfg = _answers(lambda: validate_data(_config(specs), {}, "random.yaml", spec_check=raw_spec_problems))
     if isinstance(cfg, CnnError):

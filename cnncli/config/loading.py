@@ -139,7 +139,7 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
                   spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
     """Turn parsed YAML into a Config, or raise a ConfigError listing every problem.
 
-    `spec_check` (e.g. `cnncli.model.builder.raw_spec_problems`) adds layer-type and
+    `spec_check` (e.g. `cnncli.model.raw_checks.raw_spec_problems`) adds layer-type and
     argument problems, which need Keras, to a failing report; this module does not import Keras.
     """
     lines = lines or {}

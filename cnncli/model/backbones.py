@@ -14,13 +14,16 @@ or ImagenetPreprocess in older runs), so the new model adds no scaling in front 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cnncli.config.schema import Config
-from cnncli.errors import did_you_mean
+from cnncli.config.vocabulary import BACKBONES, keras_message
+from cnncli.errors import ConfigError, did_you_mean
 
 # keras.applications' own minimum sides (imagenet_utils.obtain_input_shape's `min_size`,
 # MobileNetV3's explicit check); tests/test_transfer_build.py checks this table against Keras.
@@ -214,6 +217,91 @@ def build_from_run(cfg: Config, input_shape: Sequence[int]) -> Any:
         pool = keras.layers.GlobalAveragePooling2D if spec.pooling == "avg" else keras.layers.GlobalMaxPooling2D
         x = pool(name=f"{spec.pooling}_pool")(x)
     return keras.Model(source.inputs, x, name=FROM_RUN_NAME)
+
+
+def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True) -> Any:
+    """The base model of `model.backbone`: a keras.applications model, or layers of an earlier run."""
+    spec = cfg.model.backbone
+    assert spec is not None  # callers build a backbone only when the config has one
+    if spec.from_run is not None:
+        base = build_from_run(cfg, input_shape)
+        base.trainable = spec.trainable
+        return base
+    assert spec.name is not None  # the schema asks for `name` or `from_run`
+    fn = BACKBONES.get(spec.name)
+    check_application_input(cfg, fn.__name__, input_shape)
+    weights = spec.weights if load_weights else None
+    weights_file = weights if weights not in (None, "imagenet") else None
+    if weights_file:
+        check_weights_file(cfg, weights_file)
+    # A weights file is loaded below, not by keras.applications, so that a mismatch is reported at `weights`.
+    kwargs: dict[str, Any] = dict(include_top=spec.include_top, weights=None if weights_file else weights,
+                                  input_shape=tuple(input_shape))
+    if not spec.include_top:
+        kwargs["pooling"] = spec.pooling
+    try:
+        with _offline_weights_hint(fn.__name__) as hint:
+            base = fn(**kwargs, **spec.args)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Keras raises ValueError for shapes, OSError/URL errors for downloads
+        if hint.missing:
+            raise cfg.error(hint.message(), ("model", "backbone", "weights")) from None
+        message = keras_message(exc)
+        where = input_key(cfg) if "input_shape" in message else ("model", "backbone")
+        raise cfg.error(f"model.backbone {fn.__name__}: {message}", where) from None
+    if weights_file:
+        load_weights_file(cfg, base, weights_file)
+    base.trainable = spec.trainable
+    return base
+
+
+class _WeightsHint:
+    def __init__(self, backbone: str):
+        self.backbone = backbone
+        self.missing: tuple[str, str] | None = None  # (file name, cache dir)
+        self.was_corrupt = False  # a file was there but failed Keras's checksum
+
+    def message(self) -> str:
+        assert self.missing is not None  # asked only once a missing file was seen
+        fname, cache = self.missing
+        found = (" (a file of that name was there but did not match its published checksum, an incomplete "
+                 "download?, and Keras removed it)" if self.was_corrupt else "")
+        return (f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded{found}; "
+                f"place `{fname}` in `{cache}` so that {os.path.join(cache, fname)} exists "
+                "(Keras's cache is $KERAS_HOME/models, by default ~/.keras/models), "
+                "or set `weights: null` or a path to a weights file")
+
+
+@contextlib.contextmanager
+def _offline_weights_hint(backbone: str):
+    """Remember which file keras.applications asked for, so an offline failure can name it.
+
+    keras.applications calls keras.src.utils.file_utils.get_file directly and, when the
+    download fails, reports only the URL; the cache location is what a user needs.
+    """
+    from cnncli import compat
+
+    hint = _WeightsHint(backbone)
+    file_utils = compat.file_utils()
+    if file_utils is None:  # this Keras moved get_file: its own error, without the cache path
+        yield hint
+        return
+    real = file_utils.get_file
+
+    def recording_get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None, **kw):
+        cache = compat.cache_dir(cache_subdir, cache_dir or compat.keras_home())  # where get_file looks
+        hint.missing = (fname or os.path.basename(origin or ""), str(cache))
+        hint.was_corrupt = os.path.exists(os.path.join(*reversed(hint.missing)))
+        path = real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kw)
+        hint.missing = None
+        return path
+
+    file_utils.get_file = recording_get_file
+    try:
+        yield hint
+    finally:
+        file_utils.get_file = real
 
 
 def _fmt(shape) -> str:

@@ -9,16 +9,13 @@ blocks are written.
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from cnncli.config.schema import Config
 from cnncli.config.vocabulary import (
     BACKBONES,
     check_args,
-    check_layer_spec,
     check_layer_specs,
     keras_message,
     make_layer,
@@ -26,9 +23,9 @@ from cnncli.config.vocabulary import (
     snake,
 )
 from cnncli.errors import ConfigError, Problem
+from cnncli.model import backbones
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
 
     from cnncli.config.schema import LayerSpec
 
@@ -43,7 +40,7 @@ def check_model_specs(cfg: Config) -> None:
     problems += check_train_specs(cfg)
     problems += check_layer_specs(cfg.data.augment, "data.augment")
     if cfg.model.backbone is not None:
-        problems += _backbone_problems(cfg.model.backbone)
+        problems += backbone_problems(cfg.model.backbone)
     _raise_with_lines(cfg, problems)
 
 
@@ -57,116 +54,19 @@ def check_layer_args(cfg: Config) -> None:
     problems = check_layer_specs(cfg.model.layers, "model.layers")
     problems += check_layer_specs(cfg.data.augment, "data.augment")
     if cfg.model.backbone is not None:
-        problems += _backbone_problems(cfg.model.backbone)
+        problems += backbone_problems(cfg.model.backbone)
     if problems:
         check_model(cfg)
         raise cfg.locate(problems)  # check_model raises these itself; kept so that no path goes on
 
 
-def _backbone_problems(spec) -> list[Problem]:
+def backbone_problems(spec: Any) -> list[Problem]:
+    """Problems in `model.backbone`'s name and arguments (a backbone taken from a run is checked when read)."""
     if spec.name is None:  # from_run: checked when the earlier model is read (cnncli.model.backbones)
         return []
     fn, problems = resolve(BACKBONES, spec.name, "model.backbone.name")
     if fn is not None:
         problems += check_args(spec.args, fn, fn.__name__, "model.backbone")
-    return problems
-
-
-def raw_spec_problems(data: Any) -> list[Problem]:
-    """The checks of `check_model_specs` on YAML that failed the schema, salvaging what parses.
-
-    Passed to `load_config(spec_check=...)` so a schema error and a mistyped layer
-    argument in one file are reported together, as the config contract promises.
-    """
-    from pydantic import ValidationError
-
-    from cnncli.config.schema import BackboneSpec, LayerSpec
-
-    def section(outer: str, inner: str) -> Any:
-        parent = data.get(outer) if isinstance(data, dict) else None
-        return parent.get(inner) if isinstance(parent, dict) else None
-
-    problems: list[Problem] = []
-    for outer, inner in (("model", "layers"), ("data", "augment")):
-        items = section(outer, inner)
-        for i, item in enumerate(items if isinstance(items, list) else []):
-            try:
-                spec = LayerSpec.model_validate(item)
-            except ValidationError:
-                continue  # the schema's own message covers this item
-            problems += check_layer_spec(spec, f"{outer}.{inner}[{i}]")
-    backbone = section("model", "backbone")
-    if isinstance(backbone, dict):
-        try:
-            problems += _backbone_problems(BackboneSpec.model_validate(backbone))
-        except ValidationError:
-            pass
-    problems += _raw_train_problems(section("train", "optimizer"), section("train", "lr_schedule"),
-                                    section("train", "loss"), section("train", "phases"))
-    if not any(p.path.startswith("model.") for p in problems):
-        problems += _raw_shape_problems(data)
-    return problems
-
-
-def _raw_shape_problems(data: Any) -> list[Problem]:
-    """The model built from a file whose other sections failed: its shapes do not depend on them.
-
-    Only `data` and `model` decide the model; when both pass the schema and the
-    cross-checks, the build runs and its problem joins the report.
-    """
-    from pydantic import ValidationError
-
-    from cnncli.config.loading import CROSS_CHECKS
-    from cnncli.config.schema import Config
-    from cnncli.errors import CnnError
-    from cnncli.model.inputs import plan_input
-
-    if not isinstance(data, dict):
-        return []
-    try:
-        cfg = Config.model_validate({k: data[k] for k in ("name", "data", "model") if k in data})
-    except ValidationError:
-        return []  # the schema's messages cover data and model
-    if any(check(cfg) for check in CROSS_CHECKS):
-        return []
-    try:
-        plan = plan_input(cfg)
-        model = build_checked(cfg, plan.shape, check_loss=False)  # the loss is in `train`, which failed
-        if plan.num_classes is not None:
-            check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
-    except ConfigError as exc:
-        return exc.problems
-    except CnnError:
-        return []  # the data cannot be described (a missing folder...): `train` says so on its own
-    return []
-
-
-def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -> list[Problem]:
-    """Optimizer, schedule and loss problems in `train` as written, for a file that failed the schema."""
-    from pydantic import ValidationError
-
-    from cnncli.config.learning import loss_problems, optimizer_problems, schedule_problems
-    from cnncli.config.schema import LossSpec, OptimizerSpec, ScheduleSpec
-
-    specs: list[tuple[Any, type[BaseModel], Callable[..., list[Problem]], str]] = [
-        (optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
-             (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
-    specs += [(p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
-              for i, p in enumerate(phases if isinstance(phases, list) else []) if isinstance(p, dict)]
-    problems: list[Problem] = []
-    for raw, schema, check, path in specs:
-        if isinstance(raw, dict):
-            try:
-                problems += check(schema.model_validate(raw), path)
-            except ValidationError:
-                continue  # the schema's own message covers it
-    if isinstance(loss, str):
-        problems += loss_problems(loss)
-    elif isinstance(loss, dict):
-        try:
-            problems += loss_problems(LossSpec.model_validate(loss))
-        except ValidationError:
-            pass
     return problems
 
 
@@ -203,93 +103,6 @@ def layer_names(specs: Sequence[LayerSpec]) -> list[str]:
     return names
 
 
-def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool = True) -> Any:
-    """The base model of `model.backbone`: a keras.applications model, or layers of an earlier run."""
-    from cnncli.model import backbones
-
-    spec = cfg.model.backbone
-    assert spec is not None  # callers build a backbone only when the config has one
-    if spec.from_run is not None:
-        base = backbones.build_from_run(cfg, input_shape)
-        base.trainable = spec.trainable
-        return base
-    assert spec.name is not None  # the schema asks for `name` or `from_run`
-    fn = BACKBONES.get(spec.name)
-    backbones.check_application_input(cfg, fn.__name__, input_shape)
-    weights = spec.weights if load_weights else None
-    weights_file = weights if weights not in (None, "imagenet") else None
-    if weights_file:
-        backbones.check_weights_file(cfg, weights_file)
-    # A weights file is loaded below, not by keras.applications, so that a mismatch is reported at `weights`.
-    kwargs: dict[str, Any] = dict(include_top=spec.include_top, weights=None if weights_file else weights,
-                                  input_shape=tuple(input_shape))
-    if not spec.include_top:
-        kwargs["pooling"] = spec.pooling
-    try:
-        with _offline_weights_hint(fn.__name__) as hint:
-            base = fn(**kwargs, **spec.args)
-    except ConfigError:
-        raise
-    except Exception as exc:  # Keras raises ValueError for shapes, OSError/URL errors for downloads
-        if hint.missing:
-            raise cfg.error(hint.message(), ("model", "backbone", "weights")) from None
-        message = keras_message(exc)
-        where = backbones.input_key(cfg) if "input_shape" in message else ("model", "backbone")
-        raise cfg.error(f"model.backbone {fn.__name__}: {message}", where) from None
-    if weights_file:
-        backbones.load_weights_file(cfg, base, weights_file)
-    base.trainable = spec.trainable
-    return base
-
-
-class _WeightsHint:
-    def __init__(self, backbone: str):
-        self.backbone = backbone
-        self.missing: tuple[str, str] | None = None  # (file name, cache dir)
-        self.was_corrupt = False  # a file was there but failed Keras's checksum
-
-    def message(self) -> str:
-        assert self.missing is not None  # asked only once a missing file was seen
-        fname, cache = self.missing
-        found = (" (a file of that name was there but did not match its published checksum, an incomplete "
-                 "download?, and Keras removed it)" if self.was_corrupt else "")
-        return (f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded{found}; "
-                f"place `{fname}` in `{cache}` so that {os.path.join(cache, fname)} exists "
-                "(Keras's cache is $KERAS_HOME/models, by default ~/.keras/models), "
-                "or set `weights: null` or a path to a weights file")
-
-
-@contextlib.contextmanager
-def _offline_weights_hint(backbone: str):
-    """Remember which file keras.applications asked for, so an offline failure can name it.
-
-    keras.applications calls keras.src.utils.file_utils.get_file directly and, when the
-    download fails, reports only the URL; the cache location is what a user needs.
-    """
-    from cnncli import compat
-
-    hint = _WeightsHint(backbone)
-    file_utils = compat.file_utils()
-    if file_utils is None:  # this Keras moved get_file: its own error, without the cache path
-        yield hint
-        return
-    real = file_utils.get_file
-
-    def recording_get_file(fname=None, origin=None, *args, cache_subdir="datasets", cache_dir=None, **kw):
-        cache = compat.cache_dir(cache_subdir, cache_dir or compat.keras_home())  # where get_file looks
-        hint.missing = (fname or os.path.basename(origin or ""), str(cache))
-        hint.was_corrupt = os.path.exists(os.path.join(*reversed(hint.missing)))
-        path = real(fname, origin, *args, cache_subdir=cache_subdir, cache_dir=cache_dir, **kw)
-        hint.missing = None
-        return path
-
-    file_utils.get_file = recording_get_file
-    try:
-        yield hint
-    finally:
-        file_utils.get_file = real
-
-
 def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
                 output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True) -> Any:
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
@@ -306,9 +119,10 @@ def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = Tr
         check_model_specs(cfg)
     inputs = keras.Input(shape=tuple(input_shape), name=INPUT_NAME)
     if cfg.model.backbone is not None and cfg.model.backbone.from_run is not None:
-        x = build_backbone(cfg, input_shape, load_weights)(inputs)  # scales its input as it did in its own run
+        # A backbone from a run scales its input as it did in its own run.
+        x = backbones.build_backbone(cfg, input_shape, load_weights)(inputs)
     elif cfg.model.backbone is not None:
-        base = build_backbone(cfg, input_shape, load_weights)
+        base = backbones.build_backbone(cfg, input_shape, load_weights)
         name = cfg.model.backbone.name
         assert name is not None  # a backbone is named, or taken from a run (above)
         x = input_scaling(backbone_mode(BACKBONES.canonical(name) or name), base)(inputs)

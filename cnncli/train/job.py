@@ -68,7 +68,7 @@ def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None
     if opts.resume is not None:
         run_dir = rundir.find_run_dir(opts.resume)
         return load_config(run_dir / "config.yaml", cli), run_dir, read_state(run_dir)
-    from cnncli.model.builder import raw_spec_problems
+    from cnncli.model.raw_checks import raw_spec_problems
 
     assert opts.config is not None  # check_sources: a config or --resume
     return load_config(opts.config, cli, spec_check=raw_spec_problems), None, None

@@ -81,7 +81,8 @@ def value_problems(cfg: Config, config: str | Path | list[str | Path], overrides
     `batch_size`): every such trial would fail the same way, so the sweep stops before the first. Each
     value is tried alone in the config as written; a value refused only beside other sampled values (a
     kernel too large for the image) is left to fail its trial."""
-    from cnncli.model.builder import check_model_specs, raw_spec_problems
+    from cnncli.model.builder import check_model_specs
+    from cnncli.model.raw_checks import raw_spec_problems
 
     assert cfg.search is not None  # asked only of a config with a search section
     problems = []

@@ -76,7 +76,7 @@ class Sweep:
 
 def open_sweep(opts: TuneOptions) -> Sweep:
     """Check the config, make or reopen the sweep directory, and load or create the study."""
-    from cnncli.model.builder import raw_spec_problems
+    from cnncli.model.raw_checks import raw_spec_problems
 
     cfg = load_config(opts.config, opts.overrides, spec_check=raw_spec_problems)
     if cfg.search is None:

@@ -46,7 +46,8 @@ def _warm_up() -> None:
     from tensorflow.python.ops import gen_io_ops  # noqa: F401
 
     for name in ("cnncli.cli", "cnncli.train.job", "cnncli.train.session", "cnncli.train.loop", "cnncli.model.builder",
-                 "cnncli.config.vocabulary", "cnncli.config.learning", "cnncli.data", "cnncli.model.scores", "cnncli.plots",
+                 "cnncli.config.vocabulary",
+                 "cnncli.config.learning", "cnncli.data", "cnncli.model.scores", "cnncli.plots",
                  "cnncli.deploy.export",
                  "cnncli.deploy.artifacts", "cnncli.deploy.runs", "cnncli.train.runtime", "cnncli.train.decisions",
                  "cnncli.train.cluster", "cnncli.train.progress"):
