@@ -49,7 +49,7 @@ def _read_tf_config(raw: str | None) -> tuple[str, int, dict[str, list[str]]]:
     """This task's type and index, and the addresses of the tasks that train, by type."""
     if not raw:
         raise CnnError("runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
-                       "see README, 'Scaling out', for the cluster and task it must name")
+                       "see docs/training.md, 'Scaling out', for the cluster and task it must name")
     expected = ('expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                 '"task": {"type": "worker", "index": 0}}')
     try:

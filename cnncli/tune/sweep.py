@@ -83,7 +83,7 @@ def open_sweep(opts: TuneOptions) -> Sweep:
         # the file as a whole: a missing section has no line, and the root's would point at its first key
         raise ConfigError.single("the config has no `search:` section, which cnn tune searches; add one, e.g. "
                                  "`search: {params: {train.optimizer.learning_rate: {loguniform: [0.0001, 0.01]}}}` "
-                                 "(see README, Experiments)", file=cfg._file)
+                                 "(see docs/experiments.md, Sweeps)", file=cfg._file)
     problems = space.search_problems(cfg, opts.config, opts.overrides)
     if problems:
         raise ConfigError(problems, cfg._file)
