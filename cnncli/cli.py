@@ -59,8 +59,9 @@ def list_names(
         if what not in LISTS:
             from cnncli.errors import did_you_mean
 
-            raise UsageError(f"cannot list `{what}`{did_you_mean(what, LISTS)}; choose one of: {', '.join(LISTS)}",
-                             "WHAT")
+            raise UsageError(
+                f"cannot list `{what}`{did_you_mean(what, LISTS)}; choose one of: {', '.join(LISTS)}", "WHAT"
+            )
         module, function = LISTS[what]
         names = getattr(importlib.import_module(module), function)()
         if json_output:

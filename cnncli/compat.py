@@ -64,14 +64,16 @@ def _optimizer_has(*names: str) -> bool:
 
 def _probe() -> dict[str, bool]:
     return {
-        "fast_dropout": _has("keras.src.backend.tensorflow.random", "dropout", "draw_seed", "_cast_seed",
-                             "_get_concrete_noise_shape"),
-        "fused_optimizer": _optimizer_has("_get_variable_index") and _has("tensorflow.raw_ops", "ResourceApplyAdam",
-                                                                          "ResourceApplyGradientDescent",
-                                                                          "ResourceApplyKerasMomentum"),
+        "fast_dropout": _has(
+            "keras.src.backend.tensorflow.random", "dropout", "draw_seed", "_cast_seed", "_get_concrete_noise_shape"
+        ),
+        "fused_optimizer": _optimizer_has("_get_variable_index")
+        and _has(
+            "tensorflow.raw_ops", "ResourceApplyAdam", "ResourceApplyGradientDescent", "ResourceApplyKerasMomentum"
+        ),
         "variable_index": _optimizer_has("_get_variable_index"),
-        "weights_hint": _has("keras.src.utils.file_utils", "get_file") and _has("keras.src.backend.config",
-                                                                                "keras_home"),
+        "weights_hint": _has("keras.src.utils.file_utils", "get_file")
+        and _has("keras.src.backend.config", "keras_home"),
         "inbound_nodes": _layer_has_inbound_nodes(),
         "snake_case": _has("keras.src.utils.naming", "to_snake_case"),
         "coordination": _has("tensorflow.python.eager.context", "context")
@@ -118,12 +120,17 @@ def used(speedup: str, what: object = True) -> None:
 def report() -> dict:
     """run.json's `compat`: the internals found, and the speed-ups the training steps used."""
     found = check()
-    return {"keras_internals": found,
-            "speedups": {"fast_dropout": bool(_used.get("fast_dropout", False)),
-                         "fused_optimizer": _used.get("fused_optimizer")}}
+    return {
+        "keras_internals": found,
+        "speedups": {
+            "fast_dropout": bool(_used.get("fast_dropout", False)),
+            "fused_optimizer": _used.get("fused_optimizer"),
+        },
+    }
 
 
 # ---------------------------------------------------------------- the internals, each behind a function
+
 
 def dropout_backend() -> Any:
     """Keras's TensorFlow random module (its dropout and seed helpers), or None."""
@@ -225,6 +232,7 @@ def cache_dir(subdir: str, home: str | None = None) -> Path:
 
 # ---------------------------------------------------------------- multi-worker coordination
 
+
 def configure_heartbeats(cluster_spec: Any, timeout: float) -> bool:
     """Set up TensorFlow's coordination service as MultiWorkerMirroredStrategy would, with our heartbeat
     and shutdown timeouts (seconds); False (TensorFlow's defaults stay) where the internals moved."""
@@ -234,12 +242,19 @@ def configure_heartbeats(cluster_spec: Any, timeout: float) -> bool:
     from tensorflow.python.distribute.collective_all_reduce_strategy import coordination_config_pb2
     from tensorflow.python.eager import context
 
-    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
-            for job in ("chief", "worker") if job in cluster_spec.jobs]
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster_spec.jobs
+    ]
     ms = int(timeout * 1000)
     context.context().configure_coordination_service(
-        service_type="standalone", service_leader=multi_worker_util.coordination_leader(cluster_spec),
-        coordinated_jobs=jobs, heartbeat_timeout_in_ms=ms, shutdown_barrier_timeout_in_ms=ms)
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=ms,
+        shutdown_barrier_timeout_in_ms=ms,
+    )
     return True
 
 

@@ -47,7 +47,7 @@ class Problem:
         """The key path as the file has it (a layer expanded from a block: its place in the block)."""
         moved = getattr(self.line, "moved", None)  # (expanded path, path in the file)
         if moved and (self.path == moved[0] or self.path.startswith((moved[0] + ".", moved[0] + "["))):
-            return moved[1] + self.path[len(moved[0]):]
+            return moved[1] + self.path[len(moved[0]) :]
         return self.path
 
     def full_message(self) -> str:
@@ -76,8 +76,14 @@ class Line(int):
     moved: tuple[str, str] | None = None  # errors at the first path are shown at the second
     given: str | None = None
 
-    def __new__(cls, line: int, file: str | None = None, via: str | None = None,
-                moved: tuple[str, str] | None = None, given: str | None = None) -> Line:
+    def __new__(
+        cls,
+        line: int,
+        file: str | None = None,
+        via: str | None = None,
+        moved: tuple[str, str] | None = None,
+        given: str | None = None,
+    ) -> Line:
         """A line number, with the file, include and override it came from."""
         self = super().__new__(cls, line)
         self.file, self.via, self.moved, self.given = file, via, moved, given
@@ -101,8 +107,7 @@ class ConfigError(CnnError):
         return f"{len(lines)} problems\n" + "\n".join(f"  {line}" for line in lines)
 
     @classmethod
-    def single(cls, message: str, path: str = "", line: int | None = None,
-               file: str | None = None) -> ConfigError:
+    def single(cls, message: str, path: str = "", line: int | None = None, file: str | None = None) -> ConfigError:
         """A ConfigError with one problem."""
         return cls([Problem(message, path, line)], file)
 

@@ -56,7 +56,7 @@ def remove_stale_temps(path: Path) -> None:
     path = Path(path)
     prefix = f".{path.name}{TEMP_MARK}"
     for entry in path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*"):
-        pid = entry.name[len(prefix):].split("-", 1)[0]
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
         if pid.isdigit() and not _running(int(pid)):
             remove(entry)
 

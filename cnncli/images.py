@@ -89,6 +89,7 @@ class Probe(NamedTuple):
 
 # ---------------------------------------------------------------- opening
 
+
 def _unwrap(source: Any) -> Any:
     """tf.numpy_function hands a scalar string over as a 0-d object array."""
     return source.item() if isinstance(source, np.ndarray) else source
@@ -124,6 +125,7 @@ def _name(source: Source, name) -> str:
 
 
 # ---------------------------------------------------------------- pixels
+
 
 def is_colour(image: Image.Image) -> bool:
     """Colour by mode; a palette counts as colour when any of its entries is not grey."""
@@ -207,8 +209,9 @@ def resize(pixels: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return out if out.ndim == 3 else out[..., None]
 
 
-def read_image(source: Source, color_mode: str | None = None, image_size: Sequence[int] | None = None,
-               name: str | None = None) -> np.ndarray:
+def read_image(
+    source: Source, color_mode: str | None = None, image_size: Sequence[int] | None = None, name: str | None = None
+) -> np.ndarray:
     """One picture as uint8 (H, W, C), upright, alpha on white, in `color_mode`, resized to `image_size`.
 
     `source` is a path, or the file's encoded bytes. `name` (default: the
@@ -225,8 +228,7 @@ def read_image(source: Source, color_mode: str | None = None, image_size: Sequen
     return conform(pixels, color_mode, image_size)
 
 
-def conform(pixels: np.ndarray, color_mode: str | None = None,
-            image_size: Sequence[int] | None = None) -> np.ndarray:
+def conform(pixels: np.ndarray, color_mode: str | None = None, image_size: Sequence[int] | None = None) -> np.ndarray:
     """Steps 4 and 5 on pixels `read_image` returned: read_image(f, m, s) == conform(read_image(f), m, s)."""
     pixels = to_channels(pixels, color_mode)
     return resize(pixels, image_size) if image_size is not None else pixels
@@ -246,6 +248,7 @@ def read_for_model(source: Source, input_shape: Sequence[int], name: str | None 
 
 
 # ---------------------------------------------------------------- headers only
+
 
 def _upright_size(image: Image.Image) -> tuple[int, int]:
     width, height = image.size

@@ -99,8 +99,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str | Pa
     ax = fig.subplots()
     image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class" if normalize else "count")
-    ax.set_xticks(range(k), labels=[str(n) for n in class_names], rotation=45, ha="right",
-                  rotation_mode="anchor")
+    ax.set_xticks(range(k), labels=[str(n) for n in class_names], rotation=45, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(k), labels=[str(n) for n in class_names])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -109,8 +108,15 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str | Pa
         for t in range(k):
             for p in range(k):
                 dark = shown[t, p] > 0.5 * vmax  # white text on dark cells
-                ax.text(p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=8,
-                        color="white" if dark else "black")
+                ax.text(
+                    p,
+                    t,
+                    str(int(counts[t, p])),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if dark else "black",
+                )
     return _save(fig, path)
 
 
@@ -119,8 +125,9 @@ def cm_figure_side(k: int) -> float:
     return min(max(CM_MIN_SIDE, CM_INCH_PER_CLASS * k + 2.0), CM_MAX_SIDE)
 
 
-def plot_image_grid(images: Any, path: str | Path, titles: list[str] | None = None, cmap: str = "gray",
-                    ncols: int | None = None) -> Path:
+def plot_image_grid(
+    images: Any, path: str | Path, titles: list[str] | None = None, cmap: str = "gray", ncols: int | None = None
+) -> Path:
     """A grid of images (N, H, W, C) as a PNG, each stretched to its own [0, 1] range.
 
     Per-image normalization is what makes learned filters readable: their
@@ -140,8 +147,7 @@ def plot_image_grid(images: Any, path: str | Path, titles: list[str] | None = No
     nrows = math.ceil(n / ncols)
 
     title_room = 0.25 if titles else 0.0  # inches per row
-    fig = Figure(figsize=(ncols * GRID_CELL, nrows * (GRID_CELL + title_room)), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(figsize=(ncols * GRID_CELL, nrows * (GRID_CELL + title_room)), dpi=DPI, layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for i, ax in enumerate(axes):
         ax.set_axis_off()
@@ -203,16 +209,17 @@ def plot_kernel_mosaic(kernels: np.ndarray, path: str | Path, title: str | None 
     mosaic = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1), np.nan)  # NaN gaps draw as background
     for r in range(rows):
         for c in range(cols):
-            mosaic[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = tiles[r, c]
-    fig = Figure(figsize=(cols * MOSAIC_CELL + MOSAIC_MARGIN[0], rows * MOSAIC_CELL + MOSAIC_MARGIN[1]), dpi=DPI,
-                 layout="constrained")
+            mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = tiles[r, c]
+    fig = Figure(
+        figsize=(cols * MOSAIC_CELL + MOSAIC_MARGIN[0], rows * MOSAIC_CELL + MOSAIC_MARGIN[1]),
+        dpi=DPI,
+        layout="constrained",
+    )
     ax = fig.subplots()
     ax.imshow(np.ma.masked_invalid(mosaic), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_facecolor("#d0d0ff")
-    ax.set_xticks([c * (kw + 1) + (kw - 1) / 2 for c in range(cols)], labels=[str(c) for c in range(cols)],
-                  fontsize=7)
-    ax.set_yticks([r * (kh + 1) + (kh - 1) / 2 for r in range(rows)], labels=[str(r) for r in range(rows)],
-                  fontsize=7)
+    ax.set_xticks([c * (kw + 1) + (kw - 1) / 2 for c in range(cols)], labels=[str(c) for c in range(cols)], fontsize=7)
+    ax.set_yticks([r * (kh + 1) + (kh - 1) / 2 for r in range(rows)], labels=[str(r) for r in range(rows)], fontsize=7)
     ax.set_xlabel("input channel")
     ax.set_ylabel("filter")
     ax.tick_params(length=0)

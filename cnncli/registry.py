@@ -28,8 +28,9 @@ class UnknownName(CnnError):
 class Registry(Generic[T]):
     """Names (as their owners spell them) mapped to objects, looked up loosely."""
 
-    def __init__(self, kind: str, entries: dict[str, T] | None = None,
-                 loader: Callable[[], dict[str, T]] | None = None):
+    def __init__(
+        self, kind: str, entries: dict[str, T] | None = None, loader: Callable[[], dict[str, T]] | None = None
+    ):
         self.kind = kind  # "layer type", "dataset", ... used in messages
         self._entries: dict[str, T] | None = dict(entries) if entries is not None else None
         self._loader = loader  # lets a registry of Keras classes import Keras lazily

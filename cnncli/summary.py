@@ -54,9 +54,17 @@ class SummaryResult:
                 folded.append(item)
                 continue
             rows = members[item[0]]
-            folded.append(LayerRow(item[0], item[1], rows[-1].output_shape, sum(r.params for r in rows),
-                                   sum(r.trainable_params for r in rows), rows[-1].receptive_field,
-                                   sum(r.macs for r in rows)))
+            folded.append(
+                LayerRow(
+                    item[0],
+                    item[1],
+                    rows[-1].output_shape,
+                    sum(r.params for r in rows),
+                    sum(r.trainable_params for r in rows),
+                    rows[-1].receptive_field,
+                    sum(r.macs for r in rows),
+                )
+            )
         return folded
 
 
@@ -73,10 +81,15 @@ class ValidateResult:
 
     def as_json(self) -> dict:
         """What `cnn validate --json` prints for one file."""
-        return {"file": self.file, "ok": self.ok, "error": self.error or None,
-                "problems": [{"file": f, "line": line, "message": m} for f, line, m in self.problems],
-                "total_params": self.total_params, "input_shape": list(self.input_shape),
-                "warnings": self.warnings}
+        return {
+            "file": self.file,
+            "ok": self.ok,
+            "error": self.error or None,
+            "problems": [{"file": f, "line": line, "message": m} for f, line, m in self.problems],
+            "total_params": self.total_params,
+            "input_shape": list(self.input_shape),
+            "warnings": self.warnings,
+        }
 
 
 def summarize_config(path: str | Path | list, overrides: list[str], classifier: bool = False) -> SummaryResult:
@@ -109,8 +122,10 @@ def summarize_config(path: str | Path | list, overrides: list[str], classifier: 
             from cnncli.model.builder import layer_names
             from cnncli.model.output_loss import loss_output_problems
 
-            warnings += [f"{p.path}: {p.message}; `cnn train` would refuse it"
-                         for p in loss_output_problems(cfg, model, layer_names(cfg.model.layers))]
+            warnings += [
+                f"{p.path}: {p.message}; `cnn train` would refuse it"
+                for p in loss_output_problems(cfg, model, layer_names(cfg.model.layers))
+            ]
     if plan.num_classes is not None and len(model.outputs[0].shape) == 2:
         try:
             check_classes(cfg, int(model.outputs[0].shape[-1]), plan.num_classes)
@@ -148,8 +163,10 @@ def _double_scaling(cfg) -> list[str]:
             file = getattr(line, "file", None)
             where = (f"{file}:{line}: " if file and file != cfg._file else f"line {line}: ") if line else ""
             shown = Problem("", format_path(path), line).shown_path()  # its place in a block, if it came from one
-            out.append(f"{where}{shown}: a Rescaling layer, but cnn already scales the raw pixels "
-                       f"({first} is the model's first layer), so they would be scaled twice; remove it")
+            out.append(
+                f"{where}{shown}: a Rescaling layer, but cnn already scales the raw pixels "
+                f"({first} is the model's first layer), so they would be scaled twice; remove it"
+            )
     return out
 
 
@@ -175,8 +192,14 @@ def validate_file(path: str | Path, overrides: list[str]) -> ValidateResult:
         if problems:
             refused = ConfigError(problems, cfg._file)
             return ValidateResult(str(path), False, error=str(refused), problems=_problems(refused, str(path)))
-    return ValidateResult(str(path), True, total_params=result.summary.total_params,
-                          input_shape=result.input_shape, warnings=result.warnings, config_yaml=cfg.to_yaml())
+    return ValidateResult(
+        str(path),
+        True,
+        total_params=result.summary.total_params,
+        input_shape=result.input_shape,
+        warnings=result.warnings,
+        config_yaml=cfg.to_yaml(),
+    )
 
 
 def _problems(exc: CnnError, file: str) -> list[tuple]:
@@ -199,14 +222,18 @@ def config_files(paths: list[Path]) -> list[Path]:
     """The files to check: each file given, and the *.yaml / *.yml files of each folder given."""
     out: list[Path] = []
     for path in paths:
-        found = sorted(p for p in Path(path).iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()) \
-            if Path(path).is_dir() else []
+        found = (
+            sorted(p for p in Path(path).iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+            if Path(path).is_dir()
+            else []
+        )
         out += found or [Path(path)]  # a folder without configs stays, to be reported as not a config
     return out
 
 
 def github_annotations(result: ValidateResult) -> list[str]:
     """GitHub Actions workflow commands (`::error file=...,line=...::message`) for one file's result."""
+
     def prop(text: str) -> str:
         return _escape(text).replace(":", "%3A").replace(",", "%2C")
 

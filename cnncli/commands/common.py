@@ -23,15 +23,20 @@ from rich.console import Console
 from cnncli import __version__, faults
 from cnncli.errors import CnnError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train, inspect, evaluate and export CNN image classifiers from YAML configs.",
-                  rich_markup_mode="rich")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train, inspect, evaluate and export CNN image classifiers from YAML configs.",
+    rich_markup_mode="rich",
+)
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
-SetOption = typer.Option(None, "--set", metavar="KEY.PATH=VALUE",
-                         help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+SetOption = typer.Option(
+    None, "--set", metavar="KEY.PATH=VALUE", help="Override a config value, e.g. --set train.epochs=3 (repeatable)."
+)
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
 
 
@@ -128,8 +133,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
 ) -> None:
     _state["debug"] = debug

@@ -34,8 +34,7 @@ def config_(
 
 @app.command()
 def schema(
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                          help="Write to FILE instead of stdout."),
+    output: Path | None = typer.Option(None, "--output", "-o", readable=False, help="Write to FILE instead of stdout."),
 ) -> None:
     """Write the JSON Schema (2020-12) of a config, for editors and CI.
 
@@ -62,9 +61,12 @@ def schema(
 def init(
     path: Path = typer.Argument(Path("config.yaml"), readable=False, help="The config file to write."),
     template: str = typer.Option("lenet", "--template", "-t", help="A template: see `cnn list templates`."),
-    data: str | None = typer.Option(None, "--data", metavar="KIND:DIR",
-                                       help="Fill classes, image size and colour mode from data, "
-                                            "e.g. image_folder:photos/."),
+    data: str | None = typer.Option(
+        None,
+        "--data",
+        metavar="KIND:DIR",
+        help="Fill classes, image size and colour mode from data, e.g. image_folder:photos/.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace PATH if it exists."),
 ) -> None:
     """Write a commented config from a template, ready for cnn validate and cnn train.

@@ -12,11 +12,11 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("pack")
 def data_pack(
-    source: str = typer.Argument(..., metavar="SOURCE",
-                                 help="An image folder, a folder written by cnn data pack, or a config file."),
+    source: str = typer.Argument(
+        ..., metavar="SOURCE", help="An image folder, a folder written by cnn data pack, or a config file."
+    ),
     output: str = typer.Option(..., "--output", "-o", help="The new folder (local, or gs://... etc.)."),
-    shards: int | None = typer.Option(None, "--shards", min=1,
-                                         help="Shards per split (default: one per ~100 MB)."),
+    shards: int | None = typer.Option(None, "--shards", min=1, help="Shards per split (default: one per ~100 MB)."),
     set_: list[str] | None = SetOption,
     json_output: bool = JsonOption,
 ) -> None:
@@ -41,14 +41,18 @@ def data_pack(
         splits = result.index["splits"]
         counts = " + ".join(f"{e['count']:,} {split}" for split, e in splits.items())
         shard_counts = " + ".join(str(len(e["shards"])) for e in splits.values())
-        out.print(f"packed {counts} pictures of {len(result.index['class_names'])} classes into {shard_counts} "
-                  f"shards: {result.output}", markup=False)
+        out.print(
+            f"packed {counts} pictures of {len(result.index['class_names'])} classes into {shard_counts} "
+            f"shards: {result.output}",
+            markup=False,
+        )
 
 
 @data_app.command("inspect")
 def data_inspect(
-    source: str = typer.Argument(..., metavar="PATH_OR_CONFIG",
-                                 help="An image folder, a folder written by cnn data pack, or a config file."),
+    source: str = typer.Argument(
+        ..., metavar="PATH_OR_CONFIG", help="An image folder, a folder written by cnn data pack, or a config file."
+    ),
     set_: list[str] | None = SetOption,
     json_output: bool = JsonOption,
 ) -> None:

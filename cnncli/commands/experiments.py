@@ -16,15 +16,23 @@ def tune(
     config: Path = typer.Argument(..., readable=False, help="Config file with a `search:` section."),
     set_: list[str] | None = SetOption,
     trials: int | None = typer.Option(None, "--trials", min=1, help="Trials to run to (default search.trials)."),
-    storage: str | None = typer.Option(None, "--storage",
-                                          help="Optuna storage URL shared by several processes or machines, "
-                                               "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db)."),
+    storage: str | None = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL shared by several processes or machines, "
+        "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db).",
+    ),
     study: str | None = typer.Option(None, "--study", help="Study name (default: the config's name)."),
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                          help="The sweep directory; rerunning with it continues the study "
-                                               "(default sweeps/<name>/<timestamp>)."),
-    mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
-                                         help="Log each trial as a child run to this MLflow tracking URI."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        readable=False,
+        help="The sweep directory; rerunning with it continues the study (default sweeps/<name>/<timestamp>).",
+    ),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow", metavar="URI", help="Log each trial as a child run to this MLflow tracking URI."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Search the config's `search:` section with Optuna; each trial is a run directory under OUTPUT/trials/.
@@ -39,16 +47,24 @@ def tune(
         from cnncli.tune.report import best_trial, nothing_finished, trial_rows
         from cnncli.tune.sweep import TuneOptions, run_sweep
 
-        opts = TuneOptions(config=config, overrides=set_ or [], trials=trials, storage=storage, study=study,
-                           output=output, mlflow=mlflow)
+        opts = TuneOptions(
+            config=config,
+            overrides=set_ or [],
+            trials=trials,
+            storage=storage,
+            study=study,
+            output=output,
+            mlflow=mlflow,
+        )
         display = SweepDisplay(out)
 
         def started(s) -> None:
             for note in s.notes:  # stderr under --json: stdout holds the one JSON document
                 (err if json_output else out).print(f"note: {note}", markup=False)
             if not json_output:
-                out.print(f"sweep directory: {s.dir} (the same command with --output {s.dir} continues it)",
-                          markup=False)
+                out.print(
+                    f"sweep directory: {s.dir} (the same command with --output {s.dir} continues it)", markup=False
+                )
 
         with display if not json_output else contextlib.nullcontext():
             sweep = run_sweep(opts, on_trial=None if json_output else display.trial, on_start=started)
@@ -59,27 +75,43 @@ def tune(
         if json_output:
             # trials.csv names run directories relative to the sweep directory (it moves with them);
             # the JSON names every path absolute, as every --json does.
-            rows = [{**row, "run_dir": sweep.dir / row["run_dir"] if row["run_dir"] else None}
-                    for row in trial_rows(sweep)]
-            emit_json({"sweep_dir": sweep.dir, "metric": sweep.metric, "trials": rows,
-                       "best": None if best is None else {"number": best.number, "value": best.value,
-                                                          "params": best.params,
-                                                          "run_dir": sweep.dir / best.user_attrs["run_dir"]}})
+            rows = [
+                {**row, "run_dir": sweep.dir / row["run_dir"] if row["run_dir"] else None} for row in trial_rows(sweep)
+            ]
+            emit_json(
+                {
+                    "sweep_dir": sweep.dir,
+                    "metric": sweep.metric,
+                    "trials": rows,
+                    "best": None
+                    if best is None
+                    else {
+                        "number": best.number,
+                        "value": best.value,
+                        "params": best.params,
+                        "run_dir": sweep.dir / best.user_attrs["run_dir"],
+                    },
+                }
+            )
             return
         if best is not None:
             from cnncli.train.progress import metric_text
 
-            out.print(f"best trial {best.number}: {sweep.metric} {metric_text(best.value)}  "
-                      f"config: {sweep.dir / 'best.yaml'}",
-                      markup=False)
+            out.print(
+                f"best trial {best.number}: {sweep.metric} {metric_text(best.value)}  "
+                f"config: {sweep.dir / 'best.yaml'}",
+                markup=False,
+            )
 
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., metavar="RUN_OR_SWEEP...",
-                                      readable=False, help="Run directories, or sweep directories (all their trials)."),
-    output: Path | None = typer.Option(None, "--output", "-o", metavar="PNG", readable=False,
-                                          help="Draw the runs' curves, overlaid, into this PNG."),
+    runs: list[Path] = typer.Argument(
+        ..., metavar="RUN_OR_SWEEP...", readable=False, help="Run directories, or sweep directories (all their trials)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", metavar="PNG", readable=False, help="Draw the runs' curves, overlaid, into this PNG."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Show runs side by side: final metrics, epochs, time, images/s, parameters, and the config keys that differ.

@@ -13,11 +13,15 @@ from cnncli.errors import UsageError
 
 @app.command()
 def predict(
-    model: Path = typer.Argument(..., metavar="RUN_DIR", readable=False,
-                                 help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel "
-                                      "directory."),
-    images: list[Path] = typer.Argument(..., metavar="IMAGE...",
-                                        readable=False, help="Image files (png, jpg, bmp, gif), or folders of them."),
+    model: Path = typer.Argument(
+        ...,
+        metavar="RUN_DIR",
+        readable=False,
+        help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel directory.",
+    ),
+    images: list[Path] = typer.Argument(
+        ..., metavar="IMAGE...", readable=False, help="Image files (png, jpg, bmp, gif), or folders of them."
+    ),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="How many classes to show per image."),
     json_output: bool = JsonOption,
 ) -> None:
@@ -49,10 +53,12 @@ def saliency(
     method: str = typer.Option("gradient", "--method", help="gradient | smoothgrad | gradcam"),
     samples: int = typer.Option(25, "--samples", min=1, help="smoothgrad: noisy copies averaged."),
     seed: int = typer.Option(0, "--seed", help="smoothgrad: seed of the noise."),
-    layer: str | None = typer.Option(None, "--layer",
-                                        help="gradcam: a layer with a feature map (default: the last convolution)."),
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                          help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),
+    layer: str | None = typer.Option(
+        None, "--layer", help="gradcam: a layer with a feature map (default: the last convolution)."
+    ),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", readable=False, help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw which pixels move a class's score: |gradient of the logit| beside the image, as a PNG.
@@ -72,26 +78,39 @@ def saliency(
         path = draw_saliency(run_dir, image, result, output)
         cam = result.gradcam.summary() if result.gradcam is not None else None
         if json_output:
-            emit_json({"output": Path(path), "image": str(image), "class": result.class_name,
-                       "class_index": result.class_index, "probability": result.probability,
-                       "predicted": result.predicted, "method": result.method, "score": result.score,
-                       **({"gradcam": cam} if cam else {})})
+            emit_json(
+                {
+                    "output": Path(path),
+                    "image": str(image),
+                    "class": result.class_name,
+                    "class_index": result.class_index,
+                    "probability": result.probability,
+                    "predicted": result.predicted,
+                    "method": result.method,
+                    "score": result.score,
+                    **({"gradcam": cam} if cam else {}),
+                }
+            )
         else:
             at = f" at {cam['layer']} (peak at row {cam['peak'][0]}, column {cam['peak'][1]})" if cam else ""
-            out.print(f"{result.class_name} (p = {result.probability:.3f}; predicted {result.predicted}), "
-                      f"{result.method} of the {result.score}{at}: {path}", markup=False)
+            out.print(
+                f"{result.class_name} (p = {result.probability:.3f}; predicted {result.predicted}), "
+                f"{result.method} of the {result.score}{at}: {path}",
+                markup=False,
+            )
 
 
 @app.command()
 def activations(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     image: Path = typer.Argument(..., readable=False, help="An image file: png, jpg, bmp, gif."),
-    layer: list[str] | None = typer.Option(None, "--layer",
-                                              help="A layer with a feature map (repeatable; default: every "
-                                                   "convolution, in order)."),
+    layer: list[str] | None = typer.Option(
+        None, "--layer", help="A layer with a feature map (repeatable; default: every convolution, in order)."
+    ),
     max_channels: int = typer.Option(64, "--max", min=1, help="At most this many channels per layer."),
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                          help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", readable=False, help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw the feature maps one image produces: one PNG grid per layer, a tile per channel.
@@ -106,22 +125,33 @@ def activations(
 
         maps, paths = draw_activations(run_dir, image, layer, max_channels, output)
         rows: list[dict[str, Any]] = [
-            {"layer": m.layer, "output": Path(p), "shape": list(m.maps.shape[:2]), "channels": m.channels,
-             "tiles": m.tiles} for m, p in zip(maps, paths, strict=True)]
+            {
+                "layer": m.layer,
+                "output": Path(p),
+                "shape": list(m.maps.shape[:2]),
+                "channels": m.channels,
+                "tiles": m.tiles,
+            }
+            for m, p in zip(maps, paths, strict=True)
+        ]
         if json_output:
             emit_json({"image": str(image), "layers": rows})
         else:
             for row in rows:
-                out.print(f"{row['layer']}: {row['tiles']} of {row['channels']} channels, "
-                          f"{row['shape'][0]}×{row['shape'][1]}: {row['output']}", markup=False)
+                out.print(
+                    f"{row['layer']}: {row['tiles']} of {row['channels']} channels, "
+                    f"{row['shape'][0]}×{row['shape'][1]}: {row['output']}",
+                    markup=False,
+                )
 
 
 @app.command()
 def filters(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     layer: str | None = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                          help="PNG path (default RUN_DIR/filters_<layer>.png)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", readable=False, help="PNG path (default RUN_DIR/filters_<layer>.png)."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw a convolution layer's learned kernels as a grid (RGB for 3 input channels, else grey per channel).
@@ -133,9 +163,16 @@ def filters(
 
         result, path = draw_filters(run_dir, layer, output)
         if json_output:
-            emit_json({"output": Path(path), "layer": result.layer, "kernel_shape": list(result.kernel_shape),
-                       "filters_shown": result.shown_filters, "channels_shown": result.shown_channels,
-                       "mode": result.mode})
+            emit_json(
+                {
+                    "output": Path(path),
+                    "layer": result.layer,
+                    "kernel_shape": list(result.kernel_shape),
+                    "filters_shown": result.shown_filters,
+                    "channels_shown": result.shown_channels,
+                    "mode": result.mode,
+                }
+            )
         else:
             kh, kw, cin, cout = result.kernel_shape
             shown = f"{result.shown_filters} of {cout} filters"

@@ -13,18 +13,28 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024  # as cnncli.deploy.serve_guard's, not impor
 
 @app.command()
 def serve(
-    model: Path = typer.Argument(..., metavar="RUN_DIR|EXPORT", readable=False,
-                                 help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel."),
+    model: Path = typer.Argument(
+        ...,
+        metavar="RUN_DIR|EXPORT",
+        readable=False,
+        help="A run directory, an exported .keras/.tflite/.onnx file or a SavedModel.",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 for every interface."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on; 0 picks a free one."),
-    max_batch: int = typer.Option(32, "--max-batch", min=1,
-                                  help="Most images per model call; 1 runs every request alone."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0,
-                                      help="How long a request waits for others to share its batch."),
+    max_batch: int = typer.Option(
+        32, "--max-batch", min=1, help="Most images per model call; 1 runs every request alone."
+    ),
+    max_wait_ms: float = typer.Option(
+        5.0, "--max-wait-ms", min=0, help="How long a request waits for others to share its batch."
+    ),
     max_body: int = typer.Option(DEFAULT_MAX_BODY, "--max-body", min=1, help="Largest request body, in bytes."),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="CNN_SERVE_API_KEY", show_envvar=True,
-                                          help="Require this key (Authorization: Bearer KEY) on every route "
-                                               "but /healthz and the page at /."),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="CNN_SERVE_API_KEY",
+        show_envvar=True,
+        help="Require this key (Authorization: Bearer KEY) on every route but /healthz and the page at /.",
+    ),
 ) -> None:
     """Serve a trained model over HTTP until SIGTERM or Ctrl-C.
 
@@ -43,5 +53,10 @@ def serve(
 
     with handled():
         options = ServeOptions(host, port, max_batch, max_wait_ms, max_body, api_key)
-        run_server(model, options, say=lambda line: err.print(line, markup=False),
-                   warn=lambda line: err.print(f"[yellow]warning[/]: {line}"), explainer=gradcam_overlays)
+        run_server(
+            model,
+            options,
+            say=lambda line: err.print(line, markup=False),
+            warn=lambda line: err.print(f"[yellow]warning[/]: {line}"),
+            explainer=gradcam_overlays,
+        )

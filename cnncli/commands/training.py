@@ -12,26 +12,32 @@ from cnncli.errors import UsageError, did_you_mean
 
 @app.command()
 def train(
-    config: list[Path] | None = typer.Argument(None, readable=False,
-                                                help="Config file (omit with --resume); several merge "
-                                                     "left to right."),
+    config: list[Path] | None = typer.Argument(
+        None, readable=False, help="Config file (omit with --resume); several merge left to right."
+    ),
     set_: list[str] | None = SetOption,
-    resume: Path | None = typer.Option(None, "--resume", readable=False,
-                                          help="Continue an interrupted run in place."),
-    output: Path = typer.Option(Path("runs"), "--output", "-o", readable=False,
-                                help="Where run directories are created."),
+    resume: Path | None = typer.Option(None, "--resume", readable=False, help="Continue an interrupted run in place."),
+    output: Path = typer.Option(
+        Path("runs"), "--output", "-o", readable=False, help="Where run directories are created."
+    ),
     name: str | None = typer.Option(None, "--name", help="Run name (default: the config's name)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Override train.batch_size."),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | gpu"),
     smoke: bool = typer.Option(False, "--smoke", help="A couple of batches of every stage, end to end, for CI."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output; just the run directory."),
-    profile: int = typer.Option(0, "--profile", min=0, metavar="STEPS",
-                                help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
-                                     "and print the top ops and the share of a step spent waiting for input."),
+    profile: int = typer.Option(
+        0,
+        "--profile",
+        min=0,
+        metavar="STEPS",
+        help="Trace STEPS training steps (e.g. 5) into logs/ for TensorBoard's profile tab "
+        "and print the top ops and the share of a step spent waiting for input.",
+    ),
     report: bool = typer.Option(False, "--report", help="Write RUN_DIR/report.html at the end (as cnn report)."),
-    mlflow: str | None = typer.Option(None, "--mlflow", metavar="URI",
-                                         help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."),
+    mlflow: str | None = typer.Option(
+        None, "--mlflow", metavar="URI", help="Log the run to this MLflow tracking URI (needs cnncli[mlflow])."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Train a model and write a new run directory (config, history, metrics, model, plots).
@@ -47,20 +53,42 @@ def train(
 
         check_sources(given, resume)
         if device is not None and device not in DEVICES:
-            raise UsageError(f"`{device}` is not a device{did_you_mean(device, DEVICES)}; choose one of: "
-                             f"{', '.join(DEVICES)}", "--device")
+            raise UsageError(
+                f"`{device}` is not a device{did_you_mean(device, DEVICES)}; choose one of: {', '.join(DEVICES)}",
+                "--device",
+            )
         from cnncli.tune.tracking import LiveRun, requested_by
 
         tracked = requested_by(given or (resume / "config.yaml" if resume else None), mlflow)
         tracker = LiveRun(tracked) if tracked is not None else None
         reporter = make_reporter(quiet, json_output)
-        result = run_training(TrainOptions(config=given, resume=resume, overrides=set_ or [], output=output,
-                                           name=name, epochs=epochs, batch_size=batch_size, device=device,
-                                           smoke=smoke, profile=profile, tracker=tracker), reporter)
+        result = run_training(
+            TrainOptions(
+                config=given,
+                resume=resume,
+                overrides=set_ or [],
+                output=output,
+                name=name,
+                epochs=epochs,
+                batch_size=batch_size,
+                device=device,
+                smoke=smoke,
+                profile=profile,
+                tracker=tracker,
+            ),
+            reporter,
+        )
         if result.untrained is not None:  # a complete run, left as it was
             if json_output:
-                emit_json({"run_dir": str(result.run_dir), "status": "complete", "trained": False,
-                           "message": result.untrained, "metrics": result.metrics})
+                emit_json(
+                    {
+                        "run_dir": str(result.run_dir),
+                        "status": "complete",
+                        "trained": False,
+                        "message": result.untrained,
+                        "metrics": result.metrics,
+                    }
+                )
             else:
                 out.print(str(result.run_dir) if quiet else result.untrained, markup=False)
             return
@@ -71,8 +99,14 @@ def train(
             reporter.message(f"logged to MLflow ({tracked[0]}, experiment {tracked[1]}): run {tracker.run_id}")
         page = _write_report(result.run_dir) if report else None
         if json_output:
-            emit_json({"run_dir": Path(result.run_dir), "metrics": result.metrics, **result.run,
-                       **({"report": Path(page)} if page else {})})
+            emit_json(
+                {
+                    "run_dir": Path(result.run_dir),
+                    "metrics": result.metrics,
+                    **result.run,
+                    **({"report": Path(page)} if page else {}),
+                }
+            )
             return
         if result.run.get("profile") and not quiet:
             from cnncli.train.profile import format_summary
@@ -85,8 +119,9 @@ def train(
         if test and not quiet:
             from cnncli.train.progress import metric_text
 
-            out.print(f"test accuracy {test['accuracy']:.4f}  loss {metric_text(test['loss'])}  "
-                      f"({test['examples']:,} images)")
+            out.print(
+                f"test accuracy {test['accuracy']:.4f}  loss {metric_text(test['loss'])}  ({test['examples']:,} images)"
+            )
         out.print(str(result.run_dir) if quiet else f"run directory: {result.run_dir}")
 
 
@@ -94,16 +129,29 @@ def train(
 def evaluate(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     split: str = typer.Option("test", "--split", help="test | val | train"),
-    set_: list[str] | None = typer.Option(None, "--data", metavar="KEY.PATH=VALUE",
-                                             help="Evaluate on other data, e.g. --data data.dataset=image_folder "
-                                                  "--data data.path=photos/ (classes are matched by name)."),
+    set_: list[str] | None = typer.Option(
+        None,
+        "--data",
+        metavar="KEY.PATH=VALUE",
+        help="Evaluate on other data, e.g. --data data.dataset=image_folder "
+        "--data data.path=photos/ (classes are matched by name).",
+    ),
     top_k: int | None = typer.Option(None, "--top-k", min=1, help="k for top-k accuracy (default 5)."),
-    errors: int | None = typer.Option(None, "--errors", min=1, metavar="[N]",
-                                         help="Also list and draw the N highest-loss images (default 16) "
-                                              "and the most confused pairs."),
-    output: Path | None = typer.Option(None, "--output", "-o", metavar="DIR", readable=False,
-                                          help="Where the pictures go (default: RUN_DIR for its own data, "
-                                               "RUN_DIR/evaluations/<data>/ for --data)."),
+    errors: int | None = typer.Option(
+        None,
+        "--errors",
+        min=1,
+        metavar="[N]",
+        help="Also list and draw the N highest-loss images (default 16) and the most confused pairs.",
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="DIR",
+        readable=False,
+        help="Where the pictures go (default: RUN_DIR for its own data, RUN_DIR/evaluations/<data>/ for --data).",
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Report loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
@@ -125,8 +173,7 @@ def evaluate(
             raise UsageError(f"`{split}` is not a split; choose test, val or train", "--split")
         set_ = [Override(item, option="--data") for item in set_ or []]
         check_overrides([item for item in set_ if "=" in item])  # one without `=` gets evaluate's own hint
-        report = evaluate_run(run_dir, split, set_ or [], top_k, errors, figures=output,
-                              confusion_png=not json_output)
+        report = evaluate_run(run_dir, split, set_ or [], top_k, errors, figures=output, confusion_png=not json_output)
         if json_output:
             emit_json(report)
         else:
@@ -147,8 +194,9 @@ def _write_report(run_dir: Path) -> Path:
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                          help="HTML path (default RUN_DIR/report.html)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", readable=False, help="HTML path (default RUN_DIR/report.html)."
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
@@ -171,8 +219,13 @@ def report(
 def export(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False,
-                                       help="The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        readable=False,
+        help="The artefact's path, or a directory for it (default RUN_DIR/exports/).",
+    ),
     quantize: str | None = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
     force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,
@@ -199,7 +252,9 @@ def export(
         out.print(f"checked {label}: {describe_check(result.check)}", markup=False)
         reference = result.check.get("reference", {})
         if "as_trained_max_abs_diff" in reference:
-            out.print(f"note: the model trained in {reference['trained_precision']}; exports compute in float32 "
-                      f"(max |Δp| {reference['as_trained_max_abs_diff']:.2e} from the model as trained)",
-                      markup=False)
+            out.print(
+                f"note: the model trained in {reference['trained_precision']}; exports compute in float32 "
+                f"(max |Δp| {reference['as_trained_max_abs_diff']:.2e} from the model as trained)",
+                markup=False,
+            )
         out.print(f"wrote {result.path} ({result.size_bytes:,} bytes); details in {result.export_json}", markup=False)

@@ -108,8 +108,9 @@ class _Expander:
     def expand_list(self, items: list, scope: _Scope) -> Any:
         """Expand one list of layer items; return its output (a _Layer or "input")."""
         written = items
-        items = [(i, _substitute(item, scope.params, self, scope.source + (i,), scope.via))
-                 for i, item in enumerate(items)]
+        items = [
+            (i, _substitute(item, scope.params, self, scope.source + (i,), scope.via)) for i, item in enumerate(items)
+        ]
         kept = []
         for i, item in items:
             if not isinstance(item, dict):
@@ -183,8 +184,15 @@ class _Expander:
 
     def plain_layer(self, item: dict, refs: list, scope: _Scope, path: KeyPath) -> _Layer:
         if len(self.out) >= MAX_LAYERS:  # stop now: nested repeats multiply
-            raise ConfigError([Problem(f"the blocks expand to more than {MAX_LAYERS:,} layers; check `repeat`",
-                                       format_path(path), self.line(path, scope.via))])
+            raise ConfigError(
+                [
+                    Problem(
+                        f"the blocks expand to more than {MAX_LAYERS:,} layers; check `repeat`",
+                        format_path(path),
+                        self.line(path, scope.via),
+                    )
+                ]
+            )
         spec = dict(item)
         local = spec.pop("name", None)
         explicit = "inputs" in spec
@@ -210,8 +218,9 @@ class _Expander:
         block = self.blocks[block_name]
         block_path = ("model", "blocks", block_name)
         if scope.depth >= MAX_NESTING:
-            self.problem(f"block `{block_name}` is nested more than {MAX_NESTING} deep (does it use itself?)",
-                         path, scope.via)
+            self.problem(
+                f"block `{block_name}` is nested more than {MAX_NESTING} deep (does it use itself?)", path, scope.via
+            )
             return None
         if len(refs) != 1:
             self.problem(f"block `{block_name}` takes one input, got {len(refs)}", path + ("inputs",), scope.via)
@@ -221,34 +230,54 @@ class _Expander:
         for key in args:
             if key not in params:
                 valid = ", ".join(params) or "none"
-                self.problem(f"block `{block_name}` has no parameter `{key}`{did_you_mean(key, params)}; "
-                             f"its parameters: {valid}", path + (key,), scope.via)
+                self.problem(
+                    f"block `{block_name}` has no parameter `{key}`{did_you_mean(key, params)}; "
+                    f"its parameters: {valid}",
+                    path + (key,),
+                    scope.via,
+                )
         # Needed only where a layer that stays uses it: the first inverted block of MobileNetV2 has no
         # expansion layer (`when: false`), so it needs no expansion factor.
-        unset = {k: (f"block `{block_name}` needs `{k}` (its parameter has no default)", path, scope.via)
-                 for k, default in params.items() if default is None and k not in args}
+        unset = {
+            k: (f"block `{block_name}` needs `{k}` (its parameter has no default)", path, scope.via)
+            for k, default in params.items()
+            if default is None and k not in args
+        }
         repeat = item.get("repeat", None)
         if repeat is not None and (not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1):
             self.problem(f"`repeat` must be a whole number ≥ 1, got {repeat!r}", path + ("repeat",), scope.via)
             return None
         copies = repeat or 1
         if copies > MAX_LAYERS:
-            self.problem(f"`repeat` is {copies:,}; a model of more than {MAX_LAYERS:,} layers is refused",
-                         path + ("repeat",), scope.via)
+            self.problem(
+                f"`repeat` is {copies:,}; a model of more than {MAX_LAYERS:,} layers is refused",
+                path + ("repeat",),
+                scope.via,
+            )
             return None
         for key, value in args.items():
-            if copies > 1 and isinstance(value, list) and len(value) not in (copies,) and key in params \
-                    and not isinstance(params[key], list):
-                self.problem(f"`{key}` lists {len(value)} values for {copies} copies; give one value, "
-                             f"or one per copy", path + (key,), scope.via)
+            if (
+                copies > 1
+                and isinstance(value, list)
+                and len(value) not in (copies,)
+                and key in params
+                and not isinstance(params[key], list)
+            ):
+                self.problem(
+                    f"`{key}` lists {len(value)} values for {copies} copies; give one value, or one per copy",
+                    path + (key,),
+                    scope.via,
+                )
         self.uses[block_name] = self.uses.get(block_name, 0) + 1
         use = str(item.get("name") or f"{block_name}{self.uses[block_name]}")
         group = scope.group or (use, f"{block_name} ×{copies}" if repeat is not None else block_name)
         current = refs[0]
         first = len(self.out)
         for copy in range(1, copies + 1):
-            values = {k: (v[copy - 1] if copies > 1 and isinstance(v, list) and len(v) == copies else v)
-                      for k, v in args.items()}
+            values = {
+                k: (v[copy - 1] if copies > 1 and isinstance(v, list) and len(v) == copies else v)
+                for k, v in args.items()
+            }
             copy_params = {**params, **values}
             if block.get("output") is not None:
                 copy_params["__output__"] = str(block["output"])
@@ -257,8 +286,9 @@ class _Expander:
             if scope.via:
                 via += f", {scope.via}"
             prefix = f"{scope.prefix}{use}_{copy}_" if repeat is not None else f"{scope.prefix}{use}_"
-            inner = _Scope(block_path + ("layers",), prefix, copy_params, current, via, group, scope.depth + 1,
-                           unset=unset)
+            inner = _Scope(
+                block_path + ("layers",), prefix, copy_params, current, via, group, scope.depth + 1, unset=unset
+            )
             current = self.expand_list(block["layers"], inner)
             if repeat is not None:
                 scope.names[f"{use}_{copy}"] = current
@@ -321,8 +351,11 @@ def _substitute(value: Any, params: dict, expander: _Expander, path: KeyPath, vi
         if name not in params or name == "__output__":
             known = [k for k in params if k != "__output__"]
             hint = did_you_mean(name, known)
-            where = f"; this block's parameters: {', '.join(known)}" if known else \
-                "; `${...}` refers to a block's `params` and is used inside `model.blocks`"
+            where = (
+                f"; this block's parameters: {', '.join(known)}"
+                if known
+                else "; `${...}` refers to a block's `params` and is used inside `model.blocks`"
+            )
             expander.problem(f"unknown parameter `${{{name}}}`{hint}{where}", path, via)
             return value
     whole = _PARAM.fullmatch(value)
@@ -356,6 +389,7 @@ def _side_branches(items: list[tuple[int, dict]]) -> set[int]:
 
 def _check_blocks(blocks: Any, lines: dict, problems: list[Problem]) -> dict:
     """The well-formed block definitions; a problem for each malformed one."""
+
     def problem(message: str, path: KeyPath) -> None:
         probe = path
         while probe and probe not in lines:
@@ -376,8 +410,10 @@ def _check_blocks(blocks: Any, lines: dict, problems: list[Problem]) -> dict:
             continue
         unknown = [k for k in block if k not in BLOCK_KEYS]
         for key in unknown:
-            problem(f"unknown key `{key}`{did_you_mean(str(key), BLOCK_KEYS)}; valid keys here: "
-                    f"{', '.join(BLOCK_KEYS)}", path + (key,))
+            problem(
+                f"unknown key `{key}`{did_you_mean(str(key), BLOCK_KEYS)}; valid keys here: {', '.join(BLOCK_KEYS)}",
+                path + (key,),
+            )
         if not isinstance(block.get("params", {}) or {}, dict):
             problem("`params` maps parameter names to defaults (null: required)", path + ("params",))
             continue
@@ -392,8 +428,10 @@ def _check_blocks(blocks: Any, lines: dict, problems: list[Problem]) -> dict:
 
 def _needs_expansion(model: dict) -> bool:
     layers = model.get("layers")
-    return "blocks" in model or (isinstance(layers, list) and any(
-        isinstance(item, dict) and any(k in item for k in WIRING_KEYS) for item in layers))
+    return "blocks" in model or (
+        isinstance(layers, list)
+        and any(isinstance(item, dict) and any(k in item for k in WIRING_KEYS) for item in layers)
+    )
 
 
 def expand_blocks(data: Any, lines: dict) -> dict[str, tuple]:
@@ -438,5 +476,6 @@ def expand_blocks(data: Any, lines: dict) -> dict[str, tuple]:
 def _relined(line: int, via: str | None, moved: tuple[str, str] | None) -> int:
     if via is None and moved is None:
         return line
-    return Line(line, getattr(line, "file", None), via or getattr(line, "via", None), moved,
-                getattr(line, "given", None))
+    return Line(
+        line, getattr(line, "file", None), via or getattr(line, "via", None), moved, getattr(line, "given", None)
+    )

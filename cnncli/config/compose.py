@@ -67,8 +67,7 @@ def _read_chain(path: Path, chain: list[str]) -> tuple[Any, dict[KeyPath, int], 
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
-        raise ConfigError.single("`extends` takes a file name or a list of file names", EXTENDS,
-                                 extends_line, shown)
+        raise ConfigError.single("`extends` takes a file name or a list of file names", EXTENDS, extends_line, shown)
     here = os.path.realpath(path)
     chain = chain + [here]
     merged: Any = None
@@ -76,20 +75,22 @@ def _read_chain(path: Path, chain: list[str]) -> tuple[Any, dict[KeyPath, int], 
     for base in bases:
         base_path = Path(os.path.normpath(path.parent / base))
         if os.path.realpath(base_path) in chain:
-            names = [_short(p) for p in chain[chain.index(os.path.realpath(base_path)):]]
-            raise ConfigError.single(f"`extends` makes a cycle: {' → '.join(names + [_short(base_path)])}",
-                                     EXTENDS, extends_line, shown)
+            names = [_short(p) for p in chain[chain.index(os.path.realpath(base_path)) :]]
+            raise ConfigError.single(
+                f"`extends` makes a cycle: {' → '.join(names + [_short(base_path)])}", EXTENDS, extends_line, shown
+            )
         if len(chain) >= MAX_CHAIN:
-            raise ConfigError.single(f"`extends` chain is longer than {MAX_CHAIN} files", EXTENDS,
-                                     extends_line, shown)
+            raise ConfigError.single(f"`extends` chain is longer than {MAX_CHAIN} files", EXTENDS, extends_line, shown)
         if not base_path.exists():  # anything else that is not a readable file is refused by read_yaml_file
             raise ConfigError.single(f"`extends`: no such file {base_path}", EXTENDS, extends_line, shown)
         base_data, base_lines, base_shown = _read_chain(base_path, chain)
         if not isinstance(base_data, dict):
-            raise ConfigError.single(f"`extends`: {base_shown} is not a mapping of config keys",
-                                     EXTENDS, extends_line, shown)
-        merged, merged_lines = (merge(merged, merged_lines, base_data, base_lines) if merged is not None
-                                else (base_data, base_lines))
+            raise ConfigError.single(
+                f"`extends`: {base_shown} is not a mapping of config keys", EXTENDS, extends_line, shown
+            )
+        merged, merged_lines = (
+            merge(merged, merged_lines, base_data, base_lines) if merged is not None else (base_data, base_lines)
+        )
     return (*merge(merged, merged_lines, data, lines), shown)
 
 
@@ -99,8 +100,7 @@ def _short(path: str | Path) -> str:
     return str(path) if text.startswith("..") else text
 
 
-def merge(base: Any, base_lines: dict, over: Any, over_lines: dict,
-          path: KeyPath = ()) -> tuple[Any, dict]:
+def merge(base: Any, base_lines: dict, over: Any, over_lines: dict, path: KeyPath = ()) -> tuple[Any, dict]:
     """`over` on top of `base`: mappings merge recursively, anything else replaces; lines follow the values."""
     lines = dict(base_lines) if path == () else base_lines
     if isinstance(base, dict) and isinstance(over, dict):
@@ -135,6 +135,11 @@ def _resolve_paths(data: dict, lines: dict, folder: Path) -> None:
         if not isinstance(node, dict):
             continue
         value = node.get(key_path[-1])
-        if isinstance(value, str) and value and value not in names and not value.startswith("~") \
-                and not os.path.isabs(value):
+        if (
+            isinstance(value, str)
+            and value
+            and value not in names
+            and not value.startswith("~")
+            and not os.path.isabs(value)
+        ):
             node[key_path[-1]] = os.path.abspath(os.path.join(folder, value))

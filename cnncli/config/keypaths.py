@@ -22,7 +22,7 @@ def nearest_line(lines: dict, path: KeyPath) -> int | None:
 
 
 def parse_path(text: str, strict: bool = False) -> KeyPath:
-    """"model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size").
+    """ "model.layers[2].kernel_size" -> ("model", "layers", 2, "kernel_size").
 
     `strict` (for --set) refuses a `[...]` that is not an index and an empty part (`model..x`);
     otherwise, as for the paths of problems, it stays part of the key (a config may hold any key,

@@ -20,10 +20,18 @@ from typing import Any
 from cnncli.errors import Problem, did_you_mean
 
 # `kwargs.pop("alpha", ...)`, `if "alpha" in kwargs`, `kwargs.get("alpha")` in a constructor's source.
-_KWARGS_READ = re.compile(r"""kwargs\.pop\(\s*["'](\w+)["']|["'](\w+)["']\s+in\s+kwargs|"""
-                          r"""kwargs\.get\(\s*["'](\w+)["']""")
-_REGULARIZERS = {"l1": "L1", "l2": "L2", "l1l2": "L1L2", "l1_l2": "L1L2", "orthogonal": "OrthogonalRegularizer",
-                 "orthogonalregularizer": "OrthogonalRegularizer"}
+_KWARGS_READ = re.compile(
+    r"""kwargs\.pop\(\s*["'](\w+)["']|["'](\w+)["']\s+in\s+kwargs|"""
+    r"""kwargs\.get\(\s*["'](\w+)["']"""
+)
+_REGULARIZERS = {
+    "l1": "L1",
+    "l2": "L2",
+    "l1l2": "L1L2",
+    "l1_l2": "L1L2",
+    "orthogonal": "OrthogonalRegularizer",
+    "orthogonalregularizer": "OrthogonalRegularizer",
+}
 _REGULARIZER_ARGS = {"L1": ("l1",), "L2": ("l2",), "L1L2": ("l1", "l2"), "OrthogonalRegularizer": ("factor", "mode")}
 
 
@@ -61,12 +69,23 @@ def regularizer_problems(value: Any, path: str) -> list[Problem]:
     kind = _regularizer_kind(value)
     if kind is None:
         shown = value.get("type", ", ".join(map(str, value)))
-        return [Problem(f"unknown regularizer `{shown}`{did_you_mean(str(shown), _REGULARIZER_ARGS)}; write "
-                        "{l2: 1e-4}, {l1: 1e-5}, {l1: 1e-5, l2: 1e-4} or {type: L2, l2: 1e-4}", path)]
+        return [
+            Problem(
+                f"unknown regularizer `{shown}`{did_you_mean(str(shown), _REGULARIZER_ARGS)}; write "
+                "{l2: 1e-4}, {l1: 1e-5}, {l1: 1e-5, l2: 1e-4} or {type: L2, l2: 1e-4}",
+                path,
+            )
+        ]
     valid = _REGULARIZER_ARGS[kind]
-    return [Problem(f"{kind} regularizer takes no argument `{key}`{did_you_mean(str(key), valid)}; "
-                    f"it takes: {', '.join(valid)}", f"{path}.{key}")
-            for key in value if key != "type" and key not in valid]
+    return [
+        Problem(
+            f"{kind} regularizer takes no argument `{key}`{did_you_mean(str(key), valid)}; "
+            f"it takes: {', '.join(valid)}",
+            f"{path}.{key}",
+        )
+        for key in value
+        if key != "type" and key not in valid
+    ]
 
 
 def _regularizer_kind(value: dict) -> str | None:

@@ -20,10 +20,13 @@ if TYPE_CHECKING:
 def _keras_optimizers() -> dict[str, type]:
     import keras
 
-    return {n: getattr(keras.optimizers, n) for n in dir(keras.optimizers)
-            if isinstance(getattr(keras.optimizers, n), type)
-            and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)
-            and n not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")}
+    return {
+        n: getattr(keras.optimizers, n)
+        for n in dir(keras.optimizers)
+        if isinstance(getattr(keras.optimizers, n), type)
+        and issubclass(getattr(keras.optimizers, n), keras.optimizers.Optimizer)
+        and n not in ("Optimizer", "LossScaleOptimizer", "MultiOptimizer")
+    }
 
 
 OPTIMIZERS: Registry[type] = Registry("optimizer", loader=_keras_optimizers)
@@ -56,9 +59,15 @@ def _keras_schedules() -> dict[str, Any]:
     import keras
 
     s = keras.optimizers.schedules
-    table = {"exponential": s.ExponentialDecay, "step": s.PiecewiseConstantDecay, "cosine": s.CosineDecay,
-             "cosine_restarts": s.CosineDecayRestarts, "inverse_time": s.InverseTimeDecay,
-             "polynomial": s.PolynomialDecay, "reduce_on_plateau": keras.callbacks.ReduceLROnPlateau}
+    table = {
+        "exponential": s.ExponentialDecay,
+        "step": s.PiecewiseConstantDecay,
+        "cosine": s.CosineDecay,
+        "cosine_restarts": s.CosineDecayRestarts,
+        "inverse_time": s.InverseTimeDecay,
+        "polynomial": s.PolynomialDecay,
+        "reduce_on_plateau": keras.callbacks.ReduceLROnPlateau,
+    }
     for cls in list(table.values()):  # the Keras class names work too
         table[cls.__name__] = cls
     return table
@@ -76,17 +85,26 @@ def list_schedules() -> list[str]:
 def _keras_losses() -> dict[str, type]:
     import keras
 
-    table = {n: getattr(keras.losses, n) for n in dir(keras.losses)
-             if isinstance(getattr(keras.losses, n), type) and issubclass(getattr(keras.losses, n), keras.losses.Loss)
-             and n not in _NOT_CLASSIFICATION_LOSSES}
+    table = {
+        n: getattr(keras.losses, n)
+        for n in dir(keras.losses)
+        if isinstance(getattr(keras.losses, n), type)
+        and issubclass(getattr(keras.losses, n), keras.losses.Loss)
+        and n not in _NOT_CLASSIFICATION_LOSSES
+    }
     # The snake_case names (categorical_crossentropy) find the classes through `normalize`; the short ones:
     table.update({alias: table[real] for alias, real in _LOSS_ALIASES.items()})
     return table
 
 
 _NOT_CLASSIFICATION_LOSSES = ("Loss", "CTC", "Circle")  # sequences, metric learning: not image classifiers
-_LOSS_ALIASES = {"mse": "MeanSquaredError", "mae": "MeanAbsoluteError", "mape": "MeanAbsolutePercentageError",
-                 "msle": "MeanSquaredLogarithmicError", "kld": "KLDivergence"}
+_LOSS_ALIASES = {
+    "mse": "MeanSquaredError",
+    "mae": "MeanAbsoluteError",
+    "mape": "MeanAbsolutePercentageError",
+    "msle": "MeanSquaredLogarithmicError",
+    "kld": "KLDivergence",
+}
 # Losses that take the class index; every other loss compares the prediction with a one-hot vector.
 _INDEX_LOSSES = ("SparseCategoricalCrossentropy", "CategoricalGeneralizedCrossEntropy")
 
@@ -104,13 +122,23 @@ def loss_problems(loss: str | LossSpec, path: str = "train.loss") -> list[Proble
     cls = LOSSES.get(name) if name in LOSSES else None
     if cls is None:
         snake_names = sorted({snake(c.__name__) for c in LOSSES._table().values()})
-        return [Problem(f"unknown loss `{name}`{did_you_mean(name, snake_names + LOSSES.names())}; "
-                        f"valid: {', '.join(snake_names)}", path if isinstance(loss, str) else f"{path}.type")]
+        return [
+            Problem(
+                f"unknown loss `{name}`{did_you_mean(name, snake_names + LOSSES.names())}; "
+                f"valid: {', '.join(snake_names)}",
+                path if isinstance(loss, str) else f"{path}.type",
+            )
+        ]
     if "reduction" in args:
-        return [Problem("the training step averages the loss of each example over the global batch; "
-                        "remove `reduction`", f"{path}.reduction")]
-    return (check_args(args, cls, cls.__name__, path, given=("name", "reduction"))
-            or _construct(cls, {**args, "reduction": None}, path))
+        return [
+            Problem(
+                "the training step averages the loss of each example over the global batch; remove `reduction`",
+                f"{path}.reduction",
+            )
+        ]
+    return check_args(args, cls, cls.__name__, path, given=("name", "reduction")) or _construct(
+        cls, {**args, "reduction": None}, path
+    )
 
 
 class ClassIndexLoss:
@@ -131,8 +159,9 @@ class ClassIndexLoss:
         from keras import ops
 
         if self.one_hot:
-            y_true = ops.one_hot(ops.reshape(ops.cast(y_true, "int32"), (-1,)), int(y_pred.shape[-1]),
-                                 dtype=y_pred.dtype)
+            y_true = ops.one_hot(
+                ops.reshape(ops.cast(y_true, "int32"), (-1,)), int(y_pred.shape[-1]), dtype=y_pred.dtype
+            )
         return self.loss(y_true, y_pred)
 
 
@@ -202,8 +231,11 @@ def check_train_specs(cfg: Config) -> list[Problem]:
     """Unknown optimizers, schedules, losses and metrics, with their arguments."""
     problems: list[Problem] = []
     opt_specs = [("train.optimizer", cfg.train.optimizer)]
-    opt_specs += [(f"train.phases[{i}].optimizer", p.optimizer) for i, p in enumerate(cfg.train.phases or [])
-                  if p.optimizer is not None]
+    opt_specs += [
+        (f"train.phases[{i}].optimizer", p.optimizer)
+        for i, p in enumerate(cfg.train.phases or [])
+        if p.optimizer is not None
+    ]
     for path, spec in opt_specs:
         problems += optimizer_problems(spec, path)
     if cfg.train.lr_schedule is not None:
@@ -214,12 +246,20 @@ def check_train_specs(cfg: Config) -> list[Problem]:
         try:
             names.append(make_metric(name, cfg.train.loss).name)
         except (ValueError, TypeError):
-            problems.append(Problem(f"unknown metric `{name}`; e.g. accuracy, top_5_accuracy, auc",
-                                    f"train.metrics[{i}]"))
+            problems.append(
+                Problem(f"unknown metric `{name}`; e.g. accuracy, top_5_accuracy, auc", f"train.metrics[{i}]")
+            )
     monitors = names + [f"val_{n}" for n in names]
-    for path, watcher in (("train.early_stopping.monitor", cfg.train.early_stopping),
-                          ("train.checkpoint.monitor", cfg.train.checkpoint)):
+    for path, watcher in (
+        ("train.early_stopping.monitor", cfg.train.early_stopping),
+        ("train.checkpoint.monitor", cfg.train.checkpoint),
+    ):
         if watcher is not None and watcher.monitor not in monitors:
-            problems.append(Problem(f"cannot monitor `{watcher.monitor}`{did_you_mean(watcher.monitor, monitors)}; "
-                                    f"the run logs: {', '.join(monitors)}", path))
+            problems.append(
+                Problem(
+                    f"cannot monitor `{watcher.monitor}`{did_you_mean(watcher.monitor, monitors)}; "
+                    f"the run logs: {', '.join(monitors)}",
+                    path,
+                )
+            )
     return problems

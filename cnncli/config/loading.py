@@ -19,6 +19,7 @@ from cnncli.errors import ConfigError, Line, Problem, UsageError, describe, did_
 
 # ---------------------------------------------------------------- cross-field checks
 
+
 def _check_path_needed(cfg: Config) -> list[Problem]:
     if cfg.data.dataset in FILE_DATASETS and not cfg.data.path:
         return [Problem(f"dataset `{cfg.data.dataset}` needs `data.path`", "data.path")]
@@ -37,8 +38,9 @@ def _check_graph_names(cfg: Config) -> list[Problem]:
         for ref in layer.inputs or []:
             if ref not in seen:
                 hint = did_you_mean(ref, seen)
-                problems.append(Problem(f"input `{ref}` is not a layer named earlier{hint}",
-                                        f"model.layers[{i}].inputs"))
+                problems.append(
+                    Problem(f"input `{ref}` is not a layer named earlier{hint}", f"model.layers[{i}].inputs")
+                )
         if layer.name:
             if layer.name in seen:
                 problems.append(Problem(f"layer name `{layer.name}` is used twice", f"model.layers[{i}].name"))
@@ -53,16 +55,24 @@ def _check_phases(cfg: Config) -> list[Problem]:
     if cfg.model.backbone is None:
         problems.append(Problem("phases freeze and unfreeze a backbone; set `model.backbone`", "train.phases"))
     if "epochs" in cfg.train.model_fields_set:
-        problems.append(Problem("with `train.phases`, epochs are given per phase; remove `train.epochs`",
-                                "train.epochs"))
+        problems.append(
+            Problem("with `train.phases`, epochs are given per phase; remove `train.epochs`", "train.epochs")
+        )
     for i, phase in enumerate(cfg.train.phases):
         if isinstance(phase.trainable, list) and not phase.trainable:
-            problems.append(Problem("an empty list trains nothing but the head; write `trainable: head`",
-                                    f"train.phases[{i}].trainable"))
+            problems.append(
+                Problem(
+                    "an empty list trains nothing but the head; write `trainable: head`", f"train.phases[{i}].trainable"
+                )
+            )
         if phase.layer_lr_decay is not None and phase.trainable == "head":
-            problems.append(Problem("layer_lr_decay scales the rates of backbone blocks, but this phase trains "
-                                    "only the head; unfreeze blocks (`trainable: [block5]` or `all`) or remove it",
-                                    f"train.phases[{i}].layer_lr_decay"))
+            problems.append(
+                Problem(
+                    "layer_lr_decay scales the rates of backbone blocks, but this phase trains "
+                    "only the head; unfreeze blocks (`trainable: [block5]` or `all`) or remove it",
+                    f"train.phases[{i}].layer_lr_decay",
+                )
+            )
     return problems
 
 
@@ -71,17 +81,28 @@ def _check_validation_monitors(cfg: Config) -> list[Problem]:
         return []
     problems = []
     if cfg.train.early_stopping and cfg.train.early_stopping.monitor.startswith("val_"):
-        problems.append(Problem(f"monitors `{cfg.train.early_stopping.monitor}` but data.validation_split is 0",
-                                "train.early_stopping.monitor"))
+        problems.append(
+            Problem(
+                f"monitors `{cfg.train.early_stopping.monitor}` but data.validation_split is 0",
+                "train.early_stopping.monitor",
+            )
+        )
     if cfg.train.checkpoint.save_best_only and cfg.train.checkpoint.monitor.startswith("val_"):
-        problems.append(Problem(f"monitors `{cfg.train.checkpoint.monitor}` but data.validation_split is 0",
-                                "train.checkpoint.monitor"))
+        problems.append(
+            Problem(
+                f"monitors `{cfg.train.checkpoint.monitor}` but data.validation_split is 0", "train.checkpoint.monitor"
+            )
+        )
     return problems
 
 
-CROSS_CHECKS = (_check_path_needed, _check_layers_present, _check_graph_names, _check_phases,
-                _check_validation_monitors)
-
+CROSS_CHECKS = (
+    _check_path_needed,
+    _check_layers_present,
+    _check_graph_names,
+    _check_phases,
+    _check_validation_monitors,
+)
 
 
 def _model_at(loc: KeyPath) -> type[BaseModel] | None:
@@ -134,9 +155,13 @@ def _problem_from_pydantic(err: ErrorDetails) -> Problem:
     return Problem(message, format_path(loc), None)
 
 
-def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
-                  default_name: str | None = None,
-                  spec_check: Callable[[Any], list[Problem]] | None = None) -> Config:
+def validate_data(
+    data: Any,
+    lines: dict | None = None,
+    file: str | None = None,
+    default_name: str | None = None,
+    spec_check: Callable[[Any], list[Problem]] | None = None,
+) -> Config:
     """Turn parsed YAML into a Config, or raise a ConfigError listing every problem.
 
     `spec_check` (e.g. `cnncli.model.raw_checks.raw_spec_problems`) adds layer-type and
@@ -146,8 +171,9 @@ def validate_data(data: Any, lines: dict | None = None, file: str | None = None,
     if data is None:
         raise ConfigError.single("the file is empty; a config needs at least `model.layers`", file=file)
     if not isinstance(data, dict):
-        raise ConfigError.single(f"the top level must be a mapping of keys, got a {type(data).__name__}",
-                                 line=lines.get(()), file=file)
+        raise ConfigError.single(
+            f"the top level must be a mapping of keys, got a {type(data).__name__}", line=lines.get(()), file=file
+        )
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -184,8 +210,13 @@ def _search_problems(cfg: Config, lines: dict) -> list[Problem]:
     if cfg.search.sampler == "grid":
         for key, dist in cfg.search.params.items():
             if dist.choice is None and dist.int_ is None:
-                problems.append(Problem("the grid sampler needs `choice` or `int` values",
-                                        f"search.params.{key}", nearest_line(lines, ("search", "params", key))))
+                problems.append(
+                    Problem(
+                        "the grid sampler needs `choice` or `int` values",
+                        f"search.params.{key}",
+                        nearest_line(lines, ("search", "params", key)),
+                    )
+                )
     return problems
 
 
@@ -224,8 +255,9 @@ def _schema_step_problem(cfg: Config, path: KeyPath) -> str | None:
     return None
 
 
-def _with_spec_problems(problems: list[Problem], data: Any, lines: dict,
-                        spec_check: Callable[[Any], list[Problem]] | None) -> list[Problem]:
+def _with_spec_problems(
+    problems: list[Problem], data: Any, lines: dict, spec_check: Callable[[Any], list[Problem]] | None
+) -> list[Problem]:
     """`problems` plus those `spec_check` finds in the raw data, ordered by line."""
     extra = spec_check(data) if spec_check else []
     for p in extra:
@@ -292,14 +324,14 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str =
             nxt = path[i + 1]
             if isinstance(step, int):
                 if not isinstance(node, list) or not -len(node) <= step < len(node):
-                    raise misfit(f"no list item {format_path(path[:i + 1])}")
+                    raise misfit(f"no list item {format_path(path[: i + 1])}")
                 node = node[step]
                 continue
             if not isinstance(node, dict):
                 raise misfit(f"{format_path(path[:i])} is not a mapping")
             if node.get(step) is None:
                 node[step] = [] if isinstance(nxt, int) else {}
-                lines[path[:i + 1]] = here  # created by the override: errors below it point at it, not line 1
+                lines[path[: i + 1]] = here  # created by the override: errors below it point at it, not line 1
             node = node[step]
         last = path[-1]
         if isinstance(last, int):
@@ -311,8 +343,12 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict, option: str =
         lines[path] = here
 
 
-def load_config(path: str | Path | list, overrides: list[str] | None = None,
-                spec_check: Callable[[Any], list[Problem]] | None = None, option: str = "--set") -> Config:
+def load_config(
+    path: str | Path | list,
+    overrides: list[str] | None = None,
+    spec_check: Callable[[Any], list[Problem]] | None = None,
+    option: str = "--set",
+) -> Config:
     """Read, override and validate a config file, or several merged left to right (`spec_check`: see
     `validate_data`). `extends` chains are followed and `model.blocks` expanded before the schema sees
     the tree (cnncli/compose.py, cnncli/blocks.py)."""

@@ -22,8 +22,17 @@ from cnncli.config.keypaths import nearest_line, parse_path
 from cnncli.config.yamlio import KeyPath, format_path
 from cnncli.errors import ConfigError, Problem, describe, did_you_mean
 
-DATASETS = ("shapes", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "npz", "image_folder",
-            "records")  # records: TFRecord shards written by `cnn data pack`
+DATASETS = (
+    "shapes",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "cifar100",
+    "idx",
+    "npz",
+    "image_folder",
+    "records",
+)  # records: TFRecord shards written by `cnn data pack`
 FILE_DATASETS = ("idx", "npz", "image_folder", "records")  # these need `data.path`
 SHAPE_CLASSES = ("x", "o", "square", "triangle", "plus", "line")
 
@@ -91,16 +100,22 @@ class BackboneSpec(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> BackboneSpec:
         if (self.name is None) == (self.from_run is None):
-            raise ValueError("give exactly one of `name` (a keras.applications model, e.g. VGG16) "
-                             "or `from_run` (a run directory of a model you trained)")
+            raise ValueError(
+                "give exactly one of `name` (a keras.applications model, e.g. VGG16) "
+                "or `from_run` (a run directory of a model you trained)"
+            )
         if self.name is not None and self.layers_until is not None:
-            raise ValueError("`layers_until` goes with `from_run`; a keras.applications backbone is cut "
-                             "with `include_top` and `pooling`")
+            raise ValueError(
+                "`layers_until` goes with `from_run`; a keras.applications backbone is cut "
+                "with `include_top` and `pooling`"
+            )
         if self.from_run is not None:
             extra = [k for k in ("weights", "include_top") if k in self.model_fields_set] + list(self.args)
             if extra:
-                raise ValueError(f"with `from_run` the layers and weights come from that run; "
-                                 f"remove {', '.join(f'`{k}`' for k in extra)}")
+                raise ValueError(
+                    f"with `from_run` the layers and weights come from that run; "
+                    f"remove {', '.join(f'`{k}`' for k in extra)}"
+                )
         return self
 
 
@@ -118,8 +133,9 @@ class ShapesSpec(Strict):
     def _known_classes(cls, value: list[str]) -> list[str]:
         for name in value:
             if name not in SHAPE_CLASSES:
-                raise ValueError(f"unknown figure `{name}`{did_you_mean(name, SHAPE_CLASSES)}; "
-                                 f"valid: {', '.join(SHAPE_CLASSES)}")
+                raise ValueError(
+                    f"unknown figure `{name}`{did_you_mean(name, SHAPE_CLASSES)}; valid: {', '.join(SHAPE_CLASSES)}"
+                )
         if len(set(value)) != len(value):
             raise ValueError("figures are listed more than once")
         return value
@@ -149,8 +165,7 @@ class DataConfig(Strict):
     def _known_dataset(cls, value: str) -> str:
         key = value.lower().replace("-", "_")
         if key not in DATASETS:
-            raise ValueError(f"unknown dataset `{value}`{did_you_mean(value, DATASETS)}; "
-                             f"valid: {', '.join(DATASETS)}")
+            raise ValueError(f"unknown dataset `{value}`{did_you_mean(value, DATASETS)}; valid: {', '.join(DATASETS)}")
         return key
 
     @field_validator("memory_budget")
@@ -231,11 +246,14 @@ class TrainConfig(Strict):
     def _loss_form(cls, value: Any) -> Any:
         """One message for a loss of the wrong form, rather than one per member of the union."""
         if isinstance(value, dict) and not isinstance(value.get("type"), str):
-            raise ValueError("a loss written as a mapping needs `type`, e.g. "
-                             "{type: SparseCategoricalCrossentropy, from_logits: true}")
+            raise ValueError(
+                "a loss written as a mapping needs `type`, e.g. "
+                "{type: SparseCategoricalCrossentropy, from_logits: true}"
+            )
         if not isinstance(value, (str, dict, LossSpec)):
-            raise ValueError(f"expected a loss name or a mapping with `type` and the loss's arguments, "
-                             f"got {describe(value)}")
+            raise ValueError(
+                f"expected a loss name or a mapping with `type` and the loss's arguments, got {describe(value)}"
+            )
         return value
 
 
@@ -268,8 +286,10 @@ class Distribution(Strict):
     def _one_kind(self) -> Distribution:
         kinds = [k for k in ("loguniform", "uniform", "int_", "choice") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of `loguniform: [lo, hi]`, `uniform: [lo, hi]`, "
-                             "`int: [lo, hi]` or `choice: [a, b, ...]`")
+            raise ValueError(
+                "give exactly one of `loguniform: [lo, hi]`, `uniform: [lo, hi]`, "
+                "`int: [lo, hi]` or `choice: [a, b, ...]`"
+            )
         bounds = getattr(self, kinds[0])
         if kinds[0] != "choice" and not bounds[0] < bounds[1]:
             raise ValueError(f"the low bound must be below the high one, got {list(bounds)}")

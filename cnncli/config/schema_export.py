@@ -66,9 +66,9 @@ _FALLBACK = {
     "ModelConfig.layers": "Keras layers in order: {type: Conv2D, filters: 32, ...}, or uses of model.blocks",
     "OptimizerSpec.type": "a keras.optimizers class (Adam, SGD, AdamW, RMSprop, ...); other keys are its arguments",
     "LossSpec.type": "a keras.losses class (SparseCategoricalCrossentropy, CategoricalCrossentropy, ...); "
-                     "other keys are its arguments",
+    "other keys are its arguments",
     "ScheduleSpec.type": "exponential | step | cosine | cosine_restarts | inverse_time | polynomial | "
-                         "reduce_on_plateau; other keys are the Keras class's arguments",
+    "reduce_on_plateau; other keys are the Keras class's arguments",
     "Phase.epochs": "epochs of this phase",
     "Phase.learning_rate": "the rate of this phase (default: the optimizer's)",
     "TrainConfig.epochs": "passes over the training data",
@@ -89,9 +89,9 @@ _FALLBACK = {
     "RuntimeConfig.precision": "auto | float32 | mixed_bfloat16 | mixed_float16; auto picks by hardware",
     "RuntimeConfig.distribute": "null | mirrored (every local GPU) | multi_worker (TF_CONFIG) | tpu",
     "RuntimeConfig.intra_op_threads": "threads inside one op (default: measured per machine size; "
-                                      "0: TensorFlow's own default)",
+    "0: TensorFlow's own default)",
     "RuntimeConfig.inter_op_threads": "ops run at once (default: measured per machine size; "
-                                      "0: TensorFlow's own default)",
+    "0: TensorFlow's own default)",
     "ShapesSpec.classes": "which figures: x, o, square, triangle, plus, line",
     "ShapesSpec.train_examples": "images generated for training",
     "ShapesSpec.test_examples": "images generated for testing",
@@ -125,8 +125,12 @@ def _layer_definition(name: str, cls: type, aliases: list[str]) -> dict:
     properties: dict[str, Any] = {
         "type": {"enum": aliases, "description": f"keras.layers.{name}"},
         "name": {"type": "string", "description": "stable name; other layers refer to it in `inputs`"},
-        "inputs": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                   "description": "named layers feeding this one (default: the previous main-path layer)"},
+        "inputs": {
+            "type": "array",
+            "items": {"type": "string"},
+            "minItems": 1,
+            "description": "named layers feeding this one (default: the previous main-path layer)",
+        },
         "shortcut": {"type": "string", "description": "a named layer joined to the main path: inputs [main, it]"},
         "when": {"type": ["boolean", "string"], "description": "false: left out (a block parameter, e.g. $project)"},
     }
@@ -160,8 +164,11 @@ def _block_use(spellings: list[str]) -> dict:
             "name": {"type": "string", "description": "the use's name: its layers are <name>_<copy>_<layer>"},
             "inputs": {"type": "array", "items": {"type": "string"}, "description": "one named layer feeding it"},
             "trainable": {"type": "boolean", "description": "false freezes every layer of this use"},
-            "repeat": {"type": "integer", "minimum": 1,
-                       "description": "copies chained one after another; an argument may list one value per copy"},
+            "repeat": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "copies chained one after another; an argument may list one value per copy",
+            },
         },
         "required": ["type"],
     }
@@ -174,10 +181,17 @@ def _blocks_schema() -> dict:
         "additionalProperties": {
             "type": "object",
             "properties": {
-                "params": {"type": "object", "description": "parameters and their defaults (null: required); "
-                                                             "layers refer to them as ${name} or $name"},
-                "layers": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/LayerSpec"},
-                           "description": "the block's layers; `input` names the block's input"},
+                "params": {
+                    "type": "object",
+                    "description": "parameters and their defaults (null: required); "
+                    "layers refer to them as ${name} or $name",
+                },
+                "layers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"$ref": "#/$defs/LayerSpec"},
+                    "description": "the block's layers; `input` names the block's input",
+                },
                 "output": {"type": "string", "description": "the layer that is the block's output (default: the last)"},
             },
             "required": ["layers"],
@@ -197,20 +211,26 @@ def build_schema() -> dict:
     defs = schema["$defs"]
     defs["LayerSpec"] = {
         "description": "a Keras layer: `type` is a keras.layers class, the other keys its arguments; "
-                       "or a use of a block from model.blocks",
+        "or a use of a block from model.blocks",
         "anyOf": [{"$ref": f"#/$defs/{name}"} for name in layer_defs] + [{"$ref": "#/$defs/BlockUse"}],
     }
     defs["BlockUse"] = _block_use(spellings)
     defs.update(layer_defs)
     defs["ModelConfig"]["properties"]["blocks"] = _blocks_schema()
     schema["properties"] = {
-        "extends": {"description": "config files this one builds on, relative to this file; mappings merge, "
-                                   "lists and values replace",
-                    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        "extends": {
+            "description": "config files this one builds on, relative to this file; mappings merge, "
+            "lists and values replace",
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        },
         **schema["properties"],
     }
-    return {"$schema": SCHEMA_URI, "$id": "https://cnncli.invalid/cnncli.schema.json",
-            "title": "cnncli config", **schema}
+    return {
+        "$schema": SCHEMA_URI,
+        "$id": "https://cnncli.invalid/cnncli.schema.json",
+        "title": "cnncli config",
+        **schema,
+    }
 
 
 def schema_text() -> str:

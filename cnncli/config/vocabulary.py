@@ -28,11 +28,28 @@ if TYPE_CHECKING:
     from cnncli.config.schema import LayerSpec
 
 # Classes that would run arbitrary code or wrap foreign frameworks: never built from YAML.
-_EXCLUDED_LAYERS = {"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer", "Layer",
-                    "InputLayer", "Wrapper", "RNN", "Bidirectional", "TimeDistributed", "Pipeline"}
+_EXCLUDED_LAYERS = {
+    "Lambda",
+    "TFSMLayer",
+    "TorchModuleWrapper",
+    "JaxLayer",
+    "FlaxLayer",
+    "Layer",
+    "InputLayer",
+    "Wrapper",
+    "RNN",
+    "Bidirectional",
+    "TimeDistributed",
+    "Pipeline",
+}
 # Why the code-running ones are refused, for a clearer message than "unknown layer type".
-_REFUSED = {"Lambda": "runs arbitrary Python code", "TFSMLayer": "loads and runs an external SavedModel",
-            "TorchModuleWrapper": "wraps PyTorch code", "JaxLayer": "wraps JAX code", "FlaxLayer": "wraps Flax code"}
+_REFUSED = {
+    "Lambda": "runs arbitrary Python code",
+    "TFSMLayer": "loads and runs an external SavedModel",
+    "TorchModuleWrapper": "wraps PyTorch code",
+    "JaxLayer": "wraps JAX code",
+    "FlaxLayer": "wraps Flax code",
+}
 # Arguments every Keras layer takes through **kwargs (keras.layers.Layer.__init__).
 _BASE_LAYER_ARGS = ("trainable", "dtype", "autocast", "activity_regularizer")
 # Keys a spec carries that are ours, not the class's.
@@ -53,8 +70,11 @@ def _keras_layers() -> dict[str, type]:
 def _keras_applications() -> dict[str, Any]:
     import keras
 
-    return {n: getattr(keras.applications, n) for n in dir(keras.applications)
-            if n[0].isupper() and callable(getattr(keras.applications, n))}
+    return {
+        n: getattr(keras.applications, n)
+        for n in dir(keras.applications)
+        if n[0].isupper() and callable(getattr(keras.applications, n))
+    }
 
 
 LAYERS: Registry[type] = Registry("layer type", loader=_keras_layers)
@@ -78,8 +98,11 @@ def list_backbones() -> list[str]:
 
 def _parameters(target: Any) -> list[inspect.Parameter]:
     fn = cast(Any, target).__init__ if isinstance(target, type) else target  # the class's own __init__
-    return [p for p in inspect.signature(fn).parameters.values()
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
 
 
 def accepted_args(target: Any, extra: tuple[str, ...] = ()) -> list[str]:
@@ -88,48 +111,115 @@ def accepted_args(target: Any, extra: tuple[str, ...] = ()) -> list[str]:
     return names + [e for e in extra if e not in names]
 
 
-def check_args(args: dict[str, Any], target: Any, what: str, path: str,
-               extra: tuple[str, ...] = (), given: tuple[str, ...] = ("name",)) -> list[Problem]:
+def check_args(
+    args: dict[str, Any],
+    target: Any,
+    what: str,
+    path: str,
+    extra: tuple[str, ...] = (),
+    given: tuple[str, ...] = ("name",),
+) -> list[Problem]:
     """Problems in the arguments of `target`: unknown ones (listing those it takes), missing
     required ones, and values of the wrong kind. `given`: arguments cnncli passes itself."""
     valid = accepted_args(target, extra)
     params = {p.name: p for p in _parameters(target)}
     problems = []
     meant = {hit for key in args if key not in valid for hit in closest(key, valid)}  # a typo says it already
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in args and n not in given
-               and n not in meant]
+    missing = [
+        n for n, p in params.items() if p.default is p.empty and n not in args and n not in given and n not in meant
+    ]
     if missing:
         problems.append(Problem(f"{what}: missing {', '.join(missing)}", path))
     for key, value in args.items():
         if key not in valid:
-            problems.append(Problem(
-                f"{what} takes no argument `{key}`{did_you_mean(key, valid)}; "
-                f"it takes: {', '.join(valid)}", f"{path}.{key}"))
+            problems.append(
+                Problem(
+                    f"{what} takes no argument `{key}`{did_you_mean(key, valid)}; it takes: {', '.join(valid)}",
+                    f"{path}.{key}",
+                )
+            )
             continue
         found = _foreign_code(value, f"{path}.{key}")
         param = params.get(key)
-        problems += found or _value_problems(key, value, param.default if param else inspect.Parameter.empty,
-                                             f"{path}.{key}")
+        problems += found or _value_problems(
+            key, value, param.default if param else inspect.Parameter.empty, f"{path}.{key}"
+        )
     return problems
 
 
 # What the value of a well-known argument must be, whichever Keras class takes it.
-_INT_ARGS = {"filters", "units", "groups", "depth_multiplier", "num_heads", "key_dim", "value_dim", "output_dim",
-             "input_dim", "decay_steps", "first_decay_steps", "patience", "cooldown", "height", "width",
-             "gradient_accumulation_steps", "ema_overwrite_frequency", "warmup_steps"}
+_INT_ARGS = {
+    "filters",
+    "units",
+    "groups",
+    "depth_multiplier",
+    "num_heads",
+    "key_dim",
+    "value_dim",
+    "output_dim",
+    "input_dim",
+    "decay_steps",
+    "first_decay_steps",
+    "patience",
+    "cooldown",
+    "height",
+    "width",
+    "gradient_accumulation_steps",
+    "ema_overwrite_frequency",
+    "warmup_steps",
+}
 _INTS_ARGS = {"kernel_size", "strides", "pool_size", "dilation_rate", "size"}  # an integer or a list of them
 # Sizes, counts and steps: Keras refuses 0 (most when the layer is made, strides and sides at its first call).
-_POSITIVE_ARGS = _INTS_ARGS | {"filters", "units", "groups", "depth_multiplier", "num_heads", "key_dim", "value_dim",
-                                "output_dim", "input_dim", "decay_steps", "first_decay_steps", "height", "width",
-                                "gradient_accumulation_steps"}
+_POSITIVE_ARGS = _INTS_ARGS | {
+    "filters",
+    "units",
+    "groups",
+    "depth_multiplier",
+    "num_heads",
+    "key_dim",
+    "value_dim",
+    "output_dim",
+    "input_dim",
+    "decay_steps",
+    "first_decay_steps",
+    "height",
+    "width",
+    "gradient_accumulation_steps",
+}
 # Keras takes 0 here: a schedule warming up from 0 (CosineDecay's own example: initial_learning_rate 0,
 # warmup_target 0.003), a rate of 0 that holds weights still, an epsilon of 0.
 # A negative value is never meant (a negative rate climbs the loss).
 _NON_NEGATIVE_ARGS = {"learning_rate", "initial_learning_rate", "epsilon"}
-_NUMBER_ARGS = {"rate", "learning_rate", "initial_learning_rate", "decay_rate", "momentum", "epsilon", "alpha",
-                "beta_1", "beta_2", "rho", "min_lr", "min_delta", "l1", "l2", "stddev", "weight_decay",
-                "clipnorm", "clipvalue", "global_clipnorm", "negative_slope", "max_value", "end_learning_rate",
-                "power", "t_mul", "m_mul", "warmup_target", "ema_momentum", "q"}
+_NUMBER_ARGS = {
+    "rate",
+    "learning_rate",
+    "initial_learning_rate",
+    "decay_rate",
+    "momentum",
+    "epsilon",
+    "alpha",
+    "beta_1",
+    "beta_2",
+    "rho",
+    "min_lr",
+    "min_delta",
+    "l1",
+    "l2",
+    "stddev",
+    "weight_decay",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "negative_slope",
+    "max_value",
+    "end_learning_rate",
+    "power",
+    "t_mul",
+    "m_mul",
+    "warmup_target",
+    "ema_momentum",
+    "q",
+}
 _NUMBERS_ARGS = {"factor", "height_factor", "width_factor"}  # a number or a [low, high] pair
 _FRACTION_ARGS = {"rate"}  # Dropout and its kind: in [0, 1)
 
@@ -183,10 +273,10 @@ def _activation_problems(name: str, path: str) -> list[Problem]:
     try:
         keras.activations.get(name)
     except (ValueError, TypeError):
-        valid = [n for n in dir(keras.activations) if not n.startswith("_")
-                 and n not in ("get", "serialize", "deserialize")]
-        return [Problem(f"unknown activation `{name}`{did_you_mean(name, valid)}; valid: {', '.join(valid)}",
-                        path)]
+        valid = [
+            n for n in dir(keras.activations) if not n.startswith("_") and n not in ("get", "serialize", "deserialize")
+        ]
+        return [Problem(f"unknown activation `{name}`{did_you_mean(name, valid)}; valid: {', '.join(valid)}", path)]
     return []
 
 
@@ -204,8 +294,13 @@ def _foreign_code(value: Any, path: str) -> list[Problem]:
     module, name = value.get("module"), value.get("class_name")
     if name == "__lambda__" or (module is not None and str(module).split(".")[0] not in _KERAS_PACKAGES):
         what = "Python bytecode (a lambda)" if name == "__lambda__" else f"an object from module `{module}`"
-        return [Problem(f"{what} is not allowed in a config: nothing is imported or run from YAML; "
-                        "use Keras's own names, e.g. `activation: relu`", path)]
+        return [
+            Problem(
+                f"{what} is not allowed in a config: nothing is imported or run from YAML; "
+                "use Keras's own names, e.g. `activation: relu`",
+                path,
+            )
+        ]
     return [p for key, item in value.items() for p in _foreign_code(item, f"{path}.{key}")]
 
 
@@ -229,13 +324,18 @@ def check_layer_spec(spec: LayerSpec, path: str) -> list[Problem]:
     """Problems in one layer spec at `path` (e.g. "model.layers[2]")."""
     refused = [n for n in _REFUSED if normalize(n) == normalize(spec.type)]
     if refused:
-        return [Problem(f"layer type `{refused[0]}` is not allowed in a config: it "
-                        f"{_REFUSED[refused[0]]}; use built-in layers", f"{path}.type")]
+        return [
+            Problem(
+                f"layer type `{refused[0]}` is not allowed in a config: it {_REFUSED[refused[0]]}; use built-in layers",
+                f"{path}.type",
+            )
+        ]
     cls, problems = resolve(LAYERS, spec.type, f"{path}.type")
     if cls is not None:
         problems += check_args(spec.args, cls, f"{cls.__name__}", path, _BASE_LAYER_ARGS + kwargs_names(cls))
-        problems += [p for k, v in spec.args.items() if is_regularizer_arg(k)
-                     for p in regularizer_problems(v, f"{path}.{k}")]
+        problems += [
+            p for k, v in spec.args.items() if is_regularizer_arg(k) for p in regularizer_problems(v, f"{path}.{k}")
+        ]
     return problems
 
 

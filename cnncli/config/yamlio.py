@@ -32,7 +32,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def format_path(path: KeyPath) -> str:
@@ -56,7 +57,9 @@ class _Builder:
             raise ConfigError.single(
                 f"the document is too large or too deeply nested (over {MAX_NODES:,} values "
                 f"or {MAX_DEPTH} levels, counting aliases); a config is a few dozen keys",
-                format_path(path[:2]), node.start_mark.line + 1)  # deeper steps are alias noise
+                format_path(path[:2]),
+                node.start_mark.line + 1,
+            )  # deeper steps are alias noise
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int = 0) -> Any:
         self._count(node, path, depth)
@@ -70,14 +73,16 @@ class _Builder:
             for key_node, value_node, from_merge in inherited + own:
                 key = self._scalar(key_node, path)
                 if not isinstance(key, (str, int, float, bool)) and key is not None:
-                    self.problems.append(Problem("keys must be plain names", format_path(path),
-                                                 key_node.start_mark.line + 1))
+                    self.problems.append(
+                        Problem("keys must be plain names", format_path(path), key_node.start_mark.line + 1)
+                    )
                     continue
                 if key in out and (from_merge or key not in merged):
                     if from_merge:
                         continue  # YAML merge: the first mapping listed in `<<` wins
-                    self.problems.append(Problem(f"key `{key}` appears twice", format_path(path + (key,)),
-                                                 key_node.start_mark.line + 1))
+                    self.problems.append(
+                        Problem(f"key `{key}` appears twice", format_path(path + (key,)), key_node.start_mark.line + 1)
+                    )
                 if from_merge:
                     merged.add(key)
                 else:
@@ -104,8 +109,11 @@ class _Builder:
             sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
             for source in sources:
                 if not isinstance(source, yaml.MappingNode):
-                    raise ConfigError.single("`<<` merges mappings (or a list of mappings) only",
-                                             format_path(path), key_node.start_mark.line + 1)
+                    raise ConfigError.single(
+                        "`<<` merges mappings (or a list of mappings) only",
+                        format_path(path),
+                        key_node.start_mark.line + 1,
+                    )
                 self._count(source, path, depth + 1)
                 source_own, source_inherited = self._pairs(source, path, depth + 1)
                 for key, value, _ in source_inherited + source_own:
@@ -115,19 +123,23 @@ class _Builder:
 
     def _scalar(self, node: yaml.Node, path: KeyPath) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            raise ConfigError.single("keys must be plain names, not lists or mappings",
-                                     format_path(path), node.start_mark.line + 1)
+            raise ConfigError.single(
+                "keys must be plain names, not lists or mappings", format_path(path), node.start_mark.line + 1
+            )
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             raise _tag_error(node, path) from exc
         except (ValueError, OverflowError) as exc:  # int("1" * 5000), a 13th month in a timestamp
-            raise ConfigError.single(f"cannot read the value `{_clip(node.value)}`: {_clip(str(exc), 80)}",
-                                     format_path(path), node.start_mark.line + 1) from None
+            raise ConfigError.single(
+                f"cannot read the value `{_clip(node.value)}`: {_clip(str(exc), 80)}",
+                format_path(path),
+                node.start_mark.line + 1,
+            ) from None
 
 
 def _clip(text: str, n: int = 40) -> str:
-    return text if len(text) <= n else text[:n - 3] + "..."
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 # Mappings and lists are built here, not by PyYAML, so their tags must be checked here:
@@ -139,7 +151,9 @@ def _tag_error(node: yaml.Node, path: KeyPath) -> ConfigError:
     return ConfigError.single(
         f"tag `{node.tag.replace('tag:yaml.org,2002:', '!!')}` is not allowed; configs hold plain values only "
         "(nothing is constructed or executed from YAML)",
-        format_path(path), node.start_mark.line + 1)
+        format_path(path),
+        node.start_mark.line + 1,
+    )
 
 
 _QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\n]|\'\')*\'|(?:^|(?<=\s))#[^\n]*', re.MULTILINE)
@@ -166,8 +180,10 @@ def _flow_depth(text: str) -> int:
 def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[KeyPath, int]]:
     """Parse one YAML document; return the data and a key-path → line map."""
     if _flow_depth(text) > MAX_DEPTH:
-        raise ConfigError.single(f"the document is nested too deeply (more than {MAX_DEPTH} levels); "
-                                 "a config is a few levels deep", file=file)
+        raise ConfigError.single(
+            f"the document is nested too deeply (more than {MAX_DEPTH} levels); a config is a few levels deep",
+            file=file,
+        )
     try:
         loader = _Loader(text)  # the reader rejects control characters here, before parsing
     except yaml.YAMLError as exc:
@@ -186,8 +202,10 @@ def parse_yaml(text: str, file: str | None = None) -> tuple[Any, dict[KeyPath, i
     except yaml.YAMLError as exc:
         raise ConfigError.single(f"invalid YAML: {exc}", file=file) from None
     except RecursionError:  # PyYAML composes nested collections recursively
-        raise ConfigError.single(f"the document is nested too deeply (more than {MAX_DEPTH} levels); "
-                                 "a config is a few levels deep", file=file) from None
+        raise ConfigError.single(
+            f"the document is nested too deeply (more than {MAX_DEPTH} levels); a config is a few levels deep",
+            file=file,
+        ) from None
     except ConfigError as exc:
         exc.file = file
         raise

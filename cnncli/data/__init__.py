@@ -24,13 +24,29 @@ from cnncli.data.prepare import convert_images, converted_shape, prepare, traini
 from cnncli.errors import DataError
 from cnncli.registry import Registry
 
-__all__ = ["Dataset", "DatasetInfo", "convert_images", "describe", "list_datasets", "load", "open_data",
-           "cache_streams", "SOURCES"]
+__all__ = [
+    "Dataset",
+    "DatasetInfo",
+    "convert_images",
+    "describe",
+    "list_datasets",
+    "load",
+    "open_data",
+    "cache_streams",
+    "SOURCES",
+]
 
-SOURCES: Registry[Source] = Registry("dataset", {
-    **shapes.SOURCES, **keras_datasets.SOURCES, **idx.SOURCES, **npz.SOURCES, **image_folder.SOURCES,
-    **records.SOURCES,
-})
+SOURCES: Registry[Source] = Registry(
+    "dataset",
+    {
+        **shapes.SOURCES,
+        **keras_datasets.SOURCES,
+        **idx.SOURCES,
+        **npz.SOURCES,
+        **image_folder.SOURCES,
+        **records.SOURCES,
+    },
+)
 
 
 def _source(cfg: DataConfig) -> Source:
@@ -55,8 +71,14 @@ def load(cfg: DataConfig, seed: int) -> Dataset:
     return prepare(_source(cfg).load(cfg, seed), cfg, seed)
 
 
-def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, worker: int = 0, workers: int = 1,
-              load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> Dataset:
+def open_data(
+    cfg: DataConfig,
+    seed: int,
+    shape: Sequence[int] | None = None,
+    worker: int = 0,
+    workers: int = 1,
+    load_resident: Callable[[DataConfig, int], Dataset] | None = None,
+) -> Dataset:
     """Resident arrays, or streamed file splits, as data.cache (and for `auto`, the memory budget) decide.
 
     `shape` is the model's input (h, w, c) when it differs from the data's; under several workers
@@ -68,8 +90,11 @@ def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, wo
     source = _source(cfg)
     if (source.files is None and cfg.dataset != "records") or cfg.cache == "memory":
         data = load_resident(cfg, seed)
-        why = "data.cache is set in the config" if cfg.cache == "memory" else \
-            f"dataset `{cfg.dataset}` is read into memory whole"
+        why = (
+            "data.cache is set in the config"
+            if cfg.cache == "memory"
+            else f"dataset `{cfg.dataset}` is read into memory whole"
+        )
         data.cache = {"mode": "memory", "why": why}
         return data
     splits: dict[str, Any]  # split -> a FileSplit or a RecordSplit, which Dataset holds in place of arrays
@@ -85,17 +110,25 @@ def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, wo
         splits = pipeline.split_listing(listing, cfg, seed)
         class_names, where, warnings = listing.class_names, listing.source, listing.warnings
         # Before the workers take their shares: the split as configured (a pack's labels are known only when read).
-        warnings = [*warnings, *training_class_warnings(splits["train"].labels,
-                                                        np.array([label for _, label in listing.files["train"]]),
-                                                        list(class_names), cfg)]
+        warnings = [
+            *warnings,
+            *training_class_warnings(
+                splits["train"].labels, np.array([label for _, label in listing.files["train"]]), list(class_names), cfg
+            ),
+        ]
         height, width, channels = (int(d) for d in (shape or listing.image_shape))
         image_shape = (height, width, channels)
     splits = {name: split.with_shape(image_shape) for name, split in splits.items()}
     image_bytes = int(np.prod(image_shape))
     root = residency.cache_root(cfg.cache_dir)
     assert not isinstance(cfg.memory_budget, str)  # the schema's validator turned "4GB" into bytes
-    mode, why = residency.choose_cache(cfg.cache, cfg.memory_budget, len(splits["train"]) * image_bytes,
-                                      sum(len(s) for s in splits.values()) * image_bytes, root)
+    mode, why = residency.choose_cache(
+        cfg.cache,
+        cfg.memory_budget,
+        len(splits["train"]) * image_bytes,
+        sum(len(s) for s in splits.values()) * image_bytes,
+        root,
+    )
     if mode == "memory":
         data = load_resident(cfg, seed)
         data.cache = {"mode": "memory", "why": why}
@@ -104,14 +137,24 @@ def open_data(cfg: DataConfig, seed: int, shape: Sequence[int] | None = None, wo
         mode, why = "none", why + "; a pack streams its shards as they are (no disk cache of decoded pictures)"
     if workers > 1:
         if len(splits["train"]) < workers:
-            raise DataError(f"{where}: {len(splits['train'])} training file(s) cannot be shared by "
-                            f"{workers} workers; use fewer workers or more data")
+            raise DataError(
+                f"{where}: {len(splits['train'])} training file(s) cannot be shared by "
+                f"{workers} workers; use fewer workers or more data"
+            )
         splits["train"] = splits["train"].shard(worker, workers)
     for split in splits.values():
         split.cache, split.cache_root = mode, root
-    data = Dataset(splits["train"], splits["train"].labels, splits["val"], splits["val"].labels,
-                   splits["test"], splits["test"].labels, class_names=list(class_names),
-                   source=where, warnings=list(warnings))
+    data = Dataset(
+        splits["train"],
+        splits["train"].labels,
+        splits["val"],
+        splits["val"].labels,
+        splits["test"],
+        splits["test"].labels,
+        class_names=list(class_names),
+        source=where,
+        warnings=list(warnings),
+    )
     data.cache = {"mode": mode, "why": why}
     return data
 

@@ -108,8 +108,10 @@ def as_images(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]  # grayscale stored without a channel axis (MNIST style)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f"{where}: expected images shaped (N, H, W) or (N, H, W, C) with C 1 or 3, "
-                        f"got {x.shape}; store channels last (NHWC)")
+        raise DataError(
+            f"{where}: expected images shaped (N, H, W) or (N, H, W, C) with C 1 or 3, "
+            f"got {x.shape}; store channels last (NHWC)"
+        )
     if x.dtype == np.uint8:
         return x
     if x.dtype == np.bool_:
@@ -148,16 +150,16 @@ def as_labels(y: np.ndarray, where: str) -> np.ndarray:
         if y.size and (not np.isfinite(y).all() or (y != np.round(y)).any()):
             raise DataError(f"{where}: labels must be whole numbers 0..K-1, found fractional or NaN values")
     if y.size and y.min() < 0:
-        raise DataError(f"{where}: labels must be 0 or more, found {y.min():g}; "
-                        "map them to 0..K-1 first")
+        raise DataError(f"{where}: labels must be 0 or more, found {y.min():g}; map them to 0..K-1 first")
     return y.astype(np.int64)
 
 
 def check_pair(x: np.ndarray, y: np.ndarray, where: str, split: str) -> None:
     """A DataError unless `x` and `y` hold as many images as labels."""
     if len(x) != len(y):
-        raise DataError(f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; "
-                        "they must match one to one")
+        raise DataError(
+            f"{where}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; they must match one to one"
+        )
 
 
 def num_classes_of(*labels: np.ndarray) -> int:

@@ -59,6 +59,7 @@ class Catalogue:
 
 # ---------------------------------------------------------------- sources
 
+
 def resolve(source: str | Path, overrides: list[str] | None = None) -> Config:
     """The config a command-line SOURCE means: an image folder, a records folder or a config file.
 
@@ -75,8 +76,10 @@ def resolve(source: str | Path, overrides: list[str] | None = None) -> Config:
     elif path.is_file():
         return load_config(path, overrides or [])
     else:
-        raise DataError(f"{text}: no such folder or config file; give an image folder (one sub-folder per "
-                        "class), a folder written by cnn data pack, or a config file")
+        raise DataError(
+            f"{text}: no such folder or config file; give an image folder (one sub-folder per "
+            "class), a folder written by cnn data pack, or a config file"
+        )
     raw = {"data": data, "model": PLACEHOLDER_MODEL}
     apply_overrides(raw, overrides or [], {})
     return config_from_dict(raw, "source")
@@ -98,8 +101,13 @@ def _folder(cfg: DataConfig) -> Catalogue:
     from cnncli.data.image_folder import scan
 
     found = scan(cfg)
-    splits = {split: [Picture(path.relative_to(found.root).as_posix(), label, path.read_bytes, str(path))
-                      for path, label in found.files[split]] for split in records.SPLITS}
+    splits = {
+        split: [
+            Picture(path.relative_to(found.root).as_posix(), label, path.read_bytes, str(path))
+            for path, label in found.files[split]
+        ]
+        for split in records.SPLITS
+    }
     hint = {split: sum(p.stat().st_size for p, _ in found.files[split]) for split in records.SPLITS}
     return Catalogue(str(found.root), "image_folder", found.class_names, splits, hint, list(found.warnings))
 
@@ -117,8 +125,9 @@ class RecordPictures:
 
     def __iter__(self):
         for file, position, name, data, label in records.read_records(self.cfg, self.split):
-            yield Picture(name or f"{self.split}/{position}", label, (lambda data=data: data), f"{file}: {name}",
-                          position)
+            yield Picture(
+                name or f"{self.split}/{position}", label, (lambda data=data: data), f"{file}: {name}", position
+            )
 
     def in_order(self) -> list[Picture]:
         """Every picture in memory, in the order of the source it was packed from."""
@@ -146,8 +155,10 @@ def _arrays(cfg: DataConfig, seed: int) -> Catalogue:
     hint: dict[str, int] = {}
     for split in records.SPLITS:
         x, y = getattr(found, f"x_{split}"), getattr(found, f"y_{split}")
-        splits[split] = [Picture(f"{split}/{i}", int(y[i]), functools.partial(_png_of, x, i),
-                                 f"{found.source} {split}/{i}") for i in range(len(x))]
+        splits[split] = [
+            Picture(f"{split}/{i}", int(y[i]), functools.partial(_png_of, x, i), f"{found.source} {split}/{i}")
+            for i in range(len(x))
+        ]
         hint[split] = int(x.nbytes)
     return Catalogue(found.source, cfg.dataset, list(found.class_names), splits, hint, list(found.warnings))
 
@@ -162,6 +173,7 @@ def catalogue(cfg: DataConfig, seed: int = 0) -> Catalogue:
 
 
 # ---------------------------------------------------------------- checking
+
 
 @dataclass
 class Looked:
@@ -189,8 +201,9 @@ def look(picture: Picture) -> Looked:
     return Looked(data, (height, width, channels), header.mode)
 
 
-def looked(pictures: Iterable[Picture], progress: Callable[[int], None] | None = None
-           ) -> Iterable[tuple[Picture, Looked]]:
+def looked(
+    pictures: Iterable[Picture], progress: Callable[[int], None] | None = None
+) -> Iterable[tuple[Picture, Looked]]:
     """(picture, what decoding found) in the given order, decoded on every core, CHUNK in memory at a time."""
     pictures = iter(pictures)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
@@ -210,6 +223,7 @@ def counter(progress: Progress | None, total: int) -> Callable[[int], None] | No
     def step(n: int) -> None:
         done[0] += n
         progress(done[0], total)
+
     progress(0, total)
     return step
 
@@ -230,8 +244,15 @@ def progress_display(label: str, show: bool = True) -> Any:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("pictures"),
-                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        with Progress(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("pictures"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        ) as bar:
             task = bar.add_task(label, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
         return
@@ -242,4 +263,5 @@ def progress_display(label: str, show: bool = True) -> Any:
         if tenth > shown[0]:
             shown[0] = tenth
             print(f"{label}: {done:,}/{total:,} pictures", file=sys.stderr, flush=True)
+
     yield plain

@@ -35,9 +35,11 @@ def find_file(folder: Path, prefix: str, kind: str) -> Path:
         for name in (stem + ".gz", stem):
             if (folder / name).is_file():
                 return folder / name
-    raise DataError(f"{folder}: no `{stems[0]}.gz` (or `{stems[0]}`) here; an idx folder needs "
-                    "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                    "t10k-labels-idx1-ubyte, each optionally gzipped")
+    raise DataError(
+        f"{folder}: no `{stems[0]}.gz` (or `{stems[0]}`) here; an idx folder needs "
+        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+        "t10k-labels-idx1-ubyte, each optionally gzipped"
+    )
 
 
 def read_header(path: Path, magic: int) -> tuple[int, ...]:
@@ -49,9 +51,11 @@ def read_header(path: Path, magic: int) -> tuple[int, ...]:
                 raise DataError(f"{path}: truncated: only {len(head)} bytes, not even an IDX header")
             found = struct.unpack(">I", head)[0]
             if found != magic:
-                raise DataError(f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
-                                f"(IDX {'images' if magic == IMAGES_MAGIC else 'labels'}); "
-                                "is this the right file, and not a labels/images mix-up?")
+                raise DataError(
+                    f"{path}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} "
+                    f"(IDX {'images' if magic == IMAGES_MAGIC else 'labels'}); "
+                    "is this the right file, and not a labels/images mix-up?"
+                )
             ndim = magic & 0xFF
             raw = f.read(4 * ndim)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
@@ -73,11 +77,15 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     expected = int(np.prod(dims))
     got = len(data) - offset
     if got < expected:
-        raise DataError(f"{path}: truncated: the header promises {expected} bytes of data "
-                        f"for shape {tuple(dims)}, the file holds {got}; download it again")
+        raise DataError(
+            f"{path}: truncated: the header promises {expected} bytes of data "
+            f"for shape {tuple(dims)}, the file holds {got}; download it again"
+        )
     if got > expected:
-        raise DataError(f"{path}: {got - expected} bytes more than the header's shape {tuple(dims)} "
-                        "declares; the file is damaged or not IDX")
+        raise DataError(
+            f"{path}: {got - expected} bytes more than the header's shape {tuple(dims)} "
+            "declares; the file is damaged or not IDX"
+        )
     return np.frombuffer(data, np.uint8, count=expected, offset=offset).reshape(dims)
 
 

@@ -108,30 +108,44 @@ def scan(cfg: DataConfig) -> Scan:
     names = sorted(classes)
     if len(names) < 2:
         found = f"only `{names[0]}`" if names else "none"
-        raise DataError(f"{train_root}: a classifier needs at least 2 class folders, found {found}; "
-                        "put each class's images in its own sub-folder")
+        raise DataError(
+            f"{train_root}: a classifier needs at least 2 class folders, found {found}; "
+            "put each class's images in its own sub-folder"
+        )
     seen = {real_root, *(folder.resolve() for folder in classes.values())}  # links to these are not re-read
     per_class = {name: _walk(classes[name], real_root, follow, outside, seen) for name in names}
     empty = [f"`{name}`" for name in names if not per_class[name]]
     if empty:
-        raise DataError(f"{train_root}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
-                        f"{'have' if len(empty) > 1 else 'has'} no images ({', '.join(EXTENSIONS)}); "
-                        "add images or remove the folder")
+        raise DataError(
+            f"{train_root}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty)} "
+            f"{'have' if len(empty) > 1 else 'has'} no images ({', '.join(EXTENSIONS)}); "
+            "add images or remove the folder"
+        )
     if split_layout and (root / "test").is_dir():
         test_classes = _class_dirs(root / "test", real_root, follow, outside)
         unknown = sorted(set(test_classes) - set(names))
         if unknown:
-            raise DataError(f"{root / 'test'}: class folder(s) {', '.join(unknown)} are not in {train_root}; "
-                            "the test classes must be training classes")
-        files = {"train": [(p, label) for label, name in enumerate(names) for p in per_class[name]],
-                 "test": [(p, label) for label, name in enumerate(names) if name in test_classes
-                          for p in _walk(test_classes[name], real_root, follow, outside, seen)]}
+            raise DataError(
+                f"{root / 'test'}: class folder(s) {', '.join(unknown)} are not in {train_root}; "
+                "the test classes must be training classes"
+            )
+        files = {
+            "train": [(p, label) for label, name in enumerate(names) for p in per_class[name]],
+            "test": [
+                (p, label)
+                for label, name in enumerate(names)
+                if name in test_classes
+                for p in _walk(test_classes[name], real_root, follow, outside, seen)
+            ],
+        }
     else:
         files = _carve(per_class, names, root)
     warnings = []
     if outside:
-        warnings.append(f"skipped {len(outside)} link(s) leading outside {root}: {_listing(outside)}; "
-                        "set data.follow_symlinks: true to follow them")
+        warnings.append(
+            f"skipped {len(outside)} link(s) leading outside {root}: {_listing(outside)}; "
+            "set data.follow_symlinks: true to follow them"
+        )
     loose = [p for p in sorted(train_root.iterdir()) if p.is_file() and p.suffix.lower() in EXTENSIONS]
     if loose:
         warnings.append(f"ignored {len(loose)} image(s) outside any class folder: {_listing(loose)}")
@@ -163,6 +177,7 @@ def _first_size(paths: list[Path]) -> tuple[int, int] | None:
 
 def _read_each(items: Iterable[tuple[str, images.Source, int]], mode: str):
     """(name, label, pixels or None, why not) per item, in order, decoded on every core (Pillow frees the GIL)."""
+
     def read(item):
         name, source, label = item
         try:
@@ -174,8 +189,14 @@ def _read_each(items: Iterable[tuple[str, images.Source, int]], mode: str):
         yield from pool.map(read, items)
 
 
-def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]], class_names: list[str],
-                  where: str, cfg: DataConfig, mode: str, warnings: list[str]) -> Splits:
+def decode_splits(
+    items: Mapping[str, Iterable[tuple[str, images.Source, int]]],
+    class_names: list[str],
+    where: str,
+    cfg: DataConfig,
+    mode: str,
+    warnings: list[str],
+) -> Splits:
     """Pictures (name, path or encoded bytes, label) per split -> Splits, applying data.on_corrupt.
 
     Every picture is read in `mode` and brought to data.image_size, else to
@@ -212,29 +233,34 @@ def decode_splits(items: Mapping[str, Iterable[tuple[str, images.Source, int]]],
             names[split].append(name)
         blank = np.zeros((*(size or (1, 1)), channels), np.uint8)
         pictures = [blank if p is None else p for p in pictures]
-        arrays[split] = (np.stack(pictures) if pictures else np.zeros((0, *blank.shape), np.uint8),
-                         np.array(labels, np.int64))
+        arrays[split] = (
+            np.stack(pictures) if pictures else np.zeros((0, *blank.shape), np.uint8),
+            np.array(labels, np.int64),
+        )
     warnings = list(warnings)
     bad.sort()
     if bad and cfg.on_corrupt == "error":
         name, why = bad[0]
         more = f" (and {len(bad) - 1} more: {_listing([n for n, _ in bad[1:]])})" if len(bad) > 1 else ""
-        raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, "
-                        "or set data.on_corrupt: skip")
+        raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, or set data.on_corrupt: skip")
     if resized and not cfg.image_size:
         assert size is not None  # the first readable image set it
-        warnings.append(f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
-                        "resized; set data.image_size to choose the size")
+        warnings.append(
+            f"{resized} image(s) were not {size[0]}x{size[1]} (the first image's size) and were "
+            "resized; set data.image_size to choose the size"
+        )
     readable = np.ones(len(arrays["train"][1]), bool)
     readable[unreadable["train"]] = False
     counts = np.bincount(arrays["train"][1][readable], minlength=len(class_names))
     lost = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
     if lost:
-        raise DataError(f"{where}: class(es) {', '.join(lost)} have no readable training images left; "
-                        "replace the unreadable files")
+        raise DataError(
+            f"{where}: class(es) {', '.join(lost)} have no readable training images left; replace the unreadable files"
+        )
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
-    return Splits(x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=names,
-                  unreadable=unreadable)
+    return Splits(
+        x_train, y_train, x_test, y_test, list(class_names), where, warnings, paths=names, unreadable=unreadable
+    )
 
 
 def _read_all(scan_: Scan, cfg: DataConfig) -> Splits:

@@ -30,8 +30,12 @@ def _sizes(shapes: list[tuple[int, ...]]) -> dict:
     hw = np.array([s[:2] for s in shapes])
     counts = Counter(tuple(int(d) for d in s[:2]) for s in shapes)
     distinct = [{"height": h, "width": w, "count": n} for (h, w), n in sorted(counts.items())]
-    return {"min": hw.min(0).tolist(), "median": np.median(hw, 0).astype(int).tolist(), "max": hw.max(0).tolist(),
-            "distinct": distinct if len(distinct) <= DISTINCT_SHOWN else None}
+    return {
+        "min": hw.min(0).tolist(),
+        "median": np.median(hw, 0).astype(int).tolist(),
+        "max": hw.max(0).tolist(),
+        "distinct": distinct if len(distinct) <= DISTINCT_SHOWN else None,
+    }
 
 
 def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None = None, seed: int = 0) -> dict:
@@ -57,17 +61,25 @@ def inspect_source(cfg: DataConfig, progress: Callable[[int, int], None] | None 
         else:
             for picture, result in catalogue.looked(found.splits[split], step):
                 if result.error:
-                    unreadable.append({"path": picture.shown, "split": split,
-                                       "class": names[picture.label], "reason": result.error})
+                    unreadable.append(
+                        {"path": picture.shown, "split": split, "class": names[picture.label], "reason": result.error}
+                    )
                     continue
                 per_class[picture.label] += 1
                 assert result.shape is not None  # a picture read without error has its shape
                 shapes.append(result.shape)
                 modes[result.mode] += 1
         splits[split] = {"count": int(per_class.sum()), "per_class": dict(zip(names, per_class.tolist(), strict=True))}
-    report = {"source": found.source, "dataset": found.dataset, "class_names": names, "splits": splits,
-              "sizes": _sizes(shapes), "modes": dict(sorted(modes.items())), "unreadable": unreadable,
-              "warnings": found.warnings}
+    report = {
+        "source": found.source,
+        "dataset": found.dataset,
+        "class_names": names,
+        "splits": splits,
+        "sizes": _sizes(shapes),
+        "modes": dict(sorted(modes.items())),
+        "unreadable": unreadable,
+        "warnings": found.warnings,
+    }
     if found.dataset == "records":
         report["made"] = records.read_index(cfg).get("made", {})
     return report
@@ -97,8 +109,11 @@ def print_report(console: Console, report: dict) -> None:
         shown = ", ".join(f"{s['height']}×{s['width']} ({s['count']:,})" for s in sizes["distinct"])
         console.print(f"sizes (height×width): {shown}", markup=False)
     elif sizes["min"]:
-        console.print("sizes (height×width): " + ", ".join(
-            f"{key} {sizes[key][0]}×{sizes[key][1]}" for key in ("min", "median", "max")), markup=False)
+        console.print(
+            "sizes (height×width): "
+            + ", ".join(f"{key} {sizes[key][0]}×{sizes[key][1]}" for key in ("min", "median", "max")),
+            markup=False,
+        )
     console.print("modes: " + ", ".join(f"{mode} ({n:,})" for mode, n in report["modes"].items()), markup=False)
     bad = report["unreadable"]
     console.print(f"unreadable: {len(bad):,}" if bad else "unreadable: none", markup=False)

@@ -35,8 +35,18 @@ KERAS_ORIGIN = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
 CONNECT_TIMEOUT = 5  # seconds to reach the download host before giving up (offline machines fail fast)
 READ_TIMEOUT = 60  # seconds a stalled download may hang; per socket operation, not the whole file
 
-FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_NAMES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = (  # fine labels, in label order (they are alphabetical)
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly "
@@ -46,20 +56,32 @@ CIFAR100_NAMES = (  # fine labels, in label order (they are alphabetical)
     "otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray "
     "road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar "
     "sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle "
-    "wardrobe whale willow_tree wolf woman worm").split()
+    "wardrobe whale willow_tree wolf woman worm"
+).split()
 
 # name -> (input shape, class names, where Keras downloads from, how to place it in the cache by hand)
 TABLE = {
-    "mnist": ((28, 28, 1), digit_names(10), KERAS_ORIGIN + "mnist.npz",
-              "download {origin} to {cache}/mnist.npz"),
-    "fashion_mnist": ((28, 28, 1), FASHION_NAMES, KERAS_ORIGIN + "train-images-idx3-ubyte.gz",
-                      "download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
-                      "and t10k-labels-idx1-ubyte.gz from " + KERAS_ORIGIN + " into {cache}/fashion-mnist/ "
-                      "(or install Debian's dataset-fashion-mnist package)"),
-    "cifar10": ((32, 32, 3), CIFAR10_NAMES, "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                "download {origin} and extract it into {cache}, giving {cache}/cifar-10-batches-py/"),
-    "cifar100": ((32, 32, 3), CIFAR100_NAMES, "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                 "download {origin} and extract it into {cache}, giving {cache}/cifar-100-python/"),
+    "mnist": ((28, 28, 1), digit_names(10), KERAS_ORIGIN + "mnist.npz", "download {origin} to {cache}/mnist.npz"),
+    "fashion_mnist": (
+        (28, 28, 1),
+        FASHION_NAMES,
+        KERAS_ORIGIN + "train-images-idx3-ubyte.gz",
+        "download train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz "
+        "and t10k-labels-idx1-ubyte.gz from " + KERAS_ORIGIN + " into {cache}/fashion-mnist/ "
+        "(or install Debian's dataset-fashion-mnist package)",
+    ),
+    "cifar10": (
+        (32, 32, 3),
+        CIFAR10_NAMES,
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "download {origin} and extract it into {cache}, giving {cache}/cifar-10-batches-py/",
+    ),
+    "cifar100": (
+        (32, 32, 3),
+        CIFAR100_NAMES,
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "download {origin} and extract it into {cache}, giving {cache}/cifar-100-python/",
+    ),
 }
 
 
@@ -70,13 +92,15 @@ def cache_dir() -> Path:
 
 # ---------------------------------------------------------------- readers of offline copies
 
+
 def _read_mnist_npz(path: Path) -> tuple:
     try:
         with np.load(path, allow_pickle=False) as f:
             return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
     except KeyError as exc:
-        raise DataError(f"{path}: not a Keras mnist.npz: no array {exc}; "
-                        "it needs x_train, y_train, x_test, y_test") from None
+        raise DataError(
+            f"{path}: not a Keras mnist.npz: no array {exc}; it needs x_train, y_train, x_test, y_test"
+        ) from None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc}); replace it with a fresh mnist.npz") from None
 
@@ -88,9 +112,13 @@ class _ArraysOnly(pickle.Unpickler):
     but that class is private, so it is repeated here.
     """
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"),
-               ("_codecs", "encode")}  # how Python 3 writes bytes at pickle protocol 2 (re-pickled copies)
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),
+    }  # how Python 3 writes bytes at pickle protocol 2 (re-pickled copies)
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -108,8 +136,7 @@ def _read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarra
     except FileNotFoundError:
         raise DataError(f"{path}: missing; the extracted CIFAR folder is incomplete") from None
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, AttributeError, ValueError) as exc:
-        raise DataError(f"{path}: not a CIFAR batch ({type(exc).__name__}: {exc}); "
-                        "extract the archive again") from None
+        raise DataError(f"{path}: not a CIFAR batch ({type(exc).__name__}: {exc}); extract the archive again") from None
     return x, labels
 
 
@@ -148,8 +175,10 @@ def _from_path(name: str, path: Path) -> tuple:
         return idx.read_folder(path)
     folder = _find_cifar(name, path) if path.is_dir() else None
     if folder is None:
-        raise DataError(f"{path}: no extracted {CIFAR_FOLDERS[name]} folder here; extract "
-                        f"{urlsplit(TABLE[name][2]).path.rsplit('/', 1)[-1]} and point data.path at it")
+        raise DataError(
+            f"{path}: no extracted {CIFAR_FOLDERS[name]} folder here; extract "
+            f"{urlsplit(TABLE[name][2]).path.rsplit('/', 1)[-1]} and point data.path at it"
+        )
     return _read_cifar_folder(name, folder)
 
 
@@ -207,22 +236,32 @@ def _arrays(name: str, cfg: DataConfig) -> tuple[tuple, str, list[str]]:
 def _load(name: str, cfg: DataConfig, seed: int) -> Splits:
     (x_train, y_train, x_test, y_test), source, notes = _arrays(name, cfg)
     shape, names, _, _ = TABLE[name]
-    splits = Splits(as_images(x_train, f"{source}: x_train"), as_labels(y_train, f"{source}: y_train"),
-                    as_images(x_test, f"{source}: x_test"), as_labels(y_test, f"{source}: y_test"),
-                    list(names), source, notes)
+    splits = Splits(
+        as_images(x_train, f"{source}: x_train"),
+        as_labels(y_train, f"{source}: y_train"),
+        as_images(x_test, f"{source}: x_test"),
+        as_labels(y_test, f"{source}: y_test"),
+        list(names),
+        source,
+        notes,
+    )
     for split, x, y in (("train", splits.x_train, splits.y_train), ("test", splits.x_test, splits.y_test)):
         if x.shape[1:] != shape or len(x) != len(y) or (y.size and y.max() >= len(names)):
-            raise DataError(f"{source}: {split} split is not {name}: images {x.shape[1:]} (expected {shape}), "
-                            f"{len(x)} images for {len(y)} labels, labels up to {y.max() if y.size else '-'} "
-                            f"(expected < {len(names)})")
+            raise DataError(
+                f"{source}: {split} split is not {name}: images {x.shape[1:]} (expected {shape}), "
+                f"{len(x)} images for {len(y)} labels, labels up to {y.max() if y.size else '-'} "
+                f"(expected < {len(names)})"
+            )
     return splits
 
 
 def _source(name: str) -> Source:
     shape, names, _, _ = TABLE[name]
-    return Source(lambda cfg, seed: _load(name, cfg, seed),
-                  lambda cfg: DatasetInfo(shape, len(names), list(names)),
-                  f"keras.datasets.{name}, from data.path, Keras's cache, or a download")
+    return Source(
+        lambda cfg, seed: _load(name, cfg, seed),
+        lambda cfg: DatasetInfo(shape, len(names), list(names)),
+        f"keras.datasets.{name}, from data.path, Keras's cache, or a download",
+    )
 
 
 SOURCES = {name: _source(name) for name in TABLE}

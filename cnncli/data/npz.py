@@ -25,8 +25,7 @@ def _file(cfg: DataConfig) -> Path:
         raise DataError("dataset `npz` needs `data.path`: the .npz file holding x_train, y_train, x_test, y_test")
     path = Path(cfg.path).expanduser()
     if not path.is_file():
-        raise DataError(f"{path}: no such file; set data.path to an .npz file "
-                        "holding x_train, y_train, x_test, y_test")
+        raise DataError(f"{path}: no such file; set data.path to an .npz file holding x_train, y_train, x_test, y_test")
     return path
 
 
@@ -36,13 +35,17 @@ def _open(path: Path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single array, not an .npz archive; "
-                        "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+        raise DataError(
+            f"{path}: holds a single array, not an .npz archive; "
+            "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"
+        )
     missing = [name for name in REQUIRED if name not in archive.files]
     if missing:
         archive.close()
-        raise DataError(f"{path}: no array {', '.join(f'`{m}`' for m in missing)}; the file has "
-                        f"{', '.join(archive.files) or 'no arrays'}; it needs {', '.join(REQUIRED)}")
+        raise DataError(
+            f"{path}: no array {', '.join(f'`{m}`' for m in missing)}; the file has "
+            f"{', '.join(archive.files) or 'no arrays'}; it needs {', '.join(REQUIRED)}"
+        )
     return archive
 
 
@@ -50,8 +53,10 @@ def _read(archive, path: Path, name: str) -> np.ndarray:
     try:
         return archive[name]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: array `{name}` cannot be read ({exc}); "
-                        "object (pickled) arrays are not accepted, store numbers or strings") from None
+        raise DataError(
+            f"{path}: array `{name}` cannot be read ({exc}); "
+            "object (pickled) arrays are not accepted, store numbers or strings"
+        ) from None
 
 
 def _num_classes(raw_labels: list[np.ndarray]) -> int:
@@ -66,8 +71,9 @@ def _class_names(archive, path: Path, k: int) -> list[str]:
         return digit_names(k)
     names = [str(n) for n in np.asarray(_read(archive, path, "class_names")).ravel()]
     if len(names) < k:
-        raise DataError(f"{path}: `class_names` has {len(names)} names but the labels go up to {k - 1}; "
-                        f"give at least {k} names")
+        raise DataError(
+            f"{path}: `class_names` has {len(names)} names but the labels go up to {k - 1}; give at least {k} names"
+        )
     return names
 
 
@@ -82,8 +88,10 @@ def _load(cfg: DataConfig, seed: int) -> Splits:
             check_pair(x, y, str(path), split)
             arrays[split] = (x, y)
         if arrays["train"][0].shape[1:] != arrays["test"][0].shape[1:]:
-            raise DataError(f"{path}: x_train images are {arrays['train'][0].shape[1:]} but x_test images are "
-                            f"{arrays['test'][0].shape[1:]}; both splits need one size")
+            raise DataError(
+                f"{path}: x_train images are {arrays['train'][0].shape[1:]} but x_test images are "
+                f"{arrays['test'][0].shape[1:]}; both splits need one size"
+            )
         names = _class_names(archive, path, _num_classes(raw_labels))
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
     return Splits(x_train, y_train, x_test, y_test, names, str(path))
@@ -106,8 +114,10 @@ def _describe(cfg: DataConfig) -> DatasetInfo:
     with _open(path) as archive:
         shape = _header_shape(path, "x_train")
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
-            raise DataError(f"{path}: x_train: expected images shaped (N, H, W) or (N, H, W, C) "
-                            f"with C 1 or 3, got {shape}; store channels last (NHWC)")
+            raise DataError(
+                f"{path}: x_train: expected images shaped (N, H, W) or (N, H, W, C) "
+                f"with C 1 or 3, got {shape}; store channels last (NHWC)"
+            )
         labels = [_read(archive, path, f"y_{s}") for s in ("train", "test")]
         for split, y in zip(("train", "test"), labels, strict=True):
             as_labels(y, f"{path}: y_{split}")  # the same complaints as load

@@ -34,7 +34,7 @@ from cnncli.errors import DataError
 from cnncli.fileio import absolute
 
 PACK_SEED = 0  # the order pictures are spread over shards: fixed, so packing twice gives the same shards
-SHARD_BYTES = 100 * 2 ** 20  # default shard size: TensorFlow's guide suggests 100 MB+ per file for streaming
+SHARD_BYTES = 100 * 2**20  # default shard size: TensorFlow's guide suggests 100 MB+ per file for streaming
 
 
 @dataclass
@@ -46,11 +46,16 @@ class PackResult:
 
     def as_json(self) -> dict:
         """The result as `--json` prints it."""
-        return {"output": absolute(self.output), "index": self.index,
-                "skipped": [{"path": n, "reason": r} for n, r in self.skipped], "warnings": self.warnings}
+        return {
+            "output": absolute(self.output),
+            "index": self.index,
+            "skipped": [{"path": n, "reason": r} for n, r in self.skipped],
+            "warnings": self.warnings,
+        }
 
 
 # ---------------------------------------------------------------- writing
+
 
 def shard_count(requested: int | None, count: int, size_hint: int) -> int:
     """Shards for a split: as requested (at most one per picture), else one per ~100 MB."""
@@ -94,9 +99,9 @@ def _shape_summary(shapes: dict[str, dict[int, tuple[int, int, int]]]) -> dict:
     return {"image_shape": [*first, channels] if uniform else None, "first_size": list(first), "channels": channels}
 
 
-def _write_split(pictures: list[Picture] | RecordPictures, n: int, temps: list[str], k: int,
-                 step: Callable[[int], None] | None
-                 ) -> tuple[np.ndarray, list[int], dict[int, tuple[int, int, int]], list[tuple[str, str]]]:
+def _write_split(
+    pictures: list[Picture] | RecordPictures, n: int, temps: list[str], k: int, step: Callable[[int], None] | None
+) -> tuple[np.ndarray, list[int], dict[int, tuple[int, int, int]], list[tuple[str, str]]]:
     """Decode and write one split, spread over n shards in a seeded order.
 
     Returns pictures per class, records per shard, {source position: shape} and the skipped (name, reason).
@@ -128,8 +133,9 @@ def _write_split(pictures: list[Picture] | RecordPictures, n: int, temps: list[s
     return per_class, per_shard, shapes, skipped
 
 
-def pack(cfg: DataConfig, output: str, shards: int | None = None, progress: Progress | None = None,
-         seed: int = 0) -> PackResult:
+def pack(
+    cfg: DataConfig, output: str, shards: int | None = None, progress: Progress | None = None, seed: int = 0
+) -> PackResult:
     """Write the source `cfg` names into records shards under `output`; index.json last."""
     if shards is not None and shards < 1:
         raise DataError(f"--shards must be at least 1, got {shards}")
@@ -140,8 +146,9 @@ def pack(cfg: DataConfig, output: str, shards: int | None = None, progress: Prog
         return _pack(found, cfg, output, shards, counter(progress, sum(len(p) for p in found.splits.values())), seed)
 
 
-def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: int | None,
-          step: Callable[[int], None] | None, seed: int) -> PackResult:
+def _pack(
+    found: Catalogue, cfg: DataConfig, output: str, shards: int | None, step: Callable[[int], None] | None, seed: int
+) -> PackResult:
     written: list[tuple[str, str]] = []  # (temporary, final), removed again unless the pack completes
     skipped: list[tuple[str, str]] = []
     entries: dict[str, dict] = {}
@@ -155,20 +162,36 @@ def _pack(found: Catalogue, cfg: DataConfig, output: str, shards: int | None,
             written += [(t, records.join(output, name)) for t, name in zip(temps, names, strict=True)]
             per_class, per_shard, shapes[split], bad = _write_split(pictures, n, temps, len(found.class_names), step)
             skipped += bad
-            entries[split] = {"count": int(per_class.sum()), "per_class": per_class.tolist(), "shards": names,
-                              "shard_counts": per_shard}
+            entries[split] = {
+                "count": int(per_class.sum()),
+                "per_class": per_class.tolist(),
+                "shards": names,
+                "shard_counts": per_shard,
+            }
         if skipped and cfg.on_corrupt == "error":
             name, why = sorted(skipped)[0]
             more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-            raise DataError(f"{name}: cannot read image ({why}){more}; replace or delete it, "
-                            "or pack with --set data.on_corrupt=skip to leave it out")
+            raise DataError(
+                f"{name}: cannot read image ({why}){more}; replace or delete it, "
+                "or pack with --set data.on_corrupt=skip to leave it out"
+            )
         if not shapes["train"]:
             raise DataError(f"{found.source}: no readable training pictures to pack")
-        index = {"format": records.FORMAT, "version": records.VERSION, "class_names": found.class_names,
-                 "splits": entries, **_shape_summary(shapes),
-                 "made": {"source": found.source, "dataset": found.dataset,
-                          "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                          "cnncli": __version__, "seed": seed, "shards": shards}}
+        index = {
+            "format": records.FORMAT,
+            "version": records.VERSION,
+            "class_names": found.class_names,
+            "splits": entries,
+            **_shape_summary(shapes),
+            "made": {
+                "source": found.source,
+                "dataset": found.dataset,
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                "cnncli": __version__,
+                "seed": seed,
+                "shards": shards,
+            },
+        }
         _publish(written, output, index)
         written = []
     finally:

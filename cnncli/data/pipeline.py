@@ -126,8 +126,14 @@ class FileSplit(StreamedImages):
 
     def _subset(self, picks: np.ndarray) -> FileSplit:
         """Taken before any cache is opened (shards, --smoke) or for a few images: reads go to the files."""
-        return replace(self, files=[self.files[i] for i in picks], labels=self.labels[picks], share_sizes=None,
-                       _images=None, _cached_bad=None)
+        return replace(
+            self,
+            files=[self.files[i] for i in picks],
+            labels=self.labels[picks],
+            share_sizes=None,
+            _images=None,
+            _cached_bad=None,
+        )
 
     def to_array(self) -> np.ndarray:
         """Every image in memory (for small subsets: exports' representative sets, smoke checks)."""
@@ -253,8 +259,10 @@ class FileSplit(StreamedImages):
             images = open(folder / "images.npy", "wb")
             np.lib.format.write_array_header_2_0(images, {"descr": "|u1", "fortran_order": False, "shape": self.shape})
         except OSError as exc:
-            raise DataError(f"{folder}: cannot write the image cache ({exc.strerror or exc}); set data.cache_dir "
-                            "to a writable folder with room, or data.cache: none") from None
+            raise DataError(
+                f"{folder}: cannot write the image cache ({exc.strerror or exc}); set data.cache_dir "
+                "to a writable folder with room, or data.cache: none"
+            ) from None
         bad: dict[str, str] = {}
         t0 = time.perf_counter()
         last = t0
@@ -327,7 +335,7 @@ def _without_flag(pixels, label, ok):
 
 def _reason(exc: DataError, path: str) -> str:
     text = str(exc)
-    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+    return text[len(path) + 2 :] if text.startswith(f"{path}: ") else text
 
 
 def split_listing(listing: FileListing, cfg: DataConfig, seed: int) -> dict[str, FileSplit]:
@@ -335,13 +343,22 @@ def split_listing(listing: FileListing, cfg: DataConfig, seed: int) -> dict[str,
     from cnncli.data.prepare import limit_indices, validation_indices
 
     def make(pairs: list[tuple[str, int]]) -> FileSplit:
-        return FileSplit([str(p) for p, _ in pairs], np.array([label for _, label in pairs], np.int64),
-                         (*listing.image_shape,), listing.read, cfg.on_corrupt, "none", None)
+        return FileSplit(
+            [str(p) for p, _ in pairs],
+            np.array([label for _, label in pairs], np.int64),
+            (*listing.image_shape,),
+            listing.read,
+            cfg.on_corrupt,
+            "none",
+            None,
+        )
 
     train_all, test_all = listing.files["train"], listing.files["test"]
     keep_train = limit_indices(len(train_all), cfg.limit)
     keep_test = limit_indices(len(test_all), cfg.limit)
     train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
-    return {"train": make([train_all[i] for i in keep_train[train]]),
-            "val": make([train_all[i] for i in keep_train[val]]),
-            "test": make([test_all[i] for i in keep_test])}
+    return {
+        "train": make([train_all[i] for i in keep_train[train]]),
+        "val": make([train_all[i] for i in keep_train[val]]),
+        "test": make([test_all[i] for i in keep_test]),
+    }

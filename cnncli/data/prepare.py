@@ -58,8 +58,10 @@ def convert_images(x: Any, input_shape: Sequence[int]) -> np.ndarray:
     if isinstance(x, (list, tuple)) or (isinstance(x, np.ndarray) and x.ndim in (3, 4)):
         items = list(x)
     else:
-        raise DataError(f"expected a batch of images (N, H, W[, C]) or a list of (H, W[, C]) arrays, "
-                        f"got {type(x).__name__} {np.shape(x)}")
+        raise DataError(
+            f"expected a batch of images (N, H, W[, C]) or a list of (H, W[, C]) arrays, "
+            f"got {type(x).__name__} {np.shape(x)}"
+        )
     out = np.empty((len(items), height, width, channels), np.uint8)
     for i, image in enumerate(items):
         image = np.asarray(image)
@@ -95,8 +97,9 @@ def validation_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def training_class_warnings(y_train: np.ndarray, y_source: np.ndarray, class_names: list[str],
-                            cfg: DataConfig) -> list[str]:
+def training_class_warnings(
+    y_train: np.ndarray, y_source: np.ndarray, class_names: list[str], cfg: DataConfig
+) -> list[str]:
     """A warning when the training split (after data.limit and data.validation_split) has fewer examples than
     classes, or no example of some class: the model can never learn to predict such a class.
 
@@ -119,7 +122,8 @@ def training_class_warnings(y_train: np.ndarray, y_source: np.ndarray, class_nam
         causes.append(f"data.validation_split {cfg.validation_split:g}")
         fixes.insert(0, "lower data.validation_split")
     text = f"the training split holds {n:,} example(s) of {k} classes" + (
-        f" after {' and '.join(causes)}" if causes else "")
+        f" after {' and '.join(causes)}" if causes else ""
+    )
     if missing:
         text += f"; no training example of {_names(missing, class_names)}, which the model cannot learn to predict"
     never = sorted(set(missing) - set(np.unique(y_source).tolist()))
@@ -148,8 +152,9 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     keep_test = limit_indices(len(splits.x_test), cfg.limit)
     train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
     picks = {"train": keep_train[train], "val": keep_train[val], "test": keep_test}
-    split_warnings = training_class_warnings(splits.y_train[picks["train"]], splits.y_train,
-                                             list(splits.class_names), cfg)
+    split_warnings = training_class_warnings(
+        splits.y_train[picks["train"]], splits.y_train, list(splits.class_names), cfg
+    )
     source_of = {"train": "train", "val": "train", "test": "test"}
     arrays, out_boxes, out_paths, skipped = {}, {}, {}, []
     old = splits.x_train.shape[1:3]
@@ -171,6 +176,14 @@ def prepare(splits: Splits, cfg: DataConfig, seed: int) -> Dataset:
     warnings = [*splits.warnings, *split_warnings]
     if skipped:
         warnings.append(skipped_warning(skipped))
-    return Dataset(*arrays["train"], *arrays["val"], *arrays["test"], class_names=list(splits.class_names),
-                   source=splits.source, warnings=warnings, bboxes=out_boxes or None,
-                   paths=out_paths or None, skipped=sorted(skipped))
+    return Dataset(
+        *arrays["train"],
+        *arrays["val"],
+        *arrays["test"],
+        class_names=list(splits.class_names),
+        source=splits.source,
+        warnings=warnings,
+        bboxes=out_boxes or None,
+        paths=out_paths or None,
+        skipped=sorted(skipped),
+    )

@@ -63,13 +63,19 @@ class RecordSplit(StreamedImages):
     def shard(self, worker: int, workers: int) -> RecordSplit:
         """This worker's whole shards of the split, or a DataError when there are fewer shards than workers."""
         if len(self.shards) < workers:
-            raise DataError(f"{self.shards[0].rsplit('/', 1)[0]}: {len(self.shards)} training shard(s) cannot be "
-                            f"shared by {workers} workers (each reads whole shards); re-pack with "
-                            f"cnn data pack ... --shards {workers} (or a multiple of it)")
+            raise DataError(
+                f"{self.shards[0].rsplit('/', 1)[0]}: {len(self.shards)} training shard(s) cannot be "
+                f"shared by {workers} workers (each reads whole shards); re-pack with "
+                f"cnn data pack ... --shards {workers} (or a multiple of it)"
+            )
         share = len(self.members) / max(1, self.total)  # the validation split takes its share of every shard
         sizes = tuple(int(sum(self.shard_counts[w::workers]) * share) for w in range(workers))
-        return replace(self, shards=self.shards[worker::workers], shard_counts=self.shard_counts[worker::workers],
-                       share_sizes=sizes)
+        return replace(
+            self,
+            shards=self.shards[worker::workers],
+            shard_counts=self.shard_counts[worker::workers],
+            share_sizes=sizes,
+        )
 
     # -------------------------------------------------------------- reading
     def _decode(self, data, label, name):
@@ -90,16 +96,21 @@ class RecordSplit(StreamedImages):
         order = np.asarray(order)
         shuffled = bool(len(order)) and not np.array_equal(order, np.arange(len(order)))
         # The epoch's permutation ranks the shards: order[:S] are S distinct numbers when N >= S.
-        shard_order = np.argsort(np.resize(order, len(self.shards)), kind="stable") if shuffled else \
-            np.arange(len(self.shards))
+        shard_order = (
+            np.argsort(np.resize(order, len(self.shards)), kind="stable") if shuffled else np.arange(len(self.shards))
+        )
         files = [self.shards[k] for k in shard_order]
         self.health.opened.update(files)  # this worker opens these shards and no others
         member = np.zeros(self.total, bool)
         member[self.members] = True
         member_t = tf.constant(member)
         ds = tf.data.Dataset.from_tensor_slices(files)
-        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(CYCLE, len(files)),
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(CYCLE, len(files)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda data, label, index, name: member_t[index])
         if shuffled:
@@ -110,8 +121,9 @@ class RecordSplit(StreamedImages):
     def _decode_element(self, data, label, index, name):
         import tensorflow as tf
 
-        pixels, label, ok = tf.numpy_function(self._decode, [data, label, name], [tf.uint8, tf.int64, tf.bool],
-                                              stateful=False)
+        pixels, label, ok = tf.numpy_function(
+            self._decode, [data, label, name], [tf.uint8, tf.int64, tf.bool], stateful=False
+        )
         pixels.set_shape(self.image_shape)
         return pixels, tf.cast(tf.reshape(label, []), tf.int32), tf.reshape(ok, [])
 
@@ -123,8 +135,9 @@ def _parse(record):
     return example["image"], example["label"], example["index"], example["name"]
 
 
-def record_splits(cfg: DataConfig, seed: int, image_shape: tuple[int, int, int]
-                  ) -> tuple[dict[str, RecordSplit], list[str], str]:
+def record_splits(
+    cfg: DataConfig, seed: int, image_shape: tuple[int, int, int]
+) -> tuple[dict[str, RecordSplit], list[str], str]:
     """train / val / test RecordSplits of the pack at data.path, carved as resident data is."""
     from cnncli.data.prepare import limit_indices, validation_indices
     from cnncli.images import read_image
@@ -136,15 +149,25 @@ def record_splits(cfg: DataConfig, seed: int, image_shape: tuple[int, int, int]
     def split_of(name: str, members: np.ndarray) -> RecordSplit:
         entry = index["splits"].get(name, {"shards": [], "shard_counts": [], "count": 0, "per_class": []})
         per_class = entry.get("per_class") or [entry["count"]]
-        labels = np.repeat(np.arange(len(per_class)), per_class)[:len(members)]
-        return RecordSplit(records.shard_files(root, name), list(entry.get("shard_counts") or []), members,
-                           int(entry["count"]), np.resize(labels, len(members)), (*image_shape,), read_image,
-                           cfg.on_corrupt)
+        labels = np.repeat(np.arange(len(per_class)), per_class)[: len(members)]
+        return RecordSplit(
+            records.shard_files(root, name),
+            list(entry.get("shard_counts") or []),
+            members,
+            int(entry["count"]),
+            np.resize(labels, len(members)),
+            (*image_shape,),
+            read_image,
+            cfg.on_corrupt,
+        )
 
     n_train = int(index["splits"]["train"]["count"])
     n_test = int(index["splits"].get("test", {}).get("count", 0))
     keep_train, keep_test = limit_indices(n_train, cfg.limit), limit_indices(n_test, cfg.limit)
     train, val = validation_indices(len(keep_train), cfg.validation_split, seed)
-    splits = {"train": split_of("train", keep_train[train]), "val": split_of("train", keep_train[val]),
-              "test": split_of("test", keep_test)}
+    splits = {
+        "train": split_of("train", keep_train[train]),
+        "val": split_of("train", keep_train[val]),
+        "test": split_of("test", keep_test),
+    }
     return splits, names, root

@@ -61,6 +61,7 @@ SUFFIX = ".tfrecord"
 
 # ---------------------------------------------------------------- paths
 
+
 def join(root: str, name: str) -> str:
     """`root`/`name` for local folders and URLs (gs://...) alike."""
     return posixpath.join(str(root), name)
@@ -93,6 +94,7 @@ def storage(path: str, doing: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------- index
 
+
 def _root(cfg_or_path) -> str:
     if isinstance(cfg_or_path, DataConfig):
         if not cfg_or_path.path:
@@ -110,10 +112,13 @@ def read_index(path: DataConfig | str | Path) -> dict:
     with storage(index_path, "read the records index"):
         if not files.exists(index_path):
             if not files.isdir(root):
-                raise DataError(f"{root}: no such folder; data.path of `records` must be a folder written by "
-                                "`cnn data pack`")
-            raise DataError(f"{index_path}: not found; {root} is not a complete records folder (a pack writes "
-                            "index.json last); pack one with: cnn data pack SOURCE --output DIR")
+                raise DataError(
+                    f"{root}: no such folder; data.path of `records` must be a folder written by `cnn data pack`"
+                )
+            raise DataError(
+                f"{index_path}: not found; {root} is not a complete records folder (a pack writes "
+                "index.json last); pack one with: cnn data pack SOURCE --output DIR"
+            )
         with files.GFile(index_path, "r") as f:
             text = f.read()
     try:
@@ -129,10 +134,9 @@ def read_index(path: DataConfig | str | Path) -> dict:
 def _index_problem(index) -> str | None:
     repack = "; re-pack the data with cnn data pack"
     if not isinstance(index, dict) or index.get("format") != FORMAT:
-        return f"not a cnncli records index (no \"format\": \"{FORMAT}\"){repack}"
+        return f'not a cnncli records index (no "format": "{FORMAT}"){repack}'
     if not isinstance(index.get("version"), int) or index["version"] > VERSION:
-        return (f"format version {index.get('version')!r} is newer than this cnncli reads ({VERSION}); "
-                "upgrade cnncli")
+        return f"format version {index.get('version')!r} is newer than this cnncli reads ({VERSION}); upgrade cnncli"
     names = index.get("class_names")
     if not isinstance(names, list) or len(names) < 2:
         return f"class_names must list at least 2 classes{repack}"
@@ -140,8 +144,11 @@ def _index_problem(index) -> str | None:
     if not isinstance(splits, dict) or "train" not in splits:
         return f"splits.train is missing{repack}"
     for split, entry in splits.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) \
-                or not isinstance(entry.get("count"), int):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("shards"), list)
+            or not isinstance(entry.get("count"), int)
+        ):
             return f"splits.{split} must have a count and a list of shards{repack}"
     return None
 
@@ -157,21 +164,26 @@ def shard_files(path: DataConfig | str | Path, split: str) -> list[str]:
         missing = [f for f in files if not gfile().exists(f)]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{missing[0]}: shard listed in {join(root, INDEX)} is missing{more}; "
-                        "copy the whole folder again or re-pack the data")
+        raise DataError(
+            f"{missing[0]}: shard listed in {join(root, INDEX)} is missing{more}; "
+            "copy the whole folder again or re-pack the data"
+        )
     return files
 
 
 # ---------------------------------------------------------------- records
 
+
 def features() -> dict[str, Any]:
     """The tf.train.Example features a record holds."""
     import tensorflow as tf
 
-    return {"image": tf.io.FixedLenFeature([], tf.string),
-            "label": tf.io.FixedLenFeature([], tf.int64),
-            "index": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-            "name": tf.io.FixedLenFeature([], tf.string, default_value="")}
+    return {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "index": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        "name": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
 
 
 def parse(record: Any, with_name: bool = False) -> tuple:
@@ -188,10 +200,12 @@ def example(image: bytes, label: int, index: int, name: str) -> bytes:
     """One picture as a serialized tf.train.Example."""
     import tensorflow as tf
 
-    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-               "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-               "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
-               "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()]))}
+    feature = {
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(index)])),
+        "name": tf.train.Feature(bytes_list=tf.train.BytesList(value=[name.encode()])),
+    }
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
@@ -218,19 +232,26 @@ def read_records(path: str | Path, split: str) -> Iterator[tuple[str, int, str, 
                 try:
                     yield (file, *_fields(record))
                 except (KeyError, IndexError, DecodeError) as exc:
-                    raise DataError(f"{file}: record {n}: not a cnncli picture record ({type(exc).__name__}: "
-                                    f"{exc}); re-pack the data") from None
+                    raise DataError(
+                        f"{file}: record {n}: not a cnncli picture record ({type(exc).__name__}: "
+                        f"{exc}); re-pack the data"
+                    ) from None
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as exc:
-            raise DataError(f"{file}: damaged after record {n} ({exc.message.splitlines()[0]}); "
-                            "copy the file again or re-pack the data") from None
+            raise DataError(
+                f"{file}: damaged after record {n} ({exc.message.splitlines()[0]}); "
+                "copy the file again or re-pack the data"
+            ) from None
         except tf.errors.OpError as exc:  # permission, network
             raise DataError(f"{file}: cannot read the shard ({exc.message.splitlines()[0]})") from None
         if expected and n + 1 != expected[k]:  # TFRecordDataset ends quietly at a cut-off last record
-            raise DataError(f"{file}: damaged after record {n} (holds {n + 1} records, index.json lists "
-                            f"{expected[k]}); copy the file again or re-pack the data")
+            raise DataError(
+                f"{file}: damaged after record {n} (holds {n + 1} records, index.json lists "
+                f"{expected[k]}); copy the file again or re-pack the data"
+            )
 
 
 # ---------------------------------------------------------------- dataset
+
 
 def _ordered(path, split: str, k: int) -> list[tuple[str, bytes, int]]:
     """A split's records in the source's order: (name for messages, bytes, label)."""

@@ -40,8 +40,7 @@ def cache_root(cache_dir: str | None) -> Path:
     return Path(base) / "cnncli" / "images"
 
 
-def choose_cache(requested: str, budget: int | None, train_bytes: int, total_bytes: int,
-                 root: Path) -> tuple[str, str]:
+def choose_cache(requested: str, budget: int | None, train_bytes: int, total_bytes: int, root: Path) -> tuple[str, str]:
     """(memory | disk | none, why) for a file-backed source."""
     if requested != "auto":
         return requested, "data.cache is set in the config"
@@ -57,7 +56,10 @@ def choose_cache(requested: str, budget: int | None, train_bytes: int, total_byt
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free >= total_bytes * DISK_HEADROOM:
-        return "disk", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); "
-                        f"caching decoded images in {root}")
-    return "none", (f"{size} exceeds the memory budget {human_bytes(budget)} ({where}) and {root} has only "
-                    f"{human_bytes(free)} free for a cache; decoding every epoch")
+        return "disk", (
+            f"{size} exceeds the memory budget {human_bytes(budget)} ({where}); caching decoded images in {root}"
+        )
+    return "none", (
+        f"{size} exceeds the memory budget {human_bytes(budget)} ({where}) and {root} has only "
+        f"{human_bytes(free)} free for a cache; decoding every epoch"
+    )

@@ -145,7 +145,7 @@ def _coverage_all(figures: np.ndarray, p: dict, part: np.ndarray, size: int) -> 
         segments = 1 if figure == "o" else len(_SEGMENTS[figure])
         step = max(1, SLICE_ELEMENTS // (segments * size * size))
         for i in range(0, len(local), step):
-            out[local[i:i + step]] = _coverage(figure, p, part[local[i:i + step]], size)
+            out[local[i : i + step]] = _coverage(figure, p, part[local[i : i + step]], size)
     return out
 
 
@@ -158,8 +158,7 @@ def _bboxes(cov: np.ndarray) -> np.ndarray:
     return np.stack([top, left, bottom, right], 1).astype(np.int64)
 
 
-def _draw(figures: np.ndarray, rng: np.random.Generator, size: int,
-          noise: float) -> tuple[np.ndarray, np.ndarray]:
+def _draw(figures: np.ndarray, rng: np.random.Generator, size: int, noise: float) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, size, size) images of `figures` and their boxes."""
     n = len(figures)
     p = _draw_params(rng, list(figures), size)
@@ -175,8 +174,9 @@ def _draw(figures: np.ndarray, rng: np.random.Generator, size: int,
     return x, boxes
 
 
-def render(figure: str, rng: np.random.Generator, size: int = 32,
-           noise: float = 0.0) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def render(
+    figure: str, rng: np.random.Generator, size: int = 32, noise: float = 0.0
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """One random `figure` as a uint8 (size, size) image and its bounding box.
 
     The box is (top, left, bottom, right) in pixels, bottom and right exclusive,
@@ -190,8 +190,7 @@ def render(figure: str, rng: np.random.Generator, size: int = 32,
     return image[0], (top, left, bottom, right)
 
 
-def generate(spec: ShapesSpec, n: int, seed: int,
-             split: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate(spec: ShapesSpec, n: int, seed: int, split: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`n` images of `spec`'s figures: x uint8 (n, s, s, 1), y int64 (n,), bboxes int64 (n, 4).
 
     Labels are balanced (counts differ by at most one) and shuffled. `split`
@@ -208,8 +207,15 @@ def _load(cfg: DataConfig, seed: int) -> Splits:
     spec = cfg.shapes
     x_train, y_train, b_train = generate(spec, spec.train_examples, seed, split=0)
     x_test, y_test, b_test = generate(spec, spec.test_examples, seed, split=1)
-    return Splits(x_train, y_train, x_test, y_test, list(spec.classes), f"shapes (seed {seed})",
-                  bboxes={"train": b_train, "test": b_test})
+    return Splits(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        list(spec.classes),
+        f"shapes (seed {seed})",
+        bboxes={"train": b_train, "test": b_test},
+    )
 
 
 def _describe(cfg: DataConfig) -> DatasetInfo:

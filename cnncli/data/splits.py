@@ -22,8 +22,10 @@ def raise_if_failed(x: Any) -> None:
         return
     path = sorted(x.health.bad)[0]
     more = len(x.health.bad) - 1
-    raise DataError(f"while streaming: {path}: {x.health.bad[path]}{f' (and {more} more)' if more else ''}; "
-                    "replace or delete it, or set data.on_corrupt: skip")
+    raise DataError(
+        f"while streaming: {path}: {x.health.bad[path]}{f' (and {more} more)' if more else ''}; "
+        "replace or delete it, or set data.on_corrupt: skip"
+    )
 
 
 def labelled_batches(x: Any, y: np.ndarray | None, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -35,7 +37,7 @@ def labelled_batches(x: Any, y: np.ndarray | None, batch_size: int = 256) -> Ite
         return
     assert y is not None  # resident images come with their labels
     for i in range(0, len(x), batch_size):
-        yield x[i:i + batch_size], y[i:i + batch_size]
+        yield x[i : i + batch_size], y[i : i + batch_size]
 
 
 def collect(x: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +48,9 @@ def collect(x: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def predict_split(predict: Callable[[np.ndarray], np.ndarray], x: Any, y: np.ndarray,
-                  batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(
+    predict: Callable[[np.ndarray], np.ndarray], x: Any, y: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """`predict` over a split in batches: (probabilities, the labels of the images actually read)."""
     probs, labels = [], []
     for images, batch_labels in labelled_batches(x, y, batch_size):

@@ -48,6 +48,7 @@ class Predictor:
 
 # ---------------------------------------------------------------- float32 copies
 
+
 def float32_model(model: Any) -> Any:
     """`model` computing in float32: itself if it already does, else a copy with the same weights.
 
@@ -114,6 +115,7 @@ def native_stderr_silenced() -> Iterator[None]:
 
 # ---------------------------------------------------------------- export.json
 
+
 def export_json_path(artifact: Path) -> Path:
     """The export.json beside an exported artefact."""
     return Path(artifact).parent / EXPORT_JSON
@@ -153,6 +155,7 @@ def record_export(artifact: Path, record: dict) -> Path:
 
 # ---------------------------------------------------------------- runtimes per format
 
+
 def kind_of(path: Path) -> str:
     """Which kind of model `path` holds, from its name and contents."""
     path = Path(path)
@@ -161,14 +164,15 @@ def kind_of(path: Path) -> str:
             return "saved_model"
         if (path / "config.yaml").exists():
             return "run"
-        raise RunError(f"`{path}` is neither a run directory (no config.yaml) nor a SavedModel "
-                       "(no saved_model.pb)")
+        raise RunError(f"`{path}` is neither a run directory (no config.yaml) nor a SavedModel (no saved_model.pb)")
     if not path.exists():
         raise RunError(f"`{path}` does not exist; give a run directory or an exported model")
     kinds = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
     if path.suffix.lower() not in kinds:
-        raise RunError(f"`{path}`: cannot tell the model format from the name; expected a run directory, "
-                       "a SavedModel directory, or a .keras, .tflite or .onnx file")
+        raise RunError(
+            f"`{path}`: cannot tell the model format from the name; expected a run directory, "
+            "a SavedModel directory, or a .keras, .tflite or .onnx file"
+        )
     return kinds[path.suffix.lower()]
 
 
@@ -202,7 +206,7 @@ def _saved_model_runner(path: Path):
     if "serving_default" not in loaded.signatures:
         raise RunError(f"`{path}` has no serving_default signature; signatures: {', '.join(loaded.signatures)}")
     fn = loaded.signatures["serving_default"]
-    (name, spec), = fn.structured_input_signature[1].items()
+    ((name, spec),) = fn.structured_input_signature[1].items()
 
     def run(x):
         out = fn(**{name: tf.constant(x.astype(spec.dtype.as_numpy_dtype))})
@@ -279,8 +283,7 @@ def _onnx_runner(path: Path):
     return (lambda x: session.run(None, {inp.name: x.astype(np.float32)})[0]), shape
 
 
-_RUNNERS = {"keras": _keras_runner, "saved_model": _saved_model_runner, "tflite": _tflite_runner,
-            "onnx": _onnx_runner}
+_RUNNERS = {"keras": _keras_runner, "saved_model": _saved_model_runner, "tflite": _tflite_runner, "onnx": _onnx_runner}
 
 
 def open_predictor(path: str | Path) -> Predictor:

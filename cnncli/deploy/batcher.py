@@ -25,8 +25,13 @@ _STOP = object()  # put on the queue by close(): the worker ends after the reque
 
 
 class MicroBatcher:
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int = 32, max_wait_s: float = 0.005,
-                 on_batch: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        on_batch: Callable[[int], None] | None = None,
+    ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_wait_s < 0:
@@ -102,5 +107,5 @@ class MicroBatcher:
         self.on_batch(len(probs))
         start = 0
         for x, future in batch:
-            future.set_result(probs[start:start + len(x)])
+            future.set_result(probs[start : start + len(x)])
             start += len(x)

@@ -47,8 +47,17 @@ if TYPE_CHECKING:
 REPRESENTATIVE_EXAMPLES = 200  # training images int8 calibration sees; TFLite's guide suggests 100-500
 REPRESENTATIVE_SEED = 0  # calibration images are the same on every export of a run
 
-__all__ = ["FORMATS", "QUANTIZATIONS", "Criterion", "ExportCheckFailed", "ExportResult", "describe_check",
-           "export_run", "list_formats", "resolve_output"]
+__all__ = [
+    "FORMATS",
+    "QUANTIZATIONS",
+    "Criterion",
+    "ExportCheckFailed",
+    "ExportResult",
+    "describe_check",
+    "export_run",
+    "list_formats",
+    "resolve_output",
+]
 
 
 @dataclass(frozen=True)
@@ -68,11 +77,15 @@ class Quantization:
     summary: str
 
 
-QUANTIZATIONS: Registry[Quantization] = Registry("quantization", {
-    "float16": Quantization("float16", FLOAT16, "weights stored as float16 (half the size), computed in float32"),
-    "int8": Quantization("int8", INT8, "weights and activations int8, calibrated on training images; "
-                                       "float32 input and output"),
-})
+QUANTIZATIONS: Registry[Quantization] = Registry(
+    "quantization",
+    {
+        "float16": Quantization("float16", FLOAT16, "weights stored as float16 (half the size), computed in float32"),
+        "int8": Quantization(
+            "int8", INT8, "weights and activations int8, calibrated on training images; float32 input and output"
+        ),
+    },
+)
 
 
 @dataclass
@@ -94,8 +107,14 @@ class ExportResult:
 
     def as_json(self) -> dict:
         """The export as `--json` prints it."""
-        return {"path": Path(self.path), "format": self.format, "quantize": self.quantize,
-                "size_bytes": self.size_bytes, "check": self.check, "export_json": Path(self.export_json)}
+        return {
+            "path": Path(self.path),
+            "format": self.format,
+            "quantize": self.quantize,
+            "size_bytes": self.size_bytes,
+            "check": self.check,
+            "export_json": Path(self.export_json),
+        }
 
 
 class ExportCheckFailed(CnnError):
@@ -103,6 +122,7 @@ class ExportCheckFailed(CnnError):
 
 
 # ---------------------------------------------------------------- writers
+
 
 def _write_keras(model, path: Path, ctx: _Context) -> None:
     model.save(path)
@@ -124,10 +144,12 @@ def _write_saved_model(model, path: Path, ctx: _Context) -> None:
         probabilities = model(tf.cast(image, tf.float32), training=False)
         return {"probabilities": probabilities, "class_index": tf.argmax(probabilities, axis=-1)}
 
-    archive.add_endpoint("serving_default", tf.function(serve, input_signature=[
-        tf.TensorSpec(shape, tf.float32, name="image")]))
-    archive.add_endpoint("serving_uint8", tf.function(serve, input_signature=[
-        tf.TensorSpec(shape, tf.uint8, name="image")]))
+    archive.add_endpoint(
+        "serving_default", tf.function(serve, input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+    )
+    archive.add_endpoint(
+        "serving_uint8", tf.function(serve, input_signature=[tf.TensorSpec(shape, tf.uint8, name="image")])
+    )
     archive.write_out(str(path), verbose=False)
 
 
@@ -140,11 +162,12 @@ def _write_tflite(model, path: Path, ctx: _Context) -> None:
     elif ctx.quantize == "int8":
         x = ctx.representative
         assert x is not None  # int8 calibration images are read before the conversion
-        options = {"optimizations": [tf.lite.Optimize.DEFAULT],
-                   "representative_dataset": lambda: ([x[i:i + 1]] for i in range(len(x))),
-                   # int8 kernels first; float kernels only for ops that have no int8 version
-                   "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                     tf.lite.OpsSet.TFLITE_BUILTINS]}}
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "representative_dataset": lambda: ([x[i : i + 1]] for i in range(len(x))),
+            # int8 kernels first; float kernels only for ops that have no int8 version
+            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]},
+        }
     model.export(str(path), format="litert", verbose=False, **options)
 
 
@@ -152,15 +175,34 @@ def _write_onnx(model, path: Path, ctx: _Context) -> None:
     model.export(str(path), format="onnx", verbose=False)
 
 
-FORMATS: Registry[Format] = Registry("export format", {
-    "keras": Format("keras", _write_keras, ".keras", "model.keras", "Keras 3 native file (float32 copy)"),
-    "saved_model": Format("saved_model", _write_saved_model, "", "saved_model",
-                          "TensorFlow SavedModel for TF Serving: serving_default and serving_uint8"),
-    "tflite": Format("tflite", _write_tflite, ".tflite", "model.tflite",
-                     "LiteRT (TensorFlow Lite) flatbuffer; --quantize float16 | int8"),
-    "onnx": Format("onnx", _write_onnx, ".onnx", "model.onnx", "ONNX via tf2onnx (optional extra `export`)",
-                   needs=("tf2onnx", "onnx", "onnxruntime")),  # onnxruntime: the check runs the file
-})
+FORMATS: Registry[Format] = Registry(
+    "export format",
+    {
+        "keras": Format("keras", _write_keras, ".keras", "model.keras", "Keras 3 native file (float32 copy)"),
+        "saved_model": Format(
+            "saved_model",
+            _write_saved_model,
+            "",
+            "saved_model",
+            "TensorFlow SavedModel for TF Serving: serving_default and serving_uint8",
+        ),
+        "tflite": Format(
+            "tflite",
+            _write_tflite,
+            ".tflite",
+            "model.tflite",
+            "LiteRT (TensorFlow Lite) flatbuffer; --quantize float16 | int8",
+        ),
+        "onnx": Format(
+            "onnx",
+            _write_onnx,
+            ".onnx",
+            "model.onnx",
+            "ONNX via tf2onnx (optional extra `export`)",
+            needs=("tf2onnx", "onnx", "onnxruntime"),
+        ),  # onnxruntime: the check runs the file
+    },
+)
 
 
 def list_formats() -> list[str]:
@@ -169,6 +211,7 @@ def list_formats() -> list[str]:
 
 
 # ---------------------------------------------------------------- paths
+
 
 def default_name(fmt: Format, quantize: str | None) -> str:
     if quantize:
@@ -195,8 +238,11 @@ def resolve_output(run_dir: Path, fmt: Format, quantize: str | None, output: str
     if fmt.suffix and not output.suffix:  # `--output exports`: a directory to create
         return output / name
     if fmt.suffix and output.suffix.lower() != fmt.suffix:
-        raise UsageError(f"`{output}`: a {fmt.name} export is a `{fmt.suffix}` file; "
-                         f"give a path ending in {fmt.suffix}, or a directory", "--output")
+        raise UsageError(
+            f"`{output}`: a {fmt.name} export is a `{fmt.suffix}` file; "
+            f"give a path ending in {fmt.suffix}, or a directory",
+            "--output",
+        )
     if not fmt.suffix and output.exists() and not output.is_dir():
         raise CnnError(f"--output `{output}` is a file; a SavedModel is a directory")
     return output
@@ -232,8 +278,15 @@ def _size(path: Path) -> int:
 
 # ---------------------------------------------------------------- the job
 
-def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
-               quantize: str | None = None, examples: int = CHECK_EXAMPLES, force: bool = False) -> ExportResult:
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str,
+    output: str | Path | None = None,
+    quantize: str | None = None,
+    examples: int = CHECK_EXAMPLES,
+    force: bool = False,
+) -> ExportResult:
     """Write the run's model as `fmt`, check it against model.keras, and record the figures.
 
     An artefact already at the path is replaced only with `force`."""
@@ -271,14 +324,18 @@ def export_run(run_dir: str | Path, fmt: str, output: str | Path | None = None,
             raise
         except Exception as exc:  # a converter's limits (an op it cannot express), not a bug of ours
             message = str(exc).strip().splitlines()
-            raise CnnError(f"the {format_.name} converter failed: {message[0] if message else type(exc).__name__} "
-                           "(--debug shows the full report)") from exc
+            raise CnnError(
+                f"the {format_.name} converter failed: {message[0] if message else type(exc).__name__} "
+                "(--debug shows the full report)"
+            ) from exc
         criterion = QUANTIZATIONS.get(quantize).criterion if quantize else FLOAT
         check = compare(format_.name, tmp, criterion, x_check, reference)
         check.update(split=split, reference=reference_note(trained, model, x_check, reference))
         if not check["passed"]:
-            raise ExportCheckFailed(f"{format_.name} export does not match model.keras: {describe_check(check)}; "
-                                    f"the artefact was not kept (`{path}`)")
+            raise ExportCheckFailed(
+                f"{format_.name} export does not match model.keras: {describe_check(check)}; "
+                f"the artefact was not kept (`{path}`)"
+            )
         size = _size(tmp)
         faults.point("export_checked")
     record = _record(run, format_, quantize, path, size, check)
@@ -292,8 +349,10 @@ def _require(fmt: Format) -> None:
     missing = [m for m in fmt.needs if importlib.util.find_spec(m) is None]
     if missing:
         names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
-        raise CnnError(f"the {fmt.name} export needs {names}, which {'are' if len(missing) > 1 else 'is'} "
-                       f"not installed: {EXTRA_HINT}")
+        raise CnnError(
+            f"the {fmt.name} export needs {names}, which {'are' if len(missing) > 1 else 'is'} "
+            f"not installed: {EXTRA_HINT}"
+        )
 
 
 def _representative(data) -> np.ndarray:
@@ -303,8 +362,14 @@ def _representative(data) -> np.ndarray:
 
 
 def _input_spec(run, fmt: Format) -> dict:
-    spec: dict[str, Any] = {"name": "image", "shape": [None, *run.input_shape], "dtype": "float32", "range": [0, 255],
-            "layout": "NHWC", "preprocessing": "none: raw pixels; scaling is inside the model"}
+    spec: dict[str, Any] = {
+        "name": "image",
+        "shape": [None, *run.input_shape],
+        "dtype": "float32",
+        "range": [0, 255],
+        "layout": "NHWC",
+        "preprocessing": "none: raw pixels; scaling is inside the model",
+    }
     if fmt.name == "saved_model":
         spec["signatures"] = {"serving_default": "float32", "serving_uint8": "uint8"}
     return spec

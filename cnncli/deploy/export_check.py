@@ -46,8 +46,9 @@ class Criterion:
 
     def passed(self, max_abs_diff: float, agreement: float) -> bool:
         """Whether the measured difference and agreement are within the bounds."""
-        return ((self.max_abs_diff is None or max_abs_diff <= self.max_abs_diff)
-                and (self.min_agreement is None or agreement >= self.min_agreement))
+        return (self.max_abs_diff is None or max_abs_diff <= self.max_abs_diff) and (
+            self.min_agreement is None or agreement >= self.min_agreement
+        )
 
 
 FLOAT = Criterion(max_abs_diff=1e-4)  # float32 kernels differ only in summation order
@@ -72,13 +73,23 @@ def compare(kind: str, path: Path, criterion: Criterion, x: np.ndarray, referenc
         probs = in_batches(run, x, reference.shape[-1])
     seconds = time.perf_counter() - t0
     if probs.shape != reference.shape:
-        return {"examples": len(x), "passed": False, "criterion": criterion.describe(),
-                "error": f"output shape {probs.shape} differs from model.keras's {reference.shape}"}
+        return {
+            "examples": len(x),
+            "passed": False,
+            "criterion": criterion.describe(),
+            "error": f"output shape {probs.shape} differs from model.keras's {reference.shape}",
+        }
     diff = np.abs(probs.astype(np.float64) - reference)
     agreement = float(np.mean(probs.argmax(1) == reference.argmax(1)))
-    check = {"examples": len(x), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-             "class_agreement": agreement, "criterion": criterion.describe(),
-             "passed": criterion.passed(float(diff.max()), agreement), "seconds": round(seconds, 3)}
+    check = {
+        "examples": len(x),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "class_agreement": agreement,
+        "criterion": criterion.describe(),
+        "passed": criterion.passed(float(diff.max()), agreement),
+        "seconds": round(seconds, 3),
+    }
     if kind == "saved_model":  # the uint8 signature must give the same answers as the float one
         check.update(_check_uint8_signature(path, x, probs))
     return check
@@ -99,8 +110,11 @@ def _check_uint8_signature(path: Path, x: np.ndarray, probs: np.ndarray) -> dict
 
 def reference_note(trained: Any, model: Any, x: np.ndarray, reference: np.ndarray) -> dict:
     """What 'model.keras' means in the check; for mixed-precision runs, how far bfloat16 was from float32."""
-    note: dict[str, Any] = {"model": "model.keras", "trained_precision": trained_precision(trained),
-                            "computed_in": "float32"}
+    note: dict[str, Any] = {
+        "model": "model.keras",
+        "trained_precision": trained_precision(trained),
+        "computed_in": "float32",
+    }
     if model is not trained:
         as_trained = keras_predict(trained, x)
         note["as_trained_max_abs_diff"] = float(np.abs(as_trained.astype(np.float64) - reference).max())
@@ -111,9 +125,10 @@ def describe_check(check: dict) -> str:
     """One line of figures: `max |Δp| 2.4e-07, mean 3.1e-09, top class agrees on 100.0% of 1,000 test images`."""
     if "error" in check:
         return check["error"]
-    text = (f"max |Δp| {check['max_abs_diff']:.2e}, mean {check['mean_abs_diff']:.2e}, top class agrees on "
-            f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images"
-            .replace("  ", " "))
+    text = (
+        f"max |Δp| {check['max_abs_diff']:.2e}, mean {check['mean_abs_diff']:.2e}, top class agrees on "
+        f"{check['class_agreement']:.1%} of {check['examples']:,} {check.get('split', '')} images".replace("  ", " ")
+    )
     return f"{text} (required: {check['criterion']})"
 
 

@@ -54,8 +54,10 @@ def predict_files(model: str | Path, images: Sequence[str | Path], k: int = DEFA
     view = model_view(predictor.input_shape)
     x = np.stack([conform(picture, *view) for picture in pictures])
     probs = predictor.predict(x)
-    rows = [{"image": str(path), "predictions": top_k(p, predictor.class_names, min(k, len(p)))}
-            for path, p in zip(files, probs, strict=True)]
+    rows = [
+        {"image": str(path), "predictions": top_k(p, predictor.class_names, min(k, len(p)))}
+        for path, p in zip(files, probs, strict=True)
+    ]
     return PredictResult(str(model), predictor.kind, rows, list(predictor.warnings))
 
 
@@ -86,6 +88,11 @@ def predictions_table(result: PredictResult) -> Table:
     table.add_column("probability", justify="right", no_wrap=True)
     for row in result.rows:
         for rank, p in enumerate(row["predictions"], 1):
-            table.add_row(row["image"] if rank == 1 else "", str(rank), p["class"], f"{p['probability']:.4f}",
-                          end_section=rank == len(row["predictions"]))
+            table.add_row(
+                row["image"] if rank == 1 else "",
+                str(rank),
+                p["class"],
+                f"{p['probability']:.4f}",
+                end_section=rank == len(row["predictions"]),
+            )
     return table

@@ -36,8 +36,10 @@ class Run:
         path = self.path / "model.keras"
         if not path.exists():
             status = self.info.get("status", "unknown")
-            raise RunError(f"`{self.path}` has no model.keras yet (run status: {status}); "
-                           f"finish it with cnn train --resume {self.path}")
+            raise RunError(
+                f"`{self.path}` has no model.keras yet (run status: {status}); "
+                f"finish it with cnn train --resume {self.path}"
+            )
         return path
 
     def load_model(self) -> Any:

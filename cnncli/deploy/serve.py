@@ -38,8 +38,10 @@ from cnncli.images import model_view
 
 PAGE = Path(__file__).with_name("serve_page.html")  # GET /: drop a picture, see the top-k as bars
 # the page may talk to this server only: no scripts, styles or images from anywhere else
-PAGE_POLICY = ("default-src 'none'; connect-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
-               "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'none'; connect-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class ServedModel:
 
 # ---------------------------------------------------------------- the app
 
+
 def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str | None = None) -> Any:
     """The FastAPI app serving `model`."""
     from fastapi import FastAPI, Query, Request
@@ -77,8 +80,12 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
-        message = "no such route; see GET /v1/models/NAME, POST /v1/models/NAME:predict, POST /predict, " \
-                  "GET /healthz, GET /metrics" if exc.status_code == 404 else str(exc.detail)
+        message = (
+            "no such route; see GET /v1/models/NAME, POST /v1/models/NAME:predict, POST /predict, "
+            "GET /healthz, GET /metrics"
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
         return error(exc.status_code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -106,8 +113,11 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
     @app.get("/v1/models/{name}")
     async def status(name: str):
         check_name(name)
-        return {"model_version_status": [{"version": "1", "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}}]}
+        return {
+            "model_version_status": [
+                {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            ]
+        }
 
     @app.get("/v1/models/{name}/metadata")
     async def metadata(name: str):
@@ -129,8 +139,10 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
             data = await upload.read()
             pictures.append(await run_in_threadpool(read_picture, data, name, view, model.max_pixels))
         probs = await probabilities(np.stack(pictures))
-        rows = [{"image": name, "predictions": top_k(p, model.class_names, min(k, len(p)))}
-                for (name, _), p in zip(files, probs, strict=True)]
+        rows = [
+            {"image": name, "predictions": top_k(p, model.class_names, min(k, len(p)))}
+            for (name, _), p in zip(files, probs, strict=True)
+        ]
         if explain and (draw := model.explain):  # of the most probable class, on the model's thread
             classes = [int(np.argmax(p)) for p in probs]
             job = model.batcher.call(lambda: draw(np.stack(pictures), classes))
@@ -156,17 +168,27 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
 
 def metadata_of(model: ServedModel) -> dict:
     """TF Serving's metadata answer (the serving_default signature), with the class names and input shape."""
-    def tensor(name: str, dims: list[int]) -> dict:
-        return {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims],
-                                                      "unknown_rank": False}, "name": name}
 
-    signature = {"inputs": {"image": tensor("serving_default_image:0", [-1, *model.input_shape])},
-                 "outputs": {"probabilities": tensor("StatefulPartitionedCall:0", [-1, len(model.class_names)])},
-                 "method_name": "tensorflow/serving/predict"}
-    return {"model_spec": {"name": model.name, "signature_name": "", "version": "1"},
-            "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
-            "kind": model.kind, "input_shape": list(model.input_shape), "class_names": model.class_names,
-            "input": "raw pixels 0..255, (height, width, channels); or {\"b64\": \"<image file>\"}"}
+    def tensor(name: str, dims: list[int]) -> dict:
+        return {
+            "dtype": "DT_FLOAT",
+            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims], "unknown_rank": False},
+            "name": name,
+        }
+
+    signature = {
+        "inputs": {"image": tensor("serving_default_image:0", [-1, *model.input_shape])},
+        "outputs": {"probabilities": tensor("StatefulPartitionedCall:0", [-1, len(model.class_names)])},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return {
+        "model_spec": {"name": model.name, "signature_name": "", "version": "1"},
+        "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+        "kind": model.kind,
+        "input_shape": list(model.input_shape),
+        "class_names": model.class_names,
+        "input": 'raw pixels 0..255, (height, width, channels); or {"b64": "<image file>"}',
+    }
 
 
 # ---------------------------------------------------------------- running it
@@ -191,8 +213,11 @@ def need_extra() -> None:
 
     from cnncli.errors import CnnError
 
-    modules = {"fastapi": ("fastapi",), "uvicorn": ("uvicorn",),
-               "python-multipart": ("python_multipart", "multipart")}  # renamed in 0.0.13, the old name kept a while
+    modules = {
+        "fastapi": ("fastapi",),
+        "uvicorn": ("uvicorn",),
+        "python-multipart": ("python_multipart", "multipart"),
+    }  # renamed in 0.0.13, the old name kept a while
     missing = [name for name, names in modules.items() if all(importlib.util.find_spec(m) is None for m in names)]
     if missing:
         raise CnnError(f"cnn serve needs the optional extra ({', '.join(missing)} missing): {EXTRA_HINT}")
@@ -214,8 +239,10 @@ def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
     """What to tell someone who opens the model beyond this machine without a key."""
     if is_loopback(host) or api_key:
         return None
-    return (f"listening on {host}:{port} without --api-key: anyone who can reach this machine can use the model "
-            "(set --api-key or CNN_SERVE_API_KEY)")
+    return (
+        f"listening on {host}:{port} without --api-key: anyone who can reach this machine can use the model "
+        "(set --api-key or CNN_SERVE_API_KEY)"
+    )
 
 
 def open_socket(host: str, port: int) -> Any:
@@ -231,8 +258,13 @@ def open_socket(host: str, port: int) -> Any:
         raise CnnError(f"cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}") from None
 
 
-def serve(model_path: Path, options: ServeOptions, say: Callable[[str], Any] = print,
-          warn: Callable[[str], Any] = print, explainer: Any = None) -> None:
+def serve(
+    model_path: Path,
+    options: ServeOptions,
+    say: Callable[[str], Any] = print,
+    warn: Callable[[str], Any] = print,
+    explainer: Any = None,
+) -> None:
     """Serve the model at `model_path` (run directory or export) until SIGTERM or Ctrl-C.
 
     `explainer(keras_model)` gives the Grad-CAM function of POST /predict?explain=gradcam
@@ -246,8 +278,11 @@ def serve(model_path: Path, options: ServeOptions, say: Callable[[str], Any] = p
     need_extra()
     import uvicorn
 
-    for option, value, low in (("--max-batch", options.max_batch, 1), ("--max-body", options.max_body, 1),
-                               ("--max-wait-ms", options.max_wait_ms, 0)):
+    for option, value, low in (
+        ("--max-batch", options.max_batch, 1),
+        ("--max-body", options.max_body, 1),
+        ("--max-wait-ms", options.max_wait_ms, 0),
+    ):
         if value < low:
             raise CnnError(f"{option} must be at least {low}, got {value}")
     predictor = open_predictor(model_path)
@@ -265,10 +300,13 @@ def serve(model_path: Path, options: ServeOptions, say: Callable[[str], Any] = p
     if exposed := exposure_warning(options.host, port, options.api_key):
         warn(exposed)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    say(f"Serving `{name}` ({predictor.kind}, {len(predictor.class_names)} classes) at {url}: "
-        f"POST {url}/v1/models/{name}:predict, POST {url}/predict; SIGTERM or Ctrl-C stops it")
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=GRACE_SECONDS,
-                            server_header=False, proxy_headers=False)
+    say(
+        f"Serving `{name}` ({predictor.kind}, {len(predictor.class_names)} classes) at {url}: "
+        f"POST {url}/v1/models/{name}:predict, POST {url}/predict; SIGTERM or Ctrl-C stops it"
+    )
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=GRACE_SECONDS, server_header=False, proxy_headers=False
+    )
     server = uvicorn.Server(config)
     # uvicorn drains on SIGTERM, then raises the signal again once its handlers are gone;
     # an empty handler makes that second one a no-op, so a drained server exits 0
@@ -297,8 +335,10 @@ def explain_of(predictor: Any, explainer: Any) -> tuple[Callable | None, str]:
     if explainer is None:
         return None, "this server was started without Grad-CAM"
     if predictor.model is None:
-        return None, (f"Grad-CAM needs the Keras model (a run directory or a .keras file); "
-                      f"this server runs a {predictor.kind} model")
+        return None, (
+            f"Grad-CAM needs the Keras model (a run directory or a .keras file); "
+            f"this server runs a {predictor.kind} model"
+        )
     try:
         return explainer(predictor.model), ""
     except CnnError as exc:

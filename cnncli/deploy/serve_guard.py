@@ -30,7 +30,7 @@ def error(status: int, message: str, headers: dict | None = None) -> Any:
 def route_of(path: str) -> str:
     """The route template a path belongs to: metric labels stay few whatever paths clients send."""
     if path.startswith("/v1/models/"):
-        rest = path[len("/v1/models/"):]
+        rest = path[len("/v1/models/") :]
         if rest.endswith(":predict"):
             return "/v1/models/{name}:predict"
         return "/v1/models/{name}/metadata" if rest.endswith("/metadata") else "/v1/models/{name}"
@@ -62,8 +62,9 @@ class Guard:
             if refusal is None:
                 body = await _read_body(receive, self.max_body)
                 if body is None:
-                    refusal = error(413, f"the request body is over the limit of {self.max_body:,} bytes "
-                                         "(cnn serve --max-body)")
+                    refusal = error(
+                        413, f"the request body is over the limit of {self.max_body:,} bytes (cnn serve --max-body)"
+                    )
             if refusal is not None:
                 await refusal(scope, receive, send_counted)
             else:
@@ -77,12 +78,18 @@ class Guard:
         if self.api_key and scope["path"] not in OPEN_PATHS:
             given = headers.get("x-api-key") or _bearer(headers.get("authorization", ""))
             if not given or not hmac.compare_digest(given.encode(), self.api_key.encode()):
-                return error(401, "missing or wrong API key: send the header `Authorization: Bearer KEY` "
-                                  "or `X-API-Key: KEY`", {"WWW-Authenticate": "Bearer"})
+                return error(
+                    401,
+                    "missing or wrong API key: send the header `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+                    {"WWW-Authenticate": "Bearer"},
+                )
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
-            return error(413, f"the request body ({int(length):,} bytes) is over the limit of {self.max_body:,} "
-                              "bytes (cnn serve --max-body)")
+            return error(
+                413,
+                f"the request body ({int(length):,} bytes) is over the limit of {self.max_body:,} "
+                "bytes (cnn serve --max-body)",
+            )
         return None
 
 

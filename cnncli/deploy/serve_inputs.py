@@ -39,8 +39,11 @@ def read_picture(data: bytes, name: str, view: tuple[str, tuple[int, int]], max_
     except CorruptImage as exc:
         raise RequestError(413 if "decompression bomb" in exc.reason else 400, str(exc)) from None
     if height * width > max_pixels:
-        raise RequestError(413, f"{name}: {width}×{height} = {height * width:,} pixels is over the budget of "
-                                f"{max_pixels:,} pixels per image; send a smaller picture")
+        raise RequestError(
+            413,
+            f"{name}: {width}×{height} = {height * width:,} pixels is over the budget of "
+            f"{max_pixels:,} pixels per image; send a smaller picture",
+        )
     try:
         return read_image(data, *view, name=name)
     except CorruptImage as exc:
@@ -58,8 +61,11 @@ def instances_to_pixels(body: bytes, input_shape: tuple[int, ...], view: Any) ->
     except ValueError as exc:
         raise RequestError(400, f"the body is not JSON: {exc}") from None
     if not isinstance(doc, dict) or "instances" not in doc:
-        raise RequestError(400, 'the body must be a JSON object with "instances": a list of images '
-                                '(pixel arrays, or {"b64": "<base64 of an image file>"})')
+        raise RequestError(
+            400,
+            'the body must be a JSON object with "instances": a list of images '
+            '(pixel arrays, or {"b64": "<base64 of an image file>"})',
+        )
     instances = doc["instances"]
     if not isinstance(instances, list) or not instances:
         raise RequestError(400, '"instances" must be a non-empty list of images')
@@ -68,12 +74,14 @@ def instances_to_pixels(body: bytes, input_shape: tuple[int, ...], view: Any) ->
 
 def _instance(item, where: str, input_shape, view) -> np.ndarray:
     if isinstance(item, dict) and len(item) == 1 and "b64" not in item:
-        (key, item), = item.items()  # a named input, as {"image": ...}
+        ((key, item),) = item.items()  # a named input, as {"image": ...}
         where = f"{where}.{key}"
     if isinstance(item, dict):
         if set(item) != {"b64"} or not isinstance(item["b64"], str):
-            raise RequestError(400, f'{where}: an object instance must be {{"b64": "<base64 of an image file>"}}, '
-                                    f"got keys {sorted(item)}")
+            raise RequestError(
+                400,
+                f'{where}: an object instance must be {{"b64": "<base64 of an image file>"}}, got keys {sorted(item)}',
+            )
         try:
             data = base64.b64decode(item["b64"], validate=True)
         except (binascii.Error, ValueError) as exc:
@@ -87,12 +95,17 @@ def _pixel_array(item, where: str, input_shape) -> np.ndarray:
     try:
         x = np.asarray(item, np.float32)
     except (ValueError, TypeError):
-        raise RequestError(400, f"{where}: not a rectangular array of numbers; the model takes pixel arrays of "
-                                f"shape {expected} (height, width, channels), values 0..255") from None
+        raise RequestError(
+            400,
+            f"{where}: not a rectangular array of numbers; the model takes pixel arrays of "
+            f"shape {expected} (height, width, channels), values 0..255",
+        ) from None
     if x.shape != tuple(input_shape):
         got = "(" + ", ".join(map(str, x.shape)) + ")"
-        raise RequestError(400, f"{where}: an array of shape {got}; the model takes {expected} "
-                                "(height, width, channels), values 0..255")
+        raise RequestError(
+            400,
+            f"{where}: an array of shape {got}; the model takes {expected} (height, width, channels), values 0..255",
+        )
     if not np.isfinite(x).all():
         bad = next(v for v in x.flat if not math.isfinite(v))
         raise RequestError(400, f"{where}: pixel values must be finite numbers, got {bad}")

@@ -64,22 +64,35 @@ class Metrics:
     def text(self) -> str:
         """Every metric in Prometheus's text format."""
         with self._lock:
-            lines = ["# HELP cnn_serve_requests_total HTTP requests answered, by route, method and status.",
-                     "# TYPE cnn_serve_requests_total counter"]
-            lines += [f'cnn_serve_requests_total{{route="{r}",method="{m}",status="{s}"}} {n}'
-                      for (r, m, s), n in sorted(self.requests.items())]
-            lines += ["# HELP cnn_serve_errors_total Requests answered with a 4xx or 5xx status, by route.",
-                      "# TYPE cnn_serve_errors_total counter"]
+            lines = [
+                "# HELP cnn_serve_requests_total HTTP requests answered, by route, method and status.",
+                "# TYPE cnn_serve_requests_total counter",
+            ]
+            lines += [
+                f'cnn_serve_requests_total{{route="{r}",method="{m}",status="{s}"}} {n}'
+                for (r, m, s), n in sorted(self.requests.items())
+            ]
+            lines += [
+                "# HELP cnn_serve_errors_total Requests answered with a 4xx or 5xx status, by route.",
+                "# TYPE cnn_serve_errors_total counter",
+            ]
             lines += [f'cnn_serve_errors_total{{route="{r}"}} {n}' for r, n in sorted(self.errors.items())]
-            lines += ["# HELP cnn_serve_request_seconds Time from request to response, by route.",
-                      "# TYPE cnn_serve_request_seconds histogram"]
+            lines += [
+                "# HELP cnn_serve_request_seconds Time from request to response, by route.",
+                "# TYPE cnn_serve_request_seconds histogram",
+            ]
             for route, histogram in sorted(self.latency.items()):
                 lines += histogram.lines("cnn_serve_request_seconds", f'route="{route}"')
-            lines += ["# HELP cnn_serve_batch_images Images per model call (micro-batches).",
-                      "# TYPE cnn_serve_batch_images histogram"]
+            lines += [
+                "# HELP cnn_serve_batch_images Images per model call (micro-batches).",
+                "# TYPE cnn_serve_batch_images histogram",
+            ]
             lines += self.batches.lines("cnn_serve_batch_images")
-            lines += ["# HELP cnn_serve_requests_in_flight Requests being answered now.",
-                      "# TYPE cnn_serve_requests_in_flight gauge", f"cnn_serve_requests_in_flight {self.in_flight}"]
+            lines += [
+                "# HELP cnn_serve_requests_in_flight Requests being answered now.",
+                "# TYPE cnn_serve_requests_in_flight gauge",
+                f"cnn_serve_requests_in_flight {self.in_flight}",
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -30,9 +30,16 @@ NOT_READ = {
 HOW = {"cache", "cache_dir", "memory_budget"}  # how the data is read, not which images: still the same data
 
 
-def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | None = None,
-                 top_k: int | None = None, errors: int | None = None, figures: Path | None = None,
-                 columns: int | None = None, confusion_png: bool = False) -> dict:
+def evaluate_run(
+    path: str | Path,
+    split: str = "test",
+    overrides: list[str] | None = None,
+    top_k: int | None = None,
+    errors: int | None = None,
+    figures: Path | None = None,
+    columns: int | None = None,
+    confusion_png: bool = False,
+) -> dict:
     """Metrics of a run's model on a split of its data (or of other data whose classes the model knows).
 
     `errors=N` adds the N highest-loss images (`errors`), examples of the most
@@ -56,7 +63,7 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
         raise RunError(f"the {split} split of this run's data is empty")
     outputs = int(model.outputs[0].shape[-1])
     index = class_index(data.class_names, run.class_names, int(y.max()) + 1)
-    if int(index[:int(y.max()) + 1].max()) >= outputs:
+    if int(index[: int(y.max()) + 1].max()) >= outputs:
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
     probs, y = predict_split(lambda images: keras_predict(model, images), x, y)
     y = index[y]
@@ -80,12 +87,14 @@ def evaluate_run(path: str | Path, split: str = "test", overrides: list[str] | N
 
         png = folder / f"confusion_matrix{suffix}.png"
         with writing(png, "; choose another --output"):
-            report["confusion_matrix_png"] = Path(plot_confusion_matrix(np.array(report["confusion_matrix"]),
-                                                                        names, png))
+            report["confusion_matrix_png"] = Path(
+                plot_confusion_matrix(np.array(report["confusion_matrix"]), names, png)
+            )
     return report
 
 
 # === Other data ===
+
 
 def data_config(run: Run, overrides: list[str]) -> Config:
     """The run's config with `--data` overrides applied, refusing one that would change nothing read."""
@@ -96,8 +105,10 @@ def data_config(run: Run, overrides: list[str]) -> Config:
             example = "photos/" if item.startswith(("data", "seed")) else item  # a bare path: the user's folder
             raise UsageError(f"`{item}`: expected KEY.PATH=VALUE, e.g. --data data.path={example}", "--data")
         if key not in ("data", "seed") and not key.startswith(("data.", "data[")):
-            raise CnnError(f"--data `{item}`: --data changes the data (data.* keys, or seed); the model is "
-                           f"model.keras as trained, so `{key}` would change nothing")
+            raise CnnError(
+                f"--data `{item}`: --data changes the data (data.* keys, or seed); the model is "
+                f"model.keras as trained, so `{key}` would change nothing"
+            )
     cfg = run.data_config(overrides, option="--data")
     for item in overrides:
         key = item.partition("=")[0].strip()
@@ -105,9 +116,11 @@ def data_config(run: Run, overrides: list[str]) -> Config:
         if step in NOT_READ:
             raise CnnError(f"--data `{item}`: {NOT_READ[step]}, so data.{step} changes nothing here")
         if step == "path" and cfg.data.dataset == "shapes":
-            raise CnnError(f"--data `{item}`: dataset `shapes` takes no path (its images are drawn from the "
-                           "seed); to evaluate on files, also give --data data.dataset=image_folder "
-                           "(or idx, npz, records)")
+            raise CnnError(
+                f"--data `{item}`: dataset `shapes` takes no path (its images are drawn from the "
+                "seed); to evaluate on files, also give --data data.dataset=image_folder "
+                "(or idx, npz, records)"
+            )
         if step == "shapes" and cfg.data.dataset != "shapes":
             raise CnnError(f"--data `{item}`: dataset `{cfg.data.dataset}` does not read data.shapes")
     return cfg
@@ -138,8 +151,7 @@ def _check_folder(folder: Path) -> None:
 
     why = unwritable(folder)
     if why:
-        raise CnnError(f"cannot write the pictures in `{folder}`: {why}; give --output DIR to write them "
-                       "elsewhere")
+        raise CnnError(f"cannot write the pictures in `{folder}`: {why}; give --output DIR to write them elsewhere")
 
 
 def class_index(data_names: list[str], run_names: list[str], labels: int) -> np.ndarray:
@@ -151,14 +163,21 @@ def class_index(data_names: list[str], run_names: list[str], labels: int) -> np.
     """
     count = max(len(data_names), labels)
     data_names, run_names = [str(n) for n in data_names], [str(n) for n in run_names]
-    positional = (not run_names or not data_names or data_names == run_names[:len(data_names)]
-                  or _numbers(data_names) or _numbers(run_names))
+    positional = (
+        not run_names
+        or not data_names
+        or data_names == run_names[: len(data_names)]
+        or _numbers(data_names)
+        or _numbers(run_names)
+    )
     if positional:
         return np.arange(count)
     unknown = [n for n in data_names if n not in run_names]
     if unknown:
-        raise DataError(f"the data's classes {', '.join(f'`{n}`' for n in unknown)} are not classes of this model "
-                        f"({', '.join(run_names)}); classes are matched by name, so name them as the run does")
+        raise DataError(
+            f"the data's classes {', '.join(f'`{n}`' for n in unknown)} are not classes of this model "
+            f"({', '.join(run_names)}); classes are matched by name, so name them as the run does"
+        )
     return np.array([run_names.index(n) for n in data_names])
 
 

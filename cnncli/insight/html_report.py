@@ -52,6 +52,7 @@ def _img(path: Path | str | None, alt: str) -> str:
 
 def _table(headers: list[str], rows: list[list], numeric: Set[int] = frozenset()) -> str:
     """A scrollable table; columns whose index is in `numeric` are right-aligned."""
+
     def cell(tag: str, i: int, value) -> str:
         return f"<{tag}{' class=n' if i in numeric else ''}>{html.escape(str(value))}</{tag}>"
 
@@ -68,8 +69,16 @@ def _summary_table(model) -> tuple[str, dict]:
     from cnncli.model.geometry import summarize
 
     summary = summarize(model).as_json()
-    rows = [[r["name"], r["type"], _shape(r["output_shape"]), f"{r['params']:,}",
-             _shape(r["receptive_field"]) if r["receptive_field"] else "—"] for r in summary["layers"]]
+    rows = [
+        [
+            r["name"],
+            r["type"],
+            _shape(r["output_shape"]),
+            f"{r['params']:,}",
+            _shape(r["receptive_field"]) if r["receptive_field"] else "—",
+        ]
+        for r in summary["layers"]
+    ]
     return _table(["layer", "type", "output", "parameters", "receptive field"], rows, {3}), summary
 
 
@@ -117,16 +126,23 @@ def build_report(run_dir: str | Path) -> str:
         sections = [
             _header(run, report, summary),
             "<h2>Learning curves</h2>" + _img(curves, "learning curves"),
-            "<h2>Per-class metrics</h2>" + _table(
+            "<h2>Per-class metrics</h2>"
+            + _table(
                 ["class", "precision", "recall", "F1", "support"],
-                [[r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['support']:,}"]
-                 for r in report["per_class"]], {1, 2, 3, 4}),
+                [
+                    [r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", f"{r['support']:,}"]
+                    for r in report["per_class"]
+                ],
+                {1, 2, 3, 4},
+            ),
             "<h2>Confusion matrix</h2>" + _img(cm_png, "confusion matrix"),
             "<h2>Worst mistakes</h2><p class=meta>The test images with the highest loss, captioned "
-            "true → predicted (probability).</p>" + _img(report.get("errors_png"), "highest-loss images")
+            "true → predicted (probability).</p>"
+            + _img(report.get("errors_png"), "highest-loss images")
             + _mistakes_table(report),
             ("<h2>Most confused pairs</h2>" + _img(report.get("confused_png"), "most confused pairs"))
-            if report.get("confused_png") else "",
+            if report.get("confused_png")
+            else "",
             "<h2>Grad-CAM</h2><p class=meta>Where the last convolution's evidence for the predicted class lies, "
             "beside the gradient map, on the first test image of each class.</p>"
             + ("".join(_img(p, "Grad-CAM") for p in cams) or "<p class=meta>(the model has no convolution)</p>"),
@@ -134,32 +150,43 @@ def build_report(run_dir: str | Path) -> str:
             "<h2>Config</h2><pre>" + html.escape((run.path / "config.yaml").read_text()) + "</pre>",
         ]
     title = html.escape(f"{run.info.get('name', run.path.name)} · {run.path.name}")
-    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            '<meta name=viewport content="width=device-width, initial-scale=1">'
-            f"<title>{title}</title><style>{STYLE}</style></head><body><main>"
-            + "\n".join(sections) + "</main></body></html>\n")
+    return (
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{STYLE}</style></head><body><main>"
+        + "\n".join(sections)
+        + "</main></body></html>\n"
+    )
 
 
 def _header(run, report: dict, summary: dict) -> str:
-    cards = [("test accuracy", f"{report['accuracy']:.2%}"), ("test loss", metric_text(report['loss'])),
-             ("macro F1", f"{report['macro_f1']:.3f}"), ("test images", f"{report['examples']:,}"),
-             ("parameters", f"{summary['total_params']:,}")]
+    cards = [
+        ("test accuracy", f"{report['accuracy']:.2%}"),
+        ("test loss", metric_text(report["loss"])),
+        ("macro F1", f"{report['macro_f1']:.3f}"),
+        ("test images", f"{report['examples']:,}"),
+        ("parameters", f"{summary['total_params']:,}"),
+    ]
     phases = run.info.get("phases") or []
     seconds = sum(p.get("train_seconds") or 0 for p in phases)
     if seconds:
         cards.append(("training time", f"{seconds:.1f} s"))
     data = run.info.get("data") or {}
     source = data.get("source", "") if isinstance(data, dict) else ""
-    return (f"<h1>{html.escape(str(run.info.get('name', run.path.name)))}</h1>"
-            f"<div class=meta>{html.escape(str(run.path))} · started {html.escape(str(run.info.get('started', '')))}"
-            f" · {html.escape(str(source))}</div><div class=cards>"
-            + "".join(f"<div class=card>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in cards)
-            + "</div>")
+    return (
+        f"<h1>{html.escape(str(run.info.get('name', run.path.name)))}</h1>"
+        f"<div class=meta>{html.escape(str(run.path))} · started {html.escape(str(run.info.get('started', '')))}"
+        f" · {html.escape(str(source))}</div><div class=cards>"
+        + "".join(f"<div class=card>{html.escape(k)}<b>{html.escape(v)}</b></div>" for k, v in cards)
+        + "</div>"
+    )
 
 
 def _mistakes_table(report: dict) -> str:
-    rows = [[e.get("path", e["index"]), e["true"], e["predicted"], f"{e['probability']:.3f}", f"{e['loss']:.3f}"]
-            for e in report.get("errors", [])]
+    rows = [
+        [e.get("path", e["index"]), e["true"], e["predicted"], f"{e['probability']:.3f}", f"{e['loss']:.3f}"]
+        for e in report.get("errors", [])
+    ]
     return _table(["image", "true", "predicted", "probability", "loss"], rows, {3, 4}) if rows else ""
 
 

@@ -29,6 +29,7 @@ MAX_CHANNELS = 64  # feature-map tiles per layer by default (8×8 grid)
 
 # ---------------------------------------------------------------- layers with a spatial output
 
+
 def _is_model(layer) -> bool:
     return hasattr(layer, "layers") and hasattr(layer, "inputs")
 
@@ -44,8 +45,12 @@ def _walk(model):
 def _is_conv(layer) -> bool:
     import keras
 
-    kinds = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
-             keras.layers.Conv2DTranspose)
+    kinds = (
+        keras.layers.Conv2D,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.SeparableConv2D,
+        keras.layers.Conv2DTranspose,
+    )
     return isinstance(layer, kinds)
 
 
@@ -102,8 +107,10 @@ def last_conv(model: Any) -> Any:
     convs = [layer for layer in model.layers if _is_conv(layer) and _is_spatial(layer)]
     if not convs:
         drawable = ", ".join(layer.name for layer in spatial_layers(model)) or "none"
-        raise CnnError(f"model `{model.name}` has no convolution with a spatial output; name a layer with "
-                       f"--layer (layers with feature maps: {drawable})")
+        raise CnnError(
+            f"model `{model.name}` has no convolution with a spatial output; name a layer with "
+            f"--layer (layers with feature maps: {drawable})"
+        )
     depth = _depths(model)
     order = {id(layer): i for i, layer in enumerate(model.layers)}
     return max(convs, key=lambda layer: (depth.get(layer.name, 0), order[id(layer)]))
@@ -119,13 +126,16 @@ def find_spatial_layer(model: Any, name: str) -> Any:
     other = next((layer for layer in _walk(model) if layer.name == name), None)
     if other is not None:
         shape = tuple(other.output.shape) if not _is_model(other) else "a nested model"
-        raise CnnError(f"layer `{name}` ({type(other).__name__}, output {shape}) has no spatial feature map "
-                       f"to draw; layers with feature maps: {listed}")
+        raise CnnError(
+            f"layer `{name}` ({type(other).__name__}, output {shape}) has no spatial feature map "
+            f"to draw; layers with feature maps: {listed}"
+        )
     names = [layer.name for layer in drawable]
     raise CnnError(f"no layer named `{name}`{did_you_mean(name, names)}; layers with feature maps: {listed}")
 
 
 # ---------------------------------------------------------------- a model that also returns inner outputs
+
 
 def probe_model(model: Any, targets: list) -> Any:
     """keras.Model: the inputs of `model` -> [model's output, *outputs of `targets`], nested targets included."""
@@ -162,6 +172,7 @@ def probe_model(model: Any, targets: list) -> Any:
 
 # ---------------------------------------------------------------- Grad-CAM
 
+
 @dataclass
 class GradCam:
     heatmap: np.ndarray  # float32 (H, W) in [0, 1], upsampled to the image
@@ -180,11 +191,18 @@ class GradCam:
         peak = np.unravel_index(int(self.heatmap.argmax()), self.heatmap.shape)
         total = float(self.heatmap.sum()) or 1.0
         cy, cx = h // 2, w // 2  # an odd middle row/column goes to the bottom/right quadrants
-        parts = {"top_left": self.heatmap[:cy, :cx], "top_right": self.heatmap[:cy, cx:],
-                 "bottom_left": self.heatmap[cy:, :cx], "bottom_right": self.heatmap[cy:, cx:]}
-        return {"layer": self.layer, "feature_shape": list(self.feature_shape),
-                "peak": [int(peak[0]), int(peak[1])],
-                "quadrants": {k: round(float(v.sum()) / total, 4) for k, v in parts.items()}}
+        parts = {
+            "top_left": self.heatmap[:cy, :cx],
+            "top_right": self.heatmap[:cy, cx:],
+            "bottom_left": self.heatmap[cy:, :cx],
+            "bottom_right": self.heatmap[cy:, cx:],
+        }
+        return {
+            "layer": self.layer,
+            "feature_shape": list(self.feature_shape),
+            "peak": [int(peak[0]), int(peak[1])],
+            "quadrants": {k: round(float(v.sum()) / total, 4) for k, v in parts.items()},
+        }
 
 
 def grad_cam(scores_model: Any, image: np.ndarray, class_index: int, layer: Any = None) -> GradCam:
@@ -218,6 +236,7 @@ def grad_cams(scores_model: Any, images: np.ndarray, classes: list[int], layer: 
 
 # ---------------------------------------------------------------- feature maps
 
+
 @dataclass
 class FeatureMap:
     layer: str
@@ -240,14 +259,17 @@ def feature_maps(model: Any, image: np.ndarray, layers: list, max_channels: int 
     for layer, out in zip(layers, outs, strict=True):
         fmap = np.asarray(out, np.float32)[0]
         shown = fmap[..., :max_channels]
-        result.append(FeatureMap(layer.name, shown, int(fmap.shape[-1]),
-                                 [float(m) for m in shown.mean(axis=(0, 1))]))
+        result.append(FeatureMap(layer.name, shown, int(fmap.shape[-1]), [float(m) for m in shown.mean(axis=(0, 1))]))
     return result
 
 
-def draw_activations(run_dir: str | Path, image_path: str | Path, layer_names: list[str] | None,
-                     max_channels: int = MAX_CHANNELS, output: str | Path | None = None
-                     ) -> tuple[list[FeatureMap], list]:
+def draw_activations(
+    run_dir: str | Path,
+    image_path: str | Path,
+    layer_names: list[str] | None,
+    max_channels: int = MAX_CHANNELS,
+    output: str | Path | None = None,
+) -> tuple[list[FeatureMap], list]:
     """One PNG grid per layer (default: the convolutions in order) of one image's feature maps.
 
     The PNGs go to `output` (a directory) or RUN_DIR/activations/<image stem>/, named <layer>.png.
@@ -268,8 +290,10 @@ def draw_activations(run_dir: str | Path, image_path: str | Path, layer_names: l
         layers = conv_layers(model)
         if not layers:
             drawable = ", ".join(layer.name for layer in spatial_layers(model)) or "none"
-            raise CnnError(f"model `{model.name}` has no convolution layer; name layers with --layer "
-                           f"(layers with feature maps: {drawable})")
+            raise CnnError(
+                f"model `{model.name}` has no convolution layer; name layers with --layer "
+                f"(layers with feature maps: {drawable})"
+            )
     image = read_for_model(image_path, run.input_shape)  # as training and cnn predict read it
     folder = Path(output) if output else run.path / "activations" / Path(image_path).stem
     if folder.exists() and not folder.is_dir():
@@ -277,10 +301,16 @@ def draw_activations(run_dir: str | Path, image_path: str | Path, layer_names: l
     maps, paths = feature_maps(model, image, layers, max_channels), []
     for fmap in maps:
         path = folder / f"{fmap.layer}.png"
-        shown = f"{fmap.tiles} of {fmap.channels} channels" if fmap.tiles < fmap.channels else \
-            f"{fmap.channels} channels"
+        shown = (
+            f"{fmap.tiles} of {fmap.channels} channels" if fmap.tiles < fmap.channels else f"{fmap.channels} channels"
+        )
         with writing(path, hint="; choose another --output"):
-            paths.append(plot_feature_grid(fmap.maps, fmap.means, path,
-                                           f"{Path(image_path).name} at {fmap.layer}: {shown}, "
-                                           f"{fmap.maps.shape[0]}×{fmap.maps.shape[1]}"))
+            paths.append(
+                plot_feature_grid(
+                    fmap.maps,
+                    fmap.means,
+                    path,
+                    f"{Path(image_path).name} at {fmap.layer}: {shown}, {fmap.maps.shape[0]}×{fmap.maps.shape[1]}",
+                )
+            )
     return maps, paths

@@ -34,13 +34,25 @@ def _entry(i: int, y, probs, names, losses, paths) -> dict:
     entry: dict[str, Any] = {"index": i}
     if paths is not None:
         entry["path"] = paths[i]
-    entry.update({"true": names[int(y[i])], "predicted": names[predicted],
-                  "probability": float(probs[i][predicted]), "loss": float(losses[i])})
+    entry.update(
+        {
+            "true": names[int(y[i])],
+            "predicted": names[predicted],
+            "probability": float(probs[i][predicted]),
+            "loss": float(losses[i]),
+        }
+    )
     return entry
 
 
-def pair_examples(y: np.ndarray, probs: np.ndarray, names: list[str], pairs: list[dict],
-                  paths: list[str] | None = None, per_pair: int = PAIR_EXAMPLES) -> list[dict]:
+def pair_examples(
+    y: np.ndarray,
+    probs: np.ndarray,
+    names: list[str],
+    pairs: list[dict],
+    paths: list[str] | None = None,
+    per_pair: int = PAIR_EXAMPLES,
+) -> list[dict]:
     """Each most-confused pair {"true", "predicted", "count"} with its highest-loss examples added."""
     losses = example_losses(y, probs)
     predicted = probs.argmax(axis=1)
@@ -58,8 +70,9 @@ def caption(entry: dict) -> str:
     return f"{entry['true']} → {entry['predicted']} ({entry['probability']:.2f})"
 
 
-def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "",
-         columns: int | None = None) -> dict:
+def draw(
+    x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suffix: str = "", columns: int | None = None
+) -> dict:
     """errors<suffix>.png (the gallery) and confused_pairs<suffix>.png (a row per pair); returns their paths."""
     from cnncli.fileio import writing
     from cnncli.insight.pictures import GALLERY_COLUMNS, plot_gallery
@@ -67,16 +80,27 @@ def draw(x: np.ndarray, errors: list[dict], pairs: list[dict], folder: Path, suf
     written = {}
     path = folder / f"errors{suffix}.png"
     with writing(path):
-        written["errors_png"] = Path(plot_gallery([x[e["index"]] for e in errors], [caption(e) for e in errors],
-                                                 path, f"the {len(errors)} highest-loss images: "
-                                                       "true → predicted (probability)",
-                                                 columns=columns or GALLERY_COLUMNS))
+        written["errors_png"] = Path(
+            plot_gallery(
+                [x[e["index"]] for e in errors],
+                [caption(e) for e in errors],
+                path,
+                f"the {len(errors)} highest-loss images: true → predicted (probability)",
+                columns=columns or GALLERY_COLUMNS,
+            )
+        )
     shown = [p for p in pairs if p["examples"]]
     if shown:
         path = folder / f"confused_pairs{suffix}.png"
         with writing(path):
-            written["confused_png"] = Path(plot_gallery(
-                [[x[e["index"]] for e in p["examples"]] for p in shown],
-                [[caption(e) for e in p["examples"]] for p in shown], path, "most confused pairs",
-                columns=PAIR_EXAMPLES, row_titles=[f"{p['true']} → {p['predicted']}\n×{p['count']}" for p in shown]))
+            written["confused_png"] = Path(
+                plot_gallery(
+                    [[x[e["index"]] for e in p["examples"]] for p in shown],
+                    [[caption(e) for e in p["examples"]] for p in shown],
+                    path,
+                    "most confused pairs",
+                    columns=PAIR_EXAMPLES,
+                    row_titles=[f"{p['true']} → {p['predicted']}\n×{p['count']}" for p in shown],
+                )
+            )
     return written

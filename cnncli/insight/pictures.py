@@ -30,8 +30,9 @@ def _shown(image: np.ndarray) -> tuple[np.ndarray, dict]:
     return img, (dict(cmap="gray", vmin=0, vmax=255) if img.ndim == 2 else {})
 
 
-def plot_gradcam(image: np.ndarray, gradient: np.ndarray, heatmap: np.ndarray, path: str | Path,
-                 title: str | None = None) -> Path:
+def plot_gradcam(
+    image: np.ndarray, gradient: np.ndarray, heatmap: np.ndarray, path: str | Path, title: str | None = None
+) -> Path:
     """The image, its gradient map and its Grad-CAM drawn over it, side by side (900×340 px)."""
     img, grey = _shown(image)
     grad = np.asarray(gradient, np.float64)
@@ -84,23 +85,31 @@ def plot_feature_grid(maps: np.ndarray, means: list[float], path: str | Path, ti
     return _save(fig, path)
 
 
-def plot_gallery(images: Any, captions: list[str] | list[list[str]], path: str | Path, title: str,
-                 columns: int = GALLERY_COLUMNS, row_titles: list[str] | None = None) -> Path:
+def plot_gallery(
+    images: Any,
+    captions: list[str] | list[list[str]],
+    path: str | Path,
+    title: str,
+    columns: int = GALLERY_COLUMNS,
+    row_titles: list[str] | None = None,
+) -> Path:
     """Images with a caption each, `columns` to a row; `row_titles` (one per row) start a new row each.
 
     With row titles, `images` and `captions` are lists of rows (one list per title).
     """
-    rows: list[list[tuple[Any, Any]]] = [list(zip(images, captions, strict=True))] if row_titles is None else \
-        [list(zip(imgs, caps, strict=True)) for imgs, caps in zip(images, captions, strict=True)]
+    rows: list[list[tuple[Any, Any]]] = (
+        [list(zip(images, captions, strict=True))]
+        if row_titles is None
+        else [list(zip(imgs, caps, strict=True)) for imgs, caps in zip(images, captions, strict=True)]
+    )
     lines = []  # (row title or None, items)
     for r, items in enumerate(rows):
         for start in range(0, max(len(items), 1), columns):
-            lines.append((row_titles[r] if row_titles and start == 0 else None, items[start:start + columns]))
+            lines.append((row_titles[r] if row_titles and start == 0 else None, items[start : start + columns]))
     if not any(items for _, items in lines):
         raise DataError("no images to draw")
     cols = min(columns, max(len(items) for _, items in lines))
-    fig = Figure(figsize=(cols * GALLERY_CELL, len(lines) * (GALLERY_CELL + 0.3) + 0.4), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(figsize=(cols * GALLERY_CELL, len(lines) * (GALLERY_CELL + 0.3) + 0.4), dpi=DPI, layout="constrained")
     axes = fig.subplots(len(lines), cols, squeeze=False)
     for (label, items), line in zip(lines, axes, strict=True):
         for j, ax in enumerate(line):

@@ -33,11 +33,14 @@ MAX_FILTERS = 64  # tiles of a 1- or 3-channel filter picture (8×8 grid)
 MAX_FILTERS_MULTI = 16  # rows of a multi-channel filter picture (one row per filter)
 MAX_CHANNELS = 16  # columns of a multi-channel filter picture (one per input channel)
 
-METHODS: Registry[str] = Registry("saliency method", {
-    "gradient": "one gradient of the class logit",
-    "smoothgrad": f"mean of {SMOOTHGRAD_SAMPLES} gradients of noisy copies (σ = {SMOOTHGRAD_SIGMA:.0%} of 0..255)",
-    "gradcam": "Grad-CAM of a convolution layer (cnncli.insight.maps), beside the gradient map",
-})
+METHODS: Registry[str] = Registry(
+    "saliency method",
+    {
+        "gradient": "one gradient of the class logit",
+        "smoothgrad": f"mean of {SMOOTHGRAD_SAMPLES} gradients of noisy copies (σ = {SMOOTHGRAD_SIGMA:.0%} of 0..255)",
+        "gradcam": "Grad-CAM of a convolution layer (cnncli.insight.maps), beside the gradient map",
+    },
+)
 
 
 def list_methods() -> list[str]:
@@ -46,6 +49,7 @@ def list_methods() -> list[str]:
 
 
 # ---------------------------------------------------------------- logits
+
 
 def logits_model(model: Any) -> Any:
     """(model returning pre-activation scores, "logit") — or (model, "output") when there is nothing to strip.
@@ -71,6 +75,7 @@ def logits_model(model: Any) -> Any:
 
 
 # ---------------------------------------------------------------- saliency
+
 
 @dataclass
 class Saliency:
@@ -102,8 +107,15 @@ def gradients(model: Any, x: np.ndarray, class_index: int) -> np.ndarray:
     return tape.gradient(score, x).numpy()  # the images are independent, so one sum's gradient is each one's
 
 
-def saliency_map(model: Any, image: np.ndarray, class_index: int, method: str = "gradient",
-                 samples: int = SMOOTHGRAD_SAMPLES, sigma: float = SMOOTHGRAD_SIGMA, seed: int = 0) -> np.ndarray:
+def saliency_map(
+    model: Any,
+    image: np.ndarray,
+    class_index: int,
+    method: str = "gradient",
+    samples: int = SMOOTHGRAD_SAMPLES,
+    sigma: float = SMOOTHGRAD_SIGMA,
+    seed: int = 0,
+) -> np.ndarray:
     """float32 (H, W) saliency of one raw-pixel image (H, W, C) for `class_index` under a logits model."""
     method = METHODS.canonical(method) or method
     x = np.asarray(image, np.float32)[None]
@@ -120,9 +132,15 @@ def saliency_map(model: Any, image: np.ndarray, class_index: int, method: str = 
     return maps.mean(axis=0).astype(np.float32)
 
 
-def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str | None = None,
-                  method: str = "gradient", samples: int = SMOOTHGRAD_SAMPLES, seed: int = 0,
-                  layer: str | None = None) -> Saliency:
+def explain_image(
+    run_dir: str | Path,
+    image_path: str | Path,
+    class_name: str | None = None,
+    method: str = "gradient",
+    samples: int = SMOOTHGRAD_SAMPLES,
+    seed: int = 0,
+    layer: str | None = None,
+) -> Saliency:
     """Saliency of a run's model for one image file; the class defaults to the predicted one."""
     from cnncli.deploy.artifacts import float32_model
     from cnncli.deploy.runs import open_run
@@ -142,8 +160,9 @@ def explain_image(run_dir: str | Path, image_path: str | Path, class_name: str |
     assert kind is not None  # checked against METHODS above
     saliency = saliency_map(scores, image, index, kind, samples=samples, seed=seed)
     cam = _gradcam(scores, image, index, layer) if kind == "gradcam" else None
-    return Saliency(image, saliency, index, names[index], float(probs[index]), names[int(probs.argmax())],
-                    kind, score, cam)
+    return Saliency(
+        image, saliency, index, names[index], float(probs[index]), names[int(probs.argmax())], kind, score, cam
+    )
 
 
 def _gradcam(scores, image, index: int, layer: str | None):
@@ -163,6 +182,7 @@ def class_index(name: str, names: list[str]) -> int:
 
 
 # ---------------------------------------------------------------- filters
+
 
 @dataclass
 class Filters:
@@ -195,8 +215,7 @@ def find_conv_layer(model: Any, name: str | None) -> Any:
     listed = ", ".join(by_name)
     other = next((each for each in all_layers(model) if each.name == name), None)
     if other is not None:
-        raise CnnError(f"layer `{name}` is a {type(other).__name__}, not a convolution; "
-                       f"convolution layers: {listed}")
+        raise CnnError(f"layer `{name}` is a {type(other).__name__}, not a convolution; convolution layers: {listed}")
     raise CnnError(f"no layer named `{name}`{did_you_mean(name, by_name)}; convolution layers: {listed}")
 
 
@@ -236,8 +255,12 @@ def draw_filters(run_dir: str | Path, layer_name: str | None, output: str | Path
     with _writing(path):
         if filters.mode == "channels" and filters.kernel_shape[2] > 1:
             kh, kw, cin, cout = filters.kernel_shape
-            plot_kernel_mosaic(filters.images, path, f"{layer.name}: {filters.shown_filters} of {cout} filters × "
-                                                     f"{filters.shown_channels} of {cin} input channels")
+            plot_kernel_mosaic(
+                filters.images,
+                path,
+                f"{layer.name}: {filters.shown_filters} of {cout} filters × "
+                f"{filters.shown_channels} of {cin} input channels",
+            )
         else:
             plot_image_grid(filters.images, path, ncols=filters.ncols)
     return filters, path
@@ -273,10 +296,13 @@ def draw_saliency(run_dir: str | Path, image: str | Path, result: Saliency, outp
 
     path = Path(output) if output else default_saliency_path(Path(run_dir), Path(image), result)
     _check_png(path)
-    title = (f"{Path(image).name}: {result.class_name} (p = {result.probability:.3f}, "
-             f"predicted {result.predicted}) · {result.method}")
+    title = (
+        f"{Path(image).name}: {result.class_name} (p = {result.probability:.3f}, "
+        f"predicted {result.predicted}) · {result.method}"
+    )
     with _writing(path):
         if result.gradcam is not None:
-            return plot_gradcam(result.image, result.saliency, result.gradcam.heatmap, path,
-                                f"{title} at {result.gradcam.layer}")
+            return plot_gradcam(
+                result.image, result.saliency, result.gradcam.heatmap, path, f"{title} at {result.gradcam.layer}"
+            )
         return plot_saliency(result.image, result.saliency, path, title)

@@ -32,8 +32,15 @@ DEFAULT_MIN_INPUT_SIZE = 32  # every other application
 # Suffixes keras.Model.load_weights understands (saving_api.load_weights); `.h5` is the ImageNet files' format.
 WEIGHTS_SUFFIXES = (".weights.h5", ".weights.json", ".keras", ".h5", ".hdf5")
 FROM_RUN_NAME = "from_run"  # the nested model's name; phases' prefixes match the layers inside it
-_DROPOUTS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
-             "AlphaDropout", "GaussianNoise")
+_DROPOUTS = (
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "AlphaDropout",
+    "GaussianNoise",
+)
 
 
 def min_input_size(application: str) -> int:
@@ -53,24 +60,35 @@ def check_application_input(cfg: Config, application: str, input_shape: Sequence
         # ImageNet weights and the per-channel means of preprocess_input are RGB.
         key = ("model", "input_shape") if cfg.model.input_shape else ("data", "color_mode")
         fix = "model.input_shape to [height, width, 3]" if cfg.model.input_shape else "data.color_mode: rgb"
-        raise cfg.error(f"model.backbone {application} takes RGB images (3 channels), but the input is "
-                        f"{h}×{w}×{c}; set {fix} (grayscale images are then repeated into 3 channels)", key)
+        raise cfg.error(
+            f"model.backbone {application} takes RGB images (3 channels), but the input is "
+            f"{h}×{w}×{c}; set {fix} (grayscale images are then repeated into 3 channels)",
+            key,
+        )
     low = min_input_size(application)
     if h < low or w < low:
         stated = "model.input_shape" if cfg.model.input_shape else "data.image_size"
-        raise cfg.error(f"model.backbone {application} needs images of at least {low}×{low} pixels, but the "
-                        f"input is {h}×{w}; set {stated} to at least [{low}, {low}]", input_key(cfg))
+        raise cfg.error(
+            f"model.backbone {application} needs images of at least {low}×{low} pixels, but the "
+            f"input is {h}×{w}; set {stated} to at least [{low}, {low}]",
+            input_key(cfg),
+        )
 
 
 def check_weights_file(cfg: Config, path: str) -> None:
     """A ConfigError at model.backbone.weights unless `path` is a file."""
     key = ("model", "backbone", "weights")
     if not Path(path).is_file():
-        raise cfg.error(f"weights file `{path}` does not exist (looked in {Path(path).resolve().parent}); "
-                        "give a file written by model.save_weights(), `imagenet`, or null", key)
+        raise cfg.error(
+            f"weights file `{path}` does not exist (looked in {Path(path).resolve().parent}); "
+            "give a file written by model.save_weights(), `imagenet`, or null",
+            key,
+        )
     if not path.endswith(WEIGHTS_SUFFIXES):
-        raise cfg.error(f"weights file `{path}` has none of the suffixes Keras loads weights from: "
-                        f"{', '.join(WEIGHTS_SUFFIXES)}", key)
+        raise cfg.error(
+            f"weights file `{path}` has none of the suffixes Keras loads weights from: {', '.join(WEIGHTS_SUFFIXES)}",
+            key,
+        )
 
 
 def load_weights_file(cfg: Config, model: Any, path: str) -> None:
@@ -80,14 +98,17 @@ def load_weights_file(cfg: Config, model: Any, path: str) -> None:
     try:
         model.load_weights(path)
     except Exception as exc:  # Keras: ValueError for a mismatch, OSError for a damaged file
-        hint = " (for a model trained with cnncli use `from_run: RUN_DIR` instead)" if path.endswith(".keras") \
-            else ""
-        raise cfg.error(f"weights file `{path}` does not fit {model.name} as configured "
-                        f"(include_top, input_shape and extra arguments must match the model that wrote it): "
-                        f"{keras_message(exc)}{hint}", ("model", "backbone", "weights")) from None
+        hint = " (for a model trained with cnncli use `from_run: RUN_DIR` instead)" if path.endswith(".keras") else ""
+        raise cfg.error(
+            f"weights file `{path}` does not fit {model.name} as configured "
+            f"(include_top, input_shape and extra arguments must match the model that wrote it): "
+            f"{keras_message(exc)}{hint}",
+            ("model", "backbone", "weights"),
+        ) from None
 
 
 # ---------------------------------------------------------------- from_run
+
 
 def source_run(cfg: Config) -> tuple[Path, Path]:
     """(run directory, its model.keras) of `model.backbone.from_run`, or a ConfigError saying what is wrong."""
@@ -97,16 +118,22 @@ def source_run(cfg: Config) -> tuple[Path, Path]:
     run_dir = Path(raw).expanduser()
     if not run_dir.is_dir():
         hint = " (it is a file; give the run directory that holds it)" if run_dir.is_file() else ""
-        raise cfg.error(f"`{raw}` is not a directory{hint}; give a run directory written by cnn train, "
-                        "such as runs/<name>/<timestamp>", key)
+        raise cfg.error(
+            f"`{raw}` is not a directory{hint}; give a run directory written by cnn train, "
+            "such as runs/<name>/<timestamp>",
+            key,
+        )
     model_file = run_dir / "model.keras"
     if not model_file.is_file():
         status = _run_status(run_dir)
         if status is None:
             why = "it has no run.json either: is it a cnncli run directory?"
         else:
-            why = (f"run status: {status}; finish it with `cnn train --resume {raw}`" if status != "complete"
-                   else "the run reports complete, so the file was moved or deleted")
+            why = (
+                f"run status: {status}; finish it with `cnn train --resume {raw}`"
+                if status != "complete"
+                else "the run reports complete, so the file was moved or deleted"
+            )
         raise cfg.error(f"`{raw}` has no model.keras to take layers from ({why})", key)
     return run_dir, model_file
 
@@ -196,24 +223,34 @@ def build_from_run(cfg: Config, input_shape: Sequence[int]) -> Any:
     source = load_source_model(cfg)
     expected = tuple(int(d) for d in source.inputs[0].shape[1:])
     if tuple(input_shape) != expected:
-        raise cfg.error(f"the model of run `{spec.from_run}` takes {_fmt(expected)} images, but the input is "
-                        f"{_fmt(input_shape)}; remove model.input_shape (the data is then converted) or set it "
-                        f"to {list(expected)}", input_key(cfg))
+        raise cfg.error(
+            f"the model of run `{spec.from_run}` takes {_fmt(expected)} images, but the input is "
+            f"{_fmt(input_shape)}; remove model.input_shape (the data is then converted) or set it "
+            f"to {list(expected)}",
+            input_key(cfg),
+        )
     names = [layer.name for layer in source.layers if type(layer).__name__ != "InputLayer"]
     cut = spec.layers_until or default_cut(source)
     if cut not in names:
-        raise cfg.error(f"the model of run `{spec.from_run}` has no top-level layer `{cut}`"
-                        f"{did_you_mean(cut, names)}; its layers: {', '.join(names)}",
-                        ("model", "backbone", "layers_until"))
+        raise cfg.error(
+            f"the model of run `{spec.from_run}` has no top-level layer `{cut}`"
+            f"{did_you_mean(cut, names)}; its layers: {', '.join(names)}",
+            ("model", "backbone", "layers_until"),
+        )
     if cut == names[-1]:
-        raise cfg.error(f"`{cut}` is that model's output layer; cut earlier so the new head has "
-                        "features to classify (by default the base ends before the last Dense layer)",
-                        ("model", "backbone", "layers_until"))
+        raise cfg.error(
+            f"`{cut}` is that model's output layer; cut earlier so the new head has "
+            "features to classify (by default the base ends before the last Dense layer)",
+            ("model", "backbone", "layers_until"),
+        )
     x = source.get_layer(cut).output
     if spec.pooling is not None:
         if len(x.shape) != 4:
-            raise cfg.error(f"pooling needs a feature map, but layer `{cut}` outputs {_fmt(x.shape[1:])}; "
-                            "remove pooling or cut at a convolution or pooling layer", ("model", "backbone", "pooling"))
+            raise cfg.error(
+                f"pooling needs a feature map, but layer `{cut}` outputs {_fmt(x.shape[1:])}; "
+                "remove pooling or cut at a convolution or pooling layer",
+                ("model", "backbone", "pooling"),
+            )
         pool = keras.layers.GlobalAveragePooling2D if spec.pooling == "avg" else keras.layers.GlobalMaxPooling2D
         x = pool(name=f"{spec.pooling}_pool")(x)
     return keras.Model(source.inputs, x, name=FROM_RUN_NAME)
@@ -235,8 +272,9 @@ def build_backbone(cfg: Config, input_shape: Sequence[int], load_weights: bool =
     if weights_file:
         check_weights_file(cfg, weights_file)
     # A weights file is loaded below, not by keras.applications, so that a mismatch is reported at `weights`.
-    kwargs: dict[str, Any] = dict(include_top=spec.include_top, weights=None if weights_file else weights,
-                                  input_shape=tuple(input_shape))
+    kwargs: dict[str, Any] = dict(
+        include_top=spec.include_top, weights=None if weights_file else weights, input_shape=tuple(input_shape)
+    )
     if not spec.include_top:
         kwargs["pooling"] = spec.pooling
     try:
@@ -265,12 +303,18 @@ class _WeightsHint:
     def message(self) -> str:
         assert self.missing is not None  # asked only once a missing file was seen
         fname, cache = self.missing
-        found = (" (a file of that name was there but did not match its published checksum, an incomplete "
-                 "download?, and Keras removed it)" if self.was_corrupt else "")
-        return (f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded{found}; "
-                f"place `{fname}` in `{cache}` so that {os.path.join(cache, fname)} exists "
-                "(Keras's cache is $KERAS_HOME/models, by default ~/.keras/models), "
-                "or set `weights: null` or a path to a weights file")
+        found = (
+            " (a file of that name was there but did not match its published checksum, an incomplete "
+            "download?, and Keras removed it)"
+            if self.was_corrupt
+            else ""
+        )
+        return (
+            f"ImageNet weights for {self.backbone} are not in Keras's cache and cannot be downloaded{found}; "
+            f"place `{fname}` in `{cache}` so that {os.path.join(cache, fname)} exists "
+            "(Keras's cache is $KERAS_HOME/models, by default ~/.keras/models), "
+            "or set `weights: null` or a path to a weights file"
+        )
 
 
 @contextlib.contextmanager

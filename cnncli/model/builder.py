@@ -26,7 +26,6 @@ from cnncli.errors import ConfigError, Problem
 from cnncli.model import backbones
 
 if TYPE_CHECKING:
-
     from cnncli.config.schema import LayerSpec
 
 INPUT_NAME = "image"  # the model's input; `inputs: [input]` refers to the scaled image
@@ -103,8 +102,14 @@ def layer_names(specs: Sequence[LayerSpec]) -> list[str]:
     return names
 
 
-def build_model(cfg: Config, input_shape: Sequence[int], load_weights: bool = True,
-                output_dtype: str | None = None, specs_checked: bool = False, classifier: bool = True) -> Any:
+def build_model(
+    cfg: Config,
+    input_shape: Sequence[int],
+    load_weights: bool = True,
+    output_dtype: str | None = None,
+    specs_checked: bool = False,
+    classifier: bool = True,
+) -> Any:
     """The Keras model for `cfg`, taking raw pixels of `input_shape`.
 
     `load_weights=False` builds a backbone untrained (for summaries: same shapes and
@@ -153,14 +158,18 @@ def check_output(cfg: Config, x: Any, last_name: str | None) -> None:
     if len(x.shape) == 2:
         return
     if last_name is None:
-        raise cfg.error(f"the backbone outputs shape {_fmt(tuple(x.shape))}, not (batch, classes); add layers "
-                        "ending in a Dense layer, e.g. {type: GlobalAveragePooling2D} then {type: Dense, units: N}",
-                        ("model", "backbone"))
+        raise cfg.error(
+            f"the backbone outputs shape {_fmt(tuple(x.shape))}, not (batch, classes); add layers "
+            "ending in a Dense layer, e.g. {type: GlobalAveragePooling2D} then {type: Dense, units: N}",
+            ("model", "backbone"),
+        )
     last = len(cfg.model.layers) - 1
-    raise cfg.error(f"the last layer `{last_name}` ({cfg.model.layers[last].type}) outputs shape "
-                    f"{_fmt(tuple(x.shape))}, but a classifier outputs (batch, classes); put a "
-                    "{type: Flatten} or {type: GlobalAveragePooling2D} before the Dense layers",
-                    ("model", "layers", last))
+    raise cfg.error(
+        f"the last layer `{last_name}` ({cfg.model.layers[last].type}) outputs shape "
+        f"{_fmt(tuple(x.shape))}, but a classifier outputs (batch, classes); put a "
+        "{type: Flatten} or {type: GlobalAveragePooling2D} before the Dense layers",
+        ("model", "layers", last),
+    )
 
 
 def check_model(cfg: Config) -> None:
@@ -178,10 +187,12 @@ def check_classes(cfg: Config, outputs: int, num_classes: int, source: str | Non
     if outputs == num_classes:
         return
     source = source or cfg.data.path or cfg.data.dataset
-    message = (f"{source}: labels go up to {num_classes - 1} ({num_classes} classes) but the model outputs "
-               f"{outputs} values" if outputs < num_classes else
-               f"the model outputs {outputs} values but {source} has {num_classes} classes, so some outputs "
-               "would belong to no class")
+    message = (
+        f"{source}: labels go up to {num_classes - 1} ({num_classes} classes) but the model outputs {outputs} values"
+        if outputs < num_classes
+        else f"the model outputs {outputs} values but {source} has {num_classes} classes, so some outputs "
+        "would belong to no class"
+    )
     message += f"; set the last layer's units to {num_classes}"
     last = len(cfg.model.layers) - 1
     if last >= 0 and "units" in cfg.model.layers[last].args:
@@ -226,8 +237,11 @@ def _call_layer(cfg: Config, layer, arg, path: str, type_name: str):
         raise cfg.error(f"{type_name} cannot take input of shape {_fmt(shapes)}: {message}", path) from None
     dims = [d for d in out.shape[1:] if d is not None]
     if any(d <= 0 for d in dims):
-        raise cfg.error(f"{type_name} output shape {_fmt(tuple(out.shape))} reaches zero; "
-                        "the input is too small for this many layers, or the kernel/stride too large", path)
+        raise cfg.error(
+            f"{type_name} output shape {_fmt(tuple(out.shape))} reaches zero; "
+            "the input is too small for this many layers, or the kernel/stride too large",
+            path,
+        )
     return out
 
 

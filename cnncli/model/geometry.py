@@ -54,10 +54,16 @@ class Summary:
 
     def as_json(self) -> dict[str, Any]:
         """The summary as plain data, for --json."""
-        return {"name": self.name, "total_params": self.total_params, "trainable_params": self.trainable_params,
-                "non_trainable_params": self.non_trainable_params, "size_mb": round(self.size_mb, 3),
-                "total_macs": self.total_macs, "layers": [r.as_json() for r in self.layers],
-                "warnings": self.warnings}
+        return {
+            "name": self.name,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "non_trainable_params": self.non_trainable_params,
+            "size_mb": round(self.size_mb, 3),
+            "total_macs": self.total_macs,
+            "layers": [r.as_json() for r in self.layers],
+            "warnings": self.warnings,
+        }
 
 
 @dataclass
@@ -81,16 +87,28 @@ def _window(layer) -> tuple[Field2, Field2, str, Field2] | None:
     """(kernel, strides, padding, dilation) for layers that slide a window over the image."""
     cfg = layer.get_config()
     if "kernel_size" in cfg:
-        return _pair(cfg["kernel_size"]), _pair(cfg.get("strides")), cfg.get("padding", "valid"), \
-            _pair(cfg.get("dilation_rate"))
+        return (
+            _pair(cfg["kernel_size"]),
+            _pair(cfg.get("strides")),
+            cfg.get("padding", "valid"),
+            _pair(cfg.get("dilation_rate")),
+        )
     if "pool_size" in cfg and not type(layer).__name__.startswith("Global"):
         strides = cfg.get("strides") or cfg["pool_size"]
         return _pair(cfg["pool_size"]), _pair(strides), cfg.get("padding", "valid"), (1, 1)
     return None
 
 
-_ENDS_SPATIAL = ("Flatten", "Dense", "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAvgPool2D",
-                 "GlobalMaxPool2D", "Reshape", "Dropout_")  # Dropout keeps whatever it gets
+_ENDS_SPATIAL = (
+    "Flatten",
+    "Dense",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
+    "Reshape",
+    "Dropout_",
+)  # Dropout keeps whatever it gets
 
 
 def all_layers(model: Any) -> Any:
@@ -113,8 +131,11 @@ def _macs(layer, in_shape, out_shape) -> int:
     if out_shape is None:
         return 0
     if kind in ("Conv2D", "Conv1D", "Conv3D", "Conv2DTranspose") and hasattr(layer, "kernel"):
-        k = int(layer.kernel.shape[:-1].num_elements() if hasattr(layer.kernel.shape, "num_elements")
-                else _prod(layer.kernel.shape[:-1]))
+        k = int(
+            layer.kernel.shape[:-1].num_elements()
+            if hasattr(layer.kernel.shape, "num_elements")
+            else _prod(layer.kernel.shape[:-1])
+        )
         return _prod(out_shape[1:]) * k
     if kind == "DepthwiseConv2D":
         return _prod(out_shape[1:]) * _prod(layer.kernel_size)
@@ -140,20 +161,26 @@ def _tiling_warning(layer, in_shape, window) -> list[str]:
         return []
     ke = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
     strides = (sh, sw)
-    lost = [name for name, size, k, s in zip(("row", "column"), in_shape[1:3], ke, strides, strict=True)
-            if size >= k and (size - k) % s != 0]
+    lost = [
+        name
+        for name, size, k, s in zip(("row", "column"), in_shape[1:3], ke, strides, strict=True)
+        if size >= k and (size - k) % s != 0
+    ]
     if not lost:
         return []
     axis = 1 if lost == ["column"] else 0
     size, k, s = in_shape[1 + axis], ke[axis], strides[axis]
     what = "window" if "Pool" in type(layer).__name__ else "filter"
-    return [f"{layer.name}: {in_shape[1]}×{in_shape[2]} input, {kh}×{kw} {what}, stride {s}: "
-            f"({size}−{k})/{s}+1 is not an integer; the last {' and '.join(lost)} "
-            f"{'is' if len(lost) == 1 else 'are'} ignored"]
+    return [
+        f"{layer.name}: {in_shape[1]}×{in_shape[2]} input, {kh}×{kw} {what}, stride {s}: "
+        f"({size}−{k})/{s}+1 is not an integer; the last {' and '.join(lost)} "
+        f"{'is' if len(lost) == 1 else 'are'} ignored"
+    ]
 
 
-def _walk(model, states: dict[int, _State], rows: list[LayerRow], warnings: list[str],
-          input_state: _State, prefix: str = "") -> _State:
+def _walk(
+    model, states: dict[int, _State], rows: list[LayerRow], warnings: list[str], input_state: _State, prefix: str = ""
+) -> _State:
     """Fill `rows` for every layer of a functional model; return the output's state."""
     for tensor in model.inputs:
         states[id(tensor)] = input_state
@@ -185,11 +212,17 @@ def _walk(model, states: dict[int, _State], rows: list[LayerRow], warnings: list
         last = state
         if kind == "InputLayer":
             continue
-        rows.append(LayerRow(
-            name=prefix + layer.name, type=kind, output_shape=out_shape, params=int(layer.count_params()),
-            trainable_params=int(sum(_prod(w.shape) for w in layer.trainable_weights)),
-            receptive_field=list(state.rf) if state.rf is not None and _spatial(out_shape) else None,
-            macs=_macs(layer, in_shape, out_shape) if not hasattr(layer, "layers") else _nested_macs(layer)))
+        rows.append(
+            LayerRow(
+                name=prefix + layer.name,
+                type=kind,
+                output_shape=out_shape,
+                params=int(layer.count_params()),
+                trainable_params=int(sum(_prod(w.shape) for w in layer.trainable_weights)),
+                receptive_field=list(state.rf) if state.rf is not None and _spatial(out_shape) else None,
+                macs=_macs(layer, in_shape, out_shape) if not hasattr(layer, "layers") else _nested_macs(layer),
+            )
+        )
     return last
 
 

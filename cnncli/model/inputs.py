@@ -32,19 +32,27 @@ def plan_input(cfg: Config) -> InputPlan:
         shape = source_input_shape(cfg)
         info = describe(cfg.data)
         if tuple(info.input_shape) != shape:
-            notes.append(f"the model of run `{backbone.from_run}` takes {shape[0]}×{shape[1]}×{shape[2]} images; "
-                         f"the {info.input_shape[0]}×{info.input_shape[1]}×{info.input_shape[2]} images are "
-                         "converted to that")
+            notes.append(
+                f"the model of run `{backbone.from_run}` takes {shape[0]}×{shape[1]}×{shape[2]} images; "
+                f"the {info.input_shape[0]}×{info.input_shape[1]}×{info.input_shape[2]} images are "
+                "converted to that"
+            )
         return InputPlan(shape, info.num_classes, info.class_names, notes)
-    if backbone is not None and backbone.name is not None and cfg.data.color_mode is None \
-            and cfg.model.input_shape is None:
+    if (
+        backbone is not None
+        and backbone.name is not None
+        and cfg.data.color_mode is None
+        and cfg.model.input_shape is None
+    ):
         from cnncli.data import describe
 
         info = describe(cfg.data)
         if info.input_shape[-1] == 1:
             cfg.data.color_mode = "rgb"
-            notes.append(f"{backbone.name} expects 3 colour channels; "
-                         "the grayscale images are converted to RGB (set data.color_mode to choose)")
+            notes.append(
+                f"{backbone.name} expects 3 colour channels; "
+                "the grayscale images are converted to RGB (set data.color_mode to choose)"
+            )
     if cfg.model.input_shape:  # stated: no need to look at the data (it may not exist yet)
         return InputPlan(tuple(cfg.model.input_shape), None, None, notes)
     from cnncli.data import describe  # only now: a stated shape needs no data code at all

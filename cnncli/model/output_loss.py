@@ -25,8 +25,17 @@ from cnncli.config.schema import Config
 from cnncli.errors import Problem
 
 # Layers whose output, at inference, holds the values the layer before made: the activation is that layer's.
-_SAME_VALUES = {"Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
-                "GaussianNoise", "AlphaDropout", "ActivityRegularization", "Identity"}
+_SAME_VALUES = {
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianDropout",
+    "GaussianNoise",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+}
 _LOGITS = {"linear", "log_softmax"}  # activations whose outputs are logits (softmax of them is the distribution)
 _PROBABILITIES = {"softmax", "sigmoid", "hard_sigmoid"}
 
@@ -57,24 +66,32 @@ def loss_output_problems(cfg: Config, model: Any, names: list[str]) -> list[Prob
     shown = name if isinstance(cfg.train.loss, str) else cls.__name__
     as_logits = f"{{type: {cls.__name__}, from_logits: true}}"
     if not from_logits and activation in _LOGITS:
-        message = (f"{shown} reads the model's output as probabilities (from_logits: false), but {what} outputs "
-                   f"logits ({'no activation' if activation == 'linear' else activation}), so training stalls "
-                   f"near chance; add `activation: {'softmax' if categorical else 'sigmoid'}` to that layer, "
-                   f"or write the loss as {as_logits}")
+        message = (
+            f"{shown} reads the model's output as probabilities (from_logits: false), but {what} outputs "
+            f"logits ({'no activation' if activation == 'linear' else activation}), so training stalls "
+            f"near chance; add `activation: {'softmax' if categorical else 'sigmoid'}` to that layer, "
+            f"or write the loss as {as_logits}"
+        )
     elif not from_logits and categorical and activation != "softmax":
         classes = int(model.outputs[0].shape[-1])
-        message = (f"{shown} reads the model's output as one probability distribution over the {classes} "
-                   f"classes, but {what} applies `{activation}`, whose outputs are no distribution (they need not "
-                   "sum to 1), so the loss does not measure the classification; use `activation: softmax` on that "
-                   "layer")
+        message = (
+            f"{shown} reads the model's output as one probability distribution over the {classes} "
+            f"classes, but {what} applies `{activation}`, whose outputs are no distribution (they need not "
+            "sum to 1), so the loss does not measure the classification; use `activation: softmax` on that "
+            "layer"
+        )
     elif not from_logits and not categorical and activation not in _PROBABILITIES:
-        message = (f"{shown} reads each output as a probability in [0, 1], but {what} applies `{activation}`, "
-                   "whose outputs are not; use `activation: sigmoid` (or softmax) on that layer")
+        message = (
+            f"{shown} reads each output as a probability in [0, 1], but {what} applies `{activation}`, "
+            "whose outputs are not; use `activation: sigmoid` (or softmax) on that layer"
+        )
     elif from_logits and activation in _PROBABILITIES:
-        message = (f"{shown} with from_logits: true applies {'softmax' if categorical else 'sigmoid'} to the "
-                   f"model's output itself, but {what} already applies `{activation}`, so the output is "
-                   "squashed twice and the loss cannot fall near zero; remove `from_logits: true` "
-                   "(cnn predict and evaluate read the output as probabilities)")
+        message = (
+            f"{shown} with from_logits: true applies {'softmax' if categorical else 'sigmoid'} to the "
+            f"model's output itself, but {what} already applies `{activation}`, so the output is "
+            "squashed twice and the loss cannot fall near zero; remove `from_logits: true` "
+            "(cnn predict and evaluate read the output as probabilities)"
+        )
     else:
         return []
     return [Problem(message, where)]

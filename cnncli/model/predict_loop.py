@@ -20,8 +20,9 @@ def in_batches(run: Callable[[np.ndarray], object], x: Any, classes: int, batch_
     x = np.asarray(x)
     if len(x) == 0:
         return np.zeros((0, classes), np.float32)
-    return np.concatenate([np.asarray(run(x[i:i + batch_size].astype(np.float32)), np.float32)
-                           for i in range(0, len(x), batch_size)])
+    return np.concatenate(
+        [np.asarray(run(x[i : i + batch_size].astype(np.float32)), np.float32) for i in range(0, len(x), batch_size)]
+    )
 
 
 def keras_predict(model: Any, x: Any, batch_size: int = BATCH) -> np.ndarray:

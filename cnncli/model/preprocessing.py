@@ -25,10 +25,24 @@ from cnncli.fileio import looks_like
 # keras.applications.imagenet_utils modes, per backbone family; "none" means the
 # application scales its inputs itself (EfficientNet, ConvNeXt, MobileNetV3).
 BACKBONE_MODES = {
-    "VGG16": "caffe", "VGG19": "caffe", "ResNet50": "caffe", "ResNet101": "caffe", "ResNet152": "caffe",
-    "ResNet50V2": "tf", "ResNet101V2": "tf", "ResNet152V2": "tf", "MobileNet": "tf", "MobileNetV2": "tf",
-    "InceptionV3": "tf", "InceptionResNetV2": "tf", "Xception": "tf", "NASNetMobile": "tf", "NASNetLarge": "tf",
-    "DenseNet121": "torch", "DenseNet169": "torch", "DenseNet201": "torch",
+    "VGG16": "caffe",
+    "VGG19": "caffe",
+    "ResNet50": "caffe",
+    "ResNet101": "caffe",
+    "ResNet152": "caffe",
+    "ResNet50V2": "tf",
+    "ResNet101V2": "tf",
+    "ResNet152V2": "tf",
+    "MobileNet": "tf",
+    "MobileNetV2": "tf",
+    "InceptionV3": "tf",
+    "InceptionResNetV2": "tf",
+    "Xception": "tf",
+    "NASNetMobile": "tf",
+    "NASNetLarge": "tf",
+    "DenseNet121": "torch",
+    "DenseNet169": "torch",
+    "DenseNet201": "torch",
 }
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -55,8 +69,11 @@ def input_scaling(mode: str, backbone: Any, name: str = "preprocess") -> keras.l
     if mode == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=name)
     if mode == "torch":
-        return keras.layers.Rescaling([1.0 / (255.0 * s) for s in _TORCH_STD],
-                                      offset=[-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)], name=name)
+        return keras.layers.Rescaling(
+            [1.0 / (255.0 * s) for s in _TORCH_STD],
+            offset=[-m / s for m, s in zip(_TORCH_MEAN, _TORCH_STD, strict=True)],
+            name=name,
+        )
     return keras.layers.Identity(name=name)
 
 
@@ -107,8 +124,9 @@ def load_model(path: str | Path) -> Any:
     there, so such a file is described by what it looks like instead.
     """
     if Path(path).is_file() and not zipfile.is_zipfile(path):
-        raise RunError(f"`{path}` is not a Keras model file: a .keras model is a zip archive, and this is "
-                       f"{looks_like(Path(path))}")
+        raise RunError(
+            f"`{path}` is not a Keras model file: a .keras model is a zip archive, and this is {looks_like(Path(path))}"
+        )
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # a damaged zip, a zip of something else

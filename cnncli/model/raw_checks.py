@@ -45,8 +45,12 @@ def raw_spec_problems(data: Any) -> list[Problem]:
             problems += backbone_problems(BackboneSpec.model_validate(backbone))
         except ValidationError:
             pass
-    problems += _raw_train_problems(section("train", "optimizer"), section("train", "lr_schedule"),
-                                    section("train", "loss"), section("train", "phases"))
+    problems += _raw_train_problems(
+        section("train", "optimizer"),
+        section("train", "lr_schedule"),
+        section("train", "loss"),
+        section("train", "phases"),
+    )
     if not any(p.path.startswith("model.") for p in problems):
         problems += _raw_shape_problems(data)
     return problems
@@ -94,9 +98,13 @@ def _raw_train_problems(optimizer: Any, schedule: Any, loss: Any, phases: Any) -
 
     specs: list[tuple[Any, type[BaseModel], Callable[..., list[Problem]], str]] = [
         (optimizer, OptimizerSpec, optimizer_problems, "train.optimizer"),
-             (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule")]
-    specs += [(p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
-              for i, p in enumerate(phases if isinstance(phases, list) else []) if isinstance(p, dict)]
+        (schedule, ScheduleSpec, schedule_problems, "train.lr_schedule"),
+    ]
+    specs += [
+        (p.get("optimizer"), OptimizerSpec, optimizer_problems, f"train.phases[{i}].optimizer")
+        for i, p in enumerate(phases if isinstance(phases, list) else [])
+        if isinstance(p, dict)
+    ]
     problems: list[Problem] = []
     for raw, schema, check, path in specs:
         if isinstance(raw, dict):

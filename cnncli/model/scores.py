@@ -20,8 +20,9 @@ DEFAULT_TOP_K = 5  # the classic ImageNet "top-5"; only reported when there are 
 MOST_CONFUSED = 5  # how many off-diagonal pairs are worth reading in a terminal
 
 
-def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: list[str],
-                          top_k: int | None = None) -> dict:
+def classification_report(
+    y_true: np.ndarray, probs: np.ndarray, class_names: list[str], top_k: int | None = None
+) -> dict:
     """Metrics of a classifier on N examples with K classes.
 
     `y_true` holds N integer labels in [0, K); `probs` is (N, K), one row of class
@@ -59,8 +60,13 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: li
     if top is not None:
         report["top_k_accuracy"] = {"k": top, "value": top_k_accuracy(y, p, top)}
     report["per_class"] = [
-        {"class": str(name), "precision": float(precision[i]), "recall": float(recall[i]),
-         "f1": float(f1[i]), "support": int(support[i])}
+        {
+            "class": str(name),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
         for i, name in enumerate(class_names)
     ]
     report["macro_f1"] = float(f1.mean())  # unweighted over all K classes, zero-support ones included
@@ -92,8 +98,11 @@ def most_confused(cm: np.ndarray, class_names: list[str], limit: int = MOST_CONF
     """The off-diagonal cells with the largest counts: most first, ties by class names."""
     cm = np.asarray(cm)
     true_idx, pred_idx = np.nonzero(cm)
-    pairs = [(int(cm[t, q]), str(class_names[t]), str(class_names[q]))
-             for t, q in zip(true_idx, pred_idx, strict=True) if t != q]
+    pairs = [
+        (int(cm[t, q]), str(class_names[t]), str(class_names[q]))
+        for t, q in zip(true_idx, pred_idx, strict=True)
+        if t != q
+    ]
     pairs.sort(key=lambda c: (-c[0], c[1], c[2]))
     return [{"true": t, "predicted": q, "count": c} for c, t, q in pairs[:limit]]
 
@@ -125,8 +134,9 @@ def _check(y_true, probs, class_names) -> tuple[np.ndarray, np.ndarray]:
     if y.ndim == 2 and y.shape[1] == 1:  # labels as (N, 1), as some Keras datasets (cifar10) store them
         y = y[:, 0]
     if y.ndim != 1:
-        raise DataError(f"labels must be a 1-D array of class indices, got shape {y.shape} "
-                        "(one-hot labels? pass their argmax)")
+        raise DataError(
+            f"labels must be a 1-D array of class indices, got shape {y.shape} (one-hot labels? pass their argmax)"
+        )
     if len(y) != n:
         raise DataError(f"length mismatch: {len(y)} labels but {n} rows of probabilities")
     if n == 0:
@@ -138,8 +148,7 @@ def _check(y_true, probs, class_names) -> tuple[np.ndarray, np.ndarray]:
     if y.max() >= k or y.min() < 0:
         bad = int(y.max()) if y.max() >= k else int(y.min())
         which = "largest" if bad >= k else "smallest"
-        raise DataError(f"label {bad} ({which} label) is out of range for {k} classes; "
-                        f"labels must be 0..{k - 1}")
+        raise DataError(f"label {bad} ({which} label) is out of range for {k} classes; labels must be 0..{k - 1}")
     if not np.all(np.isfinite(p)):
         raise DataError("probabilities contain NaN or infinity; the model diverged or its output is not a softmax")
     return y.astype(np.int64), p

@@ -21,9 +21,11 @@ PRESETS: dict[str, dict] = {
     "vgg16-transfer": {"image_size": (224, 224), "color_mode": "rgb"},
 }
 DATA_KINDS = ("image_folder",)  # what --data KIND:DIR accepts
-SHAPES_DATA = ("  dataset: shapes               # built-in synthetic figures, offline; for your images:\n"
-               "                                # cnn init --data image_folder:DIR (one sub-folder per class)\n"
-               "  shapes: {image_size: 32}")
+SHAPES_DATA = (
+    "  dataset: shapes               # built-in synthetic figures, offline; for your images:\n"
+    "                                # cnn init --data image_folder:DIR (one sub-folder per class)\n"
+    "  shapes: {image_size: 32}"
+)
 SHAPES_CLASSES = 6
 
 
@@ -46,8 +48,9 @@ def template_text(name: str) -> str:
     """The YAML text of template `name`, or a CnnError listing the templates."""
     names = list_templates()
     if name not in names:
-        raise UsageError(f"unknown template `{name}`{did_you_mean(name, names)}; choose one of: {', '.join(names)}",
-                         "--template")
+        raise UsageError(
+            f"unknown template `{name}`{did_you_mean(name, names)}; choose one of: {', '.join(names)}", "--template"
+        )
     return resources.files(__package__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 
@@ -61,8 +64,12 @@ def inspect_data(spec: str, config_path: Path) -> DataFacts:
 
     info = describe(DataConfig(dataset=kind, path=folder))
     relative = os.path.relpath(os.path.abspath(folder), os.path.abspath(config_path.parent))
-    return DataFacts(relative, info.class_names, (info.input_shape[0], info.input_shape[1]),
-                     "rgb" if info.input_shape[2] == 3 else "grayscale")
+    return DataFacts(
+        relative,
+        info.class_names,
+        (info.input_shape[0], info.input_shape[1]),
+        "rgb" if info.input_shape[2] == 3 else "grayscale",
+    )
 
 
 def render(template: str, name: str, facts: DataFacts | None, schema: str) -> str:
@@ -76,14 +83,21 @@ def render(template: str, name: str, facts: DataFacts | None, schema: str) -> st
     else:
         size = preset.get("image_size", facts.image_size)
         shown = ", ".join(facts.classes[:6]) + (", …" if len(facts.classes) > 6 else "")
-        data = (f"  dataset: image_folder\n"
-                f"  path: {facts.path}{' ' * max(1, 22 - len(facts.path))}# relative to this file; "
-                f"{len(facts.classes)} classes: {shown}\n"
-                f"  image_size: {list(size)}{' ' * max(1, 16 - len(str(list(size))))}# every image is resized to this\n"
-                f"  color_mode: {preset.get('color_mode', facts.color_mode)}")
+        data = (
+            f"  dataset: image_folder\n"
+            f"  path: {facts.path}{' ' * max(1, 22 - len(facts.path))}# relative to this file; "
+            f"{len(facts.classes)} classes: {shown}\n"
+            f"  image_size: {list(size)}{' ' * max(1, 16 - len(str(list(size))))}# every image is resized to this\n"
+            f"  color_mode: {preset.get('color_mode', facts.color_mode)}"
+        )
         classes = len(facts.classes)
-    values = {"@SCHEMA@": f"# yaml-language-server: $schema={schema}", "@NAME@": name, "@DATA@": data,
-              "@CLASSES@": str(classes), "@FROM_RUN@": "runs/RUN_NAME/TIMESTAMP   # replace with your run"}
+    values = {
+        "@SCHEMA@": f"# yaml-language-server: $schema={schema}",
+        "@NAME@": name,
+        "@DATA@": data,
+        "@CLASSES@": str(classes),
+        "@FROM_RUN@": "runs/RUN_NAME/TIMESTAMP   # replace with your run",
+    }
     for marker, value in values.items():
         text = text.replace(marker, value)
     return text

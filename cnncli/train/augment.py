@@ -72,8 +72,9 @@ def _seed_for(spec, seed: int) -> dict:
     return {"seed": seed} if takes_seed and "seed" not in spec.args else {}
 
 
-def augmentation_problems(cfg: Config, input_shape: Sequence[int],
-                          precisions: Sequence[str] | None = None) -> list[Problem]:
+def augmentation_problems(
+    cfg: Config, input_shape: Sequence[int], precisions: Sequence[str] | None = None
+) -> list[Problem]:
     """What goes wrong when `data.augment` runs on a batch of `input_shape` images, under each precision.
 
     `precisions`: those the run may get (default: the config's, or every one `auto` may choose).
@@ -118,29 +119,41 @@ def _trial(cfg: Config, shape: tuple, precision: str, say_precision: bool) -> li
 
     augmentation = build_augmentation(cfg, seed=cfg.seed or 0)
     under = f" (under precision {precision}, which `runtime.precision: auto` may choose)" if say_precision else ""
-    x = tf.constant(np.linspace(0, 255, TRIAL_BATCH * int(np.prod(shape)), dtype="float32").reshape(
-        (TRIAL_BATCH, *shape)))
+    x = tf.constant(
+        np.linspace(0, 255, TRIAL_BATCH * int(np.prod(shape)), dtype="float32").reshape((TRIAL_BATCH, *shape))
+    )
     changed = None  # the first layer that changes the image shape
     assert augmentation is not None  # the config has augmentation layers
     for i, layer in enumerate(augmentation.layers):
         try:
             layer(x, training=True)  # eagerly first: Keras's own message, not tf.function's wrapping of it
-            traced = tf.function(lambda t, layer=layer: layer(t, training=True),
-                                 input_signature=[tf.TensorSpec((None, *x.shape[1:]), x.dtype)])
+            traced = tf.function(
+                lambda t, layer=layer: layer(t, training=True),
+                input_signature=[tf.TensorSpec((None, *x.shape[1:]), x.dtype)],
+            )
             x = traced(x)
         except Exception as exc:  # whatever Keras raises, it comes from this layer on these images
             reason = _reason(exc, keras_message)
             if x.shape[-1] == 1 and "channels" in reason:
                 reason += "; `data.color_mode: rgb` gives the images 3 channels"
-            return [Problem(f"{type(layer).__name__} cannot run on {_shown(x.shape[1:])} images{under}: {reason}",
-                            f"data.augment[{i}]")]
+            return [
+                Problem(
+                    f"{type(layer).__name__} cannot run on {_shown(x.shape[1:])} images{under}: {reason}",
+                    f"data.augment[{i}]",
+                )
+            ]
         if changed is None and tuple(x.shape[1:]) != shape:
             changed = i
     if tuple(x.shape[1:]) != shape and changed is not None:
-        return [Problem(f"{cfg.data.augment[changed].type} turns the {_shown(shape)} training images into "
-                        f"{_shown(x.shape[1:])}, but the model takes {_shown(shape)} (and evaluation does not "
-                        "augment); augmentation must keep the image size: resize with data.image_size, or pad "
-                        "before cropping", f"data.augment[{changed}]")]
+        return [
+            Problem(
+                f"{cfg.data.augment[changed].type} turns the {_shown(shape)} training images into "
+                f"{_shown(x.shape[1:])}, but the model takes {_shown(shape)} (and evaluation does not "
+                "augment); augmentation must keep the image size: resize with data.image_size, or pad "
+                "before cropping",
+                f"data.augment[{changed}]",
+            )
+        ]
     return []
 
 

@@ -22,8 +22,10 @@ from cnncli import fileio
 from cnncli.errors import RunError
 
 # The attributes each callback keeps between epochs (Keras 3.13-3.15 names; see their on_train_begin).
-CARRIED = {"EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
-           "ReduceLROnPlateau": ("wait", "cooldown_counter", "best")}
+CARRIED = {
+    "EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
+    "ReduceLROnPlateau": ("wait", "cooldown_counter", "best"),
+}
 BEST_WEIGHTS = ".best_weights.npz"  # suffix of the checkpoint prefix
 
 

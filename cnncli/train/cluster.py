@@ -48,10 +48,13 @@ def cluster_role(raw: str | None) -> ClusterRole:
 def _read_tf_config(raw: str | None) -> tuple[str, int, dict[str, list[str]]]:
     """This task's type and index, and the addresses of the tasks that train, by type."""
     if not raw:
-        raise CnnError("runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
-                       "see docs/training.md, 'Scaling out', for the cluster and task it must name")
-    expected = ('expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-                '"task": {"type": "worker", "index": 0}}')
+        raise CnnError(
+            "runtime.distribute is `multi_worker` but TF_CONFIG is not set; "
+            "see docs/training.md, 'Scaling out', for the cluster and task it must name"
+        )
+    expected = (
+        'expected e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}'
+    )
     try:
         tf_config = json.loads(raw)
         cluster, task = tf_config["cluster"], tf_config["task"]
@@ -60,11 +63,14 @@ def _read_tf_config(raw: str | None) -> tuple[str, int, dict[str, list[str]]]:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CnnError(f"TF_CONFIG is not valid ({type(exc).__name__}: {exc}); {expected}") from None
     if task_type not in members:
-        raise CnnError(f"TF_CONFIG task type `{task_type}` cannot train here: multi_worker runs tasks of "
-                       "type `chief` and `worker` (an `evaluator` or `ps` task is not supported)")
+        raise CnnError(
+            f"TF_CONFIG task type `{task_type}` cannot train here: multi_worker runs tasks of "
+            "type `chief` and `worker` (an `evaluator` or `ps` task is not supported)"
+        )
     if not 0 <= index < len(members[task_type]):
-        raise CnnError(f"TF_CONFIG task index {index} is outside the cluster's {len(members[task_type])} "
-                       f"`{task_type}` address(es)")
+        raise CnnError(
+            f"TF_CONFIG task index {index} is outside the cluster's {len(members[task_type])} `{task_type}` address(es)"
+        )
     if len(members["chief"]) > 1:
         raise CnnError("TF_CONFIG lists more than one `chief`; name one, or none (then worker 0 is the chief)")
     return task_type, index, members
@@ -89,8 +95,12 @@ def wait_for_cluster(timeout: float) -> None:
     its own port, so that the others' loops see it before TensorFlow's server starts there.
     """
     task_type, index, members = _read_tf_config(os.environ.get("TF_CONFIG"))
-    peers = [(f"{job} {i}", address) for job in ("chief", "worker") for i, address in enumerate(members[job])
-             if (job, i) != (task_type, index)]
+    peers = [
+        (f"{job} {i}", address)
+        for job in ("chief", "worker")
+        for i, address in enumerate(members[job])
+        if (job, i) != (task_type, index)
+    ]
     for name, address in peers:
         _host_port(name, address)  # a malformed address fails before any wait
     with _listening(f"{task_type} {index}", members[task_type][index]) as listener:
@@ -102,12 +112,15 @@ def wait_for_cluster(timeout: float) -> None:
                 return
             missing = ", ".join(f"{name} at {address}" for name, address in peers)
             if time.monotonic() >= deadline:
-                raise CnnError(f"{missing} did not answer within {timeout:g} s (runtime.cluster_timeout); start "
-                               "`cnn train` there with the same config and its own TF_CONFIG task, or correct "
-                               "TF_CONFIG's cluster addresses")
+                raise CnnError(
+                    f"{missing} did not answer within {timeout:g} s (runtime.cluster_timeout); start "
+                    "`cnn train` there with the same config and its own TF_CONFIG task, or correct "
+                    "TF_CONFIG's cluster addresses"
+                )
             if not told:
-                print(f"waiting for {missing} (up to {timeout:g} s, runtime.cluster_timeout)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"waiting for {missing} (up to {timeout:g} s, runtime.cluster_timeout)", file=sys.stderr, flush=True
+                )
                 told = True
             _drain(listener)
             time.sleep(_PROBE_EVERY)
@@ -139,8 +152,10 @@ def _listening(name: str, address: str):
         else:
             listener = socket.create_server(("", port))
     except OSError as exc:
-        raise CnnError(f"this task ({name}) cannot listen at {address}, its address in TF_CONFIG "
-                       f"({exc.strerror or exc}); another process holds port {port}?") from None
+        raise CnnError(
+            f"this task ({name}) cannot listen at {address}, its address in TF_CONFIG "
+            f"({exc.strerror or exc}); another process holds port {port}?"
+        ) from None
     listener.setblocking(False)
     try:
         yield listener
@@ -241,13 +256,20 @@ def lost_worker(exc: Exception, run_dir: str | Path | None) -> CnnError | None:
         reason = "stopped answering heartbeats"
     else:
         others = [m for m in _TASK.finditer(message) if (m.group(1), int(m.group(2))) != (role.task_type, role.index)]
-        if not others or type(exc).__name__ not in ("UnavailableError", "DeadlineExceededError", "AbortedError",
-                                                   "CancelledError", "InternalError"):
+        if not others or type(exc).__name__ not in (
+            "UnavailableError",
+            "DeadlineExceededError",
+            "AbortedError",
+            "CancelledError",
+            "InternalError",
+        ):
             return None
         job, index = others[0].groups()
         reason = message.strip().splitlines()[0].split(" [")[0][-120:]
-    return WorkerLost(f"lost {job} {index} ({type(exc).__name__}: {reason}); "
-                      f"run the same command with --resume {run_dir} on every worker")
+    return WorkerLost(
+        f"lost {job} {index} ({type(exc).__name__}: {reason}); "
+        f"run the same command with --resume {run_dir} on every worker"
+    )
 
 
 def _service_leader() -> tuple[str, str]:

@@ -52,10 +52,23 @@ class CpuInfo:
 # Ascending; the kernel families oneDNN dispatches to on x86 at run time.
 ISA_LEVELS = ("sse4", "avx2", "avx512", "avx512_bf16", "amx")
 # ONEDNN_MAX_CPU_ISA's values (oneDNN's "CPU dispatcher control") onto those levels.
-_ONEDNN_CAPS = {"SSE41": "sse4", "AVX": "sse4", "AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX2_VNNI_2": "avx2",
-                "AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512_bf16",
-                "AVX512_CORE_FP16": "avx512_bf16", "AVX10_1_512": "avx512_bf16", "AVX512_CORE_AMX": "amx",
-                "AVX512_CORE_AMX_FP16": "amx", "AVX10_1_512_AMX": "amx", "AVX10_1_512_AMX_FP16": "amx", "ALL": "amx"}
+_ONEDNN_CAPS = {
+    "SSE41": "sse4",
+    "AVX": "sse4",
+    "AVX2": "avx2",
+    "AVX2_VNNI": "avx2",
+    "AVX2_VNNI_2": "avx2",
+    "AVX512_CORE": "avx512",
+    "AVX512_CORE_VNNI": "avx512",
+    "AVX512_CORE_BF16": "avx512_bf16",
+    "AVX512_CORE_FP16": "avx512_bf16",
+    "AVX10_1_512": "avx512_bf16",
+    "AVX512_CORE_AMX": "amx",
+    "AVX512_CORE_AMX_FP16": "amx",
+    "AVX10_1_512_AMX": "amx",
+    "AVX10_1_512_AMX_FP16": "amx",
+    "ALL": "amx",
+}
 
 
 def read_cpu(cpuinfo: str | None = None, cores: int | None = None, environ: Mapping[str, str] | None = None) -> CpuInfo:
@@ -86,8 +99,14 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_capability: tuple[int, int] | None = None,
-                     flags: Set[str] | None = None, cap: str | None = None) -> tuple[str, str]:
+def choose_precision(
+    requested: str,
+    device: str,
+    has_convolutions: bool,
+    gpu_capability: tuple[int, int] | None = None,
+    flags: Set[str] | None = None,
+    cap: str | None = None,
+) -> tuple[str, str]:
     """The compute precision for `auto`, with the reason it was chosen.
 
     On a CPU it follows the kernels oneDNN will actually run: the CPU's flags
@@ -102,8 +121,9 @@ def choose_precision(requested: str, device: str, has_convolutions: bool, gpu_ca
         if major >= 8:
             return "mixed_bfloat16", f"GPU compute capability {capability[0]}.{capability[1]} supports bfloat16"
         if major >= 7:
-            return "mixed_float16", (f"GPU compute capability {capability[0]}.{capability[1]}: "
-                                     "float16 tensor cores, with loss scaling")
+            return "mixed_float16", (
+                f"GPU compute capability {capability[0]}.{capability[1]}: float16 tensor cores, with loss scaling"
+            )
         return "float32", "GPU without fast half precision"
     if device == "tpu":
         return "mixed_bfloat16", "TPUs compute in bfloat16"
@@ -171,9 +191,15 @@ def default_threads(cores: int, small: bool) -> tuple[int, int]:
 
 # Multiply-adds per cycle per core that the kernels of each ISA sustain on small convolutions
 # and matmuls (not the datasheet peak: AMX tiles are far from full on a 28×28 batch).
-MACS_PER_CYCLE = {("sse4", "float32"): 4, ("avx2", "float32"): 16, ("avx512", "float32"): 32,
-                  ("avx512_bf16", "float32"): 32, ("amx", "float32"): 32,
-                  ("avx512_bf16", "mixed_bfloat16"): 64, ("amx", "mixed_bfloat16"): 256}
+MACS_PER_CYCLE = {
+    ("sse4", "float32"): 4,
+    ("avx2", "float32"): 16,
+    ("avx512", "float32"): 32,
+    ("avx512_bf16", "float32"): 32,
+    ("amx", "float32"): 32,
+    ("avx512_bf16", "mixed_bfloat16"): 64,
+    ("amx", "mixed_bfloat16"): 256,
+}
 # A step whose multiply-adds keep one core busy for fewer cycles than this (about 7 ms at 3 GHz)
 # has ops too small to split: one thread per op, ops side by side. Measured on 2 cores
 # (oneDNN capped at AVX2 on a Sapphire Rapids, float32, img/s of the training steps):
@@ -185,8 +211,9 @@ MACS_PER_CYCLE = {("sse4", "float32"): 4, ("avx2", "float32"): 16, ("avx512", "f
 SPLIT_CYCLES = 20e6
 
 
-def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
-                   small: bool = True, size_reason: str | None = None) -> tuple[int, int, str]:
+def choose_threads(
+    cores: int, isa: str, precision: str, step_macs: int | None, small: bool = True, size_reason: str | None = None
+) -> tuple[int, int, str]:
     """(intra_op, inter_op, reason) when the config leaves them unset.
 
     The cost of a step (forward multiply-adds × batch) over the speed of the
@@ -206,8 +233,10 @@ def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
         return intra, inter, f"cost unknown from the config: {why}"
     rate = MACS_PER_CYCLE.get((isa, precision), MACS_PER_CYCLE[("avx2", "float32")])
     cycles = step_macs / rate
-    cost = (f"{step_macs / 1e6:,.0f} M multiply-adds a step at ~{rate}/cycle ({isa} {precision}): "
-            f"{cycles / 1e6:.1f} M cycles")
+    cost = (
+        f"{step_macs / 1e6:,.0f} M multiply-adds a step at ~{rate}/cycle ({isa} {precision}): "
+        f"{cycles / 1e6:.1f} M cycles"
+    )
     if cycles >= SPLIT_CYCLES:
         return cores, 1, f"{cost}: each op on all {cores} cores, one op at a time"
     if cores > SMALL_CORES:
@@ -217,6 +246,7 @@ def choose_threads(cores: int, isa: str, precision: str, step_macs: int | None,
 
 def threads_line(intra: int, inter: int, reason: str) -> str:
     """The line `cnn train` prints about its thread pools; 0 is TensorFlow's own choice, not zero threads."""
+
     def count(n: int) -> str:
         return "0 (TensorFlow's default)" if n == 0 else f"{n:,}"
 
@@ -229,17 +259,39 @@ def thread_warnings(intra: int | None, inter: int | None, cores: int) -> list[st
     warnings = []
     for key, value in (("intra_op_threads", intra), ("inter_op_threads", inter)):
         if value is not None and value > cores:
-            warnings.append(f"runtime.{key} is {value:,} but this process may run on {cores} core(s): the extra "
-                            f"threads take turns on the same cores and slow training down; use at most {cores}, "
-                            "or 0 for TensorFlow's default")
+            warnings.append(
+                f"runtime.{key} is {value:,} but this process may run on {cores} core(s): the extra "
+                f"threads take turns on the same cores and slow training down; use at most {cores}, "
+                "or 0 for TensorFlow's default"
+            )
     return warnings
 
 
 # Layers that keep their input's shape and do (next to) no multiply-adds.
-_SAME_SHAPE = {"Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "BatchNormalization",
-               "LayerNormalization", "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "Rescaling",
-               "Normalization", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast",
-               "RandomBrightness", "ActivityRegularization"}
+_SAME_SHAPE = {
+    "Dropout",
+    "SpatialDropout2D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Activation",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ELU",
+    "Softmax",
+    "Rescaling",
+    "Normalization",
+    "RandomFlip",
+    "RandomRotation",
+    "RandomZoom",
+    "RandomTranslation",
+    "RandomContrast",
+    "RandomBrightness",
+    "ActivityRegularization",
+}
 _DATASET_CHANNELS = {"mnist": 1, "fashion_mnist": 1, "cifar10": 3, "cifar100": 3}
 
 

@@ -63,8 +63,9 @@ class RunEnding:
         if self.history and any(k.startswith("val_") for k in self.history[-1]):
             # Measured again on the weights model.keras gets: EarlyStopping's restore_best_weights and
             # checkpoint.save_best_only put back an earlier epoch than history.csv's last row.
-            metrics["val"] = self.score(*predict_split(lambda x: _predict(self.model, x), self.data.x_val,
-                                                       self.data.y_val))
+            metrics["val"] = self.score(
+                *predict_split(lambda x: _predict(self.model, x), self.data.x_val, self.data.y_val)
+            )
         if len(self.data.x_test):
             probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
             metrics["test"] = classification_report(labels, probs, self.data.class_names)
@@ -123,8 +124,11 @@ class RunEnding:
                 plot_curves(self.history, self.run_dir / "curves.png")
         if "test" in metrics:
             with fileio.writing(self.run_dir / "confusion_matrix.png"):
-                plot_confusion_matrix(np.array(metrics["test"]["confusion_matrix"]), self.data.class_names,
-                                      self.run_dir / "confusion_matrix.png")
+                plot_confusion_matrix(
+                    np.array(metrics["test"]["confusion_matrix"]),
+                    self.data.class_names,
+                    self.run_dir / "confusion_matrix.png",
+                )
 
 
 def _foreign_classes(path) -> list[str]:
@@ -140,8 +144,12 @@ def _foreign_classes(path) -> list[str]:
         node = stack.pop()
         if isinstance(node, dict):
             module = node.get("module")
-            if isinstance(module, str) and "class_name" in node and module != "builtins" \
-                    and not (module == "keras" or module.startswith("keras.")):
+            if (
+                isinstance(module, str)
+                and "class_name" in node
+                and module != "builtins"
+                and not (module == "keras" or module.startswith("keras."))
+            ):
                 found.add(f"{module}.{node['class_name']}")
             stack.extend(node.values())
         elif isinstance(node, list):

@@ -40,10 +40,17 @@ def _adam(self, gradient, variable, learning_rate, slots):
     i = compat.variable_index(self, variable)
     momentums, velocities = slots
     tf.raw_ops.ResourceApplyAdam(
-        var=variable.handle, m=_handle(momentums[i]), v=_handle(velocities[i]),
-        beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
-        lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-        epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+        var=variable.handle,
+        m=_handle(momentums[i]),
+        v=_handle(velocities[i]),
+        beta1_power=tf.pow(beta_1, step),
+        beta2_power=tf.pow(beta_2, step),
+        lr=tf.cast(learning_rate, dtype),
+        beta1=beta_1,
+        beta2=beta_2,
+        epsilon=tf.cast(self.epsilon, dtype),
+        grad=tf.cast(gradient, dtype),
+    )
 
 
 def _sgd(self, gradient, variable, learning_rate, slots):
@@ -56,8 +63,13 @@ def _sgd(self, gradient, variable, learning_rate, slots):
     else:  # Keras's form: m = momentum·m − lr·g; var += m (or the Nesterov look-ahead)
         (momentums,) = slots
         tf.raw_ops.ResourceApplyKerasMomentum(
-            var=variable.handle, accum=_handle(momentums[compat.variable_index(self, variable)]), lr=lr,
-            grad=grad, momentum=tf.cast(self.momentum, dtype), use_nesterov=bool(self.nesterov))
+            var=variable.handle,
+            accum=_handle(momentums[compat.variable_index(self, variable)]),
+            lr=lr,
+            grad=grad,
+            momentum=tf.cast(self.momentum, dtype),
+            use_nesterov=bool(self.nesterov),
+        )
 
 
 def _fusable(optimizer) -> tuple | None:
@@ -71,7 +83,8 @@ def _fusable(optimizer) -> tuple | None:
             return None
         return _adam, "adam", "ResourceApplyAdam"  # Adam and AdamW (whose decay is applied separately)
     if cls.update_step is keras.optimizers.SGD.update_step and not (
-            optimizer.built and compat.optimizer_slots(optimizer, "sgd") is None):
+        optimizer.built and compat.optimizer_slots(optimizer, "sgd") is None
+    ):
         return _sgd, "sgd", "ResourceApplyKerasMomentum" if optimizer.momentum else "ResourceApplyGradientDescent"
     return None
 

@@ -58,9 +58,12 @@ class TrainOptions:
 def resolve_config(opts: TrainOptions) -> tuple[Config, Path | None, dict | None]:
     """The config to run; for --resume, the run's own resolved config and saved state."""
     cli = list(opts.overrides)
-    for key, value, option in (("train.epochs", opts.epochs, "--epochs"),
-                               ("train.batch_size", opts.batch_size, "--batch-size"),
-                               ("name", opts.name, "--name"), ("runtime.device", opts.device, "--device")):
+    for key, value, option in (
+        ("train.epochs", opts.epochs, "--epochs"),
+        ("train.batch_size", opts.batch_size, "--batch-size"),
+        ("name", opts.name, "--name"),
+        ("runtime.device", opts.device, "--device"),
+    ):
         if value is not None:  # a problem with it names the option as typed; a name stays text (`a: b`, `007`)
             text = json.dumps(value) if key == "name" else value
             cli.append(Override(f"{key}={text}", given=f"{option} {value}", option=option))
@@ -132,15 +135,25 @@ def run_training(opts: TrainOptions, reporter: Reporter) -> TrainResult:
             done = finished(resume_dir, cfg, state, opts.epochs)
             if done is not None:
                 metrics = resume_dir / "metrics.json"
-                return TrainResult(resume_dir, rundir.read_json(metrics) if metrics.exists() else {},
-                                   {"status": "complete"}, untrained=done)
+                return TrainResult(
+                    resume_dir,
+                    rundir.read_json(metrics) if metrics.exists() else {},
+                    {"status": "complete"},
+                    untrained=done,
+                )
             if chief:
                 rundir.reconcile(resume_dir, state)
         return _run(opts, reporter, cfg, resume_dir, state, held)
 
 
-def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path | None, state: dict | None,
-         held: contextlib.ExitStack) -> TrainResult:
+def _run(
+    opts: TrainOptions,
+    reporter: Reporter,
+    cfg: Config,
+    resume_dir: Path | None,
+    state: dict | None,
+    held: contextlib.ExitStack,
+) -> TrainResult:
     if cfg.seed is None:
         cfg.seed = secrets.randbelow(2**31)  # recorded in config.yaml so the run can be repeated
     import keras
@@ -161,8 +174,10 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
-    reporter.message(f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
-                     f"precision {runtime.precision}: {runtime.precision_reason}")
+    reporter.message(
+        f"device {runtime.device} ({', '.join(runtime.devices)}), {runtime.num_replicas} replica(s); "
+        f"precision {runtime.precision}: {runtime.precision_reason}"
+    )
     reporter.message(threads_line(runtime.threads["intra_op"], runtime.threads["inter_op"], runtime.threads["reason"]))
     for warning in thread_warnings(cfg.runtime.intra_op_threads, cfg.runtime.inter_op_threads, runtime.cpu["cores"]):
         reporter.warning(warning)
@@ -215,8 +230,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
         previous = rundir.read_json(run_dir / "run.json").get("tracking")
     restoring = run_dir == resume_dir and state is not None  # run.json is rewritten once the checkpoint is restored
     try:
-        session = Session(cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch,
-                          resuming=restoring)
+        session = Session(
+            cfg, runtime, data, plan, run_dir, reporter, smoke=opts.smoke, on_epoch=opts.on_epoch, resuming=restoring
+        )
         if restoring:  # config.yaml keeps saying how long the run trains
             session.config_update = lengthened(run_dir, cfg, state or {})
         if opts.tracker is not None and runtime.is_chief:
@@ -236,8 +252,9 @@ def _run(opts: TrainOptions, reporter: Reporter, cfg: Config, resume_dir: Path |
     except KeyboardInterrupt:
         if session is not None:
             session.mark("interrupted")
-        raise Interrupted(f"stopped; the run is resumable from its last completed epoch: "
-                          f"cnn train --resume {shown or run_dir}") from None
+        raise Interrupted(
+            f"stopped; the run is resumable from its last completed epoch: cnn train --resume {shown or run_dir}"
+        ) from None
     except tf.errors.OpError as exc:
         lost = lost_worker(exc, shown or run_dir) if runtime.num_workers > 1 else None
         if lost is None:
@@ -288,8 +305,10 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
         target.mkdir(exist_ok=True)
         parts = list(source.glob(Path(state["checkpoint"]).name + ".*")) + list(source.glob("best.keras"))
         if not any(p.suffix == ".index" for p in parts):
-            raise CnnError(f"{source}: no checkpoint `{Path(state['checkpoint']).name}` to resume from; every "
-                           "worker must see the chief's run directory at the same path (a shared filesystem)")
+            raise CnnError(
+                f"{source}: no checkpoint `{Path(state['checkpoint']).name}` to resume from; every "
+                "worker must see the chief's run directory at the same path (a shared filesystem)"
+            )
         for part in parts:
             shutil.copy2(part, target / part.name)
     return run_dir
@@ -305,29 +324,40 @@ def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_
         reporter.message(f"note: {note}")
     t0 = time.perf_counter()
     assert cfg.seed is not None  # chosen and recorded when the config was read
-    data = open_data(cfg.data, cfg.seed, plan.shape, runtime.worker_index if runtime else 0,
-                     runtime.num_workers if runtime else 1, load_resident)
+    data = open_data(
+        cfg.data,
+        cfg.seed,
+        plan.shape,
+        runtime.worker_index if runtime else 0,
+        runtime.num_workers if runtime else 1,
+        load_resident,
+    )
     for warning in data.warnings:
         reporter.warning(warning)
     assert data.cache is not None  # open_data records how the data is held
     streamed = data.cache["mode"] != "memory"
-    reporter.message(f"data {'streamed from the files' if streamed else 'resident in memory'}"
-                     f"{' through a disk cache' if data.cache['mode'] == 'disk' else ''}: {data.cache['why']}")
+    reporter.message(
+        f"data {'streamed from the files' if streamed else 'resident in memory'}"
+        f"{' through a disk cache' if data.cache['mode'] == 'disk' else ''}: {data.cache['why']}"
+    )
     if tuple(data.input_shape) != tuple(plan.shape) and not streamed:
         for split in ("train", "val", "test"):
             x = getattr(data, f"x_{split}")
-            setattr(data, f"x_{split}", convert_images(x, plan.shape) if len(x) else
-                    np.zeros((0, *plan.shape), np.uint8))
+            setattr(
+                data, f"x_{split}", convert_images(x, plan.shape) if len(x) else np.zeros((0, *plan.shape), np.uint8)
+            )
         reporter.message(f"note: images converted from {data.x_train.shape[1:]} to the model's input {plan.shape}")
     if smoke:  # a couple of batches of everything: proves the pipeline, not the model
         b = cfg.train.batch_size
-        data.x_train, data.y_train = data.x_train[:2 * b], data.y_train[:2 * b]
+        data.x_train, data.y_train = data.x_train[: 2 * b], data.y_train[: 2 * b]
         data.x_val, data.y_val = data.x_val[:b], data.y_val[:b]
         data.x_test, data.y_test = data.x_test[:b], data.y_test[:b]
     if len(data.x_train) == 0:
         raise DataError("the training split is empty (check data.limit and data.validation_split)")
     cache_streams(data, reporter.first_pass)
-    reporter.message(f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
-                     f"{len(data.x_test):,} test, {data.num_classes} classes, "
-                     f"loaded in {time.perf_counter() - t0:.1f}s")
+    reporter.message(
+        f"data {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} val / "
+        f"{len(data.x_test):,} test, {data.num_classes} classes, "
+        f"loaded in {time.perf_counter() - t0:.1f}s"
+    )
     return data, plan

@@ -35,9 +35,11 @@ from typing import Any
 from cnncli import compat
 
 # Optimizers whose step is not proportional to the rate: a factor on the rate would not mean "k× slower".
-NOT_PROPORTIONAL = {"Ftrl": "its step depends on the rate through a power law",
-                    "Adafactor": "it caps the rate at 1/sqrt(step)",
-                    "ScheduleFreeAdamW": "it averages iterates with rate-dependent weights"}
+NOT_PROPORTIONAL = {
+    "Ftrl": "its step depends on the rate through a power law",
+    "Adafactor": "it caps the rate at 1/sqrt(step)",
+    "ScheduleFreeAdamW": "it averages iterates with rate-dependent weights",
+}
 
 
 @dataclass

@@ -60,9 +60,21 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> Any:
 
 
 class Trainer:
-    def __init__(self, model, optimizer, loss_fn, metrics, strategy, batch_size: int, seed: int,
-                 augment=None, chunks_per_epoch: int = 1, steps_per_execution: int | None = None,
-                 jit_compile: bool = False, time_input: bool = True):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        loss_fn,
+        metrics,
+        strategy,
+        batch_size: int,
+        seed: int,
+        augment=None,
+        chunks_per_epoch: int = 1,
+        steps_per_execution: int | None = None,
+        jit_compile: bool = False,
+        time_input: bool = True,
+    ):
         import keras
         import tensorflow as tf
 
@@ -124,7 +136,7 @@ class Trainer:
         finite = tf.constant(True)
         for i in tf.range(n_steps):
             lo = (start + i) * self.batch_size
-            idx = perm[lo:tf.minimum(lo + self.batch_size, total)]
+            idx = perm[lo : tf.minimum(lo + self.batch_size, total)]
             finite = self.strategy.run(self._replica_step, args=(tf.gather(x, idx), tf.gather(y, idx)))
             done = i + 1
             if not finite:
@@ -251,8 +263,9 @@ class Trainer:
             if done < size:  # a stream that skipped unreadable files ends early
                 break
         examples = min(self._n, done_steps * self.batch_size)
-        return EpochResult(self.results(), seconds, examples, done_steps,
-                           waiting if iterator is not None and self.timed else None)
+        return EpochResult(
+            self.results(), seconds, examples, done_steps, waiting if iterator is not None and self.timed else None
+        )
 
     def _stream_iterator(self, order: np.ndarray, steps: int):
         """The streamed split's batches in `order`; under several replicas, per-replica batches in
@@ -280,11 +293,11 @@ class Trainer:
         replicas, steps = self.strategy.num_replicas_in_sync, self.steps_per_epoch()
         per_replica = self.batch_size // replicas
         # [step, replica, example]; a global batch's remainder (batch not divisible by replicas) is unused.
-        grid = tf.reshape(perm[:steps * replicas * per_replica], [steps, replicas, per_replica])
+        grid = tf.reshape(perm[: steps * replicas * per_replica], [steps, replicas, per_replica])
 
         def dataset_fn(ctx):
             local = replicas // ctx.num_input_pipelines  # replicas fed by this pipeline
-            mine = grid[:, ctx.input_pipeline_id * local:(ctx.input_pipeline_id + 1) * local]
+            mine = grid[:, ctx.input_pipeline_id * local : (ctx.input_pipeline_id + 1) * local]
             ds = tf.data.Dataset.from_tensor_slices(tf.reshape(mine, [-1, per_replica]))  # replica order per step
             ds = ds.map(lambda idx: (tf.gather(x, idx), tf.gather(y, idx)), num_parallel_calls=tf.data.AUTOTUNE)
             return ds.prefetch(tf.data.AUTOTUNE)
@@ -305,7 +318,7 @@ class Trainer:
         steps = (n + batch_size - 1) // batch_size
         out = tf.TensorArray(tf.float32, size=steps, infer_shape=False)
         for i in tf.range(steps):
-            xb = tf.cast(x[i * batch_size:tf.minimum((i + 1) * batch_size, n)], "float32")
+            xb = tf.cast(x[i * batch_size : tf.minimum((i + 1) * batch_size, n)], "float32")
             out = out.write(i, tf.cast(self.model(xb, training=False), tf.float32))
         return out.concat()
 

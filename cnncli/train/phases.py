@@ -33,9 +33,10 @@ def plan_phases(cfg: Config) -> list[PhasePlan]:
     if not cfg.train.phases:
         trainable = "all" if cfg.model.backbone is None or cfg.model.backbone.trainable else "head"
         return [PhasePlan(0, cfg.train.epochs, trainable, cfg.train.optimizer, None)]
-    return [PhasePlan(i, p.epochs, p.trainable, p.optimizer or cfg.train.optimizer, p.learning_rate,
-                      p.layer_lr_decay)
-            for i, p in enumerate(cfg.train.phases)]
+    return [
+        PhasePlan(i, p.epochs, p.trainable, p.optimizer or cfg.train.optimizer, p.learning_rate, p.layer_lr_decay)
+        for i, p in enumerate(cfg.train.phases)
+    ]
 
 
 def backbone_of(model: Any, cfg: Config) -> Any:
@@ -94,22 +95,36 @@ def check_phases(model: Any, cfg: Config) -> None:
     for i, phase in enumerate(cfg.train.phases):
         optimizer = OPTIMIZERS.canonical((phase.optimizer or cfg.train.optimizer).type)
         if phase.layer_lr_decay is not None and optimizer in NOT_PROPORTIONAL:
-            problems.append(Problem(f"layer_lr_decay scales learning rates, but {optimizer}'s step is not "
-                                    f"proportional to its rate ({NOT_PROPORTIONAL[optimizer]}); use SGD, Adam, "
-                                    "AdamW or RMSprop in this phase", f"train.phases[{i}].layer_lr_decay"))
+            problems.append(
+                Problem(
+                    f"layer_lr_decay scales learning rates, but {optimizer}'s step is not "
+                    f"proportional to its rate ({NOT_PROPORTIONAL[optimizer]}); use SGD, Adam, "
+                    "AdamW or RMSprop in this phase",
+                    f"train.phases[{i}].layer_lr_decay",
+                )
+            )
         if not isinstance(phase.trainable, list):
             continue
         for j, prefix in enumerate(phase.trainable):
             if not any(n.startswith(prefix) for n in names):
-                problems.append(Problem(
-                    f"no layer of {backbone.name} starts with `{prefix}`{did_you_mean(prefix, blocks)}; "
-                    f"its blocks: {', '.join(blocks)}", f"train.phases[{i}].trainable[{j}]"))
+                problems.append(
+                    Problem(
+                        f"no layer of {backbone.name} starts with `{prefix}`{did_you_mean(prefix, blocks)}; "
+                        f"its blocks: {', '.join(blocks)}",
+                        f"train.phases[{i}].trainable[{j}]",
+                    )
+                )
     if not problems:
         for i, planned in enumerate(plan_phases(cfg)):
             apply_trainable(model, cfg, planned.trainable)
             if not model.trainable_weights:  # e.g. include_top with no model.layers, and `trainable: head`
-                problems.append(Problem("this phase trains no weights: the backbone is frozen and there is no "
-                                        "head with weights (model.layers)", f"train.phases[{i}].trainable"))
+                problems.append(
+                    Problem(
+                        "this phase trains no weights: the backbone is frozen and there is no "
+                        "head with weights (model.layers)",
+                        f"train.phases[{i}].trainable",
+                    )
+                )
         apply_trainable(model, cfg, plan_phases(cfg)[0].trainable)
     if problems:
         raise cfg.locate(problems)
@@ -122,11 +137,19 @@ def phase_params(model: Any, cfg: Config) -> list[dict]:
     for phase in phases:
         apply_trainable(model, cfg, phase.trainable)
         trainable = int(sum(_size(w) for w in model.trainable_weights))
-        rows.append({"index": phase.index, "epochs": phase.epochs, "trainable": phase.trainable,
-                     "trainable_params": trainable, "non_trainable_params": int(model.count_params()) - trainable,
-                     "learning_rate": phase.learning_rate if phase.learning_rate is not None
-                     else phase.optimizer.args.get("learning_rate"),
-                     "layer_lr_decay": phase.layer_lr_decay})
+        rows.append(
+            {
+                "index": phase.index,
+                "epochs": phase.epochs,
+                "trainable": phase.trainable,
+                "trainable_params": trainable,
+                "non_trainable_params": int(model.count_params()) - trainable,
+                "learning_rate": phase.learning_rate
+                if phase.learning_rate is not None
+                else phase.optimizer.args.get("learning_rate"),
+                "layer_lr_decay": phase.layer_lr_decay,
+            }
+        )
     apply_trainable(model, cfg, phases[0].trainable)
     return rows
 

@@ -26,8 +26,12 @@ from cnncli.fileio import absolute
 
 # Op types that hand the step its batch: tf.data's iterators, and the gather and cast of
 # the resident split at the top of the step loop (not inside a layer).
-ITERATOR_OPS = {"IteratorGetNext", "IteratorGetNextSync", "MultiDeviceIteratorGetNextFromShard",
-                "IteratorGetNextAsOptional"}
+ITERATOR_OPS = {
+    "IteratorGetNext",
+    "IteratorGetNextSync",
+    "MultiDeviceIteratorGetNextFromShard",
+    "IteratorGetNextAsOptional",
+}
 LOOP_INPUT_OPS = {"GatherV2", "Cast", "StridedSlice"}
 TOP_OPS = 12
 
@@ -155,27 +159,47 @@ def summarize(trace: Path, steps: int, seconds: float) -> dict:
     ops = op_times(trace)
     wall_ms = seconds * 1000
     if ops is None:
-        return {"trace": absolute(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
-                "input_wait_share": None, "top_ops": None,
-                "note": "this TensorFlow cannot read its profiler traces back (no tensorflow.tsl xplane_pb2): "
-                        "open logs/ in TensorBoard's profile tab"}
+        return {
+            "trace": absolute(trace),
+            "steps": steps,
+            "step_ms": round(wall_ms / max(1, steps), 2),
+            "input_wait_share": None,
+            "top_ops": None,
+            "note": "this TensorFlow cannot read its profiler traces back (no tensorflow.tsl xplane_pb2): "
+            "open logs/ in TensorBoard's profile tab",
+        }
     total = sum(o["ms"] for o in ops.values()) or 1.0
     top = sorted(ops.items(), key=lambda kv: -kv[1]["ms"])[:TOP_OPS]
     input_ms = sum(o["input_ms"] for o in ops.values())
-    return {"trace": absolute(trace), "steps": steps, "step_ms": round(wall_ms / max(1, steps), 2),
-            "input_wait_share": round(min(1.0, input_ms / wall_ms), 4) if wall_ms else 0.0,
-            "top_ops": [{"op": name, "ms_per_step": round(o["ms"] / max(1, steps), 3),
-                         "share": round(o["ms"] / total, 4), "count": o["count"]} for name, o in top]}
+    return {
+        "trace": absolute(trace),
+        "steps": steps,
+        "step_ms": round(wall_ms / max(1, steps), 2),
+        "input_wait_share": round(min(1.0, input_ms / wall_ms), 4) if wall_ms else 0.0,
+        "top_ops": [
+            {
+                "op": name,
+                "ms_per_step": round(o["ms"] / max(1, steps), 3),
+                "share": round(o["ms"] / total, 4),
+                "count": o["count"],
+            }
+            for name, o in top
+        ],
+    }
 
 
 def format_summary(summary: dict) -> list[str]:
     """The table `cnn train --profile` prints."""
     if summary["top_ops"] is None:
-        return [f"profile: {summary['steps']} steps, {summary['step_ms']:.1f} ms a step; trace {summary['trace']}",
-                f"  ({summary['note']})"]
-    lines = [f"profile: {summary['steps']} steps, {summary['step_ms']:.1f} ms a step, "
-             f"{100 * summary['input_wait_share']:.1f}% of it waiting for input; trace {summary['trace']}",
-             f"  {'op':36} {'ms/step':>9} {'share':>7} {'calls':>7}"]
+        return [
+            f"profile: {summary['steps']} steps, {summary['step_ms']:.1f} ms a step; trace {summary['trace']}",
+            f"  ({summary['note']})",
+        ]
+    lines = [
+        f"profile: {summary['steps']} steps, {summary['step_ms']:.1f} ms a step, "
+        f"{100 * summary['input_wait_share']:.1f}% of it waiting for input; trace {summary['trace']}",
+        f"  {'op':36} {'ms/step':>9} {'share':>7} {'calls':>7}",
+    ]
     for op in summary["top_ops"]:
         lines.append(f"  {op['op'][:36]:36} {op['ms_per_step']:>9.2f} {100 * op['share']:>6.1f}% {op['count']:>7}")
     lines.append("  (op time summed over threads; open logs/ in TensorBoard's profile tab for the timeline)")

@@ -13,8 +13,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-_SHORT = {"learning_rate": "lr", "seconds": "s", "examples_per_second": "img/s", "val_accuracy": "val_acc",
-          "accuracy": "acc", "waiting_for_data": "wait"}  # table headers that fit an 80-column terminal
+_SHORT = {
+    "learning_rate": "lr",
+    "seconds": "s",
+    "examples_per_second": "img/s",
+    "val_accuracy": "val_acc",
+    "accuracy": "acc",
+    "waiting_for_data": "wait",
+}  # table headers that fit an 80-column terminal
 
 
 def metric_text(value: float) -> str:
@@ -24,9 +30,11 @@ def metric_text(value: float) -> str:
 
 
 def _logs_text(logs: dict) -> str:
-    return "  ".join(f"{k} {metric_text(v)}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
-                     if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase",
-                                  "waiting_for_data"))
+    return "  ".join(
+        f"{k} {metric_text(v)}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in logs.items()
+        if k not in ("epoch", "learning_rate", "seconds", "examples_per_second", "phase", "waiting_for_data")
+    )
 
 
 def _bottleneck(row: dict) -> str:
@@ -34,8 +42,11 @@ def _bottleneck(row: dict) -> str:
     share = row.get("waiting_for_data")
     if share is None:
         return ""
-    return f"  input-bound ({share:.0%} waiting for data)" if share >= 0.5 else \
-        f"  model-bound ({share:.0%} waiting for data)"
+    return (
+        f"  input-bound ({share:.0%} waiting for data)"
+        if share >= 0.5
+        else f"  model-bound ({share:.0%} waiting for data)"
+    )
 
 
 class Reporter:
@@ -93,8 +104,10 @@ class PlainReporter(Reporter):
     def epoch_end(self, row: dict) -> None:
         """Print the epoch's line: metrics, learning rate, speed and time."""
         lr = f"  lr {row['learning_rate']:.3g}" if "learning_rate" in row else ""
-        self.console.print(f"epoch {row['epoch']:>3}  {_logs_text(row)}{lr}  "
-                           f"{row['examples_per_second']:,.0f} img/s  {row['seconds']:.1f}s{_bottleneck(row)}")
+        self.console.print(
+            f"epoch {row['epoch']:>3}  {_logs_text(row)}{lr}  "
+            f"{row['examples_per_second']:,.0f} img/s  {row['seconds']:.1f}s{_bottleneck(row)}"
+        )
 
 
 class RichReporter(PlainReporter):
@@ -108,9 +121,15 @@ class RichReporter(PlainReporter):
 
     def epoch_begin(self, epoch: int, total_epochs: int, steps: int) -> None:
         """Start the epoch's progress bar."""
-        self.progress = Progress(TextColumn(f"epoch {epoch}/{total_epochs}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                 console=self.console, transient=True)
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch}/{total_epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
         self.progress.start()
         self.task = self.progress.add_task("train", total=steps, info="")
         self._t0 = time.perf_counter()
@@ -138,8 +157,9 @@ class RichReporter(PlainReporter):
         for key in keys:
             table.add_column(_SHORT.get(key, key), justify="right", no_wrap=True)
         for row in self.table_rows:
-            table.add_row(*[f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
-                            for k in keys])
+            table.add_row(
+                *[f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+            )
         self.console.print(table)
 
 

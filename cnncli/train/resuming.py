@@ -32,9 +32,11 @@ def check_sources(config: Any, resume: Path | None) -> None:
         raise UsageError("give a config file, or --resume RUN_DIR")
     if config is not None and resume is not None:
         given = ", ".join(f"`{c}`" for c in config) if isinstance(config, (list, tuple)) else f"`{config}`"
-        raise UsageError(f"give a config file or --resume RUN_DIR, not both: --resume continues `{resume}` with "
-                         f"its own config.yaml, so {given} cannot apply (change a setting of the resumed run with "
-                         "--set KEY.PATH=VALUE or --epochs N)")
+        raise UsageError(
+            f"give a config file or --resume RUN_DIR, not both: --resume continues `{resume}` with "
+            f"its own config.yaml, so {given} cannot apply (change a setting of the resumed run with "
+            "--set KEY.PATH=VALUE or --epochs N)"
+        )
 
 
 def changes(recorded: str, current: dict) -> list[tuple[str, object, object]]:
@@ -63,7 +65,10 @@ def check_config_unchanged(run_dir: Path, state: dict | None) -> None:
         f"changed since the checkpoint of epoch {len(state['history'])} was written (was {_shown(was)}, "
         f"now {_shown(now)}){more}; that checkpoint fits only the config it was written with: put the value "
         f"back to resume, or start a new run with cnn train {shown}",
-        key, nearest_line(lines, parse_path(key)), shown)
+        key,
+        nearest_line(lines, parse_path(key)),
+        shown,
+    )
 
 
 def config_cause(state: dict | None, cfg: Config) -> str:
@@ -87,7 +92,7 @@ def epochs_left(cfg: Config, state: dict) -> int:
     at, done = state["phase"], state["phase_epochs_done"]
     if at >= len(phases):
         return 0
-    return phases[at].epochs - done + sum(p.epochs for p in phases[at + 1:])
+    return phases[at].epochs - done + sum(p.epochs for p in phases[at + 1 :])
 
 
 def finished(run_dir: Path, cfg: Config, state: dict | None, epochs: int | None) -> str | None:
@@ -100,8 +105,10 @@ def finished(run_dir: Path, cfg: Config, state: dict | None, epochs: int | None)
     trained = f"{done} epoch{'s' if done != 1 else ''}"
     if state.get("stopped"):
         if epochs is not None and epochs > done:
-            raise CnnError(f"`{run_dir}` is complete: early stopping ended it after epoch {done}, so it cannot "
-                           f"train longer; start a new run with cnn train {run_dir / 'config.yaml'} --epochs N")
+            raise CnnError(
+                f"`{run_dir}` is complete: early stopping ended it after epoch {done}, so it cannot "
+                f"train longer; start a new run with cnn train {run_dir / 'config.yaml'} --epochs N"
+            )
         return f"`{run_dir}` is already complete (early stopping ended it after epoch {done}); nothing to do"
     if epochs_left(cfg, state) > 0:
         return None
@@ -110,8 +117,10 @@ def finished(run_dir: Path, cfg: Config, state: dict | None, epochs: int | None)
         how = f"--set train.phases[{last}].epochs=N, with N over {cfg.train.phases[last].epochs}"
     else:
         how = f"--epochs N, with N over {done}"
-    return f"`{run_dir}` is already complete ({trained} trained); nothing to do. To train it longer: " \
-           f"cnn train --resume {run_dir} {how}"
+    return (
+        f"`{run_dir}` is already complete ({trained} trained); nothing to do. To train it longer: "
+        f"cnn train --resume {run_dir} {how}"
+    )
 
 
 def lengthened(run_dir: Path, cfg: Config, state: dict) -> str | None:

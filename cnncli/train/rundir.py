@@ -93,8 +93,9 @@ def read_checkpoint(checkpoint: Any, prefix: Path) -> None:
         checkpoint.read(str(prefix)).expect_partial()
     except (tf.errors.OpError, ValueError, OSError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
-        raise RunError(f"cannot restore the checkpoint `{prefix}` that state.json names: "
-                       f"{reason.strip().splitlines()[0]}") from None
+        raise RunError(
+            f"cannot restore the checkpoint `{prefix}` that state.json names: {reason.strip().splitlines()[0]}"
+        ) from None
 
 
 def read_json(path: Path) -> dict:
@@ -160,8 +161,9 @@ def find_run_dir(path: str | Path) -> Path:
         raise RunError(f"`{path}` is not a directory; give a run directory such as runs/<name>/<timestamp>")
     if not (path / "config.yaml").exists():
         if not any(path.iterdir()) or all(fileio.is_temp(p.name) for p in path.iterdir()):
-            raise RunError(f"`{path}` is empty: its run stopped before it saved its config; "
-                           "start it again with cnn train CONFIG")
+            raise RunError(
+                f"`{path}` is empty: its run stopped before it saved its config; start it again with cnn train CONFIG"
+            )
         raise RunError(f"`{path}` has no config.yaml; {_what_it_holds(path)}")
     return path
 
@@ -169,8 +171,11 @@ def find_run_dir(path: str | Path) -> Path:
 def _what_it_holds(path: Path) -> str:
     """The run directories a folder without config.yaml leads to: a sweep's trials, or the runs of one name."""
     if (path / "trials.csv").exists() or (path / "study.db").exists():
-        trials = sorted(p.name for p in (path / "trials").iterdir() if (p / "config.yaml").exists()) \
-            if (path / "trials").is_dir() else []
+        trials = (
+            sorted(p.name for p in (path / "trials").iterdir() if (p / "config.yaml").exists())
+            if (path / "trials").is_dir()
+            else []
+        )
         example = f", e.g. {path / 'trials' / trials[0]}" if trials else ""
         return f"it is a sweep directory (cnn tune): give one of its trials{example} (trials.csv has each one's metric)"
     runs = sorted(p for p in path.iterdir() if p.is_dir() and (p / "config.yaml").exists())
@@ -196,8 +201,10 @@ def locked(run_dir: Path) -> Iterator[None]:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
         raise CnnError(f"cannot open `{folder}`: {exc.strerror or exc}") from None
-    with fileio.locked(folder, busy=f"`{run_dir}` is being trained by another process; wait for it to "
-                                   "finish or stop it before resuming"):
+    with fileio.locked(
+        folder,
+        busy=f"`{run_dir}` is being trained by another process; wait for it to finish or stop it before resuming",
+    ):
         yield
 
 
@@ -235,7 +242,7 @@ def reconcile(run_dir: Path, state: dict | None) -> None:
 def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:
     """Delete all but the last `keep` epoch checkpoints (state.json names the last one)."""
     for old in sorted((Path(run_dir) / "checkpoints").glob("epoch-*.index"))[:-keep]:
-        for part in old.parent.glob(old.name[:-len(".index")] + ".*"):
+        for part in old.parent.glob(old.name[: -len(".index")] + ".*"):
             part.unlink(missing_ok=True)
 
 
@@ -259,12 +266,12 @@ def trim_event_files(logs: Path, epochs: int) -> None:
         raw = path.read_bytes()
         kept, offset, changed = [], 0, False
         while offset + 12 <= len(raw):
-            length = int.from_bytes(raw[offset:offset + 8], "little")
+            length = int.from_bytes(raw[offset : offset + 8], "little")
             end = offset + 12 + length + 4
             if end > len(raw):
                 break
             try:
-                event = Event.FromString(raw[offset + 12:offset + 12 + length])
+                event = Event.FromString(raw[offset + 12 : offset + 12 + length])
             except DecodeError:  # a damaged record: keep what came before it
                 break
             if event.HasField("summary") and event.step >= epochs:

@@ -64,21 +64,39 @@ class RunRecord:
         import tensorflow as tf
 
         trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-        fileio.write_json(self.run_dir / "run.json", {
-            "name": self.cfg.name, "status": self.status, "started": self.started,
-            "command": sys.argv, "seed": self.cfg.seed,
-            "versions": {"cnncli": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                         "python": platform.python_version(), "numpy": np.__version__},
-            "host": platform.node(), "runtime": self.runtime.as_json(),
-            "data": {"source": self.data.source, **{split: readable_count(getattr(self.data, f"x_{split}"))
-                                                     for split in ("train", "val", "test")},
-                     **_stream_record(self.data)},
-            "class_names": self.data.class_names, "input_shape": list(self.data.input_shape),
-            "total_params": int(self.model.count_params()), "trainable_params": trainable,
-            "phases": self.phase_records, "best": self.best, "smoke": self.smoke,
-            "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
-            **({"tracking": self.tracker.record()} if self.tracker is not None else {}),
-        })
+        fileio.write_json(
+            self.run_dir / "run.json",
+            {
+                "name": self.cfg.name,
+                "status": self.status,
+                "started": self.started,
+                "command": sys.argv,
+                "seed": self.cfg.seed,
+                "versions": {
+                    "cnncli": __version__,
+                    "tensorflow": tf.__version__,
+                    "keras": keras.__version__,
+                    "python": platform.python_version(),
+                    "numpy": np.__version__,
+                },
+                "host": platform.node(),
+                "runtime": self.runtime.as_json(),
+                "data": {
+                    "source": self.data.source,
+                    **{split: readable_count(getattr(self.data, f"x_{split}")) for split in ("train", "val", "test")},
+                    **_stream_record(self.data),
+                },
+                "class_names": self.data.class_names,
+                "input_shape": list(self.data.input_shape),
+                "total_params": int(self.model.count_params()),
+                "trainable_params": trainable,
+                "phases": self.phase_records,
+                "best": self.best,
+                "smoke": self.smoke,
+                "compat": compat.report(),  # the Keras internals found and the speed-ups used (compat.py)
+                **({"tracking": self.tracker.record()} if self.tracker is not None else {}),
+            },
+        )
 
     def mark(self, status: str) -> None:
         """Record `status` in run.json (on the chief) and end the MLflow run with it."""

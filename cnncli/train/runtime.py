@@ -22,9 +22,12 @@ from cnncli.train.cluster import (
 from cnncli.train.decisions import CpuInfo, choose_precision, choose_threads, read_cpu
 
 # The public names (tf.distribute.MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy inside).
-STRATEGY_NAMES = {"_DefaultDistributionStrategy": "default",
-                  "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
-                  "MirroredStrategy": "MirroredStrategy", "TPUStrategy": "TPUStrategy"}
+STRATEGY_NAMES = {
+    "_DefaultDistributionStrategy": "default",
+    "CollectiveAllReduceStrategy": "MultiWorkerMirroredStrategy",
+    "MirroredStrategy": "MirroredStrategy",
+    "TPUStrategy": "TPUStrategy",
+}
 
 
 @dataclass
@@ -43,11 +46,18 @@ class Runtime:
 
     def as_json(self) -> dict:
         """The runtime as run.json records it."""
-        return {"device": self.device, "devices": self.devices, "precision": self.precision,
-                "precision_reason": self.precision_reason, "replicas": self.num_replicas,
-                "workers": self.num_workers, "worker_index": self.worker_index,
-                "strategy": STRATEGY_NAMES.get(type(self.strategy).__name__, type(self.strategy).__name__),
-                "threads": self.threads, "cpu": self.cpu}
+        return {
+            "device": self.device,
+            "devices": self.devices,
+            "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "replicas": self.num_replicas,
+            "workers": self.num_workers,
+            "worker_index": self.worker_index,
+            "strategy": STRATEGY_NAMES.get(type(self.strategy).__name__, type(self.strategy).__name__),
+            "threads": self.threads,
+            "cpu": self.cpu,
+        }
 
 
 def with_loss_scaling(optimizer: Any, precision: str) -> Any:
@@ -76,8 +86,14 @@ def configure_gpus(tf: Any, gpus: list) -> None:
         tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = False,
-                  step_cost: int | None = None, cpu: CpuInfo | None = None, size_reason: str | None = None) -> Runtime:
+def setup_runtime(
+    cfg: RuntimeConfig,
+    has_convolutions: bool,
+    small: bool = False,
+    step_cost: int | None = None,
+    cpu: CpuInfo | None = None,
+    size_reason: str | None = None,
+) -> Runtime:
     """Configure TensorFlow for this job and return the strategy to train under.
 
     `step_cost` (see step_macs()) and the CPU's kernels pick the thread layout;
@@ -90,15 +106,17 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = Fals
     tpu_name = os.environ.get("TPU_NAME")
     if cfg.device == "gpu" and not gpus:
         found = ", ".join(d.name for d in tf.config.list_physical_devices()) or "nothing"
-        raise CnnError(f"device `gpu` was requested but TensorFlow sees no GPU (found: {found}); "
-                       "use --device cpu, or install the GPU build with pip install 'cnncli[gpu]'")
+        raise CnnError(
+            f"device `gpu` was requested but TensorFlow sees no GPU (found: {found}); "
+            "use --device cpu, or install the GPU build with pip install 'cnncli[gpu]'"
+        )
     if cfg.device == "cpu" and gpus:
         tf.config.set_visible_devices([], "GPU")
         gpus = []
     device = "tpu" if cfg.distribute == "tpu" else ("gpu" if gpus else "cpu")
-    precision, reason = choose_precision(cfg.precision, device, has_convolutions,
-                                         _gpu_capability(tf, gpus) if gpus else None,
-                                         cpu.flags, cpu.onednn_cap)
+    precision, reason = choose_precision(
+        cfg.precision, device, has_convolutions, _gpu_capability(tf, gpus) if gpus else None, cpu.flags, cpu.onednn_cap
+    )
     if precision == "mixed_float16" and device == "cpu":
         raise CnnError("precision `mixed_float16` needs a GPU; on a CPU use `mixed_bfloat16` or `float32`")
 
@@ -114,31 +132,48 @@ def setup_runtime(cfg: RuntimeConfig, has_convolutions: bool, small: bool = Fals
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:  # TF already started in this process (a second job in one Python): keep its pools
         threads_reason = "TensorFlow had already started in this process: its thread pools were kept"
-    threads = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-               "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-               "reason": threads_reason, "step_macs": step_cost}
+    threads = {
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "reason": threads_reason,
+        "step_macs": step_cost,
+    }
 
     configure_gpus(tf, gpus)
     if device == "cpu" and cfg.cpu_devices:
         cpu_device = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
-            cpu_device, [tf.config.LogicalDeviceConfiguration() for _ in range(cfg.cpu_devices)])
+            cpu_device, [tf.config.LogicalDeviceConfiguration() for _ in range(cfg.cpu_devices)]
+        )
 
     strategy, is_chief, worker_index, num_workers = _strategy(tf, cfg, gpus, tpu_name)
     import keras
 
     keras.mixed_precision.set_global_policy(precision)
     devices = [d.name for d in tf.config.list_logical_devices() if d.device_type in ("CPU", "GPU", "TPU")]
-    return Runtime(strategy, device, devices, precision, reason, strategy.num_replicas_in_sync,
-                   is_chief, worker_index, num_workers, threads, cpu.as_json())
+    return Runtime(
+        strategy,
+        device,
+        devices,
+        precision,
+        reason,
+        strategy.num_replicas_in_sync,
+        is_chief,
+        worker_index,
+        num_workers,
+        threads,
+        cpu.as_json(),
+    )
 
 
 def check_global_batch(batch_size: int, replicas: int) -> None:
     """train.batch_size is the global batch: every replica takes an equal share of each step."""
     if batch_size % replicas:
-        raise CnnError(f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
-                       f"replicas; use a multiple of {replicas}, "
-                       f"e.g. {max(replicas, batch_size // replicas * replicas)}")
+        raise CnnError(
+            f"train.batch_size {batch_size} is the global batch, split evenly across {replicas} "
+            f"replicas; use a multiple of {replicas}, "
+            f"e.g. {max(replicas, batch_size // replicas * replicas)}"
+        )
 
 
 def mirrored_devices(num_gpus: int, logical_cpus: list[str]) -> tuple[list[str], bool]:

@@ -50,8 +50,18 @@ class Session(RunRecord, RunEnding):
     profile: StepProfile | None = None  # cnn train --profile: traces steps of the first epoch trained
     tracker: RunTracker | None = None  # the chief's, when the run is logged to MLflow
 
-    def __init__(self, cfg, runtime, data, plan, run_dir: Path, reporter, smoke: bool = False, on_epoch=None,
-                 resuming: bool = False):
+    def __init__(
+        self,
+        cfg,
+        runtime,
+        data,
+        plan,
+        run_dir: Path,
+        reporter,
+        smoke: bool = False,
+        on_epoch=None,
+        resuming: bool = False,
+    ):
         from cnncli.config.learning import make_loss
         from cnncli.model.builder import build_model
         from cnncli.train.augment import build_augmentation
@@ -83,9 +93,11 @@ class Session(RunRecord, RunEnding):
         outputs = int(self.model.outputs[0].shape[-1])
         top = max((int(y.max()) for y in (self.data.y_train, self.data.y_val, self.data.y_test) if len(y)), default=0)
         if top >= outputs:
-            message = (f"{self.data.source}: labels go up to {top} ({self.data.num_classes} classes) "
-                       f"but the model outputs {outputs} values; set the last layer's units to "
-                       f"{self.data.num_classes}")
+            message = (
+                f"{self.data.source}: labels go up to {top} ({self.data.num_classes} classes) "
+                f"but the model outputs {outputs} values; set the last layer's units to "
+                f"{self.data.num_classes}"
+            )
             last = len(self.cfg.model.layers) - 1
             if last >= 0 and "units" in self.cfg.model.layers[last].args:
                 raise self.cfg.error(message, ("model", "layers", last, "units"))
@@ -174,10 +186,20 @@ class Session(RunRecord, RunEnding):
     def _trainer(self, optimizer, metrics) -> Trainer:
         cfg = self.cfg
         assert cfg.seed is not None  # the job chose and recorded one before the session started
-        trainer = Trainer(self.model, optimizer, self.loss_fn, metrics, self.strategy, cfg.train.batch_size,
-                          cfg.seed, self.augment, chunks_per_epoch=20 if _live(self.reporter) else 1,
-                          steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile,
-                          time_input=not cfg.deterministic)
+        trainer = Trainer(
+            self.model,
+            optimizer,
+            self.loss_fn,
+            metrics,
+            self.strategy,
+            cfg.train.batch_size,
+            cfg.seed,
+            self.augment,
+            chunks_per_epoch=20 if _live(self.reporter) else 1,
+            steps_per_execution=cfg.runtime.steps_per_execution,
+            jit_compile=cfg.runtime.jit_compile,
+            time_input=not cfg.deterministic,
+        )
         trainer.set_data(self.data.x_train, self.data.y_train)
         if self.profile is not None and not self.profile.summary:
             self.profile.attach(trainer)
@@ -189,20 +211,28 @@ class Session(RunRecord, RunEnding):
         if record is not None:
             return record
         trainable = int(sum(np.prod(w.shape) for w in self.model.trainable_weights))
-        record = {"index": phase.index, "epochs": 0, "trainable": phase.trainable,
-                  "trainable_params": trainable,
-                  "non_trainable_params": int(self.model.count_params()) - trainable,
-                  "optimizer": phase.optimizer.type,
-                  "learning_rates": [], "epoch_seconds": [], "train_seconds": 0.0, "examples": 0,
-                  "examples_per_second": 0.0}
+        record = {
+            "index": phase.index,
+            "epochs": 0,
+            "trainable": phase.trainable,
+            "trainable_params": trainable,
+            "non_trainable_params": int(self.model.count_params()) - trainable,
+            "optimizer": phase.optimizer.type,
+            "learning_rates": [],
+            "epoch_seconds": [],
+            "train_seconds": 0.0,
+            "examples": 0,
+            "examples_per_second": 0.0,
+        }
         if rate_groups:  # the rates at the start of the phase; a schedule scales them all alike
             record["layer_lr_decay"] = phase.layer_lr_decay
             record["layer_learning_rates"] = [g.as_json(_current_lr(optimizer)) for g in rate_groups]
         self.phase_records.append(record)
         return record
 
-    def _train_epoch(self, trainer, optimizer, schedule, callbacks, phase, record: dict,
-                     total_epochs: int) -> tuple[dict, dict]:
+    def _train_epoch(
+        self, trainer, optimizer, schedule, callbacks, phase, record: dict, total_epochs: int
+    ) -> tuple[dict, dict]:
         """One epoch trained and scored: its history row, handed to the callbacks, and its timing."""
         index = len(self.history)  # 0-based epoch over all phases
         lr = schedule.rate(index)
@@ -212,8 +242,10 @@ class Session(RunRecord, RunEnding):
         callbacks.on_epoch_begin(index)
         batch_size, examples = self.cfg.train.batch_size, len(self.data.x_train)
         try:
-            result = trainer.train_epoch(index, on_chunk=lambda d, s, logs, sec: self.reporter.chunk(
-                d, s, logs, sec, min(d * batch_size, examples)))
+            result = trainer.train_epoch(
+                index,
+                on_chunk=lambda d, s, logs, sec: self.reporter.chunk(d, s, logs, sec, min(d * batch_size, examples)),
+            )
         except NonFiniteLoss as exc:
             self._non_finite(index + 1, exc.step, optimizer)
         faults.point("epoch_trained")
@@ -323,11 +355,18 @@ class Session(RunRecord, RunEnding):
             carry.write_best_weights(self.run_dir / prefix, best_weights)
         rundir.write_checkpoint(checkpoint, self.run_dir / prefix)
         faults.point("checkpoint_written")
-        state = {"phase": phase.index, "phase_epochs_done": phase_epochs_done, "checkpoint": prefix,
-                 "history": self.history, "phases": self.phase_records, "best": self.best,
-                 "callbacks": callbacks.state(), "stopped": bool(getattr(self.model, "stop_training", False)),
-                 "config": self.config_text,
-                 "input_scaling": INPUT_SCALING}
+        state = {
+            "phase": phase.index,
+            "phase_epochs_done": phase_epochs_done,
+            "checkpoint": prefix,
+            "history": self.history,
+            "phases": self.phase_records,
+            "best": self.best,
+            "callbacks": callbacks.state(),
+            "stopped": bool(getattr(self.model, "stop_training", False)),
+            "config": self.config_text,
+            "input_scaling": INPUT_SCALING,
+        }
         fileio.write_json(self.run_dir / rundir.STATE_FILE, state)
         faults.point("state_written")
         rundir.prune_checkpoints(self.run_dir)
@@ -339,7 +378,7 @@ class Session(RunRecord, RunEnding):
         if value is None:
             return
         mode = spec.mode if spec.mode != "auto" else ("max" if "acc" in spec.monitor else "min")
-        better = (not self.best or (value > self.best["value"] if mode == "max" else value < self.best["value"]))
+        better = not self.best or (value > self.best["value"] if mode == "max" else value < self.best["value"])
         if better:
             self.best = {"monitor": spec.monitor, "value": value, "epoch": row["epoch"]}
             if spec.save_best_only:
@@ -360,8 +399,11 @@ class Session(RunRecord, RunEnding):
 
     def _non_finite(self, epoch: int, step: int, optimizer) -> None:
         lr = float(_current_lr(optimizer))
-        last = f"epoch {len(self.history)} is kept in {self.run_dir / 'checkpoints'}" if self.history else \
-            "no epoch had completed"
+        last = (
+            f"epoch {len(self.history)} is kept in {self.run_dir / 'checkpoints'}"
+            if self.history
+            else "no epoch had completed"
+        )
         self.mark("failed")
         lower = f"{lr / 10:.3g}"
         if self.cfg.train.lr_schedule is not None or self.cfg.train.phases:
@@ -370,10 +412,11 @@ class Session(RunRecord, RunEnding):
             how = f"cnn train --resume {self.run_dir} --set train.optimizer.learning_rate={lower}"
         else:
             how = f"--set train.optimizer.learning_rate={lower}"
-        raise CnnError(f"the loss became NaN or infinite at epoch {epoch}, step {step} "
-                       f"(learning rate {lr:.3g}); training stopped and {last}. "
-                       f"Try a lower learning rate, e.g. {lower}: {how}")
-
+        raise CnnError(
+            f"the loss became NaN or infinite at epoch {epoch}, step {step} "
+            f"(learning rate {lr:.3g}); training stopped and {last}. "
+            f"Try a lower learning rate, e.g. {lower}: {how}"
+        )
 
 
 # Which input scaling the checkpoints were trained behind: 2 = Keras's own layers, a caffe-mode backbone's
@@ -392,9 +435,11 @@ def _check_scaling(cfg, state: dict, run_dir: Path) -> None:
     if state.get("input_scaling", 1) >= INPUT_SCALING or name is None:
         return
     if backbone_mode(BACKBONES.canonical(name) or name) == "caffe":
-        raise CnnError(f"`{run_dir}` was started by an older cnncli, whose {backbone.name} took its input in BGR "
-                       "order; this version feeds RGB, so the run cannot be resumed: start it again with "
-                       f"cnn train {run_dir / 'config.yaml'}")
+        raise CnnError(
+            f"`{run_dir}` was started by an older cnncli, whose {backbone.name} took its input in BGR "
+            "order; this version feeds RGB, so the run cannot be resumed: start it again with "
+            f"cnn train {run_dir / 'config.yaml'}"
+        )
 
 
 def history_columns(cfg: Config) -> list[str]:
@@ -407,8 +452,9 @@ def history_columns(cfg: Config) -> list[str]:
 
 
 def _current_lr(optimizer) -> float:
-    return float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
-                 else optimizer.learning_rate)
+    return float(
+        optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate
+    )
 
 
 def _live(reporter) -> bool:
@@ -431,8 +477,10 @@ def _add_timing(record: dict, result) -> dict:
     """An epoch's time added to its phase's record; the timing shown beside its row.
 
     Timings stay out of history.csv so that deterministic runs give identical files."""
-    timing = {"seconds": round(result.seconds, 4),
-              "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0}
+    timing = {
+        "seconds": round(result.seconds, 4),
+        "examples_per_second": round(result.examples / result.seconds, 1) if result.seconds else 0.0,
+    }
     if result.waiting is not None and result.seconds:
         timing["waiting_for_data"] = round(min(1.0, result.waiting / result.seconds), 3)
     record["epochs"] += 1

@@ -64,9 +64,13 @@ def read_run(path: Path) -> RunFigures:
     for key, value in (metrics.get("test") or {}).items():
         if isinstance(value, (int, float)) and key != "examples":
             figures[f"test_{key}"] = value
-    figures.update({"train_seconds": round(seconds, 2),
-                    "images_per_second": round(examples / seconds, 1) if seconds else None,
-                    "parameters": info.get("total_params")})
+    figures.update(
+        {
+            "train_seconds": round(seconds, 2),
+            "images_per_second": round(examples / seconds, 1) if seconds else None,
+            "parameters": info.get("total_params"),
+        }
+    )
     return RunFigures(path, config, history, figures)
 
 
@@ -99,8 +103,15 @@ def plot_overlay(runs: list[RunFigures], path: Path) -> Path:
             for key, style in ((metric, "-"), (f"val_{metric}", "--")):
                 values = [_number(row.get(key)) for row in run.history]
                 if values and not all(math.isnan(v) for v in values):
-                    ax.plot(epochs, values, style, color=color, marker="o", markersize=3,
-                            label=label if style == "-" else None)
+                    ax.plot(
+                        epochs,
+                        values,
+                        style,
+                        color=color,
+                        marker="o",
+                        markersize=3,
+                        label=label if style == "-" else None,
+                    )
     axes[0].legend(loc="best", fontsize="small", title="solid: train, dashed: validation", title_fontsize="small")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

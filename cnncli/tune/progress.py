@@ -49,17 +49,24 @@ class SweepDisplay:
         else:
             params = "  ".join(f"{k}={cell(v)}" for k, v in outcome.params.items())
             tail = f"  ({outcome.message})" if outcome.message else ""
-            self.console.print(f"trial {outcome.number:>4}  {outcome.state:<8}  {self.metric} "
-                               f"{_value(outcome.value) or '-'}  {outcome.seconds:.1f}s  {params}{tail}",
-                               markup=False)
+            self.console.print(
+                f"trial {outcome.number:>4}  {outcome.state:<8}  {self.metric} "
+                f"{_value(outcome.value) or '-'}  {outcome.seconds:.1f}s  {params}{tail}",
+                markup=False,
+            )
 
     def _table(self) -> Table:
         table = Table(title="trials", title_justify="left")
         names = list(dict.fromkeys(k for r in self.rows for k in r.params))
         for column in ("trial", "state", self.metric, "s", *names, "note"):
-            table.add_column(column, justify="left" if column in ("state", "note") else "right",
-                             overflow="fold")
+            table.add_column(column, justify="left" if column in ("state", "note") else "right", overflow="fold")
         for r in self.rows:
-            table.add_row(str(r.number), r.state, _value(r.value), f"{r.seconds:.1f}",
-                          *[cell(r.params.get(n)) for n in names], r.message[:60])
+            table.add_row(
+                str(r.number),
+                r.state,
+                _value(r.value),
+                f"{r.seconds:.1f}",
+                *[cell(r.params.get(n)) for n in names],
+                r.message[:60],
+            )
         return table

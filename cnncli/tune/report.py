@@ -31,15 +31,25 @@ def trial_rows(sweep: Any) -> list[dict]:
             message = "interrupted (its process stopped); not counted"
         if "retry_of" in t.user_attrs:
             message = (message + "; " if message else "") + f"retry of trial {t.user_attrs['retry_of']}"
-        value = t.value if t.value is not None else (
-            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        value = (
+            t.value
+            if t.value is not None
+            else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        )
         if "surplus" in t.user_attrs:
             message = f"not run: the study already had its {t.user_attrs['surplus']} trials"
-        row = {"number": t.number, "state": state, **{k: t.params.get(k) for k in names}, "value": value,
-               "seconds": t.user_attrs.get("seconds"), "train_seconds": t.user_attrs.get("train_seconds"),
-               "epochs": max(t.intermediate_values) if t.intermediate_values else 0,
-               "run_dir": t.user_attrs.get("run_dir", ""), "host": t.user_attrs.get("host", ""),
-               "message": message}
+        row = {
+            "number": t.number,
+            "state": state,
+            **{k: t.params.get(k) for k in names},
+            "value": value,
+            "seconds": t.user_attrs.get("seconds"),
+            "train_seconds": t.user_attrs.get("train_seconds"),
+            "epochs": max(t.intermediate_values) if t.intermediate_values else 0,
+            "run_dir": t.user_attrs.get("run_dir", ""),
+            "host": t.user_attrs.get("host", ""),
+            "message": message,
+        }
         rows.append(row)
     return rows
 
@@ -76,8 +86,10 @@ def nothing_finished(sweep: Any) -> str | None:
     if not failed or any(t.state.name in ("COMPLETE", "PRUNED") for t in trials):
         return None
     first = failed[0]
-    return (f"every trial failed ({len(failed)}), so there is no best trial; trial {first.number}: "
-            f"{first.user_attrs.get('error', 'interrupted')} (all in {sweep.dir / 'trials.csv'})")
+    return (
+        f"every trial failed ({len(failed)}), so there is no best trial; trial {first.number}: "
+        f"{first.user_attrs.get('error', 'interrupted')} (all in {sweep.dir / 'trials.csv'})"
+    )
 
 
 def write_all(sweep: Any) -> list[Path]:

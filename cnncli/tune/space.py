@@ -90,15 +90,24 @@ def value_problems(cfg: Config, config: str | Path | list[str | Path], overrides
         target = canonical_path(key)
         for value in probes(dist):
             try:  # the schema, then the Keras names and arguments, as `cnn validate` checks them
-                check_model_specs(load_config(config, [*overrides, *as_overrides({key: value})],
-                                              spec_check=raw_spec_problems))
+                check_model_specs(
+                    load_config(config, [*overrides, *as_overrides({key: value})], spec_check=raw_spec_problems)
+                )
             except ConfigError as exc:
                 refused = [p for p in exc.problems if p.path == target]
                 if refused:
-                    hint = ("; search whole numbers with `int: [lo, hi]`" if isinstance(value, float)
-                            and "integer" in refused[0].message else "")
-                    problems.append(Problem(f"draws {value!r}, which this key refuses: {refused[0].message}{hint}",
-                                            f"search.params.{key}", cfg.line_of(("search", "params", key))))
+                    hint = (
+                        "; search whole numbers with `int: [lo, hi]`"
+                        if isinstance(value, float) and "integer" in refused[0].message
+                        else ""
+                    )
+                    problems.append(
+                        Problem(
+                            f"draws {value!r}, which this key refuses: {refused[0].message}{hint}",
+                            f"search.params.{key}",
+                            cfg.line_of(("search", "params", key)),
+                        )
+                    )
                     break
     return problems
 
@@ -113,11 +122,18 @@ def search_problems(cfg: Config, config: str | Path | list[str | Path], override
     metric, line = cfg.search.metric, cfg.line_of(("search", "metric"))
     columns = history_columns(cfg)
     if metric.startswith("val_") and cfg.data.validation_split == 0:
-        problems.append(Problem(f"searching `{metric}` needs a validation split; set data.validation_split",
-                                "search.metric", line))
+        problems.append(
+            Problem(f"searching `{metric}` needs a validation split; set data.validation_split", "search.metric", line)
+        )
     elif metric not in columns:
-        problems.append(Problem(f"`{metric}` is not a column of this config's history{did_you_mean(metric, columns)}; "
-                                f"it records {', '.join(columns)}", "search.metric", line))
+        problems.append(
+            Problem(
+                f"`{metric}` is not a column of this config's history{did_you_mean(metric, columns)}; "
+                f"it records {', '.join(columns)}",
+                "search.metric",
+                line,
+            )
+        )
     return problems
 
 

@@ -56,7 +56,8 @@ def counted(trial: Any) -> bool:
     from optuna.trial import TrialState
 
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and "error" in trial.user_attrs)
+        trial.state == TrialState.FAIL and "error" in trial.user_attrs
+    )
 
 
 def _owner_alive(trial, sweep_dir: Path) -> bool | None:
@@ -114,8 +115,11 @@ def _surplus(sweep, trial) -> bool:
     once; the later-numbered one is ended at once, marked, and never counted or run."""
     from optuna.trial import TrialState
 
-    earlier = sum(counted(t) or t.state == TrialState.RUNNING
-                  for t in sweep.study.get_trials(deepcopy=False) if t.number < trial.number)
+    earlier = sum(
+        counted(t) or t.state == TrialState.RUNNING
+        for t in sweep.study.get_trials(deepcopy=False)
+        if t.number < trial.number
+    )
     if earlier < sweep.n_trials:
         return False
     trial.set_user_attr("surplus", sweep.n_trials)

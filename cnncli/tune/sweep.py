@@ -81,9 +81,12 @@ def open_sweep(opts: TuneOptions) -> Sweep:
     cfg = load_config(opts.config, opts.overrides, spec_check=raw_spec_problems)
     if cfg.search is None:
         # the file as a whole: a missing section has no line, and the root's would point at its first key
-        raise ConfigError.single("the config has no `search:` section, which cnn tune searches; add one, e.g. "
-                                 "`search: {params: {train.optimizer.learning_rate: {loguniform: [0.0001, 0.01]}}}` "
-                                 "(see docs/experiments.md, Sweeps)", file=cfg._file)
+        raise ConfigError.single(
+            "the config has no `search:` section, which cnn tune searches; add one, e.g. "
+            "`search: {params: {train.optimizer.learning_rate: {loguniform: [0.0001, 0.01]}}}` "
+            "(see docs/experiments.md, Sweeps)",
+            file=cfg._file,
+        )
     problems = space.search_problems(cfg, opts.config, opts.overrides)
     if problems:
         raise ConfigError(problems, cfg._file)
@@ -112,14 +115,20 @@ def open_sweep(opts: TuneOptions) -> Sweep:
             if new_dir:  # nothing of a study was written: leave no empty sweep directory behind
                 shutil.rmtree(sweep_dir, ignore_errors=True)
             raise
-        study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
-                                    direction=space.direction(cfg.search),
-                                    sampler=space.make_sampler(cfg.search, cfg.seed),
-                                    pruner=space.make_pruner(cfg.search, cfg.total_epochs))
+        study = optuna.create_study(
+            storage=storage,
+            study_name=name,
+            load_if_exists=True,
+            direction=space.direction(cfg.search),
+            sampler=space.make_sampler(cfg.search, cfg.seed),
+            pruner=space.make_pruner(cfg.search, cfg.total_epochs),
+        )
         if not study.trials and any((sweep_dir / "trials").iterdir()):
-            raise CnnError(f"`{sweep_dir}` holds the trials of another study (study `{name}` in "
-                           f"{'that storage' if opts.storage else 'its study.db'} has none); "
-                           "choose another --output or the same --study and --storage")
+            raise CnnError(
+                f"`{sweep_dir}` holds the trials of another study (study `{name}` in "
+                f"{'that storage' if opts.storage else 'its study.db'} has none); "
+                "choose another --output or the same --study and --storage"
+            )
     n_trials, notes = trial_budget(cfg, opts.trials)
     return Sweep(sweep_dir, cfg, opts, study, n_trials, cfg.search.metric, owner, notes)
 
@@ -136,12 +145,17 @@ def trial_budget(cfg: Config, trials_option: int | None) -> tuple[int, list[str]
     if asked <= points:
         return asked, []
     source = "--trials" if trials_option else "search.trials"
-    return points, [f"{source} asks for {asked} trials but the grid has {points} points: running {points}, "
-                    "each point once"]
+    return points, [
+        f"{source} asks for {asked} trials but the grid has {points} points: running {points}, each point once"
+    ]
 
 
-DRIVERS = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "PyMySQL",
-           "MySQLdb": "mysqlclient"}  # module SQLAlchemy imports -> the package that provides it
+DRIVERS = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pymysql": "PyMySQL",
+    "MySQLdb": "mysqlclient",
+}  # module SQLAlchemy imports -> the package that provides it
 CREATION_ATTEMPTS = 3
 
 
@@ -153,18 +167,24 @@ def open_storage(url: str) -> Any:
     try:
         shown = make_url(url).render_as_string(hide_password=True)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise UsageError(f"`{url}` is not a database URL; use one like sqlite:///study.db or "
-                         "postgresql://user:password@host/database", "--storage") from None
+        raise UsageError(
+            f"`{url}` is not a database URL; use one like sqlite:///study.db or "
+            "postgresql://user:password@host/database",
+            "--storage",
+        ) from None
     try:
         return _storage_with_tables(url)
     except ImportError as exc:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
         module = getattr(exc.__cause__, "name", None) or "its database driver"
-        raise CnnError(f"--storage `{shown}` needs the database driver `{module}`, which is not installed: "
-                       f"pip install \"{DRIVERS.get(module, module)}\"") from None
+        raise CnnError(
+            f"--storage `{shown}` needs the database driver `{module}`, which is not installed: "
+            f'pip install "{DRIVERS.get(module, module)}"'
+        ) from None
     except sqlalchemy.exc.SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise CnnError(f"--storage `{shown}`: cannot open the database: "
-                       f"{reason[0] if reason else type(exc).__name__}") from None
+        raise CnnError(
+            f"--storage `{shown}`: cannot open the database: {reason[0] if reason else type(exc).__name__}"
+        ) from None
 
 
 def _storage_with_tables(url: str):
@@ -176,9 +196,12 @@ def _storage_with_tables(url: str):
     for attempt in range(CREATION_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite")
-                else None, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-                heartbeat_stale_trial_callback=retry_once)
+                url,
+                engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT}} if url.startswith("sqlite") else None,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry_once,
+            )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # Processes on several machines opening a new database at once race to create its tables
             # (optuna/optuna#1092); the one that lost finds them made when it looks again.
@@ -199,8 +222,13 @@ class TrialOutcome:
     metric: str = "value"
 
 
-def run_trial(sweep: Sweep, trial: Any, reporter: Reporter | None = None, tracker: LiveRun | None = None,
-              load_resident: Callable[[DataConfig, int], Dataset] | None = None) -> TrialOutcome:
+def run_trial(
+    sweep: Sweep,
+    trial: Any,
+    reporter: Reporter | None = None,
+    tracker: LiveRun | None = None,
+    load_resident: Callable[[DataConfig, int], Dataset] | None = None,
+) -> TrialOutcome:
     """Train one trial as an ordinary run and tell the study how it ended (`tracker`: its MLflow LiveRun)."""
     from optuna.trial import TrialState
 
@@ -219,8 +247,10 @@ def run_trial(sweep: Sweep, trial: Any, reporter: Reporter | None = None, tracke
 
     def on_epoch(row: dict) -> None:
         if sweep.metric not in row:
-            raise MetricMissing(f"search.metric `{sweep.metric}` is not recorded; history columns are "
-                                f"{', '.join(k for k in row if k != 'epoch')}")
+            raise MetricMissing(
+                f"search.metric `{sweep.metric}` is not recorded; history columns are "
+                f"{', '.join(k for k in row if k != 'epoch')}"
+            )
         value = row[sweep.metric]
         if isinstance(value, (int, float)) and math.isfinite(value):
             reported["value"] = float(value)
@@ -234,9 +264,17 @@ def run_trial(sweep: Sweep, trial: Any, reporter: Reporter | None = None, tracke
     state, value, message = TrialState.FAIL, None, ""
     try:
         with beat:
-            result = run_training(TrainOptions(config=sweep.opts.config, overrides=overrides, run_dir=run_dir,
-                                               on_epoch=on_epoch, tracker=tracker, load_resident=load_resident),
-                                   reporter or Reporter())
+            result = run_training(
+                TrainOptions(
+                    config=sweep.opts.config,
+                    overrides=overrides,
+                    run_dir=run_dir,
+                    on_epoch=on_epoch,
+                    tracker=tracker,
+                    load_resident=load_resident,
+                ),
+                reporter or Reporter(),
+            )
         history = rundir.read_history(result.run_dir / "history.csv")
         value = history[-1].get(sweep.metric) if history else None
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -269,8 +307,9 @@ def run_trial(sweep: Sweep, trial: Any, reporter: Reporter | None = None, tracke
     except RuntimeError as exc:  # the grid sampler stops an optimize loop when its grid is done; ours counts
         if "Study.stop" not in str(exc):
             raise
-    return TrialOutcome(trial.number, state.name, value, params, seconds, message,
-                        run_dir if run_dir.exists() else None, sweep.metric)
+    return TrialOutcome(
+        trial.number, state.name, value, params, seconds, message, run_dir if run_dir.exists() else None, sweep.metric
+    )
 
 
 def _train_seconds(run_dir: Path) -> float:
@@ -323,8 +362,12 @@ def _expected_retracing():
         logger.removeFilter(note)
 
 
-def run_sweep(opts: TuneOptions, on_trial: Callable[[TrialOutcome], None] | None = None,
-              reporter: Reporter | None = None, on_start: Callable[[Sweep], None] | None = None) -> Sweep:
+def run_sweep(
+    opts: TuneOptions,
+    on_trial: Callable[[TrialOutcome], None] | None = None,
+    reporter: Reporter | None = None,
+    on_start: Callable[[Sweep], None] | None = None,
+) -> Sweep:
     """Trials until the study holds the requested number (or search.timeout passes); then the reports."""
     from cnncli.tune import report
 
@@ -356,8 +399,10 @@ def run_sweep(opts: TuneOptions, on_trial: Callable[[TrialOutcome], None] | None
                 if on_trial is not None:
                     on_trial(outcome)
     except (Interrupted, KeyboardInterrupt):
-        raise Interrupted(f"stopped; the interrupted trial runs again when the sweep continues: "
-                          f"cnn tune {opts.config} --output {sweep.dir}") from None
+        raise Interrupted(
+            f"stopped; the interrupted trial runs again when the sweep continues: "
+            f"cnn tune {opts.config} --output {sweep.dir}"
+        ) from None
     finally:
         with sweep_lock(sweep.dir):
             report.write_all(sweep)

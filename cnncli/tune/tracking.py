@@ -47,8 +47,11 @@ def client(uri: str) -> Any:
 
 # MLflow retries an unreachable server 7 times with doubling waits (minutes) before it gives up: a run whose
 # server goes away mid-way would stall that long at every epoch. Ours give up within about half a minute.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
 CONNECT_SECONDS = 5
 _reached: set[str] = set()
 
@@ -65,10 +68,15 @@ def _check_server(uri: str) -> None:
     try:
         socket.create_connection((parts.hostname or "localhost", port), timeout=CONNECT_SECONDS).close()
     except OSError as exc:
-        reason = f"no answer in {CONNECT_SECONDS} s" if isinstance(exc, TimeoutError) else \
-            (exc.strerror or type(exc).__name__)
-        raise CnnError(f"MLflow at `{uri}` cannot be reached ({reason.lower()}); start the tracking server, "
-                       "or leave out --mlflow and tracking.mlflow") from None
+        reason = (
+            f"no answer in {CONNECT_SECONDS} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or type(exc).__name__)
+        )
+        raise CnnError(
+            f"MLflow at `{uri}` cannot be reached ({reason.lower()}); start the tracking server, "
+            "or leave out --mlflow and tracking.mlflow"
+        ) from None
     _reached.add(uri)
 
 
@@ -135,8 +143,11 @@ def param_key(path: str) -> str:
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     """Nested config data as `a.b.c: value` text pairs, MLflow's params."""
     if isinstance(data, dict):
-        return {k: v for key, value in data.items()
-                for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()}
+        return {
+            k: v
+            for key, value in data.items()
+            for k, v in flatten(value, f"{prefix}.{key}" if prefix else str(key)).items()
+        }
     if isinstance(data, list) and any(isinstance(v, (dict, list)) for v in data):
         return {k: v for i, value in enumerate(data) for k, v in flatten(value, f"{prefix}.{i}").items()}
     return {prefix: str(data)[:6000]}
@@ -182,7 +193,7 @@ class LiveRun:
             config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
             params = [Param(param_key(k), v) for k, v in flatten(config).items()]
             for i in range(0, len(params), BATCH):
-                self.mlflow.log_batch(self.run_id, params=params[i:i + BATCH])
+                self.mlflow.log_batch(self.run_id, params=params[i : i + BATCH])
 
     def epoch(self, row: dict) -> None:
         """Log an epoch's metrics; a failed call is made up for at the end."""
@@ -194,11 +205,13 @@ class LiveRun:
         run_dir = Path(run_dir)
         with mlflow_errors(self.where[0]):
             history = rundir.read_history(run_dir / "history.csv") if (run_dir / "history.csv").exists() else []
-            logged = {key: {m.step for m in self.mlflow.get_metric_history(self.run_id, key)}
-                      for key in {k for row in history for k in row if k not in NOT_METRICS}}
+            logged = {
+                key: {m.step for m in self.mlflow.get_metric_history(self.run_id, key)}
+                for key in {k for row in history for k in row if k not in NOT_METRICS}
+            }
             missing = [m for m in _metrics(history) if m.step not in logged.get(m.key, ())]
             for i in range(0, len(missing), 10 * BATCH):
-                self.mlflow.log_batch(self.run_id, metrics=missing[i:i + 10 * BATCH])
+                self.mlflow.log_batch(self.run_id, metrics=missing[i : i + 10 * BATCH])
             for path in sorted(run_dir.glob("*.png")) + [run_dir / "metrics.json", run_dir / "model.keras"]:
                 if path.exists():
                     self.mlflow.log_artifact(self.run_id, str(path))
@@ -211,8 +224,12 @@ def _metrics(rows: list[dict]) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(key, float(value), now, int(row["epoch"])) for row in rows
-            for key, value in row.items() if key not in NOT_METRICS and isinstance(value, (int, float))]
+    return [
+        Metric(key, float(value), now, int(row["epoch"]))
+        for row in rows
+        for key, value in row.items()
+        if key not in NOT_METRICS and isinstance(value, (int, float))
+    ]
 
 
 class SweepTracker:
@@ -232,8 +249,11 @@ class SweepTracker:
         with sweep_lock(sweep.dir), mlflow_errors(where[0]):
             parent = sweep.study.user_attrs.get("mlflow_parent_run")
             if parent is None:
-                run = mlflow.create_run(experiment_id(mlflow, where[1]), run_name=sweep.study.study_name,
-                                        tags={"cnncli.sweep_dir": str(sweep.dir.resolve())})
+                run = mlflow.create_run(
+                    experiment_id(mlflow, where[1]),
+                    run_name=sweep.study.study_name,
+                    tags={"cnncli.sweep_dir": str(sweep.dir.resolve())},
+                )
                 parent = run.info.run_id
                 sweep.study.set_user_attr("mlflow_parent_run", parent)
         return cls(where, parent)
@@ -256,8 +276,11 @@ class SweepTracker:
                 for key, value in tags.items():
                     mlflow.set_tag(live.run_id, key, value)
                 return
-            run = mlflow.create_run(experiment_id(mlflow, self.where[1]), run_name=f"{outcome.number:04d}",
-                                    tags={**tags, "mlflow.parentRunId": self.parent})
+            run = mlflow.create_run(
+                experiment_id(mlflow, self.where[1]),
+                run_name=f"{outcome.number:04d}",
+                tags={**tags, "mlflow.parentRunId": self.parent},
+            )
             mlflow.log_batch(run.info.run_id, params=[Param(param_key(k), str(v)) for k, v in outcome.params.items()])
             mlflow.set_terminated(run.info.run_id, "FAILED")
 
