@@ -7,6 +7,7 @@ shadow each other under the one module name `conftest`.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,22 @@ def _merge(config: dict, path: list[str], value) -> None:
             _merge(parent[key], [sub], subvalue)
     else:
         parent[key] = value
+
+
+def free_ports(n: int) -> list[int]:
+    """n TCP ports on 127.0.0.1 that were free a moment ago, for the workers of a test cluster."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def worker_env(**extra) -> dict:
+    """This environment for a cnn worker process: no inherited cluster, fault or worker-dir settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CNNCLI_FAULT", "CNNCLI_WORKER_DIR")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg", **extra})
+    return env

@@ -170,22 +170,8 @@ _INT_ARGS = {
 }
 _INTS_ARGS = {"kernel_size", "strides", "pool_size", "dilation_rate", "size"}  # an integer or a list of them
 # Sizes, counts and steps: Keras refuses 0 (most when the layer is made, strides and sides at its first call).
-_POSITIVE_ARGS = _INTS_ARGS | {
-    "filters",
-    "units",
-    "groups",
-    "depth_multiplier",
-    "num_heads",
-    "key_dim",
-    "value_dim",
-    "output_dim",
-    "input_dim",
-    "decay_steps",
-    "first_decay_steps",
-    "height",
-    "width",
-    "gradient_accumulation_steps",
-}
+# Every integer argument but the four for which 0 means "none" or "at once".
+_POSITIVE_ARGS = _INTS_ARGS | (_INT_ARGS - {"patience", "cooldown", "ema_overwrite_frequency", "warmup_steps"})
 # Keras takes 0 here: a schedule warming up from 0 (CosineDecay's own example: initial_learning_rate 0,
 # warmup_target 0.003), a rate of 0 that holds weights still, an epsilon of 0.
 # A negative value is never meant (a negative rate climbs the loss).

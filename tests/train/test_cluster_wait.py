@@ -9,7 +9,6 @@ Every run is a subprocess bounded by a timeout (TensorFlow's own wait for the cl
 from __future__ import annotations
 
 import json
-import os
 import queue
 import signal
 import socket
@@ -18,7 +17,7 @@ import sys
 import threading
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, free_ports, worker_env
 
 from cnncli.errors import CnnError
 from cnncli.train import cluster
@@ -39,23 +38,6 @@ runtime: {distribute: multi_worker, precision: float32}
 """
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CNNCLI_FAULT", "CNNCLI_WORKER_DIR")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg", **extra})
-    return env
-
-
 def _tf_config(ports: list[int], index: int = 0) -> str:
     return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}})
@@ -67,7 +49,7 @@ def _start(tmp_path, ports: list[int], *sets: str, index: int = 0, **env) -> sub
     for s in sets:
         args += ["--set", s]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(TF_CONFIG=_tf_config(ports, index), **env), cwd=ROOT)
+                            env=worker_env(TF_CONFIG=_tf_config(ports, index), **env), cwd=ROOT)
 
 
 def test_gives_up_after_cluster_timeout_naming_the_missing_worker(tmp_path):

@@ -18,9 +18,7 @@ of the single-device run's (measured: 0.810 vs 0.817 on 300 test images).
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import small_config
+from helpers import free_ports, small_config, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 300  # seconds per run; a hung collective fails the test instead of the suite
@@ -46,26 +44,9 @@ CONFIG = small_config({  # enough shapes and epochs that one worker and two lear
 })
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "CNNCLI_FAULT", "CNNCLI_WORKER_DIR")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "MPLBACKEND": "Agg", **extra})
-    return env
-
-
 def cnn(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cnncli", *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env or _env(), cwd=ROOT)
+                          timeout=TIMEOUT, env=env or worker_env(), cwd=ROOT)
 
 
 def train_json(config: Path, output: Path, *sets: str) -> dict:
@@ -98,7 +79,7 @@ def multi_worker(args: list[str], output: Path, worker_dir: Path | None, fault: 
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "cnncli", *args, "--output", str(output), output_format,
              "--set", "runtime.distribute=multi_worker"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(**extra), cwd=ROOT))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env(**extra), cwd=ROOT))
     results = [None, None]
     deadline = time.monotonic() + 2 * TIMEOUT  # a hung cluster fails the test instead of the suite
     try:
@@ -317,7 +298,7 @@ AGGREGATION = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def two_replica_trainer() -> dict:
     proc = subprocess.run([sys.executable, "-c", AGGREGATION], capture_output=True, text=True, timeout=TIMEOUT,
-                          env=_env(), cwd=ROOT)
+                          env=worker_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -394,8 +375,8 @@ def test_collective_timeout_sets_the_heartbeat_timeout():
                           "jobs": [(j.name, j.num_tasks) for j in config.coordinated_job_list],
                           "default": RuntimeConfig().collective_timeout}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, env=_env(),
-                          cwd=ROOT)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT,
+                          env=worker_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {
         "heartbeat": 7500, "barrier": 7500, "leader": "/job:worker/replica:0/task:0", "jobs": [["worker", 2]],
