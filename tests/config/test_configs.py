@@ -26,12 +26,14 @@ KNOWN_TOTALS = {
     "resnet20_cifar.yaml": 274_442,
     "convmixer.yaml": 602_890,
     "vgg16_transfer.yaml": 14_714_688 + 512 * 256 + 256 + 256 * 2 + 2,
+    "fashion_resnet.yaml": 289_962,
+    "fashion_resnet_sweep.yaml": 289_962,
 }
 
 
-SHIPPED = {"convmixer.yaml", "fashion_pretrain.yaml", "inception_mini.yaml", "lenet5.yaml", "mnist_lenet.yaml",
-           "mnist_mlp.yaml", "mnist_softmax.yaml", "resnet20_cifar.yaml", "resnet_mini.yaml", "shapes_cnn.yaml",
-           "vgg16_transfer.yaml"}
+SHIPPED = {"convmixer.yaml", "fashion_pretrain.yaml", "fashion_resnet.yaml", "fashion_resnet_sweep.yaml",
+           "inception_mini.yaml", "lenet5.yaml", "mnist_lenet.yaml", "mnist_mlp.yaml", "mnist_softmax.yaml",
+           "resnet20_cifar.yaml", "resnet_mini.yaml", "shapes_cnn.yaml", "vgg16_transfer.yaml"}
 
 
 def test_configs_exist():
