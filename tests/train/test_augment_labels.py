@@ -275,3 +275,33 @@ def test_cnn_train_with_mixup_learns_the_shapes(tmp_path):
     assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 5
     test = json.loads((run_dir / "metrics.json").read_text())["test"]
     assert test["accuracy"] > 0.6, test  # three classes: chance is 1/3
+
+
+def test_a_run_with_mixup_resumed_after_an_interrupt_repeats_the_uninterrupted_history(tmp_path):
+    """The layers' random states are checkpointed with the model: the resumed epoch mixes as the
+    uninterrupted one did, so the two histories are the same to the last digit."""
+    from cnncli.errors import Interrupted
+    from cnncli.train.job import TrainOptions, run_training
+    from cnncli.train.progress import Reporter
+
+    text = small_config({"deterministic": True, "train.epochs": 2,
+                         "data.augment": [{"type": "MixUp"}, {"type": "RandomFlip"}, {"type": "CutMix"}]})
+
+    def ctrl_c(row: dict) -> None:
+        raise KeyboardInterrupt
+
+    run_dirs = []
+    for name, stop in (("whole", None), ("interrupted", ctrl_c)):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(text)
+        try:
+            run_training(TrainOptions(config=config, output=tmp_path / name, on_epoch=stop), Reporter())
+        except Interrupted:
+            pass
+        (run_dir,) = (tmp_path / name).glob("*/*")
+        run_dirs.append(run_dir)
+    whole, interrupted = run_dirs
+    assert len((interrupted / "history.csv").read_text().splitlines()) == 1 + 1
+    result = runner.invoke(app, ["train", "--resume", str(interrupted), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (interrupted / "history.csv").read_text() == (whole / "history.csv").read_text()
