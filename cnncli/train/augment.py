@@ -6,11 +6,17 @@ float16, which several Keras augmentations do not take (CutMix mixes a float32
 image with a bfloat16 one and fails in the first step), and the pixels lose
 nothing by staying float32 until the model's first layer casts them.
 
+The layers that change labels (MixUp, CutMix: `compat.changes_labels` tells
+them apart) get one-hot float32 labels with the images and mix both; the
+training step (loop.py `Trainer.augment_batch`) then hands the loss soft
+targets. Every other layer sees the images only, and without such a layer the
+step keeps its class indices.
+
 What a layer does only when it runs (a hue shift on one grey channel, a crop
 that leaves the images smaller than the model's input) is found by running the
-layers once on a tiny batch, as the training step runs them: `cnn validate`
-does so under every precision `auto` may choose, `cnn train` under its own,
-before any data is read.
+layers once on a tiny batch, as the training step runs them, labels included:
+`cnn validate` does so under every precision `auto` may choose, `cnn train`
+under its own, before any data is read.
 """
 
 from __future__ import annotations
