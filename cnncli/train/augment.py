@@ -22,6 +22,7 @@ under its own, before any data is read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cnncli.config.schema import Config
 from cnncli.errors import ConfigError, Problem
@@ -50,7 +51,7 @@ class Augmentation:
         """Whether a layer changes the labels: the step then trains on soft labels, one-hot and mixed."""
         return any(self.mixes)
 
-    def __call__(self, images, labels=None, training: bool = True):
+    def __call__(self, images: Any, labels: Any = None, training: bool = True) -> Any:
         """Run the layers in order on a batch of images, or on images and their one-hot float labels
         (then return both: `labels` mixed as the images were)."""
         for layer, mixes in zip(self.layers, self.mixes, strict=True):

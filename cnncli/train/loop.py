@@ -107,7 +107,7 @@ class Trainer:
         self._predict_fn = tf.function(self._predict_batches, reduce_retracing=True)
 
     # ------------------------------------------------------------------ steps
-    def augment_batch(self, x, y):
+    def augment_batch(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
         """The batch a step trains on: (float32 images, the loss's targets, the metrics' class indices).
 
         Without augmentation that changes labels the targets are the class indices `y` themselves.
