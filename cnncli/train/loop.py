@@ -113,9 +113,9 @@ class Trainer:
         Without augmentation that changes labels the targets are the class indices `y` themselves.
         With it (MixUp, CutMix) they are one-hot float32, mixed by the layers as the images were,
         and the metrics compare with each mixed label's largest class: the class the mixed image
-        shows most of. (The unmixed batch's classes would count a model that names the image a
-        MixUp weight of 0.1 left in view as wrong; with MixUp's usual alpha most weights are near
-        0 or 1, so that would be about half the examples.)
+        shows most of. (Not the unmixed image's own class: with MixUp's usual alpha most weights
+        lie near 0 or 1, so about half the images show mostly their partner, and a model that
+        names the partner would be counted wrong.)
         """
         tf = self.tf
         x = tf.cast(x, "float32")
