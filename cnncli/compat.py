@@ -28,6 +28,9 @@ for, and what happens when a release moves one:
     xplane           tensorflow.tsl.profiler.protobuf.xplane_pb2.XSpace: reads back the trace that
                      `cnn train --profile` wrote (train/profile.py). Without it: the trace is still
                      written for TensorBoard, and the top-ops table says it cannot be read here.
+    transform_labels BaseImagePreprocessingLayer.transform_labels: which augmentation layers change
+                     the labels (MixUp, CutMix), so that only those get them (train/augment.py).
+                     Without it: Keras's label-mixing layers by name.
 
 `check()` looks for each once per process; run.json records the result and which
 speed-ups a run actually used (`report()`), so a slower run on a newer Keras
@@ -80,7 +83,14 @@ def _probe() -> dict[str, bool]:
         and _has("tensorflow.python.distribute.multi_worker_util", "coordination_leader")
         and _has("tensorflow.python.distribute.collective_all_reduce_strategy", "coordination_config_pb2"),
         "xplane": _has("tensorflow.tsl.profiler.protobuf.xplane_pb2", "XSpace"),
+        "transform_labels": hasattr(_image_layer_base(), "transform_labels"),
     }
+
+
+def _image_layer_base() -> Any:
+    """The class of Keras's image augmentation layers, or None."""
+    module = "keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer"
+    return getattr(importlib.import_module(module), "BaseImagePreprocessingLayer", None) if _has(module) else None
 
 
 def _layer_has_inbound_nodes() -> bool:
@@ -198,6 +208,42 @@ def is_image_augmentation(cls: type) -> bool:
     """Whether a keras.layers class is one of Keras's image preprocessing and augmentation layers
     (RandomFlip ... CutMix, MixUp, RandAugment): they live together in keras.src.layers.preprocessing."""
     return ".image_preprocessing." in getattr(cls, "__module__", "")
+
+
+_LABEL_MIXERS = ("MixUp", "CutMix")  # without transform_labels: Keras's layers that mix labels, by name
+
+
+class _Untouchable:
+    """A random transformation that raises when a layer reads it."""
+
+    def __getitem__(self, key: Any) -> Any:
+        raise LookupError(key)
+
+    def get(self, *args: Any) -> Any:
+        """Raise: dict.get reads it too."""
+        raise LookupError(args)
+
+
+def changes_labels(layer: Any) -> bool:
+    """Whether an augmentation layer changes the labels of the images it changes (MixUp, CutMix mix them).
+
+    Keras's image layers take {"images", "labels"} and pass the labels through `transform_labels`,
+    with the batch's random transformation. A layer that hands the labels back untouched without
+    reading the transformation leaves them alone; so does one without `transform_labels` (it takes
+    images only). Every other layer changes them, or may: it gets them.
+    """
+    if not usable("transform_labels"):
+        return type(layer).__name__ in _LABEL_MIXERS
+    base = _image_layer_base()
+    if base is None or not isinstance(layer, base):
+        return False
+    labels = object()
+    try:
+        return layer.transform_labels(labels, transformation=_Untouchable(), training=True) is not labels
+    except NotImplementedError:  # the base class's: the layer takes no labels
+        return False
+    except Exception:  # it read the transformation (or worked on the labels): it changes them
+        return True
 
 
 def file_utils() -> Any:

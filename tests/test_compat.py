@@ -66,7 +66,7 @@ def _traced_step(optimizer_name: str, **kwargs):
 def test_the_tested_keras_has_every_internal():
     assert compat.check() == {name: True for name in ("fast_dropout", "fused_optimizer", "variable_index",
                                                        "weights_hint", "inbound_nodes", "snake_case",
-                                                       "coordination", "xplane")}
+                                                       "coordination", "xplane", "transform_labels")}
 
 
 @pytest.mark.parametrize("name, kwargs, kernel", [("Adam", {}, "ResourceApplyAdam"),

@@ -144,6 +144,9 @@ def loss_problems(loss: str | LossSpec, path: str = "train.loss") -> list[Proble
 class ClassIndexLoss:
     """A Keras loss fed the class indices the data holds: one-hot first for a loss that compares vectors.
 
+    It takes soft targets too, one float per class summing to 1 (the labels MixUp and CutMix mix):
+    a loss that compares vectors gets them as they are; a loss of class indices gets its counterpart
+    on vectors (`_SOFT_COUNTERPARTS`). Label smoothing, the loss's own argument, applies to both.
     Returns one value per example (the training step averages them over the global batch).
     """
 
@@ -152,17 +155,66 @@ class ClassIndexLoss:
         cls = LOSSES.get(name)
         self.loss = cls(**args, reduction=None)
         self.one_hot = cls.__name__ not in _INDEX_LOSSES
+        self.soft = self.loss if self.one_hot else _SOFT_COUNTERPARTS[cls.__name__](**args)
+        # Keras's hinge losses turn {0, 1} targets into {-1, 1} only when the whole batch is {0, 1}:
+        # soft targets are turned here, row by row, or a mixed batch would read its one-hot rows as {0, 1}.
+        self.signed = cls.__name__ in _SIGNED_TARGET_LOSSES
         self.__name__ = self.name = snake(cls.__name__)
 
     def __call__(self, y_true: Any, y_pred: Any) -> Any:
-        """Per-example losses of class-index labels `y_true` against probabilities `y_pred`."""
-        from keras import ops
+        """Per-example losses against probabilities `y_pred` of `y_true`: class indices (integers),
+        or soft targets (floats, one per class)."""
+        from keras import backend, ops
 
+        if backend.is_float_dtype(backend.standardize_dtype(y_true.dtype)):
+            y_true = ops.cast(y_true, y_pred.dtype)
+            return self.soft(2.0 * y_true - 1.0 if self.signed else y_true, y_pred)
         if self.one_hot:
             y_true = ops.one_hot(
                 ops.reshape(ops.cast(y_true, "int32"), (-1,)), int(y_pred.shape[-1]), dtype=y_pred.dtype
             )
         return self.loss(y_true, y_pred)
+
+
+_SIGNED_TARGET_LOSSES = ("Hinge", "SquaredHinge")  # they compare the prediction with -1/1 targets
+
+
+def _soft_crossentropy(from_logits: bool = False, ignore_class: int | None = None, axis: int = -1, **_: Any) -> Any:
+    """SparseCategoricalCrossentropy on soft targets: CategoricalCrossentropy, which is the expected
+    sparse loss under the target's class weights; `ignore_class`'s weight counts for nothing, as the
+    sparse loss gives its examples 0."""
+    import keras
+    from keras import ops
+
+    loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits, axis=axis, reduction=None)
+    if ignore_class is None:
+        return loss
+
+    def ignoring(y_true: Any, y_pred: Any) -> Any:
+        kept = 1.0 - ops.one_hot(ignore_class, int(y_pred.shape[-1]), dtype=y_true.dtype)  # zeros off the classes
+        return loss(y_true * kept, y_pred)
+
+    return ignoring
+
+
+def _soft_generalized_crossentropy(q: float = 0.5, **_: Any) -> Any:
+    """CategoricalGeneralizedCrossEntropy on soft targets: the expected loss under the target's class
+    weights, sum_k t_k (1 - p_k^q) / q (Keras's takes class indices only)."""
+    from keras import ops
+
+    def expected(y_true: Any, y_pred: Any) -> Any:
+        # p^q only where the target has weight: a class with none and p = 0 would give 0·∞ = NaN gradients
+        p = ops.where(y_true > 0, y_pred, ops.ones_like(y_pred))
+        return ops.sum(y_true * (1.0 - ops.power(p, q)) / q, axis=-1)
+
+    return expected
+
+
+# The form on soft targets of each loss that takes class indices, built from the loss's own arguments.
+_SOFT_COUNTERPARTS = {
+    "SparseCategoricalCrossentropy": _soft_crossentropy,
+    "CategoricalGeneralizedCrossEntropy": _soft_generalized_crossentropy,
+}
 
 
 def make_loss(loss: str | LossSpec) -> ClassIndexLoss:

@@ -6,16 +6,23 @@ float16, which several Keras augmentations do not take (CutMix mixes a float32
 image with a bfloat16 one and fails in the first step), and the pixels lose
 nothing by staying float32 until the model's first layer casts them.
 
+The layers that change labels (MixUp, CutMix: `compat.changes_labels` tells
+them apart) get one-hot float32 labels with the images and mix both; the
+training step (loop.py `Trainer.augment_batch`) then hands the loss soft
+targets. Every other layer sees the images only, and without such a layer the
+step keeps its class indices.
+
 What a layer does only when it runs (a hue shift on one grey channel, a crop
 that leaves the images smaller than the model's input) is found by running the
-layers once on a tiny batch, as the training step runs them: `cnn validate`
-does so under every precision `auto` may choose, `cnn train` under its own,
-before any data is read.
+layers once on a tiny batch, as the training step runs them, labels included:
+`cnn validate` does so under every precision `auto` may choose, `cnn train`
+under its own, before any data is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from cnncli.config.schema import Config
 from cnncli.errors import ConfigError, Problem
@@ -26,16 +33,34 @@ TRIAL_BATCH = 2  # images in the trial: enough for the layers that mix two image
 
 class Augmentation:
     """The augmentation layers, applied in order (not a keras.Sequential: Keras builds a Sequential
-    as a functional graph on its first call, in which Equalization's output is its own input, a cycle)."""
+    as a functional graph on its first call, in which Equalization's output is its own input, a cycle).
+
+    The layers that change labels (MixUp and CutMix mix two images and their labels in the same
+    proportion) get the labels with the images, as Keras's {"images", "labels"} dict; every other
+    layer gets the images alone.
+    """
 
     def __init__(self, layers: list):
-        self.layers = layers
+        from cnncli import compat
 
-    def __call__(self, x, training: bool = True):
-        """Run the layers in order on a batch of images."""
-        for layer in self.layers:
-            x = layer(x, training=training)
-        return x
+        self.layers = layers
+        self.mixes = [compat.changes_labels(layer) for layer in layers]  # per layer: it gets the labels
+
+    @property
+    def changes_labels(self) -> bool:
+        """Whether a layer changes the labels: the step then trains on soft labels, one-hot and mixed."""
+        return any(self.mixes)
+
+    def __call__(self, images: Any, labels: Any = None, training: bool = True) -> Any:
+        """Run the layers in order on a batch of images, or on images and their one-hot float labels
+        (then return both: `labels` mixed as the images were)."""
+        for layer, mixes in zip(self.layers, self.mixes, strict=True):
+            if mixes and labels is not None:
+                out = layer({"images": images, "labels": labels}, training=training)
+                images, labels = out["images"], out["labels"]
+            else:
+                images = layer(images, training=training)
+        return images if labels is None else (images, labels)
 
     @property
     def variables(self) -> list:
@@ -122,16 +147,20 @@ def _trial(cfg: Config, shape: tuple, precision: str, say_precision: bool) -> li
     x = tf.constant(
         np.linspace(0, 255, TRIAL_BATCH * int(np.prod(shape)), dtype="float32").reshape((TRIAL_BATCH, *shape))
     )
+    # One class per image, as the step gives a layer that mixes labels: one-hot float32.
+    y = tf.one_hot(tf.range(TRIAL_BATCH), TRIAL_BATCH, dtype="float32")
     changed = None  # the first layer that changes the image shape
     assert augmentation is not None  # the config has augmentation layers
-    for i, layer in enumerate(augmentation.layers):
+    for i, (layer, mixes) in enumerate(zip(augmentation.layers, augmentation.mixes, strict=True)):
+        one = Augmentation([layer])  # the layer as the step calls it: with the labels when it mixes them
         try:
-            layer(x, training=True)  # eagerly first: Keras's own message, not tf.function's wrapping of it
-            traced = tf.function(
-                lambda t, layer=layer: layer(t, training=True),
-                input_signature=[tf.TensorSpec((None, *x.shape[1:]), x.dtype)],
-            )
-            x = traced(x)
+            one(x, y if mixes else None, training=True)  # eagerly first: Keras's own message, not tf.function's
+            signature = [tf.TensorSpec((None, *x.shape[1:]), x.dtype)]
+            if mixes:
+                signature.append(tf.TensorSpec((None, y.shape[1]), y.dtype))
+                x, _ = tf.function(lambda t, u, one=one: one(t, u, training=True), input_signature=signature)(x, y)
+            else:
+                x = tf.function(lambda t, one=one: one(t, training=True), input_signature=signature)(x)
         except Exception as exc:  # whatever Keras raises, it comes from this layer on these images
             reason = _reason(exc, keras_message)
             if x.shape[-1] == 1 and "channels" in reason:

@@ -107,15 +107,34 @@ class Trainer:
         self._predict_fn = tf.function(self._predict_batches, reduce_retracing=True)
 
     # ------------------------------------------------------------------ steps
-    def _replica_step(self, x, y):
+    def augment_batch(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
+        """The batch a step trains on: (float32 images, the loss's targets, the metrics' class indices).
+
+        Without augmentation that changes labels the targets are the class indices `y` themselves.
+        With it (MixUp, CutMix) they are one-hot float32, mixed by the layers as the images were,
+        and the metrics compare with each mixed label's largest class: the class the mixed image
+        shows most of. (Not the unmixed image's own class: with MixUp's usual alpha most weights
+        lie near 0 or 1, so about half the images show mostly their partner, and a model that
+        names the partner would be counted wrong.)
+        """
         tf = self.tf
         x = tf.cast(x, "float32")
-        if self.augment is not None:
-            x = self.augment(x, training=True)
+        if self.augment is None:
+            return x, y, y
+        if not self.augment.changes_labels:  # no one-hot: the step stays as fast as without mixing
+            return self.augment(x, training=True), y, y
+        classes = int(self.model.outputs[0].shape[-1])
+        soft = tf.one_hot(tf.reshape(tf.cast(y, tf.int32), [-1]), classes, dtype=tf.float32)
+        x, soft = self.augment(x, soft, training=True)
+        return x, soft, tf.cast(tf.reshape(tf.argmax(soft, axis=-1), tf.shape(y)), y.dtype)
+
+    def _replica_step(self, x, y):
+        tf = self.tf
+        x, target, y = self.augment_batch(x, y)
         with tf.GradientTape() as tape:
             with fast_dropout():  # runs once, while the step is traced
                 pred = self.model(x, training=True)
-            per_example = self.loss_fn(y, pred)
+            per_example = self.loss_fn(target, pred)
             loss = tf.nn.compute_average_loss(per_example)  # mean over the global batch
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
