@@ -82,8 +82,10 @@ def test_model_keras_holds_the_averages_and_training_the_raw_weights(tmp_path):
     assert run["compat"]["speedups"]["fused_optimizer"] == "ResourceApplyAdam"  # the fused update keeps Keras's EMA
 
 
-def test_the_average_is_kerass_rule_step_by_step(tmp_path):
-    """The loop's averages (fused update) are new = m·old + (1 − m)·weights after each step, from the first."""
+@pytest.mark.parametrize("loss_scaling", [False, True], ids=["plain", "loss-scaling"])
+def test_the_average_is_kerass_rule_step_by_step(loss_scaling):
+    """The loop's averages (fused update, mixed_float16's LossScaleOptimizer around it) are
+    new = m·old + (1 − m)·weights after each step, from the first."""
     import keras
     import tensorflow as tf
 
@@ -93,6 +95,8 @@ def test_the_average_is_kerass_rule_step_by_step(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     optimizer = keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.8)
+    if loss_scaling:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
     assert use_fused_update(optimizer) == "ResourceApplyAdam"
     x = tf.constant(np.random.default_rng(0).normal(size=(8, 5)).astype("float32"))
@@ -101,7 +105,7 @@ def test_the_average_is_kerass_rule_step_by_step(tmp_path):
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x)))
+            loss = optimizer.scale_loss(tf.reduce_mean(tf.square(model(x))))
         optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
 
     for _ in range(4):
