@@ -152,6 +152,13 @@ def evaluate(
         readable=False,
         help="Where the pictures go (default: RUN_DIR for its own data, RUN_DIR/evaluations/<data>/ for --data).",
     ),
+    tta: str | None = typer.Option(
+        None,
+        "--tta",
+        metavar="none|flip",
+        help="Test-time augmentation: flip also scores the mean prediction of each image and its mirror image "
+        "(default: the config's evaluate.tta).",
+    ),
     json_output: bool = JsonOption,
 ) -> None:
     """Report loss, accuracy, top-k, per-class precision/recall/F1 and the confusion matrix.
@@ -160,7 +167,9 @@ def evaluate(
     true → predicted (probability); file paths for image folders) and examples of
     the most confused pairs (confused_pairs.png). Other data given with --data is
     scored by class name and its pictures go to RUN_DIR/evaluations/<data>/, so
-    the run's own files stay as they are.
+    the run's own files stay as they are. --tta flip adds the accuracy and loss of
+    the mean prediction over each image and its horizontal flip beside the plain
+    ones (--json: `tta: {mode, accuracy, loss}`).
 
     Example: cnn evaluate runs/shapes-cnn/20260101-120000 --errors 16 --json
     """
@@ -171,9 +180,15 @@ def evaluate(
 
         if split not in ("test", "val", "train"):
             raise UsageError(f"`{split}` is not a split; choose test, val or train", "--split")
+        from cnncli.config.schema import TTA_MODES
+
+        if tta is not None and tta not in TTA_MODES:
+            raise UsageError(f"`{tta}` is not a test-time augmentation; choose {' or '.join(TTA_MODES)}", "--tta")
         set_ = [Override(item, option="--data") for item in set_ or []]
         check_overrides([item for item in set_ if "=" in item])  # one without `=` gets evaluate's own hint
-        report = evaluate_run(run_dir, split, set_ or [], top_k, errors, figures=output, confusion_png=not json_output)
+        report = evaluate_run(
+            run_dir, split, set_ or [], top_k, errors, figures=output, confusion_png=not json_output, tta=tta
+        )
         if json_output:
             emit_json(report)
         else:

@@ -325,6 +325,15 @@ class TrackingSpec(Strict):
     mlflow: MlflowSpec | None = None  # {uri, experiment}: log runs and sweeps to MLflow
 
 
+class EvaluateConfig(Strict):
+    """How a trained model is scored on the test split (`cnn train`'s metrics.json, `cnn evaluate`)."""
+
+    tta: Literal["none", "flip"] = "none"  # flip: also score the mean prediction of each image and its mirror image
+
+
+TTA_MODES = typing.get_args(EvaluateConfig.model_fields["tta"].annotation)  # what `cnn evaluate --tta` takes
+
+
 class Config(Strict):
     name: str | None = None  # run name; defaults to the config file's stem
     seed: int | None = Field(None, ge=0, lt=2**32)  # None: chosen at random and recorded
@@ -333,6 +342,7 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)  # test-time augmentation of the test scores
     search: SearchSpec | None = None  # hyperparameter sweep, run by `cnn tune`
     tracking: TrackingSpec | None = None  # log runs to MLflow
 

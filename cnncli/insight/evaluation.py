@@ -18,7 +18,7 @@ import numpy as np
 from cnncli.config.schema import Config
 from cnncli.deploy.runs import Run, open_run
 from cnncli.errors import CnnError, DataError, RunError, UsageError
-from cnncli.model.predict_loop import keras_predict
+from cnncli.model.predict_loop import keras_predict_views, tta_mean
 
 EVALUATIONS = "evaluations"  # RUN/evaluations/<data>/: the pictures of other data
 # data.* keys an evaluation sets itself or never reads: overriding one would change nothing
@@ -39,6 +39,7 @@ def evaluate_run(
     figures: Path | None = None,
     columns: int | None = None,
     confusion_png: bool = False,
+    tta: str | None = None,
 ) -> dict:
     """Metrics of a run's model on a split of its data (or of other data whose classes the model knows).
 
@@ -47,9 +48,11 @@ def evaluate_run(
     `confusion_png` draws the confusion matrix. Pictures go to `figures`, by
     default the run directory for its own data and RUN/evaluations/<data>/ for
     other data; a folder that cannot be written is refused before any work.
+    `tta` (default: the run's `evaluate.tta`) also scores the mean prediction over
+    each image and its test-time views (`flip`: its mirror image), under `tta`.
     """
     from cnncli.data.splits import is_streamed, predict_split
-    from cnncli.model.scores import classification_report
+    from cnncli.model.scores import classification_report, tta_scores
 
     run = open_run(path)
     cfg = data_config(run, overrides or [])
@@ -65,11 +68,16 @@ def evaluate_run(
     index = class_index(data.class_names, run.class_names, int(y.max()) + 1)
     if int(index[: int(y.max()) + 1].max()) >= outputs:
         raise RunError(f"the data has labels up to {int(y.max())} but the model outputs {outputs} classes")
-    probs, y = predict_split(lambda images: keras_predict(model, images), x, y)
+    tta = tta or run.cfg.evaluate.tta
+    views, y = predict_split(lambda images: keras_predict_views(model, images, tta).reshape(len(images), -1), x, y)
+    views = views.reshape(len(views), -1, outputs)
+    probs = views[:, 0]  # the images themselves: the plain scores, the pictures
     y = index[y]
     names = run.class_names or data.class_names
     names = names[:outputs] if len(names) >= outputs else [str(i) for i in range(outputs)]
     report = classification_report(y, probs, names, top_k=top_k)
+    if tta != "none":
+        report["tta"] = tta_scores(y, tta_mean(views), tta)
     report["split"] = split
     report["run_dir"] = Path(run.path)
     suffix = "" if split == "test" else f"_{split}"

@@ -84,6 +84,12 @@ def print_evaluation(console: Console, report: dict, title: str) -> None:
         parts.append(f"top-{top['k']} accuracy [bold]{top['value']:.2%}[/]")
     parts += [f"macro F1 {report['macro_f1']:.4f}", f"{report['examples']:,} examples"]
     console.print(f"[bold]{escape(title)}[/]  " + "   ".join(parts))
+    tta = report.get("tta")
+    if tta:
+        console.print(
+            f"test-time augmentation ({escape(tta['mode'])}): loss [bold]{metric_text(tta['loss'])}[/]   "
+            f"accuracy [bold]{tta['accuracy']:.2%}[/] (plain {report['accuracy']:.2%})"
+        )
 
     table = Table(title="Per class", title_justify="left")
     table.add_column("Class", justify="left")

@@ -152,3 +152,14 @@ def _check(y_true, probs, class_names) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(p)):
         raise DataError("probabilities contain NaN or infinity; the model diverged or its output is not a softmax")
     return y.astype(np.int64), p
+
+
+def tta_scores(y_true: np.ndarray, probs: np.ndarray, mode: str) -> dict:
+    """Test-time augmentation's scores, `{"mode", "accuracy", "loss"}`, from the mean probabilities over the
+    views (as `classification_report` measures them)."""
+    y = np.asarray(y_true)
+    return {
+        "mode": mode,
+        "accuracy": float(np.mean(probs.argmax(axis=1) == y)),
+        "loss": float(np.mean(example_losses(y, probs))),
+    }

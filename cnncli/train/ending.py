@@ -48,7 +48,6 @@ class RunEnding:
 
     def finish(self) -> TrainResult:
         """Best weights back, test metrics, then (on the chief) model.keras, metrics.json and the plots."""
-        from cnncli.model.scores import classification_report
         from cnncli.train.result import TrainResult
 
         faults.point("training_done")
@@ -67,8 +66,7 @@ class RunEnding:
                 *predict_split(lambda x: _predict(self.model, x), self.data.x_val, self.data.y_val)
             )
         if len(self.data.x_test):
-            probs, labels = predict_split(lambda x: _predict(self.model, x), self.data.x_test, self.data.y_test)
-            metrics["test"] = classification_report(labels, probs, self.data.class_names)
+            metrics["test"] = self._test_report()
         self._warn_skipped()
         if self.runtime.is_chief:
             rundir.save_model(self.model, self.run_dir / "model.keras")
@@ -88,6 +86,22 @@ class RunEnding:
         if self.profile is not None:
             run["profile"] = self.profile.summary
         return TrainResult(self.run_dir, metrics, run)
+
+    def _test_report(self) -> dict:
+        """The test split's classification report; with `evaluate.tta`, its test-time augmentation's under `tta`."""
+        from cnncli.data.splits import predict_split
+        from cnncli.model.predict_loop import keras_predict_views, tta_mean
+        from cnncli.model.scores import classification_report, tta_scores
+
+        tta = self.cfg.evaluate.tta
+        views, labels = predict_split(
+            lambda x: keras_predict_views(self.model, x, tta).reshape(len(x), -1), self.data.x_test, self.data.y_test
+        )
+        views = views.reshape(len(views), -1, int(self.model.outputs[0].shape[-1]))
+        report = classification_report(labels, views[:, 0], self.data.class_names)
+        if tta != "none":
+            report["tta"] = tta_scores(labels, tta_mean(views), tta)
+        return report
 
     def _warn_skipped(self) -> None:
         """Streamed splits meet their unreadable files only as they read them: by now every split has been

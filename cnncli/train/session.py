@@ -20,7 +20,7 @@ import numpy as np
 
 from cnncli import faults, fileio
 from cnncli.errors import CnnError, DataError, RunError
-from cnncli.train import carry, rundir
+from cnncli.train import carry, ema, rundir
 from cnncli.train.ending import RunEnding
 from cnncli.train.loop import NonFiniteLoss, Trainer
 from cnncli.train.phases import apply_trainable, check_phases, plan_phases
@@ -49,6 +49,7 @@ class Session(RunRecord, RunEnding):
 
     profile: StepProfile | None = None  # cnn train --profile: traces steps of the first epoch trained
     tracker: RunTracker | None = None  # the chief's, when the run is logged to MLflow
+    optimizer: Any = None  # the phase's; with use_ema, whose averages are judged and saved (ema.py)
 
     def __init__(
         self,
@@ -121,7 +122,9 @@ class Session(RunRecord, RunEnding):
             apply_trainable(self.model, self.cfg, phases[start_phase].trainable)
             self.reporter.message(f"resuming after epoch {len(self.history)}")
             if state.get("stopped") or done_in_phase >= phases[start_phase].epochs:  # the phase ended: weights only
-                self._restore(self._checkpoint(), state)
+                optimizer = self._averaging_optimizer(phases[start_phase])  # with use_ema, its averages too
+                self._restore(self._checkpoint(optimizer), state)
+                ema.finalize(self.model, optimizer)
                 self._end_phase_as_committed(state)
                 if state.get("stopped"):
                     self.model.stop_training = True
@@ -142,6 +145,7 @@ class Session(RunRecord, RunEnding):
         schedule = EpochSchedule(self.cfg.train.lr_schedule)
         overrides = _rate_overrides(phase, schedule)
         optimizer, rate_groups, metrics = self._compile(phase, overrides)
+        self.optimizer = optimizer
         checkpoint = self._checkpoint(optimizer)
         if state is not None:
             self._restore(checkpoint, state)
@@ -158,9 +162,18 @@ class Session(RunRecord, RunEnding):
             if getattr(self.model, "stop_training", False):
                 self.reporter.message(f"early stopping after epoch {row['epoch']}")
                 break
+        ema.finalize(self.model, optimizer)  # as model.fit does, before EarlyStopping puts back its best
         callbacks.on_train_end()
 
     # === A phase's pieces ===
+    def _averaging_optimizer(self, phase) -> Any:
+        """The phase's optimizer, built, when it keeps weight averages (use_ema) that a resume must restore."""
+        if not phase.optimizer.args.get("use_ema"):
+            return None
+        optimizer = self._compile(phase, _rate_overrides(phase, EpochSchedule(self.cfg.train.lr_schedule)))[0]
+        self.optimizer = optimizer
+        return optimizer
+
     def _compile(self, phase, overrides: dict) -> tuple:
         """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model
         compiled."""
@@ -253,14 +266,15 @@ class Session(RunRecord, RunEnding):
         if self.cfg.train.phases:
             row["phase"] = phase.index + 1
         row.update(result.logs)
-        if len(self.data.x_val):
-            scores = self.score(*trainer.predict_split(self.data.x_val, self.data.y_val))
-            row.update({f"val_{k}": v for k, v in scores.items()})
-        row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
-        timing = _add_timing(record, result)
-        record["learning_rates"].append(row["learning_rate"])
-        self.history.append(row)
-        callbacks.on_epoch_end(index, dict(row))
+        with ema.averaged(self.model, optimizer):  # scored, and kept by EarlyStopping, as the averages
+            if len(self.data.x_val):
+                scores = self.score(*trainer.predict_split(self.data.x_val, self.data.y_val))
+                row.update({f"val_{k}": v for k, v in scores.items()})
+            row["learning_rate"] = float(np.float32(_current_lr(optimizer)))
+            timing = _add_timing(record, result)
+            record["learning_rates"].append(row["learning_rate"])
+            self.history.append(row)
+            callbacks.on_epoch_end(index, dict(row))
         return row, timing
 
     def _after_epoch(self, row: dict, timing: dict) -> None:
@@ -382,7 +396,8 @@ class Session(RunRecord, RunEnding):
         if better:
             self.best = {"monitor": spec.monitor, "value": value, "epoch": row["epoch"]}
             if spec.save_best_only:
-                rundir.save_model(self.model, self.run_dir / "checkpoints" / "best.keras")
+                with ema.averaged(self.model, self.optimizer):
+                    rundir.save_model(self.model, self.run_dir / "checkpoints" / "best.keras")
 
     def _apply_changed_rate(self, optimizer, phase, overrides: dict, record: dict) -> None:
         """A learning rate changed for the resume (`--set`) beats the one restored from the checkpoint.
