@@ -29,6 +29,7 @@ GRID_CELL = 1.5  # inches per image in plot_image_grid
 SALIENCY_SIZE = (9.0, 3.4)  # inches: 900×340 px, three square panels and a title line
 MOSAIC_CELL = 0.4  # inches per kernel in plot_kernel_mosaic: 16×16 kernels fit a 7-inch figure
 MOSAIC_MARGIN = (1.0, 0.8)  # inches around a mosaic for the axis labels and ticks
+LR_FIND_SIZE = (8.0, 5.0)  # inches: 800×500 px
 NOT_METRICS = {"epoch", "loss", "learning_rate", "lr"}  # history columns that are not a metric
 
 
@@ -72,6 +73,35 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     if len(epochs) <= 20:  # integer ticks only; beyond that matplotlib's own choice reads better
         for ax in (loss_ax, metric_ax):
             ax.set_xticks(epochs)
+    return _save(fig, path)
+
+
+def plot_lr_find(
+    learning_rates: list[float], losses: list[float], suggested: float, path: str | Path, raw: list[float] | None = None
+) -> Path:
+    """The learning-rate range test (`cnn lr-find`) as a PNG: the smoothed loss against the rate on a log
+    axis, the raw per-step losses faint behind it, and the suggested rate marked."""
+    if not learning_rates:
+        raise DataError("no steps in the range test: nothing to plot")
+    fig = Figure(figsize=LR_FIND_SIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    if raw is not None:
+        ax.plot(learning_rates, raw, color="gray", alpha=0.3, linewidth=1, label="loss per step")
+    ax.plot(learning_rates, losses, label="smoothed loss")
+    at = float(np.interp(np.log(suggested), np.log(learning_rates), losses))  # on the curve, between steps
+    ax.axvline(suggested, color="tab:red", linestyle="--", linewidth=1)
+    ax.plot([suggested], [at], "o", color="tab:red", label=f"suggested {suggested:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.set_title("Learning-rate range test")
+    ax.grid(True, alpha=0.3)
+    finite = [v for v in losses if math.isfinite(v)]
+    if finite:  # the smoothed curve fills the axes; the raw spikes of the divergence would squash it
+        low, high = min(finite), max(finite)
+        pad = 0.1 * (high - low) + 1e-3 * abs(high)
+        ax.set_ylim(low - pad, high + pad)
+    ax.legend(loc="best")
     return _save(fig, path)
 
 

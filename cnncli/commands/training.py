@@ -1,4 +1,4 @@
-"""`cnn train`, `cnn evaluate`, `cnn report` and `cnn export`: a run directory made, measured, shown, shipped."""
+"""`cnn train`, `cnn lr-find`, `cnn evaluate`, `cnn report`, `cnn export`: a run directory made, measured, shipped."""
 
 from __future__ import annotations
 
@@ -123,6 +123,60 @@ def train(
                 f"test accuracy {test['accuracy']:.4f}  loss {metric_text(test['loss'])}  ({test['examples']:,} images)"
             )
         out.print(str(result.run_dir) if quiet else f"run directory: {result.run_dir}")
+
+
+@app.command("lr-find")
+def lr_find(
+    config: list[Path] = typer.Argument(..., readable=False, help="Config file; several merge left to right."),
+    set_: list[str] | None = SetOption,
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        metavar="DIR",
+        readable=False,
+        help="Where lr_find.json and lr_find.png go (default: a new lr_find/<name>/<timestamp>/).",
+    ),
+    start: float = typer.Option(1e-7, "--start", help="The first learning rate."),
+    end: float = typer.Option(10.0, "--end", help="The last learning rate, if the loss has not diverged before."),
+    steps: int = typer.Option(100, "--steps", min=2, help="Training steps at most, one rate each."),
+    json_output: bool = JsonOption,
+) -> None:
+    """Find a learning rate: the range test (train a few steps at rates growing from --start to --end).
+
+    From the config's initial weights, each step trains one batch at a rate
+    exponentially above the last; the smoothed loss is recorded until it
+    diverges (4x its best). The suggestion is a tenth of the rate at its
+    minimum. Writes lr_find.json and lr_find.png; the config file is left as
+    it is. A model whose loss sits on a plateau at first (training from
+    scratch) needs more steps to show anything: --steps 300.
+
+    Example: cnn lr-find configs/shapes_cnn.yaml --steps 300
+    """
+    with handled(json_output):
+        from cnncli.train.lr_find import METHOD, LrFindOptions, find_learning_rate
+        from cnncli.train.progress import make_reporter
+
+        reporter = make_reporter(False, json_output)
+        given = config if len(config) > 1 else config[0]
+        test, folder, key = find_learning_rate(LrFindOptions(given, set_ or [], output, start, end, steps), reporter)
+        use = f"--set {key}={test.suggested:g}"
+        if json_output:
+            emit_json(
+                {
+                    "output": folder,
+                    "learning_rates": test.learning_rates,
+                    "losses": test.losses,
+                    "suggested": test.suggested,
+                    "method": METHOD,
+                    "stopped": test.stopped,
+                    "set": use,
+                }
+            )
+            return
+        out.print(f"suggested learning rate {test.suggested:g} ({METHOD})", markup=False)
+        out.print(f"to use it: {use}", markup=False)
+        out.print(f"wrote {folder / 'lr_find.png'} and {folder / 'lr_find.json'}", markup=False)
 
 
 @app.command()

@@ -37,17 +37,68 @@ def list_optimizers() -> list[str]:
     return OPTIMIZERS.names()
 
 
+# Ours, beside the constructor's arguments: the names Keras's `optimizer.exclude_from_weight_decay(var_names=...)`
+# takes (it is a method, called before the optimizer is built, not an argument).
+_OPTIMIZER_KEYS = ("exclude_from_weight_decay",)
+
+
+def optimizer_args(spec: OptimizerSpec) -> dict[str, Any]:
+    """The constructor's arguments of an optimizer spec (without cnncli's own keys)."""
+    return {k: v for k, v in spec.args.items() if k not in _OPTIMIZER_KEYS}
+
+
+def excluded_from_decay(spec: OptimizerSpec) -> list[str]:
+    """`exclude_from_weight_decay`: parts of variable names (`bias`, `gamma`, `beta`) weight decay skips."""
+    return list(spec.args.get("exclude_from_weight_decay") or [])
+
+
 def make_optimizer(spec: OptimizerSpec, path: str = "train.optimizer", **overrides: Any) -> Any:
-    """A Keras optimizer built from `spec` (`overrides` replace its arguments), or a ConfigError."""
-    cls, problems = resolve(OPTIMIZERS, spec.type, f"{path}.type")
-    if not problems:
-        problems = check_args(spec.args, cls, cls.__name__, path)
+    """A Keras optimizer built from `spec` (`overrides` replace its arguments), or a ConfigError.
+
+    `exclude_from_weight_decay` is handed to the optimizer's own method of that name, so it
+    must not be built yet (build it on the variables afterwards, as Keras does on first use).
+    """
+    problems = optimizer_problems(spec, path, construct=False)
     if problems:
         raise ConfigError(problems)
+    cls = OPTIMIZERS.get(spec.type)
     try:
-        return cls(**{**spec.args, **overrides})
+        optimizer = cls(**{**optimizer_args(spec), **overrides})
     except Exception as exc:  # as in make_layer: whatever the constructor raises comes from the arguments
         raise ConfigError([Problem(f"{cls.__name__}: {_first_line(exc)}", path)]) from None
+    names = excluded_from_decay(spec)
+    if names:
+        optimizer.exclude_from_weight_decay(var_names=names)
+    return optimizer
+
+
+def _exclusion_problems(spec: OptimizerSpec, cls: type, path: str) -> list[Problem]:
+    """`exclude_from_weight_decay` is a list of name parts, and there is a weight decay to exclude from."""
+    import inspect
+    import re
+
+    if "exclude_from_weight_decay" not in spec.args:
+        return []
+    names = spec.args["exclude_from_weight_decay"]
+    where = f"{path}.exclude_from_weight_decay"
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        return [Problem(f"expected a list of parts of variable names, e.g. [bias, gamma, beta], got {names!r}", where)]
+    for name in names:
+        try:
+            re.compile(name)  # Keras searches the names with these joined as one regular expression
+        except re.error as exc:
+            return [Problem(f"`{name}` is not a regular expression Keras can search names with: {exc}", where)]
+    default = inspect.signature(cls).parameters.get("weight_decay")
+    decay = spec.args.get("weight_decay", default.default if default is not None else None)
+    if not decay:
+        return [
+            Problem(
+                f"{cls.__name__} has no weight decay to exclude variables from; set weight_decay "
+                "(e.g. 0.05) or remove exclude_from_weight_decay",
+                where,
+            )
+        ]
+    return []
 
 
 def _first_line(exc: BaseException) -> str:
@@ -258,10 +309,14 @@ def make_metric(name: str, loss: Any = None) -> Any:
     return metric if isinstance(metric, keras.metrics.Metric) else keras.metrics.MeanMetricWrapper(metric, name=name)
 
 
-def optimizer_problems(spec: OptimizerSpec, path: str) -> list[Problem]:
-    """Problems with an optimizer spec: its name, its arguments, and whether Keras builds it."""
+def optimizer_problems(spec: OptimizerSpec, path: str, construct: bool = True) -> list[Problem]:
+    """Problems with an optimizer spec: its name, its arguments, and (`construct`) whether Keras builds it."""
     cls, found = resolve(OPTIMIZERS, spec.type, f"{path}.type")
-    return found or check_args(spec.args, cls, cls.__name__, path) or _construct(cls, spec.args, path)
+    if found:
+        return found
+    problems = check_args(spec.args, cls, cls.__name__, path, extra=_OPTIMIZER_KEYS)
+    problems = problems or _exclusion_problems(spec, cls, path)
+    return problems or (_construct(cls, optimizer_args(spec), path) if construct else [])
 
 
 def schedule_problems(spec: ScheduleSpec, path: str = "train.lr_schedule") -> list[Problem]:

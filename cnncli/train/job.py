@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -83,7 +83,8 @@ def read_state(run_dir: Path) -> dict | None:
     return rundir.read_json(path) if path.exists() else None
 
 
-def _has_convolutions(cfg: Config) -> bool:
+def has_convolutions(cfg: Config) -> bool:
+    """Whether the model convolves (a backbone, or a layer such as Conv2D): one input to the precision choice."""
     return cfg.model.backbone is not None or any("conv" in s.type.lower() for s in cfg.model.layers)
 
 
@@ -171,7 +172,7 @@ def _run(
     check_layer_args(cfg)
     with _before_training("setting up the devices"):
         small, size_reason = model_size(cfg)
-        runtime = setup_runtime(cfg.runtime, _has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
+        runtime = setup_runtime(cfg.runtime, has_convolutions(cfg), small, step_macs(cfg), size_reason=size_reason)
     if cfg.search is not None:
         reporter.message("note: `cnn tune` uses the `search:` section; this trains the config as written")
     reporter.message(
@@ -202,7 +203,7 @@ def _run(
         tf.config.experimental.enable_op_determinism()
 
     with _before_training("loading the data"):
-        data, plan = _load_data(cfg, opts.smoke, reporter, runtime, opts.load_resident)
+        data, plan = load_data(cfg, opts.smoke, reporter, runtime, opts.load_resident)
     shown = None  # the run directory to name on the way out, where it is not this process's own
     if resume_dir is not None and runtime.is_chief:
         run_dir = resume_dir
@@ -314,7 +315,10 @@ def _worker_dir(cfg: Config, runtime, resume_dir: Path | None, state: dict | Non
     return run_dir
 
 
-def _load_data(cfg: Config, smoke: bool, reporter: Reporter, runtime=None, load_resident=None):
+def load_data(
+    cfg: Config, smoke: bool, reporter: Reporter, runtime: Any = None, load_resident: Callable | None = None
+) -> tuple[Any, Any]:
+    """The run's data (converted to the model's input; cut to a couple of batches for --smoke) and input plan."""
     from cnncli.data import cache_streams, convert_images, open_data
     from cnncli.model.inputs import plan_input
 

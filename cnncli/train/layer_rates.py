@@ -86,11 +86,14 @@ def multipliers_for(variables: Sequence[Any], groups: list[RateGroup]) -> tuple[
 _CLASSES: dict[type, type] = {}
 
 
-def layerwise(optimizer: Any, variables: Sequence[Any], multipliers: tuple[float, ...]) -> Any:
+def layerwise(
+    optimizer: Any, variables: Sequence[Any], multipliers: tuple[float, ...], exclude_from_decay: Sequence[str] = ()
+) -> Any:
     """A copy of `optimizer` (same class and config) that scales the rate of variables[i] by multipliers[i].
 
     The copy is built on `variables`, so the multipliers line up with the
-    optimizer's own variable indices.
+    optimizer's own variable indices. A config does not carry the names excluded from weight
+    decay (`exclude_from_weight_decay`): they are given again, before the copy is built.
     """
     base: Any = type(optimizer)  # a keras.optimizers.Optimizer subclass
     cls: Any = _CLASSES.get(base)
@@ -101,6 +104,8 @@ def layerwise(optimizer: Any, variables: Sequence[Any], multipliers: tuple[float
         cls.__module__, cls.__qualname__ = base.__module__, base.__qualname__
         _CLASSES[base] = cls
     copy = cls.from_config(optimizer.get_config())
+    if exclude_from_decay:
+        copy.exclude_from_weight_decay(var_names=list(exclude_from_decay))
     copy.build(list(variables))
     copy._lr_multipliers = tuple(float(m) for m in multipliers)
     copy._variable_paths = tuple(v.path for v in variables)  # compat.variable_index's fallback (strings: untracked)

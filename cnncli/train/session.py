@@ -177,7 +177,7 @@ class Session(RunRecord, RunEnding):
     def _compile(self, phase, overrides: dict) -> tuple:
         """The phase's optimizer (per-block rates and loss scaling wrapped in), built; the metrics; the model
         compiled."""
-        from cnncli.config.learning import compile_args, make_metric, make_optimizer
+        from cnncli.config.learning import compile_args, excluded_from_decay, make_metric, make_optimizer
 
         path = f"train.phases[{phase.index}].optimizer" if self.cfg.train.phases else "train.optimizer"
         with self.strategy.scope():
@@ -187,7 +187,8 @@ class Session(RunRecord, RunEnding):
                 from cnncli.train.layer_rates import layerwise, multipliers_for
 
                 variables = self.model.trainable_variables
-                optimizer = layerwise(optimizer, variables, multipliers_for(variables, rate_groups))
+                multipliers = multipliers_for(variables, rate_groups)
+                optimizer = layerwise(optimizer, variables, multipliers, excluded_from_decay(phase.optimizer))
             optimizer = with_loss_scaling(optimizer, self.runtime.precision)
             optimizer.build(self.model.trainable_variables)
             metrics = [make_metric(m, self.cfg.train.loss) for m in self.cfg.train.metrics]
