@@ -133,3 +133,10 @@ def test_not_a_run_and_an_unfinished_run_are_one_error_line(tmp_path, run_dir):
     result = runner.invoke(app, ["benchmark", str(unfinished)])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "has no model.keras yet" in result.stderr
+
+
+def test_the_help_names_the_formats_and_defaults_of_the_library():
+    from cnncli.commands import serving
+
+    assert serving.BENCHMARK_FORMATS.split(", ") == bench.list_variants()
+    assert (serving.BENCHMARK_EXAMPLES, serving.BENCHMARK_REPETITIONS) == (bench.EXAMPLES, bench.REPETITIONS)
