@@ -53,10 +53,14 @@ __all__ = [
     "Criterion",
     "ExportCheckFailed",
     "ExportResult",
+    "artifact_size",
+    "default_name",
     "describe_check",
     "export_run",
     "list_formats",
+    "missing_modules",
     "resolve_output",
+    "write_model",
 ]
 
 
@@ -214,6 +218,7 @@ def list_formats() -> list[str]:
 
 
 def default_name(fmt: Format, quantize: str | None) -> str:
+    """The artefact's file name in a directory: `model.tflite`, `model_int8.tflite`, `saved_model`."""
     if quantize:
         stem, dot, ext = fmt.default_name.rpartition(".")
         return f"{stem}_{quantize}.{ext}"
@@ -270,7 +275,8 @@ def _occupied(path: Path) -> bool:
     return path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir()))
 
 
-def _size(path: Path) -> int:
+def artifact_size(path: Path) -> int:
+    """Bytes of an artefact: the file, or every file of a SavedModel directory."""
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
@@ -310,24 +316,12 @@ def export_run(
     data = run.load_data()
     x_check, split = check_images(data, examples)
     reference = keras_predict(model, x_check)
-    representative = _representative(data) if quantize == "int8" else None
-    ctx = _Context(run, quantize, representative)
 
     for target in (path, export_json_path(path)):
         fileio.remove_stale_temps(target)  # what a killed export left beside it
     with fileio.replacing(path, format_.suffix) as tmp:  # kept only when it passes the check
-        try:
-            with quiet():
-                format_.write(model, tmp, ctx)
-            faults.point("export_written")
-        except (OSError, CnnError):
-            raise
-        except Exception as exc:  # a converter's limits (an op it cannot express), not a bug of ours
-            message = str(exc).strip().splitlines()
-            raise CnnError(
-                f"the {format_.name} converter failed: {message[0] if message else type(exc).__name__} "
-                "(--debug shows the full report)"
-            ) from exc
+        write_model(run, model, data, format_, quantize, tmp)
+        faults.point("export_written")
         criterion = QUANTIZATIONS.get(quantize).criterion if quantize else FLOAT
         check = compare(format_.name, tmp, criterion, x_check, reference)
         check.update(split=split, reference=reference_note(trained, model, x_check, reference))
@@ -336,17 +330,42 @@ def export_run(
                 f"{format_.name} export does not match model.keras: {describe_check(check)}; "
                 f"the artefact was not kept (`{path}`)"
             )
-        size = _size(tmp)
+        size = artifact_size(tmp)
         faults.point("export_checked")
     record = _record(run, format_, quantize, path, size, check)
     json_path = record_export(path, record)
     return ExportResult(path, format_.name, quantize, size, check, record, json_path)
 
 
-def _require(fmt: Format) -> None:
+def write_model(run: Run, model: Any, data: Any, format_: Format, quantize: str | None, path: Path) -> None:
+    """Write the float32 `model` as `format_` at `path`, unchecked; a converter's failure is a CnnError.
+
+    int8 calibrates on training images of `data`. `cnn export` checks what this wrote
+    before keeping it; `cnn benchmark` measures it whatever its figures.
+    """
+    representative = _representative(data) if quantize == "int8" else None
+    try:
+        with quiet():
+            format_.write(model, path, _Context(run, quantize, representative))
+    except (OSError, CnnError):
+        raise
+    except Exception as exc:  # a converter's limits (an op it cannot express), not a bug of ours
+        message = str(exc).strip().splitlines()
+        raise CnnError(
+            f"the {format_.name} converter failed: {message[0] if message else type(exc).__name__} "
+            "(--debug shows the full report)"
+        ) from exc
+
+
+def missing_modules(fmt: Format) -> list[str]:
+    """The optional modules `fmt` needs that are not installed (the `export` extra brings them)."""
     import importlib.util
 
-    missing = [m for m in fmt.needs if importlib.util.find_spec(m) is None]
+    return [m for m in fmt.needs if importlib.util.find_spec(m) is None]
+
+
+def _require(fmt: Format) -> None:
+    missing = missing_modules(fmt)
     if missing:
         names = " and ".join([", ".join(missing[:-1]), missing[-1]] if len(missing) > 1 else missing)
         raise CnnError(
