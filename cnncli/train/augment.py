@@ -21,6 +21,7 @@ under its own, before any data is read.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,6 +115,9 @@ def augmentation_problems(
     if precisions is None:
         precisions = AUTO_PRECISIONS if cfg.runtime.precision == "auto" else (cfg.runtime.precision,)
     before = keras.config.dtype_policy()
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)  # each layer's trial traces a tf.function of its own: TF's retracing warning
     try:
         for n, precision in enumerate(precisions):
             keras.config.set_dtype_policy(precision)
@@ -122,6 +126,7 @@ def augmentation_problems(
                 return problems  # one precision's problems: the others would repeat them
     finally:
         keras.config.set_dtype_policy(before)
+        tf_log.setLevel(level)
     return []
 
 
