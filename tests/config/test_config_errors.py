@@ -321,7 +321,7 @@ def test_validate_print_outputs_a_config_that_revalidates(tmp_path):
     resolved = yaml.safe_load(printed)
     assert resolved["name"] == "resolved" and resolved["seed"] == 3 and resolved["train"]["epochs"] == 3
     assert resolved["model"]["layers"][0] == {"type": "Conv2D", "filters": 4, "kernel_size": 3}
-    assert set(resolved) == {"name", "seed", "deterministic", "data", "model", "train", "runtime"}
+    assert set(resolved) == {"name", "seed", "deterministic", "data", "model", "train", "evaluate", "runtime"}
 
     again = tmp_path / "resolved.yaml"
     again.write_text(printed)

@@ -230,8 +230,14 @@ def test_every_augmentation_layer_has_test_arguments():
     assert all(set(_required(LAYERS.get(n))) <= set(AUGMENT_ARGS) for n in list_augmentations())
 
 
+# The label mixers and the two layers of the shipped recipe run by default; the other layers with the slow tests.
+DEFAULT_RUN = {"MixUp", "CutMix", "RandomFlip", "RandomTranslation"}
+
+
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", list_augmentations())
+@pytest.mark.parametrize(
+    "name", [n if n in DEFAULT_RUN else pytest.param(n, marks=pytest.mark.slow) for n in list_augmentations()]
+)
 def test_every_augmentation_layer_trains_a_step_with_mixed_labels(name, precision):
     """Each layer before a label mixer (MixUp; CutMix after MixUp), so that every one meets soft labels."""
     x, y = shapes_batch(8)
@@ -259,6 +265,7 @@ def test_validate_runs_a_label_mixer_on_labels(monkeypatch):
 
 # ---------------------------------------------------------------- the command
 
+@pytest.mark.slow
 def test_cnn_train_with_mixup_learns_the_shapes(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(small_config({"data.augment": [{"type": "MixUp"}], "train.epochs": 5,
@@ -277,6 +284,7 @@ def test_cnn_train_with_mixup_learns_the_shapes(tmp_path):
     assert test["accuracy"] > 0.6, test  # three classes: chance is 1/3
 
 
+@pytest.mark.slow
 def test_a_run_with_mixup_resumed_after_an_interrupt_repeats_the_uninterrupted_history(tmp_path):
     """The layers' random states are checkpointed with the model: the resumed epoch mixes as the
     uninterrupted one did, so the two histories are the same to the last digit."""

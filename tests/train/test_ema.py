@@ -172,6 +172,7 @@ def cnn(tmp_path_factory):
     launcher.close()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_repeats_the_uninterrupted_run(cnn, tmp_path):
     (tmp_path / "ema.yaml").write_text(CONFIG)
     done = cnn("train", "ema.yaml", "-o", "reference", "-q", cwd=tmp_path)
