@@ -247,14 +247,26 @@ def exposure_warning(host: str, port: int, api_key: str | None) -> str | None:
 
 def open_socket(host: str, port: int) -> Any:
     """The listening socket, bound here so a taken port is one Error line, not uvicorn's exit."""
+    import os
     import socket
 
     from cnncli.errors import CnnError
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP, not socket.create_server's 0: asyncio turns Nagle's algorithm off only on sockets
+    # that say they are TCP, and with it on, a keep-alive response written in two parts (headers, then
+    # body) waits for the client's delayed ACK, ~40 ms on Linux, on every request after the first
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host.strip("[]"), port), family=family)
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as create_server does
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # [::1] means IPv6 alone, as there
+        sock.bind((host.strip("[]"), port))
+        sock.listen()
+        return sock
     except OSError as exc:
+        sock.close()
         raise CnnError(f"cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}") from None
 
 
