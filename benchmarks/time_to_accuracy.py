@@ -30,6 +30,10 @@ carves its validation split (cnncli/data/prepare.py `validation_indices`).
 It trains on the 60,000 and validates on the test images, in their order. Keras
 gets them as `validation_data`, PyTorch evaluates them after each epoch.
 
+With --stop-at-target, Keras and PyTorch stop after their first epoch at the
+target: their time to target is the same, their final accuracy is that epoch's
+(marked *), and the run takes a fraction of the time.
+
 Time to target: the cumulative training time of the epochs up to the first whose
 test accuracy reaches `--target` (93% by default), evaluation excluded
 (cnncli: run.json's `epoch_seconds`, steps only; Keras: epoch time less the
@@ -111,7 +115,7 @@ def schedule_args(cfg) -> dict:
 
 # ---------------------------------------------------------------- the sides (each in a child process)
 
-def keras_side(config: Path, epochs: int | None, data: Path) -> dict:
+def keras_side(config: Path, epochs: int | None, data: Path, stop_at: float | None = None) -> dict:
     """Keras alone: tf.data with the augmentation layers, compile, fit with the test images as validation."""
     import keras
     import tensorflow as tf
@@ -174,6 +178,8 @@ def keras_side(config: Path, epochs: int | None, data: Path) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             self.seconds.append(time.perf_counter() - self.t0 - self.evaluating)
             self.accuracy.append(float(logs["val_categorical_accuracy"]))
+            if stop_at is not None and self.accuracy[-1] >= stop_at:
+                self.model.stop_training = True  # --stop-at-target: the time to target is known
 
     clock = Clock()
     callbacks = [clock]
@@ -186,7 +192,7 @@ def keras_side(config: Path, epochs: int | None, data: Path) -> dict:
                                                                         for w in model.trainable_weights)}
 
 
-def torch_side(config: Path, epochs: int | None, data: Path) -> dict:
+def torch_side(config: Path, epochs: int | None, data: Path, stop_at: float | None = None) -> dict:
     """The recipe's network in PyTorch, trained by a plain loop with the same augmentation and schedule."""
     import torch
     import torch.nn.functional as F
@@ -232,6 +238,8 @@ def torch_side(config: Path, epochs: int | None, data: Path) -> dict:
             correct = sum(int((model(x_test[lo:lo + 512].float()).argmax(1) == y_test[lo:lo + 512]).sum())
                           for lo in range(0, len(x_test), 512))
         accuracy.append(correct / len(x_test))
+        if stop_at is not None and accuracy[-1] >= stop_at:
+            break  # --stop-at-target: the time to target is known
     return {"epoch_seconds": seconds, "test_accuracy_per_epoch": accuracy, "examples_per_epoch": len(x_train),
             "trainable_params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
 
@@ -380,11 +388,14 @@ def print_table(report: dict) -> None:
             continue
         reached = "never" if side["seconds_to_target"] is None else f"{side['seconds_to_target']:.0f} s"
         ratio = report["speedups"].get(name)
-        print(f"{name:8} {reached:>10} {side['train_seconds']:>8.0f} {side['final_test_accuracy']:>9.4f} "
+        final = f"{side['final_test_accuracy']:.4f}" + ("*" if side.get("stopped_at_target") else "")
+        print(f"{name:8} {reached:>10} {side['train_seconds']:>8.0f} {final:>9} "
               f"{side['images_per_second']:>7.0f} {side['peak_rss_mb']:>8.0f} "
               + (f"{ratio:>8.2f}×" if ratio else ""))
     print("to target: training time (evaluation excluded, tracing included) until the first epoch whose test "
           "accuracy reaches the target; cnncli ÷: that side's time to target over cnncli's.")
+    if any(side.get("stopped_at_target") for side in report["sides"].values()):
+        print("*: stopped at the first epoch that reached the target (--stop-at-target), not the recipe's last")
 
 
 def main() -> None:
@@ -398,12 +409,16 @@ def main() -> None:
     parser.add_argument("--cnn", default="cnn", help="the cnn command")
     parser.add_argument("--timeout", type=float, default=7200.0, help="seconds per side")
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="keras and torch stop after the first epoch that reaches --target (cnncli runs "
+                             "its whole recipe): their time to target, in a fraction of the time")
+    parser.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)  # a child process: --stop-at-target
     parser.add_argument("--side", choices=["keras", "torch"], help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         side = keras_side if args.side == "keras" else torch_side
-        print(json.dumps(side(args.config, args.epochs, args.data_file)))
+        print(json.dumps(side(args.config, args.epochs, args.data_file, args.stop_at)))
         return
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if unknown := set(sides) - set(SIDES):
@@ -420,6 +435,8 @@ def main() -> None:
         child = [sys.executable, str(Path(__file__).resolve()), "--config", str(args.config), "--data-file", str(plain)]
         if args.epochs:
             child += ["--epochs", str(args.epochs)]
+        if args.stop_at_target:
+            child += ["--stop-at", repr(args.target)]
         for name in sides:
             print(f"training: {name} ...", file=sys.stderr, flush=True)
             if name == "torch" and importlib.util.find_spec("torch") is None:
@@ -431,6 +448,8 @@ def main() -> None:
                 out, _, rss = run_child([*child, "--side", name], args.timeout)
                 result = json.loads(out.strip().splitlines()[-1])
             report["sides"][name] = summarise(result, rss, args.target)
+            stopped = name != "cnncli" and args.stop_at_target and len(result["epoch_seconds"]) < cfg.train.epochs
+            report["sides"][name]["stopped_at_target"] = stopped
     params = {n: s["trainable_params"] for n, s in report["sides"].items() if "trainable_params" in s}
     if len(set(params.values())) > 1:
         raise SystemExit(f"the sides' networks differ: trainable weights {params}")
