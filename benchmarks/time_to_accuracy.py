@@ -352,7 +352,9 @@ def cnncli_side(args, carved: Path, fraction: float, work: Path) -> tuple[dict, 
         rows = list(csv.DictReader(f))
     run = json.loads((run_dir / "run.json").read_text())
     seconds = [s for phase in run["phases"] for s in phase["epoch_seconds"]]
+    test = json.loads((run_dir / "metrics.json").read_text()).get("test", {})
     return {"epoch_seconds": seconds, "test_accuracy_per_epoch": [float(r["val_accuracy"]) for r in rows],
+            "test_accuracy_tta": test.get("tta", {}).get("accuracy"), "tta": test.get("tta", {}).get("mode"),
             "examples_per_epoch": run["data"]["train"], "trainable_params": run["trainable_params"],
             "precision": run["runtime"]["precision"], "threads": run["runtime"]["threads"]}, rss
 
@@ -394,6 +396,10 @@ def print_table(report: dict) -> None:
               + (f"{ratio:>8.2f}×" if ratio else ""))
     print("to target: training time (evaluation excluded, tracing included) until the first epoch whose test "
           "accuracy reaches the target; cnncli ÷: that side's time to target over cnncli's.")
+    tta = report["sides"].get("cnncli", {})
+    if tta.get("test_accuracy_tta") is not None:
+        print(f"cnncli with test-time augmentation (evaluate.tta: {tta['tta']}): "
+              f"{tta['test_accuracy_tta']:.4f} test accuracy after the last epoch")
     if any(side.get("stopped_at_target") for side in report["sides"].values()):
         print("*: stopped at the first epoch that reached the target (--stop-at-target), not the recipe's last")
 
