@@ -472,6 +472,32 @@ def test_a_taken_port_is_one_error_line():
             open_socket("127.0.0.1", port)
 
 
+def test_connections_the_server_accepts_have_nagle_off():
+    """asyncio turns Nagle's algorithm off only on sockets that say they are TCP; with it on, every
+    keep-alive response written as headers then body waited ~40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from cnncli.deploy.serve import open_socket
+
+    async def accept_one() -> int:
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def handle(reader, writer):
+            accepted.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        sock = open_socket("127.0.0.1", 0)
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            nodelay = await asyncio.wait_for(accepted, 10)
+            writer.close()
+        return nodelay
+
+    assert asyncio.run(accept_one()) == 1
+
+
 def test_slow_fault_sleeps_at_its_point_then_goes_on(monkeypatch):
     from cnncli import faults
 
