@@ -100,11 +100,16 @@ class Trainer:
         self._x: np.ndarray | None = None
         self._y: np.ndarray | None = None
         self._stream: Any = None  # a streamed split (FileSplit or RecordSplit), when the data is streamed
-        self._chunk_fn = tf.function(self._resident_chunk, jit_compile=jit_compile, reduce_retracing=True)
+        self._chunk_fn = tf.function(
+            self._resident_chunk, jit_compile=jit_compile, reduce_retracing=True, autograph=False
+        )
         self._dist_chunk_fn = tf.function(self._distributed_chunk, jit_compile=jit_compile, reduce_retracing=True)
         self.timed = time_input  # tf.timestamp is refused under op determinism
         self._stream_chunk_fn = tf.function(self._stream_chunk, jit_compile=jit_compile, reduce_retracing=True)
-        self._predict_fn = tf.function(self._predict_batches, reduce_retracing=True)
+        # The streamed and distributed chunks keep AutoGraph for their loops; the step inside them, as the
+        # resident chunk's, is plain Python around tensors: not parsed and rewritten on the first call.
+        self._step = tf.autograph.experimental.do_not_convert(self._replica_step)
+        self._predict_fn = tf.function(self._predict_batches, reduce_retracing=True, autograph=False)
 
     # ------------------------------------------------------------------ steps
     def augment_batch(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
@@ -148,19 +153,23 @@ class Trainer:
         return tf.reduce_all(tf.math.is_finite(per_example))
 
     def _resident_chunk(self, x, y, perm, start, n_steps):
-        """Run up to `n_steps` steps from batch index `start`; return steps done and a finite flag."""
+        """Run up to `n_steps` steps from batch index `start`; return steps done and a finite flag.
+
+        Written as a `tf.while_loop` and traced without AutoGraph: converting this method and the
+        step's (their source parsed and rewritten) was most of the first call's trace, and nothing
+        in them branches on a tensor (the loop's graph is the same)."""
         tf = self.tf
         total = tf.shape(perm)[0]
-        done = tf.constant(0)
-        finite = tf.constant(True)
-        for i in tf.range(n_steps):
+
+        def more(i, finite):
+            return tf.logical_and(i < n_steps, finite)  # a non-finite loss stops the chunk after its step
+
+        def step(i, finite):
             lo = (start + i) * self.batch_size
             idx = perm[lo : tf.minimum(lo + self.batch_size, total)]
-            finite = self.strategy.run(self._replica_step, args=(tf.gather(x, idx), tf.gather(y, idx)))
-            done = i + 1
-            if not finite:
-                break
-        return done, finite
+            return i + 1, self.strategy.run(self._replica_step, args=(tf.gather(x, idx), tf.gather(y, idx)))
+
+        return tf.while_loop(more, step, (tf.constant(0), tf.constant(True)))
 
     def _counters(self):
         """(steps done, all losses finite, seconds waiting for input) at the start of a chunk."""
@@ -189,7 +198,7 @@ class Trainer:
                 break
             x, y = batch.get_value()
             waiting = self._waited(waiting, t0, [x, y])
-            finite = self.strategy.run(self._replica_step, args=(x, y))
+            finite = self.strategy.run(self._step, args=(x, y))
             done = i + 1
             if not finite:
                 break
@@ -202,7 +211,7 @@ class Trainer:
             t0 = self._clock()
             batch = next(iterator)
             waiting = self._waited(waiting, t0, tf.nest.flatten(self.strategy.experimental_local_results(batch)))
-            per_replica = self.strategy.run(self._replica_step, args=batch)
+            per_replica = self.strategy.run(self._step, args=batch)
             # Every worker must take the same branch, or the ones that go on wait forever in the
             # next all-reduce: the flag is summed over all replicas of all workers, not read locally.
             bad = self.strategy.reduce("SUM", self.strategy.run(_count_false, args=(per_replica,)), axis=None)
@@ -335,10 +344,13 @@ class Trainer:
         tf = self.tf
         n = tf.shape(x)[0]
         steps = (n + batch_size - 1) // batch_size
-        out = tf.TensorArray(tf.float32, size=steps, infer_shape=False)
-        for i in tf.range(steps):
+
+        def batch(i, out):
             xb = tf.cast(x[i * batch_size : tf.minimum((i + 1) * batch_size, n)], "float32")
-            out = out.write(i, tf.cast(self.model(xb, training=False), tf.float32))
+            return i + 1, out.write(i, tf.cast(self.model(xb, training=False), tf.float32))
+
+        out = tf.TensorArray(tf.float32, size=steps, infer_shape=False)
+        _, out = tf.while_loop(lambda i, _: i < steps, batch, (tf.constant(0), out))
         return out.concat()
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -138,15 +138,28 @@ def test_cpu_model_is_read():
     assert read_cpu(EPYC_AVX2, cores=2, environ={}).model == "AMD EPYC 7R32"
 
 
-def _bench_cfg(name: str):
+def _train_speed():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import train_speed
     finally:
         sys.path.pop(0)
+    return train_speed
+
+
+def _bench_cfg(name: str):
     from cnncli.config.schema import Config
 
-    return Config(**train_speed.cnncli_config(name, 2, Path("x.npz"), "auto"))
+    return Config(**_train_speed().cnncli_config(name, 2, Path("x.npz"), "auto"))
+
+
+def test_benchmark_first_epoch_cost_and_whole_run_rate():
+    bench = _train_speed()
+    run = {"epoch_seconds": [3.5, 1.0, 2.0, 1.0], "examples_per_epoch": 600}
+    assert bench.first_epoch_cost(run) == 2.5  # 3.5 less the median of 1, 2, 1
+    assert bench.steady(run) == 600 * 3 / 4.0
+    assert bench.whole(run) == 600 * 4 / 7.5
+    assert bench.first_epoch_cost({"epoch_seconds": [2.0], "examples_per_epoch": 600}) is None
 
 
 @pytest.mark.parametrize("name, macs", [
