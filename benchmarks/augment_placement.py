@@ -32,8 +32,11 @@ traces `--profile` steps of its first epoch as `cnn train --profile` does and
 reports its `input_wait_share` (cnncli/train/profile.py: the share of the
 steps' wall time in the ops that bring the batch in); a pipeline run also
 reports the share of epochs 2..N its steps waited for the next batch (the
-`waiting_for_data` of a streamed run). A shared machine slows whichever side
-runs while another job holds a core: compare ratios over several rounds.
+`waiting_for_data` of a streamed run). Last, each recipe's layers run alone
+(compiled, on batches of the recipe's size, nothing else in the process):
+their images/s beside the ceiling's says what share of a step augmenting can
+take, wherever it runs. A shared machine slows whichever side runs while
+another job holds a core: compare ratios over several rounds.
 """
 
 from __future__ import annotations
@@ -177,6 +180,46 @@ def child(side: str, config: Path, output: Path, epochs: int, limit: int, profil
             "profile": {k: profiled.get(k) for k in ("steps", "step_ms", "input_wait_share", "top_ops")}}
 
 
+def layers_alone(config: Path, limit: int, seconds: float = 5.0) -> dict:
+    """Images/s of the augmentation layers alone, compiled as the step compiles them, on batches of the
+    recipe's size drawn from the first `limit` training images: what augmenting costs with the whole
+    machine to itself, beside which a step's images/s says what share of the step it could take."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+    import tensorflow as tf
+
+    from cnncli.config.loading import load_config
+    from cnncli.data import open_data
+    from cnncli.model.inputs import plan_input
+    from cnncli.train.augment import build_augmentation
+
+    cfg = load_config(config, [f"data.limit={limit}"])
+    data = open_data(cfg.data, cfg.seed or 0, plan_input(cfg).shape, 0, 1, None)
+    augment = build_augmentation(cfg)
+    assert augment is not None  # the recipes with layers only
+    batch = cfg.train.batch_size
+    x_all = tf.convert_to_tensor(np.asarray(data.x_train))
+    y_all = tf.convert_to_tensor(np.asarray(data.y_train, np.int32))
+    classes = int(data.num_classes)
+
+    @tf.function(reduce_retracing=True)
+    def run(lo):
+        idx = tf.math.floormod(tf.range(lo, lo + batch), tf.shape(x_all)[0])
+        x = tf.cast(tf.gather(x_all, idx), "float32")
+        if not augment.changes_labels:
+            return tf.reduce_sum(augment(x, training=True))
+        x, y = augment(x, tf.one_hot(tf.gather(y_all, idx), classes), training=True)
+        return tf.reduce_sum(x) + tf.reduce_sum(y)
+
+    run(tf.constant(0)).numpy()  # traced once, outside the timing
+    batches, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        run(tf.constant(batches * batch)).numpy()
+        batches += 1
+    elapsed = time.perf_counter() - t0
+    return {"images_per_second": round(batches * batch / elapsed, 1), "batches": batches, "batch_size": batch}
+
+
 # ---------------------------------------------------------------- the parent
 
 def summarize_run(out: dict) -> dict:
@@ -188,7 +231,9 @@ def summarize_run(out: dict) -> dict:
     return {
         "images_per_second": round(examples / seconds, 1),
         "epoch_images_per_second": [round(e["examples"] / e["seconds"], 1) for e in timed],
-        "waiting_for_data": round(sum(waits) / seconds, 4) if waits else None,
+        # Clipped at 0: the step's two timestamps around the batch's arrival are not ordered against the rest
+        # of the step, so a wait within their resolution can come out a hair below zero.
+        "waiting_for_data": round(max(0.0, sum(waits) / seconds), 4) if waits else None,
         "input_wait_share": out["profile"]["input_wait_share"],
         "profile_step_ms": out["profile"]["step_ms"],
         "top_ops": out["profile"]["top_ops"],
@@ -242,12 +287,17 @@ def print_table(report: dict) -> None:
     print("-" * len(head))
     for row in report["rows"]:
         label = RECIPES.get(row["recipe"], "none (the ceiling)")
-        wait = "" if row["input_wait_share"] is None else f"{100 * row['input_wait_share']:.1f}%"
-        waited = "" if row["waiting_for_data"] is None else f"{100 * row['waiting_for_data']:.1f}%"
+        wait = "" if row["input_wait_share"] is None else f"{100 * row['input_wait_share']:.2f}%"
+        waited = "" if row["waiting_for_data"] is None else f"{100 * row['waiting_for_data']:.2f}%"
         print(f"{label:27} {row['side']:9} {row['images_per_second']:>7.1f} {row['median_images_per_second']:>7.1f} "
               f"{_ratio(row['vs_step']):>7} {_ratio(row['of_ceiling']):>7} "
               f"{wait:>10} {waited:>7}"
               f"  {' '.join(f'{v:.0f}' for v in row['runs_images_per_second'])}")
+    ceiling = next((r["images_per_second"] for r in report["rows"] if r["side"] == "none"), None)
+    for recipe, alone in report.get("layers_alone", {}).items():
+        share = f"; at the ceiling's pace they would take {100 * ceiling / alone['images_per_second']:.1f}% of a step" \
+            if ceiling else ""
+        print(f"{RECIPES[recipe]:27} the layers alone: {alone['images_per_second']:,.0f} img/s{share}")
     print("img/s: the fastest run; input wait: `cnn train --profile`'s input_wait_share (the fastest run's); "
           "waited: the share of epochs 2..N a pipeline's steps waited for their batch.")
 
@@ -272,7 +322,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to each run")
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     parser.add_argument("--out", type=Path, help="also write the report as JSON to this file")
-    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("--side", choices=[*SIDES, "alone"], help=argparse.SUPPRESS)  # child process mode
     parser.add_argument("--run-config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -280,6 +330,9 @@ def main(argv=None) -> int:
         parser.error("--epochs must be at least 2: the first epoch (tracing, the profile) is not timed")
     if args.rounds < 1 or args.limit < 1 or args.profile < 0:
         parser.error("--rounds and --limit must be at least 1, --profile at least 0")
+    if args.side == "alone":
+        print(json.dumps(layers_alone(args.run_config, args.limit)))
+        return 0
     if args.side:
         print(json.dumps(child(args.side, args.run_config, args.output, args.epochs, args.limit, args.profile,
                                args.set)))
@@ -309,8 +362,15 @@ def main(argv=None) -> int:
                 wait = run["input_wait_share"]
                 print(f"round {r + 1}: {recipe} {side}: {run['images_per_second']:.1f} img/s"
                       + ("" if wait is None else f", input wait {100 * wait:.1f}%"), file=sys.stderr, flush=True)
+        alone = {}
+        for recipe in recipes:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--side", "alone", "--run-config",
+                   str(configs[recipe]), "--limit", str(args.limit)]
+            out, _, _ = run_child(cmd, args.timeout, env)
+            alone[recipe] = json.loads(out.strip().splitlines()[-1])
         report = build_report(tries, args, {k: v for k, v in configs.items()
                                             if k in recipes or (k == "plain" and "none" in sides)}, load_before)
+        report["layers_alone"] = alone
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
