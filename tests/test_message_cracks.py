@@ -76,6 +76,7 @@ def test_more_threads_than_cores_is_a_warning():
     assert len(thread_warnings(3, 3, 2)) == 2
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_train_prints_zero_threads_and_warns_of_too_many(tmp_path):
     cores = len(os.sched_getaffinity(0))
     proc = _cnn("train", "configs/shapes_cnn.yaml", *TINY_SHAPES, "--set", "runtime.intra_op_threads=0",
@@ -141,6 +142,7 @@ def test_tune_without_mlflow_refuses_before_the_sweep_directory(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]  # no sweeps/, no sweep/, no study.db
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_a_grid_smaller_than_the_trials_runs_each_point_once_and_says_so(tmp_path, monkeypatch):
     """Also: every run directory in `cnn tune --json` is absolute, whatever --output was given as."""
     import json
@@ -235,6 +237,7 @@ def test_a_split_leaving_fewer_training_examples_than_classes_is_a_warning():
                        "images of `9`")
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_train_warns_of_a_class_the_split_left_out(tmp_path):
     proc = _cnn("train", "configs/shapes_cnn.yaml", *TINY_SHAPES, "--set", "data.validation_split=0.99",
                 "--output", str(tmp_path))
@@ -266,6 +269,7 @@ def test_a_diverging_loss_reads_in_four_significant_digits_wherever_it_is_shown(
     assert _value(1e21) == "1e+21" and _value(0.5) == "0.5000"
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_train_json_names_its_run_directory_absolute_under_a_relative_output(tmp_path, monkeypatch):
     import json
 

@@ -218,6 +218,7 @@ BACKBONE_PER_MODE = {"caffe": ("VGG16", {}), "tf": ("MobileNet", {"alpha": 0.25}
                      "torch": ("DenseNet121", {}), "none": ("EfficientNetB0", {})}
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_backbone_models_scale_as_preprocess_input_and_load_in_plain_keras(tmp_path):
     import importlib
 

@@ -99,6 +99,7 @@ def _figures(figure: str, n: int, seed: int):
     return [shapes.render(figure, rng, 32, noise=0.0) for _ in range(n)]
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_saliency_of_one_figure_lies_in_its_box_through_the_cli(tmp_path):
     image, box = _figures("square", 1, seed=3)[0]
     path = tmp_path / "square.png"

@@ -102,6 +102,7 @@ def test_the_wait_ends_when_every_peer_listens(monkeypatch):
         cluster.wait_for_cluster(5)  # returns at once, without a message or an error
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_sigterm_stops_a_worker_of_a_training_cluster(tmp_path):
     """TensorFlow's coordination service takes SIGTERM for its preemption notices, after which the signal did
     nothing; now worker 0 stops resumable (exit 130) and worker 1 says it lost worker 0."""

@@ -185,6 +185,7 @@ def test_multi_worker_matches_mirrored(cluster, mirrored):
     np.testing.assert_allclose(a["val_accuracy"], b["val_accuracy"], atol=1e-6)
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_multi_worker_resume_after_both_workers_died(work, cluster):
     """Killed after epoch 2's checkpoint, resumed on a new cluster: the same model as the uninterrupted run."""
     out = work / "mw-resume"
