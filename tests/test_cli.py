@@ -85,6 +85,7 @@ def test_no_arguments_prints_help():
     assert "Usage:" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_summary_json_is_exactly_one_document(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(CONFIG)
@@ -107,6 +108,7 @@ def test_validate_json_is_exactly_one_document(tmp_path):
     assert docs[1]["error"].startswith(f"{bad}:1: train.epochs: ")
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_error_in_a_real_process_is_one_clean_line(tmp_path):
     """TensorFlow's C++ start-up logging must not precede the message on stderr."""
     path = tmp_path / "bad.yaml"

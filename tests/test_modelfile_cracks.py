@@ -88,6 +88,7 @@ def _plain_keras(jobs: list[tuple[str, str, str]], cwd: Path) -> list[dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_run_model_loads_compiled_in_plain_keras(tmp_path):
     """Every kind of train.loss: model.keras loads with keras.saving.load_model's defaults, predicts as
     the run's model does, and evaluates with the configured loss (labels in the form that loss takes)."""

@@ -79,6 +79,7 @@ OUTSIDE = [
 ]
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_kill_from_outside(cnn, tiny, reference):
     """SIGKILL sent by another process (an OOM killer, a scheduler), not raised by the run itself."""
     out = tiny.parent

@@ -51,6 +51,7 @@ def test_nan_loss_in_the_first_epoch_says_how_to_set_a_lower_rate(cnn, tiny, tmp
                            "--set train.optimizer.learning_rate=1e+29\n")
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_two_runs_started_together_get_their_own_directories(cnn, tiny, tmp_path):
     """Same config, same name, same second: mkdir decides, and neither run sees the other's files.
 

@@ -191,6 +191,7 @@ def test_probe_model_reaches_into_nested_models():
 
 # ---------------------------------------------------------------- feature maps
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_activations_one_grid_per_conv_with_a_tile_per_channel(tmp_path):
     path, _ = _figure_file(tmp_path)
     result = runner.invoke(app, ["activations", str(tr.shapes_run()), str(path), "--output", str(tmp_path / "a"),

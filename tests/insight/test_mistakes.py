@@ -56,6 +56,7 @@ def test_worst_and_pairs_on_known_numbers():
     assert [e["index"] for e in pairs[0]["examples"]] == [1, 4]
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_errors_of_an_image_folder_name_the_files(tmp_path):
     rng = np.random.default_rng(0)
     root = tmp_path / "photos"

@@ -256,6 +256,7 @@ def test_weights_file_errors(tmp_path):
 
 # ---------------------------------------------------------------- weights: imagenet, offline
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_imagenet_weights_offline_name_the_file_and_the_cache(tmp_path):
     """A real `cnn train` process with an empty KERAS_HOME and no network: exit 1, one readable line."""
     from PIL import Image

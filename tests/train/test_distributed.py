@@ -161,6 +161,7 @@ def test_mirrored_over_two_cpu_devices(single, mirrored):
     assert mirrored_acc > 0.6  # it learned: chance is 1/3
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_multi_worker_both_finish_with_identical_weights(work, cluster, single):
     chief, worker = cluster["chief"], cluster["worker"]
     assert chief["runtime"]["strategy"] == "MultiWorkerMirroredStrategy"
@@ -175,6 +176,7 @@ def test_multi_worker_both_finish_with_identical_weights(work, cluster, single):
     assert abs(acc - single["metrics"]["test"]["accuracy"]) <= ACCURACY_TOLERANCE, acc
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_multi_worker_matches_mirrored(cluster, mirrored):
     """Two processes with one replica each compute what one process with two replicas does."""
     chief_history = Path(cluster["chief"]["run_dir"]) / "history.csv"

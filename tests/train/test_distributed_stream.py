@@ -89,6 +89,7 @@ def test_two_workers_on_a_4_shard_pack_each_open_2_shards_and_end_identical(work
     assert_same_weights(dirs[0] / "model.keras", dirs[1] / "model.keras")
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_mirrored_over_two_devices_streams_whole_global_batches_and_learns_as_one_device(work):
     from test_distributed import train_json
 

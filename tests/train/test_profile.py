@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cnncli.train.profile import format_summary, is_input_op, op_times
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +71,7 @@ def test_input_ops_are_the_loops_gather_and_the_iterators():
     assert not is_input_op("while/body/_1/while/sequential/conv2d/Cast", "Cast")  # inside a layer
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_profile_of_a_streamed_split(tmp_path):
     """Batches from tf.data (data.cache none) instead of the resident split: the trace and table still come."""
     from helpers import write_shapes_folder

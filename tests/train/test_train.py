@@ -153,6 +153,7 @@ def test_labels_beyond_the_model_outputs_are_refused(tmp_path):
     assert "labels go up to 2 (3 classes) but the model outputs 2 values" in result.stderr
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path):
     """kill -9 during epoch 3 of 6, then --resume: every epoch once, same final weights."""
     import keras

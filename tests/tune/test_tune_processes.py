@@ -70,6 +70,7 @@ def trials(sweep: Path) -> list[tuple[int, str, str | None]]:
                           "ON p.trial_id = t.trial_id ORDER BY t.number").fetchall()
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_kill_during_the_third_trial_then_rerun_finishes_the_requested_number(tmp_path):
     (tmp_path / "tiny.yaml").write_text(CONFIG)
     args = ("tiny.yaml", "--trials", "3", "--output", "sweep")
