@@ -77,6 +77,7 @@ def weights(run_dir: Path) -> list[np.ndarray]:
     return keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 @pytest.mark.parametrize("cache", ["none", "disk"])
 def test_kill_in_epoch_2_of_a_streamed_run_then_resume_equals_an_uninterrupted_run(cnn, tmp_path, folder, cache):
     cfg = config(tmp_path, folder, cache=cache)

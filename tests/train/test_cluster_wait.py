@@ -52,6 +52,7 @@ def _start(tmp_path, ports: list[int], *sets: str, index: int = 0, **env) -> sub
                             env=worker_env(TF_CONFIG=_tf_config(ports, index), **env), cwd=ROOT)
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_gives_up_after_cluster_timeout_naming_the_missing_worker(tmp_path):
     ports = free_ports(2)
     proc = _start(tmp_path, ports, "runtime.cluster_timeout=3")
@@ -69,6 +70,7 @@ def test_gives_up_after_cluster_timeout_naming_the_missing_worker(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_wait_with_exit_130(tmp_path, signum):
     ports = free_ports(2)

@@ -149,6 +149,7 @@ def cluster(work) -> dict:
     return {"chief": json.loads(results[0].stdout), "worker": json.loads(results[1].stdout)}
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_mirrored_over_two_cpu_devices(single, mirrored):
     runtime = mirrored["runtime"]
     assert runtime["strategy"] == "MirroredStrategy"

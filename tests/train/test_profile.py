@@ -46,6 +46,7 @@ def test_profile_writes_a_trace_and_prints_the_top_ops(tmp_path):
     assert "M multiply-adds a step" in threads["reason"] or threads["reason"] == "one core"
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_profile_in_the_json_output(tmp_path):
     proc = _cnn("train", "configs/shapes_cnn.yaml", *SMALL, "--profile", "3", "--json", "--output", str(tmp_path))
     assert proc.returncode == 0, proc.stderr

@@ -422,6 +422,7 @@ def _benchmark():
     return module
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_transfer_beats_scratch_on_a_small_dataset(source_run, tmp_path):
     """configs/from_run/fashion_transfer.yaml vs the same layers from scratch, same epochs and optimizer,
     on 10 images per kind of top. benchmarks/transfer_from_run.py with this source (10,000 images × 2

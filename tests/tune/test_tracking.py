@@ -49,6 +49,7 @@ def test_logged_metrics_equal_history_csv_row_for_row(tmp_path):
     assert {"metrics.json", "model.keras", "curves.png", "confusion_matrix.png"} <= artefacts
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_a_sweep_logs_each_trial_as_a_child_run(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -248,6 +248,7 @@ def test_ctrl_c_fails_the_trial_uncounted_retries_it_with_the_same_values_and_sa
     assert [t["state"] for t in json.loads(result.stdout)["trials"]] == ["FAIL", "COMPLETE"]
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_the_hyperband_pruner_runs_a_sweep_to_its_trial_count(tmp_path):
     import optuna
 

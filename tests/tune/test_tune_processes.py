@@ -92,6 +92,7 @@ def test_kill_during_the_third_trial_then_rerun_finishes_the_requested_number(tm
     assert sorted(p.name for p in (tmp_path / "sweep" / "trials").iterdir()) == ["0000", "0001", "0002", "0003"]
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_two_processes_on_one_sweep_run_each_trial_once(tmp_path):
     (tmp_path / "tiny.yaml").write_text(CONFIG)
     args = ("tiny.yaml", "--trials", "4", "--output", "sweep")
@@ -122,6 +123,7 @@ def storage(request, tmp_path):
     return url
 
 
+@pytest.mark.slow  # a long run: CI's slow stage runs it; the default suite stays under 15 minutes
 def test_processes_with_their_own_sweep_directories_share_a_study_through_its_storage(tmp_path, storage):
     """As on two machines: each its own --output and host name, one --storage URL."""
     import optuna
