@@ -356,7 +356,7 @@ def main(argv=None) -> int:
                        str(configs[recipe]), "--output", str(work / "runs"), "--epochs", str(args.epochs),
                        "--limit", str(args.limit), "--profile", str(args.profile),
                        *[item for s in args.set for item in ("--set", s)]]
-                out, _, _ = run_child(cmd, args.timeout, env)
+                out, *_ = run_child(cmd, args.timeout, env)
                 run = summarize_run(json.loads(out.strip().splitlines()[-1]))
                 tries.setdefault((recipe, side), []).append(run)
                 wait = run["input_wait_share"]
@@ -366,7 +366,7 @@ def main(argv=None) -> int:
         for recipe in recipes:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--side", "alone", "--run-config",
                    str(configs[recipe]), "--limit", str(args.limit)]
-            out, _, _ = run_child(cmd, args.timeout, env)
+            out, *_ = run_child(cmd, args.timeout, env)
             alone[recipe] = json.loads(out.strip().splitlines()[-1])
         report = build_report(tries, args, {k: v for k, v in configs.items()
                                             if k in recipes or (k == "plain" and "none" in sides)}, load_before)

@@ -346,7 +346,7 @@ def cnncli_side(args, carved: Path, fraction: float, work: Path) -> tuple[dict, 
     cmd += [item for s in sets for item in ("--set", s)]
     if args.epochs:
         cmd += ["--epochs", str(args.epochs)]
-    out, _, rss = run_child(cmd, args.timeout)
+    out, _, rss, _ = run_child(cmd, args.timeout)
     run_dir = Path(json.loads(out)["run_dir"])
     with open(run_dir / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -451,7 +451,7 @@ def main() -> None:
             if name == "cnncli":
                 result, rss = cnncli_side(args, carved, fraction, work)
             else:
-                out, _, rss = run_child([*child, "--side", name], args.timeout)
+                out, _, rss, _ = run_child([*child, "--side", name], args.timeout)
                 result = json.loads(out.strip().splitlines()[-1])
             report["sides"][name] = summarise(result, rss, args.target)
             stopped = name != "cnncli" and args.stop_at_target and len(result["epoch_seconds"]) < cfg.train.epochs
