@@ -55,7 +55,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from train_speed import cpu_description, run_child  # noqa: E402
+from train_speed import cpu_description, finish, run_child  # noqa: E402
 
 RECIPE = ROOT / "configs" / "fashion_resnet.yaml"
 SIDES = ("step", "pipeline", "feed", "none")
@@ -371,17 +371,7 @@ def main(argv=None) -> int:
         report = build_report(tries, args, {k: v for k, v in configs.items()
                                             if k in recipes or (k == "plain" and "none" in sides)}, load_before)
         report["layers_alone"] = alone
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
-        print(f"load average before / after: {' '.join(f'{v:.1f}' for v in load_before)} / "
-              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores "
-              "(other processes slow whichever side runs beside them)")
-    return 0
+    return finish(report, args, print_table, load_before, "other processes slow whichever side runs beside them")
 
 
 if __name__ == "__main__":

@@ -286,6 +286,20 @@ def read_cnncli_run(run_dir: Path) -> dict:
 
 # ---------------------------------------------------------------- the parent
 
+def finish(report: dict, args, show, load_before: tuple[float, ...], caution: str) -> int:
+    """Write the report to --out, print it (--json, else `show`'s table and the load average), return 0."""
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        show(report)
+        print(f"load average before / after: {' '.join(f'{v:.1f}' for v in load_before)} / "
+              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores ({caution})")
+    return 0
+
+
 def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[str, str, float, float]:
     """Run one side; its stdout, stderr, peak resident memory in MB (this child's own ru_maxrss) and wall
     seconds from start to exit (imports, data, build, training, evaluation, whatever the side writes)."""
@@ -516,17 +530,7 @@ def main(argv=None) -> int:
               "matmul": peak,
               "load_average": {"before": load_before, "after": os.getloadavg()},
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_table(report)
-        print(f"load average before / after: {' '.join(f'{v:.1f}' for v in load_before)} / "
-              f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} cores "
-              "(other processes slow every side)")
-    return 0
+    return finish(report, args, print_table, load_before, "other processes slow every side")
 
 
 if __name__ == "__main__":
