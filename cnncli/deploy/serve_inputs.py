@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,12 @@ def instances_to_pixels(body: bytes, input_shape: tuple[int, ...], view: Any) ->
     An instance is a pixel array of the model's shape, `{"b64": "<encoded image>"}`, or either of
     them under the input's name (`{"image": ...}`), as TF Serving's row format allows.
     """
+    plain = _plain_pixels(body, input_shape)
+    return plain if plain is not None else read_instances(body, input_shape, view)
+
+
+def read_instances(body: bytes, input_shape: tuple[int, ...], view: Any) -> np.ndarray:
+    """`instances_to_pixels` for every body it takes, each instance on its own (and every refusal made here)."""
     try:
         doc = json.loads(body)
     except ValueError as exc:
@@ -93,7 +101,12 @@ def _instance(item, where: str, input_shape, view) -> np.ndarray:
 def _pixel_array(item, where: str, input_shape) -> np.ndarray:
     expected = "(" + ", ".join(map(str, input_shape)) + ")"
     try:
-        x = np.asarray(item, np.float32)
+        with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, refused below
+            x = np.asarray(item, np.float32)
+    except OverflowError:  # an integer beyond even float64
+        raise RequestError(
+            400, f"{where}: pixel values must be finite float32 numbers, got an integer too large"
+        ) from None
     except (ValueError, TypeError):
         raise RequestError(
             400,
@@ -108,5 +121,53 @@ def _pixel_array(item, where: str, input_shape) -> np.ndarray:
         )
     if not np.isfinite(x).all():
         bad = next(v for v in x.flat if not math.isfinite(v))
-        raise RequestError(400, f"{where}: pixel values must be finite numbers, got {bad}")
+        raise RequestError(400, f"{where}: pixel values must be finite float32 numbers, got {bad}")
     return x
+
+
+# ---------------------------------------------------------------- the common case, parsed flat
+
+# `{"instances": [...]}` and nothing else, its array of numbers alone (no b64, no names, no NaN)
+_PLAIN_BODY = re.compile(rb"\s*\{\s*\"instances\"\s*:\s*(\[.*\])\s*\}\s*", re.DOTALL)
+_NOT_NUMBERS = b"[], \t\r\n0123456789.eE+-"  # what an array of JSON numbers is written with
+_BRACKETS_AS_SPACES = bytes.maketrans(b"[]", b"  ")
+_NUMBERS_AND_SPACE = b" \t\r\n0123456789.eE+-"  # left out, the brackets and commas remain
+
+
+def _plain_pixels(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The pixels of a body of plain pixel arrays of the model's shape, read as one flat list; None for any
+    other body, which the general reader then takes (and refuses with its reasons, if it must).
+
+    Nested JSON lists cost a Python list per pixel (28×28×1 is 813 lists): read flat, with the brackets
+    checked against the nesting of (N, *input_shape), a body is read in under half the time, and the JSON
+    parser still checks every number."""
+    match = _PLAIN_BODY.fullmatch(body)
+    if match is None:
+        return None
+    text = match.group(1)
+    if text.translate(None, _NOT_NUMBERS):
+        return None
+    try:
+        flat = json.loads(b"[" + text.translate(_BRACKETS_AS_SPACES) + b"]")
+    except ValueError:
+        return None
+    size = math.prod(input_shape)
+    if not flat or len(flat) % size:
+        return None
+    if text.translate(None, _NUMBERS_AND_SPACE) != _nesting((len(flat) // size, *input_shape)):
+        return None  # ragged, or another shape
+    try:
+        with np.errstate(over="ignore"):
+            pixels = np.array(flat, np.float32).reshape(-1, *input_shape)
+    except OverflowError:
+        return None
+    return pixels if np.isfinite(pixels).all() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _nesting(shape: tuple[int, ...]) -> bytes:
+    """The brackets and commas of a JSON array of this shape, numbers left out: (2, 1) is `[[],[]]`."""
+    text = b""
+    for length in reversed(shape):
+        text = b"[" + b",".join([text] * length) + b"]"
+    return text
