@@ -7,10 +7,15 @@ keeps taking requests until the batch holds `max_batch` images or `max_wait_s`
 has passed since the first one arrived, runs them through the one predict loop
 (`Predictor.predict`) and hands each request its rows. A request larger than
 `max_batch` runs as a batch of its own; `max_batch=1` runs every request alone.
+
+A caller on an event loop (the server's routes) submits with `submit_async`:
+the results of a whole batch reach its loop in one thread-safe call, not one
+wake-up of the loop per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -46,6 +51,13 @@ class MicroBatcher:
         """A future of `images`' (N, K) probabilities."""
         future: Future = Future()
         self._queue.put((images, future))
+        return future
+
+    def submit_async(self, images: np.ndarray) -> asyncio.Future:
+        """`submit` for a coroutine: an asyncio future of the running loop."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((images, _OnLoop(loop, future)))
         return future
 
     def call(self, fn: Callable[[], object]) -> Future:
@@ -93,7 +105,7 @@ class MicroBatcher:
         except BaseException as exc:
             future.set_exception(exc)
 
-    def _run(self, batch: list[tuple[np.ndarray, Future]]) -> None:
+    def _run(self, batch: list[tuple[np.ndarray, Future | _OnLoop]]) -> None:
         batch = [(x, f) for x, f in batch if f.set_running_or_notify_cancel()]
         if not batch:
             return
@@ -101,11 +113,46 @@ class MicroBatcher:
             faults.point("serve_batch")  # tests make a batch slow here (CNNCLI_FAULT=serve_batch:slow)
             probs = self.predict(np.concatenate([x for x, _ in batch]))
         except BaseException as exc:  # the worker must outlive any one batch
-            for _, future in batch:
-                future.set_exception(exc)
+            _settle([(future, None, exc) for _, future in batch])
             return
         self.on_batch(len(probs))
-        start = 0
-        for x, future in batch:
-            future.set_result(probs[start : start + len(x)])
-            start += len(x)
+        ends = np.cumsum([len(x) for x, _ in batch])
+        _settle([(future, probs[end - len(x) : end], None) for (x, future), end in zip(batch, ends, strict=True)])
+
+
+class _OnLoop:
+    """An asyncio future of `loop`, as the worker sees it beside `concurrent.futures.Future`s."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+        self.loop, self.future = loop, future
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.cancelled()  # a request whose client went away is left out of the batch
+
+
+def _settle(outcomes: list[tuple[Future | _OnLoop, object, BaseException | None]]) -> None:
+    """Give each future its result or exception: a `concurrent.futures.Future` at once, and the asyncio
+    futures of each loop in one call on that loop."""
+    on_loops: dict[asyncio.AbstractEventLoop, list] = {}
+    for future, result, exc in outcomes:
+        if isinstance(future, _OnLoop):
+            on_loops.setdefault(future.loop, []).append((future.future, result, exc))
+        elif exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    for loop, settled in on_loops.items():
+        try:
+            loop.call_soon_threadsafe(_settle_on_loop, settled)
+        except RuntimeError:  # the loop has closed: nobody is waiting
+            pass
+
+
+def _settle_on_loop(settled: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    for future, result, exc in settled:
+        if future.cancelled():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)

@@ -104,18 +104,20 @@ def build_app(model: ServedModel, max_body: int = DEFAULT_MAX_BODY, api_key: str
             raise RequestError(404, f"no model `{name}` here; this server has `{model.name}` (or say `default`)")
 
     async def probabilities(pixels: np.ndarray) -> np.ndarray:
-        return await asyncio.wrap_future(model.batcher.submit(pixels))
+        return await model.batcher.submit_async(pixels)
 
-    @app.post("/v1/models/{name}:predict")
-    async def tf_predict(name: str, request: Request):
-        check_name(name)
+    async def tf_predict(request: Request):
+        check_name(request.path_params["name"])
         body = await request.body()
         if len(body) <= INLINE_BODY:  # parsed here, in arrival order: a thread would cost more than the parse
             pixels = instances_to_pixels(body, model.input_shape, view)
         else:
             pixels = await run_in_threadpool(instances_to_pixels, body, model.input_shape, view)
-        # a response, not a dict: FastAPI would walk every probability through jsonable_encoder first
         return JSONResponse({"predictions": (await probabilities(pixels)).tolist()})
+
+    # the route every prediction takes is a plain Starlette route (FastAPI's own are Starlette routes too):
+    # it has no parameters for FastAPI to resolve, nor a return value for it to walk through jsonable_encoder
+    app.add_route("/v1/models/{name}:predict", tf_predict, methods=["POST"])
 
     @app.get("/v1/models/{name}")
     async def status(name: str):

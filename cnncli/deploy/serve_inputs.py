@@ -135,33 +135,36 @@ _NUMBERS_AND_SPACE = b" \t\r\n0123456789.eE+-"  # left out, the brackets and com
 
 
 def _plain_pixels(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray | None:
-    """The pixels of a body of plain pixel arrays of the model's shape, read as one flat list; None for any
-    other body, which the general reader then takes (and refuses with its reasons, if it must).
+    """The pixels of a body of plain pixel arrays of the model's shape, read flat; None for any other body,
+    which the general reader then takes (and refuses with its reasons, if it must).
 
-    Nested JSON lists cost a Python list per pixel (28×28×1 is 813 lists): read flat, with the brackets
-    checked against the nesting of (N, *input_shape), a body is read in under half the time, and the JSON
-    parser still checks every number."""
+    Nested JSON lists cost a Python list per pixel (28×28×1 is 813 lists). Here the brackets are checked
+    against the nesting of (N, *input_shape) on their own, and the JSON parser reads the numbers as one
+    flat list: under half the time for a 28×28×1 image, every number still checked by the parser."""
     match = _PLAIN_BODY.fullmatch(body)
     if match is None:
         return None
     text = match.group(1)
     if text.translate(None, _NOT_NUMBERS):
         return None
+    numbers = _json_numbers(text)
+    size = math.prod(input_shape)
+    if numbers is None or not len(numbers) or len(numbers) % size:
+        return None
+    if text.translate(None, _NUMBERS_AND_SPACE) != _nesting((len(numbers) // size, *input_shape)):
+        return None  # ragged, another shape, or numbers not parted by commas
+    return numbers.reshape(-1, *input_shape)
+
+
+def _json_numbers(text: bytes) -> np.ndarray | None:
+    """float32 of every number in `text` (brackets read as spaces), in order; None if one is not JSON's."""
     try:
         flat = json.loads(b"[" + text.translate(_BRACKETS_AS_SPACES) + b"]")
-    except ValueError:
-        return None
-    size = math.prod(input_shape)
-    if not flat or len(flat) % size:
-        return None
-    if text.translate(None, _NUMBERS_AND_SPACE) != _nesting((len(flat) // size, *input_shape)):
-        return None  # ragged, or another shape
-    try:
         with np.errstate(over="ignore"):
-            pixels = np.array(flat, np.float32).reshape(-1, *input_shape)
-    except OverflowError:
+            numbers = np.array(flat, np.float32)
+    except (ValueError, OverflowError):
         return None
-    return pixels if np.isfinite(pixels).all() else None
+    return numbers if np.isfinite(numbers).all() else None
 
 
 @functools.lru_cache(maxsize=64)

@@ -558,3 +558,35 @@ def test_micro_batcher_runs_a_call_alone_on_the_model_thread():
     assert name.result(REQUEST_TIMEOUT) == "cnn-serve-model"
     assert first.result(REQUEST_TIMEOUT).shape == (1, 2) and last.result(REQUEST_TIMEOUT).shape == (2, 2)
     batcher.close(REQUEST_TIMEOUT)
+
+
+def test_micro_batcher_hands_a_batch_to_an_event_loop_in_one_call():
+    import asyncio
+
+    from cnncli.deploy.batcher import MicroBatcher
+
+    gate = threading.Event()
+
+    def predict(x):
+        gate.wait(REQUEST_TIMEOUT)  # the first batch waits while the rest queue up
+        if (x < 0).any():
+            raise ValueError("negative pixels")
+        return np.repeat(x.reshape(len(x), -1)[:, :1], 2, axis=1)
+
+    async def requests():
+        loop = asyncio.get_running_loop()
+        wakeups, original = [], loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args, **kw: (wakeups.append(args), original(*args, **kw))[1]
+        batcher = MicroBatcher(predict, max_batch=4, max_wait_s=REQUEST_TIMEOUT)
+        futures = [batcher.submit_async(np.full((1, 2, 2, 1), i, np.float32)) for i in range(8)]
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*futures), REQUEST_TIMEOUT)
+        failed = batcher.submit_async(np.full((1, 2, 2, 1), -1, np.float32))
+        with pytest.raises(ValueError, match="negative pixels"):
+            await asyncio.wait_for(failed, REQUEST_TIMEOUT)
+        await asyncio.to_thread(batcher.close, REQUEST_TIMEOUT)
+        return results, len(wakeups)
+
+    results, wakeups = asyncio.run(requests())
+    assert [r.tolist() for r in results] == [[[i, i]] for i in range(8)]  # each request its own rows
+    assert wakeups == 2 + 1 + 1  # two batches of four, the failed one, and to_thread's own
