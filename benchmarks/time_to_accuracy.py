@@ -32,7 +32,12 @@ gets them as `validation_data`, PyTorch evaluates them after each epoch.
 
 With --stop-at-target, Keras and PyTorch stop after their first epoch at the
 target: their time to target is the same, their final accuracy is that epoch's
-(marked *), and the run takes a fraction of the time.
+(marked *), and the run takes a fraction of the time. With --give-up-after F
+as well, each stops after the first epoch that takes its training time past
+F times cnncli's time to target without reaching it: cnncli is then at least
+that much sooner (printed as "> F×"), and no side runs longer than it must to
+decide the question. The JSON is written after every side, so a run cut short
+keeps the sides it finished.
 
 Time to target: the cumulative training time of the epochs up to the first whose
 test accuracy reaches `--target` (93% by default), evaluation excluded
@@ -115,7 +120,8 @@ def schedule_args(cfg) -> dict:
 
 # ---------------------------------------------------------------- the sides (each in a child process)
 
-def keras_side(config: Path, epochs: int | None, data: Path, stop_at: float | None = None) -> dict:
+def keras_side(config: Path, epochs: int | None, data: Path, stop_at: float | None = None,
+               give_up: float | None = None) -> dict:
     """Keras alone: tf.data with the augmentation layers, compile, fit with the test images as validation."""
     import keras
     import tensorflow as tf
@@ -180,6 +186,8 @@ def keras_side(config: Path, epochs: int | None, data: Path, stop_at: float | No
             self.accuracy.append(float(logs["val_categorical_accuracy"]))
             if stop_at is not None and self.accuracy[-1] >= stop_at:
                 self.model.stop_training = True  # --stop-at-target: the time to target is known
+            elif give_up is not None and sum(self.seconds) >= give_up:
+                self.model.stop_training = True  # --give-up-after: past the time that decides it
 
     clock = Clock()
     callbacks = [clock]
@@ -192,7 +200,8 @@ def keras_side(config: Path, epochs: int | None, data: Path, stop_at: float | No
                                                                         for w in model.trainable_weights)}
 
 
-def torch_side(config: Path, epochs: int | None, data: Path, stop_at: float | None = None) -> dict:
+def torch_side(config: Path, epochs: int | None, data: Path, stop_at: float | None = None,
+               give_up: float | None = None) -> dict:
     """The recipe's network in PyTorch, trained by a plain loop with the same augmentation and schedule."""
     import torch
     import torch.nn.functional as F
@@ -240,6 +249,8 @@ def torch_side(config: Path, epochs: int | None, data: Path, stop_at: float | No
         accuracy.append(correct / len(x_test))
         if stop_at is not None and accuracy[-1] >= stop_at:
             break  # --stop-at-target: the time to target is known
+        if give_up is not None and sum(seconds) >= give_up:
+            break  # --give-up-after: past the time that decides it
     return {"epoch_seconds": seconds, "test_accuracy_per_epoch": accuracy, "examples_per_epoch": len(x_train),
             "trainable_params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads()}
 
@@ -390,10 +401,11 @@ def print_table(report: dict) -> None:
             continue
         reached = "never" if side["seconds_to_target"] is None else f"{side['seconds_to_target']:.0f} s"
         ratio = report["speedups"].get(name)
+        at_least = report.get("speedups_at_least", {}).get(name)
         final = f"{side['final_test_accuracy']:.4f}" + ("*" if side.get("stopped_at_target") else "")
+        shown = f"{ratio:>8.2f}×" if ratio else (f"> {at_least:.2f}×".rjust(9) if at_least else "")
         print(f"{name:8} {reached:>10} {side['train_seconds']:>8.0f} {final:>9} "
-              f"{side['images_per_second']:>7.0f} {side['peak_rss_mb']:>8.0f} "
-              + (f"{ratio:>8.2f}×" if ratio else ""))
+              f"{side['images_per_second']:>7.0f} {side['peak_rss_mb']:>8.0f} " + shown)
     print("to target: training time (evaluation excluded, tracing included) until the first epoch whose test "
           "accuracy reaches the target; cnncli ÷: that side's time to target over cnncli's.")
     tta = report["sides"].get("cnncli", {})
@@ -402,6 +414,9 @@ def print_table(report: dict) -> None:
               f"{tta['test_accuracy_tta']:.4f} test accuracy after the last epoch")
     if any(side.get("stopped_at_target") for side in report["sides"].values()):
         print("*: stopped at the first epoch that reached the target (--stop-at-target), not the recipe's last")
+    if report.get("speedups_at_least"):
+        print(f"> F×: gave up (--give-up-after {report['give_up_after']:g}) after the first epoch past "
+              f"{report['give_up_after']:g}× cnncli's time to target, the target not reached")
 
 
 def main() -> None:
@@ -418,21 +433,28 @@ def main() -> None:
     parser.add_argument("--stop-at-target", action="store_true",
                         help="keras and torch stop after the first epoch that reaches --target (cnncli runs "
                              "its whole recipe): their time to target, in a fraction of the time")
+    parser.add_argument("--give-up-after", type=float, metavar="F",
+                        help="with --stop-at-target: keras and torch also stop after the first epoch past F times "
+                             "cnncli's time to target (cnncli runs first)")
     parser.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)  # a child process: --stop-at-target
+    parser.add_argument("--give-up", type=float, help=argparse.SUPPRESS)  # a child process: --give-up-after
     parser.add_argument("--side", choices=["keras", "torch"], help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--data-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         side = keras_side if args.side == "keras" else torch_side
-        print(json.dumps(side(args.config, args.epochs, args.data_file, args.stop_at)))
+        print(json.dumps(side(args.config, args.epochs, args.data_file, args.stop_at, args.give_up)))
         return
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if unknown := set(sides) - set(SIDES):
         raise SystemExit(f"unknown side(s) {sorted(unknown)}; choose from {', '.join(SIDES)}")
+    if args.give_up_after is not None and (not args.stop_at_target or sides[:1] != ["cnncli"]):
+        raise SystemExit("--give-up-after needs --stop-at-target and cnncli as the first of --sides")
     cfg = load_recipe(args.config, args.epochs)
     report: dict = {"cpu": cpu_description(), "config": str(args.config.relative_to(ROOT)
                                                             if args.config.is_relative_to(ROOT) else args.config),
-                    "epochs": cfg.train.epochs, "target": args.target, "sides": {}, "speedups": {}}
+                    "epochs": cfg.train.epochs, "target": args.target, "sides": {}, "speedups": {},
+                    "speedups_at_least": {}, "give_up_after": args.give_up_after}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         plain, carved, fraction = write_data(Path(args.data), args.limit, cfg.seed or 0, work)
@@ -451,24 +473,45 @@ def main() -> None:
             if name == "cnncli":
                 result, rss = cnncli_side(args, carved, fraction, work)
             else:
-                out, _, rss, _ = run_child([*child, "--side", name], args.timeout)
+                give_up = decisive_seconds(report, args.give_up_after)
+                out, _, rss, _ = run_child([*child, "--side", name, *(["--give-up", repr(give_up)] if give_up else [])],
+                                           args.timeout)
                 result = json.loads(out.strip().splitlines()[-1])
-            report["sides"][name] = summarise(result, rss, args.target)
-            stopped = name != "cnncli" and args.stop_at_target and len(result["epoch_seconds"]) < cfg.train.epochs
-            report["sides"][name]["stopped_at_target"] = stopped
+            side = report["sides"][name] = summarise(result, rss, args.target)
+            short = name != "cnncli" and len(result["epoch_seconds"]) < cfg.train.epochs
+            side["stopped_at_target"] = short and args.stop_at_target and side["seconds_to_target"] is not None
+            side["gave_up"] = short and side["seconds_to_target"] is None
+            compare(report)
+            if args.out:  # after every side: a run cut short keeps what it measured
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(report, indent=2) + "\n")
     params = {n: s["trainable_params"] for n, s in report["sides"].items() if "trainable_params" in s}
     if len(set(params.values())) > 1:
         raise SystemExit(f"the sides' networks differ: trainable weights {params}")
+    print_table(report)
+    if args.out:
+        print(f"wrote {args.out}")
+
+
+def decisive_seconds(report: dict, factor: float | None) -> float | None:
+    """--give-up-after: the training time past which a side cannot be within `factor` of cnncli."""
+    ours = report["sides"].get("cnncli", {})
+    if factor is None or not ours:
+        return None
+    return factor * (ours["seconds_to_target"] or ours["train_seconds"])
+
+
+def compare(report: dict) -> None:
+    """Each side's time to target over cnncli's; a side that gave up, at least its training time over it."""
     ours = report["sides"].get("cnncli", {}).get("seconds_to_target")
     for name, side in report["sides"].items():
         theirs = side.get("seconds_to_target")
-        if name != "cnncli" and ours and theirs:
+        if name == "cnncli" or not ours:
+            continue
+        if theirs:
             report["speedups"][name] = round(theirs / ours, 2)
-    print_table(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        elif side.get("gave_up"):
+            report["speedups_at_least"][name] = round(side["train_seconds"] / ours, 2)
 
 
 if __name__ == "__main__":
