@@ -151,7 +151,8 @@ def _plain_pixels(body: bytes, input_shape: tuple[int, ...]) -> np.ndarray | Non
     size = math.prod(input_shape)
     if numbers is None or not len(numbers) or len(numbers) % size:
         return None
-    if text.translate(None, _NUMBERS_AND_SPACE) != _nesting((len(numbers) // size, *input_shape)):
+    one = _nesting(input_shape)  # cached per model shape; the batch's outer list is built per body
+    if text.translate(None, _NUMBERS_AND_SPACE) != b"[" + b",".join([one] * (len(numbers) // size)) + b"]":
         return None  # ragged, another shape, or numbers not parted by commas
     return numbers.reshape(-1, *input_shape)
 
@@ -167,7 +168,7 @@ def _json_numbers(text: bytes) -> np.ndarray | None:
     return numbers if np.isfinite(numbers).all() else None
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # keyed by the model's shape alone: a hostile batch size cannot fill it
 def _nesting(shape: tuple[int, ...]) -> bytes:
     """The brackets and commas of a JSON array of this shape, numbers left out: (2, 1) is `[[],[]]`."""
     text = b""
