@@ -154,6 +154,20 @@ def test_cutmix_trains_under_mixed_bfloat16(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_augmentation_without_xla_kernels_trains_under_jit_compile(tmp_path):
+    """XLA compiles the step's update, not the augmentation before it: MixUp's gamma draws and the
+    affine transforms of RandomTranslation, RandomRotation and RandomZoom have no XLA kernel on CPU."""
+    augment = ("  augment: [{type: RandomTranslation, height_factor: 0.1, width_factor: 0.1},\n"
+               "            {type: RandomRotation, factor: 0.1}, {type: RandomZoom, height_factor: 0.1},\n"
+               "            {type: MixUp}, {type: CutMix}]\n")
+    path = config(tmp_path, augment=augment, runtime="runtime: {jit_compile: true}\n")
+    assert cli("validate", path).exit_code == 0
+    result = train(tmp_path, path)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(next((tmp_path / "runs").glob("*/*/metrics.json")).read_text())
+    assert metrics["test"]["examples"] == 4 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+
 def test_every_augmentation_layer_runs_under_every_precision_auto_may_choose():
     """The layers run in float32 before the model: the policy a run gets does not reach them."""
     from cnncli.config.loading import config_from_dict

@@ -100,12 +100,18 @@ class Trainer:
         self._x: np.ndarray | None = None
         self._y: np.ndarray | None = None
         self._stream: Any = None  # a streamed split (FileSplit or RecordSplit), when the data is streamed
-        self._chunk_fn = tf.function(
-            self._resident_chunk, jit_compile=jit_compile, reduce_retracing=True, autograph=False
+        # XLA (runtime.jit_compile) compiles the update of one step (forward, backward, optimizer,
+        # metrics), as Keras's own trainer does, and not the loop and augmentation around it: random
+        # augmentation ops (MixUp's gamma draws, RandomTranslation's transform) have no XLA kernel on CPU.
+        self._update = (
+            tf.function(self._replica_update, jit_compile=True, reduce_retracing=True, autograph=False)
+            if jit_compile
+            else self._replica_update
         )
-        self._dist_chunk_fn = tf.function(self._distributed_chunk, jit_compile=jit_compile, reduce_retracing=True)
+        self._chunk_fn = tf.function(self._resident_chunk, reduce_retracing=True, autograph=False)
+        self._dist_chunk_fn = tf.function(self._distributed_chunk, reduce_retracing=True)
         self.timed = time_input  # tf.timestamp is refused under op determinism
-        self._stream_chunk_fn = tf.function(self._stream_chunk, jit_compile=jit_compile, reduce_retracing=True)
+        self._stream_chunk_fn = tf.function(self._stream_chunk, reduce_retracing=True)
         # The streamed and distributed chunks keep AutoGraph for their loops; the step inside them, as the
         # resident chunk's, is plain Python around tensors: not parsed and rewritten on the first call.
         self._step = tf.autograph.experimental.do_not_convert(self._replica_step)
@@ -134,8 +140,12 @@ class Trainer:
         return x, soft, tf.cast(tf.reshape(tf.argmax(soft, axis=-1), tf.shape(y)), y.dtype)
 
     def _replica_step(self, x, y):
-        tf = self.tf
         x, target, y = self.augment_batch(x, y)
+        return self._update(x, target, y)
+
+    def _replica_update(self, x, target, y):
+        """One optimizer step on an augmented batch; True when every example's loss is finite."""
+        tf = self.tf
         with tf.GradientTape() as tape:
             with fast_dropout():  # runs once, while the step is traced
                 pred = self.model(x, training=True)
