@@ -162,6 +162,10 @@ def build_report(run_dir: str | Path) -> str:
 def _header(run, report: dict, summary: dict) -> str:
     cards = [
         ("test accuracy", f"{report['accuracy']:.2%}"),
+    ]
+    if report.get("tta"):  # the run's evaluate.tta: the mean over each image's test-time views
+        cards.append((f"test accuracy, {report['tta']['mode']} TTA", f"{report['tta']['accuracy']:.2%}"))
+    cards += [
         ("test loss", metric_text(report["loss"])),
         ("macro F1", f"{report['macro_f1']:.3f}"),
         ("test images", f"{report['examples']:,}"),

@@ -57,6 +57,28 @@ def test_report_is_one_file_with_every_picture_embedded():
     assert '<meta name=viewport content="width=device-width, initial-scale=1">' in page
 
 
+def test_report_shows_the_test_time_augmentation_accuracy_beside_the_plain_one(tmp_path):
+    """A run whose config has evaluate.tta: the page gives both accuracies, as `cnn evaluate` computes them."""
+    import json
+
+    run = tmp_path / "run"
+    shutil.copytree(tr.shapes_run(), run)
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("evaluate:\n  tta: none\n", "evaluate:\n  tta: flip\n"))
+    assert "  tta: flip\n" in config.read_text()
+    result = runner.invoke(app, ["evaluate", str(run), "--json"])
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["tta"]["mode"] == "flip"
+    out = tmp_path / "page.html"
+    assert runner.invoke(app, ["report", str(run), "--output", str(out)]).exit_code == 0
+    page = out.read_text()
+    assert f"test accuracy<b>{scores['accuracy']:.2%}</b>" in page
+    assert f"test accuracy, flip TTA<b>{scores['tta']['accuracy']:.2%}</b>" in page
+    _, plain = _page()
+    assert "TTA<b>" not in plain  # a run without evaluate.tta has one accuracy
+
+
 def test_report_refuses_other_suffixes(tmp_path):
     result = runner.invoke(app, ["report", str(tr.shapes_run()), "--output", str(tmp_path / "r.pdf")])
     assert result.exit_code == 1
