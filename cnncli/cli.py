@@ -36,6 +36,7 @@ except KeyboardInterrupt:
 
 LISTS = {  # what `cnn list` can show: name -> (module, function)
     "layers": ("cnncli.config.vocabulary", "list_layers"),
+    "augmentations": ("cnncli.config.vocabulary", "list_augmentations"),
     "optimizers": ("cnncli.config.learning", "list_optimizers"),
     "schedules": ("cnncli.config.learning", "list_schedules"),
     "backbones": ("cnncli.config.vocabulary", "list_backbones"),
@@ -50,8 +51,8 @@ def list_names(
     what: str = typer.Argument(..., help=f"One of: {', '.join(LISTS)}."),
     json_output: bool = JsonOption,
 ) -> None:
-    """List the names a config or option accepts: layer types, optimizers, schedules, backbones, datasets,
-    formats, and the templates of cnn init.
+    """List the names a config or option accepts: layer types, the augmentation layers of data.augment,
+    optimizers, schedules, backbones, datasets, formats, and the templates of cnn init.
 
     Example: cnn list backbones
     """

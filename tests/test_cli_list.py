@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from cnncli.cli import LISTS, app
 
 runner = CliRunner()
-KNOWN = {"layers": "Conv2D", "optimizers": "Adam", "schedules": "exponential", "backbones": "VGG16",
+KNOWN = {"layers": "Conv2D", "augmentations": "MixUp", "optimizers": "Adam", "schedules": "exponential", "backbones": "VGG16",
          "datasets": "fashion_mnist", "formats": "tflite", "templates": "lenet"}
 
 
@@ -31,3 +31,10 @@ def test_unknown_list_suggests_the_nearest():
     result = runner.invoke(app, ["list", "layer"])
     assert result.exit_code == 2  # a malformed command line, shown as Typer shows its own
     assert "Invalid value for 'WHAT': cannot list `layer` (did you mean `layers`?)" in " ".join(result.stderr.split())
+
+
+def test_augmentations_are_the_layers_data_augment_takes():
+    names = json.loads(runner.invoke(app, ["list", "augmentations", "--json"]).stdout)
+    layers = json.loads(runner.invoke(app, ["list", "layers", "--json"]).stdout)
+    assert {"CutMix", "RandomFlip", "RandomTranslation", "RandAugment"} <= set(names) <= set(layers)
+    assert not {"Conv2D", "Dense", "Dropout", "Rescaling"} & set(names)
