@@ -323,6 +323,58 @@ def test_resume_in_the_middle_of_a_phase_matches_the_uninterrupted_run(fine_tune
     assert [p["epochs"] for p in phases] == [1, 2]
 
 
+EMA_HEAD = {"epochs": 2, "trainable": "head",
+            "optimizer": {"type": "AdamW", "learning_rate": 0.05, "use_ema": True, "ema_momentum": 0.5}}
+STILL_HEAD = {"epochs": 1, "trainable": "head",  # a rate too small to move a float32 weight: the phase keeps them
+              "optimizer": {"type": "AdamW", "learning_rate": 1e-30, "use_ema": True, "ema_momentum": 0.5}}
+
+
+def test_with_use_ema_each_phase_ends_on_its_averages_and_the_next_starts_from_them(source_run, tmp_path,
+                                                                                      monkeypatch):
+    """Phase 1 (use_ema) ends on its averages; phase 2 trains from them. Phase 2 here cannot move a
+    weight, so the two-phase model is phase 1's averages, bit for bit: and so is the same run stopped at
+    the phase boundary and resumed (the resume restores phase 1's optimizer to put its averages back)."""
+    import keras
+
+    from cnncli.errors import Interrupted
+    from cnncli.train.session import Session
+
+    photos = write_photos(tmp_path / "photos")
+
+    def run(phases: list[dict], where: str) -> Path:
+        (tmp_path / where).mkdir(exist_ok=True)
+        return train(from_run_config(source_run, photos, phases), tmp_path / where).run_dir
+
+    def weights(run_dir: Path) -> list[np.ndarray]:
+        return keras.models.load_model(run_dir / "model.keras", compile=False).get_weights()
+
+    averaged = weights(run([EMA_HEAD], "one-phase"))
+    raw = weights(run([{**EMA_HEAD, "optimizer": {**EMA_HEAD["optimizer"], "use_ema": False}}], "raw"))
+    assert not all(np.array_equal(a, b) for a, b in zip(averaged, raw, strict=True))  # the averages are not raw
+    reference = run([EMA_HEAD, STILL_HEAD], "two-phases")
+    for a, b in zip(weights(reference), averaged, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    original = Session._end_of_epoch
+
+    def stop_after_phase_1(self, checkpoint, phase, done, row, callbacks):
+        original(self, checkpoint, phase, done, row, callbacks)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "_end_of_epoch", stop_after_phase_1)
+    with pytest.raises(Interrupted):
+        run([EMA_HEAD, STILL_HEAD], "resumed")
+    monkeypatch.setattr(Session, "_end_of_epoch", original)
+    [run_dir] = (tmp_path / "resumed" / "runs" / "from-run").iterdir()
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    assert (state["phase"], state["phase_epochs_done"]) == (0, 2)
+    train(None, tmp_path / "resumed", resume=run_dir)
+    assert (run_dir / "history.csv").read_text() == (reference / "history.csv").read_text()
+    for a, b in zip(weights(run_dir), averaged, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_from_run_errors(source_run, tmp_path):
     from cnncli.config.loading import config_from_dict
     from cnncli.errors import ConfigError
