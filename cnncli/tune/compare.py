@@ -60,10 +60,16 @@ def read_run(path: Path) -> RunFigures:
     examples = sum(p.get("examples", 0) for p in phases)
     last = history[-1] if history else {}
     figures = {"status": info.get("status"), "epochs": len(history)}
+    # The validation figures of the weights model.keras holds (metrics.json, scored again after a best
+    # epoch or the weight averages were put back); a run that did not finish has only its last epoch's.
     figures.update({k: v for k, v in last.items() if k.startswith("val_")})
-    for key, value in (metrics.get("test") or {}).items():
+    figures.update({f"val_{k}": v for k, v in (metrics.get("val") or {}).items() if isinstance(v, (int, float))})
+    test = metrics.get("test") or {}
+    for key, value in test.items():
         if isinstance(value, (int, float)) and key != "examples":
             figures[f"test_{key}"] = value
+    if isinstance(test.get("tta"), dict):  # evaluate.tta: the mean over each image's test-time views
+        figures["test_tta_accuracy"] = test["tta"]["accuracy"]
     figures.update(
         {
             "train_seconds": round(seconds, 2),

@@ -46,6 +46,31 @@ def test_compare_lists_exactly_the_differing_keys_and_writes_the_curves(two_runs
         assert image.format == "PNG" and image.size == (1100, 450)
 
 
+def test_compare_shows_the_kept_models_figures_from_metrics_json(two_runs, tmp_path):
+    """Validation figures are those of the weights model.keras holds (an earlier best epoch, or the
+    averages), as metrics.json scored them, not the last epoch's row; evaluate.tta adds its accuracy."""
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(two_runs[0], kept)
+    metrics = json.loads((kept / "metrics.json").read_text())
+    metrics["val"] = {"loss": 0.125, "accuracy": 0.875}
+    metrics["test"]["tta"] = {"mode": "flip", "accuracy": 0.8125, "loss": 0.5}
+    (kept / "metrics.json").write_text(json.dumps(metrics))
+    (unfinished := tmp_path / "unfinished").mkdir()
+    for name in ("run.json", "config.yaml", "history.csv"):
+        shutil.copy(two_runs[1] / name, unfinished / name)
+    result = runner.invoke(app, ["compare", str(kept), str(unfinished), "--json"])
+    assert result.exit_code == 0, result.output
+    ours, theirs = json.loads(result.stdout)["runs"]
+    assert (ours["val_loss"], ours["val_accuracy"], ours["test_tta_accuracy"]) == (0.125, 0.875, 0.8125)
+    assert ours["test_accuracy"] == metrics["test"]["accuracy"]
+    header, *_, final = (two_runs[1] / "history.csv").read_text().splitlines()
+    row = dict(zip(header.split(","), final.split(","), strict=True))
+    assert theirs["val_accuracy"] == pytest.approx(float(row["val_accuracy"]))  # no metrics.json: the last epoch
+    assert "test_accuracy" not in theirs and "test_tta_accuracy" not in theirs
+
+
 def test_compare_prints_tables(two_runs, tmp_path):
     result = runner.invoke(app, ["compare", *map(str, two_runs), "--output", str(tmp_path / "c.png")])
     assert result.exit_code == 0, result.output
