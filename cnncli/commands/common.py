@@ -40,6 +40,11 @@ SetOption = typer.Option(
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else.")
 
 
+def output_option(help: str, metavar: str | None = None) -> Any:
+    """`--output`/`-o`, optional: where a command writes (a path the command checks itself, not read)."""
+    return typer.Option(None, "--output", "-o", metavar=metavar, readable=False, help=help)
+
+
 def quiet_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up chatter (oneDNN, CUDA probes) sent to /dev/null.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out, output_option
 
 
 @app.command("config")
@@ -34,7 +34,7 @@ def config_(
 
 @app.command()
 def schema(
-    output: Path | None = typer.Option(None, "--output", "-o", readable=False, help="Write to FILE instead of stdout."),
+    output: Path | None = output_option("Write to FILE instead of stdout."),
 ) -> None:
     """Write the JSON Schema (2020-12) of a config, for editors and CI.
 

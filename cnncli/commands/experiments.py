@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnncli.commands.common import JsonOption, SetOption, app, emit_json, err, handled, out
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, err, handled, out, output_option
 from cnncli.errors import CnnError
 
 
@@ -23,12 +23,8 @@ def tune(
         "e.g. postgresql+psycopg://user@host/db (default OUTPUT/study.db).",
     ),
     study: str | None = typer.Option(None, "--study", help="Study name (default: the config's name)."),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        readable=False,
-        help="The sweep directory; rerunning with it continues the study (default sweeps/<name>/<timestamp>).",
+    output: Path | None = output_option(
+        "The sweep directory; rerunning with it continues the study (default sweeps/<name>/<timestamp>)."
     ),
     mlflow: str | None = typer.Option(
         None, "--mlflow", metavar="URI", help="Log each trial as a child run to this MLflow tracking URI."
@@ -109,9 +105,7 @@ def compare(
     runs: list[Path] = typer.Argument(
         ..., metavar="RUN_OR_SWEEP...", readable=False, help="Run directories, or sweep directories (all their trials)."
     ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", metavar="PNG", readable=False, help="Draw the runs' curves, overlaid, into this PNG."
-    ),
+    output: Path | None = output_option("Draw the runs' curves, overlaid, into this PNG.", metavar="PNG"),
     json_output: bool = JsonOption,
 ) -> None:
     """Show runs side by side: final metrics, epochs, time, images/s, parameters, and the config keys that differ.

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cnncli.commands.common import JsonOption, app, emit_json, err, handled, out
+from cnncli.commands.common import JsonOption, app, emit_json, err, handled, out, output_option
 from cnncli.errors import UsageError
 
 
@@ -56,9 +56,7 @@ def saliency(
     layer: str | None = typer.Option(
         None, "--layer", help="gradcam: a layer with a feature map (default: the last convolution)."
     ),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", readable=False, help="PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."
-    ),
+    output: Path | None = output_option("PNG path (default RUN_DIR/saliency/<image>_<class>_<method>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw which pixels move a class's score: |gradient of the logit| beside the image, as a PNG.
@@ -108,9 +106,7 @@ def activations(
         None, "--layer", help="A layer with a feature map (repeatable; default: every convolution, in order)."
     ),
     max_channels: int = typer.Option(64, "--max", min=1, help="At most this many channels per layer."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", readable=False, help="Directory for the PNGs (default RUN_DIR/activations/<image>/)."
-    ),
+    output: Path | None = output_option("Directory for the PNGs (default RUN_DIR/activations/<image>/)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw the feature maps one image produces: one PNG grid per layer, a tile per channel.
@@ -149,9 +145,7 @@ def activations(
 def filters(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     layer: str | None = typer.Option(None, "--layer", help="A Conv2D layer's name (default: the first)."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", readable=False, help="PNG path (default RUN_DIR/filters_<layer>.png)."
-    ),
+    output: Path | None = output_option("PNG path (default RUN_DIR/filters_<layer>.png)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Draw a convolution layer's learned kernels as a grid (RGB for 3 input channels, else grey per channel).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cnncli.commands.common import JsonOption, app, emit_json, err, handled, out
+from cnncli.commands.common import JsonOption, app, emit_json, err, handled, out, output_option
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024  # as cnncli.deploy.serve_guard's, not imported: `cnn --help` stays fast
 # as cnncli.deploy.benchmark's, not imported, for the same reason
@@ -79,13 +79,8 @@ def benchmark(
     repetitions: int = typer.Option(
         BENCHMARK_REPETITIONS, "--repetitions", min=1, help="Batch-1 calls timed per format for p50/p99."
     ),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        metavar="PNG",
-        readable=False,
-        help="Where to draw accuracy against latency (default RUN_DIR/benchmark/benchmark.png).",
+    output: Path | None = output_option(
+        "Where to draw accuracy against latency (default RUN_DIR/benchmark/benchmark.png).", metavar="PNG"
     ),
     json_output: bool = JsonOption,
 ) -> None:

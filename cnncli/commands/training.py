@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out
+from cnncli.commands.common import JsonOption, SetOption, app, emit_json, handled, out, output_option
 from cnncli.errors import UsageError, did_you_mean
 
 
@@ -129,13 +129,8 @@ def train(
 def lr_find(
     config: list[Path] = typer.Argument(..., readable=False, help="Config file; several merge left to right."),
     set_: list[str] | None = SetOption,
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        metavar="DIR",
-        readable=False,
-        help="Where lr_find.json and lr_find.png go (default: a new lr_find/<name>/<timestamp>/).",
+    output: Path | None = output_option(
+        "Where lr_find.json and lr_find.png go (default: a new lr_find/<name>/<timestamp>/).", metavar="DIR"
     ),
     start: float = typer.Option(1e-7, "--start", help="The first learning rate."),
     end: float = typer.Option(10.0, "--end", help="The last learning rate, if the loss has not diverged before."),
@@ -198,13 +193,9 @@ def evaluate(
         metavar="[N]",
         help="Also list and draw the N highest-loss images (default 16) and the most confused pairs.",
     ),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
+    output: Path | None = output_option(
+        "Where the pictures go (default: RUN_DIR for its own data, RUN_DIR/evaluations/<data>/ for --data).",
         metavar="DIR",
-        readable=False,
-        help="Where the pictures go (default: RUN_DIR for its own data, RUN_DIR/evaluations/<data>/ for --data).",
     ),
     tta: str | None = typer.Option(
         None,
@@ -263,9 +254,7 @@ def _write_report(run_dir: Path) -> Path:
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
-    output: Path | None = typer.Option(
-        None, "--output", "-o", readable=False, help="HTML path (default RUN_DIR/report.html)."
-    ),
+    output: Path | None = output_option("HTML path (default RUN_DIR/report.html)."),
     json_output: bool = JsonOption,
 ) -> None:
     """Write one self-contained HTML page of a run: config, model, curves, metrics, mistakes, Grad-CAM.
@@ -288,13 +277,7 @@ def report(
 def export(
     run_dir: Path = typer.Argument(..., readable=False, help="A run directory written by cnn train."),
     format_: str = typer.Option(..., "--format", "-f", help="keras | saved_model | tflite | onnx"),
-    output: Path | None = typer.Option(
-        None,
-        "--output",
-        "-o",
-        readable=False,
-        help="The artefact's path, or a directory for it (default RUN_DIR/exports/).",
-    ),
+    output: Path | None = output_option("The artefact's path, or a directory for it (default RUN_DIR/exports/)."),
     quantize: str | None = typer.Option(None, "--quantize", help="tflite only: float16 | int8"),
     force: bool = typer.Option(False, "--force", help="Replace an artefact already at the path."),
     json_output: bool = JsonOption,
