@@ -31,6 +31,10 @@ for, and what happens when a release moves one:
     transform_labels BaseImagePreprocessingLayer.transform_labels: which augmentation layers change
                      the labels (MixUp, CutMix), so that only those get them (train/augment.py).
                      Without it: Keras's label-mixing layers by name.
+    determinism_off  tensorflow.python.framework.config.disable_op_determinism: a run without
+                     `deterministic` turns TensorFlow's op determinism off again, after a deterministic
+                     run in the same process (train/job.py). Without it: it stays on, and the later
+                     runs of the process are deterministic too (their input wait is not timed).
 
 `check()` looks for each once per process; run.json records the result and which
 speed-ups a run actually used (`report()`), so a slower run on a newer Keras
@@ -84,6 +88,7 @@ def _probe() -> dict[str, bool]:
         and _has("tensorflow.python.distribute.collective_all_reduce_strategy", "coordination_config_pb2"),
         "xplane": _has("tensorflow.tsl.profiler.protobuf.xplane_pb2", "XSpace"),
         "transform_labels": hasattr(_image_layer_base(), "transform_labels"),
+        "determinism_off": _has("tensorflow.python.framework.config", "disable_op_determinism"),
     }
 
 
@@ -147,6 +152,31 @@ def dropout_backend() -> Any:
     if not usable("fast_dropout"):
         return None
     return importlib.import_module("keras.src.backend.tensorflow.random")
+
+
+_determinism_on = False  # whether this process turned TensorFlow's op determinism on and could not turn it off
+
+
+def op_determinism(enabled: bool) -> bool:
+    """Turn TensorFlow's op determinism on or off for the run about to start; whether it is on now.
+
+    Turned on, TensorFlow offers no public way back, so one deterministic run would make every later
+    run of the process deterministic (and refuse the timestamps that time a streamed run's input)."""
+    global _determinism_on
+    import tensorflow as tf
+
+    if enabled:
+        tf.config.experimental.enable_op_determinism()
+        _determinism_on = True
+    elif _determinism_on and usable("determinism_off"):
+        importlib.import_module("tensorflow.python.framework.config").disable_op_determinism()
+        _determinism_on = False
+    return _determinism_on
+
+
+def determinism_on() -> bool:
+    """Whether TensorFlow's op determinism is on (as this process's runs left it)."""
+    return _determinism_on
 
 
 def xspace(data: bytes) -> Any:

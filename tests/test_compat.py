@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,8 @@ def _traced_step(optimizer_name: str, **kwargs):
 def test_the_tested_keras_has_every_internal():
     assert compat.check() == {name: True for name in ("fast_dropout", "fused_optimizer", "variable_index",
                                                        "weights_hint", "inbound_nodes", "snake_case",
-                                                       "coordination", "xplane", "transform_labels")}
+                                                       "coordination", "xplane", "transform_labels",
+                                                       "determinism_off")}
 
 
 @pytest.mark.parametrize("name, kwargs, kernel", [("Adam", {}, "ResourceApplyAdam"),
@@ -261,3 +263,58 @@ def test_without_the_xplane_reader_the_profile_keeps_its_trace_and_says_why_ther
             "open logs/ in TensorBoard's profile tab)"]
     finally:
         compat.reset()
+
+
+def _streamed_config(tmp_path, deterministic: bool):
+    """A tiny image folder streamed with tf.data (data.cache: none): its steps time their input wait."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("dark", "light"):
+        (tmp_path / "photos" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(8):
+            pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
+    config = tmp_path / f"streamed-{deterministic}.yaml"
+    config.write_text(small_config({
+        "deterministic": deterministic, "data.dataset": "image_folder", "data.path": str(tmp_path / "photos"),
+        "data.cache": "none", "data.image_size": [12, 12], "data.validation_split": None, "data.shapes": None,
+        "model.layers": [{"type": "Flatten"}, {"type": "Dense", "units": 2, "activation": "softmax"}],
+        "train": {"epochs": 1, "batch_size": 4}}))
+    return config
+
+
+def _train_twice(tmp_path) -> list[dict]:
+    """A deterministic streamed run, then one that is not, in the same process: each run.json."""
+    runs = []
+    for deterministic in (True, False):
+        config = _streamed_config(tmp_path, deterministic)
+        result = CliRunner().invoke(app, ["train", str(config), "--output", str(tmp_path / f"runs-{deterministic}"),
+                                          "--json"])
+        assert result.exit_code == 0, result.output
+        runs.append(json.loads((Path(json.loads(result.stdout)["run_dir"]) / "run.json").read_text()))
+    return runs
+
+
+def test_a_deterministic_run_leaves_the_next_run_of_the_process_free(tmp_path):
+    """TensorFlow's op determinism, once on, refused the timestamps of a later streamed run that did not ask
+    for it ("Timestamp cannot be called when determinism is enabled"); it is turned off again."""
+    from tensorflow.python.framework import config as tf_config
+
+    first, second = _train_twice(tmp_path)
+    assert first["status"] == second["status"] == "complete"
+    assert not tf_config.is_op_determinism_enabled() and not compat.determinism_on()
+
+
+def test_without_disable_op_determinism_later_runs_stay_deterministic_and_untimed(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorflow.python.framework.config", types.ModuleType("moved"))
+    compat.reset()
+    assert compat.usable("determinism_off") is False
+    try:
+        first, second = _train_twice(tmp_path)
+        assert first["status"] == second["status"] == "complete"  # the second does not time its input
+        assert compat.determinism_on()
+    finally:
+        monkeypatch.undo()
+        compat.reset()
+        assert compat.op_determinism(False) is False  # the rest of the test session runs free again

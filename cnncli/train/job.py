@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnncli import faults, fileio
+from cnncli import compat, faults, fileio
 from cnncli.config.loading import Override, load_config
 from cnncli.config.schema import Config
 from cnncli.errors import CnnError, DataError, Interrupted
@@ -199,8 +199,7 @@ def _run(
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    compat.op_determinism(cfg.deterministic)  # on, or off again after a deterministic run in this process
 
     with _before_training("loading the data"):
         data, plan = load_data(cfg, opts.smoke, reporter, runtime, opts.load_resident)

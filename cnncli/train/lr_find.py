@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from cnncli import fileio
+from cnncli import compat, fileio
 from cnncli.errors import CnnError, UsageError
 from cnncli.train.progress import Reporter
 
@@ -256,6 +256,7 @@ def _setup(cfg: Any, reporter: Reporter, start: float) -> tuple[Any, Any]:
     check_model(cfg)
     check_augmentation(cfg, runtime.precision)
     keras.utils.set_random_seed(cfg.seed)
+    compat.op_determinism(cfg.deterministic)
     data, plan = load_data(cfg, False, reporter, runtime)
     mixed = runtime.precision.startswith("mixed")
     phase = plan_phases(cfg)[0]
@@ -278,7 +279,7 @@ def _setup(cfg: Any, reporter: Reporter, start: float) -> tuple[Any, Any]:
         augment,
         steps_per_execution=1,  # the rate changes between steps
         jit_compile=cfg.runtime.jit_compile,
-        time_input=not cfg.deterministic,
+        time_input=not compat.determinism_on(),  # TF refuses timestamps under it
     )
     trainer.set_data(data.x_train, data.y_train)
     return trainer, optimizer

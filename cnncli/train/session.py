@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cnncli import faults, fileio
+from cnncli import compat, faults, fileio
 from cnncli.errors import CnnError, DataError, RunError
 from cnncli.train import carry, ema, rundir
 from cnncli.train.ending import RunEnding
@@ -212,7 +212,7 @@ class Session(RunRecord, RunEnding):
             chunks_per_epoch=20 if _live(self.reporter) else 1,
             steps_per_execution=cfg.runtime.steps_per_execution,
             jit_compile=cfg.runtime.jit_compile,
-            time_input=not cfg.deterministic,
+            time_input=not compat.determinism_on(),  # TF refuses timestamps under it
         )
         trainer.set_data(self.data.x_train, self.data.y_train)
         if self.profile is not None and not self.profile.summary:
