@@ -265,11 +265,21 @@ def lost_worker(exc: Exception, run_dir: str | Path | None) -> CnnError | None:
         ):
             return None
         job, index = others[0].groups()
-        reason = message.strip().splitlines()[0].split(" [")[0][-120:]
+        reason = _first_words(message)
     return WorkerLost(
         f"lost {job} {index} ({type(exc).__name__}: {reason}); "
         f"run the same command with --resume {run_dir} on every worker"
     )
+
+
+_FUNCTION_NODE = re.compile(r"\{\{function_node [^}]*\}\}\s*")  # where in the graph: TensorFlow's, not the reader's
+REASON_CHARS = 160
+
+
+def _first_words(message: str) -> str:
+    """The first line of a TensorFlow error, without its graph location and op name, cut at a word."""
+    line = _FUNCTION_NODE.sub("", message.strip()).strip().splitlines()[0].split(" [")[0].strip()
+    return line if len(line) <= REASON_CHARS else line[:REASON_CHARS].rsplit(" ", 1)[0] + " …"
 
 
 def _service_leader() -> tuple[str, str]:

@@ -357,8 +357,16 @@ def test_lost_worker_names_the_task_and_the_way_back(monkeypatch):
     lost = lost_worker(_tf_error("DeadlineExceededError", frozen), "runs/dist/1")
     assert str(lost) == ("lost worker 0 (DeadlineExceededError: stopped answering heartbeats); "
                          "run the same command with --resume runs/dist/1 on every worker")
-    # Errors that do not name another task are not a lost worker (a bug, shown with its traceback).
+    # A long reason keeps its first words whole, without TensorFlow's graph location before them.
     _as_worker(monkeypatch, 0)
+    long = ("{{function_node __wrapped__CollectiveReduceV2_device_/job:worker/replica:0/task:0/device:CPU:0}} "
+            "Socket closed by the peer while the collective was reading its tensors " + "and then some more " * 9
+            + "from /job:worker/task:1 [Op:CollectiveReduceV2]")
+    lost = str(lost_worker(_tf_error("UnavailableError", long), "RUN_DIR"))
+    assert lost.startswith("lost worker 1 (UnavailableError: Socket closed by the peer while the collective")
+    assert lost.endswith(" then …); run the same command with --resume RUN_DIR on every worker")  # a whole word
+    assert len(lost.split(" (UnavailableError: ")[1].split(" …)")[0]) <= 160
+    # Errors that do not name another task are not a lost worker (a bug, shown with its traceback).
     assert lost_worker(_tf_error("InvalidArgumentError", "shapes differ"), "x") is None
     assert lost_worker(_tf_error("UnavailableError", "at /job:worker/replica:0/task:0"), "x") is None
 
