@@ -62,3 +62,20 @@ def test_config_summary_json(path):
     assert doc["layers"][-1]["output_shape"][0] is None
     if path.name in KNOWN_TOTALS:
         assert doc["total_params"] == KNOWN_TOTALS[path.name]
+
+
+@pytest.mark.parametrize("name", ["fashion_resnet.yaml", "fashion_resnet_sweep.yaml"])
+def test_the_recipes_schedule_warms_up_one_epoch_and_decays_to_zero_at_the_last_step(name):
+    """Their steps are written out (`every: step`): warmup plus decay is every step of every epoch, on the
+    60,000 Fashion-MNIST training images less the validation split."""
+    import math
+
+    from cnncli.config.loading import load_config
+
+    cfg = load_config([CONFIGS[0].parent / name])
+    train = round(60_000 * (1 - (cfg.data.validation_split or 0)))
+    steps = math.ceil(train / cfg.train.batch_size)
+    schedule = cfg.train.lr_schedule.args
+    assert cfg.train.lr_schedule.every == "step"
+    assert schedule["warmup_steps"] == steps
+    assert schedule["warmup_steps"] + schedule["decay_steps"] == cfg.train.epochs * steps
