@@ -28,10 +28,13 @@ KNOWN_TOTALS = {
     "vgg16_transfer.yaml": 14_714_688 + 512 * 256 + 256 + 256 * 2 + 2,
     "fashion_resnet.yaml": 289_962,
     "fashion_resnet_sweep.yaml": 289_962,
+    "fashion_resnet_15min.yaml": 289_962,
+    "fashion_resnet_15min_sweep.yaml": 289_962,
 }
 
 
 SHIPPED = {"convmixer.yaml", "fashion_pretrain.yaml", "fashion_resnet.yaml", "fashion_resnet_sweep.yaml",
+           "fashion_resnet_15min.yaml", "fashion_resnet_15min_sweep.yaml",
            "inception_mini.yaml", "lenet5.yaml", "mnist_lenet.yaml", "mnist_mlp.yaml", "mnist_softmax.yaml",
            "resnet20_cifar.yaml", "resnet_mini.yaml", "shapes_cnn.yaml", "vgg16_transfer.yaml"}
 
@@ -64,7 +67,8 @@ def test_config_summary_json(path):
         assert doc["total_params"] == KNOWN_TOTALS[path.name]
 
 
-@pytest.mark.parametrize("name", ["fashion_resnet.yaml", "fashion_resnet_sweep.yaml"])
+@pytest.mark.parametrize("name", ["fashion_resnet.yaml", "fashion_resnet_sweep.yaml", "fashion_resnet_15min.yaml",
+                                  "fashion_resnet_15min_sweep.yaml"])
 def test_the_recipes_schedule_warms_up_one_epoch_and_decays_to_zero_at_the_last_step(name):
     """Their steps are written out (`every: step`): warmup plus decay is every step of every epoch, on the
     60,000 Fashion-MNIST training images less the validation split."""
