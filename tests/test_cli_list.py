@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from cnncli.cli import LISTS, app
 
 runner = CliRunner()
-KNOWN = {"layers": "Conv2D", "augmentations": "MixUp", "optimizers": "Adam", "schedules": "exponential", "backbones": "VGG16",
-         "datasets": "fashion_mnist", "formats": "tflite", "templates": "lenet"}
+KNOWN = {"layers": "Conv2D", "augmentations": "MixUp", "optimizers": "Adam", "schedules": "exponential",
+         "backbones": "VGG16", "datasets": "fashion_mnist", "formats": "tflite", "templates": "lenet"}
 
 
 def test_every_list_has_a_known_member():
